@@ -1,0 +1,22 @@
+//! Booting guests under QEMU and judging them.
+//!
+//! A [`Machine`] is a typed QEMU profile; [`Machine::argv`] renders it, and nothing
+//! downstream edits the list. [`boot`] runs one guest in its own process group, streams its
+//! serial console, enforces the timeout and the no-output watchdog and returns a
+//! [`BootOutcome`] that [`Judge`] turns into a [`Verdict`]. [`accel::choose`] decides between
+//! KVM and TCG by booting a tiny guest, because an existing `/dev/kvm` is no proof that KVM
+//! works.
+
+pub mod accel;
+mod argv;
+mod boot;
+mod errors;
+pub mod firmware;
+mod machine;
+mod verdict;
+
+pub use argv::Argv;
+pub use boot::{BootOutcome, BootRequest, Exit, boot, interactive};
+pub use errors::QemuError;
+pub use machine::{Console, Device, Firmware, Machine};
+pub use verdict::{FailReason, Judge, PassReason, Verdict};

@@ -1,0 +1,224 @@
+//! Typed QEMU machine profiles and their rendering into an argument list.
+
+use std::path::{Path, PathBuf};
+
+use kiln_types::Arch;
+
+use crate::{Argv, accel::Accel};
+
+/// A device a machine adds, rendered by itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// x86's exit device: a write of `v` to `iobase` exits QEMU with status `(v << 1) | 1`.
+    DebugExit {
+        /// I/O port base.
+        iobase: u16,
+        /// Width of the port region in bytes.
+        iosize: u8,
+    },
+    /// The RISC-V `virt` machine's built-in `sifive_test` finisher: needs no flag.
+    SifiveTest,
+    /// Arm semihosting, through which a guest exits with a status code.
+    Semihosting,
+}
+
+impl Device {
+    fn render(&self, argv: &mut Argv) {
+        match self {
+            Self::DebugExit { iobase, iosize } => {
+                argv.pair(
+                    "-device",
+                    format!("isa-debug-exit,iobase={iobase:#x},iosize={iosize:#04x}"),
+                );
+            }
+            Self::SifiveTest => {}
+            Self::Semihosting => {
+                argv.pair("-semihosting-config", "enable=on,target=native");
+            }
+        }
+    }
+
+    /// The QEMU exit statuses that mean "the guest passed" when this device ends the run.
+    pub fn success_statuses(&self) -> &'static [i32] {
+        match self {
+            // The example kernels write 0x10: (0x10 << 1) | 1.
+            Self::DebugExit { .. } => &[33],
+            Self::SifiveTest | Self::Semihosting => &[0],
+        }
+    }
+}
+
+/// Firmware a machine boots through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// The machine's own default (SeaBIOS on x86, nothing on Arm `virt`).
+    MachineDefault,
+    /// `-bios default`: QEMU's bundled firmware for the machine (OpenSBI on RISC-V).
+    Bundled,
+    /// `-bios none`.
+    None,
+    /// A firmware file.
+    File(PathBuf),
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// Serial on standard output for kiln to read; no monitor.
+    Captured,
+    /// Serial and monitor multiplexed on the terminal (Ctrl-A X quits, Ctrl-A C switches).
+    Interactive,
+}
+
+/// A QEMU profile: the machine, its CPU, memory, firmware, devices and extra arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// The profile's name (the built-in one per arch is named after the arch).
+    pub name: String,
+    /// The guest architecture.
+    pub arch: Arch,
+    /// `-machine` type, e.g. `virt` or `q35`.
+    pub machine_type: String,
+    /// `-cpu` model; `None` keeps QEMU's default.
+    pub cpu: Option<String>,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Number of virtual CPUs.
+    pub smp: u32,
+    /// Firmware.
+    pub firmware: Firmware,
+    /// Devices the profile adds; the first one that can end a run is the exit device.
+    pub devices: Vec<Device>,
+    /// Extra arguments appended verbatim after everything kiln renders.
+    pub extra_args: Vec<String>,
+}
+
+impl Machine {
+    /// kiln's default profile for `arch`, chosen for fast boots under TCG.
+    ///
+    /// aarch64 uses `cortex-a57`: under TCG a Linux boot with `-cpu max` is about 6x slower.
+    pub fn default_for(arch: Arch) -> Self {
+        let (machine_type, cpu, firmware, devices) = match arch {
+            Arch::X86_64 => (
+                "q35",
+                None,
+                Firmware::MachineDefault,
+                vec![Device::DebugExit {
+                    iobase: 0xf4,
+                    iosize: 0x04,
+                }],
+            ),
+            Arch::Aarch64 => (
+                "virt",
+                Some("cortex-a57"),
+                Firmware::MachineDefault,
+                vec![Device::Semihosting],
+            ),
+            Arch::Riscv64 => ("virt", None, Firmware::Bundled, vec![Device::SifiveTest]),
+        };
+        Self {
+            name: arch.as_str().to_owned(),
+            arch,
+            machine_type: machine_type.to_owned(),
+            cpu: cpu.map(str::to_owned),
+            memory_mib: 128,
+            smp: 1,
+            firmware,
+            devices,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// The device that reports the guest's result through QEMU's exit status, if any.
+    pub fn exit_device(&self) -> Option<&Device> {
+        self.devices.first()
+    }
+
+    /// Renders the argument list that boots `kernel` headless with the given console.
+    pub fn argv(&self, kernel: &Path, accel: Accel, console: Console) -> Argv {
+        let mut argv = Argv::default();
+        argv.pair(
+            "-machine",
+            format!("{},accel={}", self.machine_type, accel.as_str()),
+        );
+        if let Some(cpu) = &self.cpu {
+            argv.pair("-cpu", cpu);
+        }
+        argv.pair("-m", format!("{}M", self.memory_mib));
+        argv.pair("-smp", self.smp.to_string());
+        match &self.firmware {
+            Firmware::MachineDefault => {}
+            Firmware::Bundled => {
+                argv.pair("-bios", "default");
+            }
+            Firmware::None => {
+                argv.pair("-bios", "none");
+            }
+            Firmware::File(path) => {
+                argv.pair("-bios", path);
+            }
+        }
+        argv.arg("-nodefaults")
+            .pair("-display", "none")
+            .arg("-no-reboot");
+        match console {
+            Console::Captured => argv.pair("-monitor", "none").pair("-serial", "stdio"),
+            Console::Interactive => argv.pair("-serial", "mon:stdio"),
+        };
+        for device in &self.devices {
+            device.render(&mut argv);
+        }
+        argv.pair("-kernel", kernel);
+        for extra in &self.extra_args {
+            argv.arg(extra);
+        }
+        argv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(arch: Arch) -> String {
+        Machine::default_for(arch)
+            .argv(Path::new("/k"), Accel::Tcg, Console::Captured)
+            .display()
+    }
+
+    #[test]
+    fn x86_64_default_argv() {
+        assert_eq!(
+            rendered(Arch::X86_64),
+            "-machine q35,accel=tcg -m 128M -smp 1 -nodefaults -display none -monitor none -no-reboot \
+             -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel /k"
+        );
+    }
+
+    #[test]
+    fn aarch64_default_argv() {
+        assert_eq!(
+            rendered(Arch::Aarch64),
+            "-machine virt,accel=tcg -cpu cortex-a57 -m 128M -smp 1 -nodefaults -display none -monitor none \
+             -no-reboot -serial stdio -semihosting-config enable=on,target=native -kernel /k"
+        );
+    }
+
+    #[test]
+    fn riscv64_default_argv() {
+        assert_eq!(
+            rendered(Arch::Riscv64),
+            "-machine virt,accel=tcg -m 128M -smp 1 -bios default -nodefaults -display none -monitor none \
+             -no-reboot -serial stdio -kernel /k"
+        );
+    }
+
+    #[test]
+    fn interactive_console_replaces_serial_and_monitor() {
+        let argv = Machine::default_for(Arch::Riscv64)
+            .argv(Path::new("/k"), Accel::Tcg, Console::Interactive)
+            .display();
+        assert!(argv.contains("-serial mon:stdio"), "{argv}");
+        assert!(!argv.contains("-monitor none"), "{argv}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Turning what a boot produced into a verdict.
+
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::boot::{BootOutcome, Exit};
+
+/// How a case decides pass or fail.
+#[derive(Clone, Debug)]
+pub struct Judge {
+    /// A serial line matching this fails the case at once (checked before `success`).
+    pub failure: Option<Regex>,
+    /// The guest must print a line matching this to pass.
+    pub success: Option<Regex>,
+    /// QEMU exit statuses that mean the guest passed (from the exit device).
+    pub success_statuses: Vec<i32>,
+}
+
+/// Why a case passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PassReason {
+    /// QEMU exited with a success status (and the success marker, if any, was seen).
+    ExitStatus(i32),
+    /// The success marker appeared and kiln stopped the guest, as the case asked.
+    SuccessMarker,
+}
+
+/// Why a case failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailReason {
+    /// A serial line matched the failure pattern.
+    FailureMarker {
+        /// The line.
+        line: String,
+    },
+    /// QEMU exited with a status that is not a success status.
+    ExitStatus {
+        /// QEMU's status.
+        status: i32,
+        /// The last line the guest printed, for context.
+        last_line: Option<String>,
+    },
+    /// QEMU exited with a success status, but the success marker never appeared.
+    MissingSuccessMarker {
+        /// QEMU's status.
+        status: i32,
+        /// The pattern that was expected.
+        pattern: String,
+    },
+    /// QEMU was killed by a signal kiln did not send.
+    Signal(i32),
+}
+
+/// The judgement of one boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The guest passed.
+    Passed(PassReason),
+    /// The guest failed.
+    Failed(FailReason),
+    /// The hard timeout expired; the guest was killed.
+    TimedOut {
+        /// The timeout.
+        after: Duration,
+    },
+    /// The guest printed nothing for too long; it was killed.
+    Silent {
+        /// The watchdog period.
+        after: Duration,
+    },
+}
+
+impl Verdict {
+    /// Whether this verdict is a pass.
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Self::Passed(_))
+    }
+
+    /// One line describing the verdict, for summaries.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Passed(PassReason::ExitStatus(status)) => format!("exit status {status}"),
+            Self::Passed(PassReason::SuccessMarker) => "success marker seen".to_owned(),
+            Self::Failed(FailReason::FailureMarker { line }) => line.clone(),
+            Self::Failed(FailReason::ExitStatus { status, last_line }) => match last_line {
+                Some(line) => format!("exit status {status} after `{line}`"),
+                None => format!("exit status {status}, no output"),
+            },
+            Self::Failed(FailReason::MissingSuccessMarker { status, pattern }) => {
+                format!("exit status {status} but `{pattern}` never appeared")
+            }
+            Self::Failed(FailReason::Signal(signal)) => format!("QEMU killed by signal {signal}"),
+            Self::TimedOut { after } => format!("timed out after {}s", after.as_secs_f64()),
+            Self::Silent { after } => format!("no output for {}s", after.as_secs_f64()),
+        }
+    }
+}
+
+impl Judge {
+    /// Whether `line` is a failure marker; checked by the boot loop on every line.
+    pub fn is_failure_line(&self, line: &str) -> bool {
+        self.failure.as_ref().is_some_and(|re| re.is_match(line))
+    }
+
+    /// Whether `line` is a success marker.
+    pub fn is_success_line(&self, line: &str) -> bool {
+        self.success.as_ref().is_some_and(|re| re.is_match(line))
+    }
+
+    /// Judges a finished boot.
+    pub fn judge(&self, outcome: &BootOutcome) -> Verdict {
+        if let Some(line) = &outcome.failure_line {
+            return Verdict::Failed(FailReason::FailureMarker { line: line.clone() });
+        }
+        match outcome.exit {
+            Exit::TimedOut(after) => Verdict::TimedOut { after },
+            Exit::Silent(after) => Verdict::Silent { after },
+            Exit::Signal(signal) => Verdict::Failed(FailReason::Signal(signal)),
+            Exit::StoppedOnSuccess => Verdict::Passed(PassReason::SuccessMarker),
+            Exit::Status(status) => {
+                if !self.success_statuses.contains(&status) {
+                    return Verdict::Failed(FailReason::ExitStatus {
+                        status,
+                        last_line: outcome.last_line(),
+                    });
+                }
+                match &self.success {
+                    Some(pattern) if !outcome.success_seen => {
+                        Verdict::Failed(FailReason::MissingSuccessMarker {
+                            status,
+                            pattern: pattern.as_str().to_owned(),
+                        })
+                    }
+                    _ => Verdict::Passed(PassReason::ExitStatus(status)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(exit: Exit, lines: &[&str], judge: &Judge) -> BootOutcome {
+        let mut outcome = BootOutcome::new(exit);
+        for line in lines {
+            outcome.observe(line, judge);
+        }
+        outcome
+    }
+
+    fn judge() -> Judge {
+        Judge {
+            failure: Some(Regex::new("panicked at").expect("regex")),
+            success: Some(Regex::new("^all checks passed$").expect("regex")),
+            success_statuses: vec![0],
+        }
+    }
+
+    #[test]
+    fn exit_zero_without_success_marker_fails() {
+        let judge = judge();
+        let verdict = judge.judge(&outcome(Exit::Status(0), &["booting"], &judge));
+        assert!(matches!(
+            verdict,
+            Verdict::Failed(FailReason::MissingSuccessMarker { status: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn failure_marker_wins_over_success() {
+        let judge = judge();
+        let verdict = judge.judge(&outcome(
+            Exit::Status(0),
+            &["all checks passed", "panicked at src/main.rs:3:5: boom"],
+            &judge,
+        ));
+        assert_eq!(
+            verdict,
+            Verdict::Failed(FailReason::FailureMarker {
+                line: "panicked at src/main.rs:3:5: boom".into()
+            })
+        );
+    }
+
+    #[test]
+    fn anchored_success_marker_needs_the_whole_line() {
+        let judge = judge();
+        let fails = judge.judge(&outcome(
+            Exit::Status(0),
+            &["not all checks passed"],
+            &judge,
+        ));
+        assert!(!fails.is_pass());
+        let passes = judge.judge(&outcome(Exit::Status(0), &["all checks passed"], &judge));
+        assert_eq!(passes, Verdict::Passed(PassReason::ExitStatus(0)));
+    }
+
+    #[test]
+    fn other_status_fails_with_the_last_line() {
+        let judge = Judge {
+            failure: None,
+            success: None,
+            success_statuses: vec![33],
+        };
+        let verdict = judge.judge(&outcome(Exit::Status(3), &["a", "b"], &judge));
+        assert_eq!(
+            verdict,
+            Verdict::Failed(FailReason::ExitStatus {
+                status: 3,
+                last_line: Some("b".into())
+            })
+        );
+    }
+}

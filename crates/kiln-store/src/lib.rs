@@ -1,0 +1,20 @@
+//! kiln's content-addressed store.
+//!
+//! A [`Derivation`] describes one build step and names every input it depends on; its
+//! [`ClosureHash`] names the store entry that holds the step's output. The output tree's own
+//! [`OutputHash`] is recorded beside it and checked again on demand. The encodings behind both
+//! hashes are specified in `docs/closure-hash.md`.
+
+mod derivation;
+mod errors;
+mod hash;
+mod source;
+mod store;
+mod tree;
+
+pub use derivation::{Derivation, InputHash};
+pub use errors::StoreError;
+pub use hash::{ClosureHash, OutputHash, ParseHashError};
+pub use source::{SourceSet, hash_file, hash_source_set};
+pub use store::{BuildOutcome, Entry, EntryMeta, Store};
+pub use tree::hash_tree;

@@ -1,0 +1,171 @@
+//! Hashing the source files a step reads.
+
+use std::{
+    fs,
+    io::Read,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use rayon::prelude::*;
+
+use crate::{
+    InputHash, StoreError,
+    derivation::{put_bytes, put_len},
+    tree::TREE_CONTEXT,
+};
+
+/// Files above this size are hashed with several threads over a memory map.
+const PARALLEL_HASH_THRESHOLD: u64 = 4 << 20;
+
+/// A set of source files, relative to a base directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSet {
+    /// The directory the files are relative to.
+    pub base: PathBuf,
+    /// Relative paths of the files, sorted bytewise.
+    pub files: Vec<PathBuf>,
+}
+
+impl SourceSet {
+    /// Lists the files of a package directory the way a build sees them: `.gitignore` and
+    /// friends are respected, `target/` directories and nested packages (directories with
+    /// their own `Cargo.toml`) are left out.
+    pub fn package_dir(dir: &Path) -> Result<Self, StoreError> {
+        let root = dir.to_owned();
+        let walker = ignore::WalkBuilder::new(dir)
+            .hidden(false)
+            .parents(true)
+            .require_git(false)
+            .filter_entry({
+                let root = root.clone();
+                move |entry| {
+                    let path = entry.path();
+                    if path == root {
+                        return true;
+                    }
+                    let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
+                    let name = entry.file_name();
+                    if is_dir && (name == "target" || name == ".git") {
+                        return false;
+                    }
+                    !(is_dir && path.join("Cargo.toml").exists())
+                }
+            })
+            .build();
+        let mut files = Vec::new();
+        for entry in walker {
+            let entry = entry.map_err(|e| StoreError::Walk {
+                dir: dir.to_owned(),
+                message: e.to_string(),
+            })?;
+            if entry
+                .file_type()
+                .is_some_and(|t| t.is_file() || t.is_symlink())
+                && let Ok(relative) = entry.path().strip_prefix(&root)
+            {
+                files.push(relative.to_owned());
+            }
+        }
+        files.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+        Ok(Self { base: root, files })
+    }
+}
+
+/// Hashes a source set: the tree encoding over its files alone, so moving the checkout
+/// elsewhere does not change the hash.
+pub fn hash_source_set(set: &SourceSet) -> Result<InputHash, StoreError> {
+    let hashes = set
+        .files
+        .par_iter()
+        .map(|relative| {
+            let path = set.base.join(relative);
+            let meta =
+                fs::symlink_metadata(&path).map_err(|e| StoreError::io("inspect", &path, e))?;
+            if meta.file_type().is_symlink() {
+                let target =
+                    fs::read_link(&path).map_err(|e| StoreError::io("read symlink", &path, e))?;
+                Ok((
+                    b'l',
+                    *blake3::hash(target.as_os_str().as_bytes()).as_bytes(),
+                ))
+            } else {
+                Ok((b'f', *hash_file(&path)?.as_bytes()))
+            }
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut hasher = blake3::Hasher::new_derive_key(TREE_CONTEXT);
+    let mut buf = Vec::new();
+    put_len(&mut buf, set.files.len());
+    for (relative, (kind, content)) in set.files.iter().zip(hashes) {
+        put_bytes(&mut buf, relative.as_os_str().as_bytes());
+        buf.push(kind);
+        buf.extend_from_slice(&content);
+        hasher.update(&buf);
+        buf.clear();
+    }
+    Ok(InputHash(*hasher.finalize().as_bytes()))
+}
+
+/// BLAKE3 of one file's content; large files are hashed with several threads.
+pub fn hash_file(path: &Path) -> Result<blake3::Hash, StoreError> {
+    let mut file = fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| StoreError::io("inspect", path, e))?
+        .len();
+    let mut hasher = blake3::Hasher::new();
+    if len >= PARALLEL_HASH_THRESHOLD {
+        hasher
+            .update_mmap_rayon(path)
+            .map_err(|e| StoreError::io("read", path, e))?;
+    } else {
+        let mut buf = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut buf)
+            .map_err(|e| StoreError::io("read", path, e))?;
+        hasher.update(&buf);
+    }
+    Ok(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_dir_skips_target_nested_packages_and_ignored_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("src")).expect("mkdir");
+        fs::create_dir_all(root.join("target/debug")).expect("mkdir");
+        fs::create_dir_all(root.join("nested/src")).expect("mkdir");
+        fs::write(root.join("Cargo.toml"), "[package]").expect("write");
+        fs::write(root.join("src/main.rs"), "fn main() {}").expect("write");
+        fs::write(root.join("target/debug/out"), "x").expect("write");
+        fs::write(root.join("nested/Cargo.toml"), "[package]").expect("write");
+        fs::write(root.join(".gitignore"), "*.log\n").expect("write");
+        fs::write(root.join("build.log"), "x").expect("write");
+        let set = SourceSet::package_dir(root).expect("walk");
+        let names: Vec<_> = set
+            .files
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [".gitignore", "Cargo.toml", "src/main.rs"]);
+    }
+
+    #[test]
+    fn source_hash_follows_content_not_location() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let b = tempfile::tempdir().expect("tempdir");
+        for dir in [a.path(), b.path()] {
+            fs::write(dir.join("lib.rs"), "pub fn f() {}").expect("write");
+        }
+        let hash = |dir: &Path| {
+            hash_source_set(&SourceSet::package_dir(dir).expect("walk")).expect("hash")
+        };
+        assert_eq!(hash(a.path()), hash(b.path()));
+        fs::write(b.path().join("lib.rs"), "pub fn g() {}").expect("write");
+        assert_ne!(hash(a.path()), hash(b.path()));
+    }
+}

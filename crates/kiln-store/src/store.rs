@@ -1,0 +1,345 @@
+//! The on-disk store: one immutable entry per closure hash.
+//!
+//! ```text
+//! <root>/entries/<closure>/out/       the output tree
+//! <root>/entries/<closure>/meta.toml  derivation, output hash, build time, host, kiln version
+//! <root>/tmp/<closure>.<pid>.<n>/      entries being built (never visible as entries)
+//! <root>/locks/<closure>.lock         one builder per closure at a time
+//! ```
+//! An entry becomes visible with one `rename` after its files, its metadata and their
+//! directories were synced, so a crash at any instant leaves either no entry or a whole one.
+
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crate::{ClosureHash, Derivation, OutputHash, StoreError, hash_tree};
+
+/// Metadata recorded beside each entry's output.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EntryMeta {
+    /// Human name of what was built (an artifact name).
+    pub name: String,
+    /// Hash of the output tree.
+    pub output_hash: String,
+    /// How long the build took, in seconds.
+    pub build_seconds: f64,
+    /// Host name of the machine that built it.
+    pub host: String,
+    /// Version of kiln that built it.
+    pub kiln_version: String,
+    /// When it was built, in seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// The derivation, with every input hash.
+    pub derivation: Derivation,
+}
+
+/// A published store entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The closure hash naming it.
+    pub closure: ClosureHash,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its metadata.
+    pub meta: EntryMeta,
+}
+
+impl Entry {
+    /// The directory holding the output tree.
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.join("out")
+    }
+}
+
+/// Whether [`Store::build`] ran the builder or found the entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildOutcome {
+    /// The entry was already in the store.
+    Cached,
+    /// The builder ran and its output was published.
+    Built {
+        /// How long the builder took.
+        duration: Duration,
+    },
+}
+
+/// A content-addressed store rooted at a directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating when missing) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        for sub in ["entries", "tmp", "locks"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
+        }
+        Ok(Self { root })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn entry_dir(&self, closure: &ClosureHash) -> PathBuf {
+        self.root.join("entries").join(closure.to_string())
+    }
+
+    /// The published entry for `closure`, if there is one.
+    pub fn lookup(&self, closure: &ClosureHash) -> Result<Option<Entry>, StoreError> {
+        let dir = self.entry_dir(closure);
+        let meta_path = dir.join("meta.toml");
+        let text = match fs::read_to_string(&meta_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("read", &meta_path, e)),
+        };
+        let meta = toml::from_str(&text).map_err(|e| StoreError::CorruptMeta {
+            closure: *closure,
+            path: meta_path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(Entry {
+            closure: *closure,
+            dir,
+            meta,
+        }))
+    }
+
+    /// Returns the entry for `derivation`, running `builder` to make it when it is missing.
+    ///
+    /// `builder` writes the output tree into the directory it is given. Only one process
+    /// builds a closure at a time: a second one calls `on_wait` and waits for the first, then
+    /// reuses its entry.
+    pub fn build<F>(
+        &self,
+        derivation: &Derivation,
+        name: &str,
+        on_wait: impl FnOnce(),
+        builder: F,
+    ) -> Result<(Entry, BuildOutcome), StoreError>
+    where
+        F: FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let closure = derivation.closure_hash();
+        if let Some(entry) = self.lookup(&closure)? {
+            return Ok((entry, BuildOutcome::Cached));
+        }
+        let _lock = self.lock_closure(&closure, on_wait)?;
+        if let Some(entry) = self.lookup(&closure)? {
+            return Ok((entry, BuildOutcome::Cached));
+        }
+        self.remove_stale_temp_dirs(&closure)?;
+
+        let temp = self.root.join("tmp").join(format!(
+            "{closure}.{}.{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        let out = temp.join("out");
+        fs::create_dir_all(&out).map_err(|e| StoreError::io("create directory", &out, e))?;
+        let started = Instant::now();
+        let built = builder(&out).map_err(|source| StoreError::Build {
+            name: name.to_owned(),
+            source,
+        });
+        if let Err(err) = built {
+            let _ = fs::remove_dir_all(&temp);
+            return Err(err);
+        }
+        let duration = started.elapsed();
+        let published = self.publish(&temp, &closure, derivation, name, duration);
+        if published.is_err() {
+            let _ = fs::remove_dir_all(&temp);
+        }
+        Ok((published?, BuildOutcome::Built { duration }))
+    }
+
+    fn publish(
+        &self,
+        temp: &Path,
+        closure: &ClosureHash,
+        derivation: &Derivation,
+        name: &str,
+        duration: Duration,
+    ) -> Result<Entry, StoreError> {
+        let output_hash: OutputHash = hash_tree(&temp.join("out"))?;
+        let meta = EntryMeta {
+            name: name.to_owned(),
+            output_hash: output_hash.to_string(),
+            build_seconds: duration.as_secs_f64(),
+            host: host_name(),
+            kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            derivation: derivation.clone(),
+        };
+        let meta_path = temp.join("meta.toml");
+        let text = toml::to_string(&meta).map_err(|e| StoreError::CorruptMeta {
+            closure: *closure,
+            path: meta_path.clone(),
+            message: e.to_string(),
+        })?;
+        fs::write(&meta_path, text).map_err(|e| StoreError::io("write", &meta_path, e))?;
+        sync_tree(temp)?;
+        let dir = self.entry_dir(closure);
+        fs::rename(temp, &dir).map_err(|e| StoreError::io("publish entry", &dir, e))?;
+        sync_dir(&self.root.join("entries"))?;
+        Ok(Entry {
+            closure: *closure,
+            dir,
+            meta,
+        })
+    }
+
+    fn lock_closure(
+        &self,
+        closure: &ClosureHash,
+        on_wait: impl FnOnce(),
+    ) -> Result<File, StoreError> {
+        let path = self.root.join("locks").join(format!("{closure}.lock"));
+        let file = File::create(&path).map_err(|e| StoreError::io("create lock", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock().map_err(|e| StoreError::io("lock", &path, e))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &path, e)),
+        }
+        Ok(file)
+    }
+
+    /// Removes temp dirs of earlier builders of `closure`; only called under its lock, so
+    /// every such dir belongs to a builder that died.
+    fn remove_stale_temp_dirs(&self, closure: &ClosureHash) -> Result<(), StoreError> {
+        let tmp = self.root.join("tmp");
+        let prefix = format!("{closure}.");
+        let entries = fs::read_dir(&tmp).map_err(|e| StoreError::io("read directory", &tmp, e))?;
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let path = entry.path();
+                fs::remove_dir_all(&path)
+                    .map_err(|e| StoreError::io("remove stale temp dir", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unique_suffix() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Syncs every file and directory under `root`, children before parents.
+fn sync_tree(root: &Path) -> Result<(), StoreError> {
+    let meta = fs::symlink_metadata(root).map_err(|e| StoreError::io("inspect", root, e))?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(root).map_err(|e| StoreError::io("read directory", root, e))? {
+            let entry = entry.map_err(|e| StoreError::io("read directory", root, e))?;
+            sync_tree(&entry.path())?;
+        }
+        sync_dir(root)
+    } else if meta.is_file() {
+        File::open(root)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::io("sync", root, e))
+    } else {
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::io("sync", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn derivation(tag: &str) -> Derivation {
+        let mut drv = Derivation::new("test");
+        drv.setting("tag", tag);
+        drv
+    }
+
+    #[test]
+    fn builds_once_then_hits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let drv = derivation("a");
+        let (entry, outcome) = store
+            .build(
+                &drv,
+                "a",
+                || {},
+                |out| Ok(fs::write(out.join("file"), "data")?),
+            )
+            .expect("build");
+        assert!(matches!(outcome, BuildOutcome::Built { .. }));
+        assert_eq!(
+            fs::read_to_string(entry.out_dir().join("file")).expect("read"),
+            "data"
+        );
+        let (_, again) = store
+            .build(&drv, "a", || {}, |_| Err("must not run".into()))
+            .expect("hit");
+        assert_eq!(again, BuildOutcome::Cached);
+    }
+
+    #[test]
+    fn failed_build_leaves_no_entry_and_no_temp_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let drv = derivation("b");
+        let err = store.build(
+            &drv,
+            "b",
+            || {},
+            |out| {
+                fs::write(out.join("half"), "x")?;
+                Err("compiler exploded".into())
+            },
+        );
+        assert!(matches!(err, Err(StoreError::Build { .. })));
+        assert!(store.lookup(&drv.closure_hash()).expect("lookup").is_none());
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
+    }
+
+    #[test]
+    fn stale_temp_dirs_of_dead_builders_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let drv = derivation("c");
+        let stale = dir
+            .path()
+            .join("tmp")
+            .join(format!("{}.999999.1", drv.closure_hash()));
+        fs::create_dir_all(stale.join("out")).expect("mkdir");
+        store.build(&drv, "c", || {}, |_| Ok(())).expect("build");
+        assert!(!stale.exists());
+    }
+}

@@ -1,0 +1,145 @@
+//! The command line, declared once with clap's derive API.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_types::Arch;
+
+const AFTER_HELP: &str = "\
+Examples:
+  cargo xtask test                      build, boot and judge every case on every arch
+  cargo xtask test --arch riscv64 smoke one case on one arch
+  cargo xtask build                     build every artifact (cached by closure hash)
+  cargo xtask qemu smoke --arch aarch64 boot a case with the console attached (Ctrl-A X quits)
+  cargo xtask config                    print the resolved Kiln.toml
+  cargo xtask bench                     kiln's profiles against naive QEMU command lines
+
+Exit codes:
+  0  everything passed
+  1  a case failed (or passed when expected to fail), or a build failed
+  2  usage or Kiln.toml error
+  3  infrastructure error (QEMU or firmware missing, store unwritable, ...)";
+
+/// kiln: build for many architectures, boot in QEMU, judge, and cache it all by closure hash.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Path to Kiln.toml (default: found in the current directory or a parent).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Say more (QEMU command lines, closure hashes).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Say less: errors and the summary only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// How many guests boot at once (default: the number of CPUs).
+    #[arg(short, long, global = true, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Install missing host packages and rustup targets without asking (implied by CI=true).
+    #[arg(short, long, global = true)]
+    pub yes: bool,
+    /// Accelerator: `auto` probes whether KVM really works (env: KILN_ACCEL).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "KILN_ACCEL",
+        default_value = "auto"
+    )]
+    pub accel: AccelArg,
+}
+
+/// `--accel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    /// Probe: KVM only when a guest really runs well under it.
+    Auto,
+    /// Always KVM.
+    Kvm,
+    /// Always TCG (software emulation).
+    Tcg,
+}
+
+/// kiln's commands; flatten this into your own xtask's `Subcommand` to add verbs beside them.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Build artifacts through the store; prints each binary's path on stdout.
+    Build(BuildArgs),
+    /// Build, boot and judge test cases; ends with a summary table.
+    Test(TestArgs),
+    /// Boot one case with the serial console attached (Ctrl-A X quits, Ctrl-A C: monitor).
+    Qemu(QemuArgs),
+    /// Time boot-to-verdict with kiln's machine profiles against naive QEMU command lines.
+    Bench(BenchArgs),
+    /// Print the resolved configuration (defaults applied) on stdout.
+    Config(ConfigArgs),
+    /// Install what kiln's own tests need, then run the workspace's tests.
+    Selftest(SelftestArgs),
+}
+
+/// `build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Only these architectures.
+    #[arg(long, value_delimiter = ',')]
+    pub arch: Vec<Arch>,
+}
+
+/// `test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Only these cases (default: all).
+    pub cases: Vec<String>,
+    /// Only these architectures.
+    #[arg(long, value_delimiter = ',')]
+    pub arch: Vec<Arch>,
+}
+
+/// `qemu`.
+#[derive(Debug, Args)]
+pub struct QemuArgs {
+    /// The case to boot (default: the only case, or the first one expected to pass).
+    pub case: Option<String>,
+    /// The architecture (needed when the case runs on several).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+}
+
+/// `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Boots per measurement; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// The case whose kernel is booted (default: the first case expected to pass).
+    #[arg(long)]
+    pub case: Option<String>,
+    /// Only these architectures.
+    #[arg(long, value_delimiter = ',')]
+    pub arch: Vec<Arch>,
+}
+
+/// `config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {}
+
+/// `selftest`.
+#[derive(Debug, Args)]
+pub struct SelftestArgs {
+    /// Extra arguments for `cargo test`.
+    #[arg(last = true)]
+    pub cargo_args: Vec<String>,
+}

@@ -1,0 +1,164 @@
+//! `bench`: boot-to-verdict with kiln's machine profiles against naive QEMU command lines,
+//! measured side by side in one run.
+
+use std::{io::Write as _, path::Path, time::Duration};
+
+use anyhow::Context as _;
+use kiln_qemu::{Argv, BootRequest, Console, Judge, accel::Accel};
+use kiln_types::Arch;
+
+use crate::{
+    cli::BenchArgs,
+    commands::UsageError,
+    config::Expect,
+    cx::Cx,
+    exit_code,
+    plan::{Plan, Selection},
+};
+
+/// What a hand-written script typically runs: `-cpu max`, the machine's default options.
+fn naive_argv(arch: Arch, kernel: &Path) -> Argv {
+    let mut argv = Argv::default();
+    match arch {
+        Arch::X86_64 => {
+            argv.pair("-cpu", "max")
+                .pair("-device", "isa-debug-exit,iobase=0xf4,iosize=0x04");
+        }
+        Arch::Aarch64 => {
+            argv.pair("-machine", "virt")
+                .pair("-cpu", "max")
+                .arg("-semihosting");
+        }
+        Arch::Riscv64 => {
+            argv.pair("-machine", "virt");
+        }
+    }
+    argv.pair("-display", "none")
+        .pair("-serial", "stdio")
+        .pair("-kernel", kernel);
+    argv
+}
+
+struct Measured {
+    times: Vec<Duration>,
+    failures: usize,
+}
+
+impl Measured {
+    fn median(&self) -> Option<Duration> {
+        let mut times = self.times.clone();
+        times.sort();
+        times.get(times.len() / 2).copied()
+    }
+}
+
+/// Runs the benchmark and prints the table on stdout.
+pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
+    let config = &cx.config;
+    let case = match &args.case {
+        Some(name) => name.clone(),
+        None => config
+            .cases
+            .values()
+            .find(|c| c.expect == Expect::Pass)
+            .map(|c| c.name.clone())
+            .ok_or_else(|| {
+                UsageError::new("no case is expected to pass; name one with `--case`", None)
+            })?,
+    };
+    let plan = Plan::for_test(
+        config,
+        &Selection {
+            arches: args.arch.clone(),
+            cases: vec![case.clone()],
+        },
+    )?;
+    cx.provision_machines(&plan.runs)?;
+    let built = cx.realise(&plan.builds)?;
+    let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
+    let scratch = tempfile::tempdir().context("cannot create a temp dir for serial logs")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let runs = args.runs.max(1);
+
+    let mut rows = Vec::new();
+    for run in &plan.runs {
+        let Some(artifact) = built.get(&run.build) else {
+            continue;
+        };
+        let arch = run.machine.arch;
+        let accel = accels.get(&arch).map_or(Accel::Tcg, |c| c.accel);
+        let ours = run.machine.argv(&artifact.binary, accel, Console::Captured);
+        let naive = naive_argv(arch, &artifact.binary);
+        let mut kiln = Measured {
+            times: Vec::new(),
+            failures: 0,
+        };
+        let mut hand = Measured {
+            times: Vec::new(),
+            failures: 0,
+        };
+        cx.printer
+            .status("Benching", &format!("{} ({runs} boots each)", run.label()));
+        for i in 0..runs {
+            for (argv, measured) in [(&ours, &mut kiln), (&naive, &mut hand)] {
+                let request = BootRequest {
+                    program: arch.qemu_binary().to_owned(),
+                    argv: argv.clone(),
+                    timeout: run.timeout,
+                    no_output_timeout: run.no_output_timeout,
+                    stop_on_success: run.stop_on_success,
+                    log_path: scratch.path().join(format!("{arch}-{i}.log")),
+                };
+                let judge = Judge {
+                    ..run.judge.clone()
+                };
+                let outcome = runtime.block_on(kiln_qemu::boot(&request, &judge, |_| {}))?;
+                if judge.judge(&outcome).is_pass() {
+                    measured.times.push(outcome.duration);
+                } else {
+                    measured.failures += 1;
+                }
+            }
+        }
+        rows.push((arch, kiln, hand));
+    }
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "boot-to-verdict of case `{case}`, median of {runs} (TCG unless noted)"
+    )?;
+    writeln!(
+        out,
+        "{:<10} {:>12} {:>12} {:>8}",
+        "arch", "kiln", "naive", "ratio"
+    )?;
+    for (arch, kiln, hand) in rows {
+        let cell = |m: &Measured| match m.median() {
+            Some(d) if m.failures == 0 => format!("{:.3}s", d.as_secs_f64()),
+            Some(d) => format!("{:.3}s ({} failed)", d.as_secs_f64(), m.failures),
+            None => "failed".to_owned(),
+        };
+        let ratio = match (kiln.median(), hand.median()) {
+            (Some(k), Some(h)) if !k.is_zero() => {
+                format!("{:.2}x", h.as_secs_f64() / k.as_secs_f64())
+            }
+            _ => "-".to_owned(),
+        };
+        writeln!(
+            out,
+            "{:<10} {:>12} {:>12} {:>8}",
+            arch.as_str(),
+            cell(&kiln),
+            cell(&hand),
+            ratio
+        )?;
+    }
+    writeln!(
+        out,
+        "ratio = naive / kiln: how many times longer the naive command line takes"
+    )?;
+    Ok(exit_code::SUCCESS)
+}

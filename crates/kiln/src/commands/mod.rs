@@ -1,0 +1,88 @@
+//! One module per verb; `run` dispatches.
+
+mod bench;
+mod build;
+mod config;
+mod qemu;
+mod selftest;
+pub mod test;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use kiln_qemu::accel::{Accel, AccelPolicy};
+
+use crate::{
+    cli::{AccelArg, Cli, Command, GlobalArgs},
+    config::Config,
+    cx::{Cx, Options},
+    provision::InstallMode,
+    report::{Printer, Verbosity},
+};
+
+/// A mistake on the command line (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UsageError {
+    /// What is wrong.
+    pub message: String,
+    /// What to do.
+    pub help: Option<String>,
+}
+
+impl UsageError {
+    pub(crate) fn new(message: impl Into<String>, help: Option<String>) -> Self {
+        Self {
+            message: message.into(),
+            help,
+        }
+    }
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let cx = context(&cli.global)?;
+    match cli.command {
+        Command::Build(args) => build::run(&cx, &args),
+        Command::Test(args) => test::run(&cx, &args).map(|summary| test::exit_code(&summary)),
+        Command::Qemu(args) => qemu::run(&cx, &args),
+        Command::Bench(args) => bench::run(&cx, &args),
+        Command::Config(_) => config::run(&cx),
+        Command::Selftest(args) => selftest::run(&cx, &args),
+    }
+}
+
+/// Loads Kiln.toml and opens the store for the global options.
+pub fn context(global: &GlobalArgs) -> anyhow::Result<Cx> {
+    let file = match &global.config {
+        Some(path) => path.clone(),
+        None => {
+            let cwd: PathBuf =
+                std::env::current_dir().context("cannot read the current directory")?;
+            Config::discover(&cwd)?
+        }
+    };
+    let config = Config::load(&file)?;
+    let verbosity = if global.quiet {
+        Verbosity::Quiet
+    } else if global.verbose > 0 {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let jobs = global
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let accel = match global.accel {
+        AccelArg::Auto => AccelPolicy::Auto,
+        AccelArg::Kvm => AccelPolicy::Force(Accel::Kvm),
+        AccelArg::Tcg => AccelPolicy::Force(Accel::Tcg),
+    };
+    let options = Options {
+        jobs,
+        install: InstallMode::detect(global.yes),
+        accel,
+    };
+    Cx::new(config, Printer::new(verbosity), options)
+}

@@ -1,0 +1,86 @@
+//! `test`: build, boot and judge every selected case on every selected machine.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use kiln_store::BuildOutcome;
+
+use crate::{
+    cli::TestArgs,
+    commands::UsageError,
+    cx::Cx,
+    exit_code,
+    plan::{Plan, Selection},
+    report::RunSummary,
+    runner::{self, ReadyRun},
+};
+
+/// Runs the cases and returns their results; the summary has been printed.
+pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
+    let started = Instant::now();
+    let selection = Selection {
+        arches: args.arch.clone(),
+        cases: args.cases.clone(),
+    };
+    let plan = Plan::for_test(&cx.config, &selection)?;
+    if plan.runs.is_empty() {
+        return Err(UsageError::new(
+            "no case matches the selection",
+            Some("check `--arch` and the case names against `cargo xtask config`".to_owned()),
+        )
+        .into());
+    }
+    cx.provision_machines(&plan.runs)?;
+    let built = cx.realise(&plan.builds)?;
+    let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
+    let log_dir = cx.work_dir().join("logs");
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create `{}`", log_dir.display()))?;
+
+    let ready = plan
+        .runs
+        .iter()
+        .filter_map(|run| {
+            let artifact = built.get(&run.build)?;
+            Some(ReadyRun {
+                run: run.clone(),
+                kernel: artifact.binary.clone(),
+                built: matches!(artifact.outcome, BuildOutcome::Built { .. }),
+                accel: accels
+                    .get(&run.machine.arch)
+                    .map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel),
+            })
+        })
+        .collect::<Vec<_>>();
+    let results = {
+        let mut printer = (*cx.printer).clone_settings();
+        printer.set_prefix_serial(ready.len() > 1);
+        runner::run_all(
+            ready,
+            cx.options.jobs,
+            &log_dir,
+            std::sync::Arc::new(printer),
+        )
+    };
+    let summary = RunSummary {
+        results,
+        total: started.elapsed(),
+    };
+    cx.printer.always(&summary.render());
+    if !summary.all_ok() {
+        cx.printer
+            .always(&format!("serial logs: {}", log_dir.display()));
+    }
+    Ok(summary)
+}
+
+/// The exit code for a finished run.
+pub fn exit_code(summary: &RunSummary) -> u8 {
+    if summary.has_errors() {
+        exit_code::INFRASTRUCTURE
+    } else if summary.all_ok() {
+        exit_code::SUCCESS
+    } else {
+        exit_code::CASES_FAILED
+    }
+}

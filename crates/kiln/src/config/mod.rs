@@ -1,0 +1,640 @@
+//! Kiln.toml: reading, validating and resolving the project's declaration.
+//!
+//! Reading goes raw → resolved: [`raw`] mirrors the file (with spans), [`Config`] holds
+//! checked, typed values with defaults applied. Unknown keys are errors with the closest
+//! valid key, and every error names file, line, column and key.
+
+mod diagnostic;
+mod fields;
+mod raw;
+
+use std::{
+    collections::BTreeMap,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use kiln_qemu::{Firmware, Machine};
+use kiln_types::Arch;
+use regex::Regex;
+use toml::Spanned;
+
+pub use diagnostic::{ConfigError, Source, closest as closest_name};
+pub use raw::Expect;
+use raw::{RawArtifact, RawCase, RawMachine, RawManifest, RawSize};
+
+/// The file name kiln looks for.
+pub const FILE_NAME: &str = "Kiln.toml";
+
+/// Default hard timeout of a case.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The resolved configuration of a project.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Absolute path of Kiln.toml.
+    pub file: PathBuf,
+    /// The directory holding it; relative paths in it are relative to this.
+    pub root: PathBuf,
+    /// Where the store lives.
+    pub store_dir: PathBuf,
+    /// Artifacts by name.
+    pub artifacts: BTreeMap<String, Artifact>,
+    /// Machine profiles by name, the built-in one per architecture included.
+    pub machines: BTreeMap<String, Machine>,
+    /// Test cases by name.
+    pub cases: BTreeMap<String, Case>,
+}
+
+/// A cargo package built for one target per architecture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    /// The artifact's name in Kiln.toml.
+    pub name: String,
+    /// The cargo package.
+    pub package: String,
+    /// The package's directory; cargo runs there, so its `.cargo/config.toml` applies.
+    pub dir: PathBuf,
+    /// The architectures it is built for.
+    pub arches: Vec<Arch>,
+    /// Target triple per architecture.
+    pub targets: BTreeMap<Arch, String>,
+    /// Cargo profile.
+    pub profile: String,
+    /// Cargo features.
+    pub features: Vec<String>,
+    /// Whether default features are off.
+    pub no_default_features: bool,
+    /// The binary target, when the package has several.
+    pub bin: Option<String>,
+}
+
+/// A test case: an artifact booted on machines and judged.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// The case's name.
+    pub name: String,
+    /// The artifact it boots.
+    pub artifact: String,
+    /// The machines it boots on (one or more per architecture).
+    pub machines: Vec<String>,
+    /// Serial line pattern that passes the case (required when set).
+    pub success: Option<Regex>,
+    /// Serial line pattern that fails the case at once.
+    pub failure: Option<Regex>,
+    /// QEMU exit statuses meaning success; `None` takes the exit device's.
+    pub success_exit_codes: Option<Vec<i32>>,
+    /// Whether the guest is expected to pass or fail.
+    pub expect: Expect,
+    /// Hard timeout.
+    pub timeout: Duration,
+    /// No-output watchdog.
+    pub no_output_timeout: Option<Duration>,
+    /// Stop the guest once the success marker appears.
+    pub stop_on_success: bool,
+}
+
+impl Config {
+    /// Finds Kiln.toml in `start` or its ancestors.
+    pub fn discover(start: &Path) -> Result<PathBuf, ConfigError> {
+        start
+            .ancestors()
+            .map(|dir| dir.join(FILE_NAME))
+            .find(|candidate| candidate.is_file())
+            .ok_or_else(|| {
+                ConfigError::whole_file(
+                    start.join(FILE_NAME),
+                    format!("no {FILE_NAME} in this directory or any parent"),
+                )
+                .with_help(
+                    "run kiln inside a project that has a Kiln.toml, or pass `--config PATH`",
+                )
+            })
+    }
+
+    /// Reads and resolves `file`.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| ConfigError::whole_file(&file, format!("cannot read {FILE_NAME}: {e}")))?;
+        let shown = display_path(&file);
+        Self::parse(Source { path: shown, text }, &file)
+    }
+
+    /// Resolves the text of a Kiln.toml whose absolute path is `file`.
+    pub fn parse(source: Source, file: &Path) -> Result<Self, ConfigError> {
+        let raw = deserialize(&source)?;
+        let root = file
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        Resolver {
+            source: &source,
+            root: &root,
+        }
+        .resolve(raw, file)
+    }
+}
+
+/// `path` relative to the current directory when below it, for shorter messages.
+fn display_path(path: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_owned))
+        .unwrap_or_else(|| path.to_owned())
+}
+
+/// Parses the text, collecting every unknown key.
+fn deserialize(source: &Source) -> Result<RawManifest, ConfigError> {
+    let syntax_error = |e: toml::de::Error| {
+        let key = e.span().and_then(|span| key_at(&source.text, span.start));
+        ConfigError::at(source, e.span(), key, e.message().trim().to_owned())
+    };
+    let table = toml::de::DeTable::parse(&source.text).map_err(syntax_error)?;
+    let mut unknown = Vec::new();
+    let raw: RawManifest =
+        serde_ignored::deserialize(toml::de::Deserializer::from(table), |path| {
+            unknown.push(path_segments(&path));
+        })
+        .map_err(syntax_error)?;
+    if let Some(path) = unknown.first() {
+        return Err(unknown_key_error(source, path));
+    }
+    Ok(raw)
+}
+
+fn path_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => Vec::new(),
+        Path::Seq { parent, index } => {
+            let mut segments = path_segments(parent);
+            segments.push(index.to_string());
+            segments
+        }
+        Path::Map { parent, key } => {
+            let mut segments = path_segments(parent);
+            segments.push(key.clone());
+            segments
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => path_segments(parent),
+    }
+}
+
+fn unknown_key_error(source: &Source, path: &[String]) -> ConfigError {
+    let Some((key, parents)) = path.split_last() else {
+        return ConfigError::whole_file(&source.path, "unknown key");
+    };
+    let valid: &[&str] = match parents.first().map(String::as_str) {
+        None => fields::field_names::<RawManifest>(),
+        Some("store") => fields::field_names::<raw::RawStore>(),
+        Some("artifact") => fields::field_names::<RawArtifact>(),
+        Some("machine") => fields::field_names::<RawMachine>(),
+        Some("case") => fields::field_names::<RawCase>(),
+        Some(_) => &[],
+    };
+    let table = if parents.is_empty() {
+        "the top level".to_owned()
+    } else {
+        format!("`[{}]`", parents.join("."))
+    };
+    let span = key_span(&source.text, path);
+    let err = ConfigError::at(
+        source,
+        span,
+        Some(path.join(".")),
+        format!("unknown key `{key}` in {table}"),
+    );
+    match diagnostic::closest(key, valid.iter().copied()) {
+        Some(near) => err.with_help(format!("a key with a similar name exists: `{near}`")),
+        None if !valid.is_empty() => {
+            err.with_help(format!("valid keys here: {}", valid.join(", ")))
+        }
+        None => err,
+    }
+}
+
+/// The span of the key at `path`, found by walking the parsed document.
+fn key_span(text: &str, path: &[String]) -> Option<Range<usize>> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let (last, parents) = path.split_last()?;
+    for segment in parents {
+        let (_, value) = table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == segment.as_str())?;
+        match value.get_ref() {
+            toml::de::DeValue::Table(inner) => table = inner,
+            _ => return None,
+        }
+    }
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == last.as_str())
+        .map(|(k, _)| k.span())
+}
+
+/// The dotted key whose value contains byte `offset`, for errors that only carry a span.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    fn search(
+        table: &toml::de::DeTable<'_>,
+        offset: usize,
+        prefix: &mut Vec<String>,
+    ) -> Option<String> {
+        for (key, value) in table.iter() {
+            let within = value.span().contains(&offset) || key.span().contains(&offset);
+            if !within {
+                continue;
+            }
+            prefix.push(key.get_ref().to_string());
+            if let toml::de::DeValue::Table(inner) = value.get_ref()
+                && let Some(found) = search(inner, offset, prefix)
+            {
+                return Some(found);
+            }
+            return Some(prefix.join("."));
+        }
+        None
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    search(doc.get_ref(), offset, &mut Vec::new())
+}
+
+struct Resolver<'a> {
+    source: &'a Source,
+    root: &'a Path,
+}
+
+impl Resolver<'_> {
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: String,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let span = span.or_else(|| {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            key_span(&self.source.text, &path)
+        });
+        ConfigError::at(self.source, span, Some(key), message)
+    }
+
+    fn resolve(&self, raw: RawManifest, file: &Path) -> Result<Config, ConfigError> {
+        if let Some(wanted) = &raw.kiln_version {
+            self.check_version(wanted)?;
+        }
+        let store_dir = match &raw.store.path {
+            Some(path) => self.root.join(path),
+            None => self.root.join("target/kiln/store"),
+        };
+        let mut artifacts = BTreeMap::new();
+        for (name, artifact) in raw.artifact {
+            let resolved = self.artifact(&name, artifact)?;
+            artifacts.insert(name, resolved);
+        }
+        let mut machines: BTreeMap<String, Machine> = Arch::ALL
+            .into_iter()
+            .map(|arch| (arch.as_str().to_owned(), Machine::default_for(arch)))
+            .collect();
+        for (name, machine) in raw.machine {
+            let resolved = self.machine(&name, machine)?;
+            machines.insert(name, resolved);
+        }
+        let mut cases = BTreeMap::new();
+        for (name, case) in raw.case {
+            let resolved = self.case(&name, case, &artifacts, &machines)?;
+            cases.insert(name, resolved);
+        }
+        Ok(Config {
+            file: file.to_owned(),
+            root: self.root.to_owned(),
+            store_dir,
+            artifacts,
+            machines,
+            cases,
+        })
+    }
+
+    fn check_version(&self, wanted: &Spanned<String>) -> Result<(), ConfigError> {
+        let ours = env!("CARGO_PKG_VERSION");
+        let parse =
+            |v: &str| -> Option<Vec<u64>> { v.trim().split('.').map(|p| p.parse().ok()).collect() };
+        let key = "kiln-version".to_owned();
+        let Some(want) = parse(wanted.get_ref()) else {
+            return Err(self
+                .error(
+                    Some(wanted.span()),
+                    key,
+                    format!("`{}` is not a version", wanted.get_ref()),
+                )
+                .with_help("write a version such as \"0.1\""));
+        };
+        let have = parse(ours).unwrap_or_default();
+        let compatible = match (want.first(), have.first()) {
+            // 0.x: the minor version is the compatibility boundary, as in Cargo.
+            (Some(0), Some(0)) => want.get(1) == have.get(1) && want[1..] <= have[1..],
+            (Some(w), Some(h)) => w == h && want <= have,
+            _ => false,
+        };
+        if compatible {
+            return Ok(());
+        }
+        let newer = want > have;
+        let err = self.error(
+            Some(wanted.span()),
+            key,
+            format!(
+                "this project asks for kiln {} but this is kiln {ours}",
+                wanted.get_ref()
+            ),
+        );
+        Err(if newer {
+            err.with_help(format!(
+                "update kiln: `cargo update -p kiln --precise {}` in the project's xtask, or install a newer cargo-kiln",
+                wanted.get_ref()
+            ))
+        } else {
+            err.with_help("this kiln is newer than the project expects: update `kiln-version` after checking the changelog")
+        })
+    }
+
+    fn artifact(&self, name: &str, raw: RawArtifact) -> Result<Artifact, ConfigError> {
+        let key = |k: &str| format!("artifact.{name}.{k}");
+        let dir = match &raw.path {
+            Some(path) => self.root.join(path.get_ref()),
+            None => self.root.to_owned(),
+        };
+        if !dir.join("Cargo.toml").is_file() {
+            let span = raw.path.as_ref().map(Spanned::span);
+            return Err(self
+                .error(
+                    span,
+                    key("path"),
+                    format!("no Cargo.toml in `{}`", dir.display()),
+                )
+                .with_help(
+                    "set `path` to the directory of the cargo package, relative to Kiln.toml",
+                ));
+        }
+        let arches = match &raw.arches {
+            Some(list) if list.get_ref().is_empty() => {
+                return Err(self
+                    .error(Some(list.span()), key("arches"), "`arches` is empty")
+                    .with_help("list at least one of x86_64, aarch64, riscv64, or remove the key for all three"));
+            }
+            Some(list) => dedup(list.get_ref().clone()),
+            None => Arch::ALL.to_vec(),
+        };
+        let targets = arches
+            .iter()
+            .map(|arch| {
+                let triple = raw
+                    .target
+                    .get(arch)
+                    .cloned()
+                    .unwrap_or_else(|| arch.bare_metal_triple().to_owned());
+                (*arch, triple)
+            })
+            .collect();
+        Ok(Artifact {
+            name: name.to_owned(),
+            package: raw.package.into_inner(),
+            dir,
+            arches,
+            targets,
+            profile: raw.profile.unwrap_or_else(|| "release".to_owned()),
+            features: raw.features,
+            no_default_features: raw.no_default_features,
+            bin: raw.bin,
+        })
+    }
+
+    fn machine(&self, name: &str, raw: RawMachine) -> Result<Machine, ConfigError> {
+        let key = |k: &str| format!("machine.{name}.{k}");
+        let arch = match (&raw.arch, name.parse::<Arch>()) {
+            (Some(arch), Ok(named)) if *arch.get_ref() != named => {
+                return Err(self.error(
+                    Some(arch.span()),
+                    key("arch"),
+                    format!(
+                        "machine `{name}` is the built-in {named} profile but sets arch = \"{}\"",
+                        arch.get_ref()
+                    ),
+                ));
+            }
+            (Some(arch), _) => *arch.get_ref(),
+            (None, Ok(named)) => named,
+            (None, Err(_)) => {
+                return Err(self
+                    .error(
+                        None,
+                        format!("machine.{name}"),
+                        format!("machine `{name}` does not say its architecture"),
+                    )
+                    .with_help("add `arch = \"x86_64\"` (or aarch64, riscv64) to the table"));
+            }
+        };
+        let mut machine = Machine::default_for(arch);
+        machine.name = name.to_owned();
+        if let Some(machine_type) = raw.machine {
+            machine.machine_type = machine_type;
+        }
+        if let Some(cpu) = raw.cpu {
+            machine.cpu = Some(cpu);
+        }
+        if let Some(memory) = raw.memory {
+            machine.memory_mib = parse_size(memory.get_ref()).ok_or_else(|| {
+                self.error(
+                    Some(memory.span()),
+                    key("memory"),
+                    "memory must be MiB or a size like \"256M\" or \"1G\"",
+                )
+            })?;
+        }
+        if let Some(smp) = raw.smp {
+            machine.smp = smp.max(1);
+        }
+        if let Some(firmware) = raw.firmware {
+            machine.firmware = match firmware.as_str() {
+                "default" => Firmware::Bundled,
+                "none" => Firmware::None,
+                "machine" => Firmware::MachineDefault,
+                path => Firmware::File(self.root.join(path)),
+            };
+        }
+        if let Some(args) = raw.args {
+            machine.extra_args = args;
+        }
+        Ok(machine)
+    }
+
+    fn case(
+        &self,
+        name: &str,
+        raw: RawCase,
+        artifacts: &BTreeMap<String, Artifact>,
+        machines: &BTreeMap<String, Machine>,
+    ) -> Result<Case, ConfigError> {
+        let key = |k: &str| format!("case.{name}.{k}");
+        let artifact_name = raw.artifact.get_ref();
+        let Some(artifact) = artifacts.get(artifact_name) else {
+            let err = self.error(
+                Some(raw.artifact.span()),
+                key("artifact"),
+                format!("unknown artifact `{artifact_name}` in case `{name}`"),
+            );
+            return Err(
+                match diagnostic::closest(artifact_name, artifacts.keys().map(String::as_str)) {
+                    Some(near) => {
+                        err.with_help(format!("an artifact with a similar name exists: `{near}`"))
+                    }
+                    None => err.with_help("declare it under `[artifact.NAME]`"),
+                },
+            );
+        };
+        let machine_names = match (&raw.machines, &raw.arches) {
+            (Some(list), _) => {
+                let mut names = Vec::new();
+                for machine in list {
+                    let Some(found) = machines.get(machine.get_ref()) else {
+                        let err = self.error(
+                            Some(machine.span()),
+                            key("machines"),
+                            format!("unknown machine `{}` in case `{name}`", machine.get_ref()),
+                        );
+                        return Err(
+                            match diagnostic::closest(
+                                machine.get_ref(),
+                                machines.keys().map(String::as_str),
+                            ) {
+                                Some(near) => err.with_help(format!(
+                                    "a machine with a similar name exists: `{near}`"
+                                )),
+                                None => err.with_help("declare it under `[machine.NAME]`"),
+                            },
+                        );
+                    };
+                    if !artifact.arches.contains(&found.arch) {
+                        return Err(self.error(
+                            Some(machine.span()),
+                            key("machines"),
+                            format!(
+                                "machine `{}` is {} but artifact `{artifact_name}` is not built for {}",
+                                found.name, found.arch, found.arch
+                            ),
+                        ));
+                    }
+                    names.push(found.name.clone());
+                }
+                names
+            }
+            (None, Some(arches)) => {
+                for arch in arches.get_ref() {
+                    if !artifact.arches.contains(arch) {
+                        return Err(self
+                            .error(
+                                Some(arches.span()),
+                                key("arches"),
+                                format!("artifact `{artifact_name}` is not built for {arch}"),
+                            )
+                            .with_help(format!(
+                                "add {arch} to `artifact.{artifact_name}.arches`"
+                            )));
+                    }
+                }
+                dedup(arches.get_ref().clone())
+                    .iter()
+                    .map(|a| a.as_str().to_owned())
+                    .collect()
+            }
+            (None, None) => artifact
+                .arches
+                .iter()
+                .map(|a| a.as_str().to_owned())
+                .collect(),
+        };
+        Ok(Case {
+            name: name.to_owned(),
+            artifact: artifact_name.clone(),
+            machines: machine_names,
+            success: self.regex(raw.success.as_ref(), key("success"))?,
+            failure: self.regex(raw.failure.as_ref(), key("failure"))?,
+            success_exit_codes: raw.success_exit_codes,
+            expect: raw.expect,
+            timeout: self
+                .duration(raw.timeout.as_ref(), key("timeout"))?
+                .unwrap_or(DEFAULT_TIMEOUT),
+            no_output_timeout: self
+                .duration(raw.no_output_timeout.as_ref(), key("no-output-timeout"))?,
+            stop_on_success: raw.stop_on_success,
+        })
+    }
+
+    fn regex(
+        &self,
+        pattern: Option<&Spanned<String>>,
+        key: String,
+    ) -> Result<Option<Regex>, ConfigError> {
+        pattern
+            .map(|p| {
+                Regex::new(p.get_ref()).map_err(|e| {
+                    self.error(Some(p.span()), key, format!("invalid regular expression: {e}"))
+                        .with_help("patterns use the `regex` crate's syntax; escape literal characters such as `(` with `\\\\`")
+                })
+            })
+            .transpose()
+    }
+
+    fn duration(
+        &self,
+        text: Option<&Spanned<String>>,
+        key: String,
+    ) -> Result<Option<Duration>, ConfigError> {
+        text.map(|t| {
+            humantime::parse_duration(t.get_ref()).map_err(|e| {
+                self.error(
+                    Some(t.span()),
+                    key,
+                    format!("invalid duration `{}`: {e}", t.get_ref()),
+                )
+                .with_help("write a duration such as \"30s\", \"2m\" or \"1m 30s\"")
+            })
+        })
+        .transpose()
+    }
+}
+
+fn dedup(mut arches: Vec<Arch>) -> Vec<Arch> {
+    arches.sort();
+    arches.dedup();
+    arches
+}
+
+fn parse_size(size: &RawSize) -> Option<u32> {
+    match size {
+        RawSize::Mib(mib) => Some(*mib),
+        RawSize::Text(text) => {
+            let text = text.trim();
+            let (number, unit) = text.split_at(
+                text.find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(text.len()),
+            );
+            let number: u32 = number.parse().ok()?;
+            match unit
+                .trim()
+                .trim_end_matches(['b', 'B'])
+                .to_ascii_uppercase()
+                .as_str()
+            {
+                "" | "M" | "MI" => Some(number),
+                "G" | "GI" => number.checked_mul(1024),
+                _ => None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+//! Kiln.toml as written: `Option`-heavy types with spans, before validation.
+
+use std::collections::BTreeMap;
+
+use kiln_types::Arch;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct RawManifest {
+    pub kiln_version: Option<Spanned<String>>,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub artifact: BTreeMap<String, RawArtifact>,
+    #[serde(default)]
+    pub machine: BTreeMap<String, RawMachine>,
+    #[serde(default)]
+    pub case: BTreeMap<String, RawCase>,
+}
+
+/// `[store]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct RawStore {
+    pub path: Option<String>,
+}
+
+/// `[artifact.NAME]`: a cargo package built for a target per architecture.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct RawArtifact {
+    pub package: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub arches: Option<Spanned<Vec<Arch>>>,
+    #[serde(default)]
+    pub target: BTreeMap<Arch, String>,
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub features: Vec<String>,
+    #[serde(default)]
+    pub no_default_features: bool,
+    pub bin: Option<String>,
+}
+
+/// `[machine.NAME]`: overrides of a built-in QEMU profile.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct RawMachine {
+    pub arch: Option<Spanned<Arch>>,
+    pub machine: Option<String>,
+    pub cpu: Option<String>,
+    pub memory: Option<Spanned<RawSize>>,
+    pub smp: Option<u32>,
+    pub firmware: Option<String>,
+    pub args: Option<Vec<String>>,
+}
+
+/// A memory size: an integer (MiB) or text such as `"256M"` or `"1G"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    Mib(u32),
+    Text(String),
+}
+
+/// `[case.NAME]`: what boots where and how it is judged.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct RawCase {
+    pub artifact: Spanned<String>,
+    pub arches: Option<Spanned<Vec<Arch>>>,
+    pub machines: Option<Vec<Spanned<String>>>,
+    pub success: Option<Spanned<String>>,
+    pub failure: Option<Spanned<String>>,
+    pub success_exit_codes: Option<Vec<i32>>,
+    #[serde(default)]
+    pub expect: Expect,
+    pub timeout: Option<Spanned<String>>,
+    pub no_output_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub stop_on_success: bool,
+}
+
+/// What a case is expected to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expect {
+    /// The guest passes.
+    #[default]
+    Pass,
+    /// The guest fails (panics, exits with a failure code, prints the failure marker); a
+    /// timeout or a silent guest is still a failure of the case.
+    Fail,
+}

@@ -1,0 +1,363 @@
+//! Cargo builds as derivations: their closure hash, and the build that fills the entry.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::BufReader,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, bail};
+use cargo_metadata::{DependencyKind, Message, Metadata, PackageId};
+use kiln_store::{
+    BuildOutcome, Derivation, Entry, InputHash, SourceSet, Store, hash_file, hash_source_set,
+};
+
+use crate::{env, plan::BuildStep};
+
+/// Bumped whenever the way kiln builds cargo artifacts changes their output.
+const BUILDER_VERSION: &str = "kiln-cargo-build-1";
+
+/// Facts about the host toolchain for one package directory.
+#[derive(Clone, Debug)]
+pub struct CargoHost {
+    /// `rustc -vV` as run in the package directory (so rust-toolchain files apply).
+    pub rustc_version: String,
+}
+
+impl CargoHost {
+    /// Asks the toolchain that cargo would use in `dir`.
+    pub fn probe(dir: &Path) -> anyhow::Result<Self> {
+        let output = tool_command("rustc", dir)
+            .arg("-vV")
+            .output()
+            .with_context(|| format!("failed to run `rustc -vV` in `{}`", dir.display()))?;
+        if !output.status.success() {
+            bail!(
+                "`rustc -vV` failed in `{}`: {}",
+                dir.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(Self {
+            rustc_version: String::from_utf8_lossy(&output.stdout).into_owned(),
+        })
+    }
+}
+
+/// A cargo or rustc command for the project in `dir`, with the variables that describe
+/// kiln's own build removed. The rest of the environment (RUSTFLAGS and the like) is the
+/// user's and passes through; it is part of the closure hash.
+pub(crate) fn tool_command(program: &str, dir: &Path) -> Command {
+    let mut command = Command::new(program);
+    command.current_dir(dir);
+    for name in env::CARGO_RUN_VARIABLES {
+        command.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with(env::CARGO_PKG_PREFIX) {
+            command.env_remove(&name);
+        }
+    }
+    // rustup sets RUSTUP_TOOLCHAIN for `cargo xtask`; unless the user set it, the project's
+    // own toolchain file must decide.
+    if std::env::var("RUSTUP_TOOLCHAIN_SOURCE").map_or(true, |source| source != "env") {
+        command
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTUP_TOOLCHAIN_SOURCE");
+    }
+    command
+}
+
+fn cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<Metadata> {
+    let output = tool_command("cargo", dir)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            triple,
+        ])
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("failed to run `cargo metadata` in `{}`", dir.display()))?;
+    if !output.status.success() {
+        bail!(
+            "`cargo metadata` failed in `{}`: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let text =
+        String::from_utf8(output.stdout).context("`cargo metadata` printed invalid UTF-8")?;
+    cargo_metadata::MetadataCommand::parse(text).context("`cargo metadata` printed unexpected JSON")
+}
+
+/// The local (path) packages `root` depends on for `triple`, itself included; dev-only
+/// dependencies are left out.
+fn local_closure(metadata: &Metadata, root: &PackageId) -> Vec<PackageId> {
+    let Some(resolve) = &metadata.resolve else {
+        return vec![root.clone()];
+    };
+    let nodes: BTreeMap<_, _> = resolve.nodes.iter().map(|n| (&n.id, n)).collect();
+    let is_local: BTreeSet<_> = metadata
+        .packages
+        .iter()
+        .filter(|p| p.source.is_none())
+        .map(|p| &p.id)
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root];
+    while let Some(id) = stack.pop() {
+        if !is_local.contains(id) || !seen.insert(id.clone()) {
+            continue;
+        }
+        if let Some(node) = nodes.get(id) {
+            for dep in &node.deps {
+                let runtime = dep
+                    .dep_kinds
+                    .iter()
+                    .any(|k| k.kind != DependencyKind::Development);
+                if runtime {
+                    stack.push(&dep.pkg);
+                }
+            }
+        }
+    }
+    seen.into_iter().collect()
+}
+
+/// Computes the derivation of a build step: its settings and the hash of every input.
+pub fn derivation_for(step: &BuildStep, host: &CargoHost) -> anyhow::Result<Derivation> {
+    let artifact = &step.artifact;
+    let metadata = cargo_metadata(&artifact.dir, &step.triple)?;
+    let workspace_root = metadata.workspace_root.clone().into_std_path_buf();
+    let package = metadata
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == artifact.package && p.source.is_none())
+        .with_context(|| {
+            format!(
+                "artifact `{}`: no local package named `{}` in the cargo workspace at `{}`",
+                artifact.name,
+                artifact.package,
+                workspace_root.display()
+            )
+        })?;
+
+    let mut drv = Derivation::new("cargo-build");
+    drv.setting("builder", BUILDER_VERSION)
+        .setting("package", &artifact.package)
+        .setting("target", &step.triple)
+        .setting("profile", &artifact.profile)
+        .setting("features", artifact.features.join(","))
+        .setting(
+            "no-default-features",
+            artifact.no_default_features.to_string(),
+        )
+        .setting("bin", artifact.bin.clone().unwrap_or_default());
+    drv.input(
+        "tool:rustc",
+        InputHash::of_bytes(host.rustc_version.as_bytes()),
+    );
+
+    for id in local_closure(&metadata, &package.id) {
+        let Some(local) = metadata.packages.iter().find(|p| p.id == id) else {
+            continue;
+        };
+        let dir = local
+            .manifest_path
+            .parent()
+            .map(|p| p.as_std_path().to_owned())
+            .unwrap_or_default();
+        let set = SourceSet::package_dir(&dir)?;
+        let name = format!("source:{}", relative_name(&dir, &workspace_root));
+        drv.input(name, hash_source_set(&set)?);
+    }
+    for file in build_config_files(&artifact.dir, &workspace_root) {
+        let name = format!("file:{}", relative_name(&file, &workspace_root));
+        drv.input(name, InputHash(*hash_file(&file)?.as_bytes()));
+    }
+    for (name, value) in build_environment(&step.triple) {
+        drv.input(format!("env:{name}"), InputHash::of_bytes(value.as_bytes()));
+    }
+    Ok(drv)
+}
+
+/// `path` relative to the workspace root when inside it (so checkouts elsewhere hash the
+/// same), else absolute.
+fn relative_name(path: &Path, workspace_root: &Path) -> String {
+    match path.strip_prefix(workspace_root) {
+        Ok(rel) if rel.as_os_str().is_empty() => ".".to_owned(),
+        Ok(rel) => rel.display().to_string(),
+        Err(_) => path.display().to_string(),
+    }
+}
+
+/// Files outside the packages' own sources that change the build: the lock file, the
+/// workspace manifest (profiles), cargo config files and toolchain files.
+fn build_config_files(dir: &Path, workspace_root: &Path) -> Vec<PathBuf> {
+    let mut files = BTreeSet::new();
+    for name in ["Cargo.lock", "Cargo.toml"] {
+        files.insert(workspace_root.join(name));
+    }
+    for ancestor in dir.ancestors() {
+        for name in [
+            ".cargo/config.toml",
+            ".cargo/config",
+            "rust-toolchain.toml",
+            "rust-toolchain",
+        ] {
+            files.insert(ancestor.join(name));
+        }
+    }
+    if let Some(home) = std::env::var_os("CARGO_HOME").map(PathBuf::from) {
+        files.insert(home.join("config.toml"));
+        files.insert(home.join("config"));
+    }
+    files.into_iter().filter(|f| f.is_file()).collect()
+}
+
+/// The environment variables set now that change what cargo builds for `triple`.
+fn build_environment(triple: &str) -> BTreeMap<String, String> {
+    let triple_key = triple.to_uppercase().replace(['-', '.'], "_");
+    let user_toolchain = std::env::var("RUSTUP_TOOLCHAIN_SOURCE").is_ok_and(|s| s == "env");
+    let mut found = BTreeMap::new();
+    for name in env::BUILD_INPUT_VARIABLES {
+        let name = name.replace("{TRIPLE}", &triple_key);
+        if name == "RUSTUP_TOOLCHAIN" && !user_toolchain {
+            continue;
+        }
+        if let Ok(value) = std::env::var(&name) {
+            found.insert(name, value);
+        }
+    }
+    for (name, value) in std::env::vars() {
+        if env::BUILD_INPUT_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            found.insert(name, value);
+        }
+    }
+    found
+}
+
+/// Returns the store entry of `step`, running cargo when it is missing, and the path of the
+/// built binary inside it.
+pub fn realise(
+    store: &Store,
+    step: &BuildStep,
+    derivation: &Derivation,
+    quiet: bool,
+    on_wait: impl FnOnce(),
+) -> anyhow::Result<(Entry, BuildOutcome, PathBuf)> {
+    let name = format!("{}-{}", step.key.artifact, step.key.arch);
+    let (entry, outcome) = store.build(derivation, &name, on_wait, |out| {
+        cargo_build(step, out, quiet)
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
+    })?;
+    let binary = binary_in(&entry)?;
+    Ok((entry, outcome, binary))
+}
+
+fn binary_in(entry: &Entry) -> anyhow::Result<PathBuf> {
+    let out = entry.out_dir();
+    let mut files = std::fs::read_dir(&out)
+        .with_context(|| format!("store entry `{}` has no output directory", entry.closure))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect::<Vec<_>>();
+    files.sort();
+    match files.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "store entry `{}` should hold exactly one binary, found {}; run `cargo xtask build` after removing `{}`",
+            entry.closure,
+            files.len(),
+            entry.dir.display()
+        ),
+    }
+}
+
+fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> {
+    let artifact = &step.artifact;
+    let mut command = tool_command("cargo", &artifact.dir);
+    command.args(["build", "--message-format", "json-render-diagnostics"]);
+    command.args([
+        "--package",
+        &artifact.package,
+        "--target",
+        &step.triple,
+        "--profile",
+        &artifact.profile,
+    ]);
+    if let Some(bin) = &artifact.bin {
+        command.args(["--bin", bin]);
+    }
+    if !artifact.features.is_empty() {
+        command.args(["--features", &artifact.features.join(",")]);
+    }
+    if artifact.no_default_features {
+        command.arg("--no-default-features");
+    }
+    if quiet {
+        command.arg("--quiet");
+    }
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null());
+    let mut child = command.spawn().with_context(|| {
+        format!(
+            "failed to run cargo in `{}`; is cargo on PATH?",
+            artifact.dir.display()
+        )
+    })?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("cargo's output was not captured")?;
+    let mut executables = Vec::new();
+    for message in Message::parse_stream(BufReader::new(stdout)) {
+        let message = message.context("failed to read cargo's JSON messages")?;
+        if let Message::CompilerArtifact(built) = message
+            && let Some(executable) = built.executable
+            && built.target.is_bin()
+            && artifact
+                .bin
+                .as_ref()
+                .is_none_or(|bin| *bin == built.target.name)
+        {
+            executables.push((built.target.name.clone(), executable.into_std_path_buf()));
+        }
+    }
+    let status = child.wait().context("failed to wait for cargo")?;
+    if !status.success() {
+        bail!(
+            "`cargo build` for {} (target {}) failed with {status}",
+            step.key,
+            step.triple
+        );
+    }
+    let (bin_name, executable) = match executables.as_slice() {
+        [one] => one.clone(),
+        [] => bail!(
+            "`cargo build` for {} produced no binary; is `{}` a package with a [[bin]] target?",
+            step.key,
+            artifact.package
+        ),
+        many => bail!(
+            "package `{}` has several binaries ({}); choose one with `bin = \"NAME\"` in `[artifact.{}]`",
+            artifact.package,
+            many.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            artifact.name
+        ),
+    };
+    let target = out.join(&bin_name);
+    std::fs::copy(&executable, &target)
+        .with_context(|| format!("failed to copy `{}` into the store", executable.display()))?;
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Executing a plan's builds through the store.
+
+mod cargo;
+
+pub(crate) use cargo::tool_command;
+pub use cargo::{CargoHost, derivation_for, realise};

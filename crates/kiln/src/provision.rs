@@ -1,0 +1,331 @@
+//! Set-up is part of the product: find what the host lacks (QEMU, firmware, rustup
+//! targets), name the exact package or command, and install it when allowed.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, IsTerminal, Write},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use kiln_qemu::{Machine, QemuError, firmware};
+
+use crate::report::Printer;
+
+/// Whether kiln may install what is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstallMode {
+    /// Install without asking (`--yes`, or `CI=true`).
+    Yes,
+    /// Ask on the terminal.
+    Ask,
+    /// Never install; fail with the commands to run.
+    Never,
+}
+
+impl InstallMode {
+    /// Picks the mode from `--yes`, `CI` and whether a person is at the terminal.
+    pub fn detect(yes: bool) -> Self {
+        if yes || crate::env::in_ci() {
+            Self::Yes
+        } else if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+            Self::Ask
+        } else {
+            Self::Never
+        }
+    }
+}
+
+/// Something the host lacks.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Missing {
+    /// A system package (named as on Debian/Ubuntu).
+    Package {
+        /// The Debian/Ubuntu package.
+        package: &'static str,
+        /// What needs it, e.g. "`qemu-system-riscv64`".
+        needed_for: String,
+    },
+    /// A rustup target for the toolchain used in a directory.
+    RustupTarget {
+        /// The target triple.
+        target: String,
+        /// The directory whose toolchain needs it.
+        dir: PathBuf,
+    },
+}
+
+impl Missing {
+    fn describe(&self) -> String {
+        match self {
+            Self::Package {
+                package,
+                needed_for,
+            } => format!("package `{package}` (for {needed_for})"),
+            Self::RustupTarget { target, .. } => format!("rustup target `{target}`"),
+        }
+    }
+}
+
+/// What `machine` needs on this host that is missing.
+pub fn check_machine(machine: &Machine) -> Vec<Missing> {
+    match firmware::check(machine) {
+        Ok(()) => Vec::new(),
+        Err(QemuError::QemuMissing { program, package }) => {
+            vec![Missing::Package {
+                package,
+                needed_for: format!("`{program}`"),
+            }]
+        }
+        Err(QemuError::FirmwareMissing { file, package, .. }) if !package.contains(' ') => {
+            vec![Missing::Package {
+                package,
+                needed_for: format!("firmware `{file}`"),
+            }]
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The rustup targets among `targets` that the toolchain in `dir` lacks. Without rustup,
+/// nothing is reported (cargo then names the problem itself).
+pub fn check_targets(dir: &Path, targets: &BTreeSet<String>) -> Vec<Missing> {
+    let output = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(dir)
+        .output();
+    let Ok(output) = output else {
+        return Vec::new();
+    };
+    if !output.status.success() {
+        return Vec::new();
+    }
+    let installed: BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    targets
+        .iter()
+        .filter(|t| !installed.contains(*t) && !t.ends_with(".json"))
+        .map(|t| Missing::RustupTarget {
+            target: t.clone(),
+            dir: dir.to_owned(),
+        })
+        .collect()
+}
+
+/// Installs what is missing, or fails with the exact commands that would.
+pub fn ensure(missing: Vec<Missing>, mode: InstallMode, printer: &Printer) -> anyhow::Result<()> {
+    let missing: Vec<Missing> = missing
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let commands = install_commands(&missing);
+    printer.status(
+        "Missing",
+        &missing
+            .iter()
+            .map(Missing::describe)
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let proceed = match mode {
+        InstallMode::Yes => true,
+        InstallMode::Never => false,
+        InstallMode::Ask => {
+            let mut stderr = std::io::stderr();
+            let _ = writeln!(stderr, "kiln can run:");
+            for command in &commands {
+                let _ = writeln!(stderr, "    {}", command.shown);
+            }
+            let _ = write!(stderr, "Install them now? [Y/n] ");
+            let _ = stderr.flush();
+            let mut answer = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut answer);
+            matches!(answer.trim(), "" | "y" | "Y" | "yes")
+        }
+    };
+    if !proceed {
+        let list = commands
+            .iter()
+            .map(|c| format!("    {}", c.shown))
+            .collect::<Vec<_>>()
+            .join("\n");
+        bail!(
+            "the host lacks {}\nhelp: install them with:\n{list}\nor rerun with `--yes` to let kiln install them",
+            missing
+                .iter()
+                .map(Missing::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let had_qemu_img = firmware::find_program("qemu-img").is_some();
+    for command in &commands {
+        printer.status("Installing", &command.shown);
+        let status = Command::new(&command.program)
+            .args(&command.args)
+            .current_dir(&command.dir)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .with_context(|| format!("failed to run `{}`", command.shown))?;
+        if !status.success() {
+            bail!(
+                "`{}` failed with {status}; run it by hand to see why",
+                command.shown
+            );
+        }
+    }
+    // Debian's qemu-system packages can replace a newer qemu-utils; put qemu-img back.
+    if had_qemu_img && firmware::find_program("qemu-img").is_none() {
+        for command in apt_commands(&["qemu-utils"], false) {
+            let _ = Command::new(&command.program).args(&command.args).status();
+        }
+    }
+    Ok(())
+}
+
+struct InstallCommand {
+    program: String,
+    args: Vec<String>,
+    dir: PathBuf,
+    shown: String,
+}
+
+fn install_commands(missing: &[Missing]) -> Vec<InstallCommand> {
+    let packages: Vec<&'static str> = missing
+        .iter()
+        .filter_map(|m| match m {
+            Missing::Package { package, .. } => Some(*package),
+            Missing::RustupTarget { .. } => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut commands = Vec::new();
+    if !packages.is_empty() {
+        commands.extend(system_package_commands(&packages));
+    }
+    for m in missing {
+        if let Missing::RustupTarget { target, dir } = m {
+            commands.push(InstallCommand {
+                program: "rustup".into(),
+                args: vec!["target".into(), "add".into(), target.clone()],
+                dir: dir.clone(),
+                shown: format!("rustup target add {target}"),
+            });
+        }
+    }
+    commands
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn system_package_commands(packages: &[&'static str]) -> Vec<InstallCommand> {
+    if firmware::find_program("apt-get").is_some() {
+        return apt_commands(packages, true);
+    }
+    let (manager, install): (&str, &[&str]) = if firmware::find_program("dnf").is_some() {
+        ("dnf", &["install", "-y"])
+    } else if firmware::find_program("pacman").is_some() {
+        ("pacman", &["-S", "--needed", "--noconfirm"])
+    } else if firmware::find_program("brew").is_some() {
+        ("brew", &["install"])
+    } else {
+        ("apt-get", &["install", "-y", "--no-install-recommends"])
+    };
+    let names: BTreeSet<&str> = packages.iter().map(|p| translate(manager, p)).collect();
+    let mut args: Vec<String> = install.iter().map(|s| (*s).to_owned()).collect();
+    args.extend(names.iter().map(|s| (*s).to_owned()));
+    vec![privileged(manager, args)]
+}
+
+/// The package name on another manager for a Debian package name.
+fn translate(manager: &str, debian: &'static str) -> &'static str {
+    match (manager, debian) {
+        ("brew", _) => "qemu",
+        ("dnf" | "pacman", "qemu-system-arm") => "qemu-system-aarch64",
+        ("dnf" | "pacman", "qemu-system-misc") => "qemu-system-riscv",
+        ("dnf", "seabios") => "seabios-bin",
+        _ => debian,
+    }
+}
+
+fn apt_commands(packages: &[&'static str], update: bool) -> Vec<InstallCommand> {
+    let mut commands = Vec::new();
+    if update {
+        commands.push(privileged("apt-get", vec!["update".into()]));
+    }
+    let mut args = vec![
+        "install".to_owned(),
+        "-y".into(),
+        "--no-install-recommends".into(),
+    ];
+    args.extend(packages.iter().map(|p| (*p).to_owned()));
+    commands.push(privileged("apt-get", args));
+    commands
+}
+
+fn privileged(program: &str, args: Vec<String>) -> InstallCommand {
+    let (program, args) = if is_root() || program == "brew" {
+        (program.to_owned(), args)
+    } else {
+        let mut with_sudo = vec![program.to_owned()];
+        with_sudo.extend(args);
+        ("sudo".to_owned(), with_sudo)
+    };
+    let shown = std::iter::once(program.clone())
+        .chain(args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    InstallCommand {
+        program,
+        args,
+        dir: PathBuf::from("/"),
+        shown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_install_lists_each_package_once() {
+        let missing = vec![
+            Missing::Package {
+                package: "qemu-system-misc",
+                needed_for: "`qemu-system-riscv64`".into(),
+            },
+            Missing::Package {
+                package: "qemu-system-misc",
+                needed_for: "firmware".into(),
+            },
+            Missing::RustupTarget {
+                target: "aarch64-unknown-none".into(),
+                dir: "/".into(),
+            },
+        ];
+        let shown: Vec<String> = install_commands(&missing)
+            .into_iter()
+            .map(|c| c.shown)
+            .collect();
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.ends_with("install -y --no-install-recommends qemu-system-misc")),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown.last().map(String::as_str),
+            Some("rustup target add aarch64-unknown-none")
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! Everything kiln tells people: status lines, live serial output, the summary table.
+//!
+//! The runner only emits [`Event`]s; this module decides how they look. stdout carries data
+//! (`config` output); people read stderr.
+
+mod summary;
+
+use std::{io::Write, sync::Mutex, time::Duration};
+
+pub use summary::{CaseResult, CaseStatus, RunSummary};
+
+/// How much kiln says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Errors and the summary only.
+    Quiet,
+    /// Status lines and serial output.
+    Normal,
+    /// Also QEMU command lines and closure hashes.
+    Verbose,
+}
+
+/// Something the runner did that people may want to see.
+#[derive(Clone, Debug)]
+pub enum Event<'a> {
+    /// A boot started.
+    CaseStarted {
+        /// `case/machine`.
+        label: &'a str,
+        /// The rendered QEMU command line.
+        command: &'a str,
+    },
+    /// The guest printed a line.
+    SerialLine {
+        /// `case/machine`.
+        label: &'a str,
+        /// The line, ANSI escapes removed.
+        line: &'a str,
+    },
+    /// A boot ended.
+    CaseFinished(&'a CaseResult),
+}
+
+/// Writes status lines to stderr, one writer at a time.
+#[derive(Debug)]
+pub struct Printer {
+    verbosity: Verbosity,
+    prefix_serial: bool,
+    lock: Mutex<()>,
+}
+
+impl Printer {
+    /// A printer at the given verbosity.
+    pub fn new(verbosity: Verbosity) -> Self {
+        Self {
+            verbosity,
+            prefix_serial: false,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// A new printer with the same settings.
+    pub fn clone_settings(&self) -> Self {
+        Self {
+            verbosity: self.verbosity,
+            prefix_serial: self.prefix_serial,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Prefix serial lines with `[case/machine]` (when several guests run at once).
+    pub fn set_prefix_serial(&mut self, prefix: bool) {
+        self.prefix_serial = prefix;
+    }
+
+    /// The verbosity.
+    pub fn verbosity(&self) -> Verbosity {
+        self.verbosity
+    }
+
+    fn write(&self, text: &str) {
+        let _guard = self.lock.lock();
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "{text}");
+    }
+
+    /// A cargo-style status line: a right-aligned verb, then the message.
+    pub fn status(&self, verb: &str, message: &str) {
+        if self.verbosity >= Verbosity::Normal {
+            self.write(&format!("{verb:>12} {message}"));
+        }
+    }
+
+    /// A status line shown only with `-v`.
+    pub fn verbose(&self, verb: &str, message: &str) {
+        if self.verbosity >= Verbosity::Verbose {
+            self.write(&format!("{verb:>12} {message}"));
+        }
+    }
+
+    /// A warning; shown unless `-q`.
+    pub fn warn(&self, message: &str) {
+        if self.verbosity >= Verbosity::Normal {
+            self.write(&format!("warning: {message}"));
+        }
+    }
+
+    /// Text that is always shown (the summary).
+    pub fn always(&self, text: &str) {
+        self.write(text);
+    }
+
+    /// Shows one runner event.
+    pub fn event(&self, event: Event<'_>) {
+        match event {
+            Event::CaseStarted { label, command } => {
+                self.status("Booting", label);
+                self.verbose("Running", command);
+            }
+            Event::SerialLine { label, line } => {
+                if self.verbosity >= Verbosity::Normal {
+                    if self.prefix_serial {
+                        self.write(&format!("[{label}] {line}"));
+                    } else {
+                        self.write(line);
+                    }
+                }
+            }
+            Event::CaseFinished(result) => {
+                let verb = match result.status {
+                    CaseStatus::Passed => "Passed",
+                    CaseStatus::FailedAsExpected => "Failed (ok)",
+                    CaseStatus::Failed | CaseStatus::UnexpectedPass => "FAILED",
+                    CaseStatus::Error => "ERROR",
+                };
+                self.status(
+                    verb,
+                    &format!(
+                        "{} in {} ({})",
+                        result.label,
+                        seconds(result.boot),
+                        result.detail
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A duration as `1.23s`.
+pub fn seconds(duration: Duration) -> String {
+    format!("{:.2}s", duration.as_secs_f64())
+}

@@ -1,0 +1,166 @@
+//! The results of a run and the table that ends it.
+
+use std::{path::PathBuf, time::Duration};
+
+use kiln_qemu::Verdict;
+use kiln_types::Arch;
+
+use crate::config::Expect;
+
+/// How a case came out, with its expectation applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaseStatus {
+    /// Expected to pass and passed.
+    Passed,
+    /// Expected to fail and failed.
+    FailedAsExpected,
+    /// Expected to pass and failed (or timed out, or went silent).
+    Failed,
+    /// Expected to fail but passed.
+    UnexpectedPass,
+    /// kiln could not boot it (QEMU missing or rejecting its arguments).
+    Error,
+}
+
+impl CaseStatus {
+    /// Applies the expectation to a verdict.
+    pub fn from_verdict(verdict: &Verdict, expect: Expect) -> Self {
+        match (verdict, expect) {
+            (Verdict::Passed(_), Expect::Pass) => Self::Passed,
+            (Verdict::Passed(_), Expect::Fail) => Self::UnexpectedPass,
+            (Verdict::Failed(_), Expect::Fail) => Self::FailedAsExpected,
+            _ => Self::Failed,
+        }
+    }
+
+    /// Whether the case is green.
+    pub fn is_ok(self) -> bool {
+        matches!(self, Self::Passed | Self::FailedAsExpected)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::FailedAsExpected => "failed as expected",
+            Self::Failed => "FAILED",
+            Self::UnexpectedPass => "PASSED UNEXPECTEDLY",
+            Self::Error => "ERROR",
+        }
+    }
+}
+
+/// The result of one case on one machine.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    /// `case/machine`.
+    pub label: String,
+    /// The case.
+    pub case: String,
+    /// The machine profile's name.
+    pub machine: String,
+    /// The architecture.
+    pub arch: Arch,
+    /// The verdict, when the guest ran.
+    pub verdict: Option<Verdict>,
+    /// The verdict with the expectation applied.
+    pub status: CaseStatus,
+    /// Wall time of the boot.
+    pub boot: Duration,
+    /// Whether its artifact was built in this run or came from the store.
+    pub built: bool,
+    /// The serial log.
+    pub log: PathBuf,
+    /// One line saying why (the panic line, the exit status, the error).
+    pub detail: String,
+}
+
+/// All results of a run.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    /// Results in plan order.
+    pub results: Vec<CaseResult>,
+    /// Wall time of the whole command.
+    pub total: Duration,
+}
+
+impl RunSummary {
+    /// The result for a case on an architecture.
+    pub fn get(&self, case: &str, arch: Arch) -> Option<&CaseResult> {
+        self.results
+            .iter()
+            .find(|r| r.case == case && r.arch == arch)
+    }
+
+    /// Whether every case is green.
+    pub fn all_ok(&self) -> bool {
+        self.results.iter().all(|r| r.status.is_ok())
+    }
+
+    /// Whether some case could not be booted at all.
+    pub fn has_errors(&self) -> bool {
+        self.results.iter().any(|r| r.status == CaseStatus::Error)
+    }
+
+    /// The table and the closing count line.
+    pub fn render(&self) -> String {
+        let headers = [
+            "case", "machine", "arch", "result", "boot", "build", "detail",
+        ];
+        let rows: Vec<[String; 7]> = self
+            .results
+            .iter()
+            .map(|r| {
+                [
+                    r.case.clone(),
+                    r.machine.clone(),
+                    r.arch.to_string(),
+                    r.status.label().to_owned(),
+                    super::seconds(r.boot),
+                    if r.built {
+                        "built".to_owned()
+                    } else {
+                        "cached".to_owned()
+                    },
+                    r.detail.clone(),
+                ]
+            })
+            .collect();
+        let mut widths = headers.map(str::len);
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let line = |cells: [&str; 7]| {
+            let mut text = String::new();
+            for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    text.push_str(cell);
+                } else {
+                    text.push_str(&format!("{cell:<width$}  "));
+                }
+            }
+            text.trim_end().to_owned()
+        };
+        let mut out = String::new();
+        out.push_str(&line(headers));
+        out.push('\n');
+        for row in &rows {
+            out.push_str(&line(row.each_ref().map(String::as_str)));
+            out.push('\n');
+        }
+        let passed = self.results.iter().filter(|r| r.status.is_ok()).count();
+        let failed = self.results.len() - passed;
+        let expected = self
+            .results
+            .iter()
+            .filter(|r| r.status == CaseStatus::FailedAsExpected)
+            .count();
+        out.push_str(&format!("summary: {passed} passed, {failed} failed"));
+        if expected > 0 {
+            out.push_str(&format!(" ({expected} of the passed failed as expected)"));
+        }
+        out.push_str(&format!(" in {}", super::seconds(self.total)));
+        out
+    }
+}

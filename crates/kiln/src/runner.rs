@@ -1,0 +1,160 @@
+//! Boots a plan's cases, several at once, and collects their results.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use kiln_qemu::{BootRequest, Console, QemuError, accel::Accel};
+use tokio::{sync::Semaphore, task::JoinSet};
+
+use crate::{
+    plan::CaseRun,
+    report::{CaseResult, CaseStatus, Event, Printer},
+};
+
+/// One boot, with everything resolved.
+#[derive(Clone, Debug)]
+pub struct ReadyRun {
+    /// The case on its machine.
+    pub run: CaseRun,
+    /// The kernel to boot.
+    pub kernel: PathBuf,
+    /// Whether the kernel was built in this run.
+    pub built: bool,
+    /// The accelerator for its architecture.
+    pub accel: Accel,
+}
+
+/// Boots every run, at most `jobs` at a time; serial logs go to `log_dir`.
+pub fn run_all(
+    runs: Vec<ReadyRun>,
+    jobs: usize,
+    log_dir: &Path,
+    printer: Arc<Printer>,
+) -> Vec<CaseResult> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return runs
+                .into_iter()
+                .map(|r| error_result(&r, log_dir, format!("cannot start the runtime: {e}")))
+                .collect();
+        }
+    };
+    runtime.block_on(async {
+        let permits = Arc::new(Semaphore::new(jobs.max(1)));
+        let mut set = JoinSet::new();
+        let count = runs.len();
+        for (index, ready) in runs.into_iter().enumerate() {
+            let permits = permits.clone();
+            let printer = printer.clone();
+            let log_dir = log_dir.to_owned();
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                (index, boot_one(ready, &log_dir, &printer).await)
+            });
+        }
+        let mut results: Vec<Option<CaseResult>> = vec![None; count];
+        while let Some(joined) = set.join_next().await {
+            if let Ok((index, result)) = joined {
+                results[index] = Some(result);
+            }
+        }
+        results.into_iter().flatten().collect()
+    })
+}
+
+fn log_path(run: &CaseRun, log_dir: &Path) -> PathBuf {
+    log_dir.join(format!("{}.{}.log", run.case, run.machine.name))
+}
+
+fn error_result(ready: &ReadyRun, log_dir: &Path, detail: String) -> CaseResult {
+    CaseResult {
+        label: ready.run.label(),
+        case: ready.run.case.clone(),
+        machine: ready.run.machine.name.clone(),
+        arch: ready.run.machine.arch,
+        verdict: None,
+        status: CaseStatus::Error,
+        boot: std::time::Duration::ZERO,
+        built: ready.built,
+        log: log_path(&ready.run, log_dir),
+        detail,
+    }
+}
+
+async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseResult {
+    let run = &ready.run;
+    let label = run.label();
+    let argv = run
+        .machine
+        .argv(&ready.kernel, ready.accel, Console::Captured);
+    let request = BootRequest {
+        program: run.machine.arch.qemu_binary().to_owned(),
+        argv,
+        timeout: run.timeout,
+        no_output_timeout: run.no_output_timeout,
+        stop_on_success: run.stop_on_success,
+        log_path: log_path(run, log_dir),
+    };
+    let command = format!("{} {}", request.program, request.argv.display());
+    printer.event(Event::CaseStarted {
+        label: &label,
+        command: &command,
+    });
+    let started = Instant::now();
+    let outcome = kiln_qemu::boot(&request, &run.judge, |line| {
+        printer.event(Event::SerialLine {
+            label: &label,
+            line,
+        });
+    })
+    .await;
+    let result = match outcome {
+        Ok(outcome) => {
+            let verdict = run.judge.judge(&outcome);
+            let status = CaseStatus::from_verdict(&verdict, run.expect);
+            CaseResult {
+                label: label.clone(),
+                case: run.case.clone(),
+                machine: run.machine.name.clone(),
+                arch: run.machine.arch,
+                detail: verdict.describe(),
+                verdict: Some(verdict),
+                status,
+                boot: outcome.duration,
+                built: ready.built,
+                log: request.log_path.clone(),
+            }
+        }
+        Err(err) => {
+            let mut result = error_result(&ready, log_dir, describe_qemu_error(&err));
+            result.boot = started.elapsed();
+            result
+        }
+    };
+    printer.event(Event::CaseFinished(&result));
+    result
+}
+
+fn describe_qemu_error(err: &QemuError) -> String {
+    match err {
+        QemuError::QemuMissing { program, package } => {
+            format!("`{program}` is not installed (Debian/Ubuntu package `{package}`)")
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
