@@ -55,10 +55,7 @@ pub struct AccelChoice {
 
 impl AccelChoice {
     fn tcg(reason: impl Into<String>) -> Self {
-        Self {
-            accel: Accel::Tcg,
-            reason: reason.into(),
-        }
+        Self { accel: Accel::Tcg, reason: reason.into() }
     }
 }
 
@@ -68,10 +65,7 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(3);
 /// Chooses the accelerator for `guest` on this host. `cache_dir` keeps the probe's verdict.
 pub fn choose(guest: Arch, policy: AccelPolicy, cache_dir: &Path) -> AccelChoice {
     if let AccelPolicy::Force(accel) = policy {
-        return AccelChoice {
-            accel,
-            reason: "forced by KILN_ACCEL or --accel".to_owned(),
-        };
+        return AccelChoice { accel, reason: "forced by KILN_ACCEL or --accel".to_owned() };
     }
     if Arch::host() != Some(guest) {
         let host = Arch::host().map_or("this host's architecture", Arch::as_str);
@@ -80,23 +74,12 @@ pub fn choose(guest: Arch, policy: AccelPolicy, cache_dir: &Path) -> AccelChoice
     if guest != Arch::X86_64 {
         return AccelChoice::tcg("kiln's KVM probe only knows x86_64 guests so far");
     }
-    if fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
+    if fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
         return AccelChoice::tcg("/dev/kvm is missing or not accessible");
     }
     let cache_file = cache_dir.join(format!("accel-{}.toml", host_key()));
-    if let Some(cached) = fs::read_to_string(&cache_file)
-        .ok()
-        .and_then(|t| toml::from_str::<AccelChoice>(&t).ok())
-    {
-        return AccelChoice {
-            reason: format!("{} (cached probe)", cached.reason),
-            ..cached
-        };
+    if let Some(cached) = fs::read_to_string(&cache_file).ok().and_then(|t| toml::from_str::<AccelChoice>(&t).ok()) {
+        return AccelChoice { reason: format!("{} (cached probe verdict)", cached.reason), ..cached };
     }
     let choice = probe();
     if fs::create_dir_all(cache_dir).is_ok()
@@ -151,24 +134,18 @@ fn probe() -> AccelChoice {
     match (kvm, tcg) {
         (Some(kvm), Some(tcg)) if kvm <= tcg * 2 + Duration::from_millis(200) => AccelChoice {
             accel: Accel::Kvm,
-            reason: format!(
-                "KVM probe guest ran in {:.2}s (TCG {:.2}s)",
-                kvm.as_secs_f64(),
-                tcg.as_secs_f64()
-            ),
+            reason: format!("KVM probe guest ran in {:.2}s (TCG {:.2}s)", kvm.as_secs_f64(), tcg.as_secs_f64()),
         },
         (Some(kvm), Some(tcg)) => AccelChoice::tcg(format!(
-            "KVM works but is slow here: probe guest {:.2}s under KVM vs {:.2}s under TCG (nested virtualisation?)",
+            "KVM works but is slow here: probe guest {:.2}s under KVM vs {:.2}s under TCG, nested virtualisation?",
             kvm.as_secs_f64(),
             tcg.as_secs_f64()
         )),
         (None, _) => AccelChoice::tcg(format!(
-            "the KVM probe guest did not finish within {}s (nested virtualisation?)",
+            "the KVM probe guest did not finish within {}s, nested virtualisation?",
             PROBE_DEADLINE.as_secs()
         )),
-        (Some(_), None) => {
-            AccelChoice::tcg("the TCG probe failed; kiln keeps to TCG, which always works")
-        }
+        (Some(_), None) => AccelChoice::tcg("the TCG probe failed; kiln keeps to TCG, which always works"),
     }
 }
 
@@ -177,16 +154,7 @@ fn run_probe(image: &Path, accel: Accel) -> Option<Duration> {
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", &format!("pc,accel={}", accel.as_str())])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "null",
-            "-no-reboot",
-        ])
+        .args(["-nodefaults", "-display", "none", "-monitor", "none", "-serial", "null", "-no-reboot"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .arg("-drive")
         .arg(format!("file={},format=raw,if=ide", image.display()))
@@ -202,9 +170,7 @@ fn run_probe(image: &Path, accel: Accel) -> Option<Duration> {
             Ok(Some(status)) => {
                 return (status.code() == Some(33)).then(|| started.elapsed());
             }
-            Ok(None) if started.elapsed() < PROBE_DEADLINE => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
+            Ok(None) if started.elapsed() < PROBE_DEADLINE => std::thread::sleep(Duration::from_millis(10)),
             _ => {
                 let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
                 let _ = child.wait();
@@ -228,10 +194,7 @@ mod tests {
     #[test]
     fn foreign_guests_use_tcg_with_a_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let foreign = Arch::ALL
-            .into_iter()
-            .find(|a| Some(*a) != Arch::host())
-            .expect("a foreign arch");
+        let foreign = Arch::ALL.into_iter().find(|a| Some(*a) != Arch::host()).expect("a foreign arch");
         let choice = choose(foreign, AccelPolicy::Auto, dir.path());
         assert_eq!(choice.accel, Accel::Tcg);
         assert!(choice.reason.contains("emulation"), "{}", choice.reason);

@@ -25,10 +25,6 @@ impl Argv {
 
     /// The arguments as text, for logs and `--verbose` output.
     pub fn display(&self) -> String {
-        self.0
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
+        self.0.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
     }
 }

@@ -108,20 +108,14 @@ impl BootOutcome {
 
     /// The last non-empty line the guest printed.
     pub fn last_line(&self) -> Option<String> {
-        self.tail
-            .iter()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .cloned()
+        self.tail.iter().rev().find(|l| !l.trim().is_empty()).cloned()
     }
 }
 
 /// Removes ANSI escape sequences, so markers match what a person sees.
 fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
     static ANSI: OnceLock<Option<Regex>> = OnceLock::new();
-    match ANSI
-        .get_or_init(|| Regex::new(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_])").ok())
-    {
+    match ANSI.get_or_init(|| Regex::new(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_])").ok()) {
         Some(re) => re.replace_all(line, ""),
         None => std::borrow::Cow::Borrowed(line),
     }
@@ -147,10 +141,8 @@ pub async fn boot(
     judge: &Judge,
     mut on_line: impl FnMut(&str),
 ) -> Result<BootOutcome, QemuError> {
-    let log_file = File::create(&request.log_path).map_err(|source| QemuError::Log {
-        path: request.log_path.clone(),
-        source,
-    })?;
+    let log_file =
+        File::create(&request.log_path).map_err(|source| QemuError::Log { path: request.log_path.clone(), source })?;
     let mut log = BufWriter::new(log_file);
 
     let mut command = tokio::process::Command::new(&request.program);
@@ -166,12 +158,8 @@ pub async fn boot(
         command.pre_exec(die_with_parent);
     }
     let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .map_err(|source| spawn_error(&request.program, source))?;
-    let guard = child.id().map(|pid| GroupGuard {
-        pgid: Pid::from_raw(pid as i32),
-    });
+    let mut child = command.spawn().map_err(|source| spawn_error(&request.program, source))?;
+    let guard = child.id().map(|pid| GroupGuard { pgid: Pid::from_raw(pid as i32) });
     let mut stdout = child.stdout.take().ok_or(QemuError::Io {
         doing: "reading QEMU's serial output",
         source: std::io::Error::other("stdout was not captured"),
@@ -198,18 +186,12 @@ pub async fn boot(
     let mut buf = vec![0u8; 8192];
     let mut stdout_open = true;
 
-    let mut emit = |raw: &[u8],
-                    outcome: &mut BootOutcome,
-                    log: &mut BufWriter<File>|
-     -> Result<(), QemuError> {
+    let mut emit = |raw: &[u8], outcome: &mut BootOutcome, log: &mut BufWriter<File>| -> Result<(), QemuError> {
         let text = String::from_utf8_lossy(raw);
         let text = text.trim_end_matches('\r');
         log.write_all(text.as_bytes())
             .and_then(|()| log.write_all(b"\n"))
-            .map_err(|source| QemuError::Log {
-                path: request.log_path.clone(),
-                source,
-            })?;
+            .map_err(|source| QemuError::Log { path: request.log_path.clone(), source })?;
         let clean = strip_ansi(text);
         outcome.observe(&clean, judge);
         on_line(&clean);
@@ -272,20 +254,14 @@ pub async fn boot(
         }
     };
     // Reap QEMU before the guard's final group kill so nothing is left behind.
-    let reaped = child.wait().await.map_err(|source| QemuError::Io {
-        doing: "waiting for QEMU",
-        source,
-    })?;
+    let reaped = child.wait().await.map_err(|source| QemuError::Io { doing: "waiting for QEMU", source })?;
     outcome.exit = exit.unwrap_or(match reaped.code() {
         Some(code) => Exit::Status(code),
         None => Exit::Signal(reaped.signal().unwrap_or(0)),
     });
     outcome.duration = started.elapsed();
     drop(guard);
-    log.flush().map_err(|source| QemuError::Log {
-        path: request.log_path.clone(),
-        source,
-    })?;
+    log.flush().map_err(|source| QemuError::Log { path: request.log_path.clone(), source })?;
 
     let stderr = match stderr_task {
         Some(task) => task.await.unwrap_or_default(),
@@ -295,10 +271,7 @@ pub async fn boot(
         && outcome.line_count == 0
         && stderr.contains(&format!("{}:", request.program))
     {
-        return Err(QemuError::QemuFailed {
-            status,
-            stderr: stderr.trim().to_owned(),
-        });
+        return Err(QemuError::QemuFailed { status, stderr: stderr.trim().to_owned() });
     }
     Ok(outcome)
 }
@@ -311,15 +284,9 @@ fn kill(guard: &Option<GroupGuard>) {
 
 fn spawn_error(program: &str, source: std::io::Error) -> QemuError {
     if source.kind() == std::io::ErrorKind::NotFound {
-        QemuError::QemuMissing {
-            program: program.to_owned(),
-            package: crate::firmware::qemu_package(program),
-        }
+        QemuError::QemuMissing { program: program.to_owned(), package: crate::firmware::qemu_package(program) }
     } else {
-        QemuError::Spawn {
-            program: program.to_owned(),
-            source,
-        }
+        QemuError::Spawn { program: program.to_owned(), source }
     }
 }
 
@@ -348,9 +315,7 @@ pub fn interactive(program: &str, argv: &Argv) -> Result<Exit, QemuError> {
     unsafe {
         command.pre_exec(die_with_parent);
     }
-    let status = command
-        .status()
-        .map_err(|source| spawn_error(program, source))?;
+    let status = command.status().map_err(|source| spawn_error(program, source))?;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => Exit::Status(code),
         (None, signal) => Exit::Signal(signal.unwrap_or(0)),

@@ -15,9 +15,7 @@ pub enum QemuError {
         package: &'static str,
     },
     /// A firmware file the machine needs is missing.
-    #[error(
-        "firmware `{file}` for {machine} was not found in QEMU's data directories ({searched})"
-    )]
+    #[error("firmware `{file}` for {machine} was not found in QEMU's data directories ({searched})")]
     FirmwareMissing {
         /// The file name QEMU looks for.
         file: String,

@@ -30,15 +30,12 @@ pub fn qemu_package(program: &str) -> &'static str {
 /// Finds `program` on `PATH`.
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate))
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A file a machine needs from the host, and the package that provides it.
@@ -54,20 +51,11 @@ pub struct Requirement {
 pub fn requirements(machine: &Machine) -> Vec<Requirement> {
     match (machine.arch, &machine.firmware) {
         (Arch::X86_64, Firmware::MachineDefault) => vec![
-            Requirement {
-                file: "bios-256k.bin",
-                package: "seabios",
-            },
-            Requirement {
-                file: "pvh.bin",
-                package: "qemu-system-data",
-            },
+            Requirement { file: "bios-256k.bin", package: "seabios" },
+            Requirement { file: "pvh.bin", package: "qemu-system-data" },
         ],
         (Arch::Riscv64, Firmware::Bundled) => {
-            vec![Requirement {
-                file: "opensbi-riscv64-generic-fw_dynamic.bin",
-                package: "qemu-system-data",
-            }]
+            vec![Requirement { file: "opensbi-riscv64-generic-fw_dynamic.bin", package: "qemu-system-data" }]
         }
         _ => Vec::new(),
     }
@@ -77,10 +65,7 @@ pub fn requirements(machine: &Machine) -> Vec<Requirement> {
 pub fn check(machine: &Machine) -> Result<(), QemuError> {
     let program = machine.arch.qemu_binary();
     if find_program(program).is_none() {
-        return Err(QemuError::QemuMissing {
-            program: program.to_owned(),
-            package: qemu_package(program),
-        });
+        return Err(QemuError::QemuMissing { program: program.to_owned(), package: qemu_package(program) });
     }
     if let Firmware::File(path) = &machine.firmware
         && !path.is_file()
@@ -93,9 +78,7 @@ pub fn check(machine: &Machine) -> Result<(), QemuError> {
         });
     }
     for requirement in requirements(machine) {
-        let found = DATA_DIRS
-            .iter()
-            .any(|dir| Path::new(dir).join(requirement.file).is_file());
+        let found = DATA_DIRS.iter().any(|dir| Path::new(dir).join(requirement.file).is_file());
         if !found {
             return Err(QemuError::FirmwareMissing {
                 file: requirement.file.to_owned(),

@@ -26,10 +26,7 @@ impl Device {
     fn render(&self, argv: &mut Argv) {
         match self {
             Self::DebugExit { iobase, iosize } => {
-                argv.pair(
-                    "-device",
-                    format!("isa-debug-exit,iobase={iobase:#x},iosize={iosize:#04x}"),
-                );
+                argv.pair("-device", format!("isa-debug-exit,iobase={iobase:#x},iosize={iosize:#04x}"));
             }
             Self::SifiveTest => {}
             Self::Semihosting => {
@@ -99,21 +96,10 @@ impl Machine {
     /// aarch64 uses `cortex-a57`: under TCG a Linux boot with `-cpu max` is about 6x slower.
     pub fn default_for(arch: Arch) -> Self {
         let (machine_type, cpu, firmware, devices) = match arch {
-            Arch::X86_64 => (
-                "q35",
-                None,
-                Firmware::MachineDefault,
-                vec![Device::DebugExit {
-                    iobase: 0xf4,
-                    iosize: 0x04,
-                }],
-            ),
-            Arch::Aarch64 => (
-                "virt",
-                Some("cortex-a57"),
-                Firmware::MachineDefault,
-                vec![Device::Semihosting],
-            ),
+            Arch::X86_64 => {
+                ("q35", None, Firmware::MachineDefault, vec![Device::DebugExit { iobase: 0xf4, iosize: 0x04 }])
+            }
+            Arch::Aarch64 => ("virt", Some("cortex-a57"), Firmware::MachineDefault, vec![Device::Semihosting]),
             Arch::Riscv64 => ("virt", None, Firmware::Bundled, vec![Device::SifiveTest]),
         };
         Self {
@@ -137,10 +123,7 @@ impl Machine {
     /// Renders the argument list that boots `kernel` headless with the given console.
     pub fn argv(&self, kernel: &Path, accel: Accel, console: Console) -> Argv {
         let mut argv = Argv::default();
-        argv.pair(
-            "-machine",
-            format!("{},accel={}", self.machine_type, accel.as_str()),
-        );
+        argv.pair("-machine", format!("{},accel={}", self.machine_type, accel.as_str()));
         if let Some(cpu) = &self.cpu {
             argv.pair("-cpu", cpu);
         }
@@ -158,9 +141,7 @@ impl Machine {
                 argv.pair("-bios", path);
             }
         }
-        argv.arg("-nodefaults")
-            .pair("-display", "none")
-            .arg("-no-reboot");
+        argv.arg("-nodefaults").pair("-display", "none").arg("-no-reboot");
         match console {
             Console::Captured => argv.pair("-monitor", "none").pair("-serial", "stdio"),
             Console::Interactive => argv.pair("-serial", "mon:stdio"),
@@ -181,16 +162,14 @@ mod tests {
     use super::*;
 
     fn rendered(arch: Arch) -> String {
-        Machine::default_for(arch)
-            .argv(Path::new("/k"), Accel::Tcg, Console::Captured)
-            .display()
+        Machine::default_for(arch).argv(Path::new("/k"), Accel::Tcg, Console::Captured).display()
     }
 
     #[test]
     fn x86_64_default_argv() {
         assert_eq!(
             rendered(Arch::X86_64),
-            "-machine q35,accel=tcg -m 128M -smp 1 -nodefaults -display none -monitor none -no-reboot \
+            "-machine q35,accel=tcg -m 128M -smp 1 -nodefaults -display none -no-reboot -monitor none \
              -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel /k"
         );
     }
@@ -199,8 +178,8 @@ mod tests {
     fn aarch64_default_argv() {
         assert_eq!(
             rendered(Arch::Aarch64),
-            "-machine virt,accel=tcg -cpu cortex-a57 -m 128M -smp 1 -nodefaults -display none -monitor none \
-             -no-reboot -serial stdio -semihosting-config enable=on,target=native -kernel /k"
+            "-machine virt,accel=tcg -cpu cortex-a57 -m 128M -smp 1 -nodefaults -display none -no-reboot \
+             -monitor none -serial stdio -semihosting-config enable=on,target=native -kernel /k"
         );
     }
 
@@ -208,16 +187,15 @@ mod tests {
     fn riscv64_default_argv() {
         assert_eq!(
             rendered(Arch::Riscv64),
-            "-machine virt,accel=tcg -m 128M -smp 1 -bios default -nodefaults -display none -monitor none \
-             -no-reboot -serial stdio -kernel /k"
+            "-machine virt,accel=tcg -m 128M -smp 1 -bios default -nodefaults -display none -no-reboot \
+             -monitor none -serial stdio -kernel /k"
         );
     }
 
     #[test]
     fn interactive_console_replaces_serial_and_monitor() {
-        let argv = Machine::default_for(Arch::Riscv64)
-            .argv(Path::new("/k"), Accel::Tcg, Console::Interactive)
-            .display();
+        let argv =
+            Machine::default_for(Arch::Riscv64).argv(Path::new("/k"), Accel::Tcg, Console::Interactive).display();
         assert!(argv.contains("-serial mon:stdio"), "{argv}");
         assert!(!argv.contains("-monitor none"), "{argv}");
     }

@@ -120,18 +120,13 @@ impl Judge {
             Exit::StoppedOnSuccess => Verdict::Passed(PassReason::SuccessMarker),
             Exit::Status(status) => {
                 if !self.success_statuses.contains(&status) {
-                    return Verdict::Failed(FailReason::ExitStatus {
-                        status,
-                        last_line: outcome.last_line(),
-                    });
+                    return Verdict::Failed(FailReason::ExitStatus { status, last_line: outcome.last_line() });
                 }
                 match &self.success {
-                    Some(pattern) if !outcome.success_seen => {
-                        Verdict::Failed(FailReason::MissingSuccessMarker {
-                            status,
-                            pattern: pattern.as_str().to_owned(),
-                        })
-                    }
+                    Some(pattern) if !outcome.success_seen => Verdict::Failed(FailReason::MissingSuccessMarker {
+                        status,
+                        pattern: pattern.as_str().to_owned(),
+                    }),
                     _ => Verdict::Passed(PassReason::ExitStatus(status)),
                 }
             }
@@ -163,36 +158,24 @@ mod tests {
     fn exit_zero_without_success_marker_fails() {
         let judge = judge();
         let verdict = judge.judge(&outcome(Exit::Status(0), &["booting"], &judge));
-        assert!(matches!(
-            verdict,
-            Verdict::Failed(FailReason::MissingSuccessMarker { status: 0, .. })
-        ));
+        assert!(matches!(verdict, Verdict::Failed(FailReason::MissingSuccessMarker { status: 0, .. })));
     }
 
     #[test]
     fn failure_marker_wins_over_success() {
         let judge = judge();
-        let verdict = judge.judge(&outcome(
-            Exit::Status(0),
-            &["all checks passed", "panicked at src/main.rs:3:5: boom"],
-            &judge,
-        ));
+        let verdict =
+            judge.judge(&outcome(Exit::Status(0), &["all checks passed", "panicked at src/main.rs:3:5: boom"], &judge));
         assert_eq!(
             verdict,
-            Verdict::Failed(FailReason::FailureMarker {
-                line: "panicked at src/main.rs:3:5: boom".into()
-            })
+            Verdict::Failed(FailReason::FailureMarker { line: "panicked at src/main.rs:3:5: boom".into() })
         );
     }
 
     #[test]
     fn anchored_success_marker_needs_the_whole_line() {
         let judge = judge();
-        let fails = judge.judge(&outcome(
-            Exit::Status(0),
-            &["not all checks passed"],
-            &judge,
-        ));
+        let fails = judge.judge(&outcome(Exit::Status(0), &["not all checks passed"], &judge));
         assert!(!fails.is_pass());
         let passes = judge.judge(&outcome(Exit::Status(0), &["all checks passed"], &judge));
         assert_eq!(passes, Verdict::Passed(PassReason::ExitStatus(0)));
@@ -200,18 +183,8 @@ mod tests {
 
     #[test]
     fn other_status_fails_with_the_last_line() {
-        let judge = Judge {
-            failure: None,
-            success: None,
-            success_statuses: vec![33],
-        };
+        let judge = Judge { failure: None, success: None, success_statuses: vec![33] };
         let verdict = judge.judge(&outcome(Exit::Status(3), &["a", "b"], &judge));
-        assert_eq!(
-            verdict,
-            Verdict::Failed(FailReason::ExitStatus {
-                status: 3,
-                last_line: Some("b".into())
-            })
-        );
+        assert_eq!(verdict, Verdict::Failed(FailReason::ExitStatus { status: 3, last_line: Some("b".into()) }));
     }
 }

@@ -46,10 +46,7 @@ pub struct Derivation {
 impl Derivation {
     /// Starts a derivation of the given kind.
     pub fn new(kind: impl Into<String>) -> Self {
-        Self {
-            kind: kind.into(),
-            ..Self::default()
-        }
+        Self { kind: kind.into(), ..Self::default() }
     }
 
     /// Adds (or replaces) a setting.
@@ -109,16 +106,11 @@ mod inputs_as_hex {
 
     use super::InputHash;
 
-    pub fn serialize<S: Serializer>(
-        inputs: &BTreeMap<String, InputHash>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(inputs: &BTreeMap<String, InputHash>, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(inputs.iter().map(|(name, hash)| (name, hash.to_hex())))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<String, InputHash>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, InputHash>, D::Error> {
         let raw = BTreeMap::<String, String>::deserialize(d)?;
         raw.into_iter()
             .map(|(name, hex)| {
@@ -135,8 +127,7 @@ mod tests {
 
     fn example() -> Derivation {
         let mut drv = Derivation::new("cargo-build");
-        drv.setting("target", "riscv64gc-unknown-none-elf")
-            .setting("profile", "release");
+        drv.setting("target", "riscv64gc-unknown-none-elf").setting("profile", "release");
         drv.input("tool:rustc", InputHash::of_bytes(b"rustc 1.95.0"));
         drv.input("file:Cargo.lock", InputHash::of_bytes(b"lock"));
         drv

@@ -16,8 +16,7 @@ pub struct OutputHash(blake3::Hash);
 pub struct ParseHashError(pub String);
 
 fn parse_canonical_hex(text: &str) -> Result<blake3::Hash, ParseHashError> {
-    let canonical =
-        text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let canonical = text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if !canonical {
         return Err(ParseHashError(text.to_owned()));
     }

@@ -55,13 +55,8 @@ impl SourceSet {
             .build();
         let mut files = Vec::new();
         for entry in walker {
-            let entry = entry.map_err(|e| StoreError::Walk {
-                dir: dir.to_owned(),
-                message: e.to_string(),
-            })?;
-            if entry
-                .file_type()
-                .is_some_and(|t| t.is_file() || t.is_symlink())
+            let entry = entry.map_err(|e| StoreError::Walk { dir: dir.to_owned(), message: e.to_string() })?;
+            if entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink())
                 && let Ok(relative) = entry.path().strip_prefix(&root)
             {
                 files.push(relative.to_owned());
@@ -80,15 +75,10 @@ pub fn hash_source_set(set: &SourceSet) -> Result<InputHash, StoreError> {
         .par_iter()
         .map(|relative| {
             let path = set.base.join(relative);
-            let meta =
-                fs::symlink_metadata(&path).map_err(|e| StoreError::io("inspect", &path, e))?;
+            let meta = fs::symlink_metadata(&path).map_err(|e| StoreError::io("inspect", &path, e))?;
             if meta.file_type().is_symlink() {
-                let target =
-                    fs::read_link(&path).map_err(|e| StoreError::io("read symlink", &path, e))?;
-                Ok((
-                    b'l',
-                    *blake3::hash(target.as_os_str().as_bytes()).as_bytes(),
-                ))
+                let target = fs::read_link(&path).map_err(|e| StoreError::io("read symlink", &path, e))?;
+                Ok((b'l', *blake3::hash(target.as_os_str().as_bytes()).as_bytes()))
             } else {
                 Ok((b'f', *hash_file(&path)?.as_bytes()))
             }
@@ -110,19 +100,13 @@ pub fn hash_source_set(set: &SourceSet) -> Result<InputHash, StoreError> {
 /// BLAKE3 of one file's content; large files are hashed with several threads.
 pub fn hash_file(path: &Path) -> Result<blake3::Hash, StoreError> {
     let mut file = fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| StoreError::io("inspect", path, e))?
-        .len();
+    let len = file.metadata().map_err(|e| StoreError::io("inspect", path, e))?.len();
     let mut hasher = blake3::Hasher::new();
     if len >= PARALLEL_HASH_THRESHOLD {
-        hasher
-            .update_mmap_rayon(path)
-            .map_err(|e| StoreError::io("read", path, e))?;
+        hasher.update_mmap_rayon(path).map_err(|e| StoreError::io("read", path, e))?;
     } else {
         let mut buf = Vec::with_capacity(len as usize);
-        file.read_to_end(&mut buf)
-            .map_err(|e| StoreError::io("read", path, e))?;
+        file.read_to_end(&mut buf).map_err(|e| StoreError::io("read", path, e))?;
         hasher.update(&buf);
     }
     Ok(hasher.finalize())
@@ -146,11 +130,7 @@ mod tests {
         fs::write(root.join(".gitignore"), "*.log\n").expect("write");
         fs::write(root.join("build.log"), "x").expect("write");
         let set = SourceSet::package_dir(root).expect("walk");
-        let names: Vec<_> = set
-            .files
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<_> = set.files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
         assert_eq!(names, [".gitignore", "Cargo.toml", "src/main.rs"]);
     }
 
@@ -161,9 +141,7 @@ mod tests {
         for dir in [a.path(), b.path()] {
             fs::write(dir.join("lib.rs"), "pub fn f() {}").expect("write");
         }
-        let hash = |dir: &Path| {
-            hash_source_set(&SourceSet::package_dir(dir).expect("walk")).expect("hash")
-        };
+        let hash = |dir: &Path| hash_source_set(&SourceSet::package_dir(dir).expect("walk")).expect("hash");
         assert_eq!(hash(a.path()), hash(b.path()));
         fs::write(b.path().join("lib.rs"), "pub fn g() {}").expect("write");
         assert_ne!(hash(a.path()), hash(b.path()));

@@ -106,11 +106,7 @@ impl Store {
             path: meta_path.clone(),
             message: e.to_string(),
         })?;
-        Ok(Some(Entry {
-            closure: *closure,
-            dir,
-            meta,
-        }))
+        Ok(Some(Entry { closure: *closure, dir, meta }))
     }
 
     /// Returns the entry for `derivation`, running `builder` to make it when it is missing.
@@ -138,18 +134,11 @@ impl Store {
         }
         self.remove_stale_temp_dirs(&closure)?;
 
-        let temp = self.root.join("tmp").join(format!(
-            "{closure}.{}.{}",
-            std::process::id(),
-            unique_suffix()
-        ));
+        let temp = self.root.join("tmp").join(format!("{closure}.{}.{}", std::process::id(), unique_suffix()));
         let out = temp.join("out");
         fs::create_dir_all(&out).map_err(|e| StoreError::io("create directory", &out, e))?;
         let started = Instant::now();
-        let built = builder(&out).map_err(|source| StoreError::Build {
-            name: name.to_owned(),
-            source,
-        });
+        let built = builder(&out).map_err(|source| StoreError::Build { name: name.to_owned(), source });
         if let Err(err) = built {
             let _ = fs::remove_dir_all(&temp);
             return Err(err);
@@ -177,10 +166,7 @@ impl Store {
             build_seconds: duration.as_secs_f64(),
             host: host_name(),
             kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             derivation: derivation.clone(),
         };
         let meta_path = temp.join("meta.toml");
@@ -194,18 +180,10 @@ impl Store {
         let dir = self.entry_dir(closure);
         fs::rename(temp, &dir).map_err(|e| StoreError::io("publish entry", &dir, e))?;
         sync_dir(&self.root.join("entries"))?;
-        Ok(Entry {
-            closure: *closure,
-            dir,
-            meta,
-        })
+        Ok(Entry { closure: *closure, dir, meta })
     }
 
-    fn lock_closure(
-        &self,
-        closure: &ClosureHash,
-        on_wait: impl FnOnce(),
-    ) -> Result<File, StoreError> {
+    fn lock_closure(&self, closure: &ClosureHash, on_wait: impl FnOnce()) -> Result<File, StoreError> {
         let path = self.root.join("locks").join(format!("{closure}.lock"));
         let file = File::create(&path).map_err(|e| StoreError::io("create lock", &path, e))?;
         match file.try_lock() {
@@ -228,8 +206,7 @@ impl Store {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(&prefix) {
                 let path = entry.path();
-                fs::remove_dir_all(&path)
-                    .map_err(|e| StoreError::io("remove stale temp dir", &path, e))?;
+                fs::remove_dir_all(&path).map_err(|e| StoreError::io("remove stale temp dir", &path, e))?;
             }
         }
         Ok(())
@@ -237,16 +214,11 @@ impl Store {
 }
 
 fn unique_suffix() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 fn host_name() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
 }
 
 /// Syncs every file and directory under `root`, children before parents.
@@ -259,18 +231,14 @@ fn sync_tree(root: &Path) -> Result<(), StoreError> {
         }
         sync_dir(root)
     } else if meta.is_file() {
-        File::open(root)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| StoreError::io("sync", root, e))
+        File::open(root).and_then(|f| f.sync_all()).map_err(|e| StoreError::io("sync", root, e))
     } else {
         Ok(())
     }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| StoreError::io("sync", dir, e))
+    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| StoreError::io("sync", dir, e))
 }
 
 #[cfg(test)]
@@ -288,22 +256,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let drv = derivation("a");
-        let (entry, outcome) = store
-            .build(
-                &drv,
-                "a",
-                || {},
-                |out| Ok(fs::write(out.join("file"), "data")?),
-            )
-            .expect("build");
+        let (entry, outcome) =
+            store.build(&drv, "a", || {}, |out| Ok(fs::write(out.join("file"), "data")?)).expect("build");
         assert!(matches!(outcome, BuildOutcome::Built { .. }));
-        assert_eq!(
-            fs::read_to_string(entry.out_dir().join("file")).expect("read"),
-            "data"
-        );
-        let (_, again) = store
-            .build(&drv, "a", || {}, |_| Err("must not run".into()))
-            .expect("hit");
+        assert_eq!(fs::read_to_string(entry.out_dir().join("file")).expect("read"), "data");
+        let (_, again) = store.build(&drv, "a", || {}, |_| Err("must not run".into())).expect("hit");
         assert_eq!(again, BuildOutcome::Cached);
     }
 
@@ -323,10 +280,7 @@ mod tests {
         );
         assert!(matches!(err, Err(StoreError::Build { .. })));
         assert!(store.lookup(&drv.closure_hash()).expect("lookup").is_none());
-        assert_eq!(
-            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
-            0
-        );
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
     }
 
     #[test]
@@ -334,10 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let drv = derivation("c");
-        let stale = dir
-            .path()
-            .join("tmp")
-            .join(format!("{}.999999.1", drv.closure_hash()));
+        let stale = dir.path().join("tmp").join(format!("{}.999999.1", drv.closure_hash()));
         fs::create_dir_all(stale.join("out")).expect("mkdir");
         store.build(&drv, "c", || {}, |_| Ok(())).expect("build");
         assert!(!stale.exists());

@@ -42,10 +42,7 @@ pub fn hash_tree(root: &Path) -> Result<OutputHash, StoreError> {
         put_bytes(&mut buf, relative.as_os_str().as_bytes());
         match node {
             Node::Dir => buf.push(b'd'),
-            Node::File {
-                executable,
-                content,
-            } => {
+            Node::File { executable, content } => {
                 buf.push(if executable { b'x' } else { b'f' });
                 buf.extend_from_slice(&content);
             }
@@ -71,8 +68,8 @@ fn collect(root: &Path, relative: PathBuf, out: &mut Vec<PathBuf>) -> Result<(),
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     for name in names {
         let child = relative.join(&name);
-        let meta = fs::symlink_metadata(root.join(&child))
-            .map_err(|e| StoreError::io("inspect", &root.join(&child), e))?;
+        let meta =
+            fs::symlink_metadata(root.join(&child)).map_err(|e| StoreError::io("inspect", &root.join(&child), e))?;
         out.push(child.clone());
         if meta.is_dir() {
             collect(root, child, out)?;
@@ -88,19 +85,12 @@ fn node_for(path: &Path) -> Result<Node, StoreError> {
         Ok(Node::Dir)
     } else if kind.is_symlink() {
         let target = fs::read_link(path).map_err(|e| StoreError::io("read symlink", path, e))?;
-        Ok(Node::Symlink {
-            target: target.into_os_string().as_bytes().to_vec(),
-        })
+        Ok(Node::Symlink { target: target.into_os_string().as_bytes().to_vec() })
     } else if kind.is_file() {
         let executable = meta.permissions().mode() & 0o100 != 0;
-        Ok(Node::File {
-            executable,
-            content: *hash_file(path)?.as_bytes(),
-        })
+        Ok(Node::File { executable, content: *hash_file(path)?.as_bytes() })
     } else {
-        Err(StoreError::UnsupportedFileType {
-            path: path.to_owned(),
-        })
+        Err(StoreError::UnsupportedFileType { path: path.to_owned() })
     }
 }
 
@@ -126,10 +116,7 @@ mod tests {
         symlink("bin/kernel", b.path().join("current")).expect("symlink");
         fs::create_dir_all(b.path().join("bin")).expect("mkdir");
         fs::write(b.path().join("bin/kernel"), b"\x7fELF").expect("write");
-        assert_eq!(
-            hash_tree(a.path()).expect("hash"),
-            hash_tree(b.path()).expect("hash")
-        );
+        assert_eq!(hash_tree(a.path()).expect("hash"), hash_tree(b.path()).expect("hash"));
     }
 
     #[test]

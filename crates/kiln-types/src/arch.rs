@@ -4,17 +4,7 @@ use std::{fmt, str::FromStr};
 
 /// A guest CPU architecture.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    clap::ValueEnum,
-    serde::Deserialize,
-    serde::Serialize,
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Deserialize, serde::Serialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
@@ -82,11 +72,7 @@ pub struct ParseArchError(pub String);
 
 impl fmt::Display for ParseArchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown architecture `{}` (expected one of: x86_64, aarch64, riscv64)",
-            self.0
-        )
+        write!(f, "unknown architecture `{}` (expected one of: x86_64, aarch64, riscv64)", self.0)
     }
 }
 
@@ -96,10 +82,7 @@ impl FromStr for Arch {
     type Err = ParseArchError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Arch::ALL
-            .into_iter()
-            .find(|arch| arch.as_str() == s)
-            .ok_or_else(|| ParseArchError(s.to_owned()))
+        Arch::ALL.into_iter().find(|arch| arch.as_str() == s).ok_or_else(|| ParseArchError(s.to_owned()))
     }
 }
 

@@ -51,13 +51,7 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true)]
     pub yes: bool,
     /// Accelerator: `auto` probes whether KVM really works (env: KILN_ACCEL).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "KILN_ACCEL",
-        default_value = "auto"
-    )]
+    #[arg(long, global = true, value_enum, env = "KILN_ACCEL", default_value = "auto")]
     pub accel: AccelArg,
 }
 

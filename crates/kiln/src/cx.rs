@@ -58,16 +58,11 @@ pub struct Cx {
 impl Cx {
     /// Opens the store the configuration names (or `KILN_STORE`).
     pub fn new(config: Config, printer: Printer, options: Options) -> anyhow::Result<Self> {
-        let store_dir = std::env::var_os(crate::env::KILN_STORE)
-            .map_or_else(|| config.store_dir.clone(), PathBuf::from);
-        let store = Store::open(&store_dir)
-            .with_context(|| format!("cannot open the store at `{}`", store_dir.display()))?;
-        Ok(Self {
-            config,
-            store,
-            printer: Arc::new(printer),
-            options,
-        })
+        let store_dir =
+            std::env::var_os(crate::env::KILN_STORE).map_or_else(|| config.store_dir.clone(), PathBuf::from);
+        let store =
+            Store::open(&store_dir).with_context(|| format!("cannot open the store at `{}`", store_dir.display()))?;
+        Ok(Self { config, store, printer: Arc::new(printer), options })
     }
 
     /// kiln's scratch directory for this project (logs, probe cache).
@@ -79,16 +74,12 @@ impl Cx {
     pub fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
         let dirs: BTreeSet<PathBuf> = steps.iter().map(|s| s.artifact.dir.clone()).collect();
         let hosts: BTreeMap<PathBuf, CargoHost> = std::thread::scope(|scope| {
-            let handles: Vec<_> = dirs
-                .iter()
-                .map(|dir| (dir.clone(), scope.spawn(move || CargoHost::probe(dir))))
-                .collect();
+            let handles: Vec<_> =
+                dirs.iter().map(|dir| (dir.clone(), scope.spawn(move || CargoHost::probe(dir)))).collect();
             handles
                 .into_iter()
                 .map(|(dir, handle)| {
-                    let host = handle
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("toolchain probe panicked"))??;
+                    let host = handle.join().map_err(|_| anyhow::anyhow!("toolchain probe panicked"))??;
                     Ok((dir, host))
                 })
                 .collect::<anyhow::Result<_>>()
@@ -107,9 +98,7 @@ impl Cx {
                 .map(|(handle, step)| {
                     handle
                         .join()
-                        .map_err(|_| {
-                            anyhow::anyhow!("hashing the inputs of {} panicked", step.key)
-                        })?
+                        .map_err(|_| anyhow::anyhow!("hashing the inputs of {} panicked", step.key))?
                         .with_context(|| format!("cannot compute the closure of {}", step.key))
                 })
                 .collect()
@@ -117,100 +106,56 @@ impl Cx {
     }
 
     /// Builds every step that the store lacks and returns all of them.
-    pub fn realise(
-        &self,
-        steps: &[BuildStep],
-    ) -> anyhow::Result<BTreeMap<BuildKey, BuiltArtifact>> {
+    pub fn realise(&self, steps: &[BuildStep]) -> anyhow::Result<BTreeMap<BuildKey, BuiltArtifact>> {
         let derivations = self.derivations(steps)?;
         let mut missing_targets: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
         for (step, drv) in steps.iter().zip(&derivations) {
             if self.store.lookup(&drv.closure_hash())?.is_none() {
-                missing_targets
-                    .entry(step.artifact.dir.clone())
-                    .or_default()
-                    .insert(step.triple.clone());
+                missing_targets.entry(step.artifact.dir.clone()).or_default().insert(step.triple.clone());
             }
         }
-        let missing = missing_targets
-            .iter()
-            .flat_map(|(dir, targets)| provision::check_targets(dir, targets))
-            .collect();
+        let missing =
+            missing_targets.iter().flat_map(|(dir, targets)| provision::check_targets(dir, targets)).collect();
         provision::ensure(missing, self.options.install, &self.printer)?;
 
         let quiet = self.printer.verbosity() < crate::report::Verbosity::Normal;
         let mut built = BTreeMap::new();
         for (step, drv) in steps.iter().zip(&derivations) {
             let closure = drv.closure_hash();
-            self.printer
-                .verbose("Closure", &format!("{} {closure}", step.key));
-            let on_wait = || {
-                self.printer.status(
-                    "Waiting",
-                    &format!("for another kiln building {}", step.key),
-                )
-            };
+            self.printer.verbose("Closure", &format!("{} {closure}", step.key));
+            let on_wait = || self.printer.status("Waiting", &format!("for another kiln building {}", step.key));
             if self.store.lookup(&closure)?.is_none() {
-                self.printer
-                    .status("Building", &format!("{} for {}", step.key, step.triple));
+                self.printer.status("Building", &format!("{} for {}", step.key, step.triple));
             }
             let (_, outcome, binary) = exec::realise(&self.store, step, drv, quiet, on_wait)?;
             match outcome {
-                BuildOutcome::Cached => self
-                    .printer
-                    .status("Cached", &format!("{} {}", step.key, closure.short())),
+                BuildOutcome::Cached => self.printer.status("Cached", &format!("{} {}", step.key, closure.short())),
                 BuildOutcome::Built { duration } => self.printer.status(
                     "Built",
-                    &format!(
-                        "{} {} in {}",
-                        step.key,
-                        closure.short(),
-                        crate::report::seconds(duration)
-                    ),
+                    &format!("{} {} in {}", step.key, closure.short(), crate::report::seconds(duration)),
                 ),
             }
-            built.insert(
-                step.key.clone(),
-                BuiltArtifact {
-                    closure,
-                    binary,
-                    outcome,
-                },
-            );
+            built.insert(step.key.clone(), BuiltArtifact { closure, binary, outcome });
         }
         Ok(built)
     }
 
     /// Checks (and, when allowed, installs) what the runs' machines need on this host.
-    pub fn provision_machines<'a>(
-        &self,
-        runs: impl IntoIterator<Item = &'a CaseRun>,
-    ) -> anyhow::Result<()> {
-        let missing = runs
-            .into_iter()
-            .flat_map(|run| provision::check_machine(&run.machine))
-            .collect();
+    pub fn provision_machines<'a>(&self, runs: impl IntoIterator<Item = &'a CaseRun>) -> anyhow::Result<()> {
+        let missing = runs.into_iter().flat_map(|run| provision::check_machine(&run.machine)).collect();
         provision::ensure(missing, self.options.install, &self.printer)
     }
 
     /// Chooses the accelerator for each architecture and says why, once per arch.
-    pub fn accelerators(
-        &self,
-        arches: impl IntoIterator<Item = Arch>,
-    ) -> BTreeMap<Arch, AccelChoice> {
+    pub fn accelerators(&self, arches: impl IntoIterator<Item = Arch>) -> BTreeMap<Arch, AccelChoice> {
         let cache_dir = self.work_dir().join("host");
         let arches: BTreeSet<Arch> = arches.into_iter().collect();
         arches
             .into_iter()
             .map(|arch| {
                 let choice = accel::choose(arch, self.options.accel, &cache_dir);
-                self.printer.status(
-                    "Accel",
-                    &format!(
-                        "{arch}: {} ({})",
-                        choice.accel.as_str().to_uppercase(),
-                        choice.reason
-                    ),
-                );
+                let accel = choice.accel.as_str().to_uppercase();
+                self.printer.status("Accel", &format!("{arch}: {accel}; {}", choice.reason));
                 (arch, choice)
             })
             .collect()

@@ -97,16 +97,10 @@ impl Plan {
                     .arches
                     .iter()
                     .filter(|arch| selection.wants_arch(**arch))
-                    .map(|arch| BuildKey {
-                        artifact: artifact.name.clone(),
-                        arch: *arch,
-                    })
+                    .map(|arch| BuildKey { artifact: artifact.name.clone(), arch: *arch })
             })
             .collect();
-        Self {
-            builds: build_steps(config, keys),
-            runs: Vec::new(),
-        }
+        Self { builds: build_steps(config, keys), runs: Vec::new() }
     }
 
     /// Every selected case × machine, and the builds they need.
@@ -117,9 +111,7 @@ impl Plan {
                 let err = ConfigError::whole_file(&config.file, message);
                 let known = config.cases.keys().map(String::as_str);
                 return Err(match crate::config::closest_name(wanted, known) {
-                    Some(near) => {
-                        err.with_help(format!("a case with a similar name exists: `{near}`"))
-                    }
+                    Some(near) => err.with_help(format!("a case with a similar name exists: `{near}`")),
                     None => err.with_help(format!(
                         "cases in this project: {}",
                         config.cases.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -143,10 +135,7 @@ impl Plan {
             }
         }
         let keys = runs.iter().map(|run| run.build.clone()).collect();
-        Ok(Self {
-            builds: build_steps(config, keys),
-            runs,
-        })
+        Ok(Self { builds: build_steps(config, keys), runs })
     }
 }
 
@@ -155,33 +144,21 @@ fn build_steps(config: &Config, keys: BTreeSet<BuildKey>) -> Vec<BuildStep> {
         .filter_map(|key| {
             let artifact = config.artifacts.get(&key.artifact)?;
             let triple = artifact.targets.get(&key.arch)?.clone();
-            Some(BuildStep {
-                artifact: artifact.clone(),
-                triple,
-                key,
-            })
+            Some(BuildStep { artifact: artifact.clone(), triple, key })
         })
         .collect()
 }
 
 fn case_run(case: &Case, machine: &Machine) -> CaseRun {
-    let success_statuses = case.success_exit_codes.clone().unwrap_or_else(|| {
-        machine
-            .exit_device()
-            .map_or_else(|| vec![0], |device| device.success_statuses().to_vec())
-    });
+    let success_statuses = case
+        .success_exit_codes
+        .clone()
+        .unwrap_or_else(|| machine.exit_device().map_or_else(|| vec![0], |device| device.success_statuses().to_vec()));
     CaseRun {
         case: case.name.clone(),
         machine: machine.clone(),
-        build: BuildKey {
-            artifact: case.artifact.clone(),
-            arch: machine.arch,
-        },
-        judge: Judge {
-            failure: case.failure.clone(),
-            success: case.success.clone(),
-            success_statuses,
-        },
+        build: BuildKey { artifact: case.artifact.clone(), arch: machine.arch },
+        judge: Judge { failure: case.failure.clone(), success: case.success.clone(), success_statuses },
         expect: case.expect,
         timeout: case.timeout,
         no_output_timeout: case.no_output_timeout,

@@ -59,10 +59,7 @@ pub enum Missing {
 impl Missing {
     fn describe(&self) -> String {
         match self {
-            Self::Package {
-                package,
-                needed_for,
-            } => format!("package `{package}` (for {needed_for})"),
+            Self::Package { package, needed_for } => format!("package `{package}` (for {needed_for})"),
             Self::RustupTarget { target, .. } => format!("rustup target `{target}`"),
         }
     }
@@ -73,16 +70,10 @@ pub fn check_machine(machine: &Machine) -> Vec<Missing> {
     match firmware::check(machine) {
         Ok(()) => Vec::new(),
         Err(QemuError::QemuMissing { program, package }) => {
-            vec![Missing::Package {
-                package,
-                needed_for: format!("`{program}`"),
-            }]
+            vec![Missing::Package { package, needed_for: format!("`{program}`") }]
         }
         Err(QemuError::FirmwareMissing { file, package, .. }) if !package.contains(' ') => {
-            vec![Missing::Package {
-                package,
-                needed_for: format!("firmware `{file}`"),
-            }]
+            vec![Missing::Package { package, needed_for: format!("firmware `{file}`") }]
         }
         Err(_) => Vec::new(),
     }
@@ -91,49 +82,29 @@ pub fn check_machine(machine: &Machine) -> Vec<Missing> {
 /// The rustup targets among `targets` that the toolchain in `dir` lacks. Without rustup,
 /// nothing is reported (cargo then names the problem itself).
 pub fn check_targets(dir: &Path, targets: &BTreeSet<String>) -> Vec<Missing> {
-    let output = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .current_dir(dir)
-        .output();
+    let output = Command::new("rustup").args(["target", "list", "--installed"]).current_dir(dir).output();
     let Ok(output) = output else {
         return Vec::new();
     };
     if !output.status.success() {
         return Vec::new();
     }
-    let installed: BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let installed: BTreeSet<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
     targets
         .iter()
         .filter(|t| !installed.contains(*t) && !t.ends_with(".json"))
-        .map(|t| Missing::RustupTarget {
-            target: t.clone(),
-            dir: dir.to_owned(),
-        })
+        .map(|t| Missing::RustupTarget { target: t.clone(), dir: dir.to_owned() })
         .collect()
 }
 
 /// Installs what is missing, or fails with the exact commands that would.
 pub fn ensure(missing: Vec<Missing>, mode: InstallMode, printer: &Printer) -> anyhow::Result<()> {
-    let missing: Vec<Missing> = missing
-        .into_iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let missing: Vec<Missing> = missing.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
     if missing.is_empty() {
         return Ok(());
     }
     let commands = install_commands(&missing);
-    printer.status(
-        "Missing",
-        &missing
-            .iter()
-            .map(Missing::describe)
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    printer.status("Missing", &missing.iter().map(Missing::describe).collect::<Vec<_>>().join(", "));
     let proceed = match mode {
         InstallMode::Yes => true,
         InstallMode::Never => false,
@@ -151,18 +122,10 @@ pub fn ensure(missing: Vec<Missing>, mode: InstallMode, printer: &Printer) -> an
         }
     };
     if !proceed {
-        let list = commands
-            .iter()
-            .map(|c| format!("    {}", c.shown))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let list = commands.iter().map(|c| format!("    {}", c.shown)).collect::<Vec<_>>().join("\n");
         bail!(
             "the host lacks {}\nhelp: install them with:\n{list}\nor rerun with `--yes` to let kiln install them",
-            missing
-                .iter()
-                .map(Missing::describe)
-                .collect::<Vec<_>>()
-                .join(", ")
+            missing.iter().map(Missing::describe).collect::<Vec<_>>().join(", ")
         );
     }
     let had_qemu_img = firmware::find_program("qemu-img").is_some();
@@ -175,10 +138,7 @@ pub fn ensure(missing: Vec<Missing>, mode: InstallMode, printer: &Printer) -> an
             .status()
             .with_context(|| format!("failed to run `{}`", command.shown))?;
         if !status.success() {
-            bail!(
-                "`{}` failed with {status}; run it by hand to see why",
-                command.shown
-            );
+            bail!("`{}` failed with {status}; run it by hand to see why", command.shown);
         }
     }
     // Debian's qemu-system packages can replace a newer qemu-utils; put qemu-img back.
@@ -263,11 +223,7 @@ fn apt_commands(packages: &[&'static str], update: bool) -> Vec<InstallCommand> 
     if update {
         commands.push(privileged("apt-get", vec!["update".into()]));
     }
-    let mut args = vec![
-        "install".to_owned(),
-        "-y".into(),
-        "--no-install-recommends".into(),
-    ];
+    let mut args = vec!["install".to_owned(), "-y".into(), "--no-install-recommends".into()];
     args.extend(packages.iter().map(|p| (*p).to_owned()));
     commands.push(privileged("apt-get", args));
     commands
@@ -281,16 +237,8 @@ fn privileged(program: &str, args: Vec<String>) -> InstallCommand {
         with_sudo.extend(args);
         ("sudo".to_owned(), with_sudo)
     };
-    let shown = std::iter::once(program.clone())
-        .chain(args.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    InstallCommand {
-        program,
-        args,
-        dir: PathBuf::from("/"),
-        shown,
-    }
+    let shown = std::iter::once(program.clone()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ");
+    InstallCommand { program, args, dir: PathBuf::from("/"), shown }
 }
 
 #[cfg(test)]
@@ -300,32 +248,12 @@ mod tests {
     #[test]
     fn apt_install_lists_each_package_once() {
         let missing = vec![
-            Missing::Package {
-                package: "qemu-system-misc",
-                needed_for: "`qemu-system-riscv64`".into(),
-            },
-            Missing::Package {
-                package: "qemu-system-misc",
-                needed_for: "firmware".into(),
-            },
-            Missing::RustupTarget {
-                target: "aarch64-unknown-none".into(),
-                dir: "/".into(),
-            },
+            Missing::Package { package: "qemu-system-misc", needed_for: "`qemu-system-riscv64`".into() },
+            Missing::Package { package: "qemu-system-misc", needed_for: "firmware".into() },
+            Missing::RustupTarget { target: "aarch64-unknown-none".into(), dir: "/".into() },
         ];
-        let shown: Vec<String> = install_commands(&missing)
-            .into_iter()
-            .map(|c| c.shown)
-            .collect();
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.ends_with("install -y --no-install-recommends qemu-system-misc")),
-            "{shown:?}"
-        );
-        assert_eq!(
-            shown.last().map(String::as_str),
-            Some("rustup target add aarch64-unknown-none")
-        );
+        let shown: Vec<String> = install_commands(&missing).into_iter().map(|c| c.shown).collect();
+        assert!(shown.iter().any(|s| s.ends_with("install -y --no-install-recommends qemu-system-misc")), "{shown:?}");
+        assert_eq!(shown.last().map(String::as_str), Some("rustup target add aarch64-unknown-none"));
     }
 }

@@ -28,16 +28,8 @@ pub struct ReadyRun {
 }
 
 /// Boots every run, at most `jobs` at a time; serial logs go to `log_dir`.
-pub fn run_all(
-    runs: Vec<ReadyRun>,
-    jobs: usize,
-    log_dir: &Path,
-    printer: Arc<Printer>,
-) -> Vec<CaseResult> {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+pub fn run_all(runs: Vec<ReadyRun>, jobs: usize, log_dir: &Path, printer: Arc<Printer>) -> Vec<CaseResult> {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             return runs
@@ -91,9 +83,7 @@ fn error_result(ready: &ReadyRun, log_dir: &Path, detail: String) -> CaseResult 
 async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseResult {
     let run = &ready.run;
     let label = run.label();
-    let argv = run
-        .machine
-        .argv(&ready.kernel, ready.accel, Console::Captured);
+    let argv = run.machine.argv(&ready.kernel, ready.accel, Console::Captured);
     let request = BootRequest {
         program: run.machine.arch.qemu_binary().to_owned(),
         argv,
@@ -103,16 +93,10 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
         log_path: log_path(run, log_dir),
     };
     let command = format!("{} {}", request.program, request.argv.display());
-    printer.event(Event::CaseStarted {
-        label: &label,
-        command: &command,
-    });
+    printer.event(Event::CaseStarted { label: &label, command: &command });
     let started = Instant::now();
     let outcome = kiln_qemu::boot(&request, &run.judge, |line| {
-        printer.event(Event::SerialLine {
-            label: &label,
-            line,
-        });
+        printer.event(Event::SerialLine { label: &label, line });
     })
     .await;
     let result = match outcome {

@@ -21,41 +21,40 @@ pub fn main() -> ExitCode {
 
 /// As [`main`], with explicit arguments (the first one is the program name).
 pub fn run_args(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
+    ExitCode::from(run_args_to_code(args))
+}
+
+/// As [`run_args`], returning the numeric exit code (see [`crate::exit_code`]).
+pub fn run_args_to_code(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> u8 {
     match Cli::try_parse_from(args) {
-        Ok(cli) => run(cli),
+        Ok(cli) => run_to_code(cli),
         Err(err) => {
             let _ = err.print();
-            if err.use_stderr() {
-                ExitCode::from(exit_code::USAGE)
-            } else {
-                ExitCode::SUCCESS
-            }
+            if err.use_stderr() { exit_code::USAGE } else { exit_code::SUCCESS }
         }
     }
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
+    ExitCode::from(run_to_code(cli))
+}
+
+fn run_to_code(cli: Cli) -> u8 {
     match crate::commands::run(cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         Err(err) => {
             eprintln!("{}", render_error(&err));
-            ExitCode::from(error_exit_code(&err))
+            error_exit_code(&err)
         }
     }
 }
 
 /// The exit code an error maps to.
 pub fn error_exit_code(err: &anyhow::Error) -> u8 {
-    if err
-        .chain()
-        .any(|e| e.is::<ConfigError>() || e.is::<UsageError>())
-    {
+    if err.chain().any(|e| e.is::<ConfigError>() || e.is::<UsageError>()) {
         exit_code::USAGE
-    } else if err
-        .chain()
-        .any(|e| matches!(e.downcast_ref(), Some(kiln_store::StoreError::Build { .. })))
-    {
+    } else if err.chain().any(|e| matches!(e.downcast_ref(), Some(kiln_store::StoreError::Build { .. }))) {
         exit_code::CASES_FAILED
     } else {
         exit_code::INFRASTRUCTURE

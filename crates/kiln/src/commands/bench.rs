@@ -21,21 +21,16 @@ fn naive_argv(arch: Arch, kernel: &Path) -> Argv {
     let mut argv = Argv::default();
     match arch {
         Arch::X86_64 => {
-            argv.pair("-cpu", "max")
-                .pair("-device", "isa-debug-exit,iobase=0xf4,iosize=0x04");
+            argv.pair("-cpu", "max").pair("-device", "isa-debug-exit,iobase=0xf4,iosize=0x04");
         }
         Arch::Aarch64 => {
-            argv.pair("-machine", "virt")
-                .pair("-cpu", "max")
-                .arg("-semihosting");
+            argv.pair("-machine", "virt").pair("-cpu", "max").arg("-semihosting");
         }
         Arch::Riscv64 => {
             argv.pair("-machine", "virt");
         }
     }
-    argv.pair("-display", "none")
-        .pair("-serial", "stdio")
-        .pair("-kernel", kernel);
+    argv.pair("-display", "none").pair("-serial", "stdio").pair("-kernel", kernel);
     argv
 }
 
@@ -62,24 +57,14 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
             .values()
             .find(|c| c.expect == Expect::Pass)
             .map(|c| c.name.clone())
-            .ok_or_else(|| {
-                UsageError::new("no case is expected to pass; name one with `--case`", None)
-            })?,
+            .ok_or_else(|| UsageError::new("no case is expected to pass; name one with `--case`", None))?,
     };
-    let plan = Plan::for_test(
-        config,
-        &Selection {
-            arches: args.arch.clone(),
-            cases: vec![case.clone()],
-        },
-    )?;
+    let plan = Plan::for_test(config, &Selection { arches: args.arch.clone(), cases: vec![case.clone()] })?;
     cx.provision_machines(&plan.runs)?;
     let built = cx.realise(&plan.builds)?;
     let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
     let scratch = tempfile::tempdir().context("cannot create a temp dir for serial logs")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let runs = args.runs.max(1);
 
     let mut rows = Vec::new();
@@ -91,16 +76,9 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
         let accel = accels.get(&arch).map_or(Accel::Tcg, |c| c.accel);
         let ours = run.machine.argv(&artifact.binary, accel, Console::Captured);
         let naive = naive_argv(arch, &artifact.binary);
-        let mut kiln = Measured {
-            times: Vec::new(),
-            failures: 0,
-        };
-        let mut hand = Measured {
-            times: Vec::new(),
-            failures: 0,
-        };
-        cx.printer
-            .status("Benching", &format!("{} ({runs} boots each)", run.label()));
+        let mut kiln = Measured { times: Vec::new(), failures: 0 };
+        let mut hand = Measured { times: Vec::new(), failures: 0 };
+        cx.printer.status("Benching", &format!("{} ({runs} boots each)", run.label()));
         for i in 0..runs {
             for (argv, measured) in [(&ours, &mut kiln), (&naive, &mut hand)] {
                 let request = BootRequest {
@@ -111,9 +89,7 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
                     stop_on_success: run.stop_on_success,
                     log_path: scratch.path().join(format!("{arch}-{i}.log")),
                 };
-                let judge = Judge {
-                    ..run.judge.clone()
-                };
+                let judge = Judge { ..run.judge.clone() };
                 let outcome = runtime.block_on(kiln_qemu::boot(&request, &judge, |_| {}))?;
                 if judge.judge(&outcome).is_pass() {
                     measured.times.push(outcome.duration);
@@ -126,15 +102,8 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
     }
 
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "boot-to-verdict of case `{case}`, median of {runs} (TCG unless noted)"
-    )?;
-    writeln!(
-        out,
-        "{:<10} {:>12} {:>12} {:>8}",
-        "arch", "kiln", "naive", "ratio"
-    )?;
+    writeln!(out, "boot-to-verdict of case `{case}`, median of {runs} (TCG unless noted)")?;
+    writeln!(out, "{:<10} {:>12} {:>12} {:>8}", "arch", "kiln", "naive", "ratio")?;
     for (arch, kiln, hand) in rows {
         let cell = |m: &Measured| match m.median() {
             Some(d) if m.failures == 0 => format!("{:.3}s", d.as_secs_f64()),
@@ -147,18 +116,8 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
             }
             _ => "-".to_owned(),
         };
-        writeln!(
-            out,
-            "{:<10} {:>12} {:>12} {:>8}",
-            arch.as_str(),
-            cell(&kiln),
-            cell(&hand),
-            ratio
-        )?;
+        writeln!(out, "{:<10} {:>12} {:>12} {:>8}", arch.as_str(), cell(&kiln), cell(&hand), ratio)?;
     }
-    writeln!(
-        out,
-        "ratio = naive / kiln: how many times longer the naive command line takes"
-    )?;
+    writeln!(out, "ratio = naive / kiln: how many times longer the naive command line takes")?;
     Ok(exit_code::SUCCESS)
 }

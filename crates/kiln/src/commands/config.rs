@@ -18,11 +18,7 @@ pub fn run(cx: &Cx) -> anyhow::Result<u8> {
         writeln!(out, "path = {:?}", artifact.dir.display().to_string())?;
         writeln!(out, "profile = {:?}", artifact.profile)?;
         writeln!(out, "features = {:?}", artifact.features)?;
-        writeln!(
-            out,
-            "no-default-features = {}",
-            artifact.no_default_features
-        )?;
+        writeln!(out, "no-default-features = {}", artifact.no_default_features)?;
         for (arch, triple) in &artifact.targets {
             writeln!(out, "target.{arch} = {triple:?}")?;
         }
@@ -30,11 +26,7 @@ pub fn run(cx: &Cx) -> anyhow::Result<u8> {
     for machine in config.machines.values() {
         writeln!(out, "\n[machine.{}]", machine.name)?;
         writeln!(out, "arch = \"{}\"", machine.arch)?;
-        let argv = machine.argv(
-            std::path::Path::new("KERNEL"),
-            Accel::Tcg,
-            Console::Captured,
-        );
+        let argv = machine.argv(std::path::Path::new("KERNEL"), Accel::Tcg, Console::Captured);
         writeln!(out, "# {} {}", machine.arch.qemu_binary(), argv.display())?;
     }
     for case in config.cases.values() {
@@ -50,22 +42,10 @@ pub fn run(cx: &Cx) -> anyhow::Result<u8> {
         if let Some(codes) = &case.success_exit_codes {
             writeln!(out, "success-exit-codes = {codes:?}")?;
         }
-        writeln!(
-            out,
-            "expect = {:?}",
-            format!("{:?}", case.expect).to_lowercase()
-        )?;
-        writeln!(
-            out,
-            "timeout = {:?}",
-            humantime::format_duration(case.timeout).to_string()
-        )?;
+        writeln!(out, "expect = {:?}", format!("{:?}", case.expect).to_lowercase())?;
+        writeln!(out, "timeout = {:?}", humantime::format_duration(case.timeout).to_string())?;
         if let Some(silent) = case.no_output_timeout {
-            writeln!(
-                out,
-                "no-output-timeout = {:?}",
-                humantime::format_duration(silent).to_string()
-            )?;
+            writeln!(out, "no-output-timeout = {:?}", humantime::format_duration(silent).to_string())?;
         }
         writeln!(out, "stop-on-success = {}", case.stop_on_success)?;
     }

@@ -32,10 +32,7 @@ pub struct UsageError {
 
 impl UsageError {
     pub(crate) fn new(message: impl Into<String>, help: Option<String>) -> Self {
-        Self {
-            message: message.into(),
-            help,
-        }
+        Self { message: message.into(), help }
     }
 }
 
@@ -57,8 +54,7 @@ pub fn context(global: &GlobalArgs) -> anyhow::Result<Cx> {
     let file = match &global.config {
         Some(path) => path.clone(),
         None => {
-            let cwd: PathBuf =
-                std::env::current_dir().context("cannot read the current directory")?;
+            let cwd: PathBuf = std::env::current_dir().context("cannot read the current directory")?;
             Config::discover(&cwd)?
         }
     };
@@ -70,19 +66,12 @@ pub fn context(global: &GlobalArgs) -> anyhow::Result<Cx> {
     } else {
         Verbosity::Normal
     };
-    let jobs = global
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
-        .max(1);
+    let jobs = global.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
     let accel = match global.accel {
         AccelArg::Auto => AccelPolicy::Auto,
         AccelArg::Kvm => AccelPolicy::Force(Accel::Kvm),
         AccelArg::Tcg => AccelPolicy::Force(Accel::Tcg),
     };
-    let options = Options {
-        jobs,
-        install: InstallMode::detect(global.yes),
-        accel,
-    };
+    let options = Options { jobs, install: InstallMode::detect(global.yes), accel };
     Cx::new(config, Printer::new(verbosity), options)
 }

@@ -22,34 +22,19 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
             .find(|c| c.expect == Expect::Pass)
             .or_else(|| config.cases.values().next())
             .map(|c| c.name.clone())
-            .ok_or_else(|| {
-                UsageError::new(
-                    "Kiln.toml declares no case",
-                    Some("add a `[case.NAME]` table".into()),
-                )
-            })?,
+            .ok_or_else(|| UsageError::new("Kiln.toml declares no case", Some("add a `[case.NAME]` table".into())))?,
     };
-    let selection = Selection {
-        arches: args.arch.into_iter().collect(),
-        cases: vec![case.clone()],
-    };
+    let selection = Selection { arches: args.arch.into_iter().collect(), cases: vec![case.clone()] };
     let plan = Plan::for_test(config, &selection)?;
     let run = match plan.runs.as_slice() {
         [one] => one.clone(),
         [] => {
-            return Err(UsageError::new(
-                format!("case `{case}` does not run on the selected arch"),
-                None,
-            )
-            .into());
+            return Err(UsageError::new(format!("case `{case}` does not run on the selected arch"), None).into());
         }
         many => {
             let arches: Vec<String> = many.iter().map(|r| r.machine.arch.to_string()).collect();
             return Err(UsageError::new(
-                format!(
-                    "case `{case}` runs on several machines ({})",
-                    arches.join(", ")
-                ),
+                format!("case `{case}` runs on several machines ({})", arches.join(", ")),
                 Some(format!("pick one with `--arch {}`", arches[0])),
             )
             .into());
@@ -57,42 +42,19 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
     };
     cx.provision_machines([&run])?;
     let built = cx.realise(&plan.builds)?;
-    let artifact = built
-        .get(&run.build)
-        .ok_or_else(|| anyhow::anyhow!("{} was not built", run.build))?;
+    let artifact = built.get(&run.build).ok_or_else(|| anyhow::anyhow!("{} was not built", run.build))?;
     let accel = cx.accelerators([run.machine.arch])[&run.machine.arch].accel;
-    let argv = run
-        .machine
-        .argv(&artifact.binary, accel, Console::Interactive);
+    let argv = run.machine.argv(&artifact.binary, accel, Console::Interactive);
     let program = run.machine.arch.qemu_binary();
-    cx.printer.status(
-        "Booting",
-        &format!(
-            "{} (Ctrl-A X quits, Ctrl-A C switches to the monitor)",
-            run.label()
-        ),
-    );
-    cx.printer
-        .verbose("Running", &format!("{program} {}", argv.display()));
+    cx.printer.status("Booting", &format!("{} (Ctrl-A X quits, Ctrl-A C switches to the monitor)", run.label()));
+    cx.printer.verbose("Running", &format!("{program} {}", argv.display()));
     let exit = kiln_qemu::interactive(program, &argv)?;
-    let passed =
-        matches!(exit, Exit::Status(status) if run.judge.success_statuses.contains(&status));
+    let passed = matches!(exit, Exit::Status(status) if run.judge.success_statuses.contains(&status));
     let how = match exit {
         Exit::Status(status) => format!("exit status {status}"),
         Exit::Signal(signal) => format!("signal {signal}"),
         _ => "stopped".to_owned(),
     };
-    cx.printer.status(
-        "Finished",
-        &format!(
-            "{} ({how}{})",
-            run.label(),
-            if passed { ", pass" } else { "" }
-        ),
-    );
-    Ok(if passed {
-        exit_code::SUCCESS
-    } else {
-        exit_code::CASES_FAILED
-    })
+    cx.printer.status("Finished", &format!("{} ({how}{})", run.label(), if passed { ", pass" } else { "" }));
+    Ok(if passed { exit_code::SUCCESS } else { exit_code::CASES_FAILED })
 }

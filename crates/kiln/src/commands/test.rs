@@ -18,10 +18,7 @@ use crate::{
 /// Runs the cases and returns their results; the summary has been printed.
 pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
-    let selection = Selection {
-        arches: args.arch.clone(),
-        cases: args.cases.clone(),
-    };
+    let selection = Selection { arches: args.arch.clone(), cases: args.cases.clone() };
     let plan = Plan::for_test(&cx.config, &selection)?;
     if plan.runs.is_empty() {
         return Err(UsageError::new(
@@ -34,8 +31,7 @@ pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
     let built = cx.realise(&plan.builds)?;
     let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
     let log_dir = cx.work_dir().join("logs");
-    std::fs::create_dir_all(&log_dir)
-        .with_context(|| format!("cannot create `{}`", log_dir.display()))?;
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create `{}`", log_dir.display()))?;
 
     let ready = plan
         .runs
@@ -46,30 +42,19 @@ pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
                 run: run.clone(),
                 kernel: artifact.binary.clone(),
                 built: matches!(artifact.outcome, BuildOutcome::Built { .. }),
-                accel: accels
-                    .get(&run.machine.arch)
-                    .map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel),
+                accel: accels.get(&run.machine.arch).map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel),
             })
         })
         .collect::<Vec<_>>();
     let results = {
         let mut printer = (*cx.printer).clone_settings();
         printer.set_prefix_serial(ready.len() > 1);
-        runner::run_all(
-            ready,
-            cx.options.jobs,
-            &log_dir,
-            std::sync::Arc::new(printer),
-        )
+        runner::run_all(ready, cx.options.jobs, &log_dir, std::sync::Arc::new(printer))
     };
-    let summary = RunSummary {
-        results,
-        total: started.elapsed(),
-    };
+    let summary = RunSummary { results, total: started.elapsed() };
     cx.printer.always(&summary.render());
     if !summary.all_ok() {
-        cx.printer
-            .always(&format!("serial logs: {}", log_dir.display()));
+        cx.printer.always(&format!("serial logs: {}", log_dir.display()));
     }
     Ok(summary)
 }

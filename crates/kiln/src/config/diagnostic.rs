@@ -25,18 +25,9 @@ impl Source {
     fn snippet(&self, span: &Range<usize>) -> String {
         let (line, col) = self.line_col(span.start);
         let text = self.text.lines().nth(line - 1).unwrap_or_default();
-        let width = span
-            .end
-            .saturating_sub(span.start)
-            .clamp(1, text.len().saturating_sub(col - 1).max(1));
+        let width = span.end.saturating_sub(span.start).clamp(1, text.len().saturating_sub(col - 1).max(1));
         let gutter = line.to_string().len();
-        format!(
-            "{:gutter$} |\n{line} | {text}\n{:gutter$} | {}{}",
-            "",
-            "",
-            " ".repeat(col - 1),
-            "^".repeat(width)
-        )
+        format!("{:gutter$} |\n{line} | {text}\n{:gutter$} | {}{}", "", "", " ".repeat(col - 1), "^".repeat(width))
     }
 }
 
@@ -60,23 +51,11 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error about the file as a whole.
     pub fn whole_file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.into(),
-            position: None,
-            key: None,
-            message: message.into(),
-            help: None,
-            snippet: None,
-        }
+        Self { file: file.into(), position: None, key: None, message: message.into(), help: None, snippet: None }
     }
 
     /// An error at a span of `source`.
-    pub fn at(
-        source: &Source,
-        span: Option<Range<usize>>,
-        key: Option<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn at(source: &Source, span: Option<Range<usize>>, key: Option<String>, message: impl Into<String>) -> Self {
         Self {
             file: source.path.clone(),
             position: span.as_ref().map(|s| source.line_col(s.start)),
@@ -132,17 +111,9 @@ mod tests {
 
     #[test]
     fn renders_position_key_snippet_and_help() {
-        let source = Source {
-            path: "Kiln.toml".into(),
-            text: "[case.smoke]\nsucess = \"ok\"\n".into(),
-        };
-        let err = ConfigError::at(
-            &source,
-            Some(13..19),
-            Some("case.smoke.sucess".into()),
-            "unknown key `sucess`",
-        )
-        .with_help("a key with a similar name exists: `success`");
+        let source = Source { path: "Kiln.toml".into(), text: "[case.smoke]\nsucess = \"ok\"\n".into() };
+        let err = ConfigError::at(&source, Some(13..19), Some("case.smoke.sucess".into()), "unknown key `sucess`")
+            .with_help("a key with a similar name exists: `success`");
         assert_eq!(
             err.to_string(),
             "unknown key `sucess` (Kiln.toml:2:1, key `case.smoke.sucess`)\n  |\n2 | sucess = \"ok\"\n  | ^^^^^^\n\

@@ -98,19 +98,10 @@ pub struct Case {
 impl Config {
     /// Finds Kiln.toml in `start` or its ancestors.
     pub fn discover(start: &Path) -> Result<PathBuf, ConfigError> {
-        start
-            .ancestors()
-            .map(|dir| dir.join(FILE_NAME))
-            .find(|candidate| candidate.is_file())
-            .ok_or_else(|| {
-                ConfigError::whole_file(
-                    start.join(FILE_NAME),
-                    format!("no {FILE_NAME} in this directory or any parent"),
-                )
-                .with_help(
-                    "run kiln inside a project that has a Kiln.toml, or pass `--config PATH`",
-                )
-            })
+        start.ancestors().map(|dir| dir.join(FILE_NAME)).find(|candidate| candidate.is_file()).ok_or_else(|| {
+            ConfigError::whole_file(start.join(FILE_NAME), format!("no {FILE_NAME} in this directory or any parent"))
+                .with_help("run kiln inside a project that has a Kiln.toml, or pass `--config PATH`")
+        })
     }
 
     /// Reads and resolves `file`.
@@ -125,14 +116,8 @@ impl Config {
     /// Resolves the text of a Kiln.toml whose absolute path is `file`.
     pub fn parse(source: Source, file: &Path) -> Result<Self, ConfigError> {
         let raw = deserialize(&source)?;
-        let root = file
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_owned);
-        Resolver {
-            source: &source,
-            root: &root,
-        }
-        .resolve(raw, file)
+        let root = file.parent().map_or_else(|| PathBuf::from("."), Path::to_owned);
+        Resolver { source: &source, root: &root }.resolve(raw, file)
     }
 }
 
@@ -152,11 +137,10 @@ fn deserialize(source: &Source) -> Result<RawManifest, ConfigError> {
     };
     let table = toml::de::DeTable::parse(&source.text).map_err(syntax_error)?;
     let mut unknown = Vec::new();
-    let raw: RawManifest =
-        serde_ignored::deserialize(toml::de::Deserializer::from(table), |path| {
-            unknown.push(path_segments(&path));
-        })
-        .map_err(syntax_error)?;
+    let raw: RawManifest = serde_ignored::deserialize(toml::de::Deserializer::from(table), |path| {
+        unknown.push(path_segments(&path));
+    })
+    .map_err(syntax_error)?;
     if let Some(path) = unknown.first() {
         return Err(unknown_key_error(source, path));
     }
@@ -177,9 +161,9 @@ fn path_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
             segments.push(key.clone());
             segments
         }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => path_segments(parent),
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            path_segments(parent)
+        }
     }
 }
 
@@ -195,23 +179,12 @@ fn unknown_key_error(source: &Source, path: &[String]) -> ConfigError {
         Some("case") => fields::field_names::<RawCase>(),
         Some(_) => &[],
     };
-    let table = if parents.is_empty() {
-        "the top level".to_owned()
-    } else {
-        format!("`[{}]`", parents.join("."))
-    };
+    let table = if parents.is_empty() { "the top level".to_owned() } else { format!("`[{}]`", parents.join(".")) };
     let span = key_span(&source.text, path);
-    let err = ConfigError::at(
-        source,
-        span,
-        Some(path.join(".")),
-        format!("unknown key `{key}` in {table}"),
-    );
+    let err = ConfigError::at(source, span, Some(path.join(".")), format!("unknown key `{key}` in {table}"));
     match diagnostic::closest(key, valid.iter().copied()) {
         Some(near) => err.with_help(format!("a key with a similar name exists: `{near}`")),
-        None if !valid.is_empty() => {
-            err.with_help(format!("valid keys here: {}", valid.join(", ")))
-        }
+        None if !valid.is_empty() => err.with_help(format!("valid keys here: {}", valid.join(", "))),
         None => err,
     }
 }
@@ -222,39 +195,31 @@ fn key_span(text: &str, path: &[String]) -> Option<Range<usize>> {
     let mut table = doc.get_ref();
     let (last, parents) = path.split_last()?;
     for segment in parents {
-        let (_, value) = table
-            .iter()
-            .find(|(k, _)| k.get_ref().as_ref() == segment.as_str())?;
+        let (_, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == segment.as_str())?;
         match value.get_ref() {
             toml::de::DeValue::Table(inner) => table = inner,
             _ => return None,
         }
     }
-    table
-        .iter()
-        .find(|(k, _)| k.get_ref().as_ref() == last.as_str())
-        .map(|(k, _)| k.span())
+    table.iter().find(|(k, _)| k.get_ref().as_ref() == last.as_str()).map(|(k, _)| k.span())
 }
 
 /// The dotted key whose value contains byte `offset`, for errors that only carry a span.
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    fn search(
-        table: &toml::de::DeTable<'_>,
-        offset: usize,
-        prefix: &mut Vec<String>,
-    ) -> Option<String> {
+    // Table spans cover only their headers, so every table is searched and leaf values
+    // are matched by span.
+    fn search(table: &toml::de::DeTable<'_>, offset: usize, prefix: &mut Vec<String>) -> Option<String> {
         for (key, value) in table.iter() {
-            let within = value.span().contains(&offset) || key.span().contains(&offset);
-            if !within {
-                continue;
-            }
             prefix.push(key.get_ref().to_string());
             if let toml::de::DeValue::Table(inner) = value.get_ref()
                 && let Some(found) = search(inner, offset, prefix)
             {
                 return Some(found);
             }
-            return Some(prefix.join("."));
+            if value.span().contains(&offset) || key.span().contains(&offset) {
+                return Some(prefix.join("."));
+            }
+            prefix.pop();
         }
         None
     }
@@ -268,12 +233,7 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    fn error(
-        &self,
-        span: Option<Range<usize>>,
-        key: String,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    fn error(&self, span: Option<Range<usize>>, key: String, message: impl Into<String>) -> ConfigError {
         let span = span.or_else(|| {
             let path: Vec<String> = key.split('.').map(str::to_owned).collect();
             key_span(&self.source.text, &path)
@@ -294,10 +254,8 @@ impl Resolver<'_> {
             let resolved = self.artifact(&name, artifact)?;
             artifacts.insert(name, resolved);
         }
-        let mut machines: BTreeMap<String, Machine> = Arch::ALL
-            .into_iter()
-            .map(|arch| (arch.as_str().to_owned(), Machine::default_for(arch)))
-            .collect();
+        let mut machines: BTreeMap<String, Machine> =
+            Arch::ALL.into_iter().map(|arch| (arch.as_str().to_owned(), Machine::default_for(arch))).collect();
         for (name, machine) in raw.machine {
             let resolved = self.machine(&name, machine)?;
             machines.insert(name, resolved);
@@ -307,28 +265,16 @@ impl Resolver<'_> {
             let resolved = self.case(&name, case, &artifacts, &machines)?;
             cases.insert(name, resolved);
         }
-        Ok(Config {
-            file: file.to_owned(),
-            root: self.root.to_owned(),
-            store_dir,
-            artifacts,
-            machines,
-            cases,
-        })
+        Ok(Config { file: file.to_owned(), root: self.root.to_owned(), store_dir, artifacts, machines, cases })
     }
 
     fn check_version(&self, wanted: &Spanned<String>) -> Result<(), ConfigError> {
         let ours = env!("CARGO_PKG_VERSION");
-        let parse =
-            |v: &str| -> Option<Vec<u64>> { v.trim().split('.').map(|p| p.parse().ok()).collect() };
+        let parse = |v: &str| -> Option<Vec<u64>> { v.trim().split('.').map(|p| p.parse().ok()).collect() };
         let key = "kiln-version".to_owned();
         let Some(want) = parse(wanted.get_ref()) else {
             return Err(self
-                .error(
-                    Some(wanted.span()),
-                    key,
-                    format!("`{}` is not a version", wanted.get_ref()),
-                )
+                .error(Some(wanted.span()), key, format!("`{}` is not a version", wanted.get_ref()))
                 .with_help("write a version such as \"0.1\""));
         };
         let have = parse(ours).unwrap_or_default();
@@ -345,10 +291,7 @@ impl Resolver<'_> {
         let err = self.error(
             Some(wanted.span()),
             key,
-            format!(
-                "this project asks for kiln {} but this is kiln {ours}",
-                wanted.get_ref()
-            ),
+            format!("this project asks for kiln {} but this is kiln {ours}", wanted.get_ref()),
         );
         Err(if newer {
             err.with_help(format!(
@@ -356,7 +299,9 @@ impl Resolver<'_> {
                 wanted.get_ref()
             ))
         } else {
-            err.with_help("this kiln is newer than the project expects: update `kiln-version` after checking the changelog")
+            err.with_help(
+                "this kiln is newer than the project expects: update `kiln-version` after checking the changelog",
+            )
         })
     }
 
@@ -369,14 +314,8 @@ impl Resolver<'_> {
         if !dir.join("Cargo.toml").is_file() {
             let span = raw.path.as_ref().map(Spanned::span);
             return Err(self
-                .error(
-                    span,
-                    key("path"),
-                    format!("no Cargo.toml in `{}`", dir.display()),
-                )
-                .with_help(
-                    "set `path` to the directory of the cargo package, relative to Kiln.toml",
-                ));
+                .error(span, key("path"), format!("no Cargo.toml in `{}`", dir.display()))
+                .with_help("set `path` to the directory of the cargo package, relative to Kiln.toml"));
         }
         let arches = match &raw.arches {
             Some(list) if list.get_ref().is_empty() => {
@@ -390,11 +329,7 @@ impl Resolver<'_> {
         let targets = arches
             .iter()
             .map(|arch| {
-                let triple = raw
-                    .target
-                    .get(arch)
-                    .cloned()
-                    .unwrap_or_else(|| arch.bare_metal_triple().to_owned());
+                let triple = raw.target.get(arch).cloned().unwrap_or_else(|| arch.bare_metal_triple().to_owned());
                 (*arch, triple)
             })
             .collect();
@@ -418,21 +353,14 @@ impl Resolver<'_> {
                 return Err(self.error(
                     Some(arch.span()),
                     key("arch"),
-                    format!(
-                        "machine `{name}` is the built-in {named} profile but sets arch = \"{}\"",
-                        arch.get_ref()
-                    ),
+                    format!("machine `{name}` is the built-in {named} profile but sets arch = \"{}\"", arch.get_ref()),
                 ));
             }
             (Some(arch), _) => *arch.get_ref(),
             (None, Ok(named)) => named,
             (None, Err(_)) => {
                 return Err(self
-                    .error(
-                        None,
-                        format!("machine.{name}"),
-                        format!("machine `{name}` does not say its architecture"),
-                    )
+                    .error(None, format!("machine.{name}"), format!("machine `{name}` does not say its architecture"))
                     .with_help("add `arch = \"x86_64\"` (or aarch64, riscv64) to the table"));
             }
         };
@@ -446,11 +374,7 @@ impl Resolver<'_> {
         }
         if let Some(memory) = raw.memory {
             machine.memory_mib = parse_size(memory.get_ref()).ok_or_else(|| {
-                self.error(
-                    Some(memory.span()),
-                    key("memory"),
-                    "memory must be MiB or a size like \"256M\" or \"1G\"",
-                )
+                self.error(Some(memory.span()), key("memory"), "memory must be MiB or a size like \"256M\" or \"1G\"")
             })?;
         }
         if let Some(smp) = raw.smp {
@@ -485,14 +409,10 @@ impl Resolver<'_> {
                 key("artifact"),
                 format!("unknown artifact `{artifact_name}` in case `{name}`"),
             );
-            return Err(
-                match diagnostic::closest(artifact_name, artifacts.keys().map(String::as_str)) {
-                    Some(near) => {
-                        err.with_help(format!("an artifact with a similar name exists: `{near}`"))
-                    }
-                    None => err.with_help("declare it under `[artifact.NAME]`"),
-                },
-            );
+            return Err(match diagnostic::closest(artifact_name, artifacts.keys().map(String::as_str)) {
+                Some(near) => err.with_help(format!("an artifact with a similar name exists: `{near}`")),
+                None => err.with_help("declare it under `[artifact.NAME]`"),
+            });
         };
         let machine_names = match (&raw.machines, &raw.arches) {
             (Some(list), _) => {
@@ -505,13 +425,8 @@ impl Resolver<'_> {
                             format!("unknown machine `{}` in case `{name}`", machine.get_ref()),
                         );
                         return Err(
-                            match diagnostic::closest(
-                                machine.get_ref(),
-                                machines.keys().map(String::as_str),
-                            ) {
-                                Some(near) => err.with_help(format!(
-                                    "a machine with a similar name exists: `{near}`"
-                                )),
+                            match diagnostic::closest(machine.get_ref(), machines.keys().map(String::as_str)) {
+                                Some(near) => err.with_help(format!("a machine with a similar name exists: `{near}`")),
                                 None => err.with_help("declare it under `[machine.NAME]`"),
                             },
                         );
@@ -539,21 +454,12 @@ impl Resolver<'_> {
                                 key("arches"),
                                 format!("artifact `{artifact_name}` is not built for {arch}"),
                             )
-                            .with_help(format!(
-                                "add {arch} to `artifact.{artifact_name}.arches`"
-                            )));
+                            .with_help(format!("add {arch} to `artifact.{artifact_name}.arches`")));
                     }
                 }
-                dedup(arches.get_ref().clone())
-                    .iter()
-                    .map(|a| a.as_str().to_owned())
-                    .collect()
+                dedup(arches.get_ref().clone()).iter().map(|a| a.as_str().to_owned()).collect()
             }
-            (None, None) => artifact
-                .arches
-                .iter()
-                .map(|a| a.as_str().to_owned())
-                .collect(),
+            (None, None) => artifact.arches.iter().map(|a| a.as_str().to_owned()).collect(),
         };
         Ok(Case {
             name: name.to_owned(),
@@ -563,43 +469,29 @@ impl Resolver<'_> {
             failure: self.regex(raw.failure.as_ref(), key("failure"))?,
             success_exit_codes: raw.success_exit_codes,
             expect: raw.expect,
-            timeout: self
-                .duration(raw.timeout.as_ref(), key("timeout"))?
-                .unwrap_or(DEFAULT_TIMEOUT),
-            no_output_timeout: self
-                .duration(raw.no_output_timeout.as_ref(), key("no-output-timeout"))?,
+            timeout: self.duration(raw.timeout.as_ref(), key("timeout"))?.unwrap_or(DEFAULT_TIMEOUT),
+            no_output_timeout: self.duration(raw.no_output_timeout.as_ref(), key("no-output-timeout"))?,
             stop_on_success: raw.stop_on_success,
         })
     }
 
-    fn regex(
-        &self,
-        pattern: Option<&Spanned<String>>,
-        key: String,
-    ) -> Result<Option<Regex>, ConfigError> {
+    fn regex(&self, pattern: Option<&Spanned<String>>, key: String) -> Result<Option<Regex>, ConfigError> {
         pattern
             .map(|p| {
                 Regex::new(p.get_ref()).map_err(|e| {
-                    self.error(Some(p.span()), key, format!("invalid regular expression: {e}"))
-                        .with_help("patterns use the `regex` crate's syntax; escape literal characters such as `(` with `\\\\`")
+                    self.error(Some(p.span()), key, format!("invalid regular expression: {e}")).with_help(
+                        "patterns use the `regex` crate's syntax; escape literal characters such as `(` with `\\\\`",
+                    )
                 })
             })
             .transpose()
     }
 
-    fn duration(
-        &self,
-        text: Option<&Spanned<String>>,
-        key: String,
-    ) -> Result<Option<Duration>, ConfigError> {
+    fn duration(&self, text: Option<&Spanned<String>>, key: String) -> Result<Option<Duration>, ConfigError> {
         text.map(|t| {
             humantime::parse_duration(t.get_ref()).map_err(|e| {
-                self.error(
-                    Some(t.span()),
-                    key,
-                    format!("invalid duration `{}`: {e}", t.get_ref()),
-                )
-                .with_help("write a duration such as \"30s\", \"2m\" or \"1m 30s\"")
+                self.error(Some(t.span()), key, format!("invalid duration `{}`: {e}", t.get_ref()))
+                    .with_help("write a duration such as \"30s\", \"2m\" or \"1m 30s\"")
             })
         })
         .transpose()
@@ -617,17 +509,9 @@ fn parse_size(size: &RawSize) -> Option<u32> {
         RawSize::Mib(mib) => Some(*mib),
         RawSize::Text(text) => {
             let text = text.trim();
-            let (number, unit) = text.split_at(
-                text.find(|c: char| !c.is_ascii_digit())
-                    .unwrap_or(text.len()),
-            );
+            let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
             let number: u32 = number.parse().ok()?;
-            match unit
-                .trim()
-                .trim_end_matches(['b', 'B'])
-                .to_ascii_uppercase()
-                .as_str()
-            {
+            match unit.trim().trim_end_matches(['b', 'B']).to_ascii_uppercase().as_str() {
                 "" | "M" | "MI" => Some(number),
                 "G" | "GI" => number.checked_mul(1024),
                 _ => None,

@@ -5,20 +5,10 @@ use super::*;
 fn project(kiln_toml: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("kernel")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("kernel/Cargo.toml"),
-        "[package]\nname = \"k\"\n",
-    )
-    .expect("write");
+    std::fs::write(dir.path().join("kernel/Cargo.toml"), "[package]\nname = \"k\"\n").expect("write");
     let file = dir.path().join(FILE_NAME);
     std::fs::write(&file, kiln_toml).expect("write");
-    let result = Config::parse(
-        Source {
-            path: FILE_NAME.into(),
-            text: kiln_toml.to_owned(),
-        },
-        &file,
-    );
+    let result = Config::parse(Source { path: FILE_NAME.into(), text: kiln_toml.to_owned() }, &file);
     (dir, result)
 }
 
@@ -39,10 +29,7 @@ fn valid_file_resolves_with_defaults() {
     let config = config.expect("valid");
     let artifact = &config.artifacts["hello"];
     assert_eq!(artifact.arches, Arch::ALL);
-    assert_eq!(
-        artifact.targets[&Arch::Riscv64],
-        "riscv64gc-unknown-none-elf"
-    );
+    assert_eq!(artifact.targets[&Arch::Riscv64], "riscv64gc-unknown-none-elf");
     assert_eq!(artifact.profile, "release");
     let case = &config.cases["smoke"];
     assert_eq!(case.machines, ["x86_64", "aarch64", "riscv64"]);
@@ -56,15 +43,8 @@ fn typo_in_a_key_names_line_column_and_the_closest_key() {
     let err = err.expect_err("typo");
     assert_eq!(err.position, Some((8, 1)));
     assert_eq!(err.key.as_deref(), Some("case.smoke.sucess"));
-    assert_eq!(
-        err.help.as_deref(),
-        Some("a key with a similar name exists: `success`")
-    );
-    assert!(
-        err.to_string()
-            .starts_with("unknown key `sucess` in `[case.smoke]` (Kiln.toml:8:1"),
-        "{err}"
-    );
+    assert_eq!(err.help.as_deref(), Some("a key with a similar name exists: `success`"));
+    assert!(err.to_string().starts_with("unknown key `sucess` in `[case.smoke]` (Kiln.toml:8:1"), "{err}");
 }
 
 #[test]
@@ -72,10 +52,7 @@ fn typo_at_top_level_is_caught() {
     let (_dir, err) = project(&format!("kiln-verison = \"0.1\"\n{VALID}"));
     let err = err.expect_err("typo");
     assert_eq!(err.position, Some((1, 1)));
-    assert_eq!(
-        err.help.as_deref(),
-        Some("a key with a similar name exists: `kiln-version`")
-    );
+    assert_eq!(err.help.as_deref(), Some("a key with a similar name exists: `kiln-version`"));
 }
 
 #[test]
@@ -83,46 +60,26 @@ fn unknown_artifact_suggests_the_near_one() {
     let (_dir, err) = project(&VALID.replace("artifact = \"hello\"", "artifact = \"helo\""));
     let err = err.expect_err("unknown artifact");
     assert_eq!(err.key.as_deref(), Some("case.smoke.artifact"));
-    assert_eq!(
-        err.help.as_deref(),
-        Some("an artifact with a similar name exists: `hello`")
-    );
+    assert_eq!(err.help.as_deref(), Some("an artifact with a similar name exists: `hello`"));
 }
 
 #[test]
 fn unknown_machine_suggests_the_near_one() {
-    let text = format!(
-        "{VALID}machines = [\"aarch64-virtt\"]\n[machine.aarch64-virt]\narch = \"aarch64\"\n"
-    );
+    let text = format!("{VALID}machines = [\"aarch64-virtt\"]\n[machine.aarch64-virt]\narch = \"aarch64\"\n");
     let (_dir, err) = project(&text);
     let err = err.expect_err("unknown machine");
-    assert_eq!(
-        err.message,
-        "unknown machine `aarch64-virtt` in case `smoke`"
-    );
-    assert_eq!(
-        err.help.as_deref(),
-        Some("a machine with a similar name exists: `aarch64-virt`")
-    );
+    assert_eq!(err.message, "unknown machine `aarch64-virtt` in case `smoke`");
+    assert_eq!(err.help.as_deref(), Some("a machine with a similar name exists: `aarch64-virt`"));
 }
 
 #[test]
 fn bad_values_name_their_key() {
     let (_dir, err) = project(&VALID.replace("\"20s\"", "\"20 parsecs\""));
-    assert_eq!(
-        err.expect_err("duration").key.as_deref(),
-        Some("case.smoke.timeout")
-    );
+    assert_eq!(err.expect_err("duration").key.as_deref(), Some("case.smoke.timeout"));
     let (_dir, err) = project(&VALID.replace("\"all checks passed\"", "\"(unclosed\""));
-    assert_eq!(
-        err.expect_err("regex").key.as_deref(),
-        Some("case.smoke.success")
-    );
+    assert_eq!(err.expect_err("regex").key.as_deref(), Some("case.smoke.success"));
     let (_dir, err) = project(&VALID.replace("path = \"kernel\"", "path = \"nowhere\""));
-    assert_eq!(
-        err.expect_err("path").key.as_deref(),
-        Some("artifact.hello.path")
-    );
+    assert_eq!(err.expect_err("path").key.as_deref(), Some("artifact.hello.path"));
 }
 
 #[test]
@@ -138,12 +95,7 @@ fn newer_kiln_version_says_to_update() {
     let (_dir, err) = project(&format!("kiln-version = \"0.99\"\n{VALID}"));
     let err = err.expect_err("version");
     assert!(err.message.contains("asks for kiln 0.99"), "{err}");
-    assert!(
-        err.help
-            .as_deref()
-            .is_some_and(|h| h.starts_with("update kiln")),
-        "{err}"
-    );
+    assert!(err.help.as_deref().is_some_and(|h| h.starts_with("update kiln")), "{err}");
     let (_dir, ok) = project(&format!("kiln-version = \"0.1\"\n{VALID}"));
     ok.expect("0.1 is this kiln");
 }
@@ -157,3 +109,4 @@ fn machine_overrides_apply_on_the_builtin_profile() {
     assert_eq!(machine.memory_mib, 1024);
     assert_eq!(machine.machine_type, "virt");
 }
+

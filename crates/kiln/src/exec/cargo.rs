@@ -9,9 +9,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use cargo_metadata::{DependencyKind, Message, Metadata, PackageId};
-use kiln_store::{
-    BuildOutcome, Derivation, Entry, InputHash, SourceSet, Store, hash_file, hash_source_set,
-};
+use kiln_store::{BuildOutcome, Derivation, Entry, InputHash, SourceSet, Store, hash_file, hash_source_set};
 
 use crate::{env, plan::BuildStep};
 
@@ -33,15 +31,9 @@ impl CargoHost {
             .output()
             .with_context(|| format!("failed to run `rustc -vV` in `{}`", dir.display()))?;
         if !output.status.success() {
-            bail!(
-                "`rustc -vV` failed in `{}`: {}",
-                dir.display(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+            bail!("`rustc -vV` failed in `{}`: {}", dir.display(), String::from_utf8_lossy(&output.stderr).trim());
         }
-        Ok(Self {
-            rustc_version: String::from_utf8_lossy(&output.stdout).into_owned(),
-        })
+        Ok(Self { rustc_version: String::from_utf8_lossy(&output.stdout).into_owned() })
     }
 }
 
@@ -62,34 +54,21 @@ pub(crate) fn tool_command(program: &str, dir: &Path) -> Command {
     // rustup sets RUSTUP_TOOLCHAIN for `cargo xtask`; unless the user set it, the project's
     // own toolchain file must decide.
     if std::env::var("RUSTUP_TOOLCHAIN_SOURCE").map_or(true, |source| source != "env") {
-        command
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("RUSTUP_TOOLCHAIN_SOURCE");
+        command.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTUP_TOOLCHAIN_SOURCE");
     }
     command
 }
 
 fn cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<Metadata> {
     let output = tool_command("cargo", dir)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--filter-platform",
-            triple,
-        ])
+        .args(["metadata", "--format-version", "1", "--filter-platform", triple])
         .stderr(Stdio::piped())
         .output()
         .with_context(|| format!("failed to run `cargo metadata` in `{}`", dir.display()))?;
     if !output.status.success() {
-        bail!(
-            "`cargo metadata` failed in `{}`: {}",
-            dir.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("`cargo metadata` failed in `{}`: {}", dir.display(), String::from_utf8_lossy(&output.stderr).trim());
     }
-    let text =
-        String::from_utf8(output.stdout).context("`cargo metadata` printed invalid UTF-8")?;
+    let text = String::from_utf8(output.stdout).context("`cargo metadata` printed invalid UTF-8")?;
     cargo_metadata::MetadataCommand::parse(text).context("`cargo metadata` printed unexpected JSON")
 }
 
@@ -100,12 +79,7 @@ fn local_closure(metadata: &Metadata, root: &PackageId) -> Vec<PackageId> {
         return vec![root.clone()];
     };
     let nodes: BTreeMap<_, _> = resolve.nodes.iter().map(|n| (&n.id, n)).collect();
-    let is_local: BTreeSet<_> = metadata
-        .packages
-        .iter()
-        .filter(|p| p.source.is_none())
-        .map(|p| &p.id)
-        .collect();
+    let is_local: BTreeSet<_> = metadata.packages.iter().filter(|p| p.source.is_none()).map(|p| &p.id).collect();
     let mut seen = BTreeSet::new();
     let mut stack = vec![root];
     while let Some(id) = stack.pop() {
@@ -114,10 +88,7 @@ fn local_closure(metadata: &Metadata, root: &PackageId) -> Vec<PackageId> {
         }
         if let Some(node) = nodes.get(id) {
             for dep in &node.deps {
-                let runtime = dep
-                    .dep_kinds
-                    .iter()
-                    .any(|k| k.kind != DependencyKind::Development);
+                let runtime = dep.dep_kinds.iter().any(|k| k.kind != DependencyKind::Development);
                 if runtime {
                     stack.push(&dep.pkg);
                 }
@@ -132,18 +103,17 @@ pub fn derivation_for(step: &BuildStep, host: &CargoHost) -> anyhow::Result<Deri
     let artifact = &step.artifact;
     let metadata = cargo_metadata(&artifact.dir, &step.triple)?;
     let workspace_root = metadata.workspace_root.clone().into_std_path_buf();
-    let package = metadata
-        .packages
-        .iter()
-        .find(|p| p.name.as_str() == artifact.package && p.source.is_none())
-        .with_context(|| {
-            format!(
-                "artifact `{}`: no local package named `{}` in the cargo workspace at `{}`",
-                artifact.name,
-                artifact.package,
-                workspace_root.display()
-            )
-        })?;
+    let package =
+        metadata.packages.iter().find(|p| p.name.as_str() == artifact.package && p.source.is_none()).with_context(
+            || {
+                format!(
+                    "artifact `{}`: no local package named `{}` in the cargo workspace at `{}`",
+                    artifact.name,
+                    artifact.package,
+                    workspace_root.display()
+                )
+            },
+        )?;
 
     let mut drv = Derivation::new("cargo-build");
     drv.setting("builder", BUILDER_VERSION)
@@ -151,25 +121,15 @@ pub fn derivation_for(step: &BuildStep, host: &CargoHost) -> anyhow::Result<Deri
         .setting("target", &step.triple)
         .setting("profile", &artifact.profile)
         .setting("features", artifact.features.join(","))
-        .setting(
-            "no-default-features",
-            artifact.no_default_features.to_string(),
-        )
+        .setting("no-default-features", artifact.no_default_features.to_string())
         .setting("bin", artifact.bin.clone().unwrap_or_default());
-    drv.input(
-        "tool:rustc",
-        InputHash::of_bytes(host.rustc_version.as_bytes()),
-    );
+    drv.input("tool:rustc", InputHash::of_bytes(host.rustc_version.as_bytes()));
 
     for id in local_closure(&metadata, &package.id) {
         let Some(local) = metadata.packages.iter().find(|p| p.id == id) else {
             continue;
         };
-        let dir = local
-            .manifest_path
-            .parent()
-            .map(|p| p.as_std_path().to_owned())
-            .unwrap_or_default();
+        let dir = local.manifest_path.parent().map(|p| p.as_std_path().to_owned()).unwrap_or_default();
         let set = SourceSet::package_dir(&dir)?;
         let name = format!("source:{}", relative_name(&dir, &workspace_root));
         drv.input(name, hash_source_set(&set)?);
@@ -202,12 +162,7 @@ fn build_config_files(dir: &Path, workspace_root: &Path) -> Vec<PathBuf> {
         files.insert(workspace_root.join(name));
     }
     for ancestor in dir.ancestors() {
-        for name in [
-            ".cargo/config.toml",
-            ".cargo/config",
-            "rust-toolchain.toml",
-            "rust-toolchain",
-        ] {
+        for name in [".cargo/config.toml", ".cargo/config", "rust-toolchain.toml", "rust-toolchain"] {
             files.insert(ancestor.join(name));
         }
     }
@@ -233,10 +188,7 @@ fn build_environment(triple: &str) -> BTreeMap<String, String> {
         }
     }
     for (name, value) in std::env::vars() {
-        if env::BUILD_INPUT_PREFIXES
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-        {
+        if env::BUILD_INPUT_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
             found.insert(name, value);
         }
     }
@@ -254,8 +206,7 @@ pub fn realise(
 ) -> anyhow::Result<(Entry, BuildOutcome, PathBuf)> {
     let name = format!("{}-{}", step.key.artifact, step.key.arch);
     let (entry, outcome) = store.build(derivation, &name, on_wait, |out| {
-        cargo_build(step, out, quiet)
-            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
+        cargo_build(step, out, quiet).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
     })?;
     let binary = binary_in(&entry)?;
     Ok((entry, outcome, binary))
@@ -283,14 +234,7 @@ fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> 
     let artifact = &step.artifact;
     let mut command = tool_command("cargo", &artifact.dir);
     command.args(["build", "--message-format", "json-render-diagnostics"]);
-    command.args([
-        "--package",
-        &artifact.package,
-        "--target",
-        &step.triple,
-        "--profile",
-        &artifact.profile,
-    ]);
+    command.args(["--package", &artifact.package, "--target", &step.triple, "--profile", &artifact.profile]);
     if let Some(bin) = &artifact.bin {
         command.args(["--bin", bin]);
     }
@@ -303,41 +247,25 @@ fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> 
     if quiet {
         command.arg("--quiet");
     }
-    command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .stdin(Stdio::null());
-    let mut child = command.spawn().with_context(|| {
-        format!(
-            "failed to run cargo in `{}`; is cargo on PATH?",
-            artifact.dir.display()
-        )
-    })?;
-    let stdout = child
-        .stdout
-        .take()
-        .context("cargo's output was not captured")?;
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("failed to run cargo in `{}`; is cargo on PATH?", artifact.dir.display()))?;
+    let stdout = child.stdout.take().context("cargo's output was not captured")?;
     let mut executables = Vec::new();
     for message in Message::parse_stream(BufReader::new(stdout)) {
         let message = message.context("failed to read cargo's JSON messages")?;
         if let Message::CompilerArtifact(built) = message
             && let Some(executable) = built.executable
             && built.target.is_bin()
-            && artifact
-                .bin
-                .as_ref()
-                .is_none_or(|bin| *bin == built.target.name)
+            && artifact.bin.as_ref().is_none_or(|bin| *bin == built.target.name)
         {
             executables.push((built.target.name.clone(), executable.into_std_path_buf()));
         }
     }
     let status = child.wait().context("failed to wait for cargo")?;
     if !status.success() {
-        bail!(
-            "`cargo build` for {} (target {}) failed with {status}",
-            step.key,
-            step.triple
-        );
+        bail!("`cargo build` for {} (target {}) failed with {status}", step.key, step.triple);
     }
     let (bin_name, executable) = match executables.as_slice() {
         [one] => one.clone(),
@@ -349,10 +277,7 @@ fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> 
         many => bail!(
             "package `{}` has several binaries ({}); choose one with `bin = \"NAME\"` in `[artifact.{}]`",
             artifact.package,
-            many.iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
             artifact.name
         ),
     };

@@ -52,20 +52,12 @@ pub struct Printer {
 impl Printer {
     /// A printer at the given verbosity.
     pub fn new(verbosity: Verbosity) -> Self {
-        Self {
-            verbosity,
-            prefix_serial: false,
-            lock: Mutex::new(()),
-        }
+        Self { verbosity, prefix_serial: false, lock: Mutex::new(()) }
     }
 
     /// A new printer with the same settings.
     pub fn clone_settings(&self) -> Self {
-        Self {
-            verbosity: self.verbosity,
-            prefix_serial: self.prefix_serial,
-            lock: Mutex::new(()),
-        }
+        Self { verbosity: self.verbosity, prefix_serial: self.prefix_serial, lock: Mutex::new(()) }
     }
 
     /// Prefix serial lines with `[case/machine]` (when several guests run at once).
@@ -133,15 +125,7 @@ impl Printer {
                     CaseStatus::Failed | CaseStatus::UnexpectedPass => "FAILED",
                     CaseStatus::Error => "ERROR",
                 };
-                self.status(
-                    verb,
-                    &format!(
-                        "{} in {} ({})",
-                        result.label,
-                        seconds(result.boot),
-                        result.detail
-                    ),
-                );
+                self.status(verb, &format!("{} in {} ({})", result.label, seconds(result.boot), result.detail));
             }
         }
     }

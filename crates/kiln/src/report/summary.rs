@@ -86,9 +86,7 @@ pub struct RunSummary {
 impl RunSummary {
     /// The result for a case on an architecture.
     pub fn get(&self, case: &str, arch: Arch) -> Option<&CaseResult> {
-        self.results
-            .iter()
-            .find(|r| r.case == case && r.arch == arch)
+        self.results.iter().find(|r| r.case == case && r.arch == arch)
     }
 
     /// Whether every case is green.
@@ -103,9 +101,7 @@ impl RunSummary {
 
     /// The table and the closing count line.
     pub fn render(&self) -> String {
-        let headers = [
-            "case", "machine", "arch", "result", "boot", "build", "detail",
-        ];
+        let headers = ["case", "machine", "arch", "result", "boot", "build", "detail"];
         let rows: Vec<[String; 7]> = self
             .results
             .iter()
@@ -116,11 +112,7 @@ impl RunSummary {
                     r.arch.to_string(),
                     r.status.label().to_owned(),
                     super::seconds(r.boot),
-                    if r.built {
-                        "built".to_owned()
-                    } else {
-                        "cached".to_owned()
-                    },
+                    if r.built { "built".to_owned() } else { "cached".to_owned() },
                     r.detail.clone(),
                 ]
             })
@@ -151,11 +143,7 @@ impl RunSummary {
         }
         let passed = self.results.iter().filter(|r| r.status.is_ok()).count();
         let failed = self.results.len() - passed;
-        let expected = self
-            .results
-            .iter()
-            .filter(|r| r.status == CaseStatus::FailedAsExpected)
-            .count();
+        let expected = self.results.iter().filter(|r| r.status == CaseStatus::FailedAsExpected).count();
         out.push_str(&format!("summary: {passed} passed, {failed} failed"));
         if expected > 0 {
             out.push_str(&format!(" ({expected} of the passed failed as expected)"));

@@ -1,0 +1,90 @@
+//! The bundled example end to end: pass, expected failure, cache hits, selective rebuilds.
+
+use kiln::report::CaseStatus;
+use kiln_qemu::{FailReason, Verdict};
+use kiln_store::BuildOutcome;
+use kiln_types::Arch;
+
+use crate::support::{Project, repo_root};
+
+#[test]
+fn bundled_example_passes_is_cached_and_rebuilds_only_what_changed() {
+    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("the repository's Kiln.toml");
+    let project = Project::example(&kiln_toml);
+
+    let first = project.test(&["--accel", "tcg"]);
+    for arch in Arch::ALL {
+        let smoke = first.get("smoke", arch).expect("smoke ran");
+        assert_eq!(smoke.status, CaseStatus::Passed, "smoke on {arch}: {}", smoke.detail);
+        assert!(smoke.built, "first run builds");
+        let panic = first.get("panic", arch).expect("panic ran");
+        assert_eq!(panic.status, CaseStatus::FailedAsExpected, "panic on {arch}: {}", panic.detail);
+        let Some(Verdict::Failed(FailReason::FailureMarker { line })) = &panic.verdict else {
+            panic!("panic on {arch} should fail on its marker, got {:?}", panic.verdict);
+        };
+        assert!(line.contains("deliberate panic to prove failures are caught"), "{line}");
+        assert!(smoke.log.is_file(), "serial log written");
+    }
+    assert!(first.all_ok());
+
+    let second = project.test(&["--accel", "tcg"]);
+    assert!(second.all_ok());
+    assert!(second.results.iter().all(|r| !r.built), "second run builds nothing");
+
+    // Only the aarch64 board changes: only aarch64 artifacts rebuild.
+    project.touch_source("examples/boards/aarch64-virt/src/lib.rs", "// touched by a test");
+    let rebuilt = project.build();
+    for (key, artifact) in &rebuilt {
+        let was_built = matches!(artifact.outcome, BuildOutcome::Built { .. });
+        assert_eq!(was_built, key.arch == Arch::Aarch64, "{key}: {:?}", artifact.outcome);
+    }
+    // A change to the kernel itself rebuilds every arch.
+    project.touch_source("examples/kernel/src/main.rs", "// touched by a test");
+    let rebuilt = project.build();
+    assert!(rebuilt.values().all(|a| matches!(a.outcome, BuildOutcome::Built { .. })));
+}
+
+#[test]
+fn exit_code_is_zero_when_green_and_one_when_a_case_fails() {
+    let kiln_toml = r#"
+[artifact.hello]
+package = "hello-kernel"
+path = "examples/kernel"
+arches = ["riscv64"]
+
+[artifact.failing]
+package = "hello-kernel"
+path = "examples/kernel"
+arches = ["riscv64"]
+features = ["fail"]
+
+[case.smoke]
+artifact = "hello"
+success = "all checks passed"
+
+[case.fails]
+artifact = "failing"
+
+[case.marker-missing]
+artifact = "hello"
+success = "this line never appears"
+"#;
+    let project = Project::example(kiln_toml);
+    assert_eq!(project.kiln(&["-q", "test", "smoke"]), kiln::exit_code::SUCCESS);
+    let summary = project.test(&["-q"]);
+    let fails = summary.get("fails", Arch::Riscv64).expect("ran");
+    assert_eq!(
+        fails.verdict,
+        Some(Verdict::Failed(FailReason::ExitStatus {
+            status: 1,
+            last_line: Some("kiln-example: failing on purpose".into())
+        }))
+    );
+    let missing = summary.get("marker-missing", Arch::Riscv64).expect("ran");
+    assert!(
+        matches!(missing.verdict, Some(Verdict::Failed(FailReason::MissingSuccessMarker { status: 0, .. }))),
+        "exit 0 without the success marker is a failure: {:?}",
+        missing.verdict
+    );
+    assert_eq!(project.kiln(&["-q", "test"]), kiln::exit_code::CASES_FAILED);
+}

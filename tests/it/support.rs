@@ -1,0 +1,119 @@
+//! A temp copy of the bundled example and helpers to run kiln on it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use kiln::{
+    clap::Parser,
+    cli::Cli,
+    cx::{BuiltArtifact, Cx},
+    plan::{BuildKey, Plan, Selection},
+    report::RunSummary,
+};
+
+/// The kiln repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// A temp directory holding a copy of `examples/` and a Kiln.toml.
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for entry in fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name();
+        if name == "target" {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+impl Project {
+    /// Copies the bundled example and writes `kiln_toml` beside it.
+    pub fn example(kiln_toml: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("kiln-it-").tempdir().expect("tempdir");
+        copy_tree(&repo_root().join("examples"), &dir.path().join("examples"));
+        fs::write(dir.path().join("Kiln.toml"), kiln_toml).expect("write Kiln.toml");
+        Self { dir }
+    }
+
+    /// The project directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<String> {
+        let mut full = vec!["kiln".to_owned(), "--config".to_owned()];
+        full.push(self.path().join("Kiln.toml").display().to_string());
+        full.extend(args.iter().map(|a| (*a).to_owned()));
+        full
+    }
+
+    /// Runs a kiln command line in-process and returns its exit code.
+    pub fn kiln(&self, args: &[&str]) -> u8 {
+        kiln::xtask::run_args_to_code(self.args(args))
+    }
+
+    /// A command context, as the CLI would build it for `args`.
+    pub fn cx(&self, args: &[&str]) -> Cx {
+        let mut full = self.args(args);
+        full.push("config".to_owned());
+        let cli = Cli::try_parse_from(full).expect("valid command line");
+        kiln::commands::context(&cli.global).expect("context")
+    }
+
+    /// Runs `test` with the given arguments through the library and returns the summary.
+    pub fn test(&self, args: &[&str]) -> RunSummary {
+        let mut full = self.args(&[]);
+        full.push("test".to_owned());
+        full.extend(args.iter().map(|a| (*a).to_owned()));
+        let cli = Cli::try_parse_from(full).expect("valid command line");
+        let cx = kiln::commands::context(&cli.global).expect("context");
+        let kiln::cli::Command::Test(test_args) = cli.command else { unreachable!("parsed `test`") };
+        kiln::commands::test::run(&cx, &test_args).expect("test ran")
+    }
+
+    /// Builds every artifact and returns what each build did.
+    pub fn build(&self) -> std::collections::BTreeMap<BuildKey, BuiltArtifact> {
+        let cx = self.cx(&["-q"]);
+        let plan = Plan::for_build(&cx.config, &Selection::default());
+        cx.realise(&plan.builds).expect("build")
+    }
+
+    /// Appends a line to a file of the example.
+    pub fn touch_source(&self, relative: &str, line: &str) {
+        let path = self.path().join(relative);
+        let mut text = fs::read_to_string(&path).expect("read source");
+        text.push_str(line);
+        text.push('\n');
+        fs::write(&path, text).expect("write source");
+    }
+
+    /// PIDs of QEMU processes whose command line mentions this project.
+    pub fn live_qemu_pids(&self) -> Vec<u32> {
+        let needle = self.path().display().to_string();
+        let mut pids = Vec::new();
+        for entry in fs::read_dir("/proc").expect("/proc") {
+            let Ok(entry) = entry else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
