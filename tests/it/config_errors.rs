@@ -10,11 +10,10 @@ fn typo_in_a_key_exits_2_naming_the_line_and_the_closest_key() {
         "[artifact.hello]\npackage = \"hello-kernel\"\npath = \"examples/kernel\"\n\n\
          [case.smoke]\nartifact = \"hello\"\nsucess = \"ok\"\n",
     );
-    assert_eq!(project.kiln(&["test"]), kiln::exit_code::USAGE);
-    let file = project.path().join("Kiln.toml");
-    let cli = Cli::try_parse_from(["kiln", "--config", &file.display().to_string(), "test"]).expect("cli");
-    let err = kiln::commands::context(&cli.global).expect_err("typo");
-    let text = kiln::xtask::render_error(&err);
+    let output = project.command(&["test"]).output().expect("kiln runs");
+    assert_eq!(output.status.code(), Some(i32::from(kiln::exit_code::USAGE)));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.starts_with("error: "), "{text}");
     assert!(text.contains("unknown key `sucess` in `[case.smoke]`"), "{text}");
     assert!(text.contains("Kiln.toml:7:1, key `case.smoke.sucess`"), "{text}");
     assert!(text.contains("help: a key with a similar name exists: `success`"), "{text}");

@@ -61,6 +61,13 @@ impl Project {
         full
     }
 
+    /// kiln's command line as a child process, on this project.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-it"));
+        command.args(&self.args(args)[1..]);
+        command
+    }
+
     /// Runs a kiln command line in-process and returns its exit code.
     pub fn kiln(&self, args: &[&str]) -> u8 {
         kiln::xtask::run_args_to_code(self.args(args))

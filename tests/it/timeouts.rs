@@ -42,5 +42,36 @@ fn hanging_guest_is_killed_at_its_timeout_and_leaves_no_qemu() {
         assert!(log.contains("kiln-example: hanging on purpose"), "{log}");
     }
     assert!(project.live_qemu_pids().is_empty(), "orphan QEMU: {:?}", project.live_qemu_pids());
-    assert_eq!(kiln::report::RunSummary::default().results.len(), 0);
+}
+
+#[test]
+fn killing_kiln_with_sigkill_takes_its_qemu_down() {
+    let project = Project::example(
+        r#"
+[artifact.hang]
+package = "hello-kernel"
+path = "examples/kernel"
+arches = ["riscv64"]
+features = ["hang"]
+
+[case.hang]
+artifact = "hang"
+timeout = "10m"
+"#,
+    );
+    let mut kiln = project.command(&["-q", "--accel", "tcg", "test"]).spawn().expect("kiln starts");
+    let started = std::time::Instant::now();
+    while project.live_qemu_pids().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(300), "QEMU never started");
+        assert!(kiln.try_wait().expect("poll kiln").is_none(), "kiln ended before QEMU started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(kiln.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL kiln");
+    kiln.wait().expect("reap kiln");
+    let killed = std::time::Instant::now();
+    while !project.live_qemu_pids().is_empty() {
+        assert!(killed.elapsed() < Duration::from_secs(10), "orphan QEMU: {:?}", project.live_qemu_pids());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
