@@ -70,39 +70,37 @@ impl Cx {
         self.config.root.join("target/kiln")
     }
 
-    /// Computes each step's derivation (in parallel: cargo metadata and hashing dominate).
+    /// Computes each step's derivation. The cargo and rustc queries behind them run at once,
+    /// one per package directory and target, since they dominate a fully cached run.
     pub fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
-        let dirs: BTreeSet<PathBuf> = steps.iter().map(|s| s.artifact.dir.clone()).collect();
-        let hosts: BTreeMap<PathBuf, CargoHost> = std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                dirs.iter().map(|dir| (dir.clone(), scope.spawn(move || CargoHost::probe(dir)))).collect();
-            handles
-                .into_iter()
-                .map(|(dir, handle)| {
-                    let host = handle.join().map_err(|_| anyhow::anyhow!("toolchain probe panicked"))??;
-                    Ok((dir, host))
-                })
-                .collect::<anyhow::Result<_>>()
-        })?;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = steps
+        let dirs: BTreeSet<&PathBuf> = steps.iter().map(|s| &s.artifact.dir).collect();
+        let queries: BTreeSet<(&PathBuf, &str)> =
+            steps.iter().map(|s| (&s.artifact.dir, s.triple.as_str())).collect();
+        let (hosts, metadata) = std::thread::scope(|scope| {
+            let hosts: Vec<_> = dirs.iter().map(|dir| (*dir, scope.spawn(move || CargoHost::probe(dir)))).collect();
+            let metadata: Vec<_> = queries
                 .iter()
-                .map(|step| {
-                    let host = &hosts[&step.artifact.dir];
-                    scope.spawn(move || exec::derivation_for(step, host))
-                })
+                .map(|(dir, triple)| ((*dir, *triple), scope.spawn(move || exec::cargo_metadata(dir, triple))))
                 .collect();
-            handles
+            let hosts = hosts
                 .into_iter()
-                .zip(steps)
-                .map(|(handle, step)| {
-                    handle
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("hashing the inputs of {} panicked", step.key))?
-                        .with_context(|| format!("cannot compute the closure of {}", step.key))
-                })
-                .collect()
-        })
+                .map(|(dir, handle)| Ok((dir, join(handle)??)))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>();
+            let metadata = metadata
+                .into_iter()
+                .map(|(key, handle)| Ok((key, join(handle)??)))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>();
+            anyhow::Ok((hosts?, metadata?))
+        })?;
+        steps
+            .iter()
+            .map(|step| {
+                let host = &hosts[&step.artifact.dir];
+                let metadata = &metadata[&(&step.artifact.dir, step.triple.as_str())];
+                exec::derivation_for(step, host, metadata)
+                    .with_context(|| format!("cannot compute the closure of {}", step.key))
+            })
+            .collect()
     }
 
     /// Builds every step that the store lacks and returns all of them.
@@ -160,4 +158,8 @@ impl Cx {
             })
             .collect()
     }
+}
+
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> anyhow::Result<T> {
+    handle.join().map_err(|_| anyhow::anyhow!("a cargo query panicked"))
 }

@@ -1,19 +1,24 @@
 //! `bench`: boot-to-verdict with kiln's machine profiles against naive QEMU command lines,
 //! measured side by side in one run.
 
-use std::{io::Write as _, path::Path, time::Duration};
+use std::{
+    io::Write as _,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use kiln_qemu::{Argv, BootRequest, Console, Judge, accel::Accel};
 use kiln_types::Arch;
 
 use crate::{
-    cli::BenchArgs,
-    commands::UsageError,
+    cli::{BenchArgs, TestArgs},
+    commands::{UsageError, test},
     config::Expect,
     cx::Cx,
     exit_code,
     plan::{Plan, Selection},
+    report::{Printer, Verbosity},
 };
 
 /// What a hand-written script typically runs: `-cpu max`, the machine's default options.
@@ -119,5 +124,38 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
         writeln!(out, "{:<10} {:>12} {:>12} {:>8}", arch.as_str(), cell(&kiln), cell(&hand), ratio)?;
     }
     writeln!(out, "ratio = naive / kiln: how many times longer the naive command line takes")?;
+    drop(out);
+    warm_run_overhead(cx, args, runs)?;
     Ok(exit_code::SUCCESS)
+}
+
+/// Times a fully cached `test` (configuration, hashing, store look-ups, boots) against the
+/// same boots alone, to show what kiln adds when nothing needs building.
+fn warm_run_overhead(cx: &Cx, args: &BenchArgs, runs: usize) -> anyhow::Result<()> {
+    let quiet = Cx::new(cx.config.clone(), Printer::new(Verbosity::Quiet), cx.options.clone())?;
+    let test_args = TestArgs { cases: Vec::new(), arch: args.arch.clone() };
+    let (ready, log_dir) = test::prepare(&quiet, &test_args)?;
+    let boots = ready.len();
+    let mut whole = Vec::new();
+    let mut alone = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        test::run(&quiet, &test_args)?;
+        whole.push(started.elapsed());
+        let started = Instant::now();
+        test::boot(&quiet, ready.clone(), &log_dir);
+        alone.push(started.elapsed());
+    }
+    let median = |mut times: Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (whole, alone) = (median(whole), median(alone));
+    let overhead = (whole.as_secs_f64() / alone.as_secs_f64() - 1.0) * 100.0;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\nwarm `test` with everything cached, median of {runs}, {boots} boots, -j {}", cx.options.jobs)?;
+    writeln!(out, "{:<28} {:>8.3}s", "whole pipeline (in-process)", whole.as_secs_f64())?;
+    writeln!(out, "{:<28} {:>8.3}s", "the same boots alone", alone.as_secs_f64())?;
+    writeln!(out, "{:<28} {:>+8.1}%", "kiln's overhead", overhead)?;
+    Ok(())
 }

@@ -41,7 +41,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let cx = context(&cli.global)?;
     match cli.command {
         Command::Build(args) => build::run(&cx, &args),
-        Command::Test(args) => test::run(&cx, &args).map(|summary| test::exit_code(&summary)),
+        Command::Test(args) => test::run(&cx, &args).map(|summary| {
+            test::print_summary(&cx, &summary);
+            test::exit_code(&summary)
+        }),
         Command::Qemu(args) => qemu::run(&cx, &args),
         Command::Bench(args) => bench::run(&cx, &args),
         Command::Config(_) => config::run(&cx),

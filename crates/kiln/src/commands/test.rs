@@ -1,6 +1,10 @@
 //! `test`: build, boot and judge every selected case on every selected machine.
 
-use std::time::Instant;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::Context as _;
 use kiln_store::BuildOutcome;
@@ -11,13 +15,20 @@ use crate::{
     cx::Cx,
     exit_code,
     plan::{Plan, Selection},
-    report::RunSummary,
+    report::{CaseResult, RunSummary},
     runner::{self, ReadyRun},
 };
 
-/// Runs the cases and returns their results; the summary has been printed.
+/// Runs the cases and returns their results (see [`print_summary`]).
 pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
+    let (ready, log_dir) = prepare(cx, args)?;
+    let results = boot(cx, ready, &log_dir);
+    Ok(RunSummary { results, total: started.elapsed(), log_dir })
+}
+
+/// Everything before the boots: plan, host check, builds, accelerators.
+pub fn prepare(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, PathBuf)> {
     let selection = Selection { arches: args.arch.clone(), cases: args.cases.clone() };
     let plan = Plan::for_test(&cx.config, &selection)?;
     if plan.runs.is_empty() {
@@ -32,7 +43,6 @@ pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
     let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
     let log_dir = cx.work_dir().join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create `{}`", log_dir.display()))?;
-
     let ready = plan
         .runs
         .iter()
@@ -45,18 +55,23 @@ pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
                 accel: accels.get(&run.machine.arch).map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel),
             })
         })
-        .collect::<Vec<_>>();
-    let results = {
-        let mut printer = (*cx.printer).clone_settings();
-        printer.set_prefix_serial(ready.len() > 1);
-        runner::run_all(ready, cx.options.jobs, &log_dir, std::sync::Arc::new(printer))
-    };
-    let summary = RunSummary { results, total: started.elapsed() };
+        .collect();
+    Ok((ready, log_dir))
+}
+
+/// Boots prepared runs, `-j` at a time.
+pub fn boot(cx: &Cx, ready: Vec<ReadyRun>, log_dir: &Path) -> Vec<CaseResult> {
+    let mut printer = cx.printer.clone_settings();
+    printer.set_prefix_serial(ready.len() > 1);
+    runner::run_all(ready, cx.options.jobs, log_dir, Arc::new(printer))
+}
+
+/// Prints the summary table, and where the serial logs are when something failed.
+pub fn print_summary(cx: &Cx, summary: &RunSummary) {
     cx.printer.always(&summary.render());
     if !summary.all_ok() {
-        cx.printer.always(&format!("serial logs: {}", log_dir.display()));
+        cx.printer.always(&format!("serial logs: {}", summary.log_dir.display()));
     }
-    Ok(summary)
 }
 
 /// The exit code for a finished run.

@@ -59,7 +59,8 @@ pub(crate) fn tool_command(program: &str, dir: &Path) -> Command {
     command
 }
 
-fn cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<Metadata> {
+/// `cargo metadata` for the workspace around `dir`, with dependencies filtered for `triple`.
+pub fn cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<Metadata> {
     let output = tool_command("cargo", dir)
         .args(["metadata", "--format-version", "1", "--filter-platform", triple])
         .stderr(Stdio::piped())
@@ -99,9 +100,9 @@ fn local_closure(metadata: &Metadata, root: &PackageId) -> Vec<PackageId> {
 }
 
 /// Computes the derivation of a build step: its settings and the hash of every input.
-pub fn derivation_for(step: &BuildStep, host: &CargoHost) -> anyhow::Result<Derivation> {
+/// `metadata` is [`cargo_metadata`] for the step's directory and triple.
+pub fn derivation_for(step: &BuildStep, host: &CargoHost, metadata: &Metadata) -> anyhow::Result<Derivation> {
     let artifact = &step.artifact;
-    let metadata = cargo_metadata(&artifact.dir, &step.triple)?;
     let workspace_root = metadata.workspace_root.clone().into_std_path_buf();
     let package =
         metadata.packages.iter().find(|p| p.name.as_str() == artifact.package && p.source.is_none()).with_context(
@@ -125,7 +126,7 @@ pub fn derivation_for(step: &BuildStep, host: &CargoHost) -> anyhow::Result<Deri
         .setting("bin", artifact.bin.clone().unwrap_or_default());
     drv.input("tool:rustc", InputHash::of_bytes(host.rustc_version.as_bytes()));
 
-    for id in local_closure(&metadata, &package.id) {
+    for id in local_closure(metadata, &package.id) {
         let Some(local) = metadata.packages.iter().find(|p| p.id == id) else {
             continue;
         };

@@ -3,4 +3,4 @@
 mod cargo;
 
 pub(crate) use cargo::tool_command;
-pub use cargo::{CargoHost, derivation_for, realise};
+pub use cargo::{CargoHost, cargo_metadata, derivation_for, realise};

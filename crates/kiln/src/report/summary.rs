@@ -81,6 +81,8 @@ pub struct RunSummary {
     pub results: Vec<CaseResult>,
     /// Wall time of the whole command.
     pub total: Duration,
+    /// Where the serial logs are.
+    pub log_dir: PathBuf,
 }
 
 impl RunSummary {
