@@ -1,7 +1,5 @@
 //! Bad Kiln.toml files fail with exit code 2 and a message that names line and key.
 
-use kiln::{clap::Parser, cli::Cli};
-
 use crate::support::Project;
 
 #[test]

@@ -74,8 +74,7 @@ impl Cx {
     /// one per package directory and target, since they dominate a fully cached run.
     pub fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
         let dirs: BTreeSet<&PathBuf> = steps.iter().map(|s| &s.artifact.dir).collect();
-        let queries: BTreeSet<(&PathBuf, &str)> =
-            steps.iter().map(|s| (&s.artifact.dir, s.triple.as_str())).collect();
+        let queries: BTreeSet<(&PathBuf, &str)> = steps.iter().map(|s| (&s.artifact.dir, s.triple.as_str())).collect();
         let (hosts, metadata) = std::thread::scope(|scope| {
             let hosts: Vec<_> = dirs.iter().map(|dir| (*dir, scope.spawn(move || CargoHost::probe(dir)))).collect();
             let metadata: Vec<_> = queries

@@ -32,9 +32,14 @@ impl Source {
 }
 
 /// A problem in Kiln.toml. Its `Display` names file, line, column and key, shows the line,
-/// and ends with a `help:` line when kiln knows the fix.
+/// and ends with a `help:` line when kiln knows the fix. The details are boxed (and reached
+/// through `Deref`) so `Result<_, ConfigError>` stays small.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
+pub struct ConfigError(Box<ConfigErrorDetails>);
+
+/// What a [`ConfigError`] knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrorDetails {
     /// The file.
     pub file: PathBuf,
     /// 1-based line and column, when known.
@@ -48,27 +53,42 @@ pub struct ConfigError {
     snippet: Option<String>,
 }
 
+impl std::ops::Deref for ConfigError {
+    type Target = ConfigErrorDetails;
+
+    fn deref(&self) -> &ConfigErrorDetails {
+        &self.0
+    }
+}
+
 impl ConfigError {
     /// An error about the file as a whole.
     pub fn whole_file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self { file: file.into(), position: None, key: None, message: message.into(), help: None, snippet: None }
+        Self(Box::new(ConfigErrorDetails {
+            file: file.into(),
+            position: None,
+            key: None,
+            message: message.into(),
+            help: None,
+            snippet: None,
+        }))
     }
 
     /// An error at a span of `source`.
     pub fn at(source: &Source, span: Option<Range<usize>>, key: Option<String>, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ConfigErrorDetails {
             file: source.path.clone(),
             position: span.as_ref().map(|s| source.line_col(s.start)),
             key,
             message: message.into(),
             help: None,
             snippet: span.as_ref().map(|s| source.snippet(s)),
-        }
+        }))
     }
 
     /// Adds a `help:` line.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+        self.0.help = Some(help.into());
         self
     }
 }

@@ -20,7 +20,7 @@ use kiln_types::Arch;
 use regex::Regex;
 use toml::Spanned;
 
-pub use diagnostic::{ConfigError, Source, closest as closest_name};
+pub use diagnostic::{ConfigError, ConfigErrorDetails, Source, closest as closest_name};
 pub use raw::Expect;
 use raw::{RawArtifact, RawCase, RawMachine, RawManifest, RawSize};
 

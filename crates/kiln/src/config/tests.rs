@@ -109,4 +109,3 @@ fn machine_overrides_apply_on_the_builtin_profile() {
     assert_eq!(machine.memory_mib, 1024);
     assert_eq!(machine.machine_type, "virt");
 }
-
