@@ -12,7 +12,7 @@ fn bundled_example_passes_is_cached_and_rebuilds_only_what_changed() {
     let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("the repository's Kiln.toml");
     let project = Project::example(&kiln_toml);
 
-    let first = project.test(&["--accel", "tcg"]);
+    let first = project.test(&["-q", "--accel", "tcg"]);
     for arch in Arch::ALL {
         let smoke = first.get("smoke", arch).expect("smoke ran");
         assert_eq!(smoke.status, CaseStatus::Passed, "smoke on {arch}: {}", smoke.detail);
@@ -27,7 +27,7 @@ fn bundled_example_passes_is_cached_and_rebuilds_only_what_changed() {
     }
     assert!(first.all_ok());
 
-    let second = project.test(&["--accel", "tcg"]);
+    let second = project.test(&["-q", "--accel", "tcg"]);
     assert!(second.all_ok());
     assert!(second.results.iter().all(|r| !r.built), "second run builds nothing");
 
@@ -87,4 +87,19 @@ success = "this line never appears"
         missing.verdict
     );
     assert_eq!(project.kiln(&["-q", "test"]), kiln::exit_code::CASES_FAILED);
+}
+
+#[test]
+fn two_checkouts_of_the_same_sources_have_the_same_closure_hashes() {
+    let kiln_toml = "[artifact.hello]\npackage = \"hello-kernel\"\npath = \"examples/kernel\"\n";
+    let a = Project::example(kiln_toml);
+    let b = Project::example(kiln_toml);
+    let closures = |project: &Project| {
+        let cx = project.cx(&["-q"]);
+        let plan = kiln::plan::Plan::for_build(&cx.config, &kiln::plan::Selection::default());
+        cx.derivations(&plan.builds).expect("derivations").iter().map(|d| d.closure_hash()).collect::<Vec<_>>()
+    };
+    let (from_a, from_b) = (closures(&a), closures(&b));
+    assert_eq!(from_a.len(), 3);
+    assert_eq!(from_a, from_b);
 }

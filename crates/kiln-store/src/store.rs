@@ -11,6 +11,7 @@
 
 use std::{
     fs::{self, File},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -63,8 +64,15 @@ pub enum BuildOutcome {
     Built {
         /// How long the builder took.
         duration: Duration,
+        /// Whether a corrupt entry (its output no longer matching its recorded hash) was
+        /// removed first.
+        replaced_corrupt: bool,
     },
 }
+
+/// Hits whose output is at most this large are rehashed before use; larger ones are left
+/// to `store verify`.
+const VERIFY_ON_HIT_MAX_BYTES: u64 = 64 << 20;
 
 /// A content-addressed store rooted at a directory.
 #[derive(Clone, Debug)]
@@ -125,12 +133,20 @@ impl Store {
         F: FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
     {
         let closure = derivation.closure_hash();
-        if let Some(entry) = self.lookup(&closure)? {
+        if let Some(entry) = self.lookup(&closure)?
+            && self.intact_if_small(&entry)?
+        {
             return Ok((entry, BuildOutcome::Cached));
         }
+        let _gc_guard = self.lock_shared_gc()?;
         let _lock = self.lock_closure(&closure, on_wait)?;
+        let mut replaced_corrupt = false;
         if let Some(entry) = self.lookup(&closure)? {
-            return Ok((entry, BuildOutcome::Cached));
+            if self.intact_if_small(&entry)? {
+                return Ok((entry, BuildOutcome::Cached));
+            }
+            self.remove_entry(&closure)?;
+            replaced_corrupt = true;
         }
         self.remove_stale_temp_dirs(&closure)?;
 
@@ -140,15 +156,54 @@ impl Store {
         let started = Instant::now();
         let built = builder(&out).map_err(|source| StoreError::Build { name: name.to_owned(), source });
         if let Err(err) = built {
-            let _ = fs::remove_dir_all(&temp);
+            let _ = remove_tree(&temp);
             return Err(err);
         }
         let duration = started.elapsed();
         let published = self.publish(&temp, &closure, derivation, name, duration);
         if published.is_err() {
-            let _ = fs::remove_dir_all(&temp);
+            let _ = remove_tree(&temp);
         }
-        Ok((published?, BuildOutcome::Built { duration }))
+        Ok((published?, BuildOutcome::Built { duration, replaced_corrupt }))
+    }
+
+    /// Whether the entry's output still has its recorded hash; entries larger than
+    /// [`VERIFY_ON_HIT_MAX_BYTES`] are trusted here and checked by [`Store::verify`].
+    fn intact_if_small(&self, entry: &Entry) -> Result<bool, StoreError> {
+        if tree_size(&entry.out_dir())? > VERIFY_ON_HIT_MAX_BYTES {
+            return Ok(true);
+        }
+        self.verify(entry)
+    }
+
+    /// Rehashes an entry's output and compares it with the hash recorded when it was built.
+    pub fn verify(&self, entry: &Entry) -> Result<bool, StoreError> {
+        let out = entry.out_dir();
+        if !out.is_dir() {
+            return Ok(false);
+        }
+        Ok(hash_tree(&out)?.to_string() == entry.meta.output_hash)
+    }
+
+    /// Removes an entry: it disappears with one rename, then its files are deleted.
+    pub fn remove_entry(&self, closure: &ClosureHash) -> Result<(), StoreError> {
+        let dir = self.entry_dir(closure);
+        let doomed =
+            self.root.join("tmp").join(format!("{closure}.removed.{}.{}", std::process::id(), unique_suffix()));
+        match fs::rename(&dir, &doomed) {
+            Ok(()) => remove_tree(&doomed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove entry", &dir, e)),
+        }
+    }
+
+    /// Takes the store-wide lock in shared mode: builders share it, garbage collection
+    /// takes it exclusively.
+    fn lock_shared_gc(&self) -> Result<File, StoreError> {
+        let path = self.root.join("locks").join("gc.lock");
+        let file = File::create(&path).map_err(|e| StoreError::io("create lock", &path, e))?;
+        file.lock_shared().map_err(|e| StoreError::io("lock", &path, e))?;
+        Ok(file)
     }
 
     fn publish(
@@ -176,6 +231,8 @@ impl Store {
             message: e.to_string(),
         })?;
         fs::write(&meta_path, text).map_err(|e| StoreError::io("write", &meta_path, e))?;
+        make_read_only(&temp.join("out"))?;
+        make_read_only(&meta_path)?;
         sync_tree(temp)?;
         let dir = self.entry_dir(closure);
         fs::rename(temp, &dir).map_err(|e| StoreError::io("publish entry", &dir, e))?;
@@ -206,7 +263,7 @@ impl Store {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(&prefix) {
                 let path = entry.path();
-                fs::remove_dir_all(&path).map_err(|e| StoreError::io("remove stale temp dir", &path, e))?;
+                remove_tree(&path)?;
             }
         }
         Ok(())
@@ -219,6 +276,60 @@ fn unique_suffix() -> u128 {
 
 fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+/// Total size of the files under `root`.
+fn tree_size(root: &Path) -> Result<u64, StoreError> {
+    let meta = fs::symlink_metadata(root).map_err(|e| StoreError::io("inspect", root, e))?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in fs::read_dir(root).map_err(|e| StoreError::io("read directory", root, e))? {
+        let entry = entry.map_err(|e| StoreError::io("read directory", root, e))?;
+        total += tree_size(&entry.path())?;
+    }
+    Ok(total)
+}
+
+/// Drops write permission from everything under `root` (executable bits stay), so a
+/// published entry is not changed by accident.
+fn make_read_only(root: &Path) -> Result<(), StoreError> {
+    let meta = fs::symlink_metadata(root).map_err(|e| StoreError::io("inspect", root, e))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(root).map_err(|e| StoreError::io("read directory", root, e))? {
+            let entry = entry.map_err(|e| StoreError::io("read directory", root, e))?;
+            make_read_only(&entry.path())?;
+        }
+    }
+    let mode = meta.permissions().mode() & !0o222;
+    fs::set_permissions(root, fs::Permissions::from_mode(mode))
+        .map_err(|e| StoreError::io("set permissions of", root, e))
+}
+
+/// Removes a tree that may hold read-only directories.
+fn remove_tree(root: &Path) -> Result<(), StoreError> {
+    fn make_writable(path: &Path) {
+        if let Ok(meta) = fs::symlink_metadata(path)
+            && meta.is_dir()
+        {
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
+            if let Ok(entries) = fs::read_dir(path) {
+                for entry in entries.flatten() {
+                    make_writable(&entry.path());
+                }
+            }
+        }
+    }
+    make_writable(root);
+    match fs::remove_dir_all(root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("remove", root, e)),
+    }
 }
 
 /// Syncs every file and directory under `root`, children before parents.
@@ -258,10 +369,32 @@ mod tests {
         let drv = derivation("a");
         let (entry, outcome) =
             store.build(&drv, "a", || {}, |out| Ok(fs::write(out.join("file"), "data")?)).expect("build");
-        assert!(matches!(outcome, BuildOutcome::Built { .. }));
+        assert!(matches!(outcome, BuildOutcome::Built { replaced_corrupt: false, .. }));
         assert_eq!(fs::read_to_string(entry.out_dir().join("file")).expect("read"), "data");
         let (_, again) = store.build(&drv, "a", || {}, |_| Err("must not run".into())).expect("hit");
         assert_eq!(again, BuildOutcome::Cached);
+    }
+
+    #[test]
+    fn published_entries_are_read_only_and_corruption_is_rebuilt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let drv = derivation("d");
+        let (entry, _) =
+            store.build(&drv, "d", || {}, |out| Ok(fs::write(out.join("kernel"), "good")?)).expect("build");
+        let kernel = entry.out_dir().join("kernel");
+        assert_eq!(fs::metadata(&kernel).expect("stat").permissions().mode() & 0o222, 0);
+        assert!(store.verify(&entry).expect("verify"));
+
+        fs::set_permissions(&kernel, fs::Permissions::from_mode(0o644)).expect("chmod");
+        fs::write(&kernel, "evil").expect("corrupt");
+        assert!(!store.verify(&entry).expect("verify"));
+        let (entry, outcome) =
+            store.build(&drv, "d", || {}, |out| Ok(fs::write(out.join("kernel"), "good")?)).expect("rebuild");
+        assert!(matches!(outcome, BuildOutcome::Built { replaced_corrupt: true, .. }), "{outcome:?}");
+        assert_eq!(fs::read_to_string(entry.out_dir().join("kernel")).expect("read"), "good");
+        store.remove_entry(&entry.closure).expect("remove");
+        assert!(store.lookup(&entry.closure).expect("lookup").is_none());
     }
 
     #[test]

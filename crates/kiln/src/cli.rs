@@ -5,6 +5,23 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_types::Arch;
 
+const TEST_AFTER_HELP: &str = "\
+Examples:
+  cargo xtask test                      every case on every machine it names
+  cargo xtask test smoke                one case
+  cargo xtask test --arch riscv64,x86_64  only these architectures
+  cargo xtask -v test                   also show QEMU command lines and closure hashes
+
+A case passes when QEMU exits with the exit device's success status (x86_64 33, aarch64
+and riscv64 0) and its `success` pattern, if set, appeared; a `failure` line fails it at
+once. Serial logs: target/kiln/logs/CASE.MACHINE.log
+
+Exit codes:
+  0  every case passed (or failed as expected)
+  1  a case failed (or passed when expected to fail), or a build failed
+  2  usage or Kiln.toml error
+  3  infrastructure error (QEMU or firmware missing, store unwritable, ...)";
+
 const AFTER_HELP: &str = "\
 Examples:
   cargo xtask test                      build, boot and judge every case on every arch
@@ -22,7 +39,7 @@ Exit codes:
 
 /// kiln: build for many architectures, boot in QEMU, judge, and cache it all by closure hash.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", version, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub struct Cli {
     /// Options every command takes.
     #[command(flatten)]
@@ -45,8 +62,8 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// How many guests boot at once (default: the number of CPUs).
-    #[arg(short, long, global = true, value_name = "N")]
-    pub jobs: Option<usize>,
+    #[arg(short, long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
     /// Install missing host packages and rustup targets without asking (implied by CI=true).
     #[arg(short, long, global = true)]
     pub yes: bool,
@@ -73,6 +90,7 @@ pub enum Command {
     /// Build artifacts through the store; prints each binary's path on stdout.
     Build(BuildArgs),
     /// Build, boot and judge test cases; ends with a summary table.
+    #[command(after_help = TEST_AFTER_HELP)]
     Test(TestArgs),
     /// Boot one case with the serial console attached (Ctrl-A X quits, Ctrl-A C: monitor).
     Qemu(QemuArgs),
@@ -97,7 +115,7 @@ pub struct BuildArgs {
 pub struct TestArgs {
     /// Only these cases (default: all).
     pub cases: Vec<String>,
-    /// Only these architectures.
+    /// Only these architectures (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub arch: Vec<Arch>,
 }
@@ -116,8 +134,8 @@ pub struct QemuArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Boots per measurement; the median is reported.
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    pub runs: u16,
     /// The case whose kernel is booted (default: the first case expected to pass).
     #[arg(long)]
     pub case: Option<String>,

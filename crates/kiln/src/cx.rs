@@ -75,22 +75,47 @@ impl Cx {
     pub fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
         let dirs: BTreeSet<&PathBuf> = steps.iter().map(|s| &s.artifact.dir).collect();
         let queries: BTreeSet<(&PathBuf, &str)> = steps.iter().map(|s| (&s.artifact.dir, s.triple.as_str())).collect();
-        let (hosts, metadata) = std::thread::scope(|scope| {
+        let cache = exec::MetadataCache::new(self.work_dir().join("cache/cargo-metadata"));
+        let (hosts, answers) = std::thread::scope(|scope| {
             let hosts: Vec<_> = dirs.iter().map(|dir| (*dir, scope.spawn(move || CargoHost::probe(dir)))).collect();
-            let metadata: Vec<_> = queries
+            let answers: Vec<_> = queries
                 .iter()
-                .map(|(dir, triple)| ((*dir, *triple), scope.spawn(move || exec::cargo_metadata(dir, triple))))
+                .map(|(dir, triple)| {
+                    let cache = &cache;
+                    ((*dir, *triple), scope.spawn(move || cache.get(dir, triple)))
+                })
                 .collect();
             let hosts = hosts
                 .into_iter()
                 .map(|(dir, handle)| Ok((dir, join(handle)??)))
                 .collect::<anyhow::Result<BTreeMap<_, _>>>();
-            let metadata = metadata
+            let answers = answers
                 .into_iter()
                 .map(|(key, handle)| Ok((key, join(handle)??)))
                 .collect::<anyhow::Result<BTreeMap<_, _>>>();
-            anyhow::Ok((hosts?, metadata?))
+            anyhow::Ok((hosts?, answers?))
         })?;
+        let mut metadata = BTreeMap::new();
+        for ((dir, triple), answer) in answers {
+            let rustc = &hosts[dir].rustc_version;
+            let json = match answer.cached_with_rustc {
+                Some(cached) if cached == *rustc => answer.json,
+                Some(_) => {
+                    let fresh = exec::run_cargo_metadata(dir, triple)?;
+                    cache.store(dir, triple, &fresh, rustc);
+                    fresh
+                }
+                None => {
+                    cache.store(dir, triple, &answer.json, rustc);
+                    answer.json
+                }
+            };
+            let parsed = exec::MetadataAnswer { json, cached_with_rustc: None }.parse()?;
+            metadata.insert((dir, triple), parsed);
+        }
+        for step in steps {
+            self.check_package(step, &metadata[&(&step.artifact.dir, step.triple.as_str())])?;
+        }
         steps
             .iter()
             .map(|step| {
@@ -100,6 +125,26 @@ impl Cx {
                     .with_context(|| format!("cannot compute the closure of {}", step.key))
             })
             .collect()
+    }
+
+    /// A Kiln.toml error (exit code 2, pointing at the key) when the artifact's package is not
+    /// a local package of the cargo workspace.
+    fn check_package(&self, step: &BuildStep, metadata: &cargo_metadata::Metadata) -> anyhow::Result<()> {
+        let artifact = &step.artifact;
+        let local: Vec<&str> =
+            metadata.packages.iter().filter(|p| p.source.is_none()).map(|p| p.name.as_str()).collect();
+        if local.contains(&artifact.package.as_str()) {
+            return Ok(());
+        }
+        let err = self.config.error_at(
+            &format!("artifact.{}.package", artifact.name),
+            format!("no package named `{}` in the cargo workspace at `{}`", artifact.package, metadata.workspace_root),
+        );
+        Err(match crate::config::closest_name(&artifact.package, local.iter().copied()) {
+            Some(near) => err.with_help(format!("a package with a similar name exists: `{near}`")),
+            None => err.with_help(format!("packages there: {}", local.join(", "))),
+        }
+        .into())
     }
 
     /// Builds every step that the store lacks and returns all of them.
@@ -127,10 +172,18 @@ impl Cx {
             let (_, outcome, binary) = exec::realise(&self.store, step, drv, quiet, on_wait)?;
             match outcome {
                 BuildOutcome::Cached => self.printer.status("Cached", &format!("{} {}", step.key, closure.short())),
-                BuildOutcome::Built { duration } => self.printer.status(
-                    "Built",
-                    &format!("{} {} in {}", step.key, closure.short(), crate::report::seconds(duration)),
-                ),
+                BuildOutcome::Built { duration, replaced_corrupt } => {
+                    if replaced_corrupt {
+                        self.printer.warn(&format!(
+                            "the store entry of {} no longer matched its recorded hash; it was rebuilt",
+                            step.key
+                        ));
+                    }
+                    self.printer.status(
+                        "Built",
+                        &format!("{} {} in {}", step.key, closure.short(), crate::report::seconds(duration)),
+                    );
+                }
             }
             built.insert(step.key.clone(), BuiltArtifact { closure, binary, outcome });
         }
@@ -145,7 +198,7 @@ impl Cx {
 
     /// Chooses the accelerator for each architecture and says why, once per arch.
     pub fn accelerators(&self, arches: impl IntoIterator<Item = Arch>) -> BTreeMap<Arch, AccelChoice> {
-        let cache_dir = self.work_dir().join("host");
+        let cache_dir = user_cache_dir().unwrap_or_else(|| self.work_dir().join("host"));
         let arches: BTreeSet<Arch> = arches.into_iter().collect();
         arches
             .into_iter()
@@ -161,4 +214,13 @@ impl Cx {
 
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> anyhow::Result<T> {
     handle.join().map_err(|_| anyhow::anyhow!("a cargo query panicked"))
+}
+
+/// `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`: facts about this host (the KVM probe's
+/// verdict) that every project on it shares.
+fn user_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()).map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").filter(|home| !home.is_empty()).map(|home| PathBuf::from(home).join(".cache"))
+    })?;
+    Some(base.join("kiln"))
 }

@@ -25,23 +25,39 @@ pub const CARGO_RUN_VARIABLES: &[&str] = &[
 pub const CARGO_PKG_PREFIX: &str = "CARGO_PKG_";
 
 /// Environment variables that change what cargo builds; each one set is a closure input.
-/// `{TRIPLE}` stands for the target triple in cargo's upper-case, underscore form.
 pub const BUILD_INPUT_VARIABLES: &[&str] = &[
     "RUSTFLAGS",
     "CARGO_ENCODED_RUSTFLAGS",
-    "CARGO_BUILD_RUSTFLAGS",
     "RUSTC",
     "RUSTC_WRAPPER",
     "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC_BOOTSTRAP",
     "RUSTUP_TOOLCHAIN",
-    "CARGO_TARGET_{TRIPLE}_RUSTFLAGS",
-    "CARGO_TARGET_{TRIPLE}_LINKER",
+    "CC",
+    "CXX",
+    "AR",
+    "CFLAGS",
+    "CXXFLAGS",
 ];
 
-/// Prefixes of further variables that change what cargo builds.
-pub const BUILD_INPUT_PREFIXES: &[&str] = &["CARGO_PROFILE_", "CARGO_UNSTABLE_"];
+/// Prefixes of further variables that change what cargo builds. `{TRIPLE}` stands for the
+/// target triple in cargo's upper-case, underscore form (`CARGO_TARGET_{TRIPLE}_LINKER`).
+pub const BUILD_INPUT_PREFIXES: &[&str] = &[
+    "CARGO_BUILD_",
+    "CARGO_PROFILE_",
+    "CARGO_UNSTABLE_",
+    "CARGO_TARGET_{TRIPLE}_",
+    "CC_",
+    "CXX_",
+    "AR_",
+    "CFLAGS_",
+    "CXXFLAGS_",
+];
 
-/// Whether `CI` says we run in CI.
+/// Variables under those prefixes that only move or pace the build, not change its output.
+pub const BUILD_NEUTRAL_VARIABLES: &[&str] = &["CARGO_BUILD_JOBS", "CARGO_BUILD_TARGET_DIR", "CARGO_BUILD_BUILD_DIR"];
+
+/// Whether `CI` says we run in CI (`true`, `1` or `yes`, in any case).
 pub fn in_ci() -> bool {
-    std::env::var(CI).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+    std::env::var(CI).is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
 }

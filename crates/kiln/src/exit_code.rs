@@ -8,3 +8,5 @@ pub const CASES_FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
 /// The host could not do the job: QEMU or firmware missing, the store unwritable, ...
 pub const INFRASTRUCTURE: u8 = 3;
+/// The run was interrupted (Ctrl-C); 128 + SIGINT, as shells report it.
+pub const INTERRUPTED: u8 = 130;

@@ -104,7 +104,9 @@ pub fn ensure(missing: Vec<Missing>, mode: InstallMode, printer: &Printer) -> an
         return Ok(());
     }
     let commands = install_commands(&missing);
-    printer.status("Missing", &missing.iter().map(Missing::describe).collect::<Vec<_>>().join(", "));
+    if mode != InstallMode::Never {
+        printer.status("Missing", &missing.iter().map(Missing::describe).collect::<Vec<_>>().join(", "));
+    }
     let proceed = match mode {
         InstallMode::Yes => true,
         InstallMode::Never => false,
@@ -117,8 +119,11 @@ pub fn ensure(missing: Vec<Missing>, mode: InstallMode, printer: &Printer) -> an
             let _ = write!(stderr, "Install them now? [Y/n] ");
             let _ = stderr.flush();
             let mut answer = String::new();
-            let _ = std::io::stdin().lock().read_line(&mut answer);
-            matches!(answer.trim(), "" | "y" | "Y" | "yes")
+            // End of input or a read error is a "no": only a person's Enter or `y` installs.
+            match std::io::stdin().lock().read_line(&mut answer) {
+                Ok(0) | Err(_) => false,
+                Ok(_) => matches!(answer.trim(), "" | "y" | "Y" | "yes"),
+            }
         }
     };
     if !proceed {

@@ -41,7 +41,8 @@ pub fn run_all(runs: Vec<ReadyRun>, jobs: usize, log_dir: &Path, printer: Arc<Pr
     runtime.block_on(async {
         let permits = Arc::new(Semaphore::new(jobs.max(1)));
         let mut set = JoinSet::new();
-        let count = runs.len();
+        let mut results: Vec<Option<CaseResult>> = vec![None; runs.len()];
+        let pending: Vec<ReadyRun> = runs.clone();
         for (index, ready) in runs.into_iter().enumerate() {
             let permits = permits.clone();
             let printer = printer.clone();
@@ -51,13 +52,34 @@ pub fn run_all(runs: Vec<ReadyRun>, jobs: usize, log_dir: &Path, printer: Arc<Pr
                 (index, boot_one(ready, &log_dir, &printer).await)
             });
         }
-        let mut results: Vec<Option<CaseResult>> = vec![None; count];
-        while let Some(joined) = set.join_next().await {
-            if let Ok((index, result)) = joined {
-                results[index] = Some(result);
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
+        loop {
+            tokio::select! {
+                joined = set.join_next() => match joined {
+                    Some(Ok((index, result))) => results[index] = Some(result),
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+                _ = &mut interrupt => {
+                    // Dropping the boots kills their process groups.
+                    set.shutdown().await;
+                    printer.warn("interrupted: the guests still running were stopped");
+                    break;
+                }
             }
         }
-        results.into_iter().flatten().collect()
+        results
+            .into_iter()
+            .zip(&pending)
+            .map(|(result, ready)| {
+                result.unwrap_or_else(|| {
+                    let mut interrupted = error_result(ready, log_dir, "interrupted before it finished".to_owned());
+                    interrupted.status = CaseStatus::Interrupted;
+                    interrupted
+                })
+            })
+            .collect()
     })
 }
 

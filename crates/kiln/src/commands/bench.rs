@@ -70,7 +70,7 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
     let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
     let scratch = tempfile::tempdir().context("cannot create a temp dir for serial logs")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let runs = args.runs.max(1);
+    let runs = usize::from(args.runs);
 
     let mut rows = Vec::new();
     for run in &plan.runs {

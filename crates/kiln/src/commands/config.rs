@@ -1,54 +1,116 @@
-//! `config`: print the resolved configuration.
+//! `config`: print the resolved configuration as a Kiln.toml that kiln reads back unchanged.
 
-use std::{fmt::Write as _, io::Write as _};
+use std::{fmt::Write as _, io::Write as _, path::Path};
 
-use kiln_qemu::{Console, accel::Accel};
+use kiln_qemu::{Console, Firmware, accel::Accel};
 
-use crate::{cx::Cx, exit_code};
+use crate::{config::Config, cx::Cx, exit_code};
 
 /// Prints every artifact, machine (with its rendered QEMU command) and case, defaults applied.
 pub fn run(cx: &Cx) -> anyhow::Result<u8> {
-    let config = &cx.config;
+    let text = render(&cx.config, cx.store.root())?;
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(exit_code::SUCCESS)
+}
+
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+fn list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let quoted: Vec<String> = items.into_iter().map(quote).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn path(path: &Path) -> String {
+    quote(&path.display().to_string())
+}
+
+/// The resolved configuration as Kiln.toml text, every default written out.
+pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
     let mut out = String::new();
-    writeln!(out, "# {} (resolved)", config.file.display())?;
-    writeln!(out, "store = {:?}", cx.store.root().display().to_string())?;
+    writeln!(out, "# {} with every default written out (`cargo xtask config`)", config.file.display())?;
+    writeln!(out, "\n[store]\npath = {}", path(store))?;
     for artifact in config.artifacts.values() {
-        writeln!(out, "\n[artifact.{}]", artifact.name)?;
-        writeln!(out, "package = {:?}", artifact.package)?;
-        writeln!(out, "path = {:?}", artifact.dir.display().to_string())?;
-        writeln!(out, "profile = {:?}", artifact.profile)?;
-        writeln!(out, "features = {:?}", artifact.features)?;
-        writeln!(out, "no-default-features = {}", artifact.no_default_features)?;
+        writeln!(out, "\n[artifact.{}]", quote(&artifact.name))?;
+        writeln!(out, "package = {}", quote(&artifact.package))?;
+        writeln!(out, "path = {}", path(&artifact.dir))?;
+        writeln!(out, "arches = {}", list(artifact.arches.iter().map(|a| a.as_str())))?;
         for (arch, triple) in &artifact.targets {
-            writeln!(out, "target.{arch} = {triple:?}")?;
+            writeln!(out, "target.{arch} = {}", quote(triple))?;
+        }
+        writeln!(out, "profile = {}", quote(&artifact.profile))?;
+        writeln!(out, "features = {}", list(artifact.features.iter().map(String::as_str)))?;
+        writeln!(out, "no-default-features = {}", artifact.no_default_features)?;
+        if let Some(bin) = &artifact.bin {
+            writeln!(out, "bin = {}", quote(bin))?;
         }
     }
     for machine in config.machines.values() {
-        writeln!(out, "\n[machine.{}]", machine.name)?;
-        writeln!(out, "arch = \"{}\"", machine.arch)?;
-        let argv = machine.argv(std::path::Path::new("KERNEL"), Accel::Tcg, Console::Captured);
-        writeln!(out, "# {} {}", machine.arch.qemu_binary(), argv.display())?;
+        writeln!(out, "\n[machine.{}]", quote(&machine.name))?;
+        writeln!(out, "arch = {}", quote(machine.arch.as_str()))?;
+        writeln!(out, "machine = {}", quote(&machine.machine_type))?;
+        if let Some(cpu) = &machine.cpu {
+            writeln!(out, "cpu = {}", quote(cpu))?;
+        }
+        writeln!(out, "memory = \"{}M\"", machine.memory_mib)?;
+        writeln!(out, "smp = {}", machine.smp)?;
+        let firmware = match &machine.firmware {
+            Firmware::MachineDefault => quote("machine"),
+            Firmware::Bundled => quote("default"),
+            Firmware::None => quote("none"),
+            Firmware::File(file) => path(file),
+        };
+        writeln!(out, "firmware = {firmware}")?;
+        writeln!(out, "args = {}", list(machine.extra_args.iter().map(String::as_str)))?;
+        let argv = machine.argv(Path::new("KERNEL"), Accel::Tcg, Console::Captured);
+        writeln!(out, "# runs: {} {}", machine.arch.qemu_binary(), argv.display())?;
     }
     for case in config.cases.values() {
-        writeln!(out, "\n[case.{}]", case.name)?;
-        writeln!(out, "artifact = {:?}", case.artifact)?;
-        writeln!(out, "machines = {:?}", case.machines)?;
+        writeln!(out, "\n[case.{}]", quote(&case.name))?;
+        writeln!(out, "artifact = {}", quote(&case.artifact))?;
+        writeln!(out, "machines = {}", list(case.machines.iter().map(String::as_str)))?;
         if let Some(success) = &case.success {
-            writeln!(out, "success = {:?}", success.as_str())?;
+            writeln!(out, "success = {}", quote(success.as_str()))?;
         }
         if let Some(failure) = &case.failure {
-            writeln!(out, "failure = {:?}", failure.as_str())?;
+            writeln!(out, "failure = {}", quote(failure.as_str()))?;
         }
         if let Some(codes) = &case.success_exit_codes {
-            writeln!(out, "success-exit-codes = {codes:?}")?;
+            let codes: Vec<String> = codes.iter().map(i32::to_string).collect();
+            writeln!(out, "success-exit-codes = [{}]", codes.join(", "))?;
         }
-        writeln!(out, "expect = {:?}", format!("{:?}", case.expect).to_lowercase())?;
-        writeln!(out, "timeout = {:?}", humantime::format_duration(case.timeout).to_string())?;
+        writeln!(out, "expect = {}", quote(&format!("{:?}", case.expect).to_lowercase()))?;
+        writeln!(out, "timeout = {}", quote(&humantime::format_duration(case.timeout).to_string()))?;
         if let Some(silent) = case.no_output_timeout {
-            writeln!(out, "no-output-timeout = {:?}", humantime::format_duration(silent).to_string())?;
+            writeln!(out, "no-output-timeout = {}", quote(&humantime::format_duration(silent).to_string()))?;
         }
         writeln!(out, "stop-on-success = {}", case.stop_on_success)?;
     }
-    std::io::stdout().lock().write_all(out.as_bytes())?;
-    Ok(exit_code::SUCCESS)
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+
+    #[test]
+    fn rendered_config_reads_back_to_the_same_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("k")).expect("mkdir");
+        std::fs::write(dir.path().join("k/Cargo.toml"), "[package]\nname = \"k\"\n").expect("write");
+        let text = "[artifact.a]\npackage = \"k\"\npath = \"k\"\nfeatures = [\"x\"]\n\
+                    [machine.big]\narch = \"aarch64\"\ncpu = \"max\"\nmemory = \"1G\"\nargs = [\"-d\", \"int\"]\n\
+                    [case.c]\nartifact = \"a\"\nmachines = [\"big\", \"riscv64\"]\nsuccess = \"^ok \\\\d+$\"\n\
+                    no-output-timeout = \"1m 30s\"\nsuccess-exit-codes = [0, 33]\n";
+        let file = dir.path().join("Kiln.toml");
+        let read = |text: &str| {
+            Config::parse(Source { path: "Kiln.toml".into(), text: text.to_owned() }, &file).expect("valid")
+        };
+        let first = render(&read(text), &dir.path().join("store")).expect("render");
+        let second = render(&read(&first), &dir.path().join("store")).expect("render");
+        assert_eq!(first, second);
+        assert!(first.contains("cpu = \"max\""), "{first}");
+    }
 }

@@ -69,7 +69,7 @@ pub fn context(global: &GlobalArgs) -> anyhow::Result<Cx> {
     } else {
         Verbosity::Normal
     };
-    let jobs = global.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
+    let jobs = global.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), usize::from);
     let accel = match global.accel {
         AccelArg::Auto => AccelPolicy::Auto,
         AccelArg::Kvm => AccelPolicy::Force(Accel::Kvm),

@@ -14,6 +14,14 @@ use crate::{
 /// Builds the case's artifact, boots it interactively and reports how QEMU ended; the exit
 /// code is 0 whenever the session ran (a person, not a verdict, ends it).
 pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError::new(
+            "`qemu` attaches the console to a terminal, and standard input is not one",
+            Some("use `cargo xtask test CASE` to boot without a terminal (with the case's timeout)".to_owned()),
+        )
+        .into());
+    }
     let config = &cx.config;
     let case = match &args.case {
         Some(name) => name.clone(),

@@ -76,7 +76,9 @@ pub fn print_summary(cx: &Cx, summary: &RunSummary) {
 
 /// The exit code for a finished run.
 pub fn exit_code(summary: &RunSummary) -> u8 {
-    if summary.has_errors() {
+    if summary.interrupted() {
+        exit_code::INTERRUPTED
+    } else if summary.has_errors() {
         exit_code::INFRASTRUCTURE
     } else if summary.all_ok() {
         exit_code::SUCCESS

@@ -45,6 +45,8 @@ pub struct Config {
     pub machines: BTreeMap<String, Machine>,
     /// Test cases by name.
     pub cases: BTreeMap<String, Case>,
+    /// The text it was read from, for errors found after reading (a wrong package name).
+    pub source: Source,
 }
 
 /// A cargo package built for one target per architecture.
@@ -118,6 +120,13 @@ impl Config {
         let raw = deserialize(&source)?;
         let root = file.parent().map_or_else(|| PathBuf::from("."), Path::to_owned);
         Resolver { source: &source, root: &root }.resolve(raw, file)
+    }
+
+    /// An error about the value at a dotted key (`artifact.hello.package`), pointing at it.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        let span = value_span(&self.source.text, &path).or_else(|| key_span(&self.source.text, &path));
+        ConfigError::at(&self.source, span, Some(key.to_owned()), message)
     }
 }
 
@@ -204,6 +213,21 @@ fn key_span(text: &str, path: &[String]) -> Option<Range<usize>> {
     table.iter().find(|(k, _)| k.get_ref().as_ref() == last.as_str()).map(|(k, _)| k.span())
 }
 
+/// The span of the value at `path`.
+fn value_span(text: &str, path: &[String]) -> Option<Range<usize>> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let (last, parents) = path.split_last()?;
+    for segment in parents {
+        let (_, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == segment.as_str())?;
+        match value.get_ref() {
+            toml::de::DeValue::Table(inner) => table = inner,
+            _ => return None,
+        }
+    }
+    table.iter().find(|(k, _)| k.get_ref().as_ref() == last.as_str()).map(|(_, v)| v.span())
+}
+
 /// The dotted key whose value contains byte `offset`, for errors that only carry a span.
 fn key_at(text: &str, offset: usize) -> Option<String> {
     // Table spans cover only their headers, so every table is searched and leaf values
@@ -265,7 +289,15 @@ impl Resolver<'_> {
             let resolved = self.case(&name, case, &artifacts, &machines)?;
             cases.insert(name, resolved);
         }
-        Ok(Config { file: file.to_owned(), root: self.root.to_owned(), store_dir, artifacts, machines, cases })
+        Ok(Config {
+            file: file.to_owned(),
+            root: self.root.to_owned(),
+            store_dir,
+            artifacts,
+            machines,
+            cases,
+            source: self.source.clone(),
+        })
     }
 
     fn check_version(&self, wanted: &Spanned<String>) -> Result<(), ConfigError> {
@@ -295,7 +327,8 @@ impl Resolver<'_> {
         );
         Err(if newer {
             err.with_help(format!(
-                "update kiln: `cargo update -p kiln --precise {}` in the project's xtask, or install a newer cargo-kiln",
+                "update kiln to {} or newer: set `kiln = \"{}\"` in your xtask's Cargo.toml and run `cargo update -p kiln`",
+                wanted.get_ref(),
                 wanted.get_ref()
             ))
         } else {
@@ -326,13 +359,21 @@ impl Resolver<'_> {
             Some(list) => dedup(list.get_ref().clone()),
             None => Arch::ALL.to_vec(),
         };
-        let targets = arches
-            .iter()
-            .map(|arch| {
-                let triple = raw.target.get(arch).cloned().unwrap_or_else(|| arch.bare_metal_triple().to_owned());
-                (*arch, triple)
-            })
-            .collect();
+        let mut targets = BTreeMap::new();
+        for arch in &arches {
+            let triple = raw.target.get(arch).cloned().unwrap_or_else(|| arch.bare_metal_triple().to_owned());
+            let custom_target_file = triple.ends_with(".json");
+            if !custom_target_file && !triple.starts_with(arch.as_str()) {
+                return Err(self
+                    .error(
+                        None,
+                        key(&format!("target.{arch}")),
+                        format!("target `{triple}` is not a target for {arch}"),
+                    )
+                    .with_help(format!("use a {arch} triple such as `{}`", arch.bare_metal_triple())));
+            }
+            targets.insert(*arch, triple);
+        }
         Ok(Artifact {
             name: name.to_owned(),
             package: raw.package.into_inner(),
@@ -385,7 +426,17 @@ impl Resolver<'_> {
                 "default" => Firmware::Bundled,
                 "none" => Firmware::None,
                 "machine" => Firmware::MachineDefault,
-                path => Firmware::File(self.root.join(path)),
+                path => {
+                    let file = self.root.join(path);
+                    if !file.is_file() {
+                        return Err(self
+                            .error(None, key("firmware"), format!("firmware file `{}` does not exist", file.display()))
+                            .with_help(
+                                "give a path relative to Kiln.toml, or \"default\" (QEMU's bundled firmware), \"none\" or \"machine\"",
+                            ));
+                    }
+                    Firmware::File(file)
+                }
             };
         }
         if let Some(args) = raw.args {
@@ -469,8 +520,8 @@ impl Resolver<'_> {
             failure: self.regex(raw.failure.as_ref(), key("failure"))?,
             success_exit_codes: raw.success_exit_codes,
             expect: raw.expect,
-            timeout: self.duration(raw.timeout.as_ref(), key("timeout"))?.unwrap_or(DEFAULT_TIMEOUT),
-            no_output_timeout: self.duration(raw.no_output_timeout.as_ref(), key("no-output-timeout"))?,
+            timeout: self.positive_duration(raw.timeout.as_ref(), key("timeout"))?.unwrap_or(DEFAULT_TIMEOUT),
+            no_output_timeout: self.positive_duration(raw.no_output_timeout.as_ref(), key("no-output-timeout"))?,
             stop_on_success: raw.stop_on_success,
         })
     }
@@ -479,7 +530,8 @@ impl Resolver<'_> {
         pattern
             .map(|p| {
                 Regex::new(p.get_ref()).map_err(|e| {
-                    self.error(Some(p.span()), key, format!("invalid regular expression: {e}")).with_help(
+                    let reason = e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ").to_owned();
+                    self.error(Some(p.span()), key, format!("invalid regular expression `{}`: {reason}", p.get_ref())).with_help(
                         "patterns use the `regex` crate's syntax; escape literal characters such as `(` with `\\\\`",
                     )
                 })
@@ -487,14 +539,18 @@ impl Resolver<'_> {
             .transpose()
     }
 
-    fn duration(&self, text: Option<&Spanned<String>>, key: String) -> Result<Option<Duration>, ConfigError> {
-        text.map(|t| {
-            humantime::parse_duration(t.get_ref()).map_err(|e| {
-                self.error(Some(t.span()), key, format!("invalid duration `{}`: {e}", t.get_ref()))
-                    .with_help("write a duration such as \"30s\", \"2m\" or \"1m 30s\"")
-            })
-        })
-        .transpose()
+    fn positive_duration(&self, text: Option<&Spanned<String>>, key: String) -> Result<Option<Duration>, ConfigError> {
+        let Some(text) = text else { return Ok(None) };
+        let help = "write a duration such as \"30s\", \"2m\" or \"1m 30s\"";
+        match humantime::parse_duration(text.get_ref()) {
+            Ok(duration) if duration.is_zero() => {
+                Err(self.error(Some(text.span()), key, "a timeout of zero would fail every boot").with_help(help))
+            }
+            Ok(duration) => Ok(Some(duration)),
+            Err(e) => Err(self
+                .error(Some(text.span()), key, format!("invalid duration `{}`: {e}", text.get_ref()))
+                .with_help(help)),
+        }
     }
 }
 

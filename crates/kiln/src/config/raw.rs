@@ -8,7 +8,7 @@ use toml::Spanned;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", expecting = "a Kiln.toml document")]
 pub(crate) struct RawManifest {
     pub kiln_version: Option<Spanned<String>>,
     #[serde(default)]
@@ -23,14 +23,14 @@ pub(crate) struct RawManifest {
 
 /// `[store]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", expecting = "a `[store]` table with a `path` key")]
 pub(crate) struct RawStore {
     pub path: Option<String>,
 }
 
 /// `[artifact.NAME]`: a cargo package built for a target per architecture.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", expecting = "an `[artifact.NAME]` table")]
 pub(crate) struct RawArtifact {
     pub package: Spanned<String>,
     pub path: Option<Spanned<String>>,
@@ -47,7 +47,7 @@ pub(crate) struct RawArtifact {
 
 /// `[machine.NAME]`: overrides of a built-in QEMU profile.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", expecting = "a `[machine.NAME]` table")]
 pub(crate) struct RawMachine {
     pub arch: Option<Spanned<Arch>>,
     pub machine: Option<String>,
@@ -60,7 +60,7 @@ pub(crate) struct RawMachine {
 
 /// A memory size: an integer (MiB) or text such as `"256M"` or `"1G"`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a size in MiB or text such as \"256M\" or \"1G\"")]
 pub(crate) enum RawSize {
     Mib(u32),
     Text(String),
@@ -68,7 +68,7 @@ pub(crate) enum RawSize {
 
 /// `[case.NAME]`: what boots where and how it is judged.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", expecting = "a `[case.NAME]` table")]
 pub(crate) struct RawCase {
     pub artifact: Spanned<String>,
     pub arches: Option<Spanned<Vec<Arch>>>,

@@ -59,20 +59,6 @@ pub(crate) fn tool_command(program: &str, dir: &Path) -> Command {
     command
 }
 
-/// `cargo metadata` for the workspace around `dir`, with dependencies filtered for `triple`.
-pub fn cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<Metadata> {
-    let output = tool_command("cargo", dir)
-        .args(["metadata", "--format-version", "1", "--filter-platform", triple])
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("failed to run `cargo metadata` in `{}`", dir.display()))?;
-    if !output.status.success() {
-        bail!("`cargo metadata` failed in `{}`: {}", dir.display(), String::from_utf8_lossy(&output.stderr).trim());
-    }
-    let text = String::from_utf8(output.stdout).context("`cargo metadata` printed invalid UTF-8")?;
-    cargo_metadata::MetadataCommand::parse(text).context("`cargo metadata` printed unexpected JSON")
-}
-
 /// The local (path) packages `root` depends on for `triple`, itself included; dev-only
 /// dependencies are left out.
 fn local_closure(metadata: &Metadata, root: &PackageId) -> Vec<PackageId> {
@@ -178,22 +164,15 @@ fn build_config_files(dir: &Path, workspace_root: &Path) -> Vec<PathBuf> {
 fn build_environment(triple: &str) -> BTreeMap<String, String> {
     let triple_key = triple.to_uppercase().replace(['-', '.'], "_");
     let user_toolchain = std::env::var("RUSTUP_TOOLCHAIN_SOURCE").is_ok_and(|s| s == "env");
-    let mut found = BTreeMap::new();
-    for name in env::BUILD_INPUT_VARIABLES {
-        let name = name.replace("{TRIPLE}", &triple_key);
-        if name == "RUSTUP_TOOLCHAIN" && !user_toolchain {
-            continue;
-        }
-        if let Ok(value) = std::env::var(&name) {
-            found.insert(name, value);
-        }
-    }
-    for (name, value) in std::env::vars() {
-        if env::BUILD_INPUT_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
-            found.insert(name, value);
-        }
-    }
-    found
+    let prefixes: Vec<String> = env::BUILD_INPUT_PREFIXES.iter().map(|p| p.replace("{TRIPLE}", &triple_key)).collect();
+    std::env::vars()
+        .filter(|(name, _)| {
+            let listed = env::BUILD_INPUT_VARIABLES.contains(&name.as_str())
+                || prefixes.iter().any(|prefix| name.starts_with(prefix.as_str()));
+            let rustup_default = name == "RUSTUP_TOOLCHAIN" && !user_toolchain;
+            listed && !rustup_default && !env::BUILD_NEUTRAL_VARIABLES.contains(&name.as_str())
+        })
+        .collect()
 }
 
 /// Returns the store entry of `step`, running cargo when it is missing, and the path of the

@@ -124,6 +124,7 @@ impl Printer {
                     CaseStatus::FailedAsExpected => "Failed (ok)",
                     CaseStatus::Failed | CaseStatus::UnexpectedPass => "FAILED",
                     CaseStatus::Error => "ERROR",
+                    CaseStatus::Interrupted => "Interrupted",
                 };
                 self.status(verb, &format!("{} in {} ({})", result.label, seconds(result.boot), result.detail));
             }

@@ -20,6 +20,8 @@ pub enum CaseStatus {
     UnexpectedPass,
     /// kiln could not boot it (QEMU missing or rejecting its arguments).
     Error,
+    /// The run was interrupted before this case finished.
+    Interrupted,
 }
 
 impl CaseStatus {
@@ -45,6 +47,7 @@ impl CaseStatus {
             Self::Failed => "FAILED",
             Self::UnexpectedPass => "PASSED UNEXPECTEDLY",
             Self::Error => "ERROR",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -94,6 +97,11 @@ impl RunSummary {
     /// Whether every case is green.
     pub fn all_ok(&self) -> bool {
         self.results.iter().all(|r| r.status.is_ok())
+    }
+
+    /// Whether the run was interrupted.
+    pub fn interrupted(&self) -> bool {
+        self.results.iter().any(|r| r.status == CaseStatus::Interrupted)
     }
 
     /// Whether some case could not be booted at all.

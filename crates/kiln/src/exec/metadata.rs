@@ -1,0 +1,233 @@
+//! `cargo metadata`, remembered between runs while the files it depends on are unchanged.
+//!
+//! On a fully cached `test` the cargo queries are most of kiln's own time. The answer of
+//! `cargo metadata --filter-platform T` only changes when a manifest, the lock file, a cargo
+//! config or toolchain file, or the toolchain itself changes, so kiln keeps the JSON with a
+//! stamp (size, inode, mtime and ctime in ns) of each such file, and the `rustc -vV` text.
+//! A file changed within [`RACY_WINDOW`] of writing the cache makes kiln skip writing it:
+//! a later change within the same timestamp tick could otherwise go unnoticed.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, bail};
+use cargo_metadata::Metadata;
+
+use super::cargo::tool_command;
+
+/// Files changed this recently are not trusted to a stamp.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Bumped when the cache file's layout changes.
+const CACHE_VERSION: u32 = 1;
+
+/// What identifies a file's state without reading it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    len: u64,
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = fs::metadata(path).ok()?;
+        Some(Self {
+            len: meta.len(),
+            ino: meta.ino(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        })
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CacheFile {
+    version: u32,
+    rustc: String,
+    /// Each watched path and its stamp; `None` records that the file did not exist.
+    watched: Vec<(PathBuf, Option<Stamp>)>,
+    json: String,
+}
+
+/// `cargo metadata` answers for one package directory and target.
+#[derive(Debug)]
+pub struct MetadataAnswer {
+    /// The JSON cargo printed.
+    pub json: String,
+    /// The `rustc -vV` text the cached answer was made with; `None` when fresh.
+    pub cached_with_rustc: Option<String>,
+}
+
+impl MetadataAnswer {
+    /// Parses the JSON.
+    pub fn parse(&self) -> anyhow::Result<Metadata> {
+        cargo_metadata::MetadataCommand::parse(&self.json).context("`cargo metadata` printed unexpected JSON")
+    }
+}
+
+/// Runs `cargo metadata --filter-platform TRIPLE` in `dir`.
+pub fn run_cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<String> {
+    let output = tool_command("cargo", dir)
+        .args(["metadata", "--format-version", "1", "--filter-platform", triple])
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("failed to run `cargo metadata` in `{}`", dir.display()))?;
+    if !output.status.success() {
+        bail!("`cargo metadata` failed in `{}`: {}", dir.display(), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    String::from_utf8(output.stdout).context("`cargo metadata` printed invalid UTF-8")
+}
+
+/// The on-disk cache of `cargo metadata` answers.
+#[derive(Clone, Debug)]
+pub struct MetadataCache {
+    dir: PathBuf,
+}
+
+impl MetadataCache {
+    /// A cache kept in `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    fn file(&self, dir: &Path, triple: &str) -> PathBuf {
+        let key = blake3::hash(format!("{}\0{triple}", dir.display()).as_bytes());
+        self.dir.join(format!("{}.json", &key.to_hex()[..24]))
+    }
+
+    /// The cached answer when every watched file is as it was, else a fresh one.
+    pub fn get(&self, dir: &Path, triple: &str) -> anyhow::Result<MetadataAnswer> {
+        if let Some(cached) = self.load(dir, triple) {
+            return Ok(MetadataAnswer { json: cached.json, cached_with_rustc: Some(cached.rustc) });
+        }
+        Ok(MetadataAnswer { json: run_cargo_metadata(dir, triple)?, cached_with_rustc: None })
+    }
+
+    fn load(&self, dir: &Path, triple: &str) -> Option<CacheFile> {
+        let text = fs::read_to_string(self.file(dir, triple)).ok()?;
+        let cached: CacheFile = serde_json::from_str(&text).ok()?;
+        let unchanged = cached.version == CACHE_VERSION
+            && cached.watched.iter().all(|(path, stamp)| Stamp::of(path).as_ref() == stamp.as_ref());
+        unchanged.then_some(cached)
+    }
+
+    /// Remembers a fresh answer made with `rustc` (the `rustc -vV` text). Failures to write
+    /// only cost speed, so they are ignored.
+    pub fn store(&self, dir: &Path, triple: &str, json: &str, rustc: &str) {
+        let Ok(metadata) = cargo_metadata::MetadataCommand::parse(json) else { return };
+        let watched_paths = watched_files(dir, &metadata);
+        let now = SystemTime::now();
+        let mut watched = Vec::new();
+        for path in watched_paths {
+            let stamp = Stamp::of(&path);
+            let recent = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| now.duration_since(modified).map_or(true, |age| age < RACY_WINDOW));
+            if recent {
+                return;
+            }
+            watched.push((path, stamp));
+        }
+        let cache = CacheFile { version: CACHE_VERSION, rustc: rustc.to_owned(), watched, json: json.to_owned() };
+        let Ok(text) = serde_json::to_string(&cache) else { return };
+        if fs::create_dir_all(&self.dir).is_err() {
+            return;
+        }
+        let target = self.file(dir, triple);
+        let temp = target.with_extension(format!("tmp{}", std::process::id()));
+        if fs::write(&temp, text).is_ok() && fs::rename(&temp, &target).is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+    }
+}
+
+/// Every file whose change can change the answer: local manifests, the workspace manifest
+/// and lock file, and cargo config and toolchain files where cargo would look (present or not).
+fn watched_files(dir: &Path, metadata: &Metadata) -> Vec<PathBuf> {
+    let root = metadata.workspace_root.as_std_path();
+    let mut files: Vec<PathBuf> = metadata
+        .packages
+        .iter()
+        .filter(|p| p.source.is_none())
+        .map(|p| p.manifest_path.clone().into_std_path_buf())
+        .collect();
+    files.push(root.join("Cargo.toml"));
+    files.push(root.join("Cargo.lock"));
+    for ancestor in dir.ancestors() {
+        for name in [".cargo/config.toml", ".cargo/config", "rust-toolchain.toml", "rust-toolchain"] {
+            files.push(ancestor.join(name));
+        }
+    }
+    if let Some(home) = std::env::var_os("CARGO_HOME").map(PathBuf::from) {
+        files.push(home.join("config.toml"));
+        files.push(home.join("config"));
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_change_with_content_and_absence_is_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("Cargo.toml");
+        assert_eq!(Stamp::of(&file), None);
+        fs::write(&file, "a").expect("write");
+        let first = Stamp::of(&file).expect("stamp");
+        fs::write(&file, "ab").expect("write");
+        assert_ne!(Stamp::of(&file), Some(first));
+    }
+
+    fn age(path: &Path) {
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        fs::File::options().write(true).open(path).and_then(|f| f.set_modified(old)).expect("set mtime");
+    }
+
+    #[test]
+    fn answers_are_reused_until_a_manifest_changes() {
+        let project = tempfile::tempdir().expect("tempdir");
+        let dir = project.path();
+        fs::create_dir_all(dir.join("src")).expect("mkdir");
+        fs::write(dir.join("Cargo.toml"), "[package]\nname = \"p\"\nedition = \"2021\"\n").expect("write");
+        fs::write(dir.join("src/main.rs"), "fn main() {}\n").expect("write");
+        let cache = MetadataCache::new(dir.join("cache"));
+        let triple = "x86_64-unknown-linux-gnu";
+
+        let fresh = cache.get(dir, triple).expect("metadata");
+        assert_eq!(fresh.cached_with_rustc, None);
+        // Files changed moments ago are not trusted to a stamp: nothing is cached yet.
+        cache.store(dir, triple, &fresh.json, "rustc x");
+        assert_eq!(cache.get(dir, triple).expect("metadata").cached_with_rustc, None);
+
+        age(&dir.join("Cargo.toml"));
+        age(&dir.join("Cargo.lock"));
+        cache.store(dir, triple, &fresh.json, "rustc x");
+        let cached = cache.get(dir, triple).expect("metadata");
+        assert_eq!(cached.cached_with_rustc.as_deref(), Some("rustc x"));
+        assert_eq!(cached.parse().expect("parse").packages[0].name.as_str(), "p");
+
+        fs::write(dir.join("Cargo.toml"), "[package]\nname = \"q\"\nedition = \"2021\"\n").expect("write");
+        age(&dir.join("Cargo.toml"));
+        let changed = cache.get(dir, triple).expect("metadata");
+        assert_eq!(changed.cached_with_rustc, None, "an edited manifest invalidates the answer");
+        assert_eq!(changed.parse().expect("parse").packages[0].name.as_str(), "q");
+
+        fs::create_dir_all(dir.join(".cargo")).expect("mkdir");
+        age(&dir.join("Cargo.lock"));
+        cache.store(dir, triple, &changed.json, "rustc x");
+        assert!(cache.get(dir, triple).expect("metadata").cached_with_rustc.is_some());
+        fs::write(dir.join(".cargo/config.toml"), "").expect("write");
+        assert_eq!(cache.get(dir, triple).expect("metadata").cached_with_rustc, None, "a new config file counts");
+    }
+}
