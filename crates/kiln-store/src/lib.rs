@@ -5,6 +5,7 @@
 //! [`OutputHash`] is recorded beside it and checked again on demand. The encodings behind both
 //! hashes are specified in `docs/closure-hash.md`.
 
+mod archive;
 mod derivation;
 mod errors;
 mod hash;

@@ -1,0 +1,1 @@
+//! Export and import of store entries as one zstd-compressed tar stream.
