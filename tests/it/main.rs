@@ -3,5 +3,6 @@
 
 mod config_errors;
 mod example;
+mod store;
 mod support;
 mod timeouts;

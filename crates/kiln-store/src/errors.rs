@@ -52,6 +52,54 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An entry asked to be exported is not in the store.
+    #[error("store entry `{closure}` is not in the store, so it cannot be exported")]
+    NotInStore {
+        /// The missing entry.
+        closure: ClosureHash,
+    },
+    /// Writing an archive stream failed.
+    #[error("failed to write the archive")]
+    ArchiveWrite {
+        /// The error of the writer (or of the compressor).
+        #[source]
+        source: io::Error,
+    },
+    /// An archive stream cannot be read to its end: its compression or its tar framing is
+    /// corrupt, or it is truncated.
+    #[error("the archive is corrupt or truncated: {message}")]
+    ArchiveCorrupt {
+        /// What is wrong.
+        message: String,
+    },
+    /// An archive holds a member that import refuses.
+    #[error("the archive is rejected: member `{member}`: {reason}")]
+    ArchiveRejected {
+        /// The member's path inside the archive.
+        member: String,
+        /// Why it is refused.
+        reason: crate::Rejection,
+    },
+    /// An archived entry's metadata describes a derivation with another closure hash.
+    #[error(
+        "the archive is rejected: entry `{dir}` holds the metadata of a derivation whose closure hash is {derivation}"
+    )]
+    ArchiveClosureMismatch {
+        /// The closure the entry is filed under.
+        dir: ClosureHash,
+        /// The closure hash of the derivation in its `meta.toml`.
+        derivation: ClosureHash,
+    },
+    /// An archived entry's output tree does not have the output hash its metadata records.
+    #[error("the archive is rejected: the output of entry `{closure}` hashes to {actual}, but its meta.toml records {recorded}")]
+    ArchiveOutputMismatch {
+        /// The entry.
+        closure: ClosureHash,
+        /// The output hash its `meta.toml` records.
+        recorded: String,
+        /// The hash of the output tree in the archive.
+        actual: crate::OutputHash,
+    },
 }
 
 impl StoreError {

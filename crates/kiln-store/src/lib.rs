@@ -10,12 +10,18 @@ mod derivation;
 mod errors;
 mod hash;
 mod source;
+mod stat_cache;
 mod store;
 mod tree;
 
+pub use archive::{
+    ArchiveSummary, MAX_FILE_BYTES, MAX_META_BYTES, MAX_PATH_BYTES, MAX_PATH_COMPONENTS, Rejection, export,
+    export_to_file, import, import_from_file,
+};
 pub use derivation::{Derivation, InputHash};
 pub use errors::StoreError;
 pub use hash::{ClosureHash, OutputHash, ParseHashError};
 pub use source::{SourceSet, hash_file, hash_source_set};
-pub use store::{BuildOutcome, Entry, EntryMeta, Store};
+pub use stat_cache::{FileStamp, StatCache};
+pub use store::{BuildOutcome, Entry, EntryMeta, GcReport, Store};
 pub use tree::hash_tree;

@@ -10,7 +10,7 @@ use std::{
 use rayon::prelude::*;
 
 use crate::{
-    InputHash, StoreError,
+    InputHash, StatCache, StoreError,
     derivation::{put_bytes, put_len},
     tree::TREE_CONTEXT,
 };
@@ -68,8 +68,8 @@ impl SourceSet {
 }
 
 /// Hashes a source set: the tree encoding over its files alone, so moving the checkout
-/// elsewhere does not change the hash.
-pub fn hash_source_set(set: &SourceSet) -> Result<InputHash, StoreError> {
+/// elsewhere does not change the hash. Unchanged files come from `cache`.
+pub fn hash_source_set(set: &SourceSet, cache: &StatCache) -> Result<InputHash, StoreError> {
     let hashes = set
         .files
         .par_iter()
@@ -80,7 +80,7 @@ pub fn hash_source_set(set: &SourceSet) -> Result<InputHash, StoreError> {
                 let target = fs::read_link(&path).map_err(|e| StoreError::io("read symlink", &path, e))?;
                 Ok((b'l', *blake3::hash(target.as_os_str().as_bytes()).as_bytes()))
             } else {
-                Ok((b'f', *hash_file(&path)?.as_bytes()))
+                Ok((b'f', cache.hash_file(&path, &meta)?))
             }
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -141,7 +141,9 @@ mod tests {
         for dir in [a.path(), b.path()] {
             fs::write(dir.join("lib.rs"), "pub fn f() {}").expect("write");
         }
-        let hash = |dir: &Path| hash_source_set(&SourceSet::package_dir(dir).expect("walk")).expect("hash");
+        let hash = |dir: &Path| {
+            hash_source_set(&SourceSet::package_dir(dir).expect("walk"), &StatCache::disabled()).expect("hash")
+        };
         assert_eq!(hash(a.path()), hash(b.path()));
         fs::write(b.path().join("lib.rs"), "pub fn g() {}").expect("write");
         assert_ne!(hash(a.path()), hash(b.path()));

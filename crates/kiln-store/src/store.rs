@@ -55,6 +55,22 @@ impl Entry {
     }
 }
 
+/// What [`Store::gc`] removed.
+#[derive(Clone, Debug, Default)]
+pub struct GcReport {
+    /// Removed entries: closure, name, bytes.
+    pub removed: Vec<(ClosureHash, String, u64)>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+    /// Entries kept.
+    pub kept: usize,
+}
+
+/// A name as a file name: characters other than ASCII letters, digits, `-`, `_` and `.` become `_`.
+fn name_file(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
+}
+
 /// Whether [`Store::build`] ran the builder or found the entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuildOutcome {
@@ -81,14 +97,46 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating when missing) the store at `root`.
+    /// Opens (creating when missing) the store at `root`, and removes what dead builders
+    /// left in its temp directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        for sub in ["entries", "tmp", "locks"] {
+        for sub in ["entries", "tmp", "locks", "uses", "pins", "names"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
         }
-        Ok(Self { root })
+        let store = Self { root };
+        store.remove_dead_temp_dirs()?;
+        Ok(store)
+    }
+
+    /// Removes temp dirs whose builder is gone: for a closure's build, its lock is free; for
+    /// other work (imports), the process that made it has exited.
+    fn remove_dead_temp_dirs(&self) -> Result<(), StoreError> {
+        let tmp = self.root.join("tmp");
+        let entries = fs::read_dir(&tmp).map_err(|e| StoreError::io("read directory", &tmp, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mut parts = name.split('.');
+            let first = parts.next().unwrap_or_default();
+            let dead = match first.parse::<ClosureHash>() {
+                Ok(closure) => {
+                    let lock = self.root.join("locks").join(format!("{closure}.lock"));
+                    match File::create(&lock) {
+                        Ok(file) => file.try_lock().is_ok(),
+                        Err(_) => false,
+                    }
+                }
+                Err(_) => {
+                    let pid = parts.next().and_then(|pid| pid.parse::<u32>().ok());
+                    pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                }
+            };
+            if dead {
+                remove_tree(&entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// The store's root directory.
@@ -96,7 +144,8 @@ impl Store {
         &self.root
     }
 
-    fn entry_dir(&self, closure: &ClosureHash) -> PathBuf {
+    /// The directory an entry lives in (whether or not it exists).
+    pub fn entry_dir(&self, closure: &ClosureHash) -> PathBuf {
         self.root.join("entries").join(closure.to_string())
     }
 
@@ -195,6 +244,125 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("remove entry", &dir, e)),
         }
+    }
+
+    /// Every published entry, sorted by name. Entries whose metadata cannot be read are
+    /// returned as errors beside the others, so one bad entry does not hide the rest.
+    pub fn entries(&self) -> Result<Vec<Result<Entry, StoreError>>, StoreError> {
+        let dir = self.root.join("entries");
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io("read directory", &dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io("read directory", &dir, e))?;
+            let Ok(closure) = entry.file_name().to_string_lossy().parse::<ClosureHash>() else { continue };
+            match self.lookup(&closure) {
+                Ok(Some(found_entry)) => found.push(Ok(found_entry)),
+                Ok(None) => found.push(Err(StoreError::CorruptMeta {
+                    closure,
+                    path: entry.path().join("meta.toml"),
+                    message: "the metadata file is missing".to_owned(),
+                })),
+                Err(err) => found.push(Err(err)),
+            }
+        }
+        found.sort_by(|a, b| match (a, b) {
+            (Ok(a), Ok(b)) => (&a.meta.name, a.meta.created_unix).cmp(&(&b.meta.name, b.meta.created_unix)),
+            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+            (Err(_), Err(_)) => std::cmp::Ordering::Equal,
+        });
+        Ok(found)
+    }
+
+    /// Total size in bytes of an entry's files.
+    pub fn entry_size(&self, entry: &Entry) -> u64 {
+        tree_size(&entry.dir).unwrap_or(0)
+    }
+
+    /// Records that an entry was used now; `gc --keep-days` keeps recently used entries.
+    pub fn mark_used(&self, closure: &ClosureHash) -> Result<(), StoreError> {
+        let path = self.root.join("uses").join(closure.to_string());
+        let file = File::create(&path).map_err(|e| StoreError::io("record use in", &path, e))?;
+        file.set_modified(SystemTime::now()).map_err(|e| StoreError::io("record use in", &path, e))
+    }
+
+    /// When an entry was last used (or built).
+    pub fn last_used(&self, entry: &Entry) -> SystemTime {
+        fs::metadata(self.root.join("uses").join(entry.closure.to_string()))
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| UNIX_EPOCH + Duration::from_secs(entry.meta.created_unix))
+    }
+
+    /// Remembers `closure` as the latest build of `name`, so `why` can compare with it.
+    pub fn record_name(&self, name: &str, closure: &ClosureHash) -> Result<(), StoreError> {
+        let path = self.root.join("names").join(name_file(name));
+        let temp = path.with_extension(format!("tmp{}", std::process::id()));
+        fs::write(&temp, closure.to_string()).map_err(|e| StoreError::io("write", &temp, e))?;
+        fs::rename(&temp, &path).map_err(|e| StoreError::io("write", &path, e))
+    }
+
+    /// The latest closure recorded for `name`.
+    pub fn recorded(&self, name: &str) -> Option<ClosureHash> {
+        fs::read_to_string(self.root.join("names").join(name_file(name))).ok()?.trim().parse().ok()
+    }
+
+    /// Pins an entry: garbage collection keeps it whatever Kiln.toml says.
+    pub fn pin(&self, closure: &ClosureHash, label: &str) -> Result<(), StoreError> {
+        let path = self.root.join("pins").join(closure.to_string());
+        fs::write(&path, label).map_err(|e| StoreError::io("write", &path, e))
+    }
+
+    /// Removes a pin; returns whether there was one.
+    pub fn unpin(&self, closure: &ClosureHash) -> Result<bool, StoreError> {
+        let path = self.root.join("pins").join(closure.to_string());
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io("remove", &path, e)),
+        }
+    }
+
+    /// The pinned closures with their labels.
+    pub fn pins(&self) -> Result<Vec<(ClosureHash, String)>, StoreError> {
+        let dir = self.root.join("pins");
+        let mut pins = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io("read directory", &dir, e))?.flatten() {
+            if let Ok(closure) = entry.file_name().to_string_lossy().parse::<ClosureHash>() {
+                pins.push((closure, fs::read_to_string(entry.path()).unwrap_or_default()));
+            }
+        }
+        pins.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(pins)
+    }
+
+    /// Removes every entry that is neither in `roots` nor pinned nor (with `keep_since`)
+    /// used since then. Runs under the store-wide lock, so no build is publishing meanwhile.
+    pub fn gc(
+        &self,
+        roots: &std::collections::HashSet<ClosureHash>,
+        keep_since: Option<SystemTime>,
+        dry_run: bool,
+    ) -> Result<GcReport, StoreError> {
+        let path = self.root.join("locks").join("gc.lock");
+        let lock = File::create(&path).map_err(|e| StoreError::io("create lock", &path, e))?;
+        lock.lock().map_err(|e| StoreError::io("lock", &path, e))?;
+        let pinned: std::collections::HashSet<ClosureHash> = self.pins()?.into_iter().map(|(c, _)| c).collect();
+        let mut report = GcReport::default();
+        for entry in self.entries()?.into_iter().flatten() {
+            let recent = keep_since.is_some_and(|since| self.last_used(&entry) >= since);
+            if roots.contains(&entry.closure) || pinned.contains(&entry.closure) || recent {
+                report.kept += 1;
+                continue;
+            }
+            let bytes = self.entry_size(&entry);
+            if !dry_run {
+                self.remove_entry(&entry.closure)?;
+                let _ = fs::remove_file(self.root.join("uses").join(entry.closure.to_string()));
+                let _ = fs::remove_file(self.root.join("locks").join(format!("{}.lock", entry.closure)));
+            }
+            report.freed_bytes += bytes;
+            report.removed.push((entry.closure, entry.meta.name.clone(), bytes));
+        }
+        Ok(report)
     }
 
     /// Takes the store-wide lock in shared mode: builders share it, garbage collection
@@ -417,6 +585,31 @@ mod tests {
     }
 
     #[test]
+    fn gc_keeps_roots_pins_and_recent_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut closures = Vec::new();
+        for tag in ["root", "pinned", "garbage"] {
+            let (entry, _) =
+                store.build(&derivation(tag), tag, || {}, |out| Ok(fs::write(out.join("f"), tag)?)).expect("build");
+            closures.push(entry.closure);
+        }
+        store.pin(&closures[1], "pinned").expect("pin");
+        let roots = std::collections::HashSet::from([closures[0]]);
+        let dry = store.gc(&roots, None, true).expect("dry run");
+        assert_eq!(dry.removed.len(), 1);
+        assert!(store.lookup(&closures[2]).expect("lookup").is_some(), "a dry run removes nothing");
+        let report = store.gc(&roots, None, false).expect("gc");
+        assert_eq!(report.removed.iter().map(|r| r.0).collect::<Vec<_>>(), [closures[2]]);
+        assert_eq!(report.kept, 2);
+        assert!(store.lookup(&closures[2]).expect("lookup").is_none());
+        assert!(store.unpin(&closures[1]).expect("unpin"));
+        store.mark_used(&closures[1]).expect("use");
+        let keep_since = SystemTime::now() - Duration::from_secs(60);
+        assert!(store.gc(&roots, Some(keep_since), false).expect("gc").removed.is_empty(), "recently used");
+    }
+
+    #[test]
     fn stale_temp_dirs_of_dead_builders_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
@@ -425,5 +618,10 @@ mod tests {
         fs::create_dir_all(stale.join("out")).expect("mkdir");
         store.build(&drv, "c", || {}, |_| Ok(())).expect("build");
         assert!(!stale.exists());
+        fs::create_dir_all(stale.join("out")).expect("mkdir");
+        let import = dir.path().join("tmp/import.4000000000.1");
+        fs::create_dir_all(&import).expect("mkdir");
+        Store::open(dir.path()).expect("reopen");
+        assert!(!stale.exists() && !import.exists(), "opening the store sweeps dead builders' dirs");
     }
 }

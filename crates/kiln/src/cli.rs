@@ -30,6 +30,7 @@ Examples:
   cargo xtask qemu smoke --arch aarch64 boot a case with the console attached (Ctrl-A X quits)
   cargo xtask config                    print the resolved Kiln.toml
   cargo xtask bench                     kiln's profiles against naive QEMU command lines
+  cargo xtask store why hello --arch riscv64   why an artifact would rebuild
 
 Exit codes:
   0  everything passed
@@ -100,6 +101,85 @@ pub enum Command {
     Config(ConfigArgs),
     /// Install what kiln's own tests need, then run the workspace's tests.
     Selftest(SelftestArgs),
+    /// Inspect and maintain the store: ls, path, why, verify, gc, pin, export, import, key.
+    Store(StoreArgs),
+}
+
+/// `store`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The store command.
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+/// An artifact on one or all of its architectures.
+#[derive(Debug, Args)]
+pub struct ArtifactArg {
+    /// The artifact's name in Kiln.toml.
+    pub name: String,
+    /// The architecture (default: every arch the artifact is built for).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+}
+
+/// Which command a CI cache key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyFor {
+    /// `cargo xtask test`: the artifacts its cases boot.
+    Test,
+    /// `cargo xtask build`: every artifact.
+    Build,
+}
+
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum StoreCommand {
+    /// List entries: name, closure, size, age, last use.
+    Ls,
+    /// Print the path of an artifact's binary in the store (built by `cargo xtask build`).
+    Path(ArtifactArg),
+    /// Show an artifact's closure inputs, and what changed since its previous build.
+    Why(ArtifactArg),
+    /// Rehash every entry against its recorded output hash; exit 1 when one is corrupt.
+    Verify {
+        /// Remove corrupt entries, so the next build makes them again.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove entries that the current Kiln.toml does not need and that are not pinned.
+    Gc {
+        /// Also keep entries used within this many days.
+        #[arg(long, value_name = "N")]
+        keep_days: Option<u32>,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Keep an artifact's current entries through `gc`.
+    Pin(ArtifactArg),
+    /// Undo `pin`.
+    Unpin(ArtifactArg),
+    /// Write entries to one zstd-compressed archive (default: everything Kiln.toml builds).
+    Export {
+        /// The archive to write.
+        file: PathBuf,
+        /// Only these artifacts.
+        #[arg(long = "artifact", value_name = "NAME")]
+        artifacts: Vec<String>,
+    },
+    /// Verify and add the entries of an archive made by `store export`.
+    Import {
+        /// The archive to read.
+        file: PathBuf,
+    },
+    /// Print a CI cache key (`key=`) and restore-key prefix (`restore-keys=`) for a command.
+    Key {
+        /// The command whose inputs the key covers.
+        #[arg(long = "for", value_enum, default_value = "test")]
+        command: KeyFor,
+    },
 }
 
 /// `build`.
@@ -108,6 +188,9 @@ pub struct BuildArgs {
     /// Only these architectures.
     #[arg(long, value_delimiter = ',')]
     pub arch: Vec<Arch>,
+    /// Say why each build that runs is needed: which inputs changed since the last one.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 /// `test`.
@@ -142,6 +225,19 @@ pub struct BenchArgs {
     /// Only these architectures.
     #[arg(long, value_delimiter = ',')]
     pub arch: Vec<Arch>,
+    /// Which benchmarks: `boot` (per-arch boot-to-verdict, warm-run overhead) and `store`
+    /// (hashing a generated 1 GiB tree, warm rehash, export + import).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchSuite::Boot, BenchSuite::Store])]
+    pub suite: Vec<BenchSuite>,
+}
+
+/// A group of benchmark rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchSuite {
+    /// Boot-to-verdict per arch against naive QEMU command lines; warm-run overhead.
+    Boot,
+    /// Tree hashing against b3sum, warm rehash, export + import against tar + zstd.
+    Store,
 }
 
 /// `config`.

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use kiln_qemu::accel::{self, AccelChoice, AccelPolicy};
-use kiln_store::{BuildOutcome, ClosureHash, Derivation, Store};
+use kiln_store::{BuildOutcome, ClosureHash, Derivation, StatCache, Store};
 use kiln_types::Arch;
 
 use crate::{
@@ -29,6 +29,8 @@ pub struct Options {
     pub install: InstallMode,
     /// KVM or TCG.
     pub accel: AccelPolicy,
+    /// Say why each build that runs is needed (`build --explain`).
+    pub explain: bool,
 }
 
 /// An artifact built for one architecture (or found in the store).
@@ -116,15 +118,20 @@ impl Cx {
         for step in steps {
             self.check_package(step, &metadata[&(&step.artifact.dir, step.triple.as_str())])?;
         }
-        steps
+        let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
+        let derivations = steps
             .iter()
             .map(|step| {
                 let host = &hosts[&step.artifact.dir];
                 let metadata = &metadata[&(&step.artifact.dir, step.triple.as_str())];
-                exec::derivation_for(step, host, metadata)
+                exec::derivation_for(step, host, metadata, &stat_cache)
                     .with_context(|| format!("cannot compute the closure of {}", step.key))
             })
-            .collect()
+            .collect();
+        if let Err(err) = stat_cache.save() {
+            self.printer.verbose("Warning", &format!("the stat cache was not saved: {err}"));
+        }
+        derivations
     }
 
     /// A Kiln.toml error (exit code 2, pointing at the key) when the artifact's package is not
@@ -168,6 +175,11 @@ impl Cx {
             let on_wait = || self.printer.status("Waiting", &format!("for another kiln building {}", step.key));
             if self.store.lookup(&closure)?.is_none() {
                 self.printer.status("Building", &format!("{} for {}", step.key, step.triple));
+                if self.options.explain {
+                    for line in crate::explain::changes(&self.store, &step.key.store_name(), drv) {
+                        self.printer.status("Because", &line);
+                    }
+                }
             }
             let (_, outcome, binary) = exec::realise(&self.store, step, drv, quiet, on_wait)?;
             match outcome {
@@ -185,6 +197,9 @@ impl Cx {
                     );
                 }
             }
+            let name = step.key.store_name();
+            self.store.mark_used(&closure)?;
+            self.store.record_name(&name, &closure)?;
             built.insert(step.key.clone(), BuiltArtifact { closure, binary, outcome });
         }
         Ok(built)

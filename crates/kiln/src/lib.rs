@@ -13,6 +13,7 @@ pub mod cx;
 pub mod env;
 pub mod exec;
 pub mod exit_code;
+pub mod explain;
 pub mod plan;
 pub mod provision;
 pub mod report;

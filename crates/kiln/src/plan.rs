@@ -17,6 +17,13 @@ pub struct BuildKey {
     pub arch: Arch,
 }
 
+impl BuildKey {
+    /// The name the store records this build under: `ARTIFACT-ARCH`.
+    pub fn store_name(&self) -> String {
+        format!("{}-{}", self.artifact, self.arch)
+    }
+}
+
 impl std::fmt::Display for BuildKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.artifact, self.arch)
@@ -32,6 +39,8 @@ pub struct BuildStep {
     pub artifact: Artifact,
     /// The target triple.
     pub triple: String,
+    /// The project root (the directory of Kiln.toml); closure inputs are named relative to it.
+    pub project_root: std::path::PathBuf,
 }
 
 /// One boot of one case on one machine.
@@ -144,7 +153,7 @@ fn build_steps(config: &Config, keys: BTreeSet<BuildKey>) -> Vec<BuildStep> {
         .filter_map(|key| {
             let artifact = config.artifacts.get(&key.artifact)?;
             let triple = artifact.targets.get(&key.arch)?.clone();
-            Some(BuildStep { artifact: artifact.clone(), triple, key })
+            Some(BuildStep { artifact: artifact.clone(), triple, key, project_root: config.root.clone() })
         })
         .collect()
 }

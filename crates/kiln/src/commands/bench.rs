@@ -12,7 +12,7 @@ use kiln_qemu::{Argv, BootRequest, Console, Judge, accel::Accel};
 use kiln_types::Arch;
 
 use crate::{
-    cli::{BenchArgs, TestArgs},
+    cli::{BenchArgs, BenchSuite, TestArgs},
     commands::{UsageError, test},
     config::Expect,
     cx::Cx,
@@ -52,8 +52,18 @@ impl Measured {
     }
 }
 
-/// Runs the benchmark and prints the table on stdout.
+/// Runs the selected benchmark suites and prints their tables on stdout.
 pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
+    if args.suite.contains(&BenchSuite::Boot) {
+        boot_rows(cx, args)?;
+    }
+    if args.suite.contains(&BenchSuite::Store) {
+        super::bench_store::run(cx)?;
+    }
+    Ok(exit_code::SUCCESS)
+}
+
+fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
     let config = &cx.config;
     let case = match &args.case {
         Some(name) => name.clone(),
@@ -125,8 +135,7 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
     }
     writeln!(out, "ratio = naive / kiln: how many times longer the naive command line takes")?;
     drop(out);
-    warm_run_overhead(cx, args, runs)?;
-    Ok(exit_code::SUCCESS)
+    warm_run_overhead(cx, args, runs)
 }
 
 /// Times a fully cached `test` (configuration, hashing, store look-ups, boots) against the

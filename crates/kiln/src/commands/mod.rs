@@ -1,10 +1,12 @@
 //! One module per verb; `run` dispatches.
 
 mod bench;
+mod bench_store;
 mod build;
 mod config;
 mod qemu;
 mod selftest;
+mod store;
 pub mod test;
 
 use std::path::PathBuf;
@@ -38,7 +40,10 @@ impl UsageError {
 
 /// Runs a parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    let cx = context(&cli.global)?;
+    let mut cx = context(&cli.global)?;
+    if let Command::Build(args) = &cli.command {
+        cx.options.explain = args.explain;
+    }
     match cli.command {
         Command::Build(args) => build::run(&cx, &args),
         Command::Test(args) => test::run(&cx, &args).map(|summary| {
@@ -49,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Bench(args) => bench::run(&cx, &args),
         Command::Config(_) => config::run(&cx),
         Command::Selftest(args) => selftest::run(&cx, &args),
+        Command::Store(args) => store::run(&cx, &args.command),
     }
 }
 
@@ -75,6 +81,6 @@ pub fn context(global: &GlobalArgs) -> anyhow::Result<Cx> {
         AccelArg::Kvm => AccelPolicy::Force(Accel::Kvm),
         AccelArg::Tcg => AccelPolicy::Force(Accel::Tcg),
     };
-    let options = Options { jobs, install: InstallMode::detect(global.yes), accel };
+    let options = Options { jobs, install: InstallMode::detect(global.yes), accel, explain: false };
     Cx::new(config, Printer::new(verbosity), options)
 }

@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use cargo_metadata::{DependencyKind, Message, Metadata, PackageId};
-use kiln_store::{BuildOutcome, Derivation, Entry, InputHash, SourceSet, Store, hash_file, hash_source_set};
+use kiln_store::{
+    BuildOutcome, Derivation, Entry, InputHash, SourceSet, StatCache, Store, hash_file, hash_source_set,
+};
 
 use crate::{env, plan::BuildStep};
 
@@ -87,7 +89,12 @@ fn local_closure(metadata: &Metadata, root: &PackageId) -> Vec<PackageId> {
 
 /// Computes the derivation of a build step: its settings and the hash of every input.
 /// `metadata` is [`cargo_metadata`] for the step's directory and triple.
-pub fn derivation_for(step: &BuildStep, host: &CargoHost, metadata: &Metadata) -> anyhow::Result<Derivation> {
+pub fn derivation_for(
+    step: &BuildStep,
+    host: &CargoHost,
+    metadata: &Metadata,
+    stat_cache: &StatCache,
+) -> anyhow::Result<Derivation> {
     let artifact = &step.artifact;
     let workspace_root = metadata.workspace_root.clone().into_std_path_buf();
     let package =
@@ -118,11 +125,11 @@ pub fn derivation_for(step: &BuildStep, host: &CargoHost, metadata: &Metadata) -
         };
         let dir = local.manifest_path.parent().map(|p| p.as_std_path().to_owned()).unwrap_or_default();
         let set = SourceSet::package_dir(&dir)?;
-        let name = format!("source:{}", relative_name(&dir, &workspace_root));
-        drv.input(name, hash_source_set(&set)?);
+        let name = format!("source:{}", input_path_name(&dir, &step.project_root));
+        drv.input(name, hash_source_set(&set, stat_cache)?);
     }
     for file in build_config_files(&artifact.dir, &workspace_root) {
-        let name = format!("file:{}", relative_name(&file, &workspace_root));
+        let name = format!("file:{}", input_path_name(&file, &step.project_root));
         drv.input(name, InputHash(*hash_file(&file)?.as_bytes()));
     }
     for (name, value) in build_environment(&step.triple) {
@@ -131,14 +138,19 @@ pub fn derivation_for(step: &BuildStep, host: &CargoHost, metadata: &Metadata) -
     Ok(drv)
 }
 
-/// `path` relative to the workspace root when inside it (so checkouts elsewhere hash the
-/// same), else absolute.
-fn relative_name(path: &Path, workspace_root: &Path) -> String {
-    match path.strip_prefix(workspace_root) {
-        Ok(rel) if rel.as_os_str().is_empty() => ".".to_owned(),
-        Ok(rel) => rel.display().to_string(),
-        Err(_) => path.display().to_string(),
+/// How a path is named in the closure: relative to the project root (the directory of
+/// Kiln.toml) when inside it, so checkouts elsewhere hash the same; `$CARGO_HOME/...` for
+/// cargo's home; else absolute.
+fn input_path_name(path: &Path, project_root: &Path) -> String {
+    if let Ok(rel) = path.strip_prefix(project_root) {
+        return if rel.as_os_str().is_empty() { ".".to_owned() } else { rel.display().to_string() };
     }
+    if let Some(home) = std::env::var_os("CARGO_HOME").map(PathBuf::from)
+        && let Ok(rel) = path.strip_prefix(&home)
+    {
+        return format!("$CARGO_HOME/{}", rel.display());
+    }
+    path.display().to_string()
 }
 
 /// Files outside the packages' own sources that change the build: the lock file, the
@@ -184,7 +196,7 @@ pub fn realise(
     quiet: bool,
     on_wait: impl FnOnce(),
 ) -> anyhow::Result<(Entry, BuildOutcome, PathBuf)> {
-    let name = format!("{}-{}", step.key.artifact, step.key.arch);
+    let name = step.key.store_name();
     let (entry, outcome) = store.build(derivation, &name, on_wait, |out| {
         cargo_build(step, out, quiet).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
     })?;

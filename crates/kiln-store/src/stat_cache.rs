@@ -1,0 +1,187 @@
+//! A persistent cache of file content hashes keyed by what `stat` says about each file, so
+//! an unchanged tree is rehashed without reading it.
+//!
+//! An entry is trusted while the file's device, inode, size, mtime and ctime (in ns) are
+//! unchanged. A file modified within [`RACY_WINDOW`] of the moment its hash was taken is never
+//! cached: a later write in the same timestamp tick would leave the stamp unchanged (the
+//! "racy git" problem), so such files are hashed again next time.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crate::StoreError;
+
+/// Files modified this recently are not cached.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Bumped when the file format changes; an unknown version is an empty cache.
+const FORMAT_VERSION: u32 = 1;
+
+/// What `stat` says about a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata.
+    pub fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+            ctime_ns: meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec()),
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OnDisk {
+    version: u32,
+    entries: Vec<(PathBuf, FileStamp, [u8; 32])>,
+}
+
+/// File hashes remembered by stamp, loaded from and saved to one file.
+#[derive(Debug)]
+pub struct StatCache {
+    file: PathBuf,
+    known: HashMap<PathBuf, (FileStamp, [u8; 32])>,
+    fresh: Mutex<Vec<(PathBuf, FileStamp, [u8; 32])>>,
+}
+
+impl StatCache {
+    /// Loads the cache kept in `file`; a missing or unreadable file is an empty cache.
+    pub fn load(file: impl Into<PathBuf>) -> Self {
+        let file = file.into();
+        let known = fs::read(&file)
+            .ok()
+            .and_then(|bytes| postcard::from_bytes::<OnDisk>(&bytes).ok())
+            .filter(|disk| disk.version == FORMAT_VERSION)
+            .map(|disk| disk.entries.into_iter().map(|(path, stamp, hash)| (path, (stamp, hash))).collect())
+            .unwrap_or_default();
+        Self { file, known, fresh: Mutex::new(Vec::new()) }
+    }
+
+    /// An empty cache that is never saved.
+    pub fn disabled() -> Self {
+        Self { file: PathBuf::new(), known: HashMap::new(), fresh: Mutex::new(Vec::new()) }
+    }
+
+    /// How many files the cache knows.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether the cache knows no file.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// The content hash of `path` (absolute), from the cache when its stamp is unchanged,
+    /// else by reading it.
+    pub fn hash_file(&self, path: &Path, meta: &fs::Metadata) -> Result<[u8; 32], StoreError> {
+        let stamp = FileStamp::of(meta);
+        if let Some((known, hash)) = self.known.get(path)
+            && *known == stamp
+        {
+            return Ok(*hash);
+        }
+        let started = SystemTime::now();
+        let hash = *crate::hash_file(path)?.as_bytes();
+        let modified_at = UNIX_EPOCH + Duration::from_nanos(stamp.mtime_ns.max(0) as u64);
+        let racy = started.duration_since(modified_at).map_or(true, |age| age < RACY_WINDOW);
+        if !racy && let Ok(mut fresh) = self.fresh.lock() {
+            fresh.push((path.to_owned(), stamp, hash));
+        }
+        Ok(hash)
+    }
+
+    /// Writes the cache back (atomically) when it learnt something. Entries of files that no
+    /// longer exist are dropped.
+    pub fn save(self) -> Result<(), StoreError> {
+        if self.file.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let fresh = self.fresh.into_inner().unwrap_or_default();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let mut known = self.known;
+        known.retain(|path, _| path.exists());
+        for (path, stamp, hash) in fresh {
+            known.insert(path, (stamp, hash));
+        }
+        let disk = OnDisk {
+            version: FORMAT_VERSION,
+            entries: known.into_iter().map(|(path, (stamp, hash))| (path, stamp, hash)).collect(),
+        };
+        let bytes = postcard::to_allocvec(&disk).map_err(|e| StoreError::io("encode stat cache", &self.file, std::io::Error::other(e)))?;
+        if let Some(dir) = self.file.parent() {
+            fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+        }
+        let temp = self.file.with_extension(format!("tmp{}", std::process::id()));
+        fs::write(&temp, bytes).map_err(|e| StoreError::io("write", &temp, e))?;
+        fs::rename(&temp, &self.file).map_err(|e| StoreError::io("replace", &self.file, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(path: &Path) {
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        fs::File::options().write(true).open(path).and_then(|f| f.set_modified(old)).expect("set mtime");
+    }
+
+    #[test]
+    fn unchanged_files_come_from_the_cache_and_changes_are_seen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.rs");
+        let cache_file = dir.path().join("cache/stat");
+        fs::write(&file, "one").expect("write");
+        age(&file);
+
+        let cache = StatCache::load(&cache_file);
+        let meta = fs::metadata(&file).expect("stat");
+        assert_eq!(cache.hash_file(&file, &meta).expect("hash"), *blake3::hash(b"one").as_bytes());
+        cache.save().expect("save");
+
+        let cache = StatCache::load(&cache_file);
+        assert_eq!(cache.len(), 1);
+        // Same stamp: the cached hash is returned without reading (proved by a lying entry).
+        let mut lying = StatCache::load(&cache_file);
+        if let Some(entry) = lying.known.get_mut(&file) {
+            entry.1 = [7; 32];
+        }
+        assert_eq!(lying.hash_file(&file, &meta).expect("hash"), [7; 32]);
+
+        fs::write(&file, "two").expect("write");
+        age(&file);
+        let meta = fs::metadata(&file).expect("stat");
+        assert_eq!(cache.hash_file(&file, &meta).expect("hash"), *blake3::hash(b"two").as_bytes());
+    }
+
+    #[test]
+    fn racily_new_files_are_not_cached() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("new.rs");
+        fs::write(&file, "fresh").expect("write");
+        let cache_file = dir.path().join("stat");
+        let cache = StatCache::load(&cache_file);
+        cache.hash_file(&file, &fs::metadata(&file).expect("stat")).expect("hash");
+        cache.save().expect("save");
+        assert!(StatCache::load(&cache_file).is_empty());
+    }
+}

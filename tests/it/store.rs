@@ -1,0 +1,101 @@
+//! The store under stress: crashes at random moments, concurrent builders, corruption.
+
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use kiln_store::{ClosureHash, Store};
+
+use crate::support::Project;
+
+/// A small deterministic generator, so a failing trial can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// Every visible entry is whole: its metadata reads and its output has the recorded hash.
+fn assert_every_entry_whole(store: &Store) {
+    for dir in fs::read_dir(store.root().join("entries")).expect("entries") {
+        let dir = dir.expect("entry");
+        let closure: ClosureHash =
+            dir.file_name().to_string_lossy().parse().unwrap_or_else(|_| panic!("stray {:?}", dir.path()));
+        let entry = store.lookup(&closure).expect("readable").expect("present");
+        assert!(store.verify(&entry).expect("verify"), "half-written entry {closure}");
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_never_leaves_a_half_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("store");
+    let writer = env!("CARGO_BIN_EXE_store-writer");
+    let mut random = Lcg(0x6b69_6c6e);
+    for trial in 0..120u64 {
+        let mut child = Command::new(writer)
+            .args([root.to_str().expect("utf-8"), &(trial * 1000).to_string(), "1000"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("store-writer starts");
+        std::thread::sleep(Duration::from_micros(random.next() % 40_000));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_every_entry_whole(&Store::open(&root).expect("store opens after a crash"));
+    }
+    let store = Store::open(&root).expect("open");
+    assert_eq!(fs::read_dir(root.join("tmp")).expect("tmp").count(), 0, "dead builders' temp dirs are swept");
+    let status = Command::new(writer).args([root.to_str().expect("utf-8"), "0", "5"]).status().expect("runs");
+    assert!(status.success(), "the store still works");
+    assert_every_entry_whole(&store);
+}
+
+const ONE_ARTIFACT: &str = r#"
+[artifact.hello]
+package = "hello-kernel"
+path = "examples/kernel"
+"#;
+
+#[test]
+fn two_concurrent_builds_build_each_artifact_once() {
+    let project = Project::example(ONE_ARTIFACT);
+    let spawn = || project.command(&["build"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("kiln");
+    let (first, second) = (spawn(), spawn());
+    let outputs = [first.wait_with_output().expect("first"), second.wait_with_output().expect("second")];
+    let mut built = 0;
+    for output in &outputs {
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{text}");
+        built += text.lines().filter(|line| line.trim_start().starts_with("Built ")).count();
+    }
+    assert_eq!(built, 3, "each of the three arches is built once across both runs");
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_and_repair_then_build_restores_it() {
+    let project = Project::example(ONE_ARTIFACT);
+    assert_eq!(project.kiln(&["-q", "build", "--arch", "riscv64"]), 0);
+    assert_eq!(project.kiln(&["-q", "store", "verify"]), 0);
+
+    let path = project.command(&["store", "path", "hello", "--arch", "riscv64"]).output().expect("path");
+    let binary = std::path::PathBuf::from(String::from_utf8_lossy(&path.stdout).trim());
+    let mut bytes = fs::read(&binary).expect("read the binary");
+    bytes[100] ^= 0x01;
+    let mut permissions = fs::metadata(&binary).expect("stat").permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    fs::set_permissions(&binary, permissions).expect("chmod");
+    fs::write(&binary, &bytes).expect("flip a byte");
+
+    assert_eq!(project.kiln(&["-q", "store", "verify"]), kiln::exit_code::CASES_FAILED);
+    assert_eq!(project.kiln(&["-q", "store", "verify", "--repair"]), kiln::exit_code::CASES_FAILED);
+    assert!(!binary.exists(), "the corrupt entry is gone");
+    let build = project.command(&["build", "--arch", "riscv64"]).output().expect("build");
+    assert!(String::from_utf8_lossy(&build.stderr).contains("Built hello (riscv64)"));
+    assert_eq!(project.kiln(&["-q", "store", "verify"]), 0);
+}
