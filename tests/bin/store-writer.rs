@@ -25,15 +25,20 @@ fn main() -> ExitCode {
     for tag in first..first + count {
         let mut drv = Derivation::new("crash-test");
         drv.setting("tag", tag.to_string());
-        let built = store.build(&drv, &format!("entry-{tag}"), || {}, |out| {
-            for file in 0..16u64 {
-                let dir = out.join(format!("d{}", file % 4));
-                fs::create_dir_all(&dir)?;
-                let content: Vec<u8> = (0..32 * 1024u64).map(|i| (i * 31 + tag * 7 + file) as u8).collect();
-                fs::write(dir.join(format!("f{file}")), content)?;
-            }
-            Ok(())
-        });
+        let built = store.build(
+            &drv,
+            &format!("entry-{tag}"),
+            || {},
+            |out| {
+                for file in 0..16u64 {
+                    let dir = out.join(format!("d{}", file % 4));
+                    fs::create_dir_all(&dir)?;
+                    let content: Vec<u8> = (0..32 * 1024u64).map(|i| (i * 31 + tag * 7 + file) as u8).collect();
+                    fs::write(dir.join(format!("f{file}")), content)?;
+                }
+                Ok(())
+            },
+        );
         if let Err(err) = built {
             eprintln!("build {tag} failed: {err}");
             return ExitCode::from(1);

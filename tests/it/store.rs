@@ -37,6 +37,7 @@ fn sigkill_at_random_moments_never_leaves_a_half_entry() {
     let root = dir.path().join("store");
     let writer = env!("CARGO_BIN_EXE_store-writer");
     let mut random = Lcg(0x6b69_6c6e);
+    let mut killed_mid_build = 0;
     for trial in 0..120u64 {
         let mut child = Command::new(writer)
             .args([root.to_str().expect("utf-8"), &(trial * 1000).to_string(), "1000"])
@@ -46,8 +47,12 @@ fn sigkill_at_random_moments_never_leaves_a_half_entry() {
         std::thread::sleep(Duration::from_micros(random.next() % 40_000));
         let _ = child.kill();
         let _ = child.wait();
+        if fs::read_dir(root.join("tmp")).map(|d| d.count()).unwrap_or(0) > 0 {
+            killed_mid_build += 1;
+        }
         assert_every_entry_whole(&Store::open(&root).expect("store opens after a crash"));
     }
+    assert!(killed_mid_build >= 10, "only {killed_mid_build} kills landed inside a build");
     let store = Store::open(&root).expect("open");
     assert_eq!(fs::read_dir(root.join("tmp")).expect("tmp").count(), 0, "dead builders' temp dirs are swept");
     let status = Command::new(writer).args([root.to_str().expect("utf-8"), "0", "5"]).status().expect("runs");

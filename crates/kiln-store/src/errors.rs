@@ -91,7 +91,9 @@ pub enum StoreError {
         derivation: ClosureHash,
     },
     /// An archived entry's output tree does not have the output hash its metadata records.
-    #[error("the archive is rejected: the output of entry `{closure}` hashes to {actual}, but its meta.toml records {recorded}")]
+    #[error(
+        "the archive is rejected: the output of entry `{closure}` hashes to {actual}, but its meta.toml records {recorded}"
+    )]
     ArchiveOutputMismatch {
         /// The entry.
         closure: ClosureHash,

@@ -37,6 +37,7 @@ impl SourceSet {
             .hidden(false)
             .parents(true)
             .require_git(false)
+            .threads(rayon::current_num_threads())
             .filter_entry({
                 let root = root.clone();
                 move |entry| {
@@ -52,16 +53,34 @@ impl SourceSet {
                     !(is_dir && path.join("Cargo.toml").exists())
                 }
             })
-            .build();
-        let mut files = Vec::new();
-        for entry in walker {
-            let entry = entry.map_err(|e| StoreError::Walk { dir: dir.to_owned(), message: e.to_string() })?;
-            if entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink())
-                && let Ok(relative) = entry.path().strip_prefix(&root)
-            {
-                files.push(relative.to_owned());
-            }
+            .build_parallel();
+        let found = std::sync::Mutex::new(Vec::new());
+        let failure = std::sync::Mutex::new(None);
+        walker.run(|| {
+            Box::new(|entry| {
+                match entry {
+                    Ok(entry) => {
+                        if entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink())
+                            && let Ok(relative) = entry.path().strip_prefix(&root)
+                            && let Ok(mut found) = found.lock()
+                        {
+                            found.push(relative.to_owned());
+                        }
+                    }
+                    Err(err) => {
+                        if let Ok(mut failure) = failure.lock() {
+                            failure.get_or_insert(err.to_string());
+                        }
+                        return ignore::WalkState::Quit;
+                    }
+                }
+                ignore::WalkState::Continue
+            })
+        });
+        if let Some(message) = failure.into_inner().ok().flatten() {
+            return Err(StoreError::Walk { dir: dir.to_owned(), message });
         }
+        let mut files = found.into_inner().unwrap_or_default();
         files.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
         Ok(Self { base: root, files })
     }

@@ -126,7 +126,8 @@ impl StatCache {
             version: FORMAT_VERSION,
             entries: known.into_iter().map(|(path, (stamp, hash))| (path, stamp, hash)).collect(),
         };
-        let bytes = postcard::to_allocvec(&disk).map_err(|e| StoreError::io("encode stat cache", &self.file, std::io::Error::other(e)))?;
+        let bytes = postcard::to_allocvec(&disk)
+            .map_err(|e| StoreError::io("encode stat cache", &self.file, std::io::Error::other(e)))?;
         if let Some(dir) = self.file.parent() {
             fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
         }

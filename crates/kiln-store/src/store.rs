@@ -367,7 +367,7 @@ impl Store {
 
     /// Takes the store-wide lock in shared mode: builders share it, garbage collection
     /// takes it exclusively.
-    fn lock_shared_gc(&self) -> Result<File, StoreError> {
+    pub(crate) fn lock_shared_gc(&self) -> Result<File, StoreError> {
         let path = self.root.join("locks").join("gc.lock");
         let file = File::create(&path).map_err(|e| StoreError::io("create lock", &path, e))?;
         file.lock_shared().map_err(|e| StoreError::io("lock", &path, e))?;
@@ -408,7 +408,8 @@ impl Store {
         Ok(Entry { closure: *closure, dir, meta })
     }
 
-    fn lock_closure(&self, closure: &ClosureHash, on_wait: impl FnOnce()) -> Result<File, StoreError> {
+    /// Takes the lock of one closure, calling `on_wait` first when another process holds it.
+    pub(crate) fn lock_closure(&self, closure: &ClosureHash, on_wait: impl FnOnce()) -> Result<File, StoreError> {
         let path = self.root.join("locks").join(format!("{closure}.lock"));
         let file = File::create(&path).map_err(|e| StoreError::io("create lock", &path, e))?;
         match file.try_lock() {

@@ -31,6 +31,9 @@ enum Node {
 pub fn hash_tree(root: &Path) -> Result<OutputHash, StoreError> {
     let mut paths = Vec::new();
     collect(root, PathBuf::new(), &mut paths)?;
+    // The spec orders entries bytewise by their whole path (`foo`, `foo.rs`, `foo/x`), not
+    // depth first.
+    paths.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
     let nodes = paths
         .par_iter()
         .map(|relative| node_for(&root.join(relative)).map(|node| (relative, node)))
@@ -57,15 +60,14 @@ pub fn hash_tree(root: &Path) -> Result<OutputHash, StoreError> {
     Ok(OutputHash::from_blake3(hasher.finalize()))
 }
 
-/// Collects relative paths in canonical (bytewise by full path) order.
+/// Collects every relative path below `root`.
 fn collect(root: &Path, relative: PathBuf, out: &mut Vec<PathBuf>) -> Result<(), StoreError> {
     let dir = root.join(&relative);
-    let mut names = fs::read_dir(&dir)
+    let names = fs::read_dir(&dir)
         .map_err(|e| StoreError::io("read directory", &dir, e))?
         .map(|entry| entry.map(|e| e.file_name()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StoreError::io("read directory", &dir, e))?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     for name in names {
         let child = relative.join(&name);
         let meta =

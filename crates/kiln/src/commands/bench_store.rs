@@ -97,7 +97,10 @@ pub fn run(cx: &Cx) -> anyhow::Result<()> {
     fs::create_dir_all(&scratch_root)?;
     let scratch = tempfile::Builder::new().prefix("store-").tempdir_in(&scratch_root)?;
     let tree = scratch.path().join("tree");
-    cx.printer.status("Generating", &format!("{} files, {} MiB", SHAPE.small_files + SHAPE.large_files, SHAPE.total_bytes >> 20));
+    cx.printer.status(
+        "Generating",
+        &format!("{} files, {} MiB", SHAPE.small_files + SHAPE.large_files, SHAPE.total_bytes >> 20),
+    );
     generate(&tree)?;
     let bytes = dir_size(&tree);
     let mut out = std::io::stdout().lock();
@@ -148,8 +151,11 @@ pub fn run(cx: &Cx) -> anyhow::Result<()> {
         Ok(hash)
     })?;
     let git_status = if has("git") {
-        run_shell("git init -q . && git add -A && git commit -qm bench --no-gpg-sign -c user.name=b -c user.email=b@b", &tree)
-            .ok();
+        run_shell(
+            "git init -q . && git add -A && git commit -qm bench --no-gpg-sign -c user.name=b -c user.email=b@b",
+            &tree,
+        )
+        .ok();
         run_shell("git status --porcelain > /dev/null", &tree).ok()
     } else {
         None
@@ -173,18 +179,23 @@ pub fn run(cx: &Cx) -> anyhow::Result<()> {
     for part in 0..10 {
         let mut drv = Derivation::new("bench");
         drv.setting("part", part.to_string());
-        let (entry, _) = store.build(&drv, &format!("part-{part}"), || {}, |out_dir| {
-            for i in (part..200).step_by(10) {
-                let from = tree.join(format!("dir{i:03}"));
-                let to = out_dir.join(format!("dir{i:03}"));
-                fs::create_dir_all(&to)?;
-                for file in fs::read_dir(&from)? {
-                    let file = file?;
-                    fs::copy(file.path(), to.join(file.file_name()))?;
+        let (entry, _) = store.build(
+            &drv,
+            &format!("part-{part}"),
+            || {},
+            |out_dir| {
+                for i in (part..200).step_by(10) {
+                    let from = tree.join(format!("dir{i:03}"));
+                    let to = out_dir.join(format!("dir{i:03}"));
+                    fs::create_dir_all(&to)?;
+                    for file in fs::read_dir(&from)? {
+                        let file = file?;
+                        fs::copy(file.path(), to.join(file.file_name()))?;
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         closures.push(entry.closure);
     }
     let archive = scratch.path().join("store.tar.zst");
@@ -202,8 +213,10 @@ pub fn run(cx: &Cx) -> anyhow::Result<()> {
         )?;
         let unpack_dir = scratch.path().join("unpacked");
         fs::create_dir_all(&unpack_dir)?;
-        let extract =
-            run_shell(&format!("tar -I 'zstd -T0' -xf {} -C {}", tarball.display(), unpack_dir.display()), scratch.path())?;
+        let extract = run_shell(
+            &format!("tar -I 'zstd -T0' -xf {} -C {}", tarball.display(), unpack_dir.display()),
+            scratch.path(),
+        )?;
         let tar_size = fs::metadata(&tarball)?.len();
         let tar_total = create + extract;
         writeln!(

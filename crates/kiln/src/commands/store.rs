@@ -276,9 +276,12 @@ fn export(cx: &Cx, file: &std::path::Path, artifacts: &[String]) -> anyhow::Resu
 }
 
 fn import(cx: &Cx, file: &std::path::Path) -> anyhow::Result<u8> {
-    let summary = kiln_store::import_from_file(&cx.store, file)
-        .with_context(|| format!("cannot import `{}`", file.display()))?;
-    cx.printer.status("Imported", &format!("{} entries ({}) from {}", summary.entries, human_size(summary.bytes), file.display()));
+    let summary =
+        kiln_store::import_from_file(&cx.store, file).with_context(|| format!("cannot import `{}`", file.display()))?;
+    cx.printer.status(
+        "Imported",
+        &format!("{} entries ({}) from {}", summary.entries, human_size(summary.bytes), file.display()),
+    );
     Ok(exit_code::SUCCESS)
 }
 

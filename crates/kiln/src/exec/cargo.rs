@@ -9,9 +9,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use cargo_metadata::{DependencyKind, Message, Metadata, PackageId};
-use kiln_store::{
-    BuildOutcome, Derivation, Entry, InputHash, SourceSet, StatCache, Store, hash_file, hash_source_set,
-};
+use kiln_store::{BuildOutcome, Derivation, Entry, InputHash, SourceSet, StatCache, Store, hash_file, hash_source_set};
 
 use crate::{env, plan::BuildStep};
 
