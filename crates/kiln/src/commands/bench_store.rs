@@ -152,11 +152,11 @@ pub fn run(cx: &Cx) -> anyhow::Result<()> {
     })?;
     let git_status = if has("git") {
         run_shell(
-            "git init -q . && git add -A && git commit -qm bench --no-gpg-sign -c user.name=b -c user.email=b@b",
+            "git init -q . && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -qm bench --no-gpg-sign",
             &tree,
-        )
-        .ok();
-        run_shell("git status --porcelain > /dev/null", &tree).ok()
+        )?;
+        run_shell("git status --porcelain > /dev/null", &tree)?;
+        Some(run_shell("git status --porcelain > /dev/null", &tree)?)
     } else {
         None
     };
