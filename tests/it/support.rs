@@ -49,6 +49,26 @@ impl Project {
         Self { dir }
     }
 
+    /// A temp copy of a directory (a fixture repository), without its `target/`.
+    pub fn copy_of(dir: &Path) -> Self {
+        let temp = tempfile::Builder::new().prefix("kiln-it-").tempdir().expect("tempdir");
+        copy_tree(dir, temp.path());
+        // A fixture's xtask finds kiln by a path relative to its place in this repository.
+        let xtask = temp.path().join("xtask/Cargo.toml");
+        if let Ok(manifest) = fs::read_to_string(&xtask) {
+            let absolute = repo_root().join("crates/kiln").display().to_string();
+            fs::write(&xtask, manifest.replace("../../../../crates/kiln", &absolute)).expect("rewrite xtask");
+        }
+        Self { dir: temp }
+    }
+
+    /// `cargo kiln ARGS` run inside the project directory.
+    pub fn command_in_dir(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-it"));
+        command.args(args).current_dir(self.path()).env_remove("CI");
+        command
+    }
+
     /// The project directory.
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -20,6 +20,8 @@ pub enum Device {
     SifiveTest,
     /// Arm semihosting, through which a guest exits with a status code.
     Semihosting,
+    /// Any other QEMU device, by its `-device` value (`virtio-rng-pci`, ...).
+    Other(String),
 }
 
 impl Device {
@@ -32,7 +34,15 @@ impl Device {
             Self::Semihosting => {
                 argv.pair("-semihosting-config", "enable=on,target=native");
             }
+            Self::Other(device) => {
+                argv.pair("-device", device);
+            }
         }
+    }
+
+    /// Whether this device can end a run with a status (an exit device).
+    pub fn is_exit_device(&self) -> bool {
+        !matches!(self, Self::Other(_))
     }
 
     /// The QEMU exit statuses that mean "the guest passed" when this device ends the run.
@@ -40,7 +50,7 @@ impl Device {
         match self {
             // The example kernels write 0x10: (0x10 << 1) | 1.
             Self::DebugExit { .. } => &[33],
-            Self::SifiveTest | Self::Semihosting => &[0],
+            Self::SifiveTest | Self::Semihosting | Self::Other(_) => &[0],
         }
     }
 }
@@ -67,6 +77,16 @@ pub enum Console {
     Interactive,
 }
 
+/// How the guest image is handed to QEMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootMethod {
+    /// `-kernel IMAGE` (ELF or raw, as the machine's loader takes it).
+    Kernel,
+    /// `-drive format=raw,file=IMAGE,snapshot=on`: a disk image the firmware boots; writes
+    /// go to a temporary overlay, so the store's copy never changes.
+    Disk,
+}
+
 /// A QEMU profile: the machine, its CPU, memory, firmware, devices and extra arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Machine {
@@ -78,14 +98,16 @@ pub struct Machine {
     pub machine_type: String,
     /// `-cpu` model; `None` keeps QEMU's default.
     pub cpu: Option<String>,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-    /// Number of virtual CPUs.
-    pub smp: u32,
+    /// Guest memory in MiB; `None` keeps the machine's default (some boards allow only one size).
+    pub memory_mib: Option<u32>,
+    /// Number of virtual CPUs; `None` keeps the machine's default.
+    pub smp: Option<u32>,
     /// Firmware.
     pub firmware: Firmware,
     /// Devices the profile adds; the first one that can end a run is the exit device.
     pub devices: Vec<Device>,
+    /// How the image is booted.
+    pub boot: BootMethod,
     /// Extra arguments appended verbatim after everything kiln renders.
     pub extra_args: Vec<String>,
 }
@@ -107,17 +129,18 @@ impl Machine {
             arch,
             machine_type: machine_type.to_owned(),
             cpu: cpu.map(str::to_owned),
-            memory_mib: 128,
-            smp: 1,
+            memory_mib: Some(128),
+            smp: Some(1),
             firmware,
             devices,
+            boot: BootMethod::Kernel,
             extra_args: Vec::new(),
         }
     }
 
     /// The device that reports the guest's result through QEMU's exit status, if any.
     pub fn exit_device(&self) -> Option<&Device> {
-        self.devices.first()
+        self.devices.iter().find(|device| device.is_exit_device())
     }
 
     /// Renders the argument list that boots `kernel` headless with the given console.
@@ -127,8 +150,12 @@ impl Machine {
         if let Some(cpu) = &self.cpu {
             argv.pair("-cpu", cpu);
         }
-        argv.pair("-m", format!("{}M", self.memory_mib));
-        argv.pair("-smp", self.smp.to_string());
+        if let Some(memory) = self.memory_mib {
+            argv.pair("-m", format!("{memory}M"));
+        }
+        if let Some(smp) = self.smp {
+            argv.pair("-smp", smp.to_string());
+        }
         match &self.firmware {
             Firmware::MachineDefault => {}
             Firmware::Bundled => {
@@ -149,7 +176,14 @@ impl Machine {
         for device in &self.devices {
             device.render(&mut argv);
         }
-        argv.pair("-kernel", kernel);
+        match self.boot {
+            BootMethod::Kernel => argv.pair("-kernel", kernel),
+            BootMethod::Disk => {
+                let mut drive = std::ffi::OsString::from("format=raw,snapshot=on,file=");
+                drive.push(kernel);
+                argv.pair("-drive", drive)
+            }
+        };
         for extra in &self.extra_args {
             argv.arg(extra);
         }
@@ -190,6 +224,18 @@ mod tests {
             "-machine virt,accel=tcg -m 128M -smp 1 -bios default -nodefaults -display none -no-reboot \
              -monitor none -serial stdio -kernel /k"
         );
+    }
+
+    #[test]
+    fn disk_boot_uses_a_snapshot_drive_and_board_defaults_drop_memory() {
+        let mut machine = Machine::default_for(Arch::X86_64);
+        machine.boot = BootMethod::Disk;
+        machine.memory_mib = None;
+        machine.devices.push(Device::Other("virtio-rng-pci".into()));
+        let argv = machine.argv(Path::new("/img"), Accel::Tcg, Console::Captured).display();
+        assert!(argv.ends_with("-device virtio-rng-pci -drive format=raw,snapshot=on,file=/img"), "{argv}");
+        assert!(!argv.contains("-m "), "{argv}");
+        assert_eq!(machine.exit_device(), Some(&Device::DebugExit { iobase: 0xf4, iosize: 4 }));
     }
 
     #[test]

@@ -103,6 +103,43 @@ pub enum Command {
     Selftest(SelftestArgs),
     /// Inspect and maintain the store: ls, path, why, verify, gc, pin, export, import, key.
     Store(StoreArgs),
+    /// List what is left before `test` can pass: Kiln.toml TODOs and missing host tools.
+    Doctor,
+}
+
+/// The standalone `cargo kiln` command line: kiln's commands plus `init`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo kiln", bin_name = "cargo kiln", version, after_help = KILN_AFTER_HELP, max_term_width = 100)]
+pub struct StandaloneCli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// Run this cargo-kiln even where the repository's own xtask depends on kiln.
+    #[arg(long, global = true)]
+    pub no_delegate: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: StandaloneCommand,
+}
+
+const KILN_AFTER_HELP: &str = "\
+Adopting kiln in a repository:
+  cargo kiln init       writes xtask/, the `cargo xtask` alias, a commented Kiln.toml, a workflow
+  cargo kiln doctor     lists the TODOs init left and the host tools still missing
+  cargo xtask test      from then on, through the repository's own xtask
+
+Inside a repository whose xtask depends on kiln, `cargo kiln` hands over to `cargo xtask`,
+so one version of kiln acts on the project (`--no-delegate` overrides).";
+
+/// `cargo kiln` commands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum StandaloneCommand {
+    /// Adopt kiln in this repository (never overwrites a file).
+    Init(crate::commands::init::InitArgs),
+    /// kiln's commands.
+    #[command(flatten)]
+    Kiln(Command),
 }
 
 /// `store`.

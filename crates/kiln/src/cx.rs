@@ -38,10 +38,17 @@ pub struct Options {
 pub struct BuiltArtifact {
     /// Its closure hash.
     pub closure: ClosureHash,
-    /// The binary inside the store entry.
-    pub binary: PathBuf,
+    /// The images to boot inside the store entry (one, or one per test binary).
+    pub images: Vec<exec::BootImage>,
     /// Whether it was built now.
     pub outcome: BuildOutcome,
+}
+
+impl BuiltArtifact {
+    /// The first (for `kind = "bin"`, the only) image.
+    pub fn image(&self) -> &std::path::Path {
+        self.images.first().map_or(std::path::Path::new(""), |image| &image.path)
+    }
 }
 
 /// A command's context.
@@ -58,6 +65,32 @@ pub struct Cx {
 }
 
 impl Cx {
+    /// The context for the global options: finds and loads Kiln.toml, opens the store.
+    pub fn from_args(global: &crate::cli::GlobalArgs) -> anyhow::Result<Self> {
+        crate::commands::context(global)
+    }
+
+    /// The project root: the directory holding Kiln.toml.
+    pub fn root(&self) -> &std::path::Path {
+        &self.config.root
+    }
+
+    /// An xshell `Shell` whose working directory is the project root (the process's own
+    /// working directory is left alone).
+    pub fn shell(&self) -> anyhow::Result<xshell::Shell> {
+        let shell = xshell::Shell::new()?;
+        shell.change_dir(&self.config.root);
+        Ok(shell)
+    }
+
+    /// A custom build step, keyed and cached in the store like a cargo build: name its
+    /// inputs, then [`Step::build`] runs your closure only when the store lacks the result.
+    pub fn step(&self, name: &str) -> Step<'_> {
+        let mut derivation = Derivation::new("custom");
+        derivation.setting("name", name);
+        Step { cx: self, name: name.to_owned(), derivation }
+    }
+
     /// Opens the store the configuration names (or `KILN_STORE`).
     pub fn new(config: Config, printer: Printer, options: Options) -> anyhow::Result<Self> {
         let store_dir =
@@ -76,6 +109,7 @@ impl Cx {
     /// one per package directory and target, since they dominate a fully cached run.
     pub fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
         let dirs: BTreeSet<&PathBuf> = steps.iter().map(|s| &s.artifact.dir).collect();
+        self.provision_toolchains(&dirs)?;
         let queries: BTreeSet<(&PathBuf, &str)> = steps.iter().map(|s| (&s.artifact.dir, s.triple.as_str())).collect();
         let cache = exec::MetadataCache::new(self.work_dir().join("cache/cargo-metadata"));
         let (hosts, answers) = std::thread::scope(|scope| {
@@ -134,6 +168,25 @@ impl Cx {
         derivations
     }
 
+    /// Installs (when allowed) the toolchains that `rust-toolchain` files name, and warns
+    /// about floating channels. Current rustup no longer installs them by itself.
+    fn provision_toolchains(&self, dirs: &BTreeSet<&PathBuf>) -> anyhow::Result<()> {
+        let mut missing = Vec::new();
+        for dir in dirs {
+            if let Some((channel, file)) = provision::toolchain_file(dir) {
+                if provision::is_floating(&channel) {
+                    self.printer.warn(&format!(
+                        "`{}` names the floating channel `{channel}`: builds are not reproducible; \
+                         pin a date such as `{channel}-2026-08-01`",
+                        file.display()
+                    ));
+                }
+                missing.extend(provision::check_toolchain(dir));
+            }
+        }
+        provision::ensure(missing, self.options.install, &self.printer)
+    }
+
     /// A Kiln.toml error (exit code 2, pointing at the key) when the artifact's package is not
     /// a local package of the cargo workspace.
     fn check_package(&self, step: &BuildStep, metadata: &cargo_metadata::Metadata) -> anyhow::Result<()> {
@@ -163,8 +216,13 @@ impl Cx {
                 missing_targets.entry(step.artifact.dir.clone()).or_default().insert(step.triple.clone());
             }
         }
-        let missing =
+        let mut missing: Vec<_> =
             missing_targets.iter().flat_map(|(dir, targets)| provision::check_targets(dir, targets)).collect();
+        for step in steps.iter().filter(|s| s.artifact.build_std.is_some()) {
+            if missing_targets.contains_key(&step.artifact.dir) {
+                missing.extend(provision::check_rust_src(&step.artifact.dir));
+            }
+        }
         provision::ensure(missing, self.options.install, &self.printer)?;
 
         let quiet = self.printer.verbosity() < crate::report::Verbosity::Normal;
@@ -181,7 +239,7 @@ impl Cx {
                     }
                 }
             }
-            let (_, outcome, binary) = exec::realise(&self.store, step, drv, quiet, on_wait)?;
+            let (_, outcome, images) = exec::realise(&self.store, step, drv, quiet, on_wait)?;
             match outcome {
                 BuildOutcome::Cached => self.printer.status("Cached", &format!("{} {}", step.key, closure.short())),
                 BuildOutcome::Built { duration, replaced_corrupt } => {
@@ -200,7 +258,7 @@ impl Cx {
             let name = step.key.store_name();
             self.store.mark_used(&closure)?;
             self.store.record_name(&name, &closure)?;
-            built.insert(step.key.clone(), BuiltArtifact { closure, binary, outcome });
+            built.insert(step.key.clone(), BuiltArtifact { closure, images, outcome });
         }
         Ok(built)
     }
@@ -238,4 +296,70 @@ fn user_cache_dir() -> Option<PathBuf> {
         std::env::var_os("HOME").filter(|home| !home.is_empty()).map(|home| PathBuf::from(home).join(".cache"))
     })?;
     Some(base.join("kiln"))
+}
+
+/// A custom step under construction; see [`Cx::step`].
+#[must_use]
+pub struct Step<'a> {
+    cx: &'a Cx,
+    name: String,
+    derivation: Derivation,
+}
+
+impl Step<'_> {
+    /// A setting that changes the output (a version, a flag).
+    pub fn setting(mut self, name: &str, value: &str) -> Self {
+        self.derivation.setting(name, value);
+        self
+    }
+
+    /// A file the step reads.
+    pub fn input_file(mut self, name: &str, path: &std::path::Path) -> anyhow::Result<Self> {
+        let hash = kiln_store::hash_file(path).with_context(|| format!("cannot hash `{}`", path.display()))?;
+        self.derivation.input(format!("file:{name}"), kiln_store::InputHash(*hash.as_bytes()));
+        Ok(self)
+    }
+
+    /// A directory the step reads (hashed like a package's sources, .gitignore respected).
+    pub fn input_dir(mut self, name: &str, dir: &std::path::Path) -> anyhow::Result<Self> {
+        let set = kiln_store::SourceSet::package_dir(dir)?;
+        let hash = kiln_store::hash_source_set(&set, &StatCache::disabled())?;
+        self.derivation.input(format!("source:{name}"), hash);
+        Ok(self)
+    }
+
+    /// Another store entry the step reads (a built artifact).
+    pub fn input_entry(mut self, name: &str, closure: ClosureHash) -> Self {
+        self.derivation.input(format!("entry:{name}"), kiln_store::InputHash::of_closure(closure));
+        self
+    }
+
+    /// The step's closure hash, as its inputs stand now.
+    pub fn closure(&self) -> ClosureHash {
+        self.derivation.closure_hash()
+    }
+
+    /// Returns the step's output directory in the store, running `build` (which writes into
+    /// the directory it is given) only when the store lacks it.
+    pub fn build(
+        self,
+        build: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(PathBuf, BuildOutcome)> {
+        let on_wait = || self.cx.printer.status("Waiting", &format!("for another kiln running {}", self.name));
+        let (entry, outcome) = self.cx.store.build(&self.derivation, &self.name, on_wait, |out| {
+            build(out).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
+        })?;
+        self.cx.store.mark_used(&entry.closure)?;
+        self.cx.store.record_name(&self.name, &entry.closure)?;
+        match outcome {
+            BuildOutcome::Cached => {
+                self.cx.printer.status("Cached", &format!("{} {}", self.name, entry.closure.short()))
+            }
+            BuildOutcome::Built { duration, .. } => self.cx.printer.status(
+                "Built",
+                &format!("{} {} in {}", self.name, entry.closure.short(), crate::report::seconds(duration)),
+            ),
+        }
+        Ok((entry.out_dir(), outcome))
+    }
 }

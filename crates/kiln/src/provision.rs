@@ -54,6 +54,20 @@ pub enum Missing {
         /// The directory whose toolchain needs it.
         dir: PathBuf,
     },
+    /// The toolchain a `rust-toolchain(.toml)` file names.
+    Toolchain {
+        /// Its channel, e.g. `nightly-2026-08-01`.
+        channel: String,
+        /// The directory the file applies to.
+        dir: PathBuf,
+    },
+    /// A rustup component (`rust-src` for `build-std`).
+    Component {
+        /// The component.
+        component: String,
+        /// The directory whose toolchain needs it.
+        dir: PathBuf,
+    },
 }
 
 impl Missing {
@@ -61,6 +75,8 @@ impl Missing {
         match self {
             Self::Package { package, needed_for } => format!("package `{package}` (for {needed_for})"),
             Self::RustupTarget { target, .. } => format!("rustup target `{target}`"),
+            Self::Toolchain { channel, .. } => format!("toolchain `{channel}` (from rust-toolchain file)"),
+            Self::Component { component, .. } => format!("rustup component `{component}`"),
         }
     }
 }
@@ -82,7 +98,7 @@ pub fn check_machine(machine: &Machine) -> Vec<Missing> {
 /// The rustup targets among `targets` that the toolchain in `dir` lacks. Without rustup,
 /// nothing is reported (cargo then names the problem itself).
 pub fn check_targets(dir: &Path, targets: &BTreeSet<String>) -> Vec<Missing> {
-    let output = Command::new("rustup").args(["target", "list", "--installed"]).current_dir(dir).output();
+    let output = crate::exec::tool_command("rustup", dir).args(["target", "list", "--installed"]).output();
     let Ok(output) = output else {
         return Vec::new();
     };
@@ -95,6 +111,67 @@ pub fn check_targets(dir: &Path, targets: &BTreeSet<String>) -> Vec<Missing> {
         .filter(|t| !installed.contains(*t) && !t.ends_with(".json"))
         .map(|t| Missing::RustupTarget { target: t.clone(), dir: dir.to_owned() })
         .collect()
+}
+
+/// The channel named by the `rust-toolchain(.toml)` file that applies in `dir`, with the file.
+pub fn toolchain_file(dir: &Path) -> Option<(String, PathBuf)> {
+    for ancestor in dir.ancestors() {
+        let toml_file = ancestor.join("rust-toolchain.toml");
+        if let Ok(text) = std::fs::read_to_string(&toml_file) {
+            let channel = text
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|table| table.get("toolchain")?.get("channel")?.as_str().map(str::to_owned))?;
+            return Some((channel, toml_file));
+        }
+        let plain = ancestor.join("rust-toolchain");
+        if let Ok(text) = std::fs::read_to_string(&plain) {
+            let channel = match text.parse::<toml::Table>() {
+                Ok(table) => table.get("toolchain")?.get("channel")?.as_str()?.to_owned(),
+                Err(_) => text.trim().to_owned(),
+            };
+            return Some((channel, plain));
+        }
+    }
+    None
+}
+
+/// Whether a channel floats (moves from day to day), so builds with it are not reproducible.
+pub fn is_floating(channel: &str) -> bool {
+    matches!(channel, "nightly" | "beta") || channel.starts_with("nightly-x86") || channel.starts_with("beta-x86")
+}
+
+/// The toolchain the project's toolchain file names, when rustup lacks it.
+pub fn check_toolchain(dir: &Path) -> Vec<Missing> {
+    let Some((channel, _)) = toolchain_file(dir) else { return Vec::new() };
+    let Ok(output) = crate::exec::tool_command("rustup", dir).args(["toolchain", "list"]).output() else {
+        return Vec::new();
+    };
+    let listed = String::from_utf8_lossy(&output.stdout);
+    let installed = listed.lines().any(|line| {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        name == channel || name.starts_with(&format!("{channel}-"))
+    });
+    if installed { Vec::new() } else { vec![Missing::Toolchain { channel, dir: dir.to_owned() }] }
+}
+
+/// `rust-src`, when the toolchain in `dir` lacks it (needed by `build-std`).
+pub fn check_rust_src(dir: &Path) -> Vec<Missing> {
+    let output = crate::exec::tool_command("rustup", dir).args(["component", "list", "--installed"]).output();
+    let Ok(output) = output else { return Vec::new() };
+    if !output.status.success() {
+        return Vec::new();
+    }
+    let has = String::from_utf8_lossy(&output.stdout).lines().any(|l| l.starts_with("rust-src"));
+    if has { Vec::new() } else { vec![Missing::Component { component: "rust-src".to_owned(), dir: dir.to_owned() }] }
+}
+
+/// One line per missing thing, then the commands that install them.
+pub fn describe_fixes(missing: &[Missing]) -> Vec<String> {
+    let mut lines: Vec<String> = missing.iter().map(|m| format!("missing: {}", m.describe())).collect();
+    lines.push("install them with:".to_owned());
+    lines.extend(install_commands(missing).into_iter().map(|c| format!("    {}", c.shown)));
+    lines
 }
 
 /// Installs what is missing, or fails with the exact commands that would.
@@ -136,9 +213,10 @@ pub fn ensure(missing: Vec<Missing>, mode: InstallMode, printer: &Printer) -> an
     let had_qemu_img = firmware::find_program("qemu-img").is_some();
     for command in &commands {
         printer.status("Installing", &command.shown);
-        let status = Command::new(&command.program)
+        // Through `tool_command`, so the toolchain `cargo xtask` runs on does not stand in
+        // for the project's own (rustup sets RUSTUP_TOOLCHAIN for the xtask).
+        let status = crate::exec::tool_command(&command.program, &command.dir)
             .args(&command.args)
-            .current_dir(&command.dir)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .with_context(|| format!("failed to run `{}`", command.shown))?;
@@ -167,7 +245,7 @@ fn install_commands(missing: &[Missing]) -> Vec<InstallCommand> {
         .iter()
         .filter_map(|m| match m {
             Missing::Package { package, .. } => Some(*package),
-            Missing::RustupTarget { .. } => None,
+            Missing::RustupTarget { .. } | Missing::Toolchain { .. } | Missing::Component { .. } => None,
         })
         .collect::<BTreeSet<_>>()
         .into_iter()
@@ -177,13 +255,30 @@ fn install_commands(missing: &[Missing]) -> Vec<InstallCommand> {
         commands.extend(system_package_commands(&packages));
     }
     for m in missing {
-        if let Missing::RustupTarget { target, dir } = m {
+        if let Missing::Toolchain { channel, dir } = m {
             commands.push(InstallCommand {
+                program: "rustup".into(),
+                args: vec!["toolchain".into(), "install".into()],
+                dir: dir.clone(),
+                shown: format!("(cd {} && rustup toolchain install)  # installs {channel}", dir.display()),
+            });
+        }
+    }
+    for m in missing {
+        match m {
+            Missing::RustupTarget { target, dir } => commands.push(InstallCommand {
                 program: "rustup".into(),
                 args: vec!["target".into(), "add".into(), target.clone()],
                 dir: dir.clone(),
                 shown: format!("rustup target add {target}"),
-            });
+            }),
+            Missing::Component { component, dir } => commands.push(InstallCommand {
+                program: "rustup".into(),
+                args: vec!["component".into(), "add".into(), component.clone()],
+                dir: dir.clone(),
+                shown: format!("(cd {} && rustup component add {component})", dir.display()),
+            }),
+            Missing::Package { .. } | Missing::Toolchain { .. } => {}
         }
     }
     commands

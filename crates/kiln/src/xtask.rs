@@ -1,8 +1,49 @@
-//! The facade a project's own `cargo xtask` calls.
+//! The facade a project's own `cargo xtask` calls. It is small and kept stable; the crates
+//! behind it may move faster.
 //!
+//! The three-line `main`:
 //! ```no_run
 //! fn main() -> std::process::ExitCode {
 //!     kiln::xtask::main()
+//! }
+//! ```
+//!
+//! Your own verbs beside kiln's, with plain clap:
+//! ```no_run
+//! use kiln::{clap::{self, Parser, Subcommand}, xtask::{Cx, GlobalArgs, Run}};
+//!
+//! #[derive(Parser)]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     global: GlobalArgs,
+//!     #[command(subcommand)]
+//!     command: Cmd,
+//! }
+//!
+//! #[derive(Subcommand)]
+//! enum Cmd {
+//!     #[command(flatten)]
+//!     Kiln(kiln::xtask::Command),
+//!     /// Print the store's location.
+//!     Where,
+//! }
+//!
+//! impl Run for Cmd {
+//!     fn run(self, global: &GlobalArgs) -> anyhow::Result<u8> {
+//!         match self {
+//!             Cmd::Kiln(command) => command.run(global),
+//!             Cmd::Where => {
+//!                 let cx = Cx::from_args(global)?;
+//!                 println!("{}", cx.store.root().display());
+//!                 Ok(kiln::exit_code::SUCCESS)
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let cli = Cli::parse();
+//!     kiln::xtask::run_with(&cli.global, cli.command)
 //! }
 //! ```
 
@@ -10,7 +51,10 @@ use std::{ffi::OsString, process::ExitCode};
 
 use clap::Parser;
 
-pub use crate::cli::{Cli, Command};
+pub use crate::{
+    cli::{Cli, Command, GlobalArgs, StandaloneCli, StandaloneCommand},
+    cx::{Cx, Step},
+};
 use crate::{commands::UsageError, config::ConfigError, exit_code};
 
 /// Parses the process's arguments, runs the command, prints any error, and returns the exit
@@ -33,6 +77,95 @@ pub fn run_args_to_code(args: impl IntoIterator<Item = impl Into<OsString> + Clo
             if err.use_stderr() { exit_code::USAGE } else { exit_code::SUCCESS }
         }
     }
+}
+
+/// A command kiln can run: its own ([`Command`]) or yours. Return an exit code from
+/// [`crate::exit_code`]; errors are rendered and mapped to codes by [`run_with`].
+pub trait Run {
+    /// Runs the command.
+    fn run(self, global: &GlobalArgs) -> anyhow::Result<u8>;
+}
+
+impl Run for Command {
+    fn run(self, global: &GlobalArgs) -> anyhow::Result<u8> {
+        crate::commands::run_command(global, self)
+    }
+}
+
+/// Runs a command (kiln's or yours), prints any error, and returns the exit code.
+pub fn run_with(global: &GlobalArgs, command: impl Run) -> ExitCode {
+    match command.run(global) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("{}", render_error(&err));
+            ExitCode::from(error_exit_code(&err))
+        }
+    }
+}
+
+/// The standalone `cargo kiln` (also callable as `kiln`): kiln's commands plus `init`. Inside
+/// a repository whose xtask depends on kiln it hands over to `cargo xtask`.
+pub fn standalone_main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    // `cargo kiln ARGS` runs `cargo-kiln kiln ARGS`.
+    if args.get(1).is_some_and(|arg| arg == "kiln") {
+        args.remove(1);
+    }
+    let cli = match StandaloneCli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { exit_code::USAGE } else { exit_code::SUCCESS });
+        }
+    };
+    let printer = crate::report::Printer::new(crate::commands::verbosity(&cli.global));
+    match cli.command {
+        StandaloneCommand::Init(init) => match crate::commands::init::run(&init, &printer) {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                eprintln!("{}", render_error(&err));
+                ExitCode::from(error_exit_code(&err))
+            }
+        },
+        StandaloneCommand::Kiln(command) => {
+            if !cli.no_delegate
+                && let Some(root) = delegate_root(&cli.global)
+            {
+                printer.status(
+                    "Delegating",
+                    &format!(
+                        "to `cargo xtask` in {}: its xtask depends on kiln (`--no-delegate` runs this cargo-kiln)",
+                        root.display()
+                    ),
+                );
+                let forwarded: Vec<&OsString> = args.iter().skip(1).filter(|arg| *arg != "--no-delegate").collect();
+                return match std::process::Command::new("cargo").arg("xtask").args(forwarded).status() {
+                    Ok(status) => ExitCode::from(status.code().map_or(exit_code::INFRASTRUCTURE, |c| c as u8)),
+                    Err(err) => {
+                        eprintln!("error: failed to run `cargo xtask`: {err}");
+                        ExitCode::from(exit_code::INFRASTRUCTURE)
+                    }
+                };
+            }
+            run_with(&cli.global, command)
+        }
+    }
+}
+
+/// The repository root when its own xtask depends on kiln and has the `cargo xtask` alias.
+fn delegate_root(global: &GlobalArgs) -> Option<std::path::PathBuf> {
+    let start = match &global.config {
+        Some(file) => std::path::absolute(file).ok()?.parent()?.to_owned(),
+        None => std::env::current_dir().ok()?,
+    };
+    start.ancestors().find_map(|dir| {
+        let manifest = std::fs::read_to_string(dir.join("xtask/Cargo.toml")).ok()?;
+        let manifest = manifest.parse::<toml::Table>().ok()?;
+        let depends = manifest.get("dependencies").and_then(|d| d.get("kiln")).is_some();
+        let config = std::fs::read_to_string(dir.join(".cargo/config.toml")).ok()?;
+        let aliased = config.parse::<toml::Table>().ok()?.get("alias").and_then(|a| a.get("xtask")).is_some();
+        (depends && aliased).then(|| dir.to_owned())
+    })
 }
 
 /// Runs a parsed command line.

@@ -89,8 +89,8 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
         };
         let arch = run.machine.arch;
         let accel = accels.get(&arch).map_or(Accel::Tcg, |c| c.accel);
-        let ours = run.machine.argv(&artifact.binary, accel, Console::Captured);
-        let naive = naive_argv(arch, &artifact.binary);
+        let ours = run.machine.argv(artifact.image(), accel, Console::Captured);
+        let naive = naive_argv(arch, artifact.image());
         let mut kiln = Measured { times: Vec::new(), failures: 0 };
         let mut hand = Measured { times: Vec::new(), failures: 0 };
         cx.printer.status("Benching", &format!("{} ({runs} boots each)", run.label()));

@@ -9,13 +9,15 @@ use crate::{
     plan::{Plan, Selection},
 };
 
-/// Builds and prints `ARTIFACT ARCH PATH` per binary on stdout.
+/// Builds and prints `ARTIFACT ARCH PATH` per bootable image on stdout.
 pub fn run(cx: &Cx, args: &BuildArgs) -> anyhow::Result<u8> {
     let plan = Plan::for_build(&cx.config, &Selection { arches: args.arch.clone(), cases: Vec::new() });
     let built = cx.realise(&plan.builds)?;
     let mut stdout = std::io::stdout().lock();
     for (key, artifact) in &built {
-        writeln!(stdout, "{} {} {}", key.artifact, key.arch, artifact.binary.display())?;
+        for image in &artifact.images {
+            writeln!(stdout, "{} {} {}", key.artifact, key.arch, image.path.display())?;
+        }
     }
     Ok(exit_code::SUCCESS)
 }

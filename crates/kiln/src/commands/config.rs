@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, io::Write as _, path::Path};
 
-use kiln_qemu::{Console, Firmware, accel::Accel};
+use kiln_qemu::{BootMethod, Console, Device, Firmware, accel::Accel};
 
 use crate::{config::Config, cx::Cx, exit_code};
 
@@ -45,6 +45,16 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
         if let Some(bin) = &artifact.bin {
             writeln!(out, "bin = {}", quote(bin))?;
         }
+        writeln!(out, "kind = {}", quote(&format!("{:?}", artifact.kind).to_lowercase()))?;
+        if let Some(crates) = &artifact.build_std {
+            writeln!(out, "build-std = {}", list(crates.iter().map(String::as_str)))?;
+        }
+        writeln!(out, "build-std-features = {}", list(artifact.build_std_features.iter().map(String::as_str)))?;
+        for (name, value) in &artifact.env {
+            writeln!(out, "env.{} = {}", quote(name), quote(value))?;
+        }
+        writeln!(out, "rustflags = {}", list(artifact.rustflags.iter().map(String::as_str)))?;
+        writeln!(out, "image = {}", quote(&format!("{:?}", artifact.image).to_lowercase()))?;
     }
     for machine in config.machines.values() {
         writeln!(out, "\n[machine.{}]", quote(&machine.name))?;
@@ -53,8 +63,12 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
         if let Some(cpu) = &machine.cpu {
             writeln!(out, "cpu = {}", quote(cpu))?;
         }
-        writeln!(out, "memory = \"{}M\"", machine.memory_mib)?;
-        writeln!(out, "smp = {}", machine.smp)?;
+        if let Some(memory) = machine.memory_mib {
+            writeln!(out, "memory = \"{memory}M\"")?;
+        }
+        if let Some(smp) = machine.smp {
+            writeln!(out, "smp = {smp}")?;
+        }
         let firmware = match &machine.firmware {
             Firmware::MachineDefault => quote("machine"),
             Firmware::Bundled => quote("default"),
@@ -63,6 +77,17 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
         };
         writeln!(out, "firmware = {firmware}")?;
         writeln!(out, "args = {}", list(machine.extra_args.iter().map(String::as_str)))?;
+        writeln!(out, "semihosting = {}", machine.devices.contains(&Device::Semihosting))?;
+        let others = machine.devices.iter().filter_map(|d| match d {
+            Device::Other(device) => Some(device.as_str()),
+            _ => None,
+        });
+        writeln!(out, "devices = {}", list(others))?;
+        let boot = match machine.boot {
+            BootMethod::Kernel => "kernel",
+            BootMethod::Disk => "disk",
+        };
+        writeln!(out, "boot = {}", quote(boot))?;
         let argv = machine.argv(Path::new("KERNEL"), Accel::Tcg, Console::Captured);
         writeln!(out, "# runs: {} {}", machine.arch.qemu_binary(), argv.display())?;
     }
@@ -100,8 +125,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("k")).expect("mkdir");
         std::fs::write(dir.path().join("k/Cargo.toml"), "[package]\nname = \"k\"\n").expect("write");
-        let text = "[artifact.a]\npackage = \"k\"\npath = \"k\"\nfeatures = [\"x\"]\n\
+        let text = "[artifact.a]\npackage = \"k\"\npath = \"k\"\nfeatures = [\"x\"]\nbuild-std = [\"core\"]\nenv.A = \"1\"\nimage = \"raw\"\n\
                     [machine.big]\narch = \"aarch64\"\ncpu = \"max\"\nmemory = \"1G\"\nargs = [\"-d\", \"int\"]\n\
+                    [machine.pi]\narch = \"aarch64\"\nmachine = \"raspi3b\"\ndevices = [\"usb-kbd\"]\nboot = \"disk\"\n\
                     [case.c]\nartifact = \"a\"\nmachines = [\"big\", \"riscv64\"]\nsuccess = \"^ok \\\\d+$\"\n\
                     no-output-timeout = \"1m 30s\"\nsuccess-exit-codes = [0, 33]\n";
         let file = dir.path().join("Kiln.toml");

@@ -4,6 +4,8 @@ mod bench;
 mod bench_store;
 mod build;
 mod config;
+mod doctor;
+pub mod init;
 mod qemu;
 mod selftest;
 mod store;
@@ -40,11 +42,19 @@ impl UsageError {
 
 /// Runs a parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    let mut cx = context(&cli.global)?;
-    if let Command::Build(args) = &cli.command {
+    run_command(&cli.global, cli.command)
+}
+
+/// Runs one of kiln's commands with the global options.
+pub fn run_command(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> {
+    if let Command::Doctor = command {
+        return doctor::run(global, &Printer::new(verbosity(global)));
+    }
+    let mut cx = context(global)?;
+    if let Command::Build(args) = &command {
         cx.options.explain = args.explain;
     }
-    match cli.command {
+    match command {
         Command::Build(args) => build::run(&cx, &args),
         Command::Test(args) => test::run(&cx, &args).map(|summary| {
             test::print_summary(&cx, &summary);
@@ -55,6 +65,18 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(_) => config::run(&cx),
         Command::Selftest(args) => selftest::run(&cx, &args),
         Command::Store(args) => store::run(&cx, &args.command),
+        Command::Doctor => Ok(crate::exit_code::SUCCESS),
+    }
+}
+
+/// The verbosity the global options ask for.
+pub fn verbosity(global: &GlobalArgs) -> Verbosity {
+    if global.quiet {
+        Verbosity::Quiet
+    } else if global.verbose > 0 {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
     }
 }
 
@@ -68,13 +90,7 @@ pub fn context(global: &GlobalArgs) -> anyhow::Result<Cx> {
         }
     };
     let config = Config::load(&file)?;
-    let verbosity = if global.quiet {
-        Verbosity::Quiet
-    } else if global.verbose > 0 {
-        Verbosity::Verbose
-    } else {
-        Verbosity::Normal
-    };
+    let verbosity = verbosity(global);
     let jobs = global.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), usize::from);
     let accel = match global.accel {
         AccelArg::Auto => AccelPolicy::Auto,

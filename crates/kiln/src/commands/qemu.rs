@@ -53,7 +53,7 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
     let built = cx.realise(&plan.builds)?;
     let artifact = built.get(&run.build).ok_or_else(|| anyhow::anyhow!("{} was not built", run.build))?;
     let accel = cx.accelerators([run.machine.arch])[&run.machine.arch].accel;
-    let argv = run.machine.argv(&artifact.binary, accel, Console::Interactive);
+    let argv = run.machine.argv(artifact.image(), accel, Console::Interactive);
     let program = run.machine.arch.qemu_binary();
     cx.printer.status("Booting", &format!("{} (Ctrl-A X quits, Ctrl-A C switches to the monitor)", run.label()));
     cx.printer.verbose("Running", &format!("{program} {}", argv.display()));

@@ -109,7 +109,7 @@ fn ls(cx: &Cx) -> anyhow::Result<u8> {
 
 fn path(cx: &Cx, arg: &ArtifactArg) -> anyhow::Result<u8> {
     let steps = with_derivations(cx, steps_of(cx, arg)?)?;
-    let several = steps.len() > 1;
+    let several = steps.len() > 1 || steps.iter().any(|(s, _)| s.artifact.kind == crate::config::ArtifactKind::Tests);
     let mut out = std::io::stdout().lock();
     for (step, drv) in &steps {
         let Some(entry) = cx.store.lookup(&drv.closure_hash())? else {
@@ -119,14 +119,12 @@ fn path(cx: &Cx, arg: &ArtifactArg) -> anyhow::Result<u8> {
             )
             .into());
         };
-        let binary = std::fs::read_dir(entry.out_dir())?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .next()
-            .context("the entry's output directory is empty")?;
-        if several {
-            writeln!(out, "{} {}", step.key.arch, binary.display())?;
-        } else {
-            writeln!(out, "{}", binary.display())?;
+        for image in crate::exec::images_in(&entry, step.artifact.image)? {
+            if several {
+                writeln!(out, "{} {}", step.key.arch, image.path.display())?;
+            } else {
+                writeln!(out, "{}", image.path.display())?;
+            }
         }
     }
     Ok(exit_code::SUCCESS)

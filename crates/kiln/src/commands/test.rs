@@ -7,11 +7,13 @@ use std::{
 };
 
 use anyhow::Context as _;
+use kiln_qemu::accel::Accel;
 use kiln_store::BuildOutcome;
 
 use crate::{
     cli::TestArgs,
     commands::UsageError,
+    config::ArtifactKind,
     cx::Cx,
     exit_code,
     plan::{Plan, Selection},
@@ -43,19 +45,24 @@ pub fn prepare(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, PathB
     let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
     let log_dir = cx.work_dir().join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create `{}`", log_dir.display()))?;
-    let ready = plan
-        .runs
-        .iter()
-        .filter_map(|run| {
-            let artifact = built.get(&run.build)?;
-            Some(ReadyRun {
-                run: run.clone(),
-                kernel: artifact.binary.clone(),
+    let mut ready = Vec::new();
+    for run in &plan.runs {
+        let Some(artifact) = built.get(&run.build) else { continue };
+        let per_test = cx.config.artifacts.get(&run.build.artifact).is_some_and(|a| a.kind == ArtifactKind::Tests);
+        let accel = accels.get(&run.machine.arch).map_or(Accel::Tcg, |c| c.accel);
+        for image in &artifact.images {
+            let mut run = run.clone();
+            if per_test {
+                run.case = format!("{}[{}]", run.case, image.name);
+            }
+            ready.push(ReadyRun {
+                run,
+                kernel: image.path.clone(),
                 built: matches!(artifact.outcome, BuildOutcome::Built { .. }),
-                accel: accels.get(&run.machine.arch).map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel),
-            })
-        })
-        .collect();
+                accel,
+            });
+        }
+    }
     Ok((ready, log_dir))
 }
 

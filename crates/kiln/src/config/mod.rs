@@ -15,13 +15,13 @@ use std::{
     time::Duration,
 };
 
-use kiln_qemu::{Firmware, Machine};
+use kiln_qemu::{BootMethod, Device, Firmware, Machine};
 use kiln_types::Arch;
 use regex::Regex;
 use toml::Spanned;
 
 pub use diagnostic::{ConfigError, ConfigErrorDetails, Source, closest as closest_name};
-pub use raw::Expect;
+pub use raw::{ArtifactKind, Expect, ImageFormat};
 use raw::{RawArtifact, RawCase, RawMachine, RawManifest, RawSize};
 
 /// The file name kiln looks for.
@@ -70,6 +70,18 @@ pub struct Artifact {
     pub no_default_features: bool,
     /// The binary target, when the package has several.
     pub bin: Option<String>,
+    /// A binary, or every test binary.
+    pub kind: ArtifactKind,
+    /// `-Z build-std=...` crates (needs a nightly toolchain and `rust-src`).
+    pub build_std: Option<Vec<String>>,
+    /// `-Z build-std-features=...`.
+    pub build_std_features: Vec<String>,
+    /// Environment variables for cargo (closure inputs).
+    pub env: BTreeMap<String, String>,
+    /// Flags added to the project's own rustflags (never replacing them).
+    pub rustflags: Vec<String>,
+    /// ELF or raw binary.
+    pub image: ImageFormat,
 }
 
 /// A test case: an artifact booted on machines and judged.
@@ -145,6 +157,17 @@ fn deserialize(source: &Source) -> Result<RawManifest, ConfigError> {
         ConfigError::at(source, e.span(), key, e.message().trim().to_owned())
     };
     let table = toml::de::DeTable::parse(&source.text).map_err(syntax_error)?;
+    if let Some(todo) = todos(table.get_ref()).into_iter().next() {
+        return Err(ConfigError::at(
+            source,
+            Some(todo.span),
+            Some(todo.key),
+            format!("Kiln.toml still has a value to fill in: {}", todo.text),
+        )
+        .with_help(
+            "replace the TODO value (the comment above it says what goes there); `cargo kiln doctor` lists every TODO",
+        ));
+    }
     let mut unknown = Vec::new();
     let raw: RawManifest = serde_ignored::deserialize(toml::de::Deserializer::from(table), |path| {
         unknown.push(path_segments(&path));
@@ -196,6 +219,60 @@ fn unknown_key_error(source: &Source, path: &[String]) -> ConfigError {
         None if !valid.is_empty() => err.with_help(format!("valid keys here: {}", valid.join(", "))),
         None => err,
     }
+}
+
+/// A value still to be filled in: a string starting with `TODO` (as `cargo kiln init` writes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Todo {
+    /// The dotted key.
+    pub key: String,
+    /// The value's text.
+    pub text: String,
+    /// Where the value is.
+    pub span: Range<usize>,
+}
+
+fn todos(table: &toml::de::DeTable<'_>) -> Vec<Todo> {
+    fn walk(value: &toml::Spanned<toml::de::DeValue<'_>>, key: String, found: &mut Vec<Todo>) {
+        match value.get_ref() {
+            toml::de::DeValue::String(text) if text.trim_start().starts_with("TODO") => {
+                found.push(Todo { key, text: text.to_string(), span: value.span() });
+            }
+            toml::de::DeValue::Table(table) => {
+                for (name, inner) in table.iter() {
+                    walk(inner, format!("{key}.{}", name.get_ref()), found);
+                }
+            }
+            toml::de::DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, format!("{key}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for (name, value) in table.iter() {
+        walk(value, name.get_ref().to_string(), &mut found);
+    }
+    found.sort_by_key(|todo| todo.span.start);
+    found
+}
+
+/// Every TODO value in a Kiln.toml, with its line, for `doctor` and `init`.
+pub fn todos_in_file(file: &Path) -> Result<Vec<(Todo, usize)>, ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::whole_file(file, format!("cannot read {FILE_NAME}: {e}")))?;
+    let source = Source { path: file.to_owned(), text };
+    let table = toml::de::DeTable::parse(&source.text)
+        .map_err(|e| ConfigError::at(&source, e.span(), None, e.message().trim().to_owned()))?;
+    Ok(todos(table.get_ref())
+        .into_iter()
+        .map(|todo| {
+            let line = source.line_col(todo.span.start).0;
+            (todo, line)
+        })
+        .collect())
 }
 
 /// The span of the key at `path`, found by walking the parsed document.
@@ -384,6 +461,12 @@ impl Resolver<'_> {
             features: raw.features,
             no_default_features: raw.no_default_features,
             bin: raw.bin,
+            kind: raw.kind,
+            build_std: raw.build_std,
+            build_std_features: raw.build_std_features,
+            env: raw.env,
+            rustflags: raw.rustflags,
+            image: raw.image,
         })
     }
 
@@ -407,19 +490,25 @@ impl Resolver<'_> {
         };
         let mut machine = Machine::default_for(arch);
         machine.name = name.to_owned();
-        if let Some(machine_type) = raw.machine {
+        if let Some(machine_type) = raw.machine
+            && machine_type != machine.machine_type
+        {
+            // Another board fixes its own CPU and memory size: keep QEMU's defaults for it.
             machine.machine_type = machine_type;
+            machine.cpu = None;
+            machine.memory_mib = None;
+            machine.smp = None;
         }
         if let Some(cpu) = raw.cpu {
             machine.cpu = Some(cpu);
         }
         if let Some(memory) = raw.memory {
-            machine.memory_mib = parse_size(memory.get_ref()).ok_or_else(|| {
+            machine.memory_mib = Some(parse_size(memory.get_ref()).ok_or_else(|| {
                 self.error(Some(memory.span()), key("memory"), "memory must be MiB or a size like \"256M\" or \"1G\"")
-            })?;
+            })?);
         }
         if let Some(smp) = raw.smp {
-            machine.smp = smp.max(1);
+            machine.smp = Some(smp.max(1));
         }
         if let Some(firmware) = raw.firmware {
             machine.firmware = match firmware.as_str() {
@@ -441,6 +530,21 @@ impl Resolver<'_> {
         }
         if let Some(args) = raw.args {
             machine.extra_args = args;
+        }
+        if let Some(semihosting) = raw.semihosting {
+            machine.devices.retain(|device| *device != Device::Semihosting);
+            if semihosting {
+                machine.devices.insert(0, Device::Semihosting);
+            }
+        }
+        if let Some(devices) = raw.devices {
+            machine.devices.extend(devices.into_iter().map(Device::Other));
+        }
+        if let Some(boot) = raw.boot {
+            machine.boot = match boot {
+                raw::RawBoot::Kernel => BootMethod::Kernel,
+                raw::RawBoot::Disk => BootMethod::Disk,
+            };
         }
         Ok(machine)
     }

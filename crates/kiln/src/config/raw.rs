@@ -43,6 +43,40 @@ pub(crate) struct RawArtifact {
     #[serde(default)]
     pub no_default_features: bool,
     pub bin: Option<String>,
+    #[serde(default)]
+    pub kind: ArtifactKind,
+    pub build_std: Option<Vec<String>>,
+    #[serde(default)]
+    pub build_std_features: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub rustflags: Vec<String>,
+    #[serde(default)]
+    pub image: ImageFormat,
+}
+
+/// What cargo builds for an artifact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactKind {
+    /// `cargo build`: one binary.
+    #[default]
+    Bin,
+    /// `cargo test --no-run`: every test binary; each becomes a run of the cases that boot it.
+    Tests,
+}
+
+/// The form an artifact's binaries are booted in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    /// The ELF file cargo wrote.
+    #[default]
+    Elf,
+    /// A flat binary of the ELF's loadable segments from the lowest physical address
+    /// (`objcopy -O binary`), for boards that load raw images.
+    Raw,
 }
 
 /// `[machine.NAME]`: overrides of a built-in QEMU profile.
@@ -56,6 +90,17 @@ pub(crate) struct RawMachine {
     pub smp: Option<u32>,
     pub firmware: Option<String>,
     pub args: Option<Vec<String>>,
+    pub semihosting: Option<bool>,
+    pub devices: Option<Vec<String>>,
+    pub boot: Option<RawBoot>,
+}
+
+/// `boot = "kernel" | "disk"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawBoot {
+    Kernel,
+    Disk,
 }
 
 /// A memory size: an integer (MiB) or text such as `"256M"` or `"1G"`.

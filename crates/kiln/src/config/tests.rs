@@ -106,6 +106,6 @@ fn machine_overrides_apply_on_the_builtin_profile() {
     let (_dir, config) = project(&text);
     let machine = &config.expect("valid").machines["aarch64"];
     assert_eq!(machine.cpu.as_deref(), Some("max"));
-    assert_eq!(machine.memory_mib, 1024);
+    assert_eq!(machine.memory_mib, Some(1024));
     assert_eq!(machine.machine_type, "virt");
 }

@@ -11,7 +11,11 @@ use anyhow::{Context, bail};
 use cargo_metadata::{DependencyKind, Message, Metadata, PackageId};
 use kiln_store::{BuildOutcome, Derivation, Entry, InputHash, SourceSet, StatCache, Store, hash_file, hash_source_set};
 
-use crate::{env, plan::BuildStep};
+use crate::{
+    config::{ArtifactKind, ImageFormat},
+    env,
+    plan::BuildStep,
+};
 
 /// Bumped whenever the way kiln builds cargo artifacts changes their output.
 const BUILDER_VERSION: &str = "kiln-cargo-build-1";
@@ -60,8 +64,8 @@ pub(crate) fn tool_command(program: &str, dir: &Path) -> Command {
 }
 
 /// The local (path) packages `root` depends on for `triple`, itself included; dev-only
-/// dependencies are left out.
-fn local_closure(metadata: &Metadata, root: &PackageId) -> Vec<PackageId> {
+/// dependencies are left out unless `with_dev` (test builds use the root's dev-dependencies).
+fn local_closure(metadata: &Metadata, root: &PackageId, with_dev: bool) -> Vec<PackageId> {
     let Some(resolve) = &metadata.resolve else {
         return vec![root.clone()];
     };
@@ -76,7 +80,8 @@ fn local_closure(metadata: &Metadata, root: &PackageId) -> Vec<PackageId> {
         if let Some(node) = nodes.get(id) {
             for dep in &node.deps {
                 let runtime = dep.dep_kinds.iter().any(|k| k.kind != DependencyKind::Development);
-                if runtime {
+                let is_root = *id == *root;
+                if runtime || (with_dev && is_root) {
                     stack.push(&dep.pkg);
                 }
             }
@@ -114,10 +119,26 @@ pub fn derivation_for(
         .setting("profile", &artifact.profile)
         .setting("features", artifact.features.join(","))
         .setting("no-default-features", artifact.no_default_features.to_string())
-        .setting("bin", artifact.bin.clone().unwrap_or_default());
+        .setting("bin", artifact.bin.clone().unwrap_or_default())
+        .setting("kind", format!("{:?}", artifact.kind).to_lowercase())
+        .setting("image", format!("{:?}", artifact.image).to_lowercase())
+        .setting("rustflags", artifact.rustflags.join("\u{1f}"));
+    if let Some(crates) = &artifact.build_std {
+        drv.setting("build-std", crates.join(","));
+        drv.setting("build-std-features", artifact.build_std_features.join(","));
+    }
+    for (name, value) in &artifact.env {
+        drv.setting(format!("env:{name}"), value);
+    }
     drv.input("tool:rustc", InputHash::of_bytes(host.rustc_version.as_bytes()));
+    if step.triple.ends_with(".json") {
+        let spec = artifact.dir.join(&step.triple);
+        let name = format!("file:{}", input_path_name(&spec, &step.project_root));
+        drv.input(name, InputHash(*hash_file(&spec)?.as_bytes()));
+    }
 
-    for id in local_closure(metadata, &package.id) {
+    let with_dev = artifact.kind == ArtifactKind::Tests;
+    for id in local_closure(metadata, &package.id, with_dev) {
         let Some(local) = metadata.packages.iter().find(|p| p.id == id) else {
             continue;
         };
@@ -185,45 +206,120 @@ fn build_environment(triple: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Returns the store entry of `step`, running cargo when it is missing, and the path of the
-/// built binary inside it.
+/// A binary to boot, inside a store entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootImage {
+    /// The cargo target it was built from (the test file's name for test binaries).
+    pub name: String,
+    /// Its path in the store.
+    pub path: PathBuf,
+}
+
+/// Returns the store entry of `step`, running cargo when it is missing, and the images to
+/// boot inside it (one for a binary, one per test binary for `kind = "tests"`).
 pub fn realise(
     store: &Store,
     step: &BuildStep,
     derivation: &Derivation,
     quiet: bool,
     on_wait: impl FnOnce(),
-) -> anyhow::Result<(Entry, BuildOutcome, PathBuf)> {
+) -> anyhow::Result<(Entry, BuildOutcome, Vec<BootImage>)> {
     let name = step.key.store_name();
     let (entry, outcome) = store.build(derivation, &name, on_wait, |out| {
         cargo_build(step, out, quiet).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
     })?;
-    let binary = binary_in(&entry)?;
-    Ok((entry, outcome, binary))
+    let images = images_in(&entry, step.artifact.image)?;
+    Ok((entry, outcome, images))
 }
 
-fn binary_in(entry: &Entry) -> anyhow::Result<PathBuf> {
+/// The images of `format` in a store entry, sorted by name.
+pub fn images_in(entry: &Entry, format: ImageFormat) -> anyhow::Result<Vec<BootImage>> {
     let out = entry.out_dir();
-    let mut files = std::fs::read_dir(&out)
-        .with_context(|| format!("store entry `{}` has no output directory", entry.closure))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect::<Vec<_>>();
-    files.sort();
-    match files.as_slice() {
-        [one] => Ok(one.clone()),
-        _ => bail!(
-            "store entry `{}` should hold exactly one binary, found {}; run `cargo xtask build` after removing `{}`",
-            entry.closure,
-            files.len(),
-            entry.dir.display()
-        ),
+    let mut images = Vec::new();
+    for file in
+        std::fs::read_dir(&out).with_context(|| format!("store entry `{}` has no output directory", entry.closure))?
+    {
+        let path = file?.path();
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let wanted = match format {
+            ImageFormat::Elf => (!file_name.ends_with(".bin")).then_some(file_name),
+            ImageFormat::Raw => file_name.strip_suffix(".bin"),
+        };
+        if let Some(name) = wanted {
+            images.push(BootImage { name: name.to_owned(), path: path.clone() });
+        }
+    }
+    images.sort_by(|a, b| a.name.cmp(&b.name));
+    if images.is_empty() {
+        bail!(
+            "store entry `{}` holds no {format:?} image; remove it with `cargo xtask store verify --repair` or `store gc`",
+            entry.closure
+        );
+    }
+    Ok(images)
+}
+
+/// The `rustflags` config keys the project sets in its cargo config files, so extra flags are
+/// appended where cargo will read them: every `target.*.rustflags` the files define (cargo
+/// joins the matching ones and then ignores `build.rustflags`), else `build.rustflags`.
+fn rustflags_keys(dir: &Path, workspace_root: &Path) -> Vec<Vec<String>> {
+    let mut keys = Vec::new();
+    for file in build_config_files(dir, workspace_root) {
+        let is_cargo_config = file.parent().is_some_and(|p| p.ends_with(".cargo"));
+        let Some(table) = is_cargo_config
+            .then(|| std::fs::read_to_string(&file).ok())
+            .flatten()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+        else {
+            continue;
+        };
+        if let Some(targets) = table.get("target").and_then(|t| t.as_table()) {
+            for (target, settings) in targets {
+                if settings.get("rustflags").is_some() {
+                    let key = vec!["target".to_owned(), target.clone(), "rustflags".to_owned()];
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+    }
+    if keys.is_empty() {
+        keys.push(vec!["build".to_owned(), "rustflags".to_owned()]);
+    }
+    keys
+}
+
+/// `--config` arguments that append `flags` to the project's rustflags, or, when the user's
+/// environment sets them (which replaces the config), the environment to set instead.
+fn extra_rustflags(command: &mut Command, flags: &[String], dir: &Path, workspace_root: &Path) {
+    if flags.is_empty() {
+        return;
+    }
+    let from_env = std::env::var("CARGO_ENCODED_RUSTFLAGS")
+        .ok()
+        .map(|encoded| encoded.split('\u{1f}').filter(|f| !f.is_empty()).map(str::to_owned).collect::<Vec<_>>())
+        .or_else(|| std::env::var("RUSTFLAGS").ok().map(|flags| flags.split_whitespace().map(str::to_owned).collect()));
+    if let Some(mut existing) = from_env {
+        existing.extend(flags.iter().cloned());
+        command.env_remove("RUSTFLAGS").env("CARGO_ENCODED_RUSTFLAGS", existing.join("\u{1f}"));
+        return;
+    }
+    let value = toml::Value::Array(flags.iter().cloned().map(toml::Value::String).collect());
+    for key in rustflags_keys(dir, workspace_root) {
+        let quoted: Vec<String> = key.iter().map(|segment| toml::Value::String(segment.clone()).to_string()).collect();
+        command.arg("--config").arg(format!("{}={value}", quoted.join(".")));
     }
 }
 
 fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> {
     let artifact = &step.artifact;
     let mut command = tool_command("cargo", &artifact.dir);
-    command.args(["build", "--message-format", "json-render-diagnostics"]);
+    match artifact.kind {
+        ArtifactKind::Bin => command.arg("build"),
+        ArtifactKind::Tests => command.args(["test", "--no-run"]),
+    };
+    command.args(["--message-format", "json-render-diagnostics"]);
     command.args(["--package", &artifact.package, "--target", &step.triple, "--profile", &artifact.profile]);
     if let Some(bin) = &artifact.bin {
         command.args(["--bin", bin]);
@@ -234,6 +330,15 @@ fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> 
     if artifact.no_default_features {
         command.arg("--no-default-features");
     }
+    if let Some(crates) = &artifact.build_std {
+        command.arg(format!("-Zbuild-std={}", crates.join(",")));
+        if !artifact.build_std_features.is_empty() {
+            command.arg(format!("-Zbuild-std-features={}", artifact.build_std_features.join(",")));
+        }
+    }
+    let workspace_root = workspace_root_of(&artifact.dir);
+    extra_rustflags(&mut command, &artifact.rustflags, &artifact.dir, &workspace_root);
+    command.envs(&artifact.env);
     if quiet {
         command.arg("--quiet");
     }
@@ -247,32 +352,62 @@ fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> 
         let message = message.context("failed to read cargo's JSON messages")?;
         if let Message::CompilerArtifact(built) = message
             && let Some(executable) = built.executable
-            && built.target.is_bin()
-            && artifact.bin.as_ref().is_none_or(|bin| *bin == built.target.name)
         {
-            executables.push((built.target.name.clone(), executable.into_std_path_buf()));
+            let wanted = match artifact.kind {
+                ArtifactKind::Bin => {
+                    built.target.is_bin() && artifact.bin.as_ref().is_none_or(|bin| *bin == built.target.name)
+                }
+                ArtifactKind::Tests => built.profile.test,
+            };
+            if wanted {
+                executables.push((built.target.name.clone(), executable.into_std_path_buf()));
+            }
         }
     }
     let status = child.wait().context("failed to wait for cargo")?;
     if !status.success() {
-        bail!("`cargo build` for {} (target {}) failed with {status}", step.key, step.triple);
+        let verb = if artifact.kind == ArtifactKind::Tests { "test --no-run" } else { "build" };
+        bail!("`cargo {verb}` for {} (target {}) failed with {status}", step.key, step.triple);
     }
-    let (bin_name, executable) = match executables.as_slice() {
-        [one] => one.clone(),
-        [] => bail!(
-            "`cargo build` for {} produced no binary; is `{}` a package with a [[bin]] target?",
+    let chosen = match (artifact.kind, executables.as_slice()) {
+        (_, []) => bail!(
+            "cargo built no {} for {}; does `{}` have {}?",
+            if artifact.kind == ArtifactKind::Tests { "test binary" } else { "binary" },
             step.key,
-            artifact.package
+            artifact.package,
+            if artifact.kind == ArtifactKind::Tests { "test targets (tests/*.rs)" } else { "a [[bin]] target" }
         ),
-        many => bail!(
+        (ArtifactKind::Bin, [one]) => vec![one.clone()],
+        (ArtifactKind::Bin, many) => bail!(
             "package `{}` has several binaries ({}); choose one with `bin = \"NAME\"` in `[artifact.{}]`",
             artifact.package,
             many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
             artifact.name
         ),
+        (ArtifactKind::Tests, all) => all.to_vec(),
     };
-    let target = out.join(&bin_name);
-    std::fs::copy(&executable, &target)
-        .with_context(|| format!("failed to copy `{}` into the store", executable.display()))?;
+    for (name, executable) in chosen {
+        let target = out.join(&name);
+        std::fs::copy(&executable, &target)
+            .with_context(|| format!("failed to copy `{}` into the store", executable.display()))?;
+        if artifact.image == ImageFormat::Raw {
+            super::image::write_raw_beside(&target)?;
+        }
+    }
     Ok(())
+}
+
+/// The cargo workspace root around `dir`: the outermost ancestor whose Cargo.toml has a
+/// `[workspace]` table, else `dir`.
+fn workspace_root_of(dir: &Path) -> PathBuf {
+    dir.ancestors()
+        .filter(|ancestor| {
+            std::fs::read_to_string(ancestor.join("Cargo.toml"))
+                .ok()
+                .and_then(|text| text.parse::<toml::Table>().ok())
+                .is_some_and(|table| table.contains_key("workspace"))
+        })
+        .last()
+        .unwrap_or(dir)
+        .to_owned()
 }

@@ -1,8 +1,10 @@
 //! Executing a plan's builds through the store.
 
 mod cargo;
+mod image;
 mod metadata;
 
 pub(crate) use cargo::tool_command;
-pub use cargo::{CargoHost, derivation_for, realise};
+pub use cargo::{BootImage, CargoHost, derivation_for, images_in, realise};
+pub use image::raw_binary;
 pub use metadata::{MetadataAnswer, MetadataCache, run_cargo_metadata};

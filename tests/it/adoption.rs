@@ -1,0 +1,81 @@
+//! kiln in another repository: a user's xtask with its own verbs, `cargo kiln init`.
+
+use std::process::Command;
+
+use crate::support::{Project, repo_root};
+
+const ONE_ARTIFACT: &str = r#"
+[artifact.hello]
+package = "hello-kernel"
+path = "examples/kernel"
+arches = ["riscv64", "aarch64"]
+"#;
+
+#[test]
+fn a_user_xtask_adds_its_own_cached_verb_beside_kilns() {
+    let project = Project::example(ONE_ARTIFACT);
+    let xtask = env!("CARGO_BIN_EXE_custom-xtask");
+    let help = Command::new(xtask).arg("--help").output().expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for verb in ["test", "build", "store", "pack"] {
+        assert!(help.lines().any(|l| l.trim_start().starts_with(verb)), "`{verb}` missing from:\n{help}");
+    }
+    let config = project.path().join("Kiln.toml");
+    let run = |args: &[&str]| {
+        let output = Command::new(xtask).arg("--config").arg(&config).args(args).output().expect("runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, image, log) = run(&["pack"]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("Built pack"), "{log}");
+    let bytes = std::fs::read(image.trim()).expect("the packed image");
+    assert!(bytes.starts_with(b"KILNPACK") && bytes.len() > 1000);
+    let (code, again, log) = run(&["pack"]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("Cached pack"), "the custom step is cached:\n{log}");
+    assert_eq!(again, image);
+    let (code, _, log) = run(&["-q", "build", "--arch", "riscv64"]);
+    assert_eq!(code, Some(0), "kiln's own verbs work through the user's xtask: {log}");
+}
+
+#[test]
+fn init_adopts_a_kernel_repository_and_test_passes_after_filling_the_todos() {
+    let fixture = repo_root().join("tests/fixtures/bare-kernel");
+    let project = Project::copy_of(&fixture);
+    let kiln_path = repo_root().join("crates/kiln");
+    let init = project
+        .command_in_dir(&["init", "--kiln-path", kiln_path.to_str().expect("utf-8")])
+        .output()
+        .expect("init runs");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    for file in
+        ["xtask/Cargo.toml", "xtask/src/main.rs", ".cargo/config.toml", "Kiln.toml", ".github/workflows/kiln.yml"]
+    {
+        assert!(project.path().join(file).is_file(), "init wrote {file}");
+    }
+    let again = project.command_in_dir(&["init"]).output().expect("init runs");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("Unchanged"), "a second init changes nothing");
+
+    let doctor = project.command_in_dir(&["--no-delegate", "doctor"]).output().expect("doctor runs");
+    let doctor_text = String::from_utf8_lossy(&doctor.stderr);
+    assert_eq!(doctor.status.code(), Some(1), "{doctor_text}");
+    assert!(doctor_text.contains("TODO") && doctor_text.contains("case.boot.success"), "{doctor_text}");
+    let refused = project.command_in_dir(&["--no-delegate", "test"]).output().expect("test runs");
+    assert_eq!(refused.status.code(), Some(2), "kiln refuses to run with TODOs left");
+
+    let kiln_toml = project.path().join("Kiln.toml");
+    let text = std::fs::read_to_string(&kiln_toml).expect("Kiln.toml");
+    let filled = text.replace("\"TODO: x86_64, aarch64 or riscv64\"", "\"riscv64\"").replace(
+        "\"TODO: the line your kernel prints when it passes\"",
+        "\"ALL TESTS PASSED\"\nstop-on-success = true",
+    );
+    std::fs::write(&kiln_toml, filled).expect("fill TODOs");
+    let test = project.command_in_dir(&["--no-delegate", "--accel", "tcg", "test"]).output().expect("test runs");
+    let log = String::from_utf8_lossy(&test.stderr);
+    assert!(test.status.success(), "{log}");
+    assert!(log.contains("1 passed, 0 failed"), "{log}");
+}
