@@ -109,3 +109,21 @@ fn machine_overrides_apply_on_the_builtin_profile() {
     assert_eq!(machine.memory_mib, Some(1024));
     assert_eq!(machine.machine_type, "virt");
 }
+
+#[test]
+fn reference_documents_every_key() {
+    let reference = include_str!("../../../../docs/kiln-toml.md");
+    let tables: [(&str, &[&str]); 5] = [
+        ("top level", fields::field_names::<raw::RawManifest>()),
+        ("[store]", fields::field_names::<raw::RawStore>()),
+        ("[artifact.NAME]", fields::field_names::<raw::RawArtifact>()),
+        ("[machine.NAME]", fields::field_names::<raw::RawMachine>()),
+        ("[case.NAME]", fields::field_names::<raw::RawCase>()),
+    ];
+    for (table, keys) in tables {
+        assert!(!keys.is_empty(), "{table}: no keys read");
+        for key in keys {
+            assert!(reference.contains(&format!("| `{key}` |")), "docs/kiln-toml.md lacks `{key}` of {table}");
+        }
+    }
+}
