@@ -79,3 +79,25 @@ fn init_adopts_a_kernel_repository_and_test_passes_after_filling_the_todos() {
     assert!(test.status.success(), "{log}");
     assert!(log.contains("1 passed, 0 failed"), "{log}");
 }
+
+#[test]
+fn cargo_kiln_hands_over_to_a_repository_xtask_that_depends_on_kiln() {
+    let project = Project::example(ONE_ARTIFACT);
+    std::fs::create_dir_all(project.path().join("xtask")).expect("mkdir");
+    std::fs::write(
+        project.path().join("xtask/Cargo.toml"),
+        "[package]\nname = \"xtask\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\nkiln = \"0.1\"\n",
+    )
+    .expect("write");
+    std::fs::create_dir_all(project.path().join(".cargo")).expect("mkdir");
+    // An alias that builds nothing: `cargo xtask config` becomes `cargo version config`.
+    std::fs::write(project.path().join(".cargo/config.toml"), "[alias]\nxtask = \"version\"\n").expect("write");
+    let delegated = project.command_in_dir(&["config"]).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&delegated.stderr);
+    assert!(stderr.contains("Delegating to `cargo xtask`"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&delegated.stdout).contains("[artifact.hello]"), "kiln did not run it itself");
+    assert!(stderr.contains("version"), "cargo ran the repository's alias: {stderr}");
+    let here = project.command_in_dir(&["--no-delegate", "config"]).output().expect("runs");
+    assert!(here.status.success());
+    assert!(String::from_utf8_lossy(&here.stdout).contains("[artifact.hello]"), "--no-delegate runs kiln itself");
+}
