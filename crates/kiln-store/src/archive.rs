@@ -242,6 +242,9 @@ pub fn export_to_file(store: &Store, closures: &[ClosureHash], path: &Path) -> R
     })?;
     // An error seen by the background sync is not reported again by the next one.
     synced.and_then(|()| file.sync_all()).map_err(|e| StoreError::io("sync", temp.path(), e))?;
+    // Temporary files are created 0600; an archive is meant to be shared.
+    fs::set_permissions(temp.path(), fs::Permissions::from_mode(0o644))
+        .map_err(|e| StoreError::io("set permissions of", temp.path(), e))?;
     temp.persist(path).map_err(|e| StoreError::io("rename the archive to", path, e.error))?;
     sync_dir(dir)?;
     Ok(summary)
@@ -1361,12 +1364,9 @@ fn verify_entry(root: &Path, entry: &StagedEntry) -> Result<(), StoreError> {
     for (key, node) in &entry.nodes {
         let path = dir.join(OsStr::from_bytes(key));
         match node {
-            Node::Dir => {
-                // Read-only like the store's own entries; the files already are.
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o555))
-                    .map_err(|e| StoreError::io("set permissions of", &path, e))?;
-                to_sync.push(path);
-            }
+            // Files are read-only like the store's own; directories stay writable so that
+            // `rm -rf target` and `cargo clean` work for people who are not root.
+            Node::Dir => to_sync.push(path),
             Node::File => to_sync.push(path),
             Node::Symlink(_) => {}
         }
@@ -1673,8 +1673,11 @@ mod tests {
             "far away"
         );
         assert!(rich.join("empty").is_dir());
-        for path in [rich.clone(), rich.join("bin"), rich.join("README"), rich.join("empty")] {
+        for path in [rich.join("bin/kernel"), rich.join("README")] {
             assert_eq!(mode(&path) & 0o222, 0, "{} is writable", path.display());
+        }
+        for path in [rich.clone(), rich.join("bin"), rich.join("empty")] {
+            assert_ne!(mode(&path) & 0o200, 0, "directories stay removable: {}", path.display());
         }
         let big = b.store.lookup(&closures[1]).expect("lookup").expect("big").out_dir();
         assert_eq!(fs::read(big.join("big.bin")).expect("read"), filler(7, 3 * IO_BUFFER + 123));

@@ -3,7 +3,7 @@
 use std::{
     fs,
     io::Read,
-    os::unix::ffi::OsStrExt,
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -29,15 +29,39 @@ pub struct SourceSet {
 
 impl SourceSet {
     /// Lists the files of a package directory the way a build sees them: `.gitignore` and
-    /// friends are respected, `target/` directories and nested packages (directories with
-    /// their own `Cargo.toml`) are left out.
+    /// `.ignore` files inside it are respected, `target/` directories and nested packages
+    /// (directories with their own `Cargo.toml`) are left out, symlinks are followed.
     pub fn package_dir(dir: &Path) -> Result<Self, StoreError> {
+        Self::package_dir_within(dir, dir)
+    }
+
+    /// As [`SourceSet::package_dir`], also respecting the `.gitignore` files of the directories
+    /// between `dir` and `boundary` (the project root). Ignore files above the boundary, git's
+    /// global excludes and `.git/info/exclude` never count: they differ between machines and
+    /// checkouts, and would change the hash.
+    pub fn package_dir_within(dir: &Path, boundary: &Path) -> Result<Self, StoreError> {
         let root = dir.to_owned();
-        let walker = ignore::WalkBuilder::new(dir)
+        let mut builder = ignore::WalkBuilder::new(dir);
+        builder
             .hidden(false)
-            .parents(true)
+            .parents(false)
+            .git_global(false)
+            .git_exclude(false)
             .require_git(false)
-            .threads(rayon::current_num_threads())
+            .follow_links(true)
+            .threads(rayon::current_num_threads());
+        if dir.starts_with(boundary) {
+            for ancestor in dir.ancestors().skip(1) {
+                if !ancestor.starts_with(boundary) {
+                    break;
+                }
+                let ignore_file = ancestor.join(".gitignore");
+                if ignore_file.is_file() {
+                    builder.add_ignore(ignore_file);
+                }
+            }
+        }
+        let walker = builder
             .filter_entry({
                 let root = root.clone();
                 move |entry| {
@@ -94,12 +118,17 @@ pub fn hash_source_set(set: &SourceSet, cache: &StatCache) -> Result<InputHash, 
         .par_iter()
         .map(|relative| {
             let path = set.base.join(relative);
-            let meta = fs::symlink_metadata(&path).map_err(|e| StoreError::io("inspect", &path, e))?;
-            if meta.file_type().is_symlink() {
-                let target = fs::read_link(&path).map_err(|e| StoreError::io("read symlink", &path, e))?;
-                Ok((b'l', *blake3::hash(target.as_os_str().as_bytes()).as_bytes()))
-            } else {
-                Ok((b'f', cache.hash_file(&path, &meta)?))
+            // The compiler reads through symlinks, so their targets' content is hashed; only a
+            // dangling link is entered by its target text.
+            match fs::metadata(&path) {
+                Ok(meta) => {
+                    let kind = if meta.permissions().mode() & 0o100 != 0 { b'x' } else { b'f' };
+                    Ok((kind, cache.hash_file(&path, &meta)?))
+                }
+                Err(_) => {
+                    let target = fs::read_link(&path).map_err(|e| StoreError::io("read symlink", &path, e))?;
+                    Ok((b'l', *blake3::hash(target.as_os_str().as_bytes()).as_bytes()))
+                }
             }
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -151,6 +180,36 @@ mod tests {
         let set = SourceSet::package_dir(root).expect("walk");
         let names: Vec<_> = set.files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
         assert_eq!(names, [".gitignore", "Cargo.toml", "src/main.rs"]);
+    }
+
+    #[test]
+    fn symlinked_sources_are_hashed_by_their_targets_content() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let target = outside.path().join("console.rs");
+        fs::write(&target, "pub fn a() {}").expect("write");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(&target, dir.path().join("console.rs")).expect("symlink");
+        let hash = || {
+            hash_source_set(&SourceSet::package_dir(dir.path()).expect("walk"), &StatCache::disabled()).expect("hash")
+        };
+        let before = hash();
+        fs::write(&target, "compile_error!(\"changed\");").expect("write");
+        assert_ne!(before, hash(), "an edit behind a symlink changes the hash");
+    }
+
+    #[test]
+    fn ignore_files_above_the_boundary_and_global_excludes_do_not_count() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        fs::write(outer.path().join(".gitignore"), "*.x\n").expect("write");
+        let project = outer.path().join("project");
+        let package = project.join("kernel");
+        fs::create_dir_all(&package).expect("mkdir");
+        fs::write(package.join("link.x"), "ENTRY(_start)").expect("write");
+        let set = SourceSet::package_dir_within(&package, &project).expect("walk");
+        assert_eq!(set.files, [PathBuf::from("link.x")], "a .gitignore above the project is not read");
+        fs::write(project.join(".gitignore"), "*.x\n").expect("write");
+        let set = SourceSet::package_dir_within(&package, &project).expect("walk");
+        assert!(set.files.is_empty(), "the project's own .gitignore is read");
     }
 
     #[test]

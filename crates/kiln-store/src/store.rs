@@ -119,17 +119,18 @@ impl Store {
             let name = entry.file_name().to_string_lossy().into_owned();
             let mut parts = name.split('.');
             let first = parts.next().unwrap_or_default();
-            let dead = match first.parse::<ClosureHash>() {
+            // The closure's lock is held while its dead builder's directory is removed.
+            let (dead, _held) = match first.parse::<ClosureHash>() {
                 Ok(closure) => {
                     let lock = self.root.join("locks").join(format!("{closure}.lock"));
                     match File::create(&lock) {
-                        Ok(file) => file.try_lock().is_ok(),
-                        Err(_) => false,
+                        Ok(file) if file.try_lock().is_ok() => (true, Some(file)),
+                        _ => (false, None),
                     }
                 }
                 Err(_) => {
                     let pid = parts.next().and_then(|pid| pid.parse::<u32>().ok());
-                    pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                    (pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()), None)
                 }
             };
             if dead {
@@ -182,7 +183,7 @@ impl Store {
         F: FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
     {
         let closure = derivation.closure_hash();
-        if let Some(entry) = self.lookup(&closure)?
+        if let Ok(Some(entry)) = self.lookup(&closure)
             && self.intact_if_small(&entry)?
         {
             return Ok((entry, BuildOutcome::Cached));
@@ -190,12 +191,21 @@ impl Store {
         let _gc_guard = self.lock_shared_gc()?;
         let _lock = self.lock_closure(&closure, on_wait)?;
         let mut replaced_corrupt = false;
-        if let Some(entry) = self.lookup(&closure)? {
-            if self.intact_if_small(&entry)? {
-                return Ok((entry, BuildOutcome::Cached));
+        match self.lookup(&closure) {
+            Ok(Some(entry)) => {
+                if self.intact_if_small(&entry)? {
+                    return Ok((entry, BuildOutcome::Cached));
+                }
+                self.remove_entry(&closure)?;
+                replaced_corrupt = true;
             }
-            self.remove_entry(&closure)?;
-            replaced_corrupt = true;
+            Ok(None) => {}
+            // Unreadable metadata is corruption like any other: rebuild the entry.
+            Err(StoreError::CorruptMeta { .. }) => {
+                self.remove_entry(&closure)?;
+                replaced_corrupt = true;
+            }
+            Err(err) => return Err(err),
         }
         self.remove_stale_temp_dirs(&closure)?;
 
@@ -362,7 +372,42 @@ impl Store {
             report.freed_bytes += bytes;
             report.removed.push((entry.closure, entry.meta.name.clone(), bytes));
         }
+        if !dry_run {
+            self.remove_idle_lock_files()?;
+        }
         Ok(report)
+    }
+
+    /// Removes the lock files of closures that have no entry and no builder (failed or
+    /// killed builds); runs under the exclusive store lock.
+    fn remove_idle_lock_files(&self) -> Result<(), StoreError> {
+        let dir = self.root.join("locks");
+        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io("read directory", &dir, e))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(closure) = name.strip_suffix(".lock").and_then(|c| c.parse::<ClosureHash>().ok()) else {
+                continue;
+            };
+            if self.entry_dir(&closure).exists() {
+                continue;
+            }
+            if let Ok(file) = File::open(entry.path())
+                && file.try_lock().is_ok()
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every pin labelled `label`; returns how many there were.
+    pub fn unpin_label(&self, label: &str) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for (closure, pinned) in self.pins()? {
+            if pinned == label && self.unpin(&closure)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Takes the store-wide lock in shared mode: builders share it, garbage collection
@@ -461,8 +506,9 @@ fn tree_size(root: &Path) -> Result<u64, StoreError> {
     Ok(total)
 }
 
-/// Drops write permission from everything under `root` (executable bits stay), so a
-/// published entry is not changed by accident.
+/// Drops write permission from every file under `root` (executable bits stay), so a
+/// published entry is not changed by accident. Directories stay writable, so that
+/// `rm -rf target` and `cargo clean` still work for people who are not root.
 fn make_read_only(root: &Path) -> Result<(), StoreError> {
     let meta = fs::symlink_metadata(root).map_err(|e| StoreError::io("inspect", root, e))?;
     if meta.file_type().is_symlink() {
@@ -473,6 +519,7 @@ fn make_read_only(root: &Path) -> Result<(), StoreError> {
             let entry = entry.map_err(|e| StoreError::io("read directory", root, e))?;
             make_read_only(&entry.path())?;
         }
+        return Ok(());
     }
     let mode = meta.permissions().mode() & !0o222;
     fs::set_permissions(root, fs::Permissions::from_mode(mode))

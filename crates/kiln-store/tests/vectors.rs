@@ -55,6 +55,20 @@ fn tree_vector_4_orders_by_whole_path() {
     assert_documented(VECTOR_4);
 }
 
+#[test]
+fn source_set_vector_5_keeps_the_executable_bit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fs::create_dir(root.join("bin")).expect("mkdir");
+    fs::write(root.join("bin/run.sh"), b"#!").expect("write");
+    fs::set_permissions(root.join("bin/run.sh"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::write(root.join("lib.rs"), b"pub fn f() {}").expect("write");
+    let set = kiln_store::SourceSet::package_dir(root).expect("walk");
+    let hash = kiln_store::hash_source_set(&set, &kiln_store::StatCache::disabled()).expect("hash").to_hex();
+    assert_eq!(hash, VECTOR_5);
+    assert_documented(VECTOR_5);
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -64,3 +78,4 @@ const VECTOR_2: &str = "9db44ee204230f47dab12b8d024bee232d4c17aa8ad8bbb672608434
 const VECTOR_2_ENCODING: &str = "0b00000000000000636172676f2d6275696c640200000000000000070000000000000070726f66696c65070000000000000072656c6561736506000000000000007461726765741a000000000000007269736376363467632d756e6b6e6f776e2d6e6f6e652d656c6602000000000000000f0000000000000066696c653a436172676f2e6c6f636be73acfadf2de935ef6e689d57aec63e8d98e8092061fa61c9fcd1a3ce46016e20a00000000000000746f6f6c3a7275737463cad6f1c7387140a1fc009f3d4cc3273b8b5b45966fa99fe76dd2d101c3f8136d";
 const VECTOR_3: &str = "bbcaf8a854ea5f8da32144f359f9cd5d8f09cd10736565897187b08221c040b7";
 const VECTOR_4: &str = "0a557829057fa2c75192d08ff36eec4de53d42ab21caffd730d624c0832096ec";
+const VECTOR_5: &str = "ecd48cffcc5649c229d9bd8d5d04ee2ed8c5b62e1c5a0b162adc102e8a0d0f83";

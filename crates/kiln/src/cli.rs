@@ -95,7 +95,8 @@ pub enum Command {
     Test(TestArgs),
     /// Boot one case with the serial console attached (Ctrl-A X quits, Ctrl-A C: monitor).
     Qemu(QemuArgs),
-    /// Time boot-to-verdict with kiln's machine profiles against naive QEMU command lines.
+    /// Benchmarks side by side: boots against naive QEMU command lines; hashing, rehash and
+    /// export+import against b3sum, git status and tar+zstd.
     Bench(BenchArgs),
     /// Print the resolved configuration (defaults applied) on stdout.
     Config(ConfigArgs),

@@ -96,6 +96,7 @@ impl Run for Command {
 pub fn run_with(global: &GlobalArgs, command: impl Run) -> ExitCode {
     match command.run(global) {
         Ok(code) => ExitCode::from(code),
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{}", render_error(&err));
             ExitCode::from(error_exit_code(&err))
@@ -173,9 +174,15 @@ pub fn run(cli: Cli) -> ExitCode {
     ExitCode::from(run_to_code(cli))
 }
 
+/// Whether the error is a closed stdout (`kiln ... | head`): not worth a message.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 fn run_to_code(cli: Cli) -> u8 {
     match crate::commands::run(cli) {
         Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => exit_code::SUCCESS,
         Err(err) => {
             eprintln!("{}", render_error(&err));
             error_exit_code(&err)

@@ -94,6 +94,12 @@ fn mib_per_s(bytes: u64, took: Duration) -> f64 {
 /// Runs the store rows and prints them on stdout.
 pub fn run(cx: &Cx) -> anyhow::Result<()> {
     let scratch_root = cx.work_dir().join("bench");
+    // An interrupted run leaves its gigabytes behind: sweep them first.
+    if let Ok(old) = fs::read_dir(&scratch_root) {
+        for entry in old.flatten() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
     fs::create_dir_all(&scratch_root)?;
     let scratch = tempfile::Builder::new().prefix("store-").tempdir_in(&scratch_root)?;
     let tree = scratch.path().join("tree");

@@ -57,6 +57,12 @@ fn with_derivations(cx: &Cx, steps: Vec<BuildStep>) -> anyhow::Result<Vec<(Build
     Ok(steps.into_iter().zip(derivations).collect())
 }
 
+/// A name from the store with control characters escaped, so an imported entry cannot
+/// send escape sequences to the terminal.
+fn printable(name: &str) -> String {
+    name.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+}
+
 fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut size = bytes as f64;
@@ -66,6 +72,10 @@ fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     if unit == 0 { format!("{bytes} B") } else { format!("{size:.1} {}", UNITS[unit]) }
+}
+
+fn entries(count: usize) -> String {
+    if count == 1 { "1 entry".to_owned() } else { format!("{count} entries") }
 }
 
 fn human_age(since: SystemTime) -> String {
@@ -92,7 +102,7 @@ fn ls(cx: &Cx) -> anyhow::Result<u8> {
                 writeln!(
                     out,
                     "{:<24} {:<12} {:>10} {:>6} {:>9}  {}",
-                    entry.meta.name,
+                    printable(&entry.meta.name),
                     entry.closure.short(),
                     human_size(size),
                     human_age(created),
@@ -232,10 +242,15 @@ fn pin(cx: &Cx, arg: &ArtifactArg, pin: bool) -> anyhow::Result<u8> {
             }
             cx.store.pin(&closure, &step.key.store_name())?;
             cx.printer.status("Pinned", &format!("{} {}", step.key, closure.short()));
-        } else if cx.store.unpin(&closure)? {
-            cx.printer.status("Unpinned", &format!("{} {}", step.key, closure.short()));
         } else {
-            cx.printer.status("Unpinned", &format!("{} was not pinned", step.key));
+            // Every pin of the name goes, also those of builds from before a source change.
+            let removed = cx.store.unpin_label(&step.key.store_name())?;
+            let what = match removed {
+                0 => "was not pinned".to_owned(),
+                1 => "1 pin removed".to_owned(),
+                n => format!("{n} pins removed"),
+            };
+            cx.printer.status("Unpinned", &format!("{} {what}", step.key));
         }
     }
     Ok(exit_code::SUCCESS)
@@ -268,7 +283,7 @@ fn export(cx: &Cx, file: &std::path::Path, artifacts: &[String]) -> anyhow::Resu
     let summary = kiln_store::export_to_file(&cx.store, &closures, file)?;
     cx.printer.status(
         "Exported",
-        &format!("{} entries ({}) to {}", summary.entries, human_size(summary.bytes), file.display()),
+        &format!("{} ({}) to {}", entries(summary.entries), human_size(summary.bytes), file.display()),
     );
     Ok(exit_code::SUCCESS)
 }
@@ -278,7 +293,7 @@ fn import(cx: &Cx, file: &std::path::Path) -> anyhow::Result<u8> {
         kiln_store::import_from_file(&cx.store, file).with_context(|| format!("cannot import `{}`", file.display()))?;
     cx.printer.status(
         "Imported",
-        &format!("{} entries ({}) from {}", summary.entries, human_size(summary.bytes), file.display()),
+        &format!("{} ({}) from {}", entries(summary.entries), human_size(summary.bytes), file.display()),
     );
     Ok(exit_code::SUCCESS)
 }

@@ -143,7 +143,7 @@ pub fn derivation_for(
             continue;
         };
         let dir = local.manifest_path.parent().map(|p| p.as_std_path().to_owned()).unwrap_or_default();
-        let set = SourceSet::package_dir(&dir)?;
+        let set = SourceSet::package_dir_within(&dir, &step.project_root)?;
         let name = format!("source:{}", input_path_name(&dir, &step.project_root));
         drv.input(name, hash_source_set(&set, stat_cache)?);
     }
