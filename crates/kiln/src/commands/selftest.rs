@@ -1,6 +1,9 @@
 //! `selftest`: provision everything the project's tests need, then run them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+};
 
 use anyhow::Context as _;
 
@@ -27,10 +30,63 @@ pub fn run(cx: &Cx, args: &SelftestArgs) -> anyhow::Result<u8> {
     provision::ensure(missing, cx.options.install, &cx.printer)?;
 
     cx.printer.status("Testing", &format!("cargo test --workspace in {}", cx.config.root.display()));
-    let status = exec::tool_command("cargo", &cx.config.root)
+    let mut child = exec::tool_command("cargo", &cx.config.root)
         .args(["test", "--workspace"])
         .args(&args.cargo_args)
-        .status()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .context("failed to run `cargo test`")?;
+    let stdout = child.stdout.take().context("cargo test's output was not captured")?;
+    let mut totals = Totals::default();
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.context("failed to read cargo test's output")?;
+        totals.add(&line);
+        writeln!(out, "{line}")?;
+    }
+    let status = child.wait().context("failed to wait for cargo test")?;
+    // One closing line over every test binary, so a reader of the log (or CI) need not
+    // add up the per-binary lines, the last of which is often an empty doc-test run.
+    writeln!(out, "selftest: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored)?;
     Ok(if status.success() { exit_code::SUCCESS } else { exit_code::CASES_FAILED })
+}
+
+/// Test counts summed over libtest's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds the counts of a `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else { continue };
+            let Ok(count) = count.parse::<u64>() else { continue };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_libtest_result_lines() {
+        let mut totals = Totals::default();
+        totals.add("test result: ok. 42 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.49s");
+        totals.add("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add("running 3 tests");
+        assert_eq!(totals, Totals { passed: 45, failed: 2, ignored: 1 });
+    }
 }
