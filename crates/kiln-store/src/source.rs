@@ -30,7 +30,9 @@ pub struct SourceSet {
 impl SourceSet {
     /// Lists the files of a package directory the way a build sees them: `.gitignore` and
     /// `.ignore` files inside it are respected, `target/` directories and nested packages
-    /// (directories with their own `Cargo.toml`) are left out, symlinks are followed.
+    /// (directories with their own `Cargo.toml`) are left out, as are a top-level `.github/`,
+    /// `.cargo/` (its config files are inputs of their own) and `Kiln.toml`; symlinks are
+    /// followed.
     pub fn package_dir(dir: &Path) -> Result<Self, StoreError> {
         Self::package_dir_within(dir, dir)
     }
@@ -71,7 +73,15 @@ impl SourceSet {
                     }
                     let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
                     let name = entry.file_name();
-                    if is_dir && (name == "target" || name == ".git") {
+                    let at_top = path.parent() == Some(root.as_path());
+                    // Never sources of a build: build output, version control, CI workflows,
+                    // cargo's own config (a separate input), and kiln's declaration.
+                    if is_dir
+                        && (name == "target" || name == ".git" || (at_top && (name == ".github" || name == ".cargo")))
+                    {
+                        return false;
+                    }
+                    if at_top && name == "Kiln.toml" {
                         return false;
                     }
                     !(is_dir && path.join("Cargo.toml").exists())

@@ -168,6 +168,30 @@ impl Cx {
         derivations
     }
 
+    /// Warns when `RUSTFLAGS` is set while the project's cargo config has rustflags: cargo
+    /// then drops the config's flags (linker scripts among them), which breaks kernel links.
+    fn warn_environment_rustflags<'a>(&self, dirs: impl Iterator<Item = &'a PathBuf>) {
+        let Some(variable) =
+            ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS"].into_iter().find(|v| std::env::var_os(v).is_some())
+        else {
+            return;
+        };
+        for dir in dirs {
+            let configured = dir.ancestors().any(|ancestor| {
+                std::fs::read_to_string(ancestor.join(".cargo/config.toml"))
+                    .is_ok_and(|text| text.contains("rustflags"))
+            });
+            if configured {
+                self.printer.warn(&format!(
+                    "{variable} is set, so cargo ignores the rustflags in `{}`'s cargo config (linker scripts among \
+                     them); to add flags, use `rustflags = [...]` in the artifact's Kiln.toml table instead",
+                    dir.display()
+                ));
+                return;
+            }
+        }
+    }
+
     /// Installs (when allowed) the toolchains that `rust-toolchain` files name, and warns
     /// about floating channels. Current rustup no longer installs them by itself.
     fn provision_toolchains(&self, dirs: &BTreeSet<&PathBuf>) -> anyhow::Result<()> {
@@ -225,6 +249,9 @@ impl Cx {
         }
         provision::ensure(missing, self.options.install, &self.printer)?;
 
+        if !missing_targets.is_empty() {
+            self.warn_environment_rustflags(missing_targets.keys());
+        }
         let quiet = self.printer.verbosity() < crate::report::Verbosity::Normal;
         let mut built = BTreeMap::new();
         for (step, drv) in steps.iter().zip(&derivations) {

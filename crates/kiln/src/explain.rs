@@ -24,10 +24,12 @@ pub fn diff(previous: &Derivation, current: &Derivation) -> Vec<String> {
     if previous.kind != current.kind {
         lines.push(format!("kind changed: {} -> {}", previous.kind, current.kind));
     }
+    let shown = |value: &str| value.replace('\u{1f}', " ");
     for (name, value) in &current.settings {
-        match previous.settings.get(name) {
+        let value = &shown(value);
+        match previous.settings.get(name).map(|old| shown(old)) {
             None => lines.push(format!("setting {name} added: {value:?}")),
-            Some(old) if old != value => lines.push(format!("setting {name} changed: {old:?} -> {value:?}")),
+            Some(old) if old != *value => lines.push(format!("setting {name} changed: {old:?} -> {value:?}")),
             Some(_) => {}
         }
     }

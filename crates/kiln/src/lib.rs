@@ -20,4 +20,6 @@ pub mod report;
 pub mod runner;
 pub mod xtask;
 
+pub use anyhow;
 pub use clap;
+pub use xshell;

@@ -125,12 +125,18 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
         Ok(outcome) => {
             let verdict = run.judge.judge(&outcome);
             let status = CaseStatus::from_verdict(&verdict, run.expect);
+            let mut detail = verdict.describe();
+            if matches!(verdict, kiln_qemu::Verdict::TimedOut { .. }) && outcome.success_seen && !run.stop_on_success {
+                detail.push_str(
+                    " after its success marker appeared: set `stop-on-success = true` for kernels that never exit",
+                );
+            }
             CaseResult {
                 label: label.clone(),
                 case: run.case.clone(),
                 machine: run.machine.name.clone(),
                 arch: run.machine.arch,
-                detail: verdict.describe(),
+                detail,
                 verdict: Some(verdict),
                 status,
                 boot: outcome.duration,

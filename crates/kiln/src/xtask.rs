@@ -10,7 +10,7 @@
 //!
 //! Your own verbs beside kiln's, with plain clap:
 //! ```no_run
-//! use kiln::{clap::{self, Parser, Subcommand}, xtask::{Cx, GlobalArgs, Run}};
+//! use kiln::{clap::{self, Parser, Subcommand}, xshell::cmd, xtask::{Cx, GlobalArgs, Run}};
 //!
 //! #[derive(Parser)]
 //! struct Cli {
@@ -24,17 +24,24 @@
 //! enum Cmd {
 //!     #[command(flatten)]
 //!     Kiln(kiln::xtask::Command),
-//!     /// Print the store's location.
-//!     Where,
+//!     /// Pack the kernel into a disk image: a custom step, cached in kiln's store.
+//!     Pack,
 //! }
 //!
 //! impl Run for Cmd {
-//!     fn run(self, global: &GlobalArgs) -> anyhow::Result<u8> {
+//!     fn run(self, global: &GlobalArgs) -> kiln::anyhow::Result<u8> {
 //!         match self {
 //!             Cmd::Kiln(command) => command.run(global),
-//!             Cmd::Where => {
+//!             Cmd::Pack => {
 //!                 let cx = Cx::from_args(global)?;
-//!                 println!("{}", cx.store.root().display());
+//!                 let kernel = cx.root().join("target/kernel.elf");
+//!                 let (out, _) = cx.step("pack").input_file("kernel", &kernel)?.build(|out| {
+//!                     let sh = cx.shell()?;
+//!                     let image = out.join("disk.img");
+//!                     cmd!(sh, "mkimage --kernel {kernel} --out {image}").run()?;
+//!                     Ok(())
+//!                 })?;
+//!                 println!("{}", out.join("disk.img").display());
 //!                 Ok(kiln::exit_code::SUCCESS)
 //!             }
 //!         }
@@ -139,8 +146,13 @@ pub fn standalone_main() -> ExitCode {
                         root.display()
                     ),
                 );
-                let forwarded: Vec<&OsString> = args.iter().skip(1).filter(|arg| *arg != "--no-delegate").collect();
-                return match std::process::Command::new("cargo").arg("xtask").args(forwarded).status() {
+                let forwarded = forwarded_args(&args[1..]);
+                return match std::process::Command::new("cargo")
+                    .arg("xtask")
+                    .args(forwarded)
+                    .current_dir(&root)
+                    .status()
+                {
                     Ok(status) => ExitCode::from(status.code().map_or(exit_code::INFRASTRUCTURE, |c| c as u8)),
                     Err(err) => {
                         eprintln!("error: failed to run `cargo xtask`: {err}");
@@ -151,6 +163,32 @@ pub fn standalone_main() -> ExitCode {
             run_with(&cli.global, command)
         }
     }
+}
+
+/// The arguments for the repository's `cargo xtask`: without `--no-delegate`, and with a
+/// `--config` path made absolute (the xtask runs at the repository root).
+fn forwarded_args(args: &[OsString]) -> Vec<OsString> {
+    let mut forwarded = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--no-delegate" {
+            continue;
+        }
+        if arg == "--config" {
+            forwarded.push(arg.clone());
+            if let Some(path) = iter.next() {
+                forwarded.push(std::path::absolute(path).map_or_else(|_| path.clone(), |p| p.into_os_string()));
+            }
+            continue;
+        }
+        if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            let absolute = std::path::absolute(path).map_or_else(|_| path.into(), |p| p.display().to_string());
+            forwarded.push(format!("--config={absolute}").into());
+            continue;
+        }
+        forwarded.push(arg.clone());
+    }
+    forwarded
 }
 
 /// The repository root when its own xtask depends on kiln and has the `cargo xtask` alias.

@@ -58,9 +58,21 @@ pub fn run(args: &InitArgs, printer: &Printer) -> anyhow::Result<u8> {
     };
     let root = std::path::absolute(&root).unwrap_or(root);
     if !root.join("Cargo.toml").is_file() {
-        bail!("`{}` has no Cargo.toml; run `cargo kiln init` at the root of a cargo project", root.display());
+        return Err(crate::commands::UsageError::new(
+            format!("`{}` has no Cargo.toml", root.display()),
+            Some("run `cargo kiln init` at the root of a cargo project, or pass `--dir DIR`".to_owned()),
+        )
+        .into());
     }
     let detected = detect(&root)?;
+    if let Ok(manifest) = std::fs::read_to_string(root.join("xtask/Cargo.toml"))
+        && !manifest.parse::<toml::Table>().is_ok_and(|t| t.get("dependencies").and_then(|d| d.get("kiln")).is_some())
+    {
+        printer.warn(
+            "xtask/ exists and does not depend on kiln; init leaves it alone: add kiln to its \
+             [dependencies] and call kiln::xtask from its main (or flatten kiln::xtask::Command into its clap enum)",
+        );
+    }
     let changes = plan_changes(&root, &detected, args)?;
     if changes.is_empty() {
         printer.status("Unchanged", "kiln is already set up here; `cargo kiln doctor` lists what is left to do");

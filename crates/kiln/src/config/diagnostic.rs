@@ -50,6 +50,8 @@ pub struct ConfigErrorDetails {
     pub message: String,
     /// What to do about it.
     pub help: Option<String>,
+    /// More of the same problem elsewhere in the file.
+    pub note: Option<String>,
     snippet: Option<String>,
 }
 
@@ -70,6 +72,7 @@ impl ConfigError {
             key: None,
             message: message.into(),
             help: None,
+            note: None,
             snippet: None,
         }))
     }
@@ -82,8 +85,15 @@ impl ConfigError {
             key,
             message: message.into(),
             help: None,
+            note: None,
             snippet: span.as_ref().map(|s| source.snippet(s)),
         }))
+    }
+
+    /// Adds a `note:` line.
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.0.note = Some(note.into());
+        self
     }
 
     /// Adds a `help:` line.
@@ -105,6 +115,9 @@ impl fmt::Display for ConfigError {
         f.write_str(")")?;
         if let Some(snippet) = &self.snippet {
             write!(f, "\n{snippet}")?;
+        }
+        if let Some(note) = &self.note {
+            write!(f, "\nnote: {note}")?;
         }
         if let Some(help) = &self.help {
             write!(f, "\nhelp: {help}")?;

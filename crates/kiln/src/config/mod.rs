@@ -114,7 +114,7 @@ impl Config {
     pub fn discover(start: &Path) -> Result<PathBuf, ConfigError> {
         start.ancestors().map(|dir| dir.join(FILE_NAME)).find(|candidate| candidate.is_file()).ok_or_else(|| {
             ConfigError::whole_file(start.join(FILE_NAME), format!("no {FILE_NAME} in this directory or any parent"))
-                .with_help("run kiln inside a project that has a Kiln.toml, or pass `--config PATH`")
+                .with_help("run kiln inside a project that has a Kiln.toml, pass `--config PATH`, or adopt kiln here with `cargo kiln init`")
         })
     }
 
@@ -174,7 +174,18 @@ fn deserialize(source: &Source) -> Result<RawManifest, ConfigError> {
     })
     .map_err(syntax_error)?;
     if let Some(path) = unknown.first() {
-        return Err(unknown_key_error(source, path));
+        let mut err = unknown_key_error(source, path);
+        if unknown.len() > 1 {
+            let others: Vec<String> = unknown[1..]
+                .iter()
+                .map(|other| match key_span(&source.text, other) {
+                    Some(span) => format!("`{}` (line {})", other.join("."), source.line_col(span.start).0),
+                    None => format!("`{}`", other.join(".")),
+                })
+                .collect();
+            err = err.with_note(format!("also unknown: {}", others.join(", ")));
+        }
+        return Err(err);
     }
     Ok(raw)
 }
@@ -418,6 +429,7 @@ impl Resolver<'_> {
     fn artifact(&self, name: &str, raw: RawArtifact) -> Result<Artifact, ConfigError> {
         let key = |k: &str| format!("artifact.{name}.{k}");
         let dir = match &raw.path {
+            Some(path) if path.get_ref() == "." || path.get_ref().is_empty() => self.root.to_owned(),
             Some(path) => self.root.join(path.get_ref()),
             None => self.root.to_owned(),
         };
@@ -616,6 +628,11 @@ impl Resolver<'_> {
             }
             (None, None) => artifact.arches.iter().map(|a| a.as_str().to_owned()).collect(),
         };
+        if raw.stop_on_success && raw.success.is_none() {
+            return Err(self
+                .error(None, key("stop-on-success"), "`stop-on-success` needs a `success` pattern to stop on")
+                .with_help("add `success = \"...\"`, the line your kernel prints when it has passed"));
+        }
         Ok(Case {
             name: name.to_owned(),
             artifact: artifact_name.clone(),

@@ -127,3 +127,11 @@ fn reference_documents_every_key() {
         }
     }
 }
+
+#[test]
+fn every_unknown_key_is_reported() {
+    let (_dir, err) = project(&VALID.replace("success =", "sucess =").replace("timeout =", "timout ="));
+    let err = err.expect_err("typos");
+    assert_eq!(err.key.as_deref(), Some("case.smoke.sucess"));
+    assert_eq!(err.note.as_deref(), Some("also unknown: `case.smoke.timout` (line 9)"));
+}

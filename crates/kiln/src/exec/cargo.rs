@@ -259,10 +259,13 @@ pub fn images_in(entry: &Entry, format: ImageFormat) -> anyhow::Result<Vec<BootI
     Ok(images)
 }
 
-/// The `rustflags` config keys the project sets in its cargo config files, so extra flags are
-/// appended where cargo will read them: every `target.*.rustflags` the files define (cargo
-/// joins the matching ones and then ignores `build.rustflags`), else `build.rustflags`.
-fn rustflags_keys(dir: &Path, workspace_root: &Path) -> Vec<Vec<String>> {
+/// The `rustflags` config keys cargo reads for `triple`, so extra flags are appended where
+/// cargo will take them: `target.<triple>.rustflags` and every `target.'cfg(..)'.rustflags`
+/// that matches the target (cargo joins these and then ignores `build.rustflags`), else
+/// `build.rustflags`.
+fn rustflags_keys(dir: &Path, workspace_root: &Path, triple: &str) -> Vec<Vec<String>> {
+    let target_name = Path::new(triple).file_stem().map_or(triple.to_owned(), |s| s.to_string_lossy().into_owned());
+    let mut cfgs: Option<Vec<cargo_platform::Cfg>> = None;
     let mut keys = Vec::new();
     for file in build_config_files(dir, workspace_root) {
         let is_cargo_config = file.parent().is_some_and(|p| p.ends_with(".cargo"));
@@ -273,14 +276,20 @@ fn rustflags_keys(dir: &Path, workspace_root: &Path) -> Vec<Vec<String>> {
         else {
             continue;
         };
-        if let Some(targets) = table.get("target").and_then(|t| t.as_table()) {
-            for (target, settings) in targets {
-                if settings.get("rustflags").is_some() {
-                    let key = vec!["target".to_owned(), target.clone(), "rustflags".to_owned()];
-                    if !keys.contains(&key) {
-                        keys.push(key);
-                    }
-                }
+        let Some(targets) = table.get("target").and_then(|t| t.as_table()) else { continue };
+        for (target, settings) in targets {
+            if settings.get("rustflags").is_none() {
+                continue;
+            }
+            let applies = if target.starts_with("cfg(") {
+                let cfgs = cfgs.get_or_insert_with(|| target_cfgs(dir, triple));
+                target.parse::<cargo_platform::Platform>().is_ok_and(|platform| platform.matches(&target_name, cfgs))
+            } else {
+                *target == target_name
+            };
+            let key = vec!["target".to_owned(), target.clone(), "rustflags".to_owned()];
+            if applies && !keys.contains(&key) {
+                keys.push(key);
             }
         }
     }
@@ -290,9 +299,17 @@ fn rustflags_keys(dir: &Path, workspace_root: &Path) -> Vec<Vec<String>> {
     keys
 }
 
+/// The `cfg` values rustc sets for `triple` (for matching `target.'cfg(..)'` tables).
+fn target_cfgs(dir: &Path, triple: &str) -> Vec<cargo_platform::Cfg> {
+    let Ok(output) = tool_command("rustc", dir).args(["--print", "cfg", "--target", triple]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout).lines().filter_map(|line| line.parse().ok()).collect()
+}
+
 /// `--config` arguments that append `flags` to the project's rustflags, or, when the user's
 /// environment sets them (which replaces the config), the environment to set instead.
-fn extra_rustflags(command: &mut Command, flags: &[String], dir: &Path, workspace_root: &Path) {
+fn extra_rustflags(command: &mut Command, flags: &[String], dir: &Path, workspace_root: &Path, triple: &str) {
     if flags.is_empty() {
         return;
     }
@@ -306,7 +323,7 @@ fn extra_rustflags(command: &mut Command, flags: &[String], dir: &Path, workspac
         return;
     }
     let value = toml::Value::Array(flags.iter().cloned().map(toml::Value::String).collect());
-    for key in rustflags_keys(dir, workspace_root) {
+    for key in rustflags_keys(dir, workspace_root, triple) {
         let quoted: Vec<String> = key.iter().map(|segment| toml::Value::String(segment.clone()).to_string()).collect();
         command.arg("--config").arg(format!("{}={value}", quoted.join(".")));
     }
@@ -337,7 +354,7 @@ fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> 
         }
     }
     let workspace_root = workspace_root_of(&artifact.dir);
-    extra_rustflags(&mut command, &artifact.rustflags, &artifact.dir, &workspace_root);
+    extra_rustflags(&mut command, &artifact.rustflags, &artifact.dir, &workspace_root, &step.triple);
     command.envs(&artifact.env);
     if quiet {
         command.arg("--quiet");
@@ -410,4 +427,27 @@ fn workspace_root_of(dir: &Path) -> PathBuf {
         .last()
         .unwrap_or(dir)
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_rustflags_go_to_the_keys_cargo_reads_for_the_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join(".cargo")).expect("mkdir");
+        let config = dir.path().join(".cargo/config.toml");
+        std::fs::write(
+            &config,
+            "[build]\nrustflags = [\"-Tlink.x\"]\n[target.x86_64-unknown-none]\nrustflags = [\"-Cx\"]\n",
+        )
+        .expect("write");
+        let keys = |triple: &str| rustflags_keys(dir.path(), dir.path(), triple);
+        assert_eq!(keys("riscv64gc-unknown-none-elf"), [["build", "rustflags"]], "another target's key is not read");
+        assert_eq!(keys("x86_64-unknown-none"), [["target", "x86_64-unknown-none", "rustflags"]]);
+        std::fs::write(&config, "[target.'cfg(target_os = \"none\")']\nrustflags = [\"-Tlink.x\"]\n").expect("write");
+        assert_eq!(keys("riscv64gc-unknown-none-elf"), [["target", "cfg(target_os = \"none\")", "rustflags"]]);
+        assert_eq!(keys("x86_64-unknown-linux-gnu"), [["build", "rustflags"]], "a cfg that does not match");
+    }
 }
