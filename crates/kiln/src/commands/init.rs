@@ -241,7 +241,32 @@ fn workspace_change(root: &Path) -> anyhow::Result<Option<Change>> {
             "made the package a workspace with member \"xtask\"".to_owned()
         }
     };
+    let mut what = what;
+    if add_store_profile(&mut doc) {
+        what.push_str("; kiln-store built optimised in dev builds (its hashing loops are hot)");
+    }
     Ok(Some(Change::Edit { path, text: doc.to_string(), what }))
+}
+
+/// Adds `[profile.dev.package.kiln-store] opt-level = 2` unless a profile for it exists;
+/// unoptimised, hashing a large tree takes several times longer.
+fn add_store_profile(doc: &mut toml_edit::DocumentMut) -> bool {
+    let profile = doc.entry("profile").or_insert(toml_edit::table());
+    let Some(profile) = profile.as_table_mut() else { return false };
+    profile.set_implicit(true);
+    let dev = profile.entry("dev").or_insert(toml_edit::table());
+    let Some(dev) = dev.as_table_mut() else { return false };
+    dev.set_implicit(true);
+    let package = dev.entry("package").or_insert(toml_edit::table());
+    let Some(package) = package.as_table_mut() else { return false };
+    package.set_implicit(true);
+    if package.contains_key("kiln-store") || package.contains_key("*") {
+        return false;
+    }
+    let mut store = toml_edit::Table::new();
+    store.insert("opt-level", toml_edit::value(2));
+    package.insert("kiln-store", toml_edit::Item::Table(store));
+    true
 }
 
 /// Adds the `cargo xtask` alias; with `build.target` set it builds the xtask for the host.
