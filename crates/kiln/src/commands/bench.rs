@@ -14,7 +14,6 @@ use kiln_types::Arch;
 use crate::{
     cli::{BenchArgs, BenchSuite, TestArgs},
     commands::{UsageError, test},
-    config::Expect,
     cx::Cx,
     exit_code,
     plan::{Plan, Selection},
@@ -68,9 +67,7 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
     let case = match &args.case {
         Some(name) => name.clone(),
         None => config
-            .cases
-            .values()
-            .find(|c| c.expect == Expect::Pass)
+            .first_passing_case()
             .map(|c| c.name.clone())
             .ok_or_else(|| UsageError::new("no case is expected to pass; name one with `--case`", None))?,
     };

@@ -5,7 +5,6 @@ use kiln_qemu::{Console, Exit};
 use crate::{
     cli::QemuArgs,
     commands::UsageError,
-    config::Expect,
     cx::Cx,
     exit_code,
     plan::{Plan, Selection},
@@ -25,13 +24,11 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
     let config = &cx.config;
     let case = match &args.case {
         Some(name) => name.clone(),
-        None => config
-            .cases
-            .values()
-            .find(|c| c.expect == Expect::Pass)
-            .or_else(|| config.cases.values().next())
-            .map(|c| c.name.clone())
-            .ok_or_else(|| UsageError::new("Kiln.toml declares no case", Some("add a `[case.NAME]` table".into())))?,
+        None => {
+            config.first_passing_case().or_else(|| config.cases.values().next()).map(|c| c.name.clone()).ok_or_else(
+                || UsageError::new("Kiln.toml declares no case", Some("add a `[case.NAME]` table".into())),
+            )?
+        }
     };
     let selection = Selection { arches: args.arch.into_iter().collect(), cases: vec![case.clone()] };
     let plan = Plan::for_test(config, &selection)?;

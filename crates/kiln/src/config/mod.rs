@@ -134,6 +134,11 @@ impl Config {
         Resolver { source: &source, root: &root }.resolve(raw, file)
     }
 
+    /// The first case expected to pass: what `qemu` and `bench` boot when not told.
+    pub fn first_passing_case(&self) -> Option<&Case> {
+        self.cases.values().find(|case| case.expect == Expect::Pass)
+    }
+
     /// An error about the value at a dotted key (`artifact.hello.package`), pointing at it.
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
         let path: Vec<String> = key.split('.').map(str::to_owned).collect();
@@ -286,8 +291,8 @@ pub fn todos_in_file(file: &Path) -> Result<Vec<(Todo, usize)>, ConfigError> {
         .collect())
 }
 
-/// The span of the key at `path`, found by walking the parsed document.
-fn key_span(text: &str, path: &[String]) -> Option<Range<usize>> {
+/// The spans of the key at `path` and of its value, found by walking the parsed document.
+fn entry_spans(text: &str, path: &[String]) -> Option<(Range<usize>, Range<usize>)> {
     let doc = toml::de::DeTable::parse(text).ok()?;
     let mut table = doc.get_ref();
     let (last, parents) = path.split_last()?;
@@ -298,22 +303,17 @@ fn key_span(text: &str, path: &[String]) -> Option<Range<usize>> {
             _ => return None,
         }
     }
-    table.iter().find(|(k, _)| k.get_ref().as_ref() == last.as_str()).map(|(k, _)| k.span())
+    table.iter().find(|(k, _)| k.get_ref().as_ref() == last.as_str()).map(|(k, v)| (k.span(), v.span()))
+}
+
+/// The span of the key at `path`.
+fn key_span(text: &str, path: &[String]) -> Option<Range<usize>> {
+    entry_spans(text, path).map(|(key, _)| key)
 }
 
 /// The span of the value at `path`.
 fn value_span(text: &str, path: &[String]) -> Option<Range<usize>> {
-    let doc = toml::de::DeTable::parse(text).ok()?;
-    let mut table = doc.get_ref();
-    let (last, parents) = path.split_last()?;
-    for segment in parents {
-        let (_, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == segment.as_str())?;
-        match value.get_ref() {
-            toml::de::DeValue::Table(inner) => table = inner,
-            _ => return None,
-        }
-    }
-    table.iter().find(|(k, _)| k.get_ref().as_ref() == last.as_str()).map(|(_, v)| v.span())
+    entry_spans(text, path).map(|(_, value)| value)
 }
 
 /// The dotted key whose value contains byte `offset`, for errors that only carry a span.
