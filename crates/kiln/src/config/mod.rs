@@ -162,22 +162,37 @@ fn deserialize(source: &Source) -> Result<RawManifest, ConfigError> {
         ConfigError::at(source, e.span(), key, e.message().trim().to_owned())
     };
     let table = toml::de::DeTable::parse(&source.text).map_err(syntax_error)?;
-    if let Some(todo) = todos(table.get_ref()).into_iter().next() {
-        return Err(ConfigError::at(
+    let open = todos(table.get_ref());
+    if let Some((todo, rest)) = open.split_first() {
+        let mut err = ConfigError::at(
             source,
-            Some(todo.span),
-            Some(todo.key),
+            Some(todo.span.clone()),
+            Some(todo.key.clone()),
             format!("Kiln.toml still has a value to fill in: {}", todo.text),
         )
         .with_help(
             "replace the TODO value (the comment above it says what goes there); `cargo kiln doctor` lists every TODO",
-        ));
+        );
+        if !rest.is_empty() {
+            let others: Vec<String> =
+                rest.iter().map(|t| format!("`{}` (line {})", t.key, source.line_col(t.span.start).0)).collect();
+            err = err.with_note(format!("also to fill in: {}", others.join(", ")));
+        }
+        return Err(err);
     }
     let mut unknown = Vec::new();
-    let raw: RawManifest = serde_ignored::deserialize(toml::de::Deserializer::from(table), |path| {
+    let parsed: Result<RawManifest, _> = serde_ignored::deserialize(toml::de::Deserializer::from(table), |path| {
         unknown.push(path_segments(&path));
-    })
-    .map_err(syntax_error)?;
+    });
+    let raw = match parsed {
+        Ok(raw) => raw,
+        // A misspelled required key shows up as "missing field" after its misspelling was
+        // seen as unknown: the unknown key, with its closest valid name, is the better message.
+        Err(err) if !unknown.is_empty() && err.message().contains("missing field") => {
+            return Err(unknown_key_error(source, &unknown[0]).with_note(err.message().trim().to_owned()));
+        }
+        Err(err) => return Err(syntax_error(err)),
+    };
     if let Some(path) = unknown.first() {
         let mut err = unknown_key_error(source, path);
         if unknown.len() > 1 {

@@ -135,3 +135,12 @@ fn every_unknown_key_is_reported() {
     assert_eq!(err.key.as_deref(), Some("case.smoke.sucess"));
     assert_eq!(err.note.as_deref(), Some("also unknown: `case.smoke.timout` (line 9)"));
 }
+
+#[test]
+fn a_misspelled_required_key_points_at_the_misspelling() {
+    let (_dir, err) = project(&VALID.replace("package = \"k\"", "pakage = \"k\""));
+    let err = err.expect_err("typo");
+    assert_eq!(err.key.as_deref(), Some("artifact.hello.pakage"));
+    assert_eq!(err.help.as_deref(), Some("a key with a similar name exists: `package`"));
+    assert!(err.note.as_deref().is_some_and(|n| n.contains("missing field `package`")), "{err}");
+}
