@@ -103,3 +103,37 @@ fn two_checkouts_of_the_same_sources_have_the_same_closure_hashes() {
     assert_eq!(from_a.len(), 3);
     assert_eq!(from_a, from_b);
 }
+
+#[test]
+fn in_github_actions_a_failure_is_annotated_summarised_and_in_junit() {
+    let kiln_toml = r#"
+[artifact.failing]
+package = "hello-kernel"
+path = "examples/kernel"
+arches = ["riscv64"]
+features = ["fail"]
+
+[case.fails]
+artifact = "failing"
+"#;
+    let project = Project::example(kiln_toml);
+    let summary_file = project.path().join("summary.md");
+    let junit = project.path().join("junit.xml");
+    let output = project
+        .command(&["-q", "--accel", "tcg", "test", "--junit", junit.to_str().expect("utf-8")])
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", &summary_file)
+        .env("GITHUB_WORKSPACE", project.path())
+        .output()
+        .expect("kiln runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("::error file=Kiln.toml,line=8,title=fails/riscv64%3A exit status 1"), "{stderr}");
+    assert!(stderr.contains("::group::fails/riscv64"), "{stderr}");
+    let guard = stderr.lines().find_map(|l| l.strip_prefix("::stop-commands::")).expect("guest output is guarded");
+    assert!(stderr.contains(&format!("::{guard}::")), "the guard is lifted again");
+    let summary = std::fs::read_to_string(&summary_file).expect("job summary");
+    assert!(summary.contains("| fails | riscv64 | riscv64 | ❌ failed |"), "{summary}");
+    let xml = std::fs::read_to_string(&junit).expect("junit");
+    assert!(xml.contains("failures=\"1\"") && xml.contains("kiln-example: failing on purpose"), "{xml}");
+}

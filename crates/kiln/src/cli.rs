@@ -236,6 +236,9 @@ pub struct BuildArgs {
 pub struct TestArgs {
     /// Only these cases (default: all).
     pub cases: Vec<String>,
+    /// Write a JUnit XML report here (in CI: `target/kiln/junit.xml` unless given).
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
     /// Only these architectures (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub arch: Vec<Arch>,

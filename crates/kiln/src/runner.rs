@@ -99,6 +99,7 @@ fn error_result(ready: &ReadyRun, log_dir: &Path, detail: String) -> CaseResult 
         built: ready.built,
         log: log_path(&ready.run, log_dir),
         detail,
+        tail: Vec::new(),
     }
 }
 
@@ -137,6 +138,7 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
                 machine: run.machine.name.clone(),
                 arch: run.machine.arch,
                 detail,
+                tail: outcome.tail.iter().rev().take(CaseResult::TAIL_LINES).rev().cloned().collect(),
                 verdict: Some(verdict),
                 status,
                 boot: outcome.duration,

@@ -139,7 +139,7 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
 /// same boots alone, to show what kiln adds when nothing needs building.
 fn warm_run_overhead(cx: &Cx, args: &BenchArgs, runs: usize) -> anyhow::Result<()> {
     let quiet = Cx::new(cx.config.clone(), Printer::new(Verbosity::Quiet), cx.options.clone())?;
-    let test_args = TestArgs { cases: Vec::new(), arch: args.arch.clone() };
+    let test_args = TestArgs { cases: Vec::new(), arch: args.arch.clone(), junit: None };
     let (ready, log_dir) = test::prepare(&quiet, &test_args)?;
     let boots = ready.len();
     let mut whole = Vec::new();

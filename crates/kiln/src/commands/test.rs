@@ -17,7 +17,7 @@ use crate::{
     cx::Cx,
     exit_code,
     plan::{Plan, Selection},
-    report::{CaseResult, RunSummary},
+    report::{CaseResult, RunSummary, github, junit},
     runner::{self, ReadyRun},
 };
 
@@ -25,8 +25,73 @@ use crate::{
 pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
     let (ready, log_dir) = prepare(cx, args)?;
+    // In GitHub Actions nothing a guest prints may be read as a workflow command.
+    let guard = github::active().then(github::stop_token);
+    if let Some(token) = &guard {
+        cx.printer.always(&format!("::stop-commands::{token}"));
+    }
     let results = boot(cx, ready, &log_dir);
-    Ok(RunSummary { results, total: started.elapsed(), log_dir })
+    if let Some(token) = &guard {
+        cx.printer.always(&format!("::{token}::"));
+    }
+    let summary = RunSummary { results, total: started.elapsed(), log_dir };
+    report_to_ci(cx, args, &summary)?;
+    Ok(summary)
+}
+
+/// The JUnit file (with `--junit`, or by default in CI) and, in GitHub Actions, a group of
+/// serial output and an error annotation per failed case, and the job summary.
+fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Result<()> {
+    let junit = args.junit.clone().or_else(|| crate::env::in_ci().then(|| cx.work_dir().join("junit.xml")));
+    if let Some(path) = junit {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
+        }
+        std::fs::write(&path, junit::render(summary)).with_context(|| format!("cannot write `{}`", path.display()))?;
+        cx.printer.verbose("JUnit", &path.display().to_string());
+    }
+    if !github::active() {
+        return Ok(());
+    }
+    let file =
+        cx.config.file.strip_prefix(std::env::var("GITHUB_WORKSPACE").unwrap_or_default()).unwrap_or(&cx.config.file);
+    let file = file.display().to_string();
+    for result in &summary.results {
+        let token = github::stop_token();
+        cx.printer.always(&format!(
+            "::group::{} {}",
+            github::escape_data(&result.label),
+            github::escape_data(&result.detail)
+        ));
+        cx.printer.always(&format!("::stop-commands::{token}"));
+        for line in &result.tail {
+            cx.printer.always(line);
+        }
+        cx.printer.always(&format!("::{token}::"));
+        cx.printer.always("::endgroup::");
+        if !result.status.is_ok() {
+            let case = result.case.split('[').next().unwrap_or(&result.case);
+            let line = cx.config.line_of(&format!("case.{case}"));
+            let last = &result.tail[result.tail.len().saturating_sub(8)..];
+            let message = format!("{}\n{}", result.detail, last.join("\n"));
+            cx.printer.always(&github::error_annotation(
+                &file,
+                line,
+                &format!("{}: {}", result.label, result.detail),
+                &message,
+            ));
+        }
+    }
+    if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
+        use std::io::Write as _;
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open GITHUB_STEP_SUMMARY `{path}`"))?;
+        out.write_all(github::job_summary(summary).as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Everything before the boots: plan, host check, builds, accelerators.

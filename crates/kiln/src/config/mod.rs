@@ -134,6 +134,12 @@ impl Config {
         Resolver { source: &source, root: &root }.resolve(raw, file)
     }
 
+    /// The 1-based line where a dotted key (`case.smoke`) is written, for annotations.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        key_span(&self.source.text, &path).map(|span| self.source.line_col(span.start).0)
+    }
+
     /// The first case expected to pass: what `qemu` and `bench` boot when not told.
     pub fn first_passing_case(&self) -> Option<&Case> {
         self.cases.values().find(|case| case.expect == Expect::Pass)

@@ -3,6 +3,8 @@
 //! The runner only emits [`Event`]s; this module decides how they look. stdout carries data
 //! (`config` output); people read stderr.
 
+pub mod github;
+pub mod junit;
 mod summary;
 
 use std::{io::Write, sync::Mutex, time::Duration};

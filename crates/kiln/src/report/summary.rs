@@ -75,6 +75,13 @@ pub struct CaseResult {
     pub log: PathBuf,
     /// One line saying why (the panic line, the exit status, the error).
     pub detail: String,
+    /// The last serial lines (at most [`CaseResult::TAIL_LINES`]).
+    pub tail: Vec<String>,
+}
+
+impl CaseResult {
+    /// How many of the last serial lines a result keeps for reports.
+    pub const TAIL_LINES: usize = 20;
 }
 
 /// All results of a run.

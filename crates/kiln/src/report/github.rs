@@ -1,0 +1,118 @@
+//! GitHub Actions output: workflow commands (escaped as `@actions/core` escapes them), a
+//! stop-commands guard around guest output, groups, error annotations and the job summary.
+
+use std::fmt::Write as _;
+
+use super::{CaseStatus, RunSummary};
+
+/// Whether kiln runs inside GitHub Actions.
+pub fn active() -> bool {
+    std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
+}
+
+/// Escapes a command's message (`%`, CR, LF).
+pub fn escape_data(text: &str) -> String {
+    text.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+/// Escapes a command's property value (also `:` and `,`).
+pub fn escape_property(text: &str) -> String {
+    escape_data(text).replace(':', "%3A").replace(',', "%2C")
+}
+
+/// A random token for `::stop-commands::`, so text a guest prints cannot end the guard.
+pub fn stop_token() -> String {
+    let seed = format!("{:?}{}{:?}", std::time::SystemTime::now(), std::process::id(), std::thread::current().id());
+    blake3::hash(seed.as_bytes()).to_hex()[..32].to_owned()
+}
+
+/// `::error file=...,line=...,title=...::message`.
+pub fn error_annotation(file: &str, line: Option<usize>, title: &str, message: &str) -> String {
+    let mut properties = format!("file={}", escape_property(file));
+    if let Some(line) = line {
+        let _ = write!(properties, ",line={line}");
+    }
+    let _ = write!(properties, ",title={}", escape_property(title));
+    format!("::error {properties}::{}", escape_data(message))
+}
+
+/// Markdown for `GITHUB_STEP_SUMMARY`: a row per case and machine, then the store's use.
+pub fn job_summary(summary: &RunSummary) -> String {
+    let mut out = String::from(
+        "### kiln\n\n| case | machine | arch | result | boot | build | detail |\n|---|---|---|---|---|---|---|\n",
+    );
+    for result in &summary.results {
+        let mark = match result.status {
+            CaseStatus::Passed => "✅ passed",
+            CaseStatus::FailedAsExpected => "✅ failed as expected",
+            CaseStatus::Failed => "❌ failed",
+            CaseStatus::UnexpectedPass => "❌ passed unexpectedly",
+            CaseStatus::Error => "⚠️ error",
+            CaseStatus::Interrupted => "⚠️ interrupted",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {mark} | {:.2}s | {} | {} |",
+            cell(&result.case),
+            cell(&result.machine),
+            result.arch,
+            result.boot.as_secs_f64(),
+            if result.built { "built" } else { "cached" },
+            cell(&result.detail)
+        );
+    }
+    let built = summary.results.iter().filter(|r| r.built).count();
+    let _ = writeln!(
+        out,
+        "\n{} of {} boots used artifacts from the store; {built} were built in this run.",
+        summary.results.len() - built,
+        summary.results.len()
+    );
+    out
+}
+
+/// Text safe inside a Markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ").replace('`', "'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_matches_the_toolkit() {
+        assert_eq!(escape_data("50% done\r\nnext"), "50%25 done%0D%0Anext");
+        assert_eq!(escape_property("Kiln.toml:3,x"), "Kiln.toml%3A3%2Cx");
+        assert_eq!(
+            error_annotation("Kiln.toml", Some(12), "smoke/riscv64: failed", "panicked at a:1\nboom"),
+            "::error file=Kiln.toml,line=12,title=smoke/riscv64%3A failed::panicked at a:1%0Aboom"
+        );
+    }
+
+    #[test]
+    fn stop_tokens_differ() {
+        assert_ne!(stop_token(), stop_token());
+        assert_eq!(stop_token().len(), 32);
+    }
+
+    #[test]
+    fn summary_cells_cannot_break_the_table() {
+        let mut summary = RunSummary::default();
+        summary.results.push(super::super::CaseResult {
+            label: "a/b".into(),
+            case: "a|b".into(),
+            machine: "m".into(),
+            arch: kiln_types::Arch::X86_64,
+            verdict: None,
+            status: CaseStatus::Failed,
+            boot: std::time::Duration::ZERO,
+            built: true,
+            log: "l".into(),
+            detail: "line1\nline2 `x`".into(),
+            tail: Vec::new(),
+        });
+        let md = job_summary(&summary);
+        assert!(md.contains("| a\\|b | m | x86_64 | ❌ failed | 0.00s | built | line1 line2 'x' |"), "{md}");
+    }
+}
