@@ -42,7 +42,7 @@ use std::{
 
 use tar::{EntryType, Header};
 
-use crate::{ClosureHash, Entry, EntryMeta, Store, StoreError, hash_tree};
+use crate::{ClosureHash, Entry, EntryMeta, Store, StoreError, hash_tree, store::sync_dir};
 
 /// The longest path (and symlink target) an archive may hold, in bytes.
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -541,30 +541,8 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        remove_tree(&self.path);
+        let _ = crate::store::remove_tree(&self.path);
     }
-}
-
-/// Removes a tree that may hold read-only directories.
-fn remove_tree(root: &Path) {
-    fn make_writable(path: &Path) {
-        if let Ok(meta) = fs::symlink_metadata(path)
-            && meta.is_dir()
-        {
-            if meta.permissions().mode() & 0o700 != 0o700 {
-                let _ = fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
-            }
-            if let Ok(entries) = fs::read_dir(path) {
-                for entry in entries.flatten() {
-                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        make_writable(&entry.path());
-                    }
-                }
-            }
-        }
-    }
-    make_writable(root);
-    let _ = fs::remove_dir_all(root);
 }
 
 /// The first error of any of import's threads; the others stop when they see it.
@@ -1425,10 +1403,6 @@ fn sync_all(paths: &[PathBuf]) -> Result<(), StoreError> {
     })
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| StoreError::io("sync", dir, e))
-}
-
 #[cfg(test)]
 mod tests {
     use std::{os::unix::fs::symlink, process::Command, time::Instant};
@@ -1479,7 +1453,7 @@ mod tests {
 
     impl Drop for TestStore {
         fn drop(&mut self) {
-            remove_tree(self.dir.path());
+            let _ = crate::store::remove_tree(self.dir.path());
         }
     }
 
@@ -2233,7 +2207,7 @@ mod tests {
         fs::create_dir_all(&unpacked).expect("mkdir");
         let extract = run(format!("tar -I 'zstd -T0' -xf {} -C {}", tarball.display(), unpacked.display()));
         let tar_size = fs::metadata(&tarball).expect("stat").len();
-        remove_tree(&unpacked);
+        let _ = crate::store::remove_tree(&unpacked);
         eprintln!(
             "{} MiB in {} entries\nkiln: export {:.2}s + import {:.2}s = {:.2}s, {} bytes\n\
              tar:  create {:.2}s + extract {:.2}s = {:.2}s, {} bytes",

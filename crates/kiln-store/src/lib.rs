@@ -22,6 +22,6 @@ pub use derivation::{Derivation, InputHash};
 pub use errors::StoreError;
 pub use hash::{ClosureHash, OutputHash, ParseHashError};
 pub use source::{SourceSet, hash_file, hash_source_set};
-pub use stat_cache::{FileStamp, StatCache};
-pub use store::{BuildOutcome, Entry, EntryMeta, GcReport, Store};
+pub use stat_cache::{FileStamp, RACY_WINDOW, StatCache};
+pub use store::{BuildOutcome, Entry, EntryMeta, GcReport, Store, tree_size};
 pub use tree::hash_tree;

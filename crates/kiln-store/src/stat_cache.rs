@@ -17,14 +17,15 @@ use std::{
 
 use crate::StoreError;
 
-/// Files modified this recently are not cached.
-const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// Files modified this recently are not trusted to a stamp: a later write within the same
+/// timestamp tick would leave it unchanged.
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// The file starts with this; a file without it (or of another version) is an empty cache.
 const MAGIC: &[u8; 8] = b"KILNSC02";
 
 /// What `stat` says about a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileStamp {
     dev: u64,
     ino: u64,
@@ -34,6 +35,17 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    /// The stamp of the file at `path` (symlinks followed), if it exists.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        fs::metadata(path).ok().map(|meta| Self::of(&meta))
+    }
+
+    /// Whether the file was modified within [`RACY_WINDOW`] of `now`.
+    pub fn is_racy(&self, now: SystemTime) -> bool {
+        let modified_at = UNIX_EPOCH + Duration::from_nanos(self.mtime_ns.max(0) as u64);
+        now.duration_since(modified_at).map_or(true, |age| age < RACY_WINDOW)
+    }
+
     /// The stamp of a file's metadata.
     pub fn of(meta: &fs::Metadata) -> Self {
         Self {
@@ -151,9 +163,9 @@ impl StatCache {
         }
         let started = SystemTime::now();
         let hash = *crate::hash_file(path)?.as_bytes();
-        let modified_at = UNIX_EPOCH + Duration::from_nanos(stamp.mtime_ns.max(0) as u64);
-        let racy = started.duration_since(modified_at).map_or(true, |age| age < RACY_WINDOW);
-        if !racy && let Ok(mut fresh) = self.fresh.lock() {
+        if !stamp.is_racy(started)
+            && let Ok(mut fresh) = self.fresh.lock()
+        {
             fresh.push((path.to_owned(), stamp, hash));
         }
         Ok(hash)

@@ -493,7 +493,7 @@ fn host_name() -> String {
 }
 
 /// Total size of the files under `root`.
-fn tree_size(root: &Path) -> Result<u64, StoreError> {
+pub fn tree_size(root: &Path) -> Result<u64, StoreError> {
     let meta = fs::symlink_metadata(root).map_err(|e| StoreError::io("inspect", root, e))?;
     if !meta.is_dir() {
         return Ok(meta.len());
@@ -527,7 +527,7 @@ fn make_read_only(root: &Path) -> Result<(), StoreError> {
 }
 
 /// Removes a tree that may hold read-only directories.
-fn remove_tree(root: &Path) -> Result<(), StoreError> {
+pub(crate) fn remove_tree(root: &Path) -> Result<(), StoreError> {
     fn make_writable(path: &Path) {
         if let Ok(meta) = fs::symlink_metadata(path)
             && meta.is_dir()
@@ -564,7 +564,7 @@ fn sync_tree(root: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(|e| StoreError::io("sync", dir, e))
 }
 

@@ -197,16 +197,10 @@ impl Cx {
     fn provision_toolchains(&self, dirs: &BTreeSet<&PathBuf>) -> anyhow::Result<()> {
         let mut missing = Vec::new();
         for dir in dirs {
-            if let Some((channel, file)) = provision::toolchain_file(dir) {
-                if provision::is_floating(&channel) {
-                    self.printer.warn(&format!(
-                        "`{}` names the floating channel `{channel}`: builds are not reproducible; \
-                         pin a date such as `{channel}-2026-08-01`",
-                        file.display()
-                    ));
-                }
-                missing.extend(provision::check_toolchain(dir));
+            if let Some(warning) = provision::floating_channel_warning(dir) {
+                self.printer.warn(&warning);
             }
+            missing.extend(provision::check_toolchain(dir));
         }
         provision::ensure(missing, self.options.install, &self.printer)
     }

@@ -141,6 +141,41 @@ pub fn is_floating(channel: &str) -> bool {
     matches!(channel, "nightly" | "beta") || channel.starts_with("nightly-x86") || channel.starts_with("beta-x86")
 }
 
+/// A warning when the toolchain file that applies in `dir` names a floating channel.
+pub fn floating_channel_warning(dir: &Path) -> Option<String> {
+    let (channel, file) = toolchain_file(dir)?;
+    is_floating(&channel).then(|| {
+        format!(
+            "`{}` names the floating channel `{channel}`: builds are not reproducible; pin a date such as \
+             `{channel}-2026-08-01`",
+            file.display()
+        )
+    })
+}
+
+/// What the host lacks to build `builds` and boot `runs`: QEMU and firmware per machine; per
+/// package directory its toolchain, or, once that is there, its targets and `rust-src`.
+pub fn host_needs(runs: &[crate::plan::CaseRun], builds: &[crate::plan::BuildStep]) -> Vec<Missing> {
+    let mut missing: Vec<Missing> = runs.iter().flat_map(|run| check_machine(&run.machine)).collect();
+    let mut targets: std::collections::BTreeMap<&Path, BTreeSet<String>> = std::collections::BTreeMap::new();
+    for step in builds {
+        targets.entry(step.artifact.dir.as_path()).or_default().insert(step.triple.clone());
+    }
+    for (dir, triples) in &targets {
+        let toolchain = check_toolchain(dir);
+        if toolchain.is_empty() {
+            missing.extend(check_targets(dir, triples));
+            if builds.iter().any(|s| s.artifact.dir == *dir && s.artifact.build_std.is_some()) {
+                missing.extend(check_rust_src(dir));
+            }
+        }
+        missing.extend(toolchain);
+    }
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
 /// The toolchain the project's toolchain file names, when rustup lacks it.
 pub fn check_toolchain(dir: &Path) -> Vec<Missing> {
     let Some((channel, _)) = toolchain_file(dir) else { return Vec::new() };

@@ -101,12 +101,18 @@ impl Run for Command {
 
 /// Runs a command (kiln's or yours), prints any error, and returns the exit code.
 pub fn run_with(global: &GlobalArgs, command: impl Run) -> ExitCode {
-    match command.run(global) {
-        Ok(code) => ExitCode::from(code),
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+    ExitCode::from(finish(command.run(global)))
+}
+
+/// The exit code of a command's result; an error is printed first (a closed stdout is not
+/// an error worth printing).
+fn finish(result: anyhow::Result<u8>) -> u8 {
+    match result {
+        Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => exit_code::SUCCESS,
         Err(err) => {
             eprintln!("{}", render_error(&err));
-            ExitCode::from(error_exit_code(&err))
+            error_exit_code(&err)
         }
     }
 }
@@ -128,13 +134,7 @@ pub fn standalone_main() -> ExitCode {
     };
     let printer = crate::report::Printer::new(crate::commands::verbosity(&cli.global));
     match cli.command {
-        StandaloneCommand::Init(init) => match crate::commands::init::run(&init, &printer) {
-            Ok(code) => ExitCode::from(code),
-            Err(err) => {
-                eprintln!("{}", render_error(&err));
-                ExitCode::from(error_exit_code(&err))
-            }
-        },
+        StandaloneCommand::Init(init) => ExitCode::from(finish(crate::commands::init::run(&init, &printer))),
         StandaloneCommand::Kiln(command) => {
             if !cli.no_delegate
                 && let Some(root) = delegate_root(&cli.global)
@@ -218,14 +218,7 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 fn run_to_code(cli: Cli) -> u8 {
-    match crate::commands::run(cli) {
-        Ok(code) => code,
-        Err(err) if is_broken_pipe(&err) => exit_code::SUCCESS,
-        Err(err) => {
-            eprintln!("{}", render_error(&err));
-            error_exit_code(&err)
-        }
-    }
+    finish(crate::commands::run(cli))
 }
 
 /// The exit code an error maps to.

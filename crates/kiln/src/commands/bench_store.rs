@@ -79,14 +79,6 @@ fn has(program: &str) -> bool {
     kiln_qemu::firmware::find_program(program).is_some()
 }
 
-fn dir_size(path: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    fs::read_dir(path).map(|entries| entries.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
-}
-
 fn mib_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / took.as_secs_f64()
 }
@@ -108,7 +100,7 @@ pub fn run(cx: &Cx) -> anyhow::Result<()> {
         &format!("{} files, {} MiB", SHAPE.small_files + SHAPE.large_files, SHAPE.total_bytes >> 20),
     );
     generate(&tree)?;
-    let bytes = dir_size(&tree);
+    let bytes = kiln_store::tree_size(&tree)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "\nstore: a tree of {} files, {} MiB", SHAPE.small_files + SHAPE.large_files, bytes >> 20)?;
 

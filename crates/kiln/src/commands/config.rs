@@ -4,7 +4,11 @@ use std::{fmt::Write as _, io::Write as _, path::Path};
 
 use kiln_qemu::{BootMethod, Console, Device, Firmware, accel::Accel};
 
-use crate::{config::Config, cx::Cx, exit_code};
+use crate::{
+    config::{Config, toml_key},
+    cx::Cx,
+    exit_code,
+};
 
 /// Prints every artifact, machine (with its rendered QEMU command) and case, defaults applied.
 pub fn run(cx: &Cx) -> anyhow::Result<u8> {
@@ -15,12 +19,6 @@ pub fn run(cx: &Cx) -> anyhow::Result<u8> {
 
 fn quote(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
-}
-
-/// A table name or key: bare when TOML allows it, else quoted.
-fn key(text: &str) -> String {
-    let bare = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if bare { text.to_owned() } else { quote(text) }
 }
 
 fn list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
@@ -38,7 +36,7 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
     writeln!(out, "# {} with every default written out (`cargo xtask config`)", config.file.display())?;
     writeln!(out, "\n[store]\npath = {}", path(store))?;
     for artifact in config.artifacts.values() {
-        writeln!(out, "\n[artifact.{}]", key(&artifact.name))?;
+        writeln!(out, "\n[artifact.{}]", toml_key(&artifact.name))?;
         writeln!(out, "package = {}", quote(&artifact.package))?;
         writeln!(out, "path = {}", path(&artifact.dir))?;
         writeln!(out, "arches = {}", list(artifact.arches.iter().map(|a| a.as_str())))?;
@@ -57,13 +55,13 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
         }
         writeln!(out, "build-std-features = {}", list(artifact.build_std_features.iter().map(String::as_str)))?;
         for (name, value) in &artifact.env {
-            writeln!(out, "env.{} = {}", key(name), quote(value))?;
+            writeln!(out, "env.{} = {}", toml_key(name), quote(value))?;
         }
         writeln!(out, "rustflags = {}", list(artifact.rustflags.iter().map(String::as_str)))?;
         writeln!(out, "image = {}", quote(&format!("{:?}", artifact.image).to_lowercase()))?;
     }
     for machine in config.machines.values() {
-        writeln!(out, "\n[machine.{}]", key(&machine.name))?;
+        writeln!(out, "\n[machine.{}]", toml_key(&machine.name))?;
         writeln!(out, "arch = {}", quote(machine.arch.as_str()))?;
         writeln!(out, "machine = {}", quote(&machine.machine_type))?;
         if let Some(cpu) = &machine.cpu {
@@ -98,7 +96,7 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
         writeln!(out, "# runs: {} {}", machine.arch.qemu_binary(), argv.display())?;
     }
     for case in config.cases.values() {
-        writeln!(out, "\n[case.{}]", key(&case.name))?;
+        writeln!(out, "\n[case.{}]", toml_key(&case.name))?;
         writeln!(out, "artifact = {}", quote(&case.artifact))?;
         writeln!(out, "machines = {}", list(case.machines.iter().map(String::as_str)))?;
         if let Some(success) = &case.success {

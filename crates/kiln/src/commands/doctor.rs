@@ -2,7 +2,7 @@
 //! Kiln.toml, and host tools (QEMU, firmware, toolchains, targets) with the command that
 //! installs each.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{collections::BTreeSet, path::PathBuf};
 
 use crate::{
     cli::GlobalArgs,
@@ -31,33 +31,12 @@ pub fn run(global: &GlobalArgs, printer: &Printer) -> anyhow::Result<u8> {
     }
     let config = Config::load(&file)?;
     let plan = Plan::for_test(&config, &Selection::default())?;
-    let mut missing: Vec<provision::Missing> =
-        plan.runs.iter().flat_map(|run| provision::check_machine(&run.machine)).collect();
     let builds = Plan::for_build(&config, &Selection::default()).builds;
-    let mut targets: BTreeMap<_, BTreeSet<String>> = BTreeMap::new();
-    for step in &builds {
-        targets.entry(step.artifact.dir.clone()).or_default().insert(step.triple.clone());
+    let missing = provision::host_needs(&plan.runs, &builds);
+    let dirs: BTreeSet<&PathBuf> = builds.iter().map(|step| &step.artifact.dir).collect();
+    for warning in dirs.into_iter().filter_map(|dir| provision::floating_channel_warning(dir)) {
+        printer.warn(&warning);
     }
-    for (dir, triples) in &targets {
-        let toolchain = provision::check_toolchain(dir);
-        if toolchain.is_empty() {
-            missing.extend(provision::check_targets(dir, triples));
-            if builds.iter().any(|s| s.artifact.dir == *dir && s.artifact.build_std.is_some()) {
-                missing.extend(provision::check_rust_src(dir));
-            }
-        }
-        missing.extend(toolchain);
-        if let Some((channel, toolchain_file)) = provision::toolchain_file(dir)
-            && provision::is_floating(&channel)
-        {
-            printer.always(&format!(
-                "warning: `{}` names the floating channel `{channel}`; pin a dated one for reproducible builds",
-                toolchain_file.display()
-            ));
-        }
-    }
-    missing.sort();
-    missing.dedup();
     if missing.is_empty() {
         printer.always(&format!(
             "ok: {} is complete and this host has everything its {} cases need",

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use kiln_types::Arch;
 
-use crate::{exec, exit_code, provision, report::Printer};
+use crate::{config::toml_key, exec, exit_code, provision, report::Printer};
 
 /// Options of `init`.
 #[derive(Debug, clap::Args)]
@@ -345,14 +345,6 @@ fn kiln_toml_text(detected: &Detected) -> String {
     let _ = writeln!(text, "# stop-on-success = true            # for kernels that never exit");
     let _ = writeln!(text, "timeout = \"60s\"");
     text
-}
-
-fn toml_key(name: &str) -> String {
-    if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        name.to_owned()
-    } else {
-        toml::Value::String(name.to_owned()).to_string()
-    }
 }
 
 const WORKFLOW: &str = "\

@@ -1,9 +1,6 @@
 //! `selftest`: provision everything the project's tests need, then run them.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    io::Write as _,
-};
+use std::io::Write as _;
 
 use anyhow::Context as _;
 
@@ -15,18 +12,13 @@ use crate::{
     provision,
 };
 
-/// Installs QEMU, firmware and rustup targets for every case and artifact, then runs
+/// Installs QEMU, firmware, toolchains and rustup targets for every case and artifact, then runs
 /// `cargo test --workspace` in the project root and passes its status through.
 pub fn run(cx: &Cx, args: &SelftestArgs) -> anyhow::Result<u8> {
     let all = Selection::default();
     let plan = Plan::for_test(&cx.config, &all)?;
     let builds = Plan::for_build(&cx.config, &all).builds;
-    let mut targets: BTreeMap<_, BTreeSet<String>> = BTreeMap::new();
-    for step in &builds {
-        targets.entry(step.artifact.dir.clone()).or_default().insert(step.triple.clone());
-    }
-    let mut missing: Vec<_> = plan.runs.iter().flat_map(|run| provision::check_machine(&run.machine)).collect();
-    missing.extend(targets.iter().flat_map(|(dir, triples)| provision::check_targets(dir, triples)));
+    let missing = provision::host_needs(&plan.runs, &builds);
     provision::ensure(missing, cx.options.install, &cx.printer)?;
 
     cx.printer.status("Testing", &format!("cargo test --workspace in {}", cx.config.root.display()));

@@ -153,6 +153,12 @@ impl Config {
     }
 }
 
+/// A table name or key as TOML writes it: bare when TOML allows, else quoted.
+pub fn toml_key(text: &str) -> String {
+    let bare = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if bare { text.to_owned() } else { toml::Value::String(text.to_owned()).to_string() }
+}
+
 /// `path` relative to the current directory when below it, for shorter messages.
 fn display_path(path: &Path) -> PathBuf {
     std::env::current_dir()

@@ -3,56 +3,32 @@
 //! On a fully cached `test` the cargo queries are most of kiln's own time. The answer of
 //! `cargo metadata --filter-platform T` only changes when a manifest, the lock file, a cargo
 //! config or toolchain file, or the toolchain itself changes, so kiln keeps the JSON with a
-//! stamp (size, inode, mtime and ctime in ns) of each such file, and the `rustc -vV` text.
-//! A file changed within [`RACY_WINDOW`] of writing the cache makes kiln skip writing it:
-//! a later change within the same timestamp tick could otherwise go unnoticed.
+//! stamp (`kiln_store::FileStamp`) of each such file, and the `rustc -vV` text. A file
+//! changed within `kiln_store::RACY_WINDOW` of writing the cache makes kiln skip writing
+//! it: a later change within the same timestamp tick could otherwise go unnoticed.
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::Stdio,
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use anyhow::{Context, bail};
 use cargo_metadata::Metadata;
+use kiln_store::FileStamp;
 
 use super::cargo::tool_command;
 
-/// Files changed this recently are not trusted to a stamp.
-const RACY_WINDOW: Duration = Duration::from_secs(2);
-
 /// Bumped when the cache file's layout changes.
 const CACHE_VERSION: u32 = 1;
-
-/// What identifies a file's state without reading it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Stamp {
-    len: u64,
-    ino: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-impl Stamp {
-    fn of(path: &Path) -> Option<Self> {
-        let meta = fs::metadata(path).ok()?;
-        Some(Self {
-            len: meta.len(),
-            ino: meta.ino(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-        })
-    }
-}
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct CacheFile {
     version: u32,
     rustc: String,
     /// Each watched path and its stamp; `None` records that the file did not exist.
-    watched: Vec<(PathBuf, Option<Stamp>)>,
+    watched: Vec<(PathBuf, Option<FileStamp>)>,
     json: String,
 }
 
@@ -114,7 +90,7 @@ impl MetadataCache {
         let text = fs::read_to_string(self.file(dir, triple)).ok()?;
         let cached: CacheFile = serde_json::from_str(&text).ok()?;
         let unchanged = cached.version == CACHE_VERSION
-            && cached.watched.iter().all(|(path, stamp)| Stamp::of(path).as_ref() == stamp.as_ref());
+            && cached.watched.iter().all(|(path, stamp)| FileStamp::of_path(path).as_ref() == stamp.as_ref());
         unchanged.then_some(cached)
     }
 
@@ -126,11 +102,8 @@ impl MetadataCache {
         let now = SystemTime::now();
         let mut watched = Vec::new();
         for path in watched_paths {
-            let stamp = Stamp::of(&path);
-            let recent = fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| now.duration_since(modified).map_or(true, |age| age < RACY_WINDOW));
-            if recent {
+            let stamp = FileStamp::of_path(&path);
+            if stamp.is_some_and(|stamp| stamp.is_racy(now)) {
                 return;
             }
             watched.push((path, stamp));
@@ -176,17 +149,19 @@ fn watched_files(dir: &Path, metadata: &Metadata) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn stamps_change_with_content_and_absence_is_recorded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("Cargo.toml");
-        assert_eq!(Stamp::of(&file), None);
+        assert_eq!(FileStamp::of_path(&file), None);
         fs::write(&file, "a").expect("write");
-        let first = Stamp::of(&file).expect("stamp");
+        let first = FileStamp::of_path(&file).expect("stamp");
         fs::write(&file, "ab").expect("write");
-        assert_ne!(Stamp::of(&file), Some(first));
+        assert_ne!(FileStamp::of_path(&file), Some(first));
     }
 
     fn age(path: &Path) {
