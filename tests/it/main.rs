@@ -5,6 +5,8 @@ mod adoption;
 mod config_errors;
 mod example;
 mod fixtures;
+mod linux;
+mod linux_fetch;
 mod store;
 mod support;
 mod timeouts;

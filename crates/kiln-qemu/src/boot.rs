@@ -44,6 +44,9 @@ pub struct BootRequest {
     pub stop_on_success: bool,
     /// Where the full serial output is written.
     pub log_path: PathBuf,
+    /// A line starting with this, then a number, is the guest command's exit status (a
+    /// Linux guest under kiln's init); kiln then stops QEMU at once.
+    pub exit_marker: Option<String>,
 }
 
 /// How the QEMU process ended.
@@ -59,6 +62,9 @@ pub enum Exit {
     Silent(Duration),
     /// kiln stopped it after the success marker, as asked.
     StoppedOnSuccess,
+    /// The guest's command reported this exit status through the exit marker; kiln
+    /// stopped QEMU.
+    GuestExited(i32),
 }
 
 /// What one boot produced.
@@ -225,6 +231,10 @@ pub async fn boot(
                     kill(&guard);
                     break None;
                 }
+                if let Some(status) = guest_status(request.exit_marker.as_deref(), &mut outcome) {
+                    kill(&guard);
+                    break Some(Exit::GuestExited(status));
+                }
                 if request.stop_on_success && outcome.success_seen {
                     kill(&guard);
                     break Some(Exit::StoppedOnSuccess);
@@ -274,6 +284,18 @@ pub async fn boot(
         return Err(QemuError::QemuFailed { status, stderr: stderr.trim().to_owned() });
     }
     Ok(outcome)
+}
+
+/// The exit status in the newest serial lines, when they carry the exit marker; the marker
+/// line leaves the tail, so the last line shown is the guest's own.
+fn guest_status(marker: Option<&str>, outcome: &mut BootOutcome) -> Option<i32> {
+    let marker = marker?;
+    let len = outcome.tail.len();
+    let (index, status) = outcome.tail.iter().enumerate().skip(len.saturating_sub(4)).find_map(|(index, line)| {
+        line.trim_start().strip_prefix(marker)?.trim().parse().ok().map(|status| (index, status))
+    })?;
+    outcome.tail.remove(index);
+    Some(status)
 }
 
 fn kill(guard: &Option<GroupGuard>) {

@@ -18,5 +18,5 @@ mod verdict;
 pub use argv::Argv;
 pub use boot::{BootOutcome, BootRequest, Exit, boot, interactive};
 pub use errors::QemuError;
-pub use machine::{BootMethod, Console, Device, Firmware, Machine};
+pub use machine::{BootMethod, Console, Device, Firmware, LinuxBoot, Machine, Share};
 pub use verdict::{FailReason, Judge, PassReason, Verdict};

@@ -87,6 +87,33 @@ pub enum BootMethod {
     Disk,
 }
 
+/// A host directory shared into a Linux guest over 9p.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share<'a> {
+    /// The host directory.
+    pub host: &'a Path,
+    /// The 9p mount tag the guest mounts by.
+    pub tag: String,
+    /// Whether the guest may only read it.
+    pub readonly: bool,
+}
+
+/// What a Linux boot adds to a machine profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxBoot<'a> {
+    /// The kernel image.
+    pub kernel: &'a Path,
+    /// The initramfs (several cpio archives may be concatenated in it).
+    pub initrd: &'a Path,
+    /// The whole kernel command line.
+    pub cmdline: &'a str,
+    /// Host files that receive the guest program's standard output and error, through two
+    /// virtio consoles (`/dev/hvc0`, `/dev/hvc1`); `None` leaves everything on the serial line.
+    pub program_output: Option<(&'a Path, &'a Path)>,
+    /// Host directories shared into the guest.
+    pub shares: Vec<Share<'a>>,
+}
+
 /// A QEMU profile: the machine, its CPU, memory, firmware, devices and extra arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Machine {
@@ -138,6 +165,55 @@ impl Machine {
         }
     }
 
+    /// kiln's default profile for Linux guests on `arch` (named `linux-ARCH`): no exit
+    /// device (kiln's init reports the command's status), room for a kernel and an initramfs.
+    pub fn linux_default_for(arch: Arch) -> Self {
+        let mut machine = Self::default_for(arch);
+        machine.name = format!("linux-{arch}");
+        machine.devices.clear();
+        machine.memory_mib = Some(512);
+        machine
+    }
+
+    /// The guest's serial console device name, for the kernel's `console=`.
+    pub fn linux_console(&self) -> &'static str {
+        match self.arch {
+            Arch::Aarch64 => "ttyAMA0",
+            Arch::X86_64 | Arch::Riscv64 => "ttyS0",
+        }
+    }
+
+    /// Renders the argument list that boots a Linux kernel with an initramfs, headless.
+    pub fn linux_argv(&self, boot: &LinuxBoot<'_>, accel: Accel, console: Console) -> Argv {
+        let mut argv = self.base_argv(accel, console);
+        argv.pair("-kernel", boot.kernel).pair("-initrd", boot.initrd).pair("-append", boot.cmdline);
+        if let Some((stdout, stderr)) = boot.program_output {
+            argv.pair("-device", "virtio-serial-pci,id=kiln-serial");
+            for (id, path) in [("kiln-stdout", stdout), ("kiln-stderr", stderr)] {
+                let mut chardev = std::ffi::OsString::from(format!("file,id={id},append=on,path="));
+                chardev.push(path);
+                argv.pair("-chardev", chardev);
+                argv.pair("-device", format!("virtconsole,chardev={id},name={id}"));
+            }
+        }
+        for (index, share) in boot.shares.iter().enumerate() {
+            let mut fsdev = std::ffi::OsString::from(format!(
+                "local,id=kiln-share{index},security_model=none{},path=",
+                if share.readonly { ",readonly=on" } else { "" }
+            ));
+            fsdev.push(share.host);
+            argv.pair("-fsdev", fsdev);
+            argv.pair("-device", format!("virtio-9p-pci,fsdev=kiln-share{index},mount_tag={}", share.tag));
+        }
+        for device in &self.devices {
+            device.render(&mut argv);
+        }
+        for extra in &self.extra_args {
+            argv.arg(extra);
+        }
+        argv
+    }
+
     /// The device that reports the guest's result through QEMU's exit status, if any.
     pub fn exit_device(&self) -> Option<&Device> {
         self.devices.iter().find(|device| device.is_exit_device())
@@ -145,6 +221,26 @@ impl Machine {
 
     /// Renders the argument list that boots `kernel` headless with the given console.
     pub fn argv(&self, kernel: &Path, accel: Accel, console: Console) -> Argv {
+        let mut argv = self.base_argv(accel, console);
+        for device in &self.devices {
+            device.render(&mut argv);
+        }
+        match self.boot {
+            BootMethod::Kernel => argv.pair("-kernel", kernel),
+            BootMethod::Disk => {
+                let mut drive = std::ffi::OsString::from("format=raw,snapshot=on,file=");
+                drive.push(kernel);
+                argv.pair("-drive", drive)
+            }
+        };
+        for extra in &self.extra_args {
+            argv.arg(extra);
+        }
+        argv
+    }
+
+    /// The machine, CPU, memory, firmware and console: what every boot starts with.
+    fn base_argv(&self, accel: Accel, console: Console) -> Argv {
         let mut argv = Argv::default();
         argv.pair("-machine", format!("{},accel={}", self.machine_type, accel.as_str()));
         if let Some(cpu) = &self.cpu {
@@ -173,20 +269,6 @@ impl Machine {
             Console::Captured => argv.pair("-monitor", "none").pair("-serial", "stdio"),
             Console::Interactive => argv.pair("-serial", "mon:stdio"),
         };
-        for device in &self.devices {
-            device.render(&mut argv);
-        }
-        match self.boot {
-            BootMethod::Kernel => argv.pair("-kernel", kernel),
-            BootMethod::Disk => {
-                let mut drive = std::ffi::OsString::from("format=raw,snapshot=on,file=");
-                drive.push(kernel);
-                argv.pair("-drive", drive)
-            }
-        };
-        for extra in &self.extra_args {
-            argv.arg(extra);
-        }
         argv
     }
 }

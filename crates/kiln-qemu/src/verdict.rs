@@ -13,8 +13,12 @@ pub struct Judge {
     pub failure: Option<Regex>,
     /// The guest must print a line matching this to pass.
     pub success: Option<Regex>,
-    /// QEMU exit statuses that mean the guest passed (from the exit device).
+    /// Exit statuses that mean the guest passed: QEMU's (from the exit device), or the
+    /// guest command's when `guest_reports_status` is set.
     pub success_statuses: Vec<i32>,
+    /// The guest reports its command's exit status on the serial line (a Linux guest under
+    /// kiln's init); QEMU ending without that report is a failure.
+    pub guest_reports_status: bool,
 }
 
 /// Why a case passed.
@@ -50,6 +54,13 @@ pub enum FailReason {
     },
     /// QEMU was killed by a signal kiln did not send.
     Signal(i32),
+    /// QEMU ended before the guest reported its command's exit status.
+    NoStatusReport {
+        /// QEMU's status.
+        qemu_status: i32,
+        /// The last line the guest printed, for context.
+        last_line: Option<String>,
+    },
 }
 
 /// The judgement of one boot.
@@ -91,6 +102,12 @@ impl Verdict {
                 format!("exit status {status} but `{pattern}` never appeared")
             }
             Self::Failed(FailReason::Signal(signal)) => format!("QEMU killed by signal {signal}"),
+            Self::Failed(FailReason::NoStatusReport { qemu_status, last_line }) => match last_line {
+                Some(line) => format!(
+                    "the guest stopped (QEMU status {qemu_status}) without reporting the command's exit status, after `{line}`"
+                ),
+                None => format!("the guest stopped (QEMU status {qemu_status}) without any output"),
+            },
             Self::TimedOut { after } => format!("timed out after {}s", after.as_secs_f64()),
             Self::Silent { after } => format!("no output for {}s", after.as_secs_f64()),
         }
@@ -118,7 +135,10 @@ impl Judge {
             Exit::Silent(after) => Verdict::Silent { after },
             Exit::Signal(signal) => Verdict::Failed(FailReason::Signal(signal)),
             Exit::StoppedOnSuccess => Verdict::Passed(PassReason::SuccessMarker),
-            Exit::Status(status) => {
+            Exit::Status(qemu_status) if self.guest_reports_status => {
+                Verdict::Failed(FailReason::NoStatusReport { qemu_status, last_line: outcome.last_line() })
+            }
+            Exit::Status(status) | Exit::GuestExited(status) => {
                 if !self.success_statuses.contains(&status) {
                     return Verdict::Failed(FailReason::ExitStatus { status, last_line: outcome.last_line() });
                 }
@@ -138,6 +158,16 @@ impl Judge {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_guest_status_is_judged_and_a_missing_report_fails() {
+        let judge = Judge { failure: None, success: None, success_statuses: vec![0], guest_reports_status: true };
+        let three = judge.judge(&outcome(Exit::GuestExited(3), &["hello"], &judge));
+        assert_eq!(three.describe(), "exit status 3 after `hello`");
+        assert!(judge.judge(&outcome(Exit::GuestExited(0), &[], &judge)).is_pass());
+        let silent = judge.judge(&outcome(Exit::Status(0), &["init: oops"], &judge));
+        assert!(matches!(silent, Verdict::Failed(FailReason::NoStatusReport { qemu_status: 0, .. })), "{silent:?}");
+    }
+
     fn outcome(exit: Exit, lines: &[&str], judge: &Judge) -> BootOutcome {
         let mut outcome = BootOutcome::new(exit);
         for line in lines {
@@ -151,6 +181,7 @@ mod tests {
             failure: Some(Regex::new("panicked at").expect("regex")),
             success: Some(Regex::new("^all checks passed$").expect("regex")),
             success_statuses: vec![0],
+            guest_reports_status: false,
         }
     }
 
@@ -183,7 +214,7 @@ mod tests {
 
     #[test]
     fn other_status_fails_with_the_last_line() {
-        let judge = Judge { failure: None, success: None, success_statuses: vec![33] };
+        let judge = Judge { failure: None, success: None, success_statuses: vec![33], guest_reports_status: false };
         let verdict = judge.judge(&outcome(Exit::Status(3), &["a", "b"], &judge));
         assert_eq!(verdict, Verdict::Failed(FailReason::ExitStatus { status: 3, last_line: Some("b".into()) }));
     }

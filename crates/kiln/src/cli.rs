@@ -106,6 +106,90 @@ pub enum Command {
     Store(StoreArgs),
     /// List what is left before `test` can pass: Kiln.toml TODOs and missing host tools.
     Doctor,
+    /// Run a program inside a Linux VM of its architecture (a cargo target runner).
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run(RunArgs),
+    /// Build and inspect rootfs images: build, ls, show, path, diff.
+    Rootfs(RootfsArgs),
+}
+
+const RUN_AFTER_HELP: &str = "\
+As cargo's runner, in .cargo/config.toml:
+  [target.aarch64-unknown-linux-musl]
+  runner = [\"cargo\", \"xtask\", \"run\", \"--\"]
+  linker = \"rust-lld\"
+then `cargo test --target aarch64-unknown-linux-musl` runs every test binary in an aarch64 VM.
+
+The package directory (CARGO_MANIFEST_DIR, else the current directory) is shared read-only at
+the same path; the program runs there with cargo's CARGO_*/RUST_* variables and those listed in
+`[run] env`. Its exit status is kiln's; kiln's own failures (the guest did not finish) exit 3.";
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The guest architecture (default: read from the program's ELF header).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// The `[kernel.NAME]` to boot (default: `[run] kernel`, or the only one).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// The `[rootfs.NAME]` to boot (default: `[run] rootfs`, or the only initramfs).
+    #[arg(long)]
+    pub rootfs: Option<String>,
+    /// Hard timeout (default: `[run] timeout`, 10 minutes).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+    pub command: Vec<String>,
+}
+
+/// `rootfs`.
+#[derive(Debug, Args)]
+pub struct RootfsArgs {
+    /// The rootfs command.
+    #[command(subcommand)]
+    pub command: RootfsCommand,
+}
+
+/// `rootfs` subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum RootfsCommand {
+    /// Build rootfs images through the store (default: all, on every arch).
+    Build {
+        /// Only these rootfs recipes.
+        names: Vec<String>,
+        /// Only these architectures.
+        #[arg(long, value_delimiter = ',')]
+        arch: Vec<Arch>,
+    },
+    /// List the rootfs recipes with their arches, formats, closures and whether they are built.
+    Ls,
+    /// List the files of a built rootfs: mode, size, path (and link targets).
+    Show(RootfsArg),
+    /// Print the path of a rootfs image in the store (built first when missing).
+    Path(RootfsArg),
+    /// Compare two rootfs images: files added, removed and changed, with sizes.
+    Diff {
+        /// The first rootfs.
+        a: String,
+        /// The second rootfs.
+        b: String,
+        /// The architecture (default: the first both are built for).
+        #[arg(long)]
+        arch: Option<Arch>,
+    },
+}
+
+/// A rootfs on one architecture.
+#[derive(Debug, Args)]
+pub struct RootfsArg {
+    /// The rootfs's name in Kiln.toml.
+    pub name: String,
+    /// The architecture (default: the first it is built for).
+    #[arg(long)]
+    pub arch: Option<Arch>,
 }
 
 /// The standalone `cargo kiln` command line: kiln's commands plus `init`.
@@ -266,9 +350,10 @@ pub struct BenchArgs {
     /// Only these architectures.
     #[arg(long, value_delimiter = ',')]
     pub arch: Vec<Arch>,
-    /// Which benchmarks: `boot` (per-arch boot-to-verdict, warm-run overhead) and `store`
-    /// (hashing a generated 1 GiB tree, warm rehash, export + import).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchSuite::Boot, BenchSuite::Store])]
+    /// Which benchmarks: `boot` (per-arch boot-to-verdict, warm-run overhead), `linux`
+    /// (rootfs build, Linux boot-to-command, `run` per invocation) and `store` (hashing a
+    /// generated 1 GiB tree, warm rehash, export + import).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchSuite::Boot, BenchSuite::Linux, BenchSuite::Store])]
     pub suite: Vec<BenchSuite>,
 }
 
@@ -279,6 +364,9 @@ pub enum BenchSuite {
     Boot,
     /// Tree hashing against b3sum, warm rehash, export + import against tar + zstd.
     Store,
+    /// Linux guests: rootfs build against `find | cpio | gzip`, boot-to-command against a
+    /// naive command line, and the cost of one `run`.
+    Linux,
 }
 
 /// `config`.

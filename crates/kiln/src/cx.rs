@@ -15,7 +15,7 @@ use kiln_types::Arch;
 use crate::{
     config::Config,
     exec::{self, CargoHost},
-    plan::{BuildKey, BuildStep, CaseRun},
+    plan::{BuildKey, BuildStep, CaseRun, ImageKey, ImageKind, Plan},
     provision::{self, InstallMode},
     report::Printer,
 };
@@ -49,6 +49,26 @@ impl BuiltArtifact {
     pub fn image(&self) -> &std::path::Path {
         self.images.first().map_or(std::path::Path::new(""), |image| &image.path)
     }
+}
+
+/// A kernel or rootfs in the store.
+#[derive(Clone, Debug)]
+pub struct RealisedImage {
+    /// Its closure hash.
+    pub closure: ClosureHash,
+    /// The entry's output directory.
+    pub dir: PathBuf,
+    /// Whether it was built now.
+    pub outcome: BuildOutcome,
+}
+
+/// Everything a plan needs, in the store.
+#[derive(Debug, Default)]
+pub struct Realised {
+    /// Artifacts by build.
+    pub builds: BTreeMap<BuildKey, BuiltArtifact>,
+    /// Kernels and rootfs images.
+    pub images: BTreeMap<ImageKey, RealisedImage>,
 }
 
 /// A command's context.
@@ -282,6 +302,148 @@ impl Cx {
             built.insert(step.key.clone(), BuiltArtifact { closure, images, outcome });
         }
         Ok(built)
+    }
+
+    /// Realises a plan: its builds, then the fetches, kernels and rootfs images.
+    pub fn realise_plan(&self, plan: &Plan) -> anyhow::Result<Realised> {
+        let builds = self.realise(&plan.builds)?;
+        let artifact_closures = builds.iter().map(|(key, built)| (key.clone(), built.closure)).collect();
+        let fetched = self.fetch_for(&plan.images)?;
+        let mut images = BTreeMap::new();
+        for (key, drv) in self.image_derivations(&plan.images, &artifact_closures)? {
+            let closure = drv.closure_hash();
+            let name = key.store_name();
+            let on_wait = || self.printer.status("Waiting", &format!("for another kiln building {key}"));
+            let build = |out: &std::path::Path| -> anyhow::Result<()> {
+                match key.kind {
+                    ImageKind::Kernel => {
+                        let kernel = &self.config.kernels[&key.name];
+                        let template = match &kernel.source {
+                            crate::config::KernelSource::Deb(t) | crate::config::KernelSource::Image(t) => t,
+                        };
+                        let (_, file) = &fetched[&template.for_arch(key.arch)];
+                        exec::linux::build_kernel(kernel, key.arch, file, out)
+                    }
+                    ImageKind::Rootfs => {
+                        let rootfs = &self.config.rootfses[&key.name];
+                        let binaries = builds
+                            .iter()
+                            .filter(|(build, _)| build.arch == key.arch)
+                            .map(|(build, built)| (build.artifact.clone(), built.image().to_owned()))
+                            .collect();
+                        let files = exec::linux::RootfsFiles { fetched: &fetched, binaries: &binaries };
+                        let tree = exec::linux::assemble(rootfs, key.arch, &files)?;
+                        exec::linux::write_rootfs(rootfs, &tree, out)
+                    }
+                }
+            };
+            if self.store.lookup(&closure)?.is_none() {
+                self.printer.status("Building", &key.to_string());
+            }
+            let (entry, outcome) = self.store.build(&drv, &name, on_wait, |out| {
+                build(out).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
+            })?;
+            match outcome {
+                BuildOutcome::Cached => self.printer.status("Cached", &format!("{key} {}", closure.short())),
+                BuildOutcome::Built { duration, .. } => self
+                    .printer
+                    .status("Built", &format!("{key} {} in {}", closure.short(), crate::report::seconds(duration))),
+            }
+            self.store.mark_used(&closure)?;
+            self.store.record_name(&name, &closure)?;
+            images.insert(key, RealisedImage { closure, dir: entry.out_dir(), outcome });
+        }
+        Ok(Realised { builds, images })
+    }
+
+    /// Fetches (or finds in the store) every file the images read.
+    pub fn fetch_for(&self, images: &[ImageKey]) -> anyhow::Result<exec::FetchedFiles> {
+        let mut fetched = exec::FetchedFiles::new();
+        for name in self.fetches_of(images) {
+            let fetch = &self.config.fetches[&name];
+            let (path, _) = exec::fetch::realise(&self.store, fetch, &self.printer)?;
+            fetched.insert(name, (exec::fetch::derivation(fetch).closure_hash(), path));
+        }
+        Ok(fetched)
+    }
+
+    /// The fetch names the images read, sorted.
+    fn fetches_of(&self, images: &[ImageKey]) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for key in images {
+            match key.kind {
+                ImageKind::Kernel => {
+                    if let Some(kernel) = self.config.kernels.get(&key.name) {
+                        let (crate::config::KernelSource::Deb(t) | crate::config::KernelSource::Image(t)) =
+                            &kernel.source;
+                        names.insert(t.for_arch(key.arch));
+                    }
+                }
+                ImageKind::Rootfs => {
+                    for layer in self.config.rootfses.get(&key.name).map(|r| r.layers.as_slice()).unwrap_or_default() {
+                        use crate::config::LayerSource;
+                        if let LayerSource::Busybox(t) | LayerSource::Deb(t) | LayerSource::Tarball(t) = &layer.source {
+                            names.insert(t.for_arch(key.arch));
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// The derivations of the images, given the closures of the artifacts their layers use.
+    pub fn image_derivations(
+        &self,
+        images: &[ImageKey],
+        artifacts: &BTreeMap<BuildKey, ClosureHash>,
+    ) -> anyhow::Result<Vec<(ImageKey, Derivation)>> {
+        let fetches: BTreeMap<String, ClosureHash> = self
+            .config
+            .fetches
+            .iter()
+            .map(|(name, fetch)| (name.clone(), exec::fetch::derivation(fetch).closure_hash()))
+            .collect();
+        images
+            .iter()
+            .map(|key| {
+                let drv = match key.kind {
+                    ImageKind::Kernel => {
+                        exec::linux::kernel_derivation(&self.config.kernels[&key.name], key.arch, &fetches)
+                    }
+                    ImageKind::Rootfs => {
+                        let artifacts: BTreeMap<String, ClosureHash> = artifacts
+                            .iter()
+                            .filter(|(build, _)| build.arch == key.arch)
+                            .map(|(build, closure)| (build.artifact.clone(), *closure))
+                            .collect();
+                        let inputs = exec::linux::RootfsInputs { fetches: &fetches, artifacts: &artifacts };
+                        exec::linux::rootfs_derivation(&self.config.rootfses[&key.name], key.arch, &inputs)
+                            .with_context(|| format!("cannot compute the closure of {key}"))?
+                    }
+                };
+                Ok((key.clone(), drv))
+            })
+            .collect()
+    }
+
+    /// Every closure a plan needs (builds, fetches, kernels, rootfs images), without building.
+    pub fn plan_closures(&self, plan: &Plan) -> anyhow::Result<Vec<(String, ClosureHash)>> {
+        let derivations = self.derivations(&plan.builds)?;
+        let mut closures = Vec::new();
+        let mut artifacts = BTreeMap::new();
+        for (step, drv) in plan.builds.iter().zip(&derivations) {
+            artifacts.insert(step.key.clone(), drv.closure_hash());
+            closures.push((step.key.store_name(), drv.closure_hash()));
+        }
+        for name in self.fetches_of(&plan.images) {
+            closures
+                .push((format!("fetch-{name}"), exec::fetch::derivation(&self.config.fetches[&name]).closure_hash()));
+        }
+        for (key, drv) in self.image_derivations(&plan.images, &artifacts)? {
+            closures.push((key.store_name(), drv.closure_hash()));
+        }
+        Ok(closures)
     }
 
     /// Checks (and, when allowed, installs) what the runs' machines need on this host.

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use kiln_qemu::{Judge, Machine};
 use kiln_types::Arch;
 
-use crate::config::{Artifact, Case, Config, ConfigError, Expect};
+use crate::config::{Artifact, Case, CaseGuest, Config, ConfigError, Expect, LayerSource};
 
 /// Names one artifact built for one architecture.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,6 +30,63 @@ impl std::fmt::Display for BuildKey {
     }
 }
 
+/// Whether an image is a kernel or a rootfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ImageKind {
+    /// `[kernel.NAME]`.
+    Kernel,
+    /// `[rootfs.NAME]`.
+    Rootfs,
+}
+
+/// Names one kernel or rootfs for one architecture.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ImageKey {
+    /// Kernel or rootfs (kernels sort first).
+    pub kind: ImageKind,
+    /// Its name in Kiln.toml.
+    pub name: String,
+    /// Architecture.
+    pub arch: Arch,
+}
+
+impl ImageKey {
+    /// The name the store records this image under: `kernel-NAME-ARCH` or `rootfs-NAME-ARCH`.
+    pub fn store_name(&self) -> String {
+        let kind = match self.kind {
+            ImageKind::Kernel => "kernel",
+            ImageKind::Rootfs => "rootfs",
+        };
+        format!("{kind}-{}-{}", self.name, self.arch)
+    }
+}
+
+impl std::fmt::Display for ImageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            ImageKind::Kernel => "kernel",
+            ImageKind::Rootfs => "rootfs",
+        };
+        write!(f, "{kind} {} ({})", self.name, self.arch)
+    }
+}
+
+/// What a case boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Guest {
+    /// An artifact's binary as the kernel.
+    Artifact(BuildKey),
+    /// A Linux kernel and rootfs, running a command under kiln's init.
+    Linux {
+        /// The kernel.
+        kernel: ImageKey,
+        /// The rootfs.
+        rootfs: ImageKey,
+        /// The shell command.
+        command: String,
+    },
+}
+
 /// One cargo build.
 #[derive(Clone, Debug)]
 pub struct BuildStep {
@@ -50,8 +107,8 @@ pub struct CaseRun {
     pub case: String,
     /// The machine profile.
     pub machine: Machine,
-    /// The build whose output it boots.
-    pub build: BuildKey,
+    /// What it boots.
+    pub guest: Guest,
     /// How it is judged.
     pub judge: Judge,
     /// Whether it is expected to pass.
@@ -91,6 +148,8 @@ impl Selection {
 pub struct Plan {
     /// Builds, each once, sorted.
     pub builds: Vec<BuildStep>,
+    /// Kernels and rootfs images (after the builds their layers use), sorted.
+    pub images: Vec<ImageKey>,
     /// Boots.
     pub runs: Vec<CaseRun>,
 }
@@ -109,7 +168,60 @@ impl Plan {
                     .map(|arch| BuildKey { artifact: artifact.name.clone(), arch: *arch })
             })
             .collect();
-        Self { builds: build_steps(config, keys), runs: Vec::new() }
+        Self { builds: build_steps(config, keys), images: Vec::new(), runs: Vec::new() }
+    }
+
+    /// Every selected kernel and rootfs (`names` empty: all), and the builds their layers use.
+    pub fn for_images(config: &Config, selection: &Selection, kind: Option<ImageKind>, names: &[String]) -> Self {
+        let mut images = BTreeSet::new();
+        let wanted = |name: &String| names.is_empty() || names.contains(name);
+        if kind != Some(ImageKind::Rootfs) {
+            for kernel in config.kernels.values().filter(|k| wanted(&k.name)) {
+                for arch in kernel.arches.iter().filter(|a| selection.wants_arch(**a)) {
+                    images.insert(ImageKey { kind: ImageKind::Kernel, name: kernel.name.clone(), arch: *arch });
+                }
+            }
+        }
+        if kind != Some(ImageKind::Kernel) {
+            for rootfs in config.rootfses.values().filter(|r| wanted(&r.name)) {
+                for arch in rootfs.arches.iter().filter(|a| selection.wants_arch(**a)) {
+                    images.insert(ImageKey { kind: ImageKind::Rootfs, name: rootfs.name.clone(), arch: *arch });
+                }
+            }
+        }
+        Self::with_images(config, BTreeSet::new(), images, Vec::new())
+    }
+
+    /// One kernel and one rootfs (for `run`), and the builds the rootfs's layers use.
+    pub fn for_linux(config: &Config, kernel: &ImageKey, rootfs: &ImageKey) -> Self {
+        Self::with_images(config, BTreeSet::new(), [kernel.clone(), rootfs.clone()].into(), Vec::new())
+    }
+
+    /// Everything Kiln.toml declares: every artifact, kernel and rootfs on every arch.
+    pub fn everything(config: &Config) -> Self {
+        let all = Selection::default();
+        let builds = Self::for_build(config, &all).builds.into_iter().map(|b| b.key).collect();
+        let images = Self::for_images(config, &all, None, &[]).images.into_iter().collect();
+        Self::with_images(config, builds, images, Vec::new())
+    }
+
+    fn with_images(
+        config: &Config,
+        mut keys: BTreeSet<BuildKey>,
+        images: BTreeSet<ImageKey>,
+        runs: Vec<CaseRun>,
+    ) -> Self {
+        for image in &images {
+            let Some(rootfs) = config.rootfses.get(&image.name).filter(|_| image.kind == ImageKind::Rootfs) else {
+                continue;
+            };
+            for layer in &rootfs.layers {
+                if let LayerSource::Artifact(artifact) = &layer.source {
+                    keys.insert(BuildKey { artifact: artifact.clone(), arch: image.arch });
+                }
+            }
+        }
+        Self { builds: build_steps(config, keys), images: images.into_iter().collect(), runs }
     }
 
     /// Every selected case × machine, and the builds they need.
@@ -143,8 +255,20 @@ impl Plan {
                 runs.push(case_run(case, machine));
             }
         }
-        let keys = runs.iter().map(|run| run.build.clone()).collect();
-        Ok(Self { builds: build_steps(config, keys), runs })
+        let mut keys = BTreeSet::new();
+        let mut images = BTreeSet::new();
+        for run in &runs {
+            match &run.guest {
+                Guest::Artifact(key) => {
+                    keys.insert(key.clone());
+                }
+                Guest::Linux { kernel, rootfs, .. } => {
+                    images.insert(kernel.clone());
+                    images.insert(rootfs.clone());
+                }
+            }
+        }
+        Ok(Self::with_images(config, keys, images, runs))
     }
 }
 
@@ -158,16 +282,40 @@ fn build_steps(config: &Config, keys: BTreeSet<BuildKey>) -> Vec<BuildStep> {
         .collect()
 }
 
+/// Serial lines that mean a Linux guest's kernel failed; they fail a Linux case at once,
+/// besides the case's own `failure` pattern.
+pub const KERNEL_FAILURE: &str =
+    r"Kernel panic - not syncing|\bOops(: |\[)|\bBUG: |Unable to handle kernel|general protection fault";
+
 fn case_run(case: &Case, machine: &Machine) -> CaseRun {
-    let success_statuses = case
-        .success_exit_codes
-        .clone()
-        .unwrap_or_else(|| machine.exit_device().map_or_else(|| vec![0], |device| device.success_statuses().to_vec()));
+    let arch = machine.arch;
+    let (guest, failure) = match &case.guest {
+        CaseGuest::Artifact(artifact) => {
+            (Guest::Artifact(BuildKey { artifact: artifact.clone(), arch }), case.failure.clone())
+        }
+        CaseGuest::Linux { kernel, rootfs, command } => {
+            let guest = Guest::Linux {
+                kernel: ImageKey { kind: ImageKind::Kernel, name: kernel.clone(), arch },
+                rootfs: ImageKey { kind: ImageKind::Rootfs, name: rootfs.clone(), arch },
+                command: command.clone(),
+            };
+            let pattern = match &case.failure {
+                Some(own) => format!("(?:{})|(?:{KERNEL_FAILURE})", own.as_str()),
+                None => KERNEL_FAILURE.to_owned(),
+            };
+            (guest, regex::Regex::new(&pattern).ok().or_else(|| case.failure.clone()))
+        }
+    };
+    let linux = matches!(guest, Guest::Linux { .. });
+    let success_statuses = case.success_exit_codes.clone().unwrap_or_else(|| match machine.exit_device() {
+        Some(device) if !linux => device.success_statuses().to_vec(),
+        _ => vec![0],
+    });
     CaseRun {
         case: case.name.clone(),
         machine: machine.clone(),
-        build: BuildKey { artifact: case.artifact.clone(), arch: machine.arch },
-        judge: Judge { failure: case.failure.clone(), success: case.success.clone(), success_statuses },
+        guest,
+        judge: Judge { failure, success: case.success.clone(), success_statuses, guest_reports_status: linux },
         expect: case.expect,
         timeout: case.timeout,
         no_output_timeout: case.no_output_timeout,

@@ -10,17 +10,42 @@ use kiln_qemu::{BootRequest, Console, QemuError, accel::Accel};
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::{
+    exec::guest,
     plan::CaseRun,
     report::{CaseResult, CaseStatus, Event, Printer},
 };
+
+/// What a ready run boots.
+#[derive(Clone, Debug)]
+pub enum ReadyBoot {
+    /// A kernel image booted on its own.
+    Kernel(PathBuf),
+    /// A Linux kernel with an initramfs, running a command.
+    Linux(LinuxImages),
+}
+
+/// The store paths of a Linux boot.
+#[derive(Clone, Debug)]
+pub struct LinuxImages {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The kernel's modules archive.
+    pub modules: PathBuf,
+    /// The rootfs initramfs.
+    pub rootfs: PathBuf,
+    /// The kernel's own command-line arguments.
+    pub cmdline: Vec<String>,
+    /// The shell command to run.
+    pub command: String,
+}
 
 /// One boot, with everything resolved.
 #[derive(Clone, Debug)]
 pub struct ReadyRun {
     /// The case on its machine.
     pub run: CaseRun,
-    /// The kernel to boot.
-    pub kernel: PathBuf,
+    /// What it boots.
+    pub boot: ReadyBoot,
     /// Whether the kernel was built in this run.
     pub built: bool,
     /// The accelerator for its architecture.
@@ -103,10 +128,49 @@ fn error_result(ready: &ReadyRun, log_dir: &Path, detail: String) -> CaseResult 
     }
 }
 
+/// The argument list of a ready run, and for a Linux guest its exit marker and the scratch
+/// directory holding its initramfs (kept until the boot ends).
+fn render(
+    ready: &ReadyRun,
+    log_dir: &Path,
+) -> anyhow::Result<(kiln_qemu::Argv, Option<String>, Option<tempfile::TempDir>)> {
+    let machine = &ready.run.machine;
+    match &ready.boot {
+        ReadyBoot::Kernel(kernel) => Ok((machine.argv(kernel, ready.accel, Console::Captured), None, None)),
+        ReadyBoot::Linux(images) => {
+            let scratch = tempfile::Builder::new().prefix("boot-").tempdir_in(log_dir)?;
+            let initrd = scratch.path().join("initrd");
+            let files = guest::BootFiles { command: images.command.clone(), ..Default::default() };
+            guest::compose_initrd(&images.rootfs, &images.modules, &files, &initrd)?;
+            let nonce = guest::nonce();
+            let cmdline = guest::cmdline(machine.linux_console(), &nonce, &images.cmdline);
+            let boot = kiln_qemu::LinuxBoot {
+                kernel: &images.kernel,
+                initrd: &initrd,
+                cmdline: &cmdline,
+                program_output: None,
+                shares: Vec::new(),
+            };
+            Ok((
+                machine.linux_argv(&boot, ready.accel, Console::Captured),
+                Some(guest::exit_marker(&nonce)),
+                Some(scratch),
+            ))
+        }
+    }
+}
+
 async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseResult {
     let run = &ready.run;
     let label = run.label();
-    let argv = run.machine.argv(&ready.kernel, ready.accel, Console::Captured);
+    let (argv, exit_marker, _scratch) = match render(&ready, log_dir) {
+        Ok(rendered) => rendered,
+        Err(err) => {
+            let result = error_result(&ready, log_dir, format!("cannot prepare the boot: {err:#}"));
+            printer.event(Event::CaseFinished(&result));
+            return result;
+        }
+    };
     let request = BootRequest {
         program: run.machine.arch.qemu_binary().to_owned(),
         argv,
@@ -114,6 +178,7 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
         no_output_timeout: run.no_output_timeout,
         stop_on_success: run.stop_on_success,
         log_path: log_path(run, log_dir),
+        exit_marker,
     };
     let command = format!("{} {}", request.program, request.argv.display());
     printer.event(Event::CaseStarted { label: &label, command: &command });

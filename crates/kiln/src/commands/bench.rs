@@ -38,13 +38,13 @@ fn naive_argv(arch: Arch, kernel: &Path) -> Argv {
     argv
 }
 
-struct Measured {
-    times: Vec<Duration>,
-    failures: usize,
+pub(super) struct Measured {
+    pub(super) times: Vec<Duration>,
+    pub(super) failures: usize,
 }
 
 impl Measured {
-    fn median(&self) -> Option<Duration> {
+    pub(super) fn median(&self) -> Option<Duration> {
         let mut times = self.times.clone();
         times.sort();
         times.get(times.len() / 2).copied()
@@ -55,6 +55,9 @@ impl Measured {
 pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
     if args.suite.contains(&BenchSuite::Boot) {
         boot_rows(cx, args)?;
+    }
+    if args.suite.contains(&BenchSuite::Linux) {
+        super::bench_linux::run(cx, args)?;
     }
     if args.suite.contains(&BenchSuite::Store) {
         super::bench_store::run(cx)?;
@@ -67,9 +70,13 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
     let case = match &args.case {
         Some(name) => name.clone(),
         None => config
-            .first_passing_case()
+            .cases
+            .values()
+            .find(|c| {
+                c.expect == crate::config::Expect::Pass && matches!(c.guest, crate::config::CaseGuest::Artifact(_))
+            })
             .map(|c| c.name.clone())
-            .ok_or_else(|| UsageError::new("no case is expected to pass; name one with `--case`", None))?,
+            .ok_or_else(|| UsageError::new("no bare-metal case is expected to pass; name one with `--case`", None))?,
     };
     let plan = Plan::for_test(config, &Selection { arches: args.arch.clone(), cases: vec![case.clone()] })?;
     cx.provision_machines(&plan.runs)?;
@@ -81,7 +88,10 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     for run in &plan.runs {
-        let Some(artifact) = built.get(&run.build) else {
+        let Some(artifact) = (match &run.guest {
+            crate::plan::Guest::Artifact(key) => built.get(key),
+            crate::plan::Guest::Linux { .. } => None,
+        }) else {
             continue;
         };
         let arch = run.machine.arch;
@@ -100,6 +110,7 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
                     no_output_timeout: run.no_output_timeout,
                     stop_on_success: run.stop_on_success,
                     log_path: scratch.path().join(format!("{arch}-{i}.log")),
+                    exit_marker: None,
                 };
                 let judge = Judge { ..run.judge.clone() };
                 let outcome = runtime.block_on(kiln_qemu::boot(&request, &judge, |_| {}))?;
@@ -132,14 +143,20 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
     }
     writeln!(out, "ratio = naive / kiln: how many times longer the naive command line takes")?;
     drop(out);
-    warm_run_overhead(cx, args, runs)
+    let bare_metal: Vec<String> = config
+        .cases
+        .values()
+        .filter(|c| matches!(c.guest, crate::config::CaseGuest::Artifact(_)))
+        .map(|c| c.name.clone())
+        .collect();
+    warm_run_overhead(cx, args, runs, bare_metal)
 }
 
 /// Times a fully cached `test` (configuration, hashing, store look-ups, boots) against the
 /// same boots alone, to show what kiln adds when nothing needs building.
-fn warm_run_overhead(cx: &Cx, args: &BenchArgs, runs: usize) -> anyhow::Result<()> {
+fn warm_run_overhead(cx: &Cx, args: &BenchArgs, runs: usize, cases: Vec<String>) -> anyhow::Result<()> {
     let quiet = Cx::new(cx.config.clone(), Printer::new(Verbosity::Quiet), cx.options.clone())?;
-    let test_args = TestArgs { cases: Vec::new(), arch: args.arch.clone(), junit: None };
+    let test_args = TestArgs { cases, arch: args.arch.clone(), junit: None };
     let (ready, log_dir) = test::prepare(&quiet, &test_args)?;
     let boots = ready.len();
     let mut whole = Vec::new();

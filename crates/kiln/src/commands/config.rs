@@ -5,7 +5,7 @@ use std::{fmt::Write as _, io::Write as _, path::Path};
 use kiln_qemu::{BootMethod, Console, Device, Firmware, accel::Accel};
 
 use crate::{
-    config::{Config, toml_key},
+    config::{CaseGuest, Config, FetchSource, KernelSource, LayerSource, RootfsFormat, toml_key},
     cx::Cx,
     exit_code,
 };
@@ -95,9 +95,17 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
         let argv = machine.argv(Path::new("KERNEL"), Accel::Tcg, Console::Captured);
         writeln!(out, "# runs: {} {}", machine.arch.qemu_binary(), argv.display())?;
     }
+    render_images(config, &mut out)?;
     for case in config.cases.values() {
         writeln!(out, "\n[case.{}]", toml_key(&case.name))?;
-        writeln!(out, "artifact = {}", quote(&case.artifact))?;
+        match &case.guest {
+            CaseGuest::Artifact(artifact) => writeln!(out, "artifact = {}", quote(artifact))?,
+            CaseGuest::Linux { kernel, rootfs, command } => {
+                writeln!(out, "kernel = {}", quote(kernel))?;
+                writeln!(out, "rootfs = {}", quote(rootfs))?;
+                writeln!(out, "command = {}", quote(command))?;
+            }
+        }
         writeln!(out, "machines = {}", list(case.machines.iter().map(String::as_str)))?;
         if let Some(success) = &case.success {
             writeln!(out, "success = {}", quote(success.as_str()))?;
@@ -117,6 +125,70 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
         writeln!(out, "stop-on-success = {}", case.stop_on_success)?;
     }
     Ok(out)
+}
+
+/// `[fetch]`, `[kernel]`, `[rootfs]` and `[run]`.
+fn render_images(config: &Config, out: &mut String) -> anyhow::Result<()> {
+    for fetch in config.fetches.values() {
+        writeln!(out, "\n[fetch.{}]", toml_key(&fetch.name))?;
+        match &fetch.source {
+            FetchSource::Url(url) => writeln!(out, "url = {}", quote(url))?,
+            FetchSource::Path(file) => writeln!(out, "path = {}", path(file))?,
+        }
+        writeln!(out, "{} = {}", fetch.hash.algorithm.as_str(), quote(&fetch.hash.hex))?;
+    }
+    for kernel in config.kernels.values() {
+        writeln!(out, "\n[kernel.{}]", toml_key(&kernel.name))?;
+        writeln!(out, "arches = {}", list(kernel.arches.iter().map(|a| a.as_str())))?;
+        match &kernel.source {
+            KernelSource::Deb(name) => writeln!(out, "deb = {}", quote(&name.0))?,
+            KernelSource::Image(name) => writeln!(out, "image = {}", quote(&name.0))?,
+        }
+        writeln!(out, "cmdline = {}", list(kernel.cmdline.iter().map(String::as_str)))?;
+        writeln!(out, "modules = {}", list(kernel.modules.iter().map(String::as_str)))?;
+    }
+    for rootfs in config.rootfses.values() {
+        writeln!(out, "\n[rootfs.{}]", toml_key(&rootfs.name))?;
+        writeln!(out, "arches = {}", list(rootfs.arches.iter().map(|a| a.as_str())))?;
+        match rootfs.format {
+            RootfsFormat::Initramfs(compression) => {
+                writeln!(out, "format = \"initramfs\"\ncompression = {}", quote(compression.as_str()))?
+            }
+            RootfsFormat::Ext4 => writeln!(out, "format = \"ext4\"")?,
+            RootfsFormat::Qcow2 => writeln!(out, "format = \"qcow2\"")?,
+        }
+        writeln!(out, "init = {}", rootfs.init)?;
+        if let Some(size) = rootfs.size_mib {
+            writeln!(out, "size = {size}")?;
+        }
+        writeln!(out, "layers = [")?;
+        for layer in &rootfs.layers {
+            let source = match &layer.source {
+                LayerSource::Busybox(name) => format!("busybox = {}", quote(&name.0)),
+                LayerSource::Deb(name) => format!("deb = {}", quote(&name.0)),
+                LayerSource::Tarball(name) => format!("tarball = {}", quote(&name.0)),
+                LayerSource::Dir(dir) => format!("dir = {}", path(dir)),
+                LayerSource::File(file) => format!("file = {}", path(file)),
+                LayerSource::Artifact(name) => format!("artifact = {}", quote(name)),
+                LayerSource::Text(text) => format!("text = {}", quote(text)),
+            };
+            let mode = layer.mode.map(|m| format!(", mode = \"{m:04o}\"")).unwrap_or_default();
+            writeln!(out, "  {{ {source}, dest = {}{mode} }},", quote(&layer.dest))?;
+        }
+        writeln!(out, "]")?;
+    }
+    let run = &config.run;
+    writeln!(out, "\n[run]")?;
+    if let Some(kernel) = &run.kernel {
+        writeln!(out, "kernel = {}", quote(kernel))?;
+    }
+    if let Some(rootfs) = &run.rootfs {
+        writeln!(out, "rootfs = {}", quote(rootfs))?;
+    }
+    writeln!(out, "timeout = {}", quote(&humantime::format_duration(run.timeout).to_string()))?;
+    writeln!(out, "env = {}", list(run.env.iter().map(String::as_str)))?;
+    writeln!(out, "files = {}", list(run.files.iter().map(String::as_str)))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -243,13 +243,13 @@ fn workspace_change(root: &Path) -> anyhow::Result<Option<Change>> {
     };
     let mut what = what;
     if add_store_profile(&mut doc) {
-        what.push_str("; kiln-store built optimised in dev builds (its hashing loops are hot)");
+        what.push_str("; kiln-store and kiln-rootfs built optimised in dev builds (their hashing loops are hot)");
     }
     Ok(Some(Change::Edit { path, text: doc.to_string(), what }))
 }
 
-/// Adds `[profile.dev.package.kiln-store] opt-level = 2` unless a profile for it exists;
-/// unoptimised, hashing a large tree takes several times longer.
+/// Adds `[profile.dev.package.kiln-store]` and `kiln-rootfs` with `opt-level = 2` unless a
+/// profile for them exists; unoptimised, hashing a large tree takes several times longer.
 fn add_store_profile(doc: &mut toml_edit::DocumentMut) -> bool {
     let profile = doc.entry("profile").or_insert(toml_edit::table());
     let Some(profile) = profile.as_table_mut() else { return false };
@@ -263,9 +263,11 @@ fn add_store_profile(doc: &mut toml_edit::DocumentMut) -> bool {
     if package.contains_key("kiln-store") || package.contains_key("*") {
         return false;
     }
-    let mut store = toml_edit::Table::new();
-    store.insert("opt-level", toml_edit::value(2));
-    package.insert("kiln-store", toml_edit::Item::Table(store));
+    for crate_name in ["kiln-store", "kiln-rootfs"] {
+        let mut optimised = toml_edit::Table::new();
+        optimised.insert("opt-level", toml_edit::value(2));
+        package.insert(crate_name, toml_edit::Item::Table(optimised));
+    }
     true
 }
 

@@ -1,12 +1,15 @@
 //! One module per verb; `run` dispatches.
 
 mod bench;
+mod bench_linux;
 mod bench_store;
 mod build;
 mod config;
 mod doctor;
 pub mod init;
 mod qemu;
+mod rootfs;
+mod run;
 mod selftest;
 mod store;
 pub mod test;
@@ -50,7 +53,11 @@ pub fn run_command(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> 
     if let Command::Doctor = command {
         return doctor::run(global, &Printer::new(verbosity(global)));
     }
-    let mut cx = context(global)?;
+    let mut cx = match &command {
+        // As cargo's runner, kiln says nothing unless asked: the program's output is the output.
+        Command::Run(_) if global.verbose == 0 => context_with(global, Verbosity::Quiet)?,
+        _ => context(global)?,
+    };
     if let Command::Build(args) = &command {
         cx.options.explain = args.explain;
     }
@@ -65,6 +72,8 @@ pub fn run_command(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> 
         Command::Config(_) => config::run(&cx),
         Command::Selftest(args) => selftest::run(&cx, &args),
         Command::Store(args) => store::run(&cx, &args.command),
+        Command::Run(args) => run::run(&cx, &args),
+        Command::Rootfs(args) => rootfs::run(&cx, &args.command),
         Command::Doctor => Ok(crate::exit_code::SUCCESS),
     }
 }
@@ -82,6 +91,10 @@ pub fn verbosity(global: &GlobalArgs) -> Verbosity {
 
 /// Loads Kiln.toml and opens the store for the global options.
 pub fn context(global: &GlobalArgs) -> anyhow::Result<Cx> {
+    context_with(global, verbosity(global))
+}
+
+fn context_with(global: &GlobalArgs, verbosity: Verbosity) -> anyhow::Result<Cx> {
     let file = match &global.config {
         Some(path) => path.clone(),
         None => {
@@ -90,7 +103,6 @@ pub fn context(global: &GlobalArgs) -> anyhow::Result<Cx> {
         }
     };
     let config = Config::load(&file)?;
-    let verbosity = verbosity(global);
     let jobs = global.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), usize::from);
     let accel = match global.accel {
         AccelArg::Auto => AccelPolicy::Auto,

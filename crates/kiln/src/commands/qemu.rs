@@ -6,8 +6,9 @@ use crate::{
     cli::QemuArgs,
     commands::UsageError,
     cx::Cx,
+    exec::guest,
     exit_code,
-    plan::{Plan, Selection},
+    plan::{Guest, Plan, Selection},
 };
 
 /// Builds the case's artifact, boots it interactively and reports how QEMU ended; the exit
@@ -47,10 +48,33 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
         }
     };
     cx.provision_machines([&run])?;
-    let built = cx.realise(&plan.builds)?;
-    let artifact = built.get(&run.build).ok_or_else(|| anyhow::anyhow!("{} was not built", run.build))?;
+    let realised = cx.realise_plan(&plan)?;
     let accel = cx.accelerators([run.machine.arch])[&run.machine.arch].accel;
-    let argv = run.machine.argv(artifact.image(), accel, Console::Interactive);
+    let scratch = tempfile::tempdir()?;
+    let argv = match &run.guest {
+        Guest::Artifact(key) => {
+            let artifact = realised.builds.get(key).ok_or_else(|| anyhow::anyhow!("{key} was not built"))?;
+            run.machine.argv(artifact.image(), accel, Console::Interactive)
+        }
+        Guest::Linux { kernel, rootfs, command } => {
+            let (Some(k), Some(r)) = (realised.images.get(kernel), realised.images.get(rootfs)) else {
+                anyhow::bail!("{kernel} or {rootfs} was not built");
+            };
+            let images = super::test::linux_images(cx, kernel, k, rootfs, r, command.clone());
+            let initrd = scratch.path().join("initrd");
+            let files = guest::BootFiles { command: images.command.clone(), ..Default::default() };
+            guest::compose_initrd(&images.rootfs, &images.modules, &files, &initrd)?;
+            let cmdline = guest::cmdline(run.machine.linux_console(), &guest::nonce(), &images.cmdline);
+            let boot = kiln_qemu::LinuxBoot {
+                kernel: &images.kernel,
+                initrd: &initrd,
+                cmdline: &cmdline,
+                program_output: None,
+                shares: Vec::new(),
+            };
+            run.machine.linux_argv(&boot, accel, Console::Interactive)
+        }
+    };
     let program = run.machine.arch.qemu_binary();
     cx.printer.status("Booting", &format!("{} (Ctrl-A X quits, Ctrl-A C switches to the monitor)", run.label()));
     cx.printer.verbose("Running", &format!("{program} {}", argv.display()));

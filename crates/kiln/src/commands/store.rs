@@ -15,6 +15,7 @@ use crate::{
     cx::Cx,
     exit_code, explain,
     plan::{BuildStep, Plan, Selection},
+    report::human_size,
 };
 
 /// Runs one `store` subcommand.
@@ -61,17 +62,6 @@ fn with_derivations(cx: &Cx, steps: Vec<BuildStep>) -> anyhow::Result<Vec<(Build
 /// send escape sequences to the terminal.
 fn printable(name: &str) -> String {
     name.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
-}
-
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut size = bytes as f64;
-    let mut unit = 0;
-    while size >= 1024.0 && unit + 1 < UNITS.len() {
-        size /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{size:.1} {}", UNITS[unit]) }
 }
 
 fn entries(count: usize) -> String {
@@ -207,8 +197,8 @@ fn verify(cx: &Cx, repair: bool) -> anyhow::Result<u8> {
 
 /// The closures the current Kiln.toml builds on every arch.
 fn root_closures(cx: &Cx) -> anyhow::Result<HashSet<ClosureHash>> {
-    let plan = Plan::for_build(&cx.config, &Selection::default());
-    Ok(cx.derivations(&plan.builds)?.iter().map(Derivation::closure_hash).collect())
+    let plan = Plan::everything(&cx.config);
+    Ok(cx.plan_closures(&plan)?.into_iter().map(|(_, closure)| closure).collect())
 }
 
 fn gc(cx: &Cx, keep_days: Option<u32>, dry_run: bool) -> anyhow::Result<u8> {
@@ -300,11 +290,12 @@ fn import(cx: &Cx, file: &std::path::Path) -> anyhow::Result<u8> {
 
 /// Prints `key=PREFIX<hash>` and `restore-keys=PREFIX`, ready for `$GITHUB_OUTPUT`.
 fn key(cx: &Cx, command: KeyFor) -> anyhow::Result<u8> {
-    let (verb, steps) = match command {
-        KeyFor::Test => ("test", Plan::for_test(&cx.config, &Selection::default())?.builds),
-        KeyFor::Build => ("build", Plan::for_build(&cx.config, &Selection::default()).builds),
+    let (verb, plan) = match command {
+        KeyFor::Test => ("test", Plan::for_test(&cx.config, &Selection::default())?),
+        KeyFor::Build => ("build", Plan::for_build(&cx.config, &Selection::default())),
     };
-    let mut closures: Vec<String> = cx.derivations(&steps)?.iter().map(|d| d.closure_hash().to_string()).collect();
+    let mut closures: Vec<String> =
+        cx.plan_closures(&plan)?.into_iter().map(|(_, closure)| closure.to_string()).collect();
     closures.sort();
     let mut hasher = blake3::Hasher::new_derive_key("kiln 2026-11 ci cache key v1");
     for closure in &closures {

@@ -14,11 +14,11 @@ use crate::{
     cli::TestArgs,
     commands::UsageError,
     config::ArtifactKind,
-    cx::Cx,
-    exit_code,
-    plan::{Plan, Selection},
+    cx::{Cx, RealisedImage},
+    exec, exit_code,
+    plan::{Guest, ImageKey, Plan, Selection},
     report::{CaseResult, RunSummary, github, junit},
-    runner::{self, ReadyRun},
+    runner::{self, LinuxImages, ReadyBoot, ReadyRun},
 };
 
 /// Runs the cases and returns their results (see [`print_summary`]).
@@ -106,29 +106,58 @@ pub fn prepare(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, PathB
         .into());
     }
     cx.provision_machines(&plan.runs)?;
-    let built = cx.realise(&plan.builds)?;
+    let realised = cx.realise_plan(&plan)?;
     let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
     let log_dir = cx.work_dir().join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create `{}`", log_dir.display()))?;
     let mut ready = Vec::new();
     for run in &plan.runs {
-        let Some(artifact) = built.get(&run.build) else { continue };
-        let per_test = cx.config.artifacts.get(&run.build.artifact).is_some_and(|a| a.kind == ArtifactKind::Tests);
         let accel = accels.get(&run.machine.arch).map_or(Accel::Tcg, |c| c.accel);
-        for image in &artifact.images {
-            let mut run = run.clone();
-            if per_test {
-                run.case = format!("{}[{}]", run.case, image.name);
+        match &run.guest {
+            Guest::Artifact(key) => {
+                let Some(artifact) = realised.builds.get(key) else { continue };
+                let per_test = cx.config.artifacts.get(&key.artifact).is_some_and(|a| a.kind == ArtifactKind::Tests);
+                for image in &artifact.images {
+                    let mut run = run.clone();
+                    if per_test {
+                        run.case = format!("{}[{}]", run.case, image.name);
+                    }
+                    ready.push(ReadyRun {
+                        run,
+                        boot: ReadyBoot::Kernel(image.path.clone()),
+                        built: matches!(artifact.outcome, BuildOutcome::Built { .. }),
+                        accel,
+                    });
+                }
             }
-            ready.push(ReadyRun {
-                run,
-                kernel: image.path.clone(),
-                built: matches!(artifact.outcome, BuildOutcome::Built { .. }),
-                accel,
-            });
+            Guest::Linux { kernel, rootfs, command } => {
+                let (Some(k), Some(r)) = (realised.images.get(kernel), realised.images.get(rootfs)) else { continue };
+                let images = linux_images(cx, kernel, k, rootfs, r, command.clone());
+                let built = [k, r].iter().any(|i| matches!(i.outcome, BuildOutcome::Built { .. }));
+                ready.push(ReadyRun { run: run.clone(), boot: ReadyBoot::Linux(images), built, accel });
+            }
         }
     }
     Ok((ready, log_dir))
+}
+
+/// The store paths of a kernel and rootfs, for booting them.
+pub fn linux_images(
+    cx: &Cx,
+    kernel_key: &ImageKey,
+    kernel: &RealisedImage,
+    rootfs_key: &ImageKey,
+    rootfs: &RealisedImage,
+    command: String,
+) -> LinuxImages {
+    let format = cx.config.rootfses.get(&rootfs_key.name).map(|r| r.format);
+    LinuxImages {
+        kernel: kernel.dir.join(exec::linux::KERNEL_FILE),
+        modules: kernel.dir.join(exec::linux::MODULES_FILE),
+        rootfs: rootfs.dir.join(format.map_or("rootfs.cpio.gz", |f| f.file_name())),
+        cmdline: cx.config.kernels.get(&kernel_key.name).map(|k| k.cmdline.clone()).unwrap_or_default(),
+        command,
+    }
 }
 
 /// Boots prepared runs, `-j` at a time.

@@ -6,6 +6,7 @@
 
 mod diagnostic;
 mod fields;
+mod images;
 mod raw;
 
 use std::{
@@ -21,6 +22,10 @@ use regex::Regex;
 use toml::Spanned;
 
 pub use diagnostic::{ConfigError, ConfigErrorDetails, Source, closest as closest_name};
+pub use images::{
+    Compression, Fetch, FetchSource, HashAlgorithm, Kernel, KernelSource, Layer, LayerSource, NameTemplate, PinnedHash,
+    Rootfs, RootfsFormat, RunSettings,
+};
 pub use raw::{ArtifactKind, Expect, ImageFormat};
 use raw::{RawArtifact, RawCase, RawMachine, RawManifest, RawSize};
 
@@ -45,6 +50,14 @@ pub struct Config {
     pub machines: BTreeMap<String, Machine>,
     /// Test cases by name.
     pub cases: BTreeMap<String, Case>,
+    /// Pinned downloads and local files by name.
+    pub fetches: BTreeMap<String, Fetch>,
+    /// Linux kernels by name.
+    pub kernels: BTreeMap<String, Kernel>,
+    /// Rootfs recipes by name.
+    pub rootfses: BTreeMap<String, Rootfs>,
+    /// What `kiln run` boots.
+    pub run: RunSettings,
     /// The text it was read from, for errors found after reading (a wrong package name).
     pub source: Source,
 }
@@ -89,8 +102,8 @@ pub struct Artifact {
 pub struct Case {
     /// The case's name.
     pub name: String,
-    /// The artifact it boots.
-    pub artifact: String,
+    /// What it boots.
+    pub guest: CaseGuest,
     /// The machines it boots on (one or more per architecture).
     pub machines: Vec<String>,
     /// Serial line pattern that passes the case (required when set).
@@ -107,6 +120,22 @@ pub struct Case {
     pub no_output_timeout: Option<Duration>,
     /// Stop the guest once the success marker appears.
     pub stop_on_success: bool,
+}
+
+/// What a case boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaseGuest {
+    /// An artifact's binary, booted as the kernel.
+    Artifact(String),
+    /// A Linux kernel with a rootfs, running a command under kiln's init.
+    Linux {
+        /// The `[kernel.NAME]`.
+        kernel: String,
+        /// The `[rootfs.NAME]`.
+        rootfs: String,
+        /// The shell command the guest runs; its exit status is the verdict.
+        command: String,
+    },
 }
 
 impl Config {
@@ -252,6 +281,11 @@ fn unknown_key_error(source: &Source, path: &[String]) -> ConfigError {
         Some("artifact") => fields::field_names::<RawArtifact>(),
         Some("machine") => fields::field_names::<RawMachine>(),
         Some("case") => fields::field_names::<RawCase>(),
+        Some("fetch") => fields::field_names::<raw::RawFetch>(),
+        Some("kernel") => fields::field_names::<raw::RawKernel>(),
+        Some("rootfs") if parents.iter().any(|p| p == "layers") => fields::field_names::<raw::RawLayer>(),
+        Some("rootfs") => fields::field_names::<raw::RawRootfs>(),
+        Some("run") => fields::field_names::<raw::RawRun>(),
         Some(_) => &[],
     };
     let table = if parents.is_empty() { "the top level".to_owned() } else { format!("`[{}]`", parents.join(".")) };
@@ -395,13 +429,34 @@ impl Resolver<'_> {
         }
         let mut machines: BTreeMap<String, Machine> =
             Arch::ALL.into_iter().map(|arch| (arch.as_str().to_owned(), Machine::default_for(arch))).collect();
+        for arch in Arch::ALL {
+            let linux = Machine::linux_default_for(arch);
+            machines.insert(linux.name.clone(), linux);
+        }
+        let mut fetches = BTreeMap::new();
+        for (name, fetch) in raw.fetch {
+            let resolved = self.fetch(&name, fetch)?;
+            fetches.insert(name, resolved);
+        }
+        let mut kernels = BTreeMap::new();
+        for (name, kernel) in raw.kernel {
+            let resolved = self.kernel(&name, kernel, &fetches)?;
+            kernels.insert(name, resolved);
+        }
+        let mut rootfses = BTreeMap::new();
+        for (name, rootfs) in raw.rootfs {
+            let resolved = self.rootfs(&name, rootfs, &fetches, &artifacts)?;
+            rootfses.insert(name, resolved);
+        }
+        let run = self.run_settings(raw.run)?;
+        self.check_run_names(&run, &kernels, &rootfses)?;
         for (name, machine) in raw.machine {
             let resolved = self.machine(&name, machine)?;
             machines.insert(name, resolved);
         }
         let mut cases = BTreeMap::new();
         for (name, case) in raw.case {
-            let resolved = self.case(&name, case, &artifacts, &machines)?;
+            let resolved = self.case(&name, case, &artifacts, &machines, &kernels, &rootfses)?;
             cases.insert(name, resolved);
         }
         Ok(Config {
@@ -411,6 +466,10 @@ impl Resolver<'_> {
             artifacts,
             machines,
             cases,
+            fetches,
+            kernels,
+            rootfses,
+            run,
             source: self.source.clone(),
         })
     }
@@ -594,20 +653,12 @@ impl Resolver<'_> {
         raw: RawCase,
         artifacts: &BTreeMap<String, Artifact>,
         machines: &BTreeMap<String, Machine>,
+        kernels: &BTreeMap<String, Kernel>,
+        rootfses: &BTreeMap<String, Rootfs>,
     ) -> Result<Case, ConfigError> {
         let key = |k: &str| format!("case.{name}.{k}");
-        let artifact_name = raw.artifact.get_ref();
-        let Some(artifact) = artifacts.get(artifact_name) else {
-            let err = self.error(
-                Some(raw.artifact.span()),
-                key("artifact"),
-                format!("unknown artifact `{artifact_name}` in case `{name}`"),
-            );
-            return Err(match diagnostic::closest(artifact_name, artifacts.keys().map(String::as_str)) {
-                Some(near) => err.with_help(format!("an artifact with a similar name exists: `{near}`")),
-                None => err.with_help("declare it under `[artifact.NAME]`"),
-            });
-        };
+        let (guest, available, owner) = self.case_guest(name, &raw, artifacts, kernels, rootfses)?;
+        let linux = matches!(guest, CaseGuest::Linux { .. });
         let machine_names = match (&raw.machines, &raw.arches) {
             (Some(list), _) => {
                 let mut names = Vec::new();
@@ -625,12 +676,12 @@ impl Resolver<'_> {
                             },
                         );
                     };
-                    if !artifact.arches.contains(&found.arch) {
+                    if !available.contains(&found.arch) {
                         return Err(self.error(
                             Some(machine.span()),
                             key("machines"),
                             format!(
-                                "machine `{}` is {} but artifact `{artifact_name}` is not built for {}",
+                                "machine `{}` is {} but {owner} is not built for {}",
                                 found.name, found.arch, found.arch
                             ),
                         ));
@@ -641,19 +692,15 @@ impl Resolver<'_> {
             }
             (None, Some(arches)) => {
                 for arch in arches.get_ref() {
-                    if !artifact.arches.contains(arch) {
+                    if !available.contains(arch) {
                         return Err(self
-                            .error(
-                                Some(arches.span()),
-                                key("arches"),
-                                format!("artifact `{artifact_name}` is not built for {arch}"),
-                            )
-                            .with_help(format!("add {arch} to `artifact.{artifact_name}.arches`")));
+                            .error(Some(arches.span()), key("arches"), format!("{owner} is not built for {arch}"))
+                            .with_help(format!("add {arch} to the `arches` of {owner}")));
                     }
                 }
-                dedup(arches.get_ref().clone()).iter().map(|a| a.as_str().to_owned()).collect()
+                dedup(arches.get_ref().clone()).iter().map(|a| default_machine(*a, linux)).collect()
             }
-            (None, None) => artifact.arches.iter().map(|a| a.as_str().to_owned()).collect(),
+            (None, None) => available.iter().map(|a| default_machine(*a, linux)).collect(),
         };
         if raw.stop_on_success && raw.success.is_none() {
             return Err(self
@@ -662,7 +709,7 @@ impl Resolver<'_> {
         }
         Ok(Case {
             name: name.to_owned(),
-            artifact: artifact_name.clone(),
+            guest,
             machines: machine_names,
             success: self.regex(raw.success.as_ref(), key("success"))?,
             failure: self.regex(raw.failure.as_ref(), key("failure"))?,
@@ -672,6 +719,118 @@ impl Resolver<'_> {
             no_output_timeout: self.positive_duration(raw.no_output_timeout.as_ref(), key("no-output-timeout"))?,
             stop_on_success: raw.stop_on_success,
         })
+    }
+
+    /// What the case boots, the arches it can run on, and the name of what limits them.
+    fn case_guest(
+        &self,
+        name: &str,
+        raw: &RawCase,
+        artifacts: &BTreeMap<String, Artifact>,
+        kernels: &BTreeMap<String, Kernel>,
+        rootfses: &BTreeMap<String, Rootfs>,
+    ) -> Result<(CaseGuest, Vec<Arch>, String), ConfigError> {
+        let key = |k: &str| format!("case.{name}.{k}");
+        let lookup = |field: &str, value: &Spanned<String>, known: Vec<&str>, table: &str| {
+            let err = self.error(
+                Some(value.span()),
+                key(field),
+                format!("unknown {table} `{}` in case `{name}`", value.get_ref()),
+            );
+            match diagnostic::closest(value.get_ref(), known) {
+                Some(near) => err.with_help(format!("a {table} with a similar name exists: `{near}`")),
+                None => err.with_help(format!("declare it under `[{table}.NAME]`")),
+            }
+        };
+        match (&raw.artifact, &raw.kernel, &raw.rootfs, &raw.command) {
+            (Some(artifact), None, None, None) => {
+                let Some(found) = artifacts.get(artifact.get_ref()) else {
+                    return Err(lookup(
+                        "artifact",
+                        artifact,
+                        artifacts.keys().map(String::as_str).collect(),
+                        "artifact",
+                    ));
+                };
+                let owner = format!("artifact `{}`", found.name);
+                Ok((CaseGuest::Artifact(found.name.clone()), found.arches.clone(), owner))
+            }
+            (None, Some(kernel), Some(rootfs), Some(command)) => {
+                let Some(k) = kernels.get(kernel.get_ref()) else {
+                    return Err(lookup("kernel", kernel, kernels.keys().map(String::as_str).collect(), "kernel"));
+                };
+                let Some(r) = rootfses.get(rootfs.get_ref()) else {
+                    return Err(lookup("rootfs", rootfs, rootfses.keys().map(String::as_str).collect(), "rootfs"));
+                };
+                if !matches!(r.format, RootfsFormat::Initramfs(_)) || !r.init {
+                    return Err(self
+                        .error(
+                            Some(rootfs.span()),
+                            key("rootfs"),
+                            format!("rootfs `{}` cannot run a case's command", r.name),
+                        )
+                        .with_help(
+                            "cases boot an initramfs with kiln's init: `format = \"initramfs\"` and no `init = false`",
+                        ));
+                }
+                let available: Vec<Arch> = k.arches.iter().copied().filter(|a| r.arches.contains(a)).collect();
+                if available.is_empty() {
+                    return Err(self.error(
+                        Some(rootfs.span()),
+                        key("rootfs"),
+                        format!("kernel `{}` and rootfs `{}` share no architecture", k.name, r.name),
+                    ));
+                }
+                let guest = CaseGuest::Linux {
+                    kernel: k.name.clone(),
+                    rootfs: r.name.clone(),
+                    command: command.get_ref().clone(),
+                };
+                Ok((guest, available, format!("kernel `{}` with rootfs `{}`", k.name, r.name)))
+            }
+            (Some(artifact), ..) => Err(self
+                .error(
+                    Some(artifact.span()),
+                    key("artifact"),
+                    format!("case `{name}` names an artifact and a Linux guest"),
+                )
+                .with_help("a case boots either `artifact` or `kernel` + `rootfs` + `command`")),
+            (None, None, None, None) => Err(self
+                .error(None, format!("case.{name}"), format!("case `{name}` says nothing to boot"))
+                .with_help("add `artifact = \"NAME\"`, or `kernel`, `rootfs` and `command` for a Linux guest")),
+            (None, ..) => {
+                let missing: Vec<&str> = [
+                    ("kernel", raw.kernel.is_none()),
+                    ("rootfs", raw.rootfs.is_none()),
+                    ("command", raw.command.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(k, missing)| missing.then_some(k))
+                .collect();
+                Err(self
+                    .error(None, format!("case.{name}"), format!("Linux case `{name}` lacks {}", missing.join(" and ")))
+                    .with_help("a Linux case needs `kernel`, `rootfs` and `command`"))
+            }
+        }
+    }
+
+    fn check_run_names(
+        &self,
+        run: &RunSettings,
+        kernels: &BTreeMap<String, Kernel>,
+        rootfses: &BTreeMap<String, Rootfs>,
+    ) -> Result<(), ConfigError> {
+        if let Some(kernel) = &run.kernel
+            && !kernels.contains_key(kernel)
+        {
+            return Err(self.error(None, "run.kernel".to_owned(), format!("unknown kernel `{kernel}`")));
+        }
+        if let Some(rootfs) = &run.rootfs
+            && !rootfses.contains_key(rootfs)
+        {
+            return Err(self.error(None, "run.rootfs".to_owned(), format!("unknown rootfs `{rootfs}`")));
+        }
+        Ok(())
     }
 
     fn regex(&self, pattern: Option<&Spanned<String>>, key: String) -> Result<Option<Regex>, ConfigError> {
@@ -700,6 +859,11 @@ impl Resolver<'_> {
                 .with_help(help)),
         }
     }
+}
+
+/// The built-in machine a case boots on when it names none.
+fn default_machine(arch: Arch, linux: bool) -> String {
+    if linux { Machine::linux_default_for(arch).name } else { arch.as_str().to_owned() }
 }
 
 fn dedup(mut arches: Vec<Arch>) -> Vec<Arch> {

@@ -19,6 +19,77 @@ pub(crate) struct RawManifest {
     pub machine: BTreeMap<String, RawMachine>,
     #[serde(default)]
     pub case: BTreeMap<String, RawCase>,
+    #[serde(default)]
+    pub fetch: BTreeMap<String, RawFetch>,
+    #[serde(default)]
+    pub kernel: BTreeMap<String, RawKernel>,
+    #[serde(default)]
+    pub rootfs: BTreeMap<String, RawRootfs>,
+    pub run: Option<RawRun>,
+}
+
+/// `[fetch.NAME]`: one file from a URL or a path, pinned by its hash.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", expecting = "a `[fetch.NAME]` table with `url` or `path` and a hash")]
+pub(crate) struct RawFetch {
+    pub url: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub blake3: Option<Spanned<String>>,
+    pub sha256: Option<Spanned<String>>,
+}
+
+/// `[kernel.NAME]`: a Linux kernel per architecture.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", expecting = "a `[kernel.NAME]` table with `deb` or `image`")]
+pub(crate) struct RawKernel {
+    pub deb: Option<Spanned<String>>,
+    pub image: Option<Spanned<String>>,
+    pub arches: Option<Spanned<Vec<Arch>>>,
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+/// `[rootfs.NAME]`: an image assembled from layers.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", expecting = "a `[rootfs.NAME]` table with `layers`")]
+pub(crate) struct RawRootfs {
+    pub arches: Option<Spanned<Vec<Arch>>>,
+    pub format: Option<Spanned<String>>,
+    pub compression: Option<Spanned<String>>,
+    pub init: Option<bool>,
+    pub size: Option<Spanned<RawSize>>,
+    #[serde(default)]
+    pub layers: Vec<Spanned<RawLayer>>,
+}
+
+/// One layer of a rootfs: exactly one source key, and where it goes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", expecting = "a layer such as `{ busybox = \"busybox-{arch}\" }`")]
+pub(crate) struct RawLayer {
+    pub busybox: Option<String>,
+    pub deb: Option<String>,
+    pub tarball: Option<String>,
+    pub dir: Option<String>,
+    pub file: Option<String>,
+    pub artifact: Option<String>,
+    pub text: Option<String>,
+    pub dest: Option<String>,
+    pub mode: Option<String>,
+}
+
+/// `[run]`: what `kiln run` boots.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", expecting = "a `[run]` table")]
+pub(crate) struct RawRun {
+    pub kernel: Option<Spanned<String>>,
+    pub rootfs: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
 /// `[store]`.
@@ -115,7 +186,10 @@ pub(crate) enum RawSize {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", expecting = "a `[case.NAME]` table")]
 pub(crate) struct RawCase {
-    pub artifact: Spanned<String>,
+    pub artifact: Option<Spanned<String>>,
+    pub kernel: Option<Spanned<String>>,
+    pub rootfs: Option<Spanned<String>>,
+    pub command: Option<Spanned<String>>,
     pub arches: Option<Spanned<Vec<Arch>>>,
     pub machines: Option<Vec<Spanned<String>>>,
     pub success: Option<Spanned<String>>,

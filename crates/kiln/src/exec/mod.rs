@@ -1,10 +1,14 @@
 //! Executing a plan's builds through the store.
 
 mod cargo;
+pub mod fetch;
+pub mod guest;
 mod image;
+pub mod linux;
 mod metadata;
 
 pub(crate) use cargo::tool_command;
 pub use cargo::{BootImage, CargoHost, derivation_for, images_in, realise};
 pub use image::raw_binary;
+pub use linux::FetchedFiles;
 pub use metadata::{MetadataAnswer, MetadataCache, run_cargo_metadata};

@@ -1,0 +1,255 @@
+//! `run`: one program inside a Linux guest of its architecture; usable as cargo's target
+//! runner (`target.<triple>.runner = ["cargo", "xtask", "run", "--"]`).
+//!
+//! The program goes into a per-boot archive appended to the rootfs, the package directory
+//! (cargo's `CARGO_MANIFEST_DIR`, else the current directory) is shared read-only at the same
+//! path over 9p, the program runs there with cargo's environment, its stdout and stderr reach
+//! kiln's own through two virtio consoles, and kiln exits with its exit status.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use kiln_qemu::{BootRequest, Console, Exit, Judge, LinuxBoot, Share};
+use kiln_types::Arch;
+
+use crate::{
+    cli::RunArgs,
+    commands::UsageError,
+    config::{Config, RootfsFormat},
+    cx::Cx,
+    exec::{self, guest},
+    exit_code,
+    plan::{ImageKey, ImageKind, Plan},
+};
+
+/// Environment variable prefixes passed into the guest: what cargo and test harnesses set.
+const PASSED_PREFIXES: &[&str] = &["CARGO_", "RUST_", "NEXTEST", "__CARGO_"];
+
+/// Boots, runs the program, streams its output and returns its exit status.
+pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
+    let (program, program_args) = args
+        .command
+        .split_first()
+        .ok_or_else(|| UsageError::new("no program to run", Some("`cargo xtask run -- BINARY ARGS...`".to_owned())))?;
+    let program = std::path::absolute(program).with_context(|| format!("cannot resolve `{program}`"))?;
+    let arch = match args.arch {
+        Some(arch) => arch,
+        None => elf_arch(&program)?,
+    };
+    let (kernel, rootfs) = choose_images(&cx.config, args, arch)?;
+    let plan = Plan::for_linux(&cx.config, &kernel, &rootfs);
+    cx.provision_machines(std::iter::empty())?;
+    let realised = cx.realise_plan(&plan)?;
+    let (Some(k), Some(r)) = (realised.images.get(&kernel), realised.images.get(&rootfs)) else {
+        anyhow::bail!("{kernel} or {rootfs} was not built");
+    };
+    let accel = cx.accelerators([arch]).get(&arch).map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel);
+    let images = super::test::linux_images(cx, &kernel, k, &rootfs, r, String::new());
+
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| cwd.clone(), PathBuf::from);
+    let mut dirs = vec![package.as_path()];
+    if !cwd.starts_with(&package) {
+        dirs.push(cwd.as_path());
+    }
+    // The package directory appears at the same path in the guest: shared read-only over 9p,
+    // or, for a kernel without 9p, copied in (writes then stay in the guest).
+    let can_share = std::fs::read_to_string(k.dir.join(exec::linux::SHARE_FILE)).is_ok_and(|s| s.trim() == "9p");
+    let mut shares = Vec::new();
+    let mut copies = Vec::new();
+    for (index, dir) in dirs.iter().enumerate() {
+        if can_share {
+            shares.push((format!("kiln{index}"), *dir));
+        } else {
+            copies.extend(guest::package_copies(dir)?);
+        }
+    }
+    let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
+    let guest_program = format!("/kiln/bin/{name}");
+    let command = command_script(&cwd, &guest_program, program_args, &cx.config.run.env);
+    let files = guest::BootFiles {
+        command,
+        shares: shares.clone(),
+        program: Some((program.as_path(), guest_program)),
+        copies,
+        separate_stdio: true,
+    };
+    let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir().context("cannot create a temp dir")?;
+    let initrd = scratch.path().join("initrd");
+    guest::compose_initrd(&images.rootfs, &images.modules, &files, &initrd)?;
+    let nonce = guest::nonce();
+    let machine = cx
+        .config
+        .machines
+        .get(&format!("linux-{arch}"))
+        .cloned()
+        .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
+    let cmdline = guest::cmdline(machine.linux_console(), &nonce, &images.cmdline);
+    let pid = std::process::id();
+    let stdout = PathBuf::from(format!("/proc/{pid}/fd/1"));
+    let stderr = PathBuf::from(format!("/proc/{pid}/fd/2"));
+    let boot = LinuxBoot {
+        kernel: &images.kernel,
+        initrd: &initrd,
+        cmdline: &cmdline,
+        program_output: Some((&stdout, &stderr)),
+        shares: shares.iter().map(|(tag, host)| Share { host, tag: tag.clone(), readonly: true }).collect(),
+    };
+    let argv = machine.linux_argv(&boot, accel, Console::Captured);
+    let timeout = args.timeout.map_or(cx.config.run.timeout, Duration::from);
+    let request = BootRequest {
+        program: arch.qemu_binary().to_owned(),
+        argv,
+        timeout,
+        no_output_timeout: None,
+        stop_on_success: false,
+        log_path: scratch.path().join("console.log"),
+        exit_marker: Some(guest::exit_marker(&nonce)),
+    };
+    cx.printer.verbose("Running", &format!("{} {}", request.program, request.argv.display()));
+    let judge = Judge {
+        failure: regex::Regex::new(crate::plan::KERNEL_FAILURE).ok(),
+        success: None,
+        success_statuses: vec![0],
+        guest_reports_status: true,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let printer = cx.printer.clone();
+    let output_marker = guest::output_marker(&nonce);
+    let exit_marker = guest::exit_marker(&nonce);
+    let mut forwarding = false;
+    let outcome = runtime.block_on(kiln_qemu::boot(&request, &judge, |line| {
+        if line.trim_end() == output_marker {
+            forwarding = true;
+        } else if line.starts_with(&exit_marker) {
+            forwarding = false;
+        } else if forwarding {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
+        printer.verbose("Console", line);
+    }))?;
+    match outcome.exit {
+        Exit::GuestExited(status) => Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(u8::MAX)),
+        _ => {
+            let saved = keep_log(cx, &request.log_path);
+            let why = judge.judge(&outcome).describe();
+            let mut message = format!("`{name}` did not finish in the {arch} guest: {why}");
+            for line in outcome.tail.iter().rev().take(10).rev() {
+                message.push_str(&format!("\n  | {line}"));
+            }
+            if let Some(saved) = saved {
+                message.push_str(&format!("\nconsole log: {}", saved.display()));
+            }
+            cx.printer.always(&format!("error: {message}"));
+            Ok(exit_code::INFRASTRUCTURE)
+        }
+    }
+}
+
+/// The architecture an ELF binary is for.
+fn elf_arch(program: &Path) -> anyhow::Result<Arch> {
+    use object::Object as _;
+    let bytes = std::fs::read(program).with_context(|| format!("cannot read `{}`", program.display()))?;
+    let file = object::File::parse(&*bytes).map_err(|e| {
+        UsageError::new(
+            format!("`{}` is not an executable kiln can run: {e}", program.display()),
+            Some("pass a Linux ELF binary, or name its architecture with `--arch`".to_owned()),
+        )
+    })?;
+    match file.architecture() {
+        object::Architecture::X86_64 => Ok(Arch::X86_64),
+        object::Architecture::Aarch64 => Ok(Arch::Aarch64),
+        object::Architecture::Riscv64 => Ok(Arch::Riscv64),
+        other => Err(UsageError::new(
+            format!("`{}` is a {other:?} binary; kiln runs x86_64, aarch64 and riscv64", program.display()),
+            None,
+        )
+        .into()),
+    }
+}
+
+/// The kernel and rootfs for `arch`: the command line's, `[run]`'s, or the only ones declared.
+fn choose_images(config: &Config, args: &RunArgs, arch: Arch) -> anyhow::Result<(ImageKey, ImageKey)> {
+    let kernel = args.kernel.clone().or_else(|| config.run.kernel.clone()).or_else(|| {
+        let mut fit = config.kernels.values().filter(|k| k.arches.contains(&arch));
+        match (fit.next(), fit.next()) {
+            (Some(only), None) => Some(only.name.clone()),
+            _ => None,
+        }
+    });
+    let rootfs = args.rootfs.clone().or_else(|| config.run.rootfs.clone()).or_else(|| {
+        let mut fit = config
+            .rootfses
+            .values()
+            .filter(|r| r.arches.contains(&arch) && r.init && matches!(r.format, RootfsFormat::Initramfs(_)));
+        match (fit.next(), fit.next()) {
+            (Some(only), None) => Some(only.name.clone()),
+            _ => None,
+        }
+    });
+    let help =
+        "name them in Kiln.toml's `[run]` table (`kernel = \"...\"`, `rootfs = \"...\"`) or with `--kernel`/`--rootfs`";
+    let Some(kernel) = kernel else {
+        return Err(
+            UsageError::new(format!("which kernel should run this {arch} program?"), Some(help.to_owned())).into()
+        );
+    };
+    let Some(rootfs) = rootfs else {
+        return Err(
+            UsageError::new(format!("which rootfs should run this {arch} program?"), Some(help.to_owned())).into()
+        );
+    };
+    for (kind, name, known) in [
+        ("kernel", &kernel, config.kernels.get(&kernel).map(|k| k.arches.clone())),
+        ("rootfs", &rootfs, config.rootfses.get(&rootfs).map(|r| r.arches.clone())),
+    ] {
+        match known {
+            None => return Err(UsageError::new(format!("no {kind} named `{name}` in Kiln.toml"), None).into()),
+            Some(arches) if !arches.contains(&arch) => {
+                return Err(UsageError::new(
+                    format!("{kind} `{name}` is not built for {arch}"),
+                    Some(format!("add {arch} to its `arches`")),
+                )
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok((
+        ImageKey { kind: ImageKind::Kernel, name: kernel, arch },
+        ImageKey { kind: ImageKind::Rootfs, name: rootfs, arch },
+    ))
+}
+
+/// The script the guest runs: the working directory, cargo's environment, the program.
+fn command_script(cwd: &Path, program: &str, args: &[String], extra_env: &[String]) -> String {
+    let mut script = format!("cd {} || exit 127\n", guest::shell_quote(&cwd.to_string_lossy()));
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| PASSED_PREFIXES.iter().any(|p| name.starts_with(p)) || extra_env.contains(name))
+        .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .collect();
+    vars.sort();
+    for (name, value) in vars {
+        script.push_str(&format!("export {name}={}\n", guest::shell_quote(&value)));
+    }
+    script.push_str(&guest::shell_quote(program));
+    for arg in args {
+        script.push(' ');
+        script.push_str(&guest::shell_quote(arg));
+    }
+    script.push('\n');
+    script
+}
+
+/// Copies a failed run's console log to `target/kiln/logs/run-last.log`.
+fn keep_log(cx: &Cx, log: &Path) -> Option<PathBuf> {
+    let dir = cx.work_dir().join("logs");
+    std::fs::create_dir_all(&dir).ok()?;
+    let dest = dir.join("run-last.log");
+    std::fs::copy(log, &dest).ok()?;
+    Some(dest)
+}

@@ -1,0 +1,211 @@
+//! Linux guests: reproducible rootfs images, Linux cases on x86_64 and aarch64, `kiln run`
+//! as cargo's target runner, and fetches over HTTP.
+//!
+//! The Debian packages come from `.ci/fetch-debs` (run by `.ci/run`), referenced by path and
+//! pinned by the SHA-256 of Debian's package index.
+
+use std::path::PathBuf;
+
+use kiln::report::CaseStatus;
+use kiln_qemu::{FailReason, Verdict};
+use kiln_types::Arch;
+
+use crate::support::{Project, repo_root};
+
+/// (fetch name, file name, sha256) of the packages `.ci/fetch-debs` downloads.
+const DEBS: [(&str, &str, &str); 4] = [
+    (
+        "linux-x86_64",
+        "linux-image-6.1.0-50-cloud-amd64_6.1.176-1_amd64.deb",
+        "efe19f605b6f54a8352e68d85a629abb2d30b72a085faef603a9152590baa791",
+    ),
+    (
+        "linux-aarch64",
+        "linux-image-6.1.0-50-arm64_6.1.176-1_arm64.deb",
+        "914f75b57a8e165d85fb910c3e2dcc7000a05a9fea3f42f90b26e8dd590d5f06",
+    ),
+    (
+        "busybox-x86_64",
+        "busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb",
+        "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744",
+    ),
+    (
+        "busybox-aarch64",
+        "busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb",
+        "732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5",
+    ),
+];
+
+/// Where `.ci/fetch-debs` puts the packages.
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/kiln-fixtures"))
+}
+
+/// A fixture package's path; fails the test with what to run when it is missing.
+pub fn fixture(file: &str) -> PathBuf {
+    let path = fixtures_dir().join(file);
+    assert!(path.is_file(), "{} is missing: run `.ci/fetch-debs` (`.ci/run` does)", path.display());
+    path
+}
+
+/// `[fetch]` tables for the fixture packages, by path.
+pub fn fetch_tables() -> String {
+    DEBS.iter()
+        .map(|(name, file, sha256)| {
+            format!("[fetch.{name}]\npath = {:?}\nsha256 = \"{sha256}\"\n\n", fixture(file).display().to_string())
+        })
+        .collect()
+}
+
+/// The example's Linux side, with the packages taken from the fixture directory.
+fn linux_kiln_toml() -> String {
+    let mut text = fetch_tables();
+    text.push_str(
+        r#"
+[artifact.hello-linux]
+package = "hello-linux"
+path = "examples/linux/hello"
+arches = ["x86_64", "aarch64"]
+target.x86_64 = "x86_64-unknown-linux-musl"
+target.aarch64 = "aarch64-unknown-linux-musl"
+
+[kernel.debian]
+deb = "linux-{arch}"
+
+[rootfs.base]
+layers = [
+  { busybox = "busybox-{arch}" },
+  { artifact = "hello-linux", dest = "/usr/bin/hello" },
+  { text = "kiln was here\n", dest = "/etc/motd" },
+]
+
+[run]
+kernel = "debian"
+rootfs = "base"
+
+[case.hello]
+kernel = "debian"
+rootfs = "base"
+command = "hello && cat /etc/motd"
+success = "^kiln was here$"
+
+[case.exit3]
+kernel = "debian"
+rootfs = "base"
+command = "hello --exit 3"
+expect = "fail"
+
+[case.panic]
+kernel = "debian"
+rootfs = "base"
+command = "echo c > /proc/sysrq-trigger"
+expect = "fail"
+"#,
+    );
+    text
+}
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn rootfs_builds_are_byte_for_byte_reproducible_and_cached() {
+    let project = Project::example(&linux_kiln_toml());
+    let first = project.command(&["-q", "rootfs", "build", "base"]).output().expect("kiln runs");
+    assert!(first.status.success(), "{}", stderr_of(&first));
+    let listed = stdout_of(&first);
+    assert_eq!(listed.lines().count(), 2, "one image per arch: {listed}");
+
+    // A second project (another checkout, another store) makes the same bytes.
+    let other = Project::example(&linux_kiln_toml());
+    let second = other.command(&["-q", "rootfs", "build", "base"]).output().expect("kiln runs");
+    assert!(second.status.success(), "{}", stderr_of(&second));
+    let hashes = |text: &str| -> Vec<String> {
+        text.lines().map(|line| line.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).collect()
+    };
+    assert_eq!(hashes(&listed), hashes(&stdout_of(&second)), "same BLAKE3 for the same recipe");
+
+    // The same project again: a store hit.
+    let again = project.command(&["rootfs", "build", "base"]).output().expect("kiln runs");
+    let status = stderr_of(&again);
+    assert!(status.contains("Cached rootfs base (x86_64)"), "{status}");
+    assert!(!status.contains("Building rootfs"), "{status}");
+
+    let show = project.command(&["rootfs", "show", "base", "--arch", "aarch64"]).output().expect("kiln runs");
+    let files = stdout_of(&show);
+    for expected in ["/bin/busybox", "/bin/sh -> busybox", "/usr/bin/hello", "/init", "/etc/passwd", "/etc/motd"] {
+        assert!(files.contains(expected), "`rootfs show` lists {expected}: {files}");
+    }
+}
+
+#[test]
+fn linux_cases_pass_fail_on_exit_status_and_quote_kernel_panics() {
+    let project = Project::example(&linux_kiln_toml());
+    let summary = project.test(&["-q", "--accel", "tcg"]);
+    for arch in [Arch::X86_64, Arch::Aarch64] {
+        let hello = summary.get("hello", arch).expect("hello ran");
+        assert_eq!(hello.status, CaseStatus::Passed, "hello on {arch}: {}", hello.detail);
+        assert_eq!(hello.detail, "exit status 0");
+
+        let exit3 = summary.get("exit3", arch).expect("exit3 ran");
+        assert_eq!(exit3.status, CaseStatus::FailedAsExpected, "exit3 on {arch}: {}", exit3.detail);
+        assert!(exit3.detail.starts_with("exit status 3 after `hello from kiln on"), "{}", exit3.detail);
+
+        let panic = summary.get("panic", arch).expect("panic ran");
+        assert_eq!(panic.status, CaseStatus::FailedAsExpected, "panic on {arch}: {}", panic.detail);
+        let Some(Verdict::Failed(FailReason::FailureMarker { line })) = &panic.verdict else {
+            panic!("the panic case on {arch} should fail on the panic line, got {:?}", panic.verdict);
+        };
+        assert!(line.contains("Kernel panic - not syncing: sysrq triggered crash"), "{line}");
+    }
+}
+
+#[test]
+fn cargo_test_runs_test_binaries_inside_an_aarch64_vm() {
+    let project = Project::example(&linux_kiln_toml());
+    let kiln = env!("CARGO_BIN_EXE_kiln-it");
+    let cargo = |features: &[&str]| {
+        let mut command = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        command
+            .args(["test", "--target", "aarch64-unknown-linux-musl", "-p", "arch-tests"])
+            .args(features)
+            .current_dir(project.path().join("examples"))
+            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER", format!("{kiln} --accel tcg run --"))
+            .env("CARGO_TARGET_DIR", project.path().join("target/cargo"))
+            .env_remove("RUSTUP_TOOLCHAIN");
+        command.output().expect("cargo runs")
+    };
+    let green = cargo(&[]);
+    let out = stdout_of(&green);
+    assert!(green.status.success(), "stdout:\n{out}\nstderr:\n{}", stderr_of(&green));
+    for test in [
+        "the_kernel_runs_the_architecture_we_were_built_for",
+        "on_aarch64",
+        "reads_a_fixture_from_the_package_directory",
+    ] {
+        assert!(out.contains(&format!("tests::{test} ... ok")), "{test} passed in the VM: {out}");
+    }
+
+    let red = cargo(&["--features", "fail"]);
+    let out = stdout_of(&red);
+    assert!(!red.status.success(), "a failing test fails cargo: {out}");
+    assert!(out.contains("tests::fails_on_purpose ... FAILED"), "{out}");
+    assert!(stderr_of(&red).contains("error: test failed"), "{}", stderr_of(&red));
+}
+
+#[test]
+fn the_repository_kiln_toml_pins_the_same_packages_the_tests_use() {
+    let text = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
+    for (name, _, sha256) in DEBS {
+        let table = format!("[fetch.{name}]");
+        let at = text.find(&table).unwrap_or_else(|| panic!("Kiln.toml declares {table}"));
+        assert!(text[at..].contains(sha256), "{table} is pinned to {sha256}");
+    }
+}
