@@ -54,6 +54,9 @@ pub fn requirements(machine: &Machine) -> Vec<Requirement> {
             Requirement { file: "bios-256k.bin", package: "seabios" },
             Requirement { file: "pvh.bin", package: "qemu-system-data" },
         ],
+        (_, Firmware::Named(name)) if name == "qboot.rom" => {
+            vec![Requirement { file: "qboot.rom", package: "qemu-system-data" }]
+        }
         (Arch::Riscv64, Firmware::Bundled) => {
             vec![Requirement { file: "opensbi-riscv64-generic-fw_dynamic.bin", package: "qemu-system-data" }]
         }
@@ -75,6 +78,16 @@ pub fn check(machine: &Machine) -> Result<(), QemuError> {
             machine: machine.name.clone(),
             searched: "the path given in Kiln.toml".to_owned(),
             package: "the package that ships this firmware",
+        });
+    }
+    if let Firmware::Named(name) = &machine.firmware
+        && !DATA_DIRS.iter().any(|dir| Path::new(dir).join(name).is_file())
+    {
+        return Err(QemuError::FirmwareMissing {
+            file: name.clone(),
+            machine: machine.name.clone(),
+            searched: DATA_DIRS.join(", "),
+            package: "qemu-system-data",
         });
     }
     for requirement in requirements(machine) {

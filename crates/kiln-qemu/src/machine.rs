@@ -66,6 +66,8 @@ pub enum Firmware {
     None,
     /// A firmware file.
     File(PathBuf),
+    /// A firmware file QEMU finds by name in its data directory (`-bios qboot.rom`).
+    Named(String),
 }
 
 /// Where the guest's serial console goes.
@@ -167,12 +169,37 @@ impl Machine {
 
     /// kiln's default profile for Linux guests on `arch` (named `linux-ARCH`): no exit
     /// device (kiln's init reports the command's status), room for a kernel and an initramfs.
+    ///
+    /// x86_64 uses `pc` with qboot, a firmware that only loads the kernel: under TCG it
+    /// reaches the kernel about 0.5 s sooner than SeaBIOS on q35.
     pub fn linux_default_for(arch: Arch) -> Self {
         let mut machine = Self::default_for(arch);
         machine.name = format!("linux-{arch}");
         machine.devices.clear();
         machine.memory_mib = Some(512);
+        if arch == Arch::X86_64 {
+            machine.machine_type = "pc".to_owned();
+            machine.firmware = Firmware::Named("qboot.rom".to_owned());
+        }
         machine
+    }
+
+    /// Kernel arguments that make a Linux boot faster under emulation on this machine: no
+    /// crypto self-tests, no speculation mitigations, and on x86 a trusted TSC and no probing
+    /// for a PS/2 keyboard and mouse.
+    pub fn linux_fast_boot_args(&self) -> &'static [&'static str] {
+        match self.arch {
+            Arch::X86_64 => &[
+                "cryptomgr.notests",
+                "mitigations=off",
+                "tsc=reliable",
+                "no_timer_check",
+                "i8042.noaux",
+                "i8042.nokbd",
+                "i8042.nopnp",
+            ],
+            Arch::Aarch64 | Arch::Riscv64 => &["cryptomgr.notests", "mitigations=off"],
+        }
     }
 
     /// The guest's serial console device name, for the kernel's `console=`.
@@ -263,6 +290,9 @@ impl Machine {
             Firmware::File(path) => {
                 argv.pair("-bios", path);
             }
+            Firmware::Named(name) => {
+                argv.pair("-bios", name);
+            }
         }
         argv.arg("-nodefaults").pair("-display", "none").arg("-no-reboot");
         match console {
@@ -318,6 +348,26 @@ mod tests {
         assert!(argv.ends_with("-device virtio-rng-pci -drive format=raw,snapshot=on,file=/img"), "{argv}");
         assert!(!argv.contains("-m "), "{argv}");
         assert_eq!(machine.exit_device(), Some(&Device::DebugExit { iobase: 0xf4, iosize: 4 }));
+    }
+
+    #[test]
+    fn linux_argv_has_kernel_initrd_consoles_and_read_only_shares() {
+        let boot = LinuxBoot {
+            kernel: Path::new("/k"),
+            initrd: Path::new("/i"),
+            cmdline: "console=ttyS0 quiet",
+            program_output: Some((Path::new("/proc/1/fd/1"), Path::new("/proc/1/fd/2"))),
+            shares: vec![Share { host: Path::new("/pkg"), tag: "kiln0".into(), readonly: true }],
+        };
+        let argv = Machine::linux_default_for(Arch::X86_64).linux_argv(&boot, Accel::Tcg, Console::Captured);
+        let argv = argv.display();
+        assert!(argv.starts_with("-machine pc,accel=tcg -m 512M -smp 1 -bios qboot.rom"), "{argv}");
+        assert!(argv.contains("-kernel /k -initrd /i -append console=ttyS0 quiet"), "{argv}");
+        assert!(argv.contains("-chardev file,id=kiln-stdout,append=on,path=/proc/1/fd/1"), "{argv}");
+        assert!(argv.contains("-device virtconsole,chardev=kiln-stderr,name=kiln-stderr"), "{argv}");
+        assert!(argv.contains("-fsdev local,id=kiln-share0,security_model=none,readonly=on,path=/pkg"), "{argv}");
+        assert!(argv.contains("-device virtio-9p-pci,fsdev=kiln-share0,mount_tag=kiln0"), "{argv}");
+        assert!(!argv.contains("isa-debug-exit"), "Linux guests report through kiln's init: {argv}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod archive;
 mod busybox;
+mod bzimage;
 mod deb;
 mod decompress;
 mod errors;
@@ -23,6 +24,7 @@ mod tool;
 mod tree;
 
 pub use busybox::busybox_applets;
+pub use bzimage::vmlinux_from_bzimage;
 pub use deb::{DebInfo, deb_files};
 pub use errors::{Error, MemberProblem, PathProblem, Result};
 pub use ext4::{Ext4Options, write_ext4};

@@ -143,7 +143,7 @@ fn render(
             let files = guest::BootFiles { command: images.command.clone(), ..Default::default() };
             guest::compose_initrd(&images.rootfs, &images.modules, &files, &initrd)?;
             let nonce = guest::nonce();
-            let cmdline = guest::cmdline(machine.linux_console(), &nonce, &images.cmdline);
+            let cmdline = guest::cmdline(machine, &nonce, &images.cmdline);
             let boot = kiln_qemu::LinuxBoot {
                 kernel: &images.kernel,
                 initrd: &initrd,

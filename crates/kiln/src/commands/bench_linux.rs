@@ -93,7 +93,7 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
         let mut naive = Measured { times: Vec::new(), failures: 0 };
         for i in 0..runs {
             let nonce = guest::nonce();
-            let cmdline = guest::cmdline(run.machine.linux_console(), &nonce, &images.cmdline);
+            let cmdline = guest::cmdline(&run.machine, &nonce, &images.cmdline);
             let boot = LinuxBoot {
                 kernel: &images.kernel,
                 initrd: &initrd,

@@ -78,6 +78,7 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
             Firmware::Bundled => quote("default"),
             Firmware::None => quote("none"),
             Firmware::File(file) => path(file),
+            Firmware::Named(name) => quote(&format!("qemu:{name}")),
         };
         writeln!(out, "firmware = {firmware}")?;
         writeln!(out, "args = {}", list(machine.extra_args.iter().map(String::as_str)))?;

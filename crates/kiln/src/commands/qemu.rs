@@ -64,7 +64,7 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
             let initrd = scratch.path().join("initrd");
             let files = guest::BootFiles { command: images.command.clone(), ..Default::default() };
             guest::compose_initrd(&images.rootfs, &images.modules, &files, &initrd)?;
-            let cmdline = guest::cmdline(run.machine.linux_console(), &guest::nonce(), &images.cmdline);
+            let cmdline = guest::cmdline(&run.machine, &guest::nonce(), &images.cmdline);
             let boot = kiln_qemu::LinuxBoot {
                 kernel: &images.kernel,
                 initrd: &initrd,

@@ -67,6 +67,17 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
             copies.extend(guest::package_copies(dir)?);
         }
     }
+    // Declared data files (relative to Kiln.toml), copied in at the same path.
+    for file in &cx.config.run.files {
+        let path = cx.config.root.join(file);
+        if path.is_dir() {
+            copies.extend(guest::package_copies(&path)?);
+        } else if path.is_file() {
+            copies.push((path, guest::CopyKind::File));
+        } else {
+            return Err(cx.config.error_at("run.files", format!("`{}` does not exist", path.display())).into());
+        }
+    }
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
     let guest_program = format!("/kiln/bin/{name}");
     let command = command_script(&cwd, &guest_program, program_args, &cx.config.run.env);
@@ -87,7 +98,7 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         .get(&format!("linux-{arch}"))
         .cloned()
         .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
-    let cmdline = guest::cmdline(machine.linux_console(), &nonce, &images.cmdline);
+    let cmdline = guest::cmdline(&machine, &nonce, &images.cmdline);
     let pid = std::process::id();
     let stdout = PathBuf::from(format!("/proc/{pid}/fd/1"));
     let stderr = PathBuf::from(format!("/proc/{pid}/fd/2"));

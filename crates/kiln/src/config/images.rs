@@ -223,7 +223,7 @@ pub struct RunSettings {
     pub timeout: Duration,
     /// Host environment variables passed to the program besides cargo's (`CARGO_*`, `RUST_*`).
     pub env: Vec<String>,
-    /// Files of the package copied in beside the binary when no share is possible.
+    /// Files or directories (relative to Kiln.toml) copied into the guest at the same path.
     pub files: Vec<String>,
 }
 

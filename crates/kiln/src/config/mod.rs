@@ -586,7 +586,12 @@ impl Resolver<'_> {
                     .with_help("add `arch = \"x86_64\"` (or aarch64, riscv64) to the table"));
             }
         };
-        let mut machine = Machine::default_for(arch);
+        // The built-in Linux profiles (`linux-ARCH`) are the base of their own overrides.
+        let mut machine = if name == Machine::linux_default_for(arch).name {
+            Machine::linux_default_for(arch)
+        } else {
+            Machine::default_for(arch)
+        };
         machine.name = name.to_owned();
         if let Some(machine_type) = raw.machine
             && machine_type != machine.machine_type
@@ -613,6 +618,7 @@ impl Resolver<'_> {
                 "default" => Firmware::Bundled,
                 "none" => Firmware::None,
                 "machine" => Firmware::MachineDefault,
+                named if named.starts_with("qemu:") => Firmware::Named(named["qemu:".len()..].to_owned()),
                 path => {
                     let file = self.root.join(path);
                     if !file.is_file() {
@@ -737,8 +743,9 @@ impl Resolver<'_> {
                 key(field),
                 format!("unknown {table} `{}` in case `{name}`", value.get_ref()),
             );
+            let article = if table.starts_with('a') { "an" } else { "a" };
             match diagnostic::closest(value.get_ref(), known) {
-                Some(near) => err.with_help(format!("a {table} with a similar name exists: `{near}`")),
+                Some(near) => err.with_help(format!("{article} {table} with a similar name exists: `{near}`")),
                 None => err.with_help(format!("declare it under `[{table}.NAME]`")),
             }
         };

@@ -113,12 +113,17 @@ fn machine_overrides_apply_on_the_builtin_profile() {
 #[test]
 fn reference_documents_every_key() {
     let reference = include_str!("../../../../docs/kiln-toml.md");
-    let tables: [(&str, &[&str]); 5] = [
+    let tables: [(&str, &[&str]); 10] = [
         ("top level", fields::field_names::<raw::RawManifest>()),
         ("[store]", fields::field_names::<raw::RawStore>()),
         ("[artifact.NAME]", fields::field_names::<raw::RawArtifact>()),
         ("[machine.NAME]", fields::field_names::<raw::RawMachine>()),
         ("[case.NAME]", fields::field_names::<raw::RawCase>()),
+        ("[fetch.NAME]", fields::field_names::<raw::RawFetch>()),
+        ("[kernel.NAME]", fields::field_names::<raw::RawKernel>()),
+        ("[rootfs.NAME]", fields::field_names::<raw::RawRootfs>()),
+        ("rootfs layers", fields::field_names::<raw::RawLayer>()),
+        ("[run]", fields::field_names::<raw::RawRun>()),
     ];
     for (table, keys) in tables {
         assert!(!keys.is_empty(), "{table}: no keys read");

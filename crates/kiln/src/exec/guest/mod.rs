@@ -188,16 +188,17 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-/// The kernel command line of a boot: console, quiet, no reboot loop on panic, the nonce,
-/// then the kernel's own arguments.
-pub fn cmdline(console: &str, nonce: &str, extra: &[String]) -> String {
+/// The kernel command line of a boot on `machine`: console, quiet, no reboot loop on panic,
+/// the machine's fast-boot arguments, the nonce, then the kernel's own arguments.
+pub fn cmdline(machine: &kiln_qemu::Machine, nonce: &str, extra: &[String]) -> String {
     let mut words = vec![
-        format!("console={console}"),
+        format!("console={}", machine.linux_console()),
         "panic=-1".to_owned(),
         "quiet".to_owned(),
         "loglevel=3".to_owned(),
-        format!("kiln.nonce={nonce}"),
     ];
+    words.extend(machine.linux_fast_boot_args().iter().map(|arg| (*arg).to_owned()));
+    words.push(format!("kiln.nonce={nonce}"));
     words.extend(extra.iter().cloned());
     words.join(" ")
 }
