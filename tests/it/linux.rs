@@ -81,6 +81,15 @@ layers = [
   { text = "kiln was here\n", dest = "/etc/motd" },
 ]
 
+# The same on a disk: ext4 converted to qcow2, booted through kiln's stub initramfs.
+[rootfs.disk]
+format = "qcow2"
+layers = [
+  { busybox = "busybox-{arch}" },
+  { artifact = "hello-linux", dest = "/usr/bin/hello" },
+  { deb = "busybox-{arch}", dest = "/opt/busybox-deb" },
+]
+
 [run]
 kernel = "debian"
 rootfs = "base"
@@ -102,6 +111,12 @@ kernel = "debian"
 rootfs = "base"
 command = "echo c > /proc/sysrq-trigger"
 expect = "fail"
+
+[case.disk]
+kernel = "debian"
+rootfs = "disk"
+command = "hello && mount | grep ' on / ' && ls /opt/busybox-deb/bin"
+success = "^/dev/vda on / type ext4"
 "#,
     );
     text
@@ -118,14 +133,14 @@ fn stderr_of(output: &std::process::Output) -> String {
 #[test]
 fn rootfs_builds_are_byte_for_byte_reproducible_and_cached() {
     let project = Project::example(&linux_kiln_toml());
-    let first = project.command(&["-q", "rootfs", "build", "base"]).output().expect("kiln runs");
+    let first = project.command(&["-q", "rootfs", "build"]).output().expect("kiln runs");
     assert!(first.status.success(), "{}", stderr_of(&first));
     let listed = stdout_of(&first);
-    assert_eq!(listed.lines().count(), 2, "one image per arch: {listed}");
+    assert_eq!(listed.lines().count(), 4, "an initramfs and a qcow2 disk per arch: {listed}");
 
     // A second project (another checkout, another store) makes the same bytes.
     let other = Project::example(&linux_kiln_toml());
-    let second = other.command(&["-q", "rootfs", "build", "base"]).output().expect("kiln runs");
+    let second = other.command(&["-q", "rootfs", "build"]).output().expect("kiln runs");
     assert!(second.status.success(), "{}", stderr_of(&second));
     let hashes = |text: &str| -> Vec<String> {
         text.lines().map(|line| line.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).collect()
@@ -143,6 +158,13 @@ fn rootfs_builds_are_byte_for_byte_reproducible_and_cached() {
     for expected in ["/bin/busybox", "/bin/sh -> busybox", "/usr/bin/hello", "/init", "/etc/passwd", "/etc/motd"] {
         assert!(files.contains(expected), "`rootfs show` lists {expected}: {files}");
     }
+
+    let diff = project.command(&["rootfs", "diff", "base", "disk"]).output().expect("kiln runs");
+    let changes = stdout_of(&diff);
+    assert!(diff.status.success(), "{}", stderr_of(&diff));
+    assert!(changes.contains("+ /opt/busybox-deb/bin/busybox ("), "{changes}");
+    assert!(changes.contains("- /etc/motd (14 B)"), "{changes}");
+    assert!(changes.lines().last().is_some_and(|l| l.starts_with("base -> disk (x86_64): ")), "{changes}");
 }
 
 #[test]
@@ -164,6 +186,9 @@ fn linux_cases_pass_fail_on_exit_status_and_quote_kernel_panics() {
             panic!("the panic case on {arch} should fail on the panic line, got {:?}", panic.verdict);
         };
         assert!(line.contains("Kernel panic - not syncing: sysrq triggered crash"), "{line}");
+
+        let disk = summary.get("disk", arch).expect("disk ran");
+        assert_eq!(disk.status, CaseStatus::Passed, "disk on {arch}: {} {:?}", disk.detail, disk.tail);
     }
 }
 

@@ -114,6 +114,9 @@ pub struct LinuxBoot<'a> {
     pub program_output: Option<(&'a Path, &'a Path)>,
     /// Host directories shared into the guest.
     pub shares: Vec<Share<'a>>,
+    /// A disk image (`/dev/vda`) and its format (`raw`, `qcow2`); writes go to a temporary
+    /// overlay, so the image never changes.
+    pub disk: Option<(&'a Path, &'a str)>,
 }
 
 /// A QEMU profile: the machine, its CPU, memory, firmware, devices and extra arguments.
@@ -214,6 +217,12 @@ impl Machine {
     pub fn linux_argv(&self, boot: &LinuxBoot<'_>, accel: Accel, console: Console) -> Argv {
         let mut argv = self.base_argv(accel, console);
         argv.pair("-kernel", boot.kernel).pair("-initrd", boot.initrd).pair("-append", boot.cmdline);
+        if let Some((image, format)) = boot.disk {
+            // On PCI, as the other virtio devices: `if=virtio` would be virtio-mmio on Arm.
+            let mut drive = std::ffi::OsString::from(format!("if=none,id=kiln-disk,format={format},snapshot=on,file="));
+            drive.push(image);
+            argv.pair("-drive", drive).pair("-device", "virtio-blk-pci,drive=kiln-disk");
+        }
         if let Some((stdout, stderr)) = boot.program_output {
             argv.pair("-device", "virtio-serial-pci,id=kiln-serial");
             for (id, path) in [("kiln-stdout", stdout), ("kiln-stderr", stderr)] {
@@ -358,6 +367,7 @@ mod tests {
             cmdline: "console=ttyS0 quiet",
             program_output: Some((Path::new("/proc/1/fd/1"), Path::new("/proc/1/fd/2"))),
             shares: vec![Share { host: Path::new("/pkg"), tag: "kiln0".into(), readonly: true }],
+            disk: Some((Path::new("/rootfs.qcow2"), "qcow2")),
         };
         let argv = Machine::linux_default_for(Arch::X86_64).linux_argv(&boot, Accel::Tcg, Console::Captured);
         let argv = argv.display();
@@ -367,6 +377,8 @@ mod tests {
         assert!(argv.contains("-device virtconsole,chardev=kiln-stderr,name=kiln-stderr"), "{argv}");
         assert!(argv.contains("-fsdev local,id=kiln-share0,security_model=none,readonly=on,path=/pkg"), "{argv}");
         assert!(argv.contains("-device virtio-9p-pci,fsdev=kiln-share0,mount_tag=kiln0"), "{argv}");
+        assert!(argv.contains("-drive if=none,id=kiln-disk,format=qcow2,snapshot=on,file=/rootfs.qcow2"), "{argv}");
+        assert!(argv.contains("-device virtio-blk-pci,drive=kiln-disk"), "{argv}");
         assert!(!argv.contains("isa-debug-exit"), "Linux guests report through kiln's init: {argv}");
     }
 

@@ -31,8 +31,10 @@ pub struct LinuxImages {
     pub kernel: PathBuf,
     /// The kernel's modules archive.
     pub modules: PathBuf,
-    /// The rootfs initramfs.
+    /// The initramfs: the rootfs itself, or for a disk rootfs the stub that mounts it.
     pub rootfs: PathBuf,
+    /// A disk rootfs and its QEMU format.
+    pub disk: Option<(PathBuf, &'static str)>,
     /// The kernel's own command-line arguments.
     pub cmdline: Vec<String>,
     /// The shell command to run.
@@ -150,6 +152,7 @@ fn render(
                 cmdline: &cmdline,
                 program_output: None,
                 shares: Vec::new(),
+                disk: images.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
             };
             Ok((
                 machine.linux_argv(&boot, ready.accel, Console::Captured),

@@ -100,6 +100,7 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
                 cmdline: &cmdline,
                 program_output: None,
                 shares: Vec::new(),
+                disk: images.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
             };
             let kiln_argv = run.machine.linux_argv(&boot, accel, Console::Captured);
             let naive_argv = naive_linux_argv(arch, &images.kernel, &initrd, &nonce);

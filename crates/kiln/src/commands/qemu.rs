@@ -71,6 +71,7 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
                 cmdline: &cmdline,
                 program_output: None,
                 shares: Vec::new(),
+                disk: images.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
             };
             run.machine.linux_argv(&boot, accel, Console::Interactive)
         }

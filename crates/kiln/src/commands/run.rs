@@ -18,7 +18,7 @@ use kiln_types::Arch;
 use crate::{
     cli::RunArgs,
     commands::UsageError,
-    config::{Config, RootfsFormat},
+    config::Config,
     cx::Cx,
     exec::{self, guest},
     exit_code,
@@ -108,6 +108,7 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         cmdline: &cmdline,
         program_output: Some((&stdout, &stderr)),
         shares: shares.iter().map(|(tag, host)| Share { host, tag: tag.clone(), readonly: true }).collect(),
+        disk: images.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
     };
     let argv = machine.linux_argv(&boot, accel, Console::Captured);
     let timeout = args.timeout.map_or(cx.config.run.timeout, Duration::from);
@@ -193,10 +194,7 @@ fn choose_images(config: &Config, args: &RunArgs, arch: Arch) -> anyhow::Result<
         }
     });
     let rootfs = args.rootfs.clone().or_else(|| config.run.rootfs.clone()).or_else(|| {
-        let mut fit = config
-            .rootfses
-            .values()
-            .filter(|r| r.arches.contains(&arch) && r.init && matches!(r.format, RootfsFormat::Initramfs(_)));
+        let mut fit = config.rootfses.values().filter(|r| r.arches.contains(&arch) && r.init);
         match (fit.next(), fit.next()) {
             (Some(only), None) => Some(only.name.clone()),
             _ => None,

@@ -13,7 +13,7 @@ use kiln_store::BuildOutcome;
 use crate::{
     cli::TestArgs,
     commands::UsageError,
-    config::ArtifactKind,
+    config::{ArtifactKind, Compression, RootfsFormat},
     cx::{Cx, RealisedImage},
     exec, exit_code,
     plan::{Guest, ImageKey, Plan, Selection},
@@ -150,11 +150,19 @@ pub fn linux_images(
     rootfs: &RealisedImage,
     command: String,
 ) -> LinuxImages {
-    let format = cx.config.rootfses.get(&rootfs_key.name).map(|r| r.format);
+    let format =
+        cx.config.rootfses.get(&rootfs_key.name).map_or(RootfsFormat::Initramfs(Compression::Gzip), |r| r.format);
+    let image = rootfs.dir.join(format.file_name());
+    let (initramfs, disk) = match format {
+        RootfsFormat::Initramfs(_) => (image, None),
+        RootfsFormat::Ext4 => (rootfs.dir.join(exec::linux::DISK_BOOT_FILE), Some((image, "raw"))),
+        RootfsFormat::Qcow2 => (rootfs.dir.join(exec::linux::DISK_BOOT_FILE), Some((image, "qcow2"))),
+    };
     LinuxImages {
         kernel: kernel.dir.join(exec::linux::KERNEL_FILE),
         modules: kernel.dir.join(exec::linux::MODULES_FILE),
-        rootfs: rootfs.dir.join(format.map_or("rootfs.cpio.gz", |f| f.file_name())),
+        rootfs: initramfs,
+        disk,
         cmdline: cx.config.kernels.get(&kernel_key.name).map(|k| k.cmdline.clone()).unwrap_or_default(),
         command,
     }

@@ -769,16 +769,14 @@ impl Resolver<'_> {
                 let Some(r) = rootfses.get(rootfs.get_ref()) else {
                     return Err(lookup("rootfs", rootfs, rootfses.keys().map(String::as_str).collect(), "rootfs"));
                 };
-                if !matches!(r.format, RootfsFormat::Initramfs(_)) || !r.init {
+                if !r.init {
                     return Err(self
                         .error(
                             Some(rootfs.span()),
                             key("rootfs"),
-                            format!("rootfs `{}` cannot run a case's command", r.name),
+                            format!("rootfs `{}` has no kiln init to run a case's command", r.name),
                         )
-                        .with_help(
-                            "cases boot an initramfs with kiln's init: `format = \"initramfs\"` and no `init = false`",
-                        ));
+                        .with_help("remove `init = false` from the rootfs"));
                 }
                 let available: Vec<Arch> = k.arches.iter().copied().filter(|a| r.arches.contains(a)).collect();
                 if available.is_empty() {

@@ -34,6 +34,8 @@ pub const MODULES_FILE: &str = "modules.cpio";
 pub const SHARE_FILE: &str = "share";
 /// The listing of a rootfs, one line per entry: path, kind, mode, size, BLAKE3.
 pub const MANIFEST_FILE: &str = "manifest.tsv";
+/// The initramfs in a disk rootfs's entry that mounts the disk and switches to it.
+pub const DISK_BOOT_FILE: &str = "boot.cpio.gz";
 
 /// The version of a kernel entry's layout (files, module selection); part of its closure.
 const KERNEL_LAYOUT: &str = "4";
@@ -283,6 +285,9 @@ pub fn rootfs_derivation(rootfs: &Rootfs, arch: Arch, inputs: &RootfsInputs<'_>)
     if rootfs.init {
         drv.setting("init", guest::INIT_VERSION);
         drv.input("init-script", InputHash::of_bytes(guest::INIT_SCRIPT.as_bytes()));
+        if !matches!(rootfs.format, RootfsFormat::Initramfs(_)) {
+            drv.input("disk-init-script", InputHash::of_bytes(guest::DISK_INIT_SCRIPT.as_bytes()));
+        }
     }
     for (index, layer) in rootfs.layers.iter().enumerate() {
         let prefix = format!("layer.{index:03}");
@@ -428,6 +433,13 @@ pub fn write_rootfs(rootfs: &Rootfs, tree: &Tree, out: &Path) -> anyhow::Result<
                 label: Some(rootfs.name.chars().take(16).collect()),
                 mtime,
             };
+            if rootfs.init {
+                let boot = guest::disk_boot_tree(tree)?;
+                let file = std::fs::File::create(out.join(DISK_BOOT_FILE))?;
+                let mut writer = std::io::BufWriter::new(file);
+                boot.write_cpio(&mut writer, kiln_rootfs::Compression::Gzip, mtime)?;
+                std::io::Write::flush(&mut writer)?;
+            }
             if rootfs.format == RootfsFormat::Ext4 {
                 kiln_rootfs::write_ext4(tree, &image, &options)?;
             } else {

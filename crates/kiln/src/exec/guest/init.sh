@@ -21,6 +21,8 @@ ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 hostname kiln
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null
+# Files this boot copied in (a package directory without a 9p share, `[run] files`).
+[ -d /kiln/root ] && cp -a /kiln/root/. /
 nonce=
 for word in $(cat /proc/cmdline); do
     case "$word" in kiln.nonce=*) nonce="${word#kiln.nonce=}" ;; esac

@@ -65,13 +65,19 @@ use kiln_rootfs::{Data, Tree};
 /// kiln's `/init`.
 pub const INIT_SCRIPT: &str = include_str!("init.sh");
 
+/// The `/init` of the small initramfs that boots a disk rootfs (busybox and this script).
+pub const DISK_INIT_SCRIPT: &str = include_str!("disk-init.sh");
+
 /// The version of the skeleton and init; part of every rootfs derivation with `init`.
 pub const INIT_VERSION: &str = "2";
 
 /// Modules kiln's init loads when the kernel has them as modules: the virtio consoles
 /// (separate stdout and stderr for `kiln run`) and 9p over virtio (the package share).
-/// `virtio_pci` first: on Debian's arm64 cloud kernel even the PCI transport is a module.
-pub const INIT_MODULES: &[&str] = &["virtio_pci", "virtio_console", "9pnet_virtio", "9p"];
+/// `virtio_pci` first: on Debian's arm64 cloud kernel even the PCI transport is a module;
+/// `virtio_blk`, `ext4` and the crc32c it loads by alias (not a listed dependency) for disk
+/// rootfs images.
+pub const INIT_MODULES: &[&str] =
+    &["virtio_pci", "virtio_console", "9pnet_virtio", "9p", "virtio_blk", "crc32c_generic", "ext4"];
 
 /// Adds the skeleton every kiln guest has: directories, `/etc/passwd` with root and
 /// nobody, `/etc/group`, `/etc/hosts`, and the console and null devices.
@@ -115,6 +121,24 @@ pub struct BootFiles<'a> {
     pub separate_stdio: bool,
 }
 
+/// The initramfs that boots a disk rootfs: the rootfs's own busybox and the boot stub.
+pub fn disk_boot_tree(rootfs: &Tree) -> anyhow::Result<Tree> {
+    let Some(kiln_rootfs::Node::File { data, .. }) = rootfs.get("/bin/busybox") else {
+        anyhow::bail!(
+            "a disk rootfs that cases or `run` boot needs a static busybox at /bin/busybox: add a \
+             `{{ busybox = \"...\" }}` layer"
+        );
+    };
+    let mut tree = Tree::new();
+    for dir in ["/proc", "/sys", "/dev", "/newroot", "/kiln"] {
+        tree.insert_dir(dir, 0o755)?;
+    }
+    tree.insert_char_device("/dev/console", 0o600, 5, 1)?;
+    tree.add_busybox(data.clone(), "the rootfs's /bin/busybox")?;
+    tree.insert_file("/init", 0o755, Data::from(DISK_INIT_SCRIPT))?;
+    Ok(tree)
+}
+
 /// Writes the per-boot cpio archive.
 pub fn write_boot_archive(files: &BootFiles<'_>, out: impl std::io::Write) -> Result<(), kiln_rootfs::Error> {
     let mut tree = Tree::new();
@@ -127,8 +151,10 @@ pub fn write_boot_archive(files: &BootFiles<'_>, out: impl std::io::Write) -> Re
     if files.separate_stdio {
         tree.insert_file("/kiln/stdio", 0o644, Data::from(""))?;
     }
+    // Copies wait under /kiln/root until kiln's init puts them in place, so a disk rootfs's
+    // boot stub carries them over with the rest of /kiln.
     for (path, kind) in &files.copies {
-        let guest = path.to_string_lossy();
+        let guest = format!("/kiln/root{}", path.to_string_lossy());
         match kind {
             CopyKind::Dir => tree.insert_dir(&guest, 0o755)?,
             CopyKind::File => tree.add_host_file(path, &guest, None)?,
