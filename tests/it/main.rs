@@ -1,6 +1,8 @@
 //! kiln's integration tests: each copies the bundled example to a temp dir and runs the real
 //! pipeline (cargo, the store, QEMU) against it.
 
+mod action;
+mod action_sim;
 mod adoption;
 mod config_errors;
 mod example;

@@ -245,7 +245,7 @@ pub struct ArtifactArg {
     pub arch: Option<Arch>,
 }
 
-/// Which command a CI cache key is for.
+/// Which command a CI cache key (or a `gc`) is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KeyFor {
     /// `cargo xtask test`: the artifacts its cases boot.
@@ -272,6 +272,13 @@ pub enum StoreCommand {
     },
     /// Remove entries that the current Kiln.toml does not need and that are not pinned.
     Gc {
+        /// Keep only what this command needs (default: everything Kiln.toml declares); CI
+        /// trims its cache to the command it runs.
+        #[arg(long = "for", value_enum)]
+        command: Option<KeyFor>,
+        /// With `--for`: only these architectures.
+        #[arg(long, value_delimiter = ',', requires = "command")]
+        arch: Vec<Arch>,
         /// Also keep entries used within this many days.
         #[arg(long, value_name = "N")]
         keep_days: Option<u32>,
@@ -301,6 +308,9 @@ pub enum StoreCommand {
         /// The command whose inputs the key covers.
         #[arg(long = "for", value_enum, default_value = "test")]
         command: KeyFor,
+        /// Only these architectures (the command's `--arch`).
+        #[arg(long, value_delimiter = ',')]
+        arch: Vec<Arch>,
     },
 }
 

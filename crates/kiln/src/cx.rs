@@ -69,6 +69,20 @@ pub struct Realised {
     pub builds: BTreeMap<BuildKey, BuiltArtifact>,
     /// Kernels and rootfs images.
     pub images: BTreeMap<ImageKey, RealisedImage>,
+    /// Fetches done now (the others were in the store).
+    pub fetched_now: usize,
+    /// Fetches found in the store.
+    pub fetched_before: usize,
+}
+
+impl Realised {
+    /// How many derivations were built now and how many came from the store.
+    pub fn store_use(&self) -> crate::report::StoreUse {
+        let outcomes = self.builds.values().map(|b| &b.outcome).chain(self.images.values().map(|i| &i.outcome));
+        let built = outcomes.filter(|o| matches!(o, BuildOutcome::Built { .. })).count();
+        let total = self.builds.len() + self.images.len();
+        crate::report::StoreUse { built: built + self.fetched_now, cached: total - built + self.fetched_before }
+    }
 }
 
 /// A command's context.
@@ -308,7 +322,7 @@ impl Cx {
     pub fn realise_plan(&self, plan: &Plan) -> anyhow::Result<Realised> {
         let builds = self.realise(&plan.builds)?;
         let artifact_closures = builds.iter().map(|(key, built)| (key.clone(), built.closure)).collect();
-        let fetched = self.fetch_for(&plan.images)?;
+        let (fetched, fetched_now) = self.fetch_counting(&plan.images)?;
         let mut images = BTreeMap::new();
         for (key, drv) in self.image_derivations(&plan.images, &artifact_closures)? {
             let closure = drv.closure_hash();
@@ -353,18 +367,25 @@ impl Cx {
             self.store.record_name(&name, &closure)?;
             images.insert(key, RealisedImage { closure, dir: entry.out_dir(), outcome });
         }
-        Ok(Realised { builds, images })
+        let fetched_before = fetched.len() - fetched_now;
+        Ok(Realised { builds, images, fetched_now, fetched_before })
     }
 
     /// Fetches (or finds in the store) every file the images read.
     pub fn fetch_for(&self, images: &[ImageKey]) -> anyhow::Result<exec::FetchedFiles> {
+        Ok(self.fetch_counting(images)?.0)
+    }
+
+    fn fetch_counting(&self, images: &[ImageKey]) -> anyhow::Result<(exec::FetchedFiles, usize)> {
         let mut fetched = exec::FetchedFiles::new();
+        let mut now = 0;
         for name in self.fetches_of(images) {
             let fetch = &self.config.fetches[&name];
-            let (path, _) = exec::fetch::realise(&self.store, fetch, &self.printer)?;
+            let (path, outcome) = exec::fetch::realise(&self.store, fetch, &self.printer)?;
+            now += usize::from(matches!(outcome, BuildOutcome::Built { .. }));
             fetched.insert(name, (exec::fetch::derivation(fetch).closure_hash(), path));
         }
-        Ok(fetched)
+        Ok((fetched, now))
     }
 
     /// The fetch names the images read, sorted.

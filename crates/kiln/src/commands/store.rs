@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use kiln_store::{ClosureHash, Derivation};
+use kiln_types::Arch;
 
 use crate::{
     cli::{ArtifactArg, KeyFor, StoreCommand},
@@ -25,12 +26,12 @@ pub fn run(cx: &Cx, command: &StoreCommand) -> anyhow::Result<u8> {
         StoreCommand::Path(artifact) => path(cx, artifact),
         StoreCommand::Why(artifact) => why(cx, artifact),
         StoreCommand::Verify { repair } => verify(cx, *repair),
-        StoreCommand::Gc { keep_days, dry_run } => gc(cx, *keep_days, *dry_run),
+        StoreCommand::Gc { keep_days, dry_run, command, arch } => gc(cx, *keep_days, *dry_run, *command, arch),
         StoreCommand::Pin(artifact) => pin(cx, artifact, true),
         StoreCommand::Unpin(artifact) => pin(cx, artifact, false),
         StoreCommand::Export { file, artifacts } => export(cx, file, artifacts),
         StoreCommand::Import { file } => import(cx, file),
-        StoreCommand::Key { command } => key(cx, *command),
+        StoreCommand::Key { command, arch } => key(cx, *command, arch),
     }
 }
 
@@ -195,14 +196,21 @@ fn verify(cx: &Cx, repair: bool) -> anyhow::Result<u8> {
     Ok(if corrupt > 0 { exit_code::CASES_FAILED } else { exit_code::SUCCESS })
 }
 
-/// The closures the current Kiln.toml builds on every arch.
-fn root_closures(cx: &Cx) -> anyhow::Result<HashSet<ClosureHash>> {
-    let plan = Plan::everything(&cx.config);
-    Ok(cx.plan_closures(&plan)?.into_iter().map(|(_, closure)| closure).collect())
+/// The plan of a command on some arches, as `store key` and `gc --for` see it.
+fn plan_for(cx: &Cx, command: KeyFor, arches: &[Arch]) -> anyhow::Result<Plan> {
+    let selection = Selection { arches: arches.to_vec(), cases: Vec::new() };
+    Ok(match command {
+        KeyFor::Test => Plan::for_test(&cx.config, &selection)?,
+        KeyFor::Build => Plan::for_build(&cx.config, &selection),
+    })
 }
 
-fn gc(cx: &Cx, keep_days: Option<u32>, dry_run: bool) -> anyhow::Result<u8> {
-    let roots = root_closures(cx)?;
+fn gc(cx: &Cx, keep_days: Option<u32>, dry_run: bool, command: Option<KeyFor>, arches: &[Arch]) -> anyhow::Result<u8> {
+    let plan = match command {
+        Some(command) => plan_for(cx, command, arches)?,
+        None => Plan::everything(&cx.config),
+    };
+    let roots: HashSet<ClosureHash> = cx.plan_closures(&plan)?.into_iter().map(|(_, closure)| closure).collect();
     let keep_since = keep_days.map(|days| SystemTime::now() - Duration::from_secs(u64::from(days) * 86400));
     let report = cx.store.gc(&roots, keep_since, dry_run)?;
     let verb = if dry_run { "Would remove" } else { "Removed" };
@@ -289,11 +297,12 @@ fn import(cx: &Cx, file: &std::path::Path) -> anyhow::Result<u8> {
 }
 
 /// Prints `key=PREFIX<hash>` and `restore-keys=PREFIX`, ready for `$GITHUB_OUTPUT`.
-fn key(cx: &Cx, command: KeyFor) -> anyhow::Result<u8> {
-    let (verb, plan) = match command {
-        KeyFor::Test => ("test", Plan::for_test(&cx.config, &Selection::default())?),
-        KeyFor::Build => ("build", Plan::for_build(&cx.config, &Selection::default())),
+fn key(cx: &Cx, command: KeyFor, arches: &[Arch]) -> anyhow::Result<u8> {
+    let verb = match command {
+        KeyFor::Test => "test",
+        KeyFor::Build => "build",
     };
+    let plan = plan_for(cx, command, arches)?;
     let mut closures: Vec<String> =
         cx.plan_closures(&plan)?.into_iter().map(|(_, closure)| closure.to_string()).collect();
     closures.sort();

@@ -17,14 +17,14 @@ use crate::{
     cx::{Cx, RealisedImage},
     exec, exit_code,
     plan::{Guest, ImageKey, Plan, Selection},
-    report::{CaseResult, RunSummary, github, junit},
+    report::{CaseResult, RunSummary, StoreUse, github, junit},
     runner::{self, LinuxImages, ReadyBoot, ReadyRun},
 };
 
 /// Runs the cases and returns their results (see [`print_summary`]).
 pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
-    let (ready, log_dir) = prepare(cx, args)?;
+    let (ready, log_dir, store) = prepare_counting(cx, args)?;
     // In GitHub Actions nothing a guest prints may be read as a workflow command.
     let guard = github::active().then(github::stop_token);
     if let Some(token) = &guard {
@@ -34,7 +34,7 @@ pub fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<RunSummary> {
     if let Some(token) = &guard {
         cx.printer.always(&format!("::{token}::"));
     }
-    let summary = RunSummary { results, total: started.elapsed(), log_dir };
+    let summary = RunSummary { results, store, total: started.elapsed(), log_dir };
     report_to_ci(cx, args, &summary)?;
     Ok(summary)
 }
@@ -82,6 +82,11 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
             ));
         }
     }
+    if let Ok(path) = std::env::var("GITHUB_OUTPUT") {
+        let junit = args.junit.clone().unwrap_or_else(|| cx.work_dir().join("junit.xml"));
+        let lines = github::step_outputs(summary, &junit);
+        append(&path, &lines).with_context(|| format!("cannot write GITHUB_OUTPUT `{path}`"))?;
+    }
     if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
         use std::io::Write as _;
         let mut out = std::fs::OpenOptions::new()
@@ -94,8 +99,18 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
     Ok(())
 }
 
+fn append(path: &str, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(text.as_bytes())
+}
+
 /// Everything before the boots: plan, host check, builds, accelerators.
 pub fn prepare(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, PathBuf)> {
+    prepare_counting(cx, args).map(|(ready, log_dir, _)| (ready, log_dir))
+}
+
+/// [`prepare`], also saying how the store served the derivations.
+fn prepare_counting(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, PathBuf, StoreUse)> {
     let selection = Selection { arches: args.arch.clone(), cases: args.cases.clone() };
     let plan = Plan::for_test(&cx.config, &selection)?;
     if plan.runs.is_empty() {
@@ -138,7 +153,7 @@ pub fn prepare(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, PathB
             }
         }
     }
-    Ok((ready, log_dir))
+    Ok((ready, log_dir, realised.store_use()))
 }
 
 /// The store paths of a kernel and rootfs, for booting them.
@@ -172,7 +187,11 @@ pub fn linux_images(
 pub fn boot(cx: &Cx, ready: Vec<ReadyRun>, log_dir: &Path) -> Vec<CaseResult> {
     let mut printer = cx.printer.clone_settings();
     printer.set_prefix_serial(ready.len() > 1);
-    runner::run_all(ready, cx.options.jobs, log_dir, Arc::new(printer))
+    printer.start_progress(ready.len());
+    let printer = Arc::new(printer);
+    let results = runner::run_all(ready, cx.options.jobs, log_dir, printer.clone());
+    printer.finish_progress();
+    results
 }
 
 /// Prints the summary table, and where the serial logs are when something failed.

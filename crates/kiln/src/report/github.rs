@@ -64,11 +64,27 @@ pub fn job_summary(summary: &RunSummary) -> String {
     let built = summary.results.iter().filter(|r| r.built).count();
     let _ = writeln!(
         out,
-        "\n{} of {} boots used artifacts from the store; {built} were built in this run.",
+        "\n{} of {} boots used artifacts from the store; {built} were built in this run. The store served {} of {} \
+         derivations (builds, fetches, kernels, images); {} were built.",
         summary.results.len() - built,
-        summary.results.len()
+        summary.results.len(),
+        summary.store.cached,
+        summary.store.cached + summary.store.built,
+        summary.store.built,
     );
     out
+}
+
+/// `name=value` lines for `GITHUB_OUTPUT`: what the run built and found in the store, the
+/// JUnit file, and whether every case passed.
+pub fn step_outputs(summary: &RunSummary, junit: &std::path::Path) -> String {
+    format!(
+        "built={}\ncached={}\njunit={}\npassed={}\n",
+        summary.store.built,
+        summary.store.cached,
+        junit.display(),
+        summary.all_ok()
+    )
 }
 
 /// Text safe inside a Markdown table cell.

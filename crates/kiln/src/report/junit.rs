@@ -106,6 +106,7 @@ mod tests {
             ],
             total: Duration::from_secs(1),
             log_dir: "logs".into(),
+            ..RunSummary::default()
         };
         let xml = render(&summary);
         assert!(xml.contains("<testsuites name=\"kiln\" tests=\"3\" failures=\"1\" errors=\"1\""), "{xml}");

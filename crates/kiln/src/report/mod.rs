@@ -9,7 +9,7 @@ mod summary;
 
 use std::{io::Write, sync::Mutex, time::Duration};
 
-pub use summary::{CaseResult, CaseStatus, RunSummary};
+pub use summary::{CaseResult, CaseStatus, RunSummary, StoreUse};
 
 /// How much kiln says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,17 +49,64 @@ pub struct Printer {
     verbosity: Verbosity,
     prefix_serial: bool,
     lock: Mutex<()>,
+    progress: Mutex<Option<Progress>>,
+}
+
+/// Progress bars while guests boot (a terminal outside CI only): one line per running guest
+/// with its newest serial line, and a bar of finished boots.
+#[derive(Debug)]
+struct Progress {
+    multi: indicatif::MultiProgress,
+    overall: indicatif::ProgressBar,
+    guests: std::collections::HashMap<String, indicatif::ProgressBar>,
 }
 
 impl Printer {
     /// A printer at the given verbosity.
     pub fn new(verbosity: Verbosity) -> Self {
-        Self { verbosity, prefix_serial: false, lock: Mutex::new(()) }
+        Self { verbosity, prefix_serial: false, lock: Mutex::new(()), progress: Mutex::new(None) }
     }
 
     /// A new printer with the same settings.
     pub fn clone_settings(&self) -> Self {
-        Self { verbosity: self.verbosity, prefix_serial: self.prefix_serial, lock: Mutex::new(()) }
+        Self {
+            verbosity: self.verbosity,
+            prefix_serial: self.prefix_serial,
+            lock: Mutex::new(()),
+            progress: Mutex::new(None),
+        }
+    }
+
+    /// Shows progress bars for `boots` guests, when stderr is a terminal outside CI and kiln
+    /// is not quiet; otherwise every event stays a plain line.
+    pub fn start_progress(&self, boots: usize) {
+        use std::io::IsTerminal as _;
+        if self.verbosity != Verbosity::Normal || !std::io::stderr().is_terminal() || crate::env::in_ci() {
+            return;
+        }
+        let multi = indicatif::MultiProgress::new();
+        let overall = multi.add(indicatif::ProgressBar::new(boots as u64));
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{prefix:>12.cyan.bold} [{bar:30}] {pos}/{len} {elapsed}")
+        {
+            overall.set_style(style.progress_chars("=> "));
+        }
+        overall.set_prefix("Booting");
+        if let Ok(mut progress) = self.progress.lock() {
+            *progress = Some(Progress { multi, overall, guests: std::collections::HashMap::new() });
+        }
+    }
+
+    /// Removes the progress bars.
+    pub fn finish_progress(&self) {
+        if let Ok(mut progress) = self.progress.lock()
+            && let Some(progress) = progress.take()
+        {
+            for bar in progress.guests.values() {
+                bar.finish_and_clear();
+            }
+            progress.overall.finish_and_clear();
+        }
     }
 
     /// Prefix serial lines with `[case/machine]` (when several guests run at once).
@@ -74,8 +121,46 @@ impl Printer {
 
     fn write(&self, text: &str) {
         let _guard = self.lock.lock();
+        if let Ok(progress) = self.progress.lock()
+            && let Some(progress) = progress.as_ref()
+        {
+            let _ = progress.multi.println(text);
+            return;
+        }
         let mut stderr = std::io::stderr().lock();
         let _ = writeln!(stderr, "{text}");
+    }
+
+    /// Updates the progress bars for an event; true when the bars show it instead of a line.
+    fn progress_event(&self, event: &Event<'_>) -> bool {
+        let Ok(mut progress) = self.progress.lock() else { return false };
+        let Some(progress) = progress.as_mut() else { return false };
+        match event {
+            Event::CaseStarted { label, .. } => {
+                let bar = progress.multi.insert_before(&progress.overall, indicatif::ProgressBar::new_spinner());
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {wide_msg}")
+                {
+                    bar.set_style(style);
+                }
+                bar.set_prefix(label.to_string());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                progress.guests.insert(label.to_string(), bar);
+                true
+            }
+            Event::SerialLine { label, line } => {
+                if let Some(bar) = progress.guests.get(*label) {
+                    bar.set_message(line.to_string());
+                }
+                true
+            }
+            Event::CaseFinished(result) => {
+                if let Some(bar) = progress.guests.remove(&result.label) {
+                    bar.finish_and_clear();
+                }
+                progress.overall.inc(1);
+                false
+            }
+        }
     }
 
     /// A cargo-style status line: a right-aligned verb, then the message.
@@ -106,6 +191,9 @@ impl Printer {
 
     /// Shows one runner event.
     pub fn event(&self, event: Event<'_>) {
+        if self.progress_event(&event) {
+            return;
+        }
         match event {
             Event::CaseStarted { label, command } => {
                 self.status("Booting", label);

@@ -84,11 +84,22 @@ impl CaseResult {
     pub const TAIL_LINES: usize = 20;
 }
 
+/// How the store served a run's derivations (builds, fetches, kernels, rootfs images).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreUse {
+    /// Built (or fetched) in this run.
+    pub built: usize,
+    /// Found in the store.
+    pub cached: usize,
+}
+
 /// All results of a run.
 #[derive(Clone, Debug, Default)]
 pub struct RunSummary {
     /// Results in plan order.
     pub results: Vec<CaseResult>,
+    /// What the store had and what was built.
+    pub store: StoreUse,
     /// Wall time of the whole command.
     pub total: Duration,
     /// Where the serial logs are.

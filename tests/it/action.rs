@@ -1,0 +1,211 @@
+//! `action/action.yml`, run offline: checked against the action metadata schema, then its
+//! steps executed in order by the simulated runner in `action_sim`, with a local cache in
+//! place of the Actions cache service.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use crate::{
+    action_sim::{Action, JobRun, LocalCache, untar},
+    support::{Project, repo_root},
+};
+
+fn action() -> Action {
+    Action::load(&repo_root().join("action"))
+}
+
+/// A new runner: no store, no cargo target directories (the checkout stays).
+fn fresh_runner(project: &Project) {
+    for dir in ["target", "examples/target"] {
+        let _ = std::fs::remove_dir_all(project.path().join(dir));
+    }
+}
+
+fn xtask() -> String {
+    format!("{} --accel tcg", env!("CARGO_BIN_EXE_kiln-it"))
+}
+
+fn run(project: &Project, cache: &LocalCache, artifacts: &Path, extra: &[(&str, &str)]) -> JobRun {
+    let xtask = xtask();
+    let mut inputs = vec![("arch", "riscv64"), ("xtask", xtask.as_str()), ("install-deps", "false")];
+    inputs.extend_from_slice(extra);
+    action().run(project.path(), &inputs, &[("KILN_ACCEL", "tcg")], cache, artifacts)
+}
+
+/// The artifact names of the entries in a saved store archive.
+fn names_in(archive: &Path) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    untar(archive, dir.path());
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("entries"))
+        .expect("entries in the saved store")
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("meta.toml")).ok())
+        .filter_map(|meta| meta.lines().find_map(|l| l.strip_prefix("name = ").map(|n| n.trim_matches('"').to_owned())))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_action_metadata_matches_the_schema() {
+    let output = Command::new("check-jsonschema")
+        .args(["--builtin-schema", "vendor.github-actions"])
+        .arg(repo_root().join("action/action.yml"))
+        .output()
+        .expect("check-jsonschema is installed (.ci/run installs it: pip install check-jsonschema)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    let inputs = action().input_defaults();
+    for (input, default) in [
+        ("command", "test"),
+        ("arch", ""),
+        ("xtask", "cargo xtask"),
+        ("cache", "true"),
+        ("cache-prefix", "kiln"),
+        ("store-path", ""),
+        ("install-deps", "true"),
+        ("upload-logs", "on-failure"),
+    ] {
+        assert_eq!(inputs.get(input).map(String::as_str), Some(default), "input `{input}`");
+    }
+}
+
+#[test]
+fn a_second_run_restores_everything_and_a_source_edit_rebuilds_only_its_artifact() {
+    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
+    let project = Project::example(&kiln_toml);
+    let cache_dir = tempfile::tempdir().expect("cache dir");
+    let cache = LocalCache { dir: cache_dir.path().to_owned() };
+    let artifacts = tempfile::tempdir().expect("artifacts");
+
+    // An older store on the runner holds x86_64 builds the riscv64 job does not need.
+    fresh_runner(&project);
+    let stale = project.command(&["-q", "--accel", "tcg", "build", "--arch", "x86_64"]).output().expect("kiln");
+    assert!(stale.status.success(), "{}", String::from_utf8_lossy(&stale.stderr));
+
+    let first = run(&project, &cache, artifacts.path(), &[]);
+    assert!(!first.failed, "{}", first.log);
+    assert_eq!(first.outputs["cache-hit"], "miss");
+    let built: usize = first.outputs["built"].parse().expect("built is a count");
+    assert!(built >= 2, "the first run builds: {:?}", first.outputs);
+    let key = first.outputs["cache-key"].clone();
+    assert!(key.starts_with("kiln-Linux-riscv64-kiln-v1-"), "{key}");
+    assert_eq!(first.saved, vec![key.clone()], "saved under the key");
+    assert!(first.artifacts.is_empty(), "logs are uploaded on failure only");
+    let saved = names_in(&cache.archive(&key).expect("the saved store"));
+    assert!(!saved.is_empty(), "the saved store holds entries");
+    assert!(saved.iter().all(|name| name.ends_with("-riscv64")), "gc removed the x86_64 entries: {saved:?}");
+    assert!(first.summary.contains("| smoke | riscv64 | riscv64 | ✅ passed"), "{}", first.summary);
+
+    fresh_runner(&project);
+    let second = run(&project, &cache, artifacts.path(), &[]);
+    assert!(!second.failed, "{}", second.log);
+    assert_eq!(second.outputs["cache-hit"], "exact");
+    assert_eq!(second.outputs["built"], "0", "nothing is built: {}", second.log);
+    assert!(second.saved.is_empty(), "an exact hit saves nothing");
+    let skipped: Vec<&str> =
+        second.steps.iter().filter(|(_, how)| how == "skipped").map(|(name, _)| name.as_str()).collect();
+    assert!(skipped.contains(&"Save the store"), "{:?}", second.steps);
+
+    project.touch_source("examples/boards/riscv64-virt/src/lib.rs", "// edited in CI");
+    fresh_runner(&project);
+    let third = run(&project, &cache, artifacts.path(), &[]);
+    assert!(!third.failed, "{}", third.log);
+    assert_eq!(third.outputs["cache-hit"], "partial", "restored by a restore key");
+    assert_eq!(third.outputs["built"], "2", "hello and hello-panic for riscv64 only: {}", third.log);
+    assert_ne!(third.outputs["cache-key"], key, "a new key");
+    assert_eq!(third.saved, vec![third.outputs["cache-key"].clone()]);
+    assert_eq!(cache.keys().len(), 2);
+}
+
+#[test]
+fn a_failing_case_is_annotated_summarised_in_junit_and_its_logs_uploaded() {
+    let kiln_toml = r#"
+[artifact.failing]
+package = "hello-kernel"
+path = "examples/kernel"
+arches = ["riscv64"]
+features = ["fail"]
+
+[case.broken]
+artifact = "failing"
+success = "all checks passed"
+timeout = "30s"
+"#;
+    let project = Project::example(kiln_toml);
+    let cache_dir = tempfile::tempdir().expect("cache dir");
+    let cache = LocalCache { dir: cache_dir.path().to_owned() };
+    let artifacts = tempfile::tempdir().expect("artifacts");
+    let job = run(&project, &cache, artifacts.path(), &[]);
+    assert!(job.failed, "the job fails: {}", job.log);
+    assert_eq!(job.steps.last().map(|(_, how)| how.as_str()), Some("failure"), "{:?}", job.steps);
+    assert!(job.log.contains("::error file=Kiln.toml,line=8,title=broken/riscv64"), "{}", job.log);
+    assert!(job.summary.contains("❌ failed"), "{}", job.summary);
+    let junit = PathBuf::from(&job.outputs["junit"]);
+    let junit = if junit.is_absolute() { junit } else { project.path().join(junit) };
+    let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
+    assert!(xml.contains("<failure"), "{xml}");
+    let logs = job.artifacts.get("kiln-logs-test-riscv64").expect("the logs artifact");
+    assert!(logs.join("broken.riscv64.log").is_file(), "{:?}", std::fs::read_dir(logs).map(|d| d.count()));
+    assert_eq!(job.saved.len(), 1, "a red run still saves the store");
+}
+
+/// `cargo test -p kiln-integration-tests --test it -- --ignored --nocapture ci_bench`
+#[test]
+#[ignore = "a benchmark: prints the simulated CI timings"]
+fn ci_bench_second_run_against_first_and_store_against_target() {
+    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
+    let project = Project::example(&kiln_toml);
+    let cache_dir = tempfile::tempdir().expect("cache dir");
+    let cache = LocalCache { dir: cache_dir.path().to_owned() };
+    let artifacts = tempfile::tempdir().expect("artifacts");
+    // x86_64: the bare-metal and the Linux cases, so the store holds a kernel and a rootfs.
+    let x86 = [("arch", "x86_64")];
+    fresh_runner(&project);
+    let started = Instant::now();
+    let first = run(&project, &cache, artifacts.path(), &x86);
+    let first_time = started.elapsed();
+    // What a cache of cargo's target directories (the naive way) would move instead.
+    let naive = tempfile::tempdir().expect("naive");
+    let started = Instant::now();
+    let archive = naive.path().join("target.tar.zst");
+    let status = Command::new("tar")
+        .args(["-I", "zstd -T0", "-cf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(project.path())
+        .args(["target", "examples/target"])
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    untar(&archive, &naive.path().join("out"));
+    let naive_time = started.elapsed();
+    let naive_size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+    fresh_runner(&project);
+    let started = Instant::now();
+    let second = run(&project, &cache, artifacts.path(), &x86);
+    let second_time = started.elapsed();
+    let store_size =
+        cache.archive(&first.outputs["cache-key"]).and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
+    println!(
+        "simulated CI (x86_64, bundled example): first run {:.2}s (built {}), second run {:.2}s (built {}), ratio {:.1}x",
+        first_time.as_secs_f64(),
+        first.outputs["built"],
+        second_time.as_secs_f64(),
+        second.outputs["built"],
+        first_time.as_secs_f64() / second_time.as_secs_f64()
+    );
+    println!(
+        "cache: kiln store restore+save {:.2}s in the first run, restore {:.2}s in the second; archive {} KiB",
+        first.cache_time.as_secs_f64(),
+        second.cache_time.as_secs_f64(),
+        store_size / 1024
+    );
+    println!(
+        "naive: tar|zstd of target/ and examples/target, save+restore {:.2}s; archive {} KiB",
+        naive_time.as_secs_f64(),
+        naive_size / 1024
+    );
+}
