@@ -41,6 +41,46 @@ pub struct LinuxImages {
     pub command: String,
 }
 
+/// What a Linux boot connects besides the console: the program's stdout and stderr (host
+/// files behind two virtio consoles) and 9p shares.
+#[derive(Clone, Debug, Default)]
+pub struct GuestIo<'a> {
+    /// Host files for the program's stdout and stderr.
+    pub program_output: Option<(&'a Path, &'a Path)>,
+    /// Host directories shared read-only.
+    pub shares: Vec<kiln_qemu::Share<'a>>,
+}
+
+impl LinuxImages {
+    /// Writes one boot's initramfs to `initrd`: the rootfs (or a disk's boot stub), the
+    /// kernel's modules and the per-boot archive of `files`.
+    pub fn compose_initrd(&self, files: &guest::BootFiles<'_>, initrd: &Path) -> anyhow::Result<()> {
+        guest::compose_initrd(&self.rootfs, &self.modules, files, initrd)
+    }
+
+    /// QEMU's arguments for one boot of these images on `machine` with this nonce.
+    pub fn argv(
+        &self,
+        machine: &kiln_qemu::Machine,
+        initrd: &Path,
+        nonce: &str,
+        accel: Accel,
+        console: Console,
+        io: GuestIo<'_>,
+    ) -> kiln_qemu::Argv {
+        let cmdline = guest::cmdline(machine, nonce, &self.cmdline);
+        let boot = kiln_qemu::LinuxBoot {
+            kernel: &self.kernel,
+            initrd,
+            cmdline: &cmdline,
+            program_output: io.program_output,
+            shares: io.shares,
+            disk: self.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
+        };
+        machine.linux_argv(&boot, accel, console)
+    }
+}
+
 /// One boot, with everything resolved.
 #[derive(Clone, Debug)]
 pub struct ReadyRun {
@@ -142,23 +182,11 @@ fn render(
         ReadyBoot::Linux(images) => {
             let scratch = tempfile::Builder::new().prefix("boot-").tempdir_in(log_dir)?;
             let initrd = scratch.path().join("initrd");
-            let files = guest::BootFiles { command: images.command.clone(), ..Default::default() };
-            guest::compose_initrd(&images.rootfs, &images.modules, &files, &initrd)?;
+            images
+                .compose_initrd(&guest::BootFiles { command: images.command.clone(), ..Default::default() }, &initrd)?;
             let nonce = guest::nonce();
-            let cmdline = guest::cmdline(machine, &nonce, &images.cmdline);
-            let boot = kiln_qemu::LinuxBoot {
-                kernel: &images.kernel,
-                initrd: &initrd,
-                cmdline: &cmdline,
-                program_output: None,
-                shares: Vec::new(),
-                disk: images.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
-            };
-            Ok((
-                machine.linux_argv(&boot, ready.accel, Console::Captured),
-                Some(guest::exit_marker(&nonce)),
-                Some(scratch),
-            ))
+            let argv = images.argv(machine, &initrd, &nonce, ready.accel, Console::Captured, GuestIo::default());
+            Ok((argv, Some(guest::exit_marker(&nonce)), Some(scratch)))
         }
     }
 }

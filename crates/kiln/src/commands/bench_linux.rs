@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use kiln_qemu::{Argv, BootRequest, Console, Judge, LinuxBoot, accel::Accel};
+use kiln_qemu::{Argv, BootRequest, Console, Judge, accel::Accel};
 use kiln_types::Arch;
 
 use super::bench::Measured;
@@ -85,24 +85,14 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
         // 2. Boot to the command's exit: kiln's profile against a hand-written command line.
         let images = linux_images(cx, kernel, k, rootfs, r, "true".to_owned());
         let initrd = scratch.path().join(format!("{arch}.initrd"));
-        let files = guest::BootFiles { command: "true".to_owned(), ..Default::default() };
-        guest::compose_initrd(&images.rootfs, &images.modules, &files, &initrd)?;
+        images.compose_initrd(&guest::BootFiles { command: "true".to_owned(), ..Default::default() }, &initrd)?;
         let accel = accels.get(&arch).map_or(Accel::Tcg, |c| c.accel);
         let judge = Judge { failure: None, success: None, success_statuses: vec![0], guest_reports_status: true };
         let mut kiln = Measured { times: Vec::new(), failures: 0 };
         let mut naive = Measured { times: Vec::new(), failures: 0 };
         for i in 0..runs {
             let nonce = guest::nonce();
-            let cmdline = guest::cmdline(&run.machine, &nonce, &images.cmdline);
-            let boot = LinuxBoot {
-                kernel: &images.kernel,
-                initrd: &initrd,
-                cmdline: &cmdline,
-                program_output: None,
-                shares: Vec::new(),
-                disk: images.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
-            };
-            let kiln_argv = run.machine.linux_argv(&boot, accel, Console::Captured);
+            let kiln_argv = images.argv(&run.machine, &initrd, &nonce, accel, Console::Captured, Default::default());
             let naive_argv = naive_linux_argv(arch, &images.kernel, &initrd, &nonce);
             for (argv, measured) in [(kiln_argv, &mut kiln), (naive_argv, &mut naive)] {
                 let request = BootRequest {

@@ -62,18 +62,9 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
             };
             let images = super::test::linux_images(cx, kernel, k, rootfs, r, command.clone());
             let initrd = scratch.path().join("initrd");
-            let files = guest::BootFiles { command: images.command.clone(), ..Default::default() };
-            guest::compose_initrd(&images.rootfs, &images.modules, &files, &initrd)?;
-            let cmdline = guest::cmdline(&run.machine, &guest::nonce(), &images.cmdline);
-            let boot = kiln_qemu::LinuxBoot {
-                kernel: &images.kernel,
-                initrd: &initrd,
-                cmdline: &cmdline,
-                program_output: None,
-                shares: Vec::new(),
-                disk: images.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
-            };
-            run.machine.linux_argv(&boot, accel, Console::Interactive)
+            images
+                .compose_initrd(&guest::BootFiles { command: images.command.clone(), ..Default::default() }, &initrd)?;
+            images.argv(&run.machine, &initrd, &guest::nonce(), accel, Console::Interactive, Default::default())
         }
     };
     let program = run.machine.arch.qemu_binary();

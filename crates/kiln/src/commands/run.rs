@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use kiln_qemu::{BootRequest, Console, Exit, Judge, LinuxBoot, Share};
+use kiln_qemu::{BootRequest, Console, Exit, Judge, Share};
 use kiln_types::Arch;
 
 use crate::{
@@ -23,6 +23,7 @@ use crate::{
     exec::{self, guest},
     exit_code,
     plan::{ImageKey, ImageKind, Plan},
+    runner::GuestIo,
 };
 
 /// Environment variable prefixes passed into the guest: what cargo and test harnesses set.
@@ -90,7 +91,7 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     };
     let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir().context("cannot create a temp dir")?;
     let initrd = scratch.path().join("initrd");
-    guest::compose_initrd(&images.rootfs, &images.modules, &files, &initrd)?;
+    images.compose_initrd(&files, &initrd)?;
     let nonce = guest::nonce();
     let machine = cx
         .config
@@ -98,19 +99,14 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         .get(&format!("linux-{arch}"))
         .cloned()
         .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
-    let cmdline = guest::cmdline(&machine, &nonce, &images.cmdline);
     let pid = std::process::id();
     let stdout = PathBuf::from(format!("/proc/{pid}/fd/1"));
     let stderr = PathBuf::from(format!("/proc/{pid}/fd/2"));
-    let boot = LinuxBoot {
-        kernel: &images.kernel,
-        initrd: &initrd,
-        cmdline: &cmdline,
+    let io = GuestIo {
         program_output: Some((&stdout, &stderr)),
         shares: shares.iter().map(|(tag, host)| Share { host, tag: tag.clone(), readonly: true }).collect(),
-        disk: images.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
     };
-    let argv = machine.linux_argv(&boot, accel, Console::Captured);
+    let argv = images.argv(&machine, &initrd, &nonce, accel, Console::Captured, io);
     let timeout = args.timeout.map_or(cx.config.run.timeout, Duration::from);
     let request = BootRequest {
         program: arch.qemu_binary().to_owned(),
