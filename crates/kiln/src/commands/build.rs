@@ -13,6 +13,10 @@ use crate::{
 pub fn run(cx: &Cx, args: &BuildArgs) -> anyhow::Result<u8> {
     let plan = Plan::for_build(&cx.config, &Selection { arches: args.arch.clone(), cases: Vec::new() });
     let built = cx.realise(&plan.builds)?;
+    if crate::report::github::active() {
+        let fresh = built.values().filter(|a| matches!(a.outcome, kiln_store::BuildOutcome::Built { .. })).count();
+        crate::report::github::append_outputs(&format!("built={fresh}\ncached={}\n", built.len() - fresh))?;
+    }
     let mut stdout = std::io::stdout().lock();
     for (key, artifact) in &built {
         for image in &artifact.images {

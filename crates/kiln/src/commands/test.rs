@@ -82,11 +82,8 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
             ));
         }
     }
-    if let Ok(path) = std::env::var("GITHUB_OUTPUT") {
-        let junit = args.junit.clone().unwrap_or_else(|| cx.work_dir().join("junit.xml"));
-        let lines = github::step_outputs(summary, &junit);
-        append(&path, &lines).with_context(|| format!("cannot write GITHUB_OUTPUT `{path}`"))?;
-    }
+    let junit = args.junit.clone().unwrap_or_else(|| cx.work_dir().join("junit.xml"));
+    github::append_outputs(&github::step_outputs(summary, &junit))?;
     if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
         use std::io::Write as _;
         let mut out = std::fs::OpenOptions::new()
@@ -97,11 +94,6 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
         out.write_all(github::job_summary(summary).as_bytes())?;
     }
     Ok(())
-}
-
-fn append(path: &str, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    std::fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(text.as_bytes())
 }
 
 /// Everything before the boots: plan, host check, builds, accelerators.

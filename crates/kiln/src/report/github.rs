@@ -87,6 +87,18 @@ pub fn step_outputs(summary: &RunSummary, junit: &std::path::Path) -> String {
     )
 }
 
+/// Appends `name=value` lines to the file `GITHUB_OUTPUT` names, when it is set.
+pub fn append_outputs(lines: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let Ok(path) = std::env::var("GITHUB_OUTPUT") else { return Ok(()) };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(lines.as_bytes()))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write GITHUB_OUTPUT `{path}`: {e}")))
+}
+
 /// Text safe inside a Markdown table cell.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ").replace('`', "'")
