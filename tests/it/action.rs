@@ -51,7 +51,13 @@ fn names_in(archive: &Path) -> Vec<String> {
 
 #[test]
 fn the_action_metadata_matches_the_schema() {
-    let output = Command::new("check-jsonschema")
+    // `pip install --user` puts it in ~/.local/bin, which PATH may lack.
+    let user_bin = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/bin/check-jsonschema"));
+    let program = match user_bin {
+        Some(path) if path.is_file() => path,
+        _ => PathBuf::from("check-jsonschema"),
+    };
+    let output = Command::new(program)
         .args(["--builtin-schema", "vendor.github-actions"])
         .arg(repo_root().join("action/action.yml"))
         .output()

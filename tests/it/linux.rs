@@ -234,3 +234,35 @@ fn the_repository_kiln_toml_pins_the_same_packages_the_tests_use() {
         assert!(text[at..].contains(sha256), "{table} is pinned to {sha256}");
     }
 }
+
+#[test]
+fn run_passes_the_exit_status_through_and_keeps_redirected_output_in_order() {
+    let project = Project::example(&linux_kiln_toml());
+    let built = project.command(&["-q", "--accel", "tcg", "build", "--arch", "x86_64,aarch64"]).output().expect("kiln");
+    assert!(built.status.success(), "{}", stderr_of(&built));
+    let kiln = env!("CARGO_BIN_EXE_kiln-it");
+    for line in stdout_of(&built).lines().filter(|l| l.starts_with("hello-linux ")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (arch, program) = (fields[1], fields[2]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+        // A shell writing to the same file before and after: kiln's output must land between.
+        let script = format!(
+            "{{ echo BEFORE; '{kiln}' --accel tcg run -- '{program}' --exit 7; echo \"status $?\"; echo AFTER; }} >'{}' 2>'{}'",
+            out.display(),
+            err.display()
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(project.path().join("examples/linux/hello"))
+            .status()
+            .expect("sh");
+        assert!(status.success());
+        let text = std::fs::read_to_string(&out).expect("out");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{arch}: {text}\nstderr: {}", std::fs::read_to_string(&err).unwrap_or_default());
+        assert_eq!(lines[0], "BEFORE");
+        assert!(lines[1].starts_with(&format!("hello from kiln on {arch} (Linux 6.1.0-50-")), "{arch}: {text}");
+        assert_eq!(lines[2..], ["status 7", "AFTER"], "{arch}: the program's status is kiln's");
+    }
+}

@@ -283,9 +283,10 @@ fn build_steps(config: &Config, keys: BTreeSet<BuildKey>) -> Vec<BuildStep> {
 }
 
 /// Serial lines that mean a Linux guest's kernel failed; they fail a Linux case at once,
-/// besides the case's own `failure` pattern.
+/// besides the case's own `failure` pattern. Only kernel messages count: they carry the
+/// kernel's `[    1.234567] ` timestamp, which a program's own output does not.
 pub const KERNEL_FAILURE: &str =
-    r"Kernel panic - not syncing|\bOops(: |\[)|\bBUG: |Unable to handle kernel|general protection fault";
+    r"^\[\s*\d+\.\d+\] (Kernel panic - not syncing|Oops(: |\[)|BUG: |Unable to handle kernel|general protection fault)";
 
 fn case_run(case: &Case, machine: &Machine) -> CaseRun {
     let arch = machine.arch;

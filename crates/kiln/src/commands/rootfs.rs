@@ -68,7 +68,8 @@ fn ls(cx: &Cx) -> anyhow::Result<u8> {
     let closures = cx.plan_closures(&plan)?;
     let by_name: BTreeMap<String, kiln_store::ClosureHash> = closures.into_iter().collect();
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<16} {:<8} {:<16} {:<14} {:>10}  state", "rootfs", "arch", "format", "closure", "size")?;
+    let width = plan.images.iter().map(|k| k.name.len()).max().unwrap_or(0).max("rootfs".len());
+    writeln!(out, "{:<width$}  {:<8} {:<16} {:<12} {:>10}  state", "rootfs", "arch", "format", "closure", "size")?;
     for key in &plan.images {
         let rootfs = &cx.config.rootfses[&key.name];
         let Some(closure) = by_name.get(&key.store_name()) else { continue };
@@ -82,9 +83,9 @@ fn ls(cx: &Cx) -> anyhow::Result<u8> {
         };
         writeln!(
             out,
-            "{:<16} {:<8} {:<16} {:<14} {:>10}  {state}",
+            "{:<width$}  {:<8} {:<16} {:<12} {:>10}  {state}",
             key.name,
-            key.arch,
+            key.arch.as_str(),
             rootfs.format.describe(),
             closure.short(),
             size

@@ -7,6 +7,7 @@
 //! kiln's own through two virtio consoles, and kiln exits with its exit status.
 
 use std::{
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -36,9 +37,16 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         .split_first()
         .ok_or_else(|| UsageError::new("no program to run", Some("`cargo xtask run -- BINARY ARGS...`".to_owned())))?;
     let program = std::path::absolute(program).with_context(|| format!("cannot resolve `{program}`"))?;
+    let elf = elf_facts(&program)?;
     let arch = match args.arch {
-        Some(arch) => arch,
-        None => elf_arch(&program)?,
+        Some(arch) if arch != elf.arch => {
+            return Err(UsageError::new(
+                format!("`{}` is a {} program, not {arch}", program.display(), elf.arch),
+                Some(format!("drop `--arch {arch}`: kiln reads the architecture from the program")),
+            )
+            .into());
+        }
+        _ => elf.arch,
     };
     let (kernel, rootfs) = choose_images(&cx.config, args, arch)?;
     let plan = Plan::for_linux(&cx.config, &kernel, &rootfs);
@@ -48,6 +56,7 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         anyhow::bail!("{kernel} or {rootfs} was not built");
     };
     let accel = cx.accelerators([arch]).get(&arch).map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel);
+    check_interpreter(&program, elf.interpreter.as_deref(), &r.dir, &rootfs.name)?;
     let images = super::test::linux_images(cx, &kernel, k, &rootfs, r, String::new());
 
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
@@ -61,11 +70,13 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     let can_share = std::fs::read_to_string(k.dir.join(exec::linux::SHARE_FILE)).is_ok_and(|s| s.trim() == "9p");
     let mut shares = Vec::new();
     let mut copies = Vec::new();
+    let mut readonly = Vec::new();
     for (index, dir) in dirs.iter().enumerate() {
         if can_share {
             shares.push((format!("kiln{index}"), *dir));
         } else {
             copies.extend(guest::package_copies(dir)?);
+            readonly.push(dir.to_path_buf());
         }
     }
     // Declared data files (relative to Kiln.toml), copied in at the same path.
@@ -87,6 +98,7 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         shares: shares.clone(),
         program: Some((program.as_path(), guest_program)),
         copies,
+        readonly,
         separate_stdio: true,
     };
     let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir().context("cannot create a temp dir")?;
@@ -99,9 +111,15 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         .get(&format!("linux-{arch}"))
         .cloned()
         .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
+    // The program's output reaches kiln through two pipes that kiln copies to its own stdout
+    // and stderr: QEMU opening kiln's fds by path would get files of its own, whose writes
+    // a shell redirecting to a file would then overwrite.
+    let (out_read, out_write) = std::io::pipe().context("cannot create a pipe")?;
+    let (err_read, err_write) = std::io::pipe().context("cannot create a pipe")?;
+    let relays = [relay(out_read, std::io::stdout()), relay(err_read, std::io::stderr())];
     let pid = std::process::id();
-    let stdout = PathBuf::from(format!("/proc/{pid}/fd/1"));
-    let stderr = PathBuf::from(format!("/proc/{pid}/fd/2"));
+    let stdout = PathBuf::from(format!("/proc/{pid}/fd/{}", out_write.as_raw_fd()));
+    let stderr = PathBuf::from(format!("/proc/{pid}/fd/{}", err_write.as_raw_fd()));
     let io = GuestIo {
         program_output: Some((&stdout, &stderr)),
         shares: shares.iter().map(|(tag, host)| Share { host, tag: tag.clone(), readonly: true }).collect(),
@@ -139,7 +157,13 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
             let _ = writeln!(std::io::stdout().lock(), "{line}");
         }
         printer.verbose("Console", line);
-    }))?;
+    }));
+    // QEMU is gone; with kiln's write ends closed the relays see the end of the output.
+    drop((out_write, err_write));
+    for relay in relays {
+        let _ = relay.join();
+    }
+    let outcome = outcome?;
     match outcome.exit {
         Exit::GuestExited(status) => Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(u8::MAX)),
         _ => {
@@ -158,26 +182,81 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     }
 }
 
-/// The architecture an ELF binary is for.
-fn elf_arch(program: &Path) -> anyhow::Result<Arch> {
+/// Copies a pipe to one of kiln's own outputs until the pipe ends.
+fn relay(mut from: std::io::PipeReader, mut to: impl std::io::Write + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.flush();
+    })
+}
+
+/// What kiln reads from a program's ELF header.
+struct ElfFacts {
+    arch: Arch,
+    /// The dynamic loader it needs (`PT_INTERP`), if it is not static.
+    interpreter: Option<String>,
+}
+
+/// The architecture and dynamic loader of an ELF program.
+fn elf_facts(program: &Path) -> anyhow::Result<ElfFacts> {
     use object::Object as _;
-    let bytes = std::fs::read(program).with_context(|| format!("cannot read `{}`", program.display()))?;
+    let bytes = std::fs::read(program).map_err(|e| {
+        UsageError::new(
+            format!("cannot read the program `{}`: {e}", program.display()),
+            Some("give the path of a Linux executable".to_owned()),
+        )
+    })?;
     let file = object::File::parse(&*bytes).map_err(|e| {
         UsageError::new(
             format!("`{}` is not an executable kiln can run: {e}", program.display()),
-            Some("pass a Linux ELF binary, or name its architecture with `--arch`".to_owned()),
+            Some("pass a Linux ELF binary".to_owned()),
         )
     })?;
-    match file.architecture() {
-        object::Architecture::X86_64 => Ok(Arch::X86_64),
-        object::Architecture::Aarch64 => Ok(Arch::Aarch64),
-        object::Architecture::Riscv64 => Ok(Arch::Riscv64),
-        other => Err(UsageError::new(
-            format!("`{}` is a {other:?} binary; kiln runs x86_64, aarch64 and riscv64", program.display()),
-            None,
-        )
-        .into()),
+    let arch = match file.architecture() {
+        object::Architecture::X86_64 => Arch::X86_64,
+        object::Architecture::Aarch64 => Arch::Aarch64,
+        object::Architecture::Riscv64 => Arch::Riscv64,
+        other => {
+            return Err(UsageError::new(
+                format!("`{}` is a {other:?} binary; kiln runs x86_64, aarch64 and riscv64", program.display()),
+                None,
+            )
+            .into());
+        }
+    };
+    let interpreter = match &file {
+        object::File::Elf64(elf) => elf.elf_program_headers().iter().find_map(|header| {
+            use object::read::elf::ProgramHeader as _;
+            (header.p_type(elf.endian()) == object::elf::PT_INTERP)
+                .then(|| header.data(elf.endian(), elf.data()).ok())
+                .flatten()
+                .map(|path| String::from_utf8_lossy(path).trim_end_matches('\0').to_owned())
+        }),
+        _ => None,
+    };
+    Ok(ElfFacts { arch, interpreter })
+}
+
+/// Refuses a dynamically linked program whose loader the rootfs lacks.
+fn check_interpreter(program: &Path, interpreter: Option<&str>, rootfs_dir: &Path, rootfs: &str) -> anyhow::Result<()> {
+    let Some(interpreter) = interpreter else { return Ok(()) };
+    let manifest = std::fs::read_to_string(rootfs_dir.join(exec::linux::MANIFEST_FILE)).unwrap_or_default();
+    let present = manifest.lines().filter_map(exec::linux::ManifestEntry::parse).any(|entry| entry.path == interpreter);
+    if present {
+        return Ok(());
     }
+    Err(UsageError::new(
+        format!(
+            "`{}` is dynamically linked (it needs {interpreter}), and rootfs `{rootfs}` has no such loader",
+            program.display()
+        ),
+        Some(
+            "build it for a `*-unknown-linux-musl` target (static), or add the C library to the rootfs \
+             (a `{ deb = ... }` layer of libc6)"
+                .to_owned(),
+        ),
+    )
+    .into())
 }
 
 /// The kernel and rootfs for `arch`: the command line's, `[run]`'s, or the only ones declared.

@@ -505,6 +505,15 @@ impl Resolver<'_> {
             }
             (None, false) => "/".to_owned(),
         };
+        if raw.mode.is_some() && !needs_dest {
+            return Err(self
+                .error(
+                    Some(span),
+                    key,
+                    format!("`mode` applies to single files; a `{kind}` layer keeps its files' own modes"),
+                )
+                .with_help("remove `mode`, or set modes in the archive or directory itself"));
+        }
         let mode = match raw.mode {
             Some(mode) => Some(u32::from_str_radix(mode.trim_start_matches("0o"), 8).map_err(|_| {
                 self.error(Some(span.clone()), key.clone(), format!("mode `{mode}` is not octal"))

@@ -260,6 +260,8 @@ fn path_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
             segments.push(index.to_string());
             segments
         }
+        // `Spanned` values (the layers) show up as a private field name: not a Kiln.toml key.
+        Path::Map { parent, key } if key.starts_with("$__serde_spanned") => path_segments(parent),
         Path::Map { parent, key } => {
             let mut segments = path_segments(parent);
             segments.push(key.clone());
@@ -288,8 +290,16 @@ fn unknown_key_error(source: &Source, path: &[String]) -> ConfigError {
         Some("run") => fields::field_names::<raw::RawRun>(),
         Some(_) => &[],
     };
-    let table = if parents.is_empty() { "the top level".to_owned() } else { format!("`[{}]`", parents.join(".")) };
-    let span = key_span(&source.text, path);
+    let table = match parents {
+        [] => "the top level".to_owned(),
+        [rootfs, name, layers, index] if rootfs == "rootfs" && layers == "layers" => {
+            let number = index.parse::<usize>().map_or_else(|_| index.clone(), |i| (i + 1).to_string());
+            format!("layer {number} of `[rootfs.{name}]`")
+        }
+        _ => format!("`[{}]`", parents.join(".")),
+    };
+    // Keys inside arrays (a rootfs's layers) have no span of their own: point at the array.
+    let span = (1..=path.len()).rev().find_map(|len| key_span(&source.text, &path[..len]));
     let err = ConfigError::at(source, span, Some(path.join(".")), format!("unknown key `{key}` in {table}"));
     match diagnostic::closest(key, valid.iter().copied()) {
         Some(near) => err.with_help(format!("a key with a similar name exists: `{near}`")),

@@ -527,11 +527,17 @@ impl ManifestEntry {
             _ => '-',
         };
         let mut bits = String::from(kind);
-        for shift in [6, 3, 0] {
+        // setuid, setgid and sticky show in the x column as ls shows them.
+        for (shift, special, letter) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
             let part = (self.mode >> shift) & 7;
             bits.push(if part & 4 != 0 { 'r' } else { '-' });
             bits.push(if part & 2 != 0 { 'w' } else { '-' });
-            bits.push(if part & 1 != 0 { 'x' } else { '-' });
+            bits.push(match (part & 1 != 0, self.mode & special != 0) {
+                (true, true) => letter,
+                (false, true) => letter.to_ascii_uppercase(),
+                (true, false) => 'x',
+                (false, false) => '-',
+            });
         }
         let size = if self.kind == "file" { crate::report::human_size(self.size) } else { String::new() };
         let target = self.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();

@@ -23,6 +23,11 @@ hostname kiln
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null
 # Files this boot copied in (a package directory without a 9p share, `[run] files`).
 [ -d /kiln/root ] && cp -a /kiln/root/. /
+if [ -f /kiln/readonly ]; then
+    while read -r dir; do
+        mount --bind "$dir" "$dir" && mount -o remount,ro,bind "$dir"
+    done </kiln/readonly
+fi
 nonce=
 for word in $(cat /proc/cmdline); do
     case "$word" in kiln.nonce=*) nonce="${word#kiln.nonce=}" ;; esac

@@ -117,6 +117,8 @@ pub struct BootFiles<'a> {
     pub program: Option<(&'a Path, String)>,
     /// Host files copied in at the same path (for kernels that cannot mount 9p).
     pub copies: Vec<(PathBuf, CopyKind)>,
+    /// Directories among the copies that the guest makes read-only, as a share would be.
+    pub readonly: Vec<PathBuf>,
     /// Whether the program's stdout and stderr go to the virtio consoles.
     pub separate_stdio: bool,
 }
@@ -147,6 +149,10 @@ pub fn write_boot_archive(files: &BootFiles<'_>, out: impl std::io::Write) -> Re
     if !files.shares.is_empty() {
         let lines: String = files.shares.iter().map(|(tag, path)| format!("{tag} {}\n", path.display())).collect();
         tree.insert_file("/kiln/shares", 0o644, Data::from(lines.as_str()))?;
+    }
+    if !files.readonly.is_empty() {
+        let lines: String = files.readonly.iter().map(|dir| format!("{}\n", dir.display())).collect();
+        tree.insert_file("/kiln/readonly", 0o644, Data::from(lines.as_str()))?;
     }
     if files.separate_stdio {
         tree.insert_file("/kiln/stdio", 0o644, Data::from(""))?;
