@@ -381,7 +381,13 @@ impl Cx {
         let mut now = 0;
         for name in self.fetches_of(images) {
             let fetch = &self.config.fetches[&name];
-            let (path, outcome) = exec::fetch::realise(&self.store, fetch, &self.printer)?;
+            let (path, outcome) = exec::fetch::realise(&self.store, fetch, &self.printer).map_err(|err| match self
+                .config
+                .line_of(&format!("fetch.{name}"))
+            {
+                Some(line) => err.context(format!("`[fetch.{name}]` at {}:{line}", self.config.file.display())),
+                None => err,
+            })?;
             now += usize::from(matches!(outcome, BuildOutcome::Built { .. }));
             fetched.insert(name, (exec::fetch::derivation(fetch).closure_hash(), path));
         }
