@@ -1,0 +1,153 @@
+//! The protocol between kiln and `kiln-agent`, its guest agent: one JSON object per line in
+//! each direction. kiln sends [`Request`]s, each with an `id`; the agent answers with
+//! [`Response`]s carrying the same `id`. An `exec` streams `stdout`/`stderr` chunks before
+//! its final `exit`; every other request gets one `ok` or `error`. The first request must be
+//! `hello` with [`PROTOCOL_VERSION`]; an agent of another version answers with an error
+//! naming both versions, never silence.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version both sides must speak.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request from kiln.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by kiln; echoed in every response to this request.
+    pub id: u64,
+    /// What to do.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// The operations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    /// The handshake: kiln's protocol version.
+    Hello {
+        /// kiln's [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// Is the agent alive?
+    Ping,
+    /// Runs a program as the child of a new session's leader.
+    Exec {
+        /// Program and arguments (`argv[0]` is looked up in `PATH`).
+        argv: Vec<String>,
+        /// The whole environment of the program.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// Working directory.
+        #[serde(default)]
+        cwd: Option<String>,
+        /// Standard input (base64), then end of file.
+        #[serde(default)]
+        stdin: Option<String>,
+    },
+    /// Writes a file (parent directories are created).
+    Put {
+        /// Guest path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Content (base64).
+        data: String,
+        /// BLAKE3 of the content (hex); the agent refuses content that does not match.
+        blake3: String,
+    },
+    /// Reads a file.
+    Get {
+        /// Guest path.
+        path: String,
+    },
+    /// Powers the guest off.
+    Shutdown,
+}
+
+/// A response from the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+/// The kinds of response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Body {
+    /// Done; `get` returns the file, `hello` the agent's version.
+    Ok(Reply),
+    /// Failed, with why.
+    Error(String),
+    /// A chunk of an `exec`'s standard output (base64).
+    Stdout(String),
+    /// A chunk of an `exec`'s standard error (base64).
+    Stderr(String),
+    /// How an `exec` ended; the last response to it.
+    Exit(ExitStatus),
+}
+
+/// The payload of an `ok`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// `hello`: the agent's protocol version and build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// `get`: the content (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// `get`: BLAKE3 of the content (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// `get`: permission bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// How a program ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the code, or 128 + the signal.
+    pub fn shell_status(self) -> i32 {
+        match self {
+            Self::Code(code) => code,
+            Self::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// The agent's identification in a `hello` reply: `kiln-agent <crate version> protocol <n>`.
+pub fn agent_banner() -> String {
+    format!("kiln-agent {} protocol {PROTOCOL_VERSION}", env!("CARGO_PKG_VERSION"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_are_one_json_object_each() {
+        let request =
+            Request { id: 7, op: Op::Exec { argv: vec!["true".into()], env: BTreeMap::new(), cwd: None, stdin: None } };
+        let line = serde_json::to_string(&request).expect("json");
+        assert_eq!(line, r#"{"id":7,"op":"exec","argv":["true"],"env":{},"cwd":null,"stdin":null}"#);
+        assert_eq!(serde_json::from_str::<Request>(&line).expect("parse"), request);
+        let exit = Response { id: 7, body: Body::Exit(ExitStatus::Code(3)) };
+        assert_eq!(serde_json::to_string(&exit).expect("json"), r#"{"id":7,"exit":{"code":3}}"#);
+        assert_eq!(ExitStatus::Signal(9).shell_status(), 137);
+    }
+}

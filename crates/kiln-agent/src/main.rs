@@ -1,0 +1,291 @@
+//! `kiln-agent`: kiln's guest agent. It reads [`kiln_agent::Request`]s, one JSON object per
+//! line, from the virtio port named `kiln-agent` (or standard input with `--stdio`), and
+//! writes [`kiln_agent::Response`]s back. Each `exec` runs in its own thread, as the child of
+//! a new session's leader, with its output streamed as it comes; what it leaves running is
+//! killed when it ends.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    sync::{Arc, Mutex},
+};
+
+use base64::Engine as _;
+use kiln_agent::{Body, ExitStatus, Op, PROTOCOL_VERSION, Reply, Request, Response, agent_banner};
+
+/// The virtio-serial port name kiln gives the agent's channel.
+const PORT_NAME: &str = "kiln-agent";
+/// The largest chunk of output one response carries.
+const CHUNK: usize = 64 * 1024;
+
+type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// The channel to kiln: where requests come from and responses go.
+type Channel = (Box<dyn Read>, Box<dyn Write + Send>);
+
+fn main() -> ExitCode {
+    let stdio = std::env::args().any(|arg| arg == "--stdio");
+    let (input, output): Channel = if stdio {
+        (Box::new(std::io::stdin()), Box::new(std::io::stdout()))
+    } else {
+        match open_port() {
+            Ok(pair) => pair,
+            Err(err) => {
+                eprintln!("kiln-agent: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let sink: Sink = Arc::new(Mutex::new(output));
+    serve(BufReader::new(input), &sink, !stdio);
+    ExitCode::SUCCESS
+}
+
+/// Opens the virtio port named `kiln-agent` (found through sysfs, since a minimal guest has
+/// no udev to make `/dev/virtio-ports/` links).
+fn open_port() -> Result<Channel, String> {
+    let path = find_port().ok_or_else(|| format!("no virtio port named `{PORT_NAME}` (is virtio_console loaded?)"))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let writer = file.try_clone().map_err(|e| format!("cannot duplicate {}: {e}", path.display()))?;
+    Ok((Box::new(file), Box::new(writer)))
+}
+
+fn find_port() -> Option<PathBuf> {
+    let linked = Path::new("/dev/virtio-ports").join(PORT_NAME);
+    if linked.exists() {
+        return Some(linked);
+    }
+    std::fs::read_dir("/sys/class/virtio-ports").ok()?.flatten().find_map(|entry| {
+        let name = std::fs::read_to_string(entry.path().join("name")).ok()?;
+        (name.trim() == PORT_NAME).then(|| Path::new("/dev").join(entry.file_name()))
+    })
+}
+
+/// Answers requests until the input ends or kiln asks for a shutdown.
+fn serve(input: impl BufRead, sink: &Sink, may_power_off: bool) {
+    let mut greeted = false;
+    let mut running = Vec::new();
+    for line in input.lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(request) => request,
+            Err(err) => {
+                send(sink, 0, Body::Error(format!("not a request: {err}")));
+                continue;
+            }
+        };
+        let id = request.id;
+        match request.op {
+            Op::Hello { version } if version == PROTOCOL_VERSION => {
+                greeted = true;
+                send(sink, id, Body::Ok(Reply { agent: Some(agent_banner()), ..Reply::default() }));
+            }
+            Op::Hello { version } => send(
+                sink,
+                id,
+                Body::Error(format!(
+                    "kiln speaks protocol {version} but this is {}: rebuild the image so it carries the agent of this kiln",
+                    agent_banner()
+                )),
+            ),
+            _ if !greeted => send(sink, id, Body::Error("say hello (with the protocol version) first".to_owned())),
+            Op::Ping => send(sink, id, Body::Ok(Reply::default())),
+            Op::Exec { argv, env, cwd, stdin } => {
+                let sink = sink.clone();
+                running
+                    .push(std::thread::spawn(move || exec(id, &argv, &env, cwd.as_deref(), stdin.as_deref(), &sink)));
+            }
+            Op::Put { path, mode, data, blake3 } => send(sink, id, reply(put(&path, mode, &data, &blake3))),
+            Op::Get { path } => send(sink, id, reply(get(&path))),
+            Op::Shutdown => {
+                for thread in running.drain(..) {
+                    let _ = thread.join();
+                }
+                send(sink, id, Body::Ok(Reply::default()));
+                if may_power_off {
+                    power_off();
+                }
+                return;
+            }
+        }
+    }
+    for thread in running {
+        let _ = thread.join();
+    }
+}
+
+fn reply(result: Result<Reply, String>) -> Body {
+    match result {
+        Ok(reply) => Body::Ok(reply),
+        Err(err) => Body::Error(err),
+    }
+}
+
+fn send(sink: &Sink, id: u64, body: Body) {
+    let Ok(mut line) = serde_json::to_vec(&Response { id, body }) else { return };
+    line.push(b'\n');
+    if let Ok(mut out) = sink.lock() {
+        let _ = out.write_all(&line).and_then(|()| out.flush());
+    }
+}
+
+fn encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Runs `argv` under `sh` as the leader of a new session, so the program itself is a child
+/// (a session leader would get SIGHUP from a pty it opens), streams its output, and ends
+/// with its status; the session's process group is killed afterwards.
+fn exec(
+    id: u64,
+    argv: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    cwd: Option<&str>,
+    stdin: Option<&str>,
+    sink: &Sink,
+) {
+    let Some((program, _)) = argv.split_first() else {
+        send(sink, id, Body::Error("exec needs a program".to_owned()));
+        return;
+    };
+    let input = match stdin.map(|data| base64::engine::general_purpose::STANDARD.decode(data)) {
+        Some(Ok(bytes)) => Some(bytes),
+        Some(Err(err)) => {
+            send(sink, id, Body::Error(format!("stdin is not base64: {err}")));
+            return;
+        }
+        None => None,
+    };
+    // `; exit $?` keeps the shell from exec'ing the program in its place.
+    let mut command = if Path::new("/bin/sh").exists() {
+        let mut command = Command::new("/bin/sh");
+        command.args(["-c", "\"$@\"; exit $?", "kiln-agent"]).args(argv);
+        command
+    } else {
+        let mut command = Command::new(program);
+        command.args(&argv[1..]);
+        command
+    };
+    command
+        .env_clear()
+        .envs(env)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            send(sink, id, Body::Error(format!("cannot run `{program}`: {err}")));
+            return;
+        }
+    };
+    let leader = child.id() as i32;
+    let feeder = child.stdin.take().zip(input).map(|(mut pipe, bytes)| {
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let relays: Vec<_> = [
+        child.stdout.take().map(|pipe| relay(pipe, id, sink.clone(), Body::Stdout)),
+        child.stderr.take().map(|pipe| relay(pipe, id, sink.clone(), Body::Stderr)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let status = child.wait();
+    // What the program left running would hold its pipes open.
+    // SAFETY: kill with a negative pid signals that process group; no memory is involved.
+    unsafe {
+        libc::kill(-leader, libc::SIGKILL);
+    }
+    for relay in relays {
+        let _ = relay.join();
+    }
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    let body = match status {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt as _;
+            match (status.code(), status.signal()) {
+                (Some(code), _) => Body::Exit(ExitStatus::Code(code)),
+                (None, Some(signal)) => Body::Exit(ExitStatus::Signal(signal)),
+                (None, None) => Body::Error("the program ended without a status".to_owned()),
+            }
+        }
+        Err(err) => Body::Error(format!("cannot wait for `{program}`: {err}")),
+    };
+    send(sink, id, body);
+}
+
+fn relay(
+    mut pipe: impl Read + Send + 'static,
+    id: u64,
+    sink: Sink,
+    wrap: fn(String) -> Body,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => send(&sink, id, wrap(encode(&buf[..n]))),
+            }
+        }
+    })
+}
+
+/// Writes a file whose content matches its BLAKE3, through a temporary file and a rename.
+fn put(path: &str, mode: u32, data: &str, expected: &str) -> Result<Reply, String> {
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| format!("{path}: not base64: {e}"))?;
+    let actual = blake3::hash(&bytes).to_hex().to_string();
+    if actual != expected {
+        return Err(format!("{path}: content hash {actual} is not the {expected} sent; nothing was written"));
+    }
+    let path = Path::new(path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let temp = path.with_extension("kiln-agent-partial");
+    std::fs::write(&temp, &bytes).map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", temp.display()))?;
+    std::fs::rename(&temp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
+    Ok(Reply::default())
+}
+
+fn get(path: &str) -> Result<Reply, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mode = std::fs::metadata(path).map_err(|e| format!("cannot stat {path}: {e}"))?.permissions().mode() & 0o7777;
+    Ok(Reply {
+        data: Some(encode(&bytes)),
+        blake3: Some(blake3::hash(&bytes).to_hex().to_string()),
+        mode: Some(mode),
+        ..Reply::default()
+    })
+}
+
+fn power_off() {
+    // SAFETY: sync and reboot take no pointers; reboot ends the guest.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+}
