@@ -52,6 +52,14 @@ pub enum QemuError {
         #[source]
         source: io::Error,
     },
+    /// QEMU's monitor (QMP) refused a command or broke off.
+    #[error("QEMU's monitor: {doing}: {message}")]
+    Qmp {
+        /// The command or step.
+        doing: String,
+        /// QEMU's error description, or what went wrong on the socket.
+        message: String,
+    },
     /// Another I/O failure while supervising QEMU.
     #[error("I/O error while {doing}")]
     Io {

@@ -13,6 +13,7 @@ mod boot;
 mod errors;
 pub mod firmware;
 mod machine;
+pub mod qmp;
 mod verdict;
 
 pub use argv::Argv;
