@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# exact: the restored store has everything; partial: an older store was restored (only what
-# changed is built); miss: nothing was restored.
+# exact: the restored store has everything; partial: an older or incomplete store was
+# restored (only what changed is built); miss: nothing was restored.
 set -euo pipefail
-if [ "${CACHE_ENABLED:-true}" != true ]; then
+enabled=$(printf '%s' "${CACHE_ENABLED:-true}" | tr '[:upper:]' '[:lower:]')
+if [ "$enabled" != true ]; then
     hit=miss
 elif [ "${EXACT:-}" = true ]; then
     hit=exact

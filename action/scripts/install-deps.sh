@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs QEMU for the selected architectures (all three when none are named), with apt.
 set -euo pipefail
-read -r -a arches <<<"${KILN_ARCHES//,/ }"
+read -r -a arches <<<"$(printf '%s' "$KILN_ARCHES" | tr ',\n\t' '   ')"
 [ "${#arches[@]}" -gt 0 ] || arches=(x86_64 aarch64 riscv64)
 packages=(qemu-utils)
 for arch in "${arches[@]}"; do

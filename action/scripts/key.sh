@@ -1,48 +1,63 @@
 #!/usr/bin/env bash
-# Asks kiln for the cache key of the command (closure hashes of what it needs) and writes the
-# key, the restore keys (most to least specific), the store path and the log directory to
-# GITHUB_OUTPUT. The prefix holds the runner OS, the arch set and kiln's store format.
+# Asks kiln for the command's cache key (closure hashes of what it needs, kiln's key and store
+# format versions, the host arch) and where its store and logs are, then writes to
+# GITHUB_OUTPUT: the key (prefixed with the cache prefix, runner OS and arch set), the restore
+# key, the key a failed run saves under, the store and log paths (absolute, so the cache and
+# upload steps find them whatever the working directory), and whether this command may save.
 set -euo pipefail
 read -r -a xtask <<<"$KILN_XTASK"
 read -r -a command <<<"$KILN_COMMAND"
-arch_list=$(echo "${KILN_ARCHES//,/ }" | xargs -n1 2>/dev/null | sort -u | paste -sd, - || true)
-arch_slug=${arch_list//,/-}
+[ "${#command[@]}" -gt 0 ] || command=(test)
+fail() { echo "::error title=kiln::$1"; exit 2; }
+
+case "${command[0]}" in
+    -*) fail "the command input starts with the kiln command (test, build, ...); put global options such as -v in the xtask input" ;;
+esac
+case "$KILN_CACHE_PREFIX" in
+    *,*) fail "cache-prefix '$KILN_CACHE_PREFIX' contains a comma, which cache keys cannot" ;;
+esac
+arches=$(printf '%s' "$KILN_ARCHES" | tr ',\n\t' '   ' | xargs -n1 2>/dev/null | sort -u | paste -sd, - || true)
+for arch in ${arches//,/ }; do
+    case "$arch" in
+        x86_64 | aarch64 | riscv64) ;;
+        *) fail "unknown architecture '$arch' in the arch input (x86_64, aarch64, riscv64)" ;;
+    esac
+done
+arch_slug=${arches//,/-}
 arch_slug=${arch_slug:-all}
 arch_args=()
-[ -z "$arch_list" ] || arch_args=(--arch "$arch_list")
-store=${KILN_STORE_PATH:-target/kiln/store}
-{
-    echo "store=$store"
-    echo "logs=target/kiln/logs"
-    echo "arch-list=$arch_list"
-    echo "arch-slug=$arch_slug"
-} >>"$GITHUB_OUTPUT"
+[ -z "$arches" ] || arch_args=(--arch "$arches")
 
-# Only `test` and `build` have a key of their own; other commands share the test key.
-case "${command[0]:-test}" in
-    build) verb=build ;;
-    *) verb=test ;;
+# Only a plain `test` or `build` may save: a narrower command (`test smoke`) needs less than
+# the key promises, and saving its store under that key would leave the next full run an
+# exact hit that still has to build.
+verb=test
+may_save=false
+case "${command[*]}" in
+    test) may_save=true ;;
+    build) verb=build; may_save=true ;;
+    build\ *) verb=build ;;
 esac
-case "${command[0]:-test}" in
-    test | build) echo "gc-for=$verb" >>"$GITHUB_OUTPUT" ;;
-esac
-if [ "${KILN_CACHE:-true}" != true ]; then
-    exit 0
-fi
-export KILN_STORE=$store
+[ -z "${KILN_STORE_PATH:-}" ] || export KILN_STORE=$KILN_STORE_PATH
 lines=$("${xtask[@]}" -q store key --for "$verb" "${arch_args[@]}")
-kiln_key=$(sed -n 's/^key=//p' <<<"$lines")
-kiln_prefix=$(sed -n 's/^restore-keys=//p' <<<"$lines")
-if [ -z "$kiln_key" ]; then
-    echo "::error title=kiln::\`store key\` printed no key"
-    exit 1
-fi
+value() { sed -n "s/^$1=//p" <<<"$lines"; }
+kiln_key=$(value key)
+kiln_prefix=$(value restore-keys)
+[ -n "$kiln_key" ] || fail "\`store key\` printed no key"
 prefix="${KILN_CACHE_PREFIX}-${RUNNER_OS:-Linux}-${arch_slug}-"
+key="${prefix}${kiln_key}"
+token="${GITHUB_RUN_ID:-local}-${GITHUB_RUN_ATTEMPT:-1}-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
 {
-    echo "key=${prefix}${kiln_key}"
-    echo "restore-keys<<KILN_RESTORE_KEYS"
-    echo "${prefix}${kiln_prefix}"
-    echo "${prefix}"
-    echo "KILN_RESTORE_KEYS"
+    echo "key=$key"
+    echo "restore-keys=${prefix}${kiln_prefix}"
+    # A failed run's store is incomplete: saved apart, it is only ever a partial hit.
+    echo "incomplete-key=${key}-incomplete-${token}"
+    echo "store=$(value store)"
+    echo "logs=$(value logs)"
+    echo "arch-list=$arches"
+    echo "arch-slug=$arch_slug"
+    echo "logs-name=kiln-logs-${GITHUB_JOB:-job}-${arch_slug}-${token}"
+    echo "verb=$verb"
+    echo "save=$may_save"
 } >>"$GITHUB_OUTPUT"
-echo "cache key: ${prefix}${kiln_key}"
+echo "cache key: $key"

@@ -7,8 +7,8 @@ read -r -a xtask <<<"$KILN_XTASK"
 read -r -a command <<<"$KILN_COMMAND"
 [ "${#command[@]}" -gt 0 ] || command=(test)
 arch_args=()
-if [ -n "${KILN_ARCHES// /}" ] && { [ "${command[0]}" = test ] || [ "${command[0]}" = build ]; }; then
-    arch_args=(--arch "$(echo "${KILN_ARCHES//,/ }" | xargs | tr ' ' ,)")
+if [ -n "${KILN_ARCH_LIST:-}" ] && { [ "${command[0]}" = test ] || [ "${command[0]}" = build ]; }; then
+    arch_args=(--arch "$KILN_ARCH_LIST")
 fi
 [ -z "${KILN_STORE_PATH:-}" ] || export KILN_STORE=$KILN_STORE_PATH
 "${xtask[@]}" --yes "${command[@]}" "${arch_args[@]}"

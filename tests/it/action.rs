@@ -97,7 +97,7 @@ fn a_second_run_restores_everything_and_a_source_edit_rebuilds_only_its_artifact
     let built: usize = first.outputs["built"].parse().expect("built is a count");
     assert!(built >= 2, "the first run builds: {:?}", first.outputs);
     let key = first.outputs["cache-key"].clone();
-    assert!(key.starts_with("kiln-Linux-riscv64-kiln-v1-"), "{key}");
+    assert!(key.starts_with("kiln-Linux-riscv64-kiln-v1-s1-x86_64-test-"), "{key}");
     assert_eq!(first.saved, vec![key.clone()], "saved under the key");
     assert!(first.artifacts.is_empty(), "logs are uploaded on failure only");
     let saved = names_in(&cache.archive(&key).expect("the saved store"));
@@ -153,9 +153,80 @@ timeout = "30s"
     let junit = if junit.is_absolute() { junit } else { project.path().join(junit) };
     let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
     assert!(xml.contains("<failure"), "{xml}");
-    let logs = job.artifacts.get("kiln-logs-test-riscv64").expect("the logs artifact");
-    assert!(logs.join("broken.riscv64.log").is_file(), "{:?}", std::fs::read_dir(logs).map(|d| d.count()));
+    let (name, logs) = job.artifacts.iter().next().expect("the logs artifact");
+    assert!(name.starts_with("kiln-logs-test-riscv64-4242-1-"), "unique per job, arch set and run: {name}");
+    let serial = std::fs::read_to_string(logs.join("broken.riscv64.log")).expect("the serial log");
+    let first = serial.lines().find(|l| !l.trim().is_empty()).expect("the guest printed");
+    assert_eq!(job.log.matches(first).count(), 1, "serial output shown once, in its group: {}", job.log);
     assert_eq!(job.saved.len(), 1, "a red run still saves the store");
+}
+
+#[test]
+fn a_project_in_a_subdirectory_with_its_own_store_saves_a_red_run_apart() {
+    let kiln_toml = |expect: &str| {
+        format!(
+            r#"
+[store]
+path = "build/kiln-store"
+
+[artifact.failing]
+package = "hello-kernel"
+path = "examples/kernel"
+arches = ["riscv64"]
+features = ["fail"]
+
+[case.broken]
+artifact = "failing"
+expect = "{expect}"
+timeout = "30s"
+"#
+        )
+    };
+    let project = Project::example(&kiln_toml("pass"));
+    // The repository holds the kiln project in `proj/`; the action runs there.
+    let sub = project.path().join("proj");
+    std::fs::create_dir(&sub).expect("mkdir");
+    std::fs::rename(project.path().join("examples"), sub.join("examples")).expect("move");
+    std::fs::rename(project.path().join("Kiln.toml"), sub.join("Kiln.toml")).expect("move");
+    let wipe = || {
+        for dir in ["proj/build", "proj/target", "proj/examples/target"] {
+            let _ = std::fs::remove_dir_all(project.path().join(dir));
+        }
+    };
+    let cache_dir = tempfile::tempdir().expect("cache dir");
+    let cache = LocalCache { dir: cache_dir.path().to_owned() };
+    let artifacts = tempfile::tempdir().expect("artifacts");
+    let inputs = [("working-directory", "proj")];
+
+    wipe();
+    let red = run(&project, &cache, artifacts.path(), &inputs);
+    assert!(red.failed, "{}", red.log);
+    let key = red.outputs["cache-key"].clone();
+    assert_eq!(red.saved.len(), 1, "{}", red.log);
+    assert!(red.saved[0].starts_with(&format!("{key}-incomplete-")), "a red run saves apart: {:?}", red.saved);
+    assert!(!red.artifacts.is_empty(), "the logs of proj/ are uploaded: {}", red.log);
+
+    // The case is now expected to fail: same closures, a green run.
+    std::fs::write(sub.join("Kiln.toml"), kiln_toml("fail")).expect("write");
+    wipe();
+    let green = run(&project, &cache, artifacts.path(), &inputs);
+    assert!(!green.failed, "{}", green.log);
+    assert_eq!(green.outputs["cache-key"], key);
+    assert_eq!(green.outputs["cache-hit"], "partial", "the incomplete store is only a partial hit");
+    assert_eq!(green.outputs["built"], "0", "{}", green.log);
+    assert_eq!(green.saved, vec![key.clone()], "now saved under the key itself");
+
+    wipe();
+    let again = run(&project, &cache, artifacts.path(), &inputs);
+    assert_eq!(again.outputs["cache-hit"], "exact");
+    assert_eq!(again.outputs["built"], "0");
+    assert!(project.path().join("proj/build/kiln-store/entries").is_dir(), "restored where Kiln.toml says");
+
+    // A narrower command restores but never saves: its store would not match the key.
+    wipe();
+    let narrow = run(&project, &cache, artifacts.path(), &[("working-directory", "proj"), ("command", "test broken")]);
+    assert!(!narrow.failed, "{}", narrow.log);
+    assert!(narrow.saved.is_empty());
 }
 
 /// `cargo test -p kiln-integration-tests --test it -- --ignored --nocapture ci_bench`

@@ -102,7 +102,12 @@ impl Action {
         for (index, step) in steps.iter().enumerate() {
             let name = step["name"].as_str().map_or_else(|| format!("step {index}"), str::to_owned);
             let condition = step["if"].as_str().unwrap_or("success()");
-            if !truthy(&context.eval(condition)) {
+            // As on the runner: a condition without a status function means `success() && (...)`.
+            let has_status =
+                ["success()", "failure()", "always()", "cancelled()"].iter().any(|f| condition.contains(f));
+            let condition =
+                if has_status { condition.to_owned() } else { format!("success() && ({})", strip_braces(condition)) };
+            if !truthy(&context.eval(&condition)) {
                 job.steps.push((name, "skipped".into()));
                 continue;
             }
@@ -146,6 +151,8 @@ impl Action {
                     .env("GITHUB_JOB", "test")
                     .env("RUNNER_OS", "Linux")
                     .env("RUNNER_TEMP", temp.path())
+                    .env("GITHUB_RUN_ID", "4242")
+                    .env("GITHUB_RUN_ATTEMPT", "1")
                     .output()
                     .expect("bash runs");
                 job.log.push_str(&format!("== {name}\n"));
@@ -196,6 +203,10 @@ impl Action {
         let mut outputs = BTreeMap::new();
         match action {
             "actions/cache/restore" => {
+                if with["key"].is_empty() || with["path"].is_empty() {
+                    job.log.push_str("actions/cache/restore: Input required and not supplied: key or path\n");
+                    return (false, outputs);
+                }
                 let path = workspace.join(&with["path"]);
                 let key = &with["key"];
                 let restore_keys: Vec<&str> = with
@@ -204,7 +215,7 @@ impl Action {
                     .unwrap_or_default();
                 if let Some((matched, archive)) = cache.find(key, &restore_keys) {
                     untar(&archive, &path);
-                    outputs.insert("cache-hit".into(), (matched == *key).to_string());
+                    outputs.insert("cache-hit".into(), matched.eq_ignore_ascii_case(key).to_string());
                     outputs.insert("cache-primary-key".into(), key.clone());
                     outputs.insert("cache-matched-key".into(), matched);
                 } else {
@@ -214,15 +225,27 @@ impl Action {
                 (true, outputs)
             }
             "actions/cache/save" => {
+                if with["key"].is_empty() || with["path"].is_empty() {
+                    job.log.push_str("actions/cache/save: Input required and not supplied: key or path\n");
+                    return (false, outputs);
+                }
                 let key = &with["key"];
                 // The service refuses to overwrite a key; the action warns and goes on.
-                if cache.find(key, &[]).is_none() {
+                if !cache.keys().iter().any(|k| k.eq_ignore_ascii_case(key)) {
                     cache.save(key, &workspace.join(&with["path"]));
                     job.saved.push(key.clone());
                 }
                 (true, outputs)
             }
             "actions/upload-artifact" => {
+                if with["path"].is_empty() || with["name"].is_empty() {
+                    job.log.push_str("actions/upload-artifact: Input required and not supplied: path or name\n");
+                    return (false, outputs);
+                }
+                if job.artifacts.contains_key(&with["name"]) || artifacts_dir.join(&with["name"]).exists() {
+                    job.log.push_str("actions/upload-artifact: an artifact with this name exists (409 Conflict)\n");
+                    return (false, outputs);
+                }
                 let from = workspace.join(&with["path"]);
                 if from.exists() {
                     let to = artifacts_dir.join(&with["name"]);
@@ -257,14 +280,21 @@ impl LocalCache {
         entries
     }
 
-    /// The exact key, else the newest entry matching the first restore key that matches any.
+    /// As the cache service matches (case-insensitively): the exact key, else the newest
+    /// entry with the key as a prefix, else the newest matching the first restore key that
+    /// matches any.
     pub fn find(&self, key: &str, restore_keys: &[&str]) -> Option<(String, PathBuf)> {
         let entries = self.entries();
-        if let Some((_, k, path)) = entries.iter().find(|(_, k, _)| k == key) {
+        let lower = |text: &str| text.to_ascii_lowercase();
+        if let Some((_, k, path)) = entries.iter().find(|(_, k, _)| lower(k) == lower(key)) {
             return Some((k.clone(), path.clone()));
         }
-        restore_keys.iter().find_map(|prefix| {
-            entries.iter().rev().find(|(_, k, _)| k.starts_with(prefix)).map(|(_, k, p)| (k.clone(), p.clone()))
+        std::iter::once(key).chain(restore_keys.iter().copied()).find_map(|prefix| {
+            entries
+                .iter()
+                .rev()
+                .find(|(_, k, _)| lower(k).starts_with(&lower(prefix)))
+                .map(|(_, k, p)| (k.clone(), p.clone()))
         })
     }
 
@@ -320,6 +350,11 @@ pub fn parse_key_values(text: &str) -> BTreeMap<String, String> {
         }
     }
     values
+}
+
+fn strip_braces(expr: &str) -> &str {
+    let expr = expr.trim();
+    expr.strip_prefix("${{").and_then(|e| e.strip_suffix("}}")).unwrap_or(expr)
 }
 
 fn scalar(value: &Yaml) -> String {

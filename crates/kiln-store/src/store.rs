@@ -90,6 +90,10 @@ pub enum BuildOutcome {
 /// to `store verify`.
 const VERIFY_ON_HIT_MAX_BYTES: u64 = 64 << 20;
 
+/// The version of the store's on-disk layout (entries, metadata, locks); CI cache keys carry
+/// it, so a cache written by an incompatible kiln is never restored.
+pub const STORE_FORMAT: u32 = 1;
+
 /// A content-addressed store rooted at a directory.
 #[derive(Clone, Debug)]
 pub struct Store {

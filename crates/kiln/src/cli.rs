@@ -303,7 +303,8 @@ pub enum StoreCommand {
         /// The archive to read.
         file: PathBuf,
     },
-    /// Print a CI cache key (`key=`) and restore-key prefix (`restore-keys=`) for a command.
+    /// Print a CI cache key (`key=`), its restore-key prefix (`restore-keys=`), and the store
+    /// and log directories (`store=`, `logs=`) for a command, ready for `$GITHUB_OUTPUT`.
     Key {
         /// The command whose inputs the key covers.
         #[arg(long = "for", value_enum, default_value = "test")]

@@ -111,7 +111,11 @@ fn finish(result: anyhow::Result<u8>) -> u8 {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => exit_code::SUCCESS,
         Err(err) => {
-            eprintln!("{}", render_error(&err));
+            let rendered = render_error(&err);
+            eprintln!("{rendered}");
+            if crate::report::github::active() {
+                crate::report::github::report_failure(&rendered);
+            }
             error_exit_code(&err)
         }
     }

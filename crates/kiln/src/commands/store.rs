@@ -312,9 +312,14 @@ fn key(cx: &Cx, command: KeyFor, arches: &[Arch]) -> anyhow::Result<u8> {
         hasher.update(b"\n");
     }
     let host = std::env::consts::ARCH;
-    let prefix = format!("kiln-v1-{host}-{verb}-");
+    let prefix = format!("kiln-v1-s{}-{host}-{verb}-", kiln_store::STORE_FORMAT);
     let mut out = std::io::stdout().lock();
     writeln!(out, "key={prefix}{}", &hasher.finalize().to_hex()[..32])?;
     writeln!(out, "restore-keys={prefix}")?;
+    // Where this command's store and serial logs are, as absolute paths: the cache and the
+    // log upload must use these, whatever Kiln.toml, KILN_STORE or the directory say.
+    let absolute = |path: &std::path::Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    writeln!(out, "store={}", absolute(cx.store.root()).display())?;
+    writeln!(out, "logs={}", absolute(&cx.work_dir().join("logs")).display())?;
     Ok(exit_code::SUCCESS)
 }

@@ -64,8 +64,8 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
             github::escape_data(&result.detail)
         ));
         cx.printer.always(&format!("::stop-commands::{token}"));
-        for line in &result.tail {
-            cx.printer.always(line);
+        for line in serial_lines(result) {
+            cx.printer.always(&line);
         }
         cx.printer.always(&format!("::{token}::"));
         cx.printer.always("::endgroup::");
@@ -94,6 +94,24 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
         out.write_all(github::job_summary(summary).as_bytes())?;
     }
     Ok(())
+}
+
+/// Lines of a case's serial log shown in its group: all of them up to a bound (the log file
+/// has everything), else the kept tail.
+fn serial_lines(result: &CaseResult) -> Vec<String> {
+    const MAX_LINES: usize = 2000;
+    match std::fs::read_to_string(&result.log) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let skipped = lines.len().saturating_sub(MAX_LINES);
+            let mut shown: Vec<String> = lines[skipped..].iter().map(|l| (*l).to_owned()).collect();
+            if skipped > 0 {
+                shown.insert(0, format!("... {skipped} earlier lines are in the serial log"));
+            }
+            shown
+        }
+        Err(_) => result.tail.clone(),
+    }
 }
 
 /// Everything before the boots: plan, host check, builds, accelerators.
@@ -179,6 +197,7 @@ pub fn linux_images(
 pub fn boot(cx: &Cx, ready: Vec<ReadyRun>, log_dir: &Path) -> Vec<CaseResult> {
     let mut printer = cx.printer.clone_settings();
     printer.set_prefix_serial(ready.len() > 1);
+    printer.set_stream_serial(!github::active());
     printer.start_progress(ready.len());
     let printer = Arc::new(printer);
     let results = runner::run_all(ready, cx.options.jobs, log_dir, printer.clone());

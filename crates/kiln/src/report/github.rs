@@ -87,6 +87,23 @@ pub fn step_outputs(summary: &RunSummary, junit: &std::path::Path) -> String {
     )
 }
 
+/// A command that failed before it could report (a build error, a Kiln.toml error): an
+/// `::error` annotation and a line in the job summary, so the failure shows on the run's page.
+pub fn report_failure(rendered: &str) {
+    let first = rendered.lines().next().unwrap_or(rendered).trim_start_matches("error: ");
+    println!("::error title={}::{}", escape_property("kiln"), escape_data(rendered));
+    if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
+        use std::io::Write as _;
+        let text =
+            format!("### kiln\n\n❌ kiln stopped before it could report: {}\n\n```\n{rendered}\n```\n", cell(first));
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()));
+    }
+}
+
 /// Appends `name=value` lines to the file `GITHUB_OUTPUT` names, when it is set.
 pub fn append_outputs(lines: &str) -> std::io::Result<()> {
     use std::io::Write as _;

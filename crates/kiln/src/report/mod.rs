@@ -48,6 +48,7 @@ pub enum Event<'a> {
 pub struct Printer {
     verbosity: Verbosity,
     prefix_serial: bool,
+    stream_serial: bool,
     lock: Mutex<()>,
     progress: Mutex<Option<Progress>>,
 }
@@ -64,7 +65,7 @@ struct Progress {
 impl Printer {
     /// A printer at the given verbosity.
     pub fn new(verbosity: Verbosity) -> Self {
-        Self { verbosity, prefix_serial: false, lock: Mutex::new(()), progress: Mutex::new(None) }
+        Self { verbosity, prefix_serial: false, stream_serial: true, lock: Mutex::new(()), progress: Mutex::new(None) }
     }
 
     /// A new printer with the same settings.
@@ -72,6 +73,7 @@ impl Printer {
         Self {
             verbosity: self.verbosity,
             prefix_serial: self.prefix_serial,
+            stream_serial: self.stream_serial,
             lock: Mutex::new(()),
             progress: Mutex::new(None),
         }
@@ -112,6 +114,12 @@ impl Printer {
     /// Prefix serial lines with `[case/machine]` (when several guests run at once).
     pub fn set_prefix_serial(&mut self, prefix: bool) {
         self.prefix_serial = prefix;
+    }
+
+    /// Whether serial lines are printed as they come (off in GitHub Actions, where each
+    /// case's output is shown once, in its own group, after the boots).
+    pub fn set_stream_serial(&mut self, stream: bool) {
+        self.stream_serial = stream;
     }
 
     /// The verbosity.
@@ -200,7 +208,7 @@ impl Printer {
                 self.verbose("Running", command);
             }
             Event::SerialLine { label, line } => {
-                if self.verbosity >= Verbosity::Normal {
+                if self.verbosity >= Verbosity::Normal && self.stream_serial {
                     if self.prefix_serial {
                         self.write(&format!("[{label}] {line}"));
                     } else {
