@@ -266,3 +266,43 @@ fn run_passes_the_exit_status_through_and_keeps_redirected_output_in_order() {
         assert_eq!(lines[2..], ["status 7", "AFTER"], "{arch}: the program's status is kiln's");
     }
 }
+
+#[test]
+fn run_on_a_snapshot_restores_a_fresh_guest_each_time() {
+    let project = Project::example(&linux_kiln_toml());
+    // A static aarch64 busybox from the fixture package, as the program to run.
+    let unpacked = tempfile::tempdir().expect("tempdir");
+    let status = std::process::Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(fixture("busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb"))
+        .arg(unpacked.path())
+        .status()
+        .expect("dpkg-deb");
+    assert!(status.success());
+    let busybox = unpacked.path().join("bin/busybox");
+    let run = |script: &str| {
+        project
+            .command(&["--accel", "tcg", "run", "--snapshot", "--"])
+            .arg(&busybox)
+            .args(["sh", "-c", script])
+            .current_dir(project.path().join("examples/linux/hello"))
+            .output()
+            .expect("kiln")
+    };
+    let first = run("test -e /tmp/leak && echo leaked; touch /tmp/leak; uname -m; echo to-stderr >&2; exit 5");
+    assert_eq!(first.status.code(), Some(5), "{}", stderr_of(&first));
+    assert_eq!(stdout_of(&first), "aarch64\n");
+    assert!(stderr_of(&first).contains("to-stderr"), "{}", stderr_of(&first));
+    let snapshots = || {
+        let ls = project.command(&["store", "ls"]).output().expect("kiln");
+        stdout_of(&ls).lines().filter(|l| l.contains("snapshot-aarch64")).count()
+    };
+    assert_eq!(snapshots(), 1, "the first run makes the snapshot");
+
+    let second = run("test -e /tmp/leak && echo leaked; cat src/main.rs | head -1");
+    assert_eq!(second.status.code(), Some(0), "{}", stderr_of(&second));
+    let out = stdout_of(&second);
+    assert!(!out.contains("leaked"), "each run gets a fresh copy: {out}");
+    assert!(out.starts_with("//! Runs inside kiln's example Linux guest"), "the package directory is there: {out}");
+    assert_eq!(snapshots(), 1, "the second run restores the same snapshot");
+}

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Where this crate's source is: kiln builds the agent for each guest architecture from it.
+pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
 /// The protocol version both sides must speak.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -117,6 +117,12 @@ pub struct LinuxBoot<'a> {
     /// A disk image (`/dev/vda`) and its format (`raw`, `qcow2`); writes go to a temporary
     /// overlay, so the image never changes.
     pub disk: Option<(&'a Path, &'a str)>,
+    /// A Unix socket (QEMU listens) behind the virtio port `kiln-agent`, for the guest agent.
+    pub agent_socket: Option<&'a Path>,
+    /// A Unix socket (QEMU listens) for QMP.
+    pub qmp_socket: Option<&'a Path>,
+    /// `-incoming`: load the guest's state from here instead of booting.
+    pub incoming: Option<String>,
 }
 
 /// A QEMU profile: the machine, its CPU, memory, firmware, devices and extra arguments.
@@ -223,8 +229,16 @@ impl Machine {
             drive.push(image);
             argv.pair("-drive", drive).pair("-device", "virtio-blk-pci,drive=kiln-disk");
         }
-        if let Some((stdout, stderr)) = boot.program_output {
+        if boot.program_output.is_some() || boot.agent_socket.is_some() {
             argv.pair("-device", "virtio-serial-pci,id=kiln-serial");
+        }
+        if let Some(socket) = boot.agent_socket {
+            let mut chardev = std::ffi::OsString::from("socket,id=kiln-agent,server=on,wait=off,path=");
+            chardev.push(socket);
+            argv.pair("-chardev", chardev);
+            argv.pair("-device", "virtserialport,chardev=kiln-agent,name=kiln-agent");
+        }
+        if let Some((stdout, stderr)) = boot.program_output {
             for (id, path) in [("kiln-stdout", stdout), ("kiln-stderr", stderr)] {
                 let mut chardev = std::ffi::OsString::from(format!("file,id={id},append=on,path="));
                 chardev.push(path);
@@ -243,6 +257,15 @@ impl Machine {
         }
         for device in &self.devices {
             device.render(&mut argv);
+        }
+        if let Some(socket) = boot.qmp_socket {
+            let mut qmp = std::ffi::OsString::from("unix:");
+            qmp.push(socket);
+            qmp.push(",server=on,wait=off");
+            argv.pair("-qmp", qmp);
+        }
+        if let Some(incoming) = &boot.incoming {
+            argv.pair("-incoming", incoming);
         }
         for extra in &self.extra_args {
             argv.arg(extra);
@@ -368,6 +391,9 @@ mod tests {
             program_output: Some((Path::new("/proc/1/fd/1"), Path::new("/proc/1/fd/2"))),
             shares: vec![Share { host: Path::new("/pkg"), tag: "kiln0".into(), readonly: true }],
             disk: Some((Path::new("/rootfs.qcow2"), "qcow2")),
+            agent_socket: None,
+            qmp_socket: None,
+            incoming: None,
         };
         let argv = Machine::linux_default_for(Arch::X86_64).linux_argv(&boot, Accel::Tcg, Console::Captured);
         let argv = argv.display();

@@ -139,6 +139,10 @@ pub struct RunArgs {
     /// Hard timeout (default: `[run] timeout`, 10 minutes).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<std::time::Duration>,
+    /// Restore a booted snapshot (kept in the store) instead of booting: the program and the
+    /// package directory travel through kiln's guest agent.
+    #[arg(long)]
+    pub snapshot: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
     pub command: Vec<String>,

@@ -49,6 +49,12 @@ pub struct GuestIo<'a> {
     pub program_output: Option<(&'a Path, &'a Path)>,
     /// Host directories shared read-only.
     pub shares: Vec<kiln_qemu::Share<'a>>,
+    /// The guest agent's socket.
+    pub agent_socket: Option<&'a Path>,
+    /// QMP's socket.
+    pub qmp_socket: Option<&'a Path>,
+    /// Load the guest's state instead of booting (`-incoming`).
+    pub incoming: Option<String>,
 }
 
 impl LinuxImages {
@@ -76,6 +82,9 @@ impl LinuxImages {
             program_output: io.program_output,
             shares: io.shares,
             disk: self.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
+            agent_socket: io.agent_socket,
+            qmp_socket: io.qmp_socket,
+            incoming: io.incoming,
         };
         machine.linux_argv(&boot, accel, console)
     }

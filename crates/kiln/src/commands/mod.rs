@@ -10,6 +10,7 @@ pub mod init;
 mod qemu;
 mod rootfs;
 mod run;
+mod run_snapshot;
 mod selftest;
 mod store;
 pub mod test;

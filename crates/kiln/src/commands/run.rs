@@ -58,6 +58,17 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     let accel = cx.accelerators([arch]).get(&arch).map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel);
     check_interpreter(&program, elf.interpreter.as_deref(), &r.dir, &rootfs.name)?;
     let images = super::test::linux_images(cx, &kernel, k, &rootfs, r, String::new());
+    let machine = cx
+        .config
+        .machines
+        .get(&format!("linux-{arch}"))
+        .cloned()
+        .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
+    let timeout = args.timeout.map_or(cx.config.run.timeout, Duration::from);
+    if args.snapshot {
+        let target = super::run_snapshot::Target { images: &images, kernel: k, rootfs: r, machine: &machine, accel };
+        return super::run_snapshot::run(cx, &target, &program, program_args, timeout);
+    }
 
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| cwd.clone(), PathBuf::from);
@@ -100,17 +111,12 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         copies,
         readonly,
         separate_stdio: true,
+        agent: false,
     };
     let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir().context("cannot create a temp dir")?;
     let initrd = scratch.path().join("initrd");
     images.compose_initrd(&files, &initrd)?;
     let nonce = guest::nonce();
-    let machine = cx
-        .config
-        .machines
-        .get(&format!("linux-{arch}"))
-        .cloned()
-        .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
     // The program's output reaches kiln through two pipes that kiln copies to its own stdout
     // and stderr: QEMU opening kiln's fds by path would get files of its own, whose writes
     // a shell redirecting to a file would then overwrite.
@@ -123,9 +129,9 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     let io = GuestIo {
         program_output: Some((&stdout, &stderr)),
         shares: shares.iter().map(|(tag, host)| Share { host, tag: tag.clone(), readonly: true }).collect(),
+        ..GuestIo::default()
     };
     let argv = images.argv(&machine, &initrd, &nonce, accel, Console::Captured, io);
-    let timeout = args.timeout.map_or(cx.config.run.timeout, Duration::from);
     let request = BootRequest {
         program: arch.qemu_binary().to_owned(),
         argv,
@@ -309,15 +315,19 @@ fn choose_images(config: &Config, args: &RunArgs, arch: Arch) -> anyhow::Result<
     ))
 }
 
+/// The host variables a program in the guest gets: cargo's and test harnesses' (`CARGO_*`,
+/// `RUST_*`, `NEXTEST*`) and those `[run] env` names.
+pub(super) fn passed_env(extra_env: &[String]) -> std::collections::BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(name, _)| PASSED_PREFIXES.iter().any(|p| name.starts_with(p)) || extra_env.contains(name))
+        .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .collect()
+}
+
 /// The script the guest runs: the working directory, cargo's environment, the program.
 fn command_script(cwd: &Path, program: &str, args: &[String], extra_env: &[String]) -> String {
     let mut script = format!("cd {} || exit 127\n", guest::shell_quote(&cwd.to_string_lossy()));
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(name, _)| PASSED_PREFIXES.iter().any(|p| name.starts_with(p)) || extra_env.contains(name))
-        .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .collect();
-    vars.sort();
-    for (name, value) in vars {
+    for (name, value) in passed_env(extra_env) {
         script.push_str(&format!("export {name}={}\n", guest::shell_quote(&value)));
     }
     script.push_str(&guest::shell_quote(program));

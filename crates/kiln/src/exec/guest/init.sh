@@ -44,6 +44,11 @@ if [ -f /kiln/shares ]; then
             echo "kiln-init: cannot mount the host share $tag at $path" >/dev/console
     done </kiln/shares
 fi
+if [ -f /kiln/agent ]; then
+    # A booted snapshot: kiln's agent serves commands until kiln stops the machine.
+    /kiln/bin/kiln-agent || echo "kiln-init: kiln-agent ended with status $?" >/dev/console
+    poweroff -f
+fi
 out=/dev/console
 err=/dev/console
 if [ -f /kiln/stdio ]; then

@@ -121,6 +121,8 @@ pub struct BootFiles<'a> {
     pub readonly: Vec<PathBuf>,
     /// Whether the program's stdout and stderr go to the virtio consoles.
     pub separate_stdio: bool,
+    /// Run kiln's agent (the `program`, at `/kiln/bin/kiln-agent`) instead of a command.
+    pub agent: bool,
 }
 
 /// The initramfs that boots a disk rootfs: the rootfs's own busybox and the boot stub.
@@ -153,6 +155,9 @@ pub fn write_boot_archive(files: &BootFiles<'_>, out: impl std::io::Write) -> Re
     if !files.readonly.is_empty() {
         let lines: String = files.readonly.iter().map(|dir| format!("{}\n", dir.display())).collect();
         tree.insert_file("/kiln/readonly", 0o644, Data::from(lines.as_str()))?;
+    }
+    if files.agent {
+        tree.insert_file("/kiln/agent", 0o644, Data::from(""))?;
     }
     if files.separate_stdio {
         tree.insert_file("/kiln/stdio", 0o644, Data::from(""))?;

@@ -1,0 +1,151 @@
+//! Booted snapshots: a Linux guest booted once until its agent answers, stopped, and its
+//! whole state saved in the store; every run restores a fresh copy with the same QEMU
+//! arguments plus `-incoming`, so nothing leaks from one run into the next.
+//!
+//! The snapshot's closure covers the kernel, the rootfs, the agent, the machine's rendered
+//! arguments (paths replaced by placeholders) and QEMU's version: a restore only ever meets
+//! the QEMU and machine that saved it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use kiln_qemu::{Console, Machine, accel::Accel, qmp::Qmp};
+use kiln_store::{ClosureHash, Derivation, InputHash};
+
+use crate::{
+    exec::{agent_client::AgentClient, guest},
+    runner::{GuestIo, LinuxImages},
+};
+
+/// The saved state in a snapshot's entry.
+pub const STATE_FILE: &str = "state";
+/// The initramfs the snapshot booted with (restores pass the same one).
+pub const INITRD_FILE: &str = "initrd";
+/// The nonce on a snapshot's command line: the same at every restore.
+const NONCE: &str = "snapshot";
+/// How long a boot to "agent ready" may take.
+const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What a snapshot is made of.
+pub struct SnapshotInputs<'a> {
+    /// The kernel's and the rootfs's closures.
+    pub kernel: ClosureHash,
+    /// The rootfs's closure.
+    pub rootfs: ClosureHash,
+    /// The agent's closure.
+    pub agent: ClosureHash,
+    /// The images.
+    pub images: &'a LinuxImages,
+    /// The machine profile.
+    pub machine: &'a Machine,
+    /// The accelerator.
+    pub accel: Accel,
+}
+
+/// The QEMU arguments of a snapshot's machine, saving and restoring alike.
+pub fn argv(
+    inputs: &SnapshotInputs<'_>,
+    initrd: &Path,
+    agent: &Path,
+    qmp: &Path,
+    incoming: Option<String>,
+) -> kiln_qemu::Argv {
+    let io = GuestIo { agent_socket: Some(agent), qmp_socket: Some(qmp), incoming, ..GuestIo::default() };
+    inputs.images.argv(inputs.machine, initrd, NONCE, inputs.accel, Console::Captured, io)
+}
+
+/// The snapshot's derivation.
+pub fn derivation(inputs: &SnapshotInputs<'_>) -> anyhow::Result<Derivation> {
+    let mut drv = Derivation::new("booted-snapshot");
+    drv.input("kernel", InputHash::of_closure(inputs.kernel));
+    drv.input("rootfs", InputHash::of_closure(inputs.rootfs));
+    drv.input("agent", InputHash::of_closure(inputs.agent));
+    drv.input("init", InputHash::of_bytes(guest::INIT_SCRIPT.as_bytes()));
+    let mut placeholder = inputs.images.clone();
+    placeholder.kernel = PathBuf::from("KERNEL");
+    placeholder.rootfs = PathBuf::from("ROOTFS");
+    placeholder.modules = PathBuf::from("MODULES");
+    let shape = SnapshotInputs { images: &placeholder, ..*inputs };
+    let rendered = argv(&shape, Path::new("INITRD"), Path::new("AGENT"), Path::new("QMP"), None).display();
+    drv.setting("qemu-argv", rendered);
+    let program = inputs.machine.arch.qemu_binary();
+    let version = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run `{program} --version`"))?;
+    drv.setting("qemu-version", String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("").to_owned());
+    Ok(drv)
+}
+
+/// A QEMU that dies with the value (its process group is killed).
+pub struct RunningQemu {
+    child: tokio::process::Child,
+}
+
+impl Drop for RunningQemu {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Starts QEMU with its console written to `log`.
+pub fn spawn(program: &str, argv: &kiln_qemu::Argv, log: &Path) -> anyhow::Result<RunningQemu> {
+    let log = std::fs::File::create(log).with_context(|| format!("cannot create `{}`", log.display()))?;
+    let child = tokio::process::Command::new(program)
+        .args(argv.as_slice())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start `{program}`"))?;
+    Ok(RunningQemu { child })
+}
+
+/// Boots the guest with its agent, waits until the agent answers, and saves the machine's
+/// state and its initramfs into `out`.
+pub async fn create(inputs: &SnapshotInputs<'_>, agent_binary: &Path, out: &Path) -> anyhow::Result<()> {
+    let initrd = out.join(INITRD_FILE);
+    let files = guest::BootFiles {
+        program: Some((agent_binary, "/kiln/bin/kiln-agent".to_owned())),
+        agent: true,
+        ..guest::BootFiles::default()
+    };
+    inputs.images.compose_initrd(&files, &initrd)?;
+    let sockets = tempfile::Builder::new().prefix("kiln-snap-").tempdir()?;
+    let (agent, qmp) = (sockets.path().join("agent"), sockets.path().join("qmp"));
+    let argv = argv(inputs, &initrd, &agent, &qmp, None);
+    let program = inputs.machine.arch.qemu_binary();
+    let _qemu = spawn(program, &argv, &sockets.path().join("console.log"))?;
+    let mut client =
+        AgentClient::connect(&agent, BOOT_DEADLINE).await.context("the snapshot's guest did not bring its agent up")?;
+    client.request(kiln_agent::Op::Ping).await?;
+    drop(client);
+    let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).await?;
+    monitor.save_state(&out.join(STATE_FILE), Duration::from_secs(120)).await?;
+    Ok(())
+}
+
+/// Restores a fresh copy of the snapshot in `entry` and returns the running QEMU and a
+/// connection to its agent. `scratch` holds the sockets and the console log.
+pub async fn restore(
+    inputs: &SnapshotInputs<'_>,
+    entry: &Path,
+    scratch: &Path,
+) -> anyhow::Result<(RunningQemu, AgentClient)> {
+    let (agent, qmp) = (scratch.join("agent"), scratch.join("qmp"));
+    let incoming = kiln_qemu::qmp::incoming_arg(&entry.join(STATE_FILE));
+    let argv = argv(inputs, &entry.join(INITRD_FILE), &agent, &qmp, Some(incoming));
+    let qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.join("console.log"))?;
+    let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).await?;
+    monitor.resume_from_state(Duration::from_secs(60)).await.context("the snapshot did not restore")?;
+    let client = AgentClient::connect(&agent, Duration::from_secs(30)).await?;
+    Ok((qemu, client))
+}
