@@ -32,17 +32,9 @@ impl Qmp {
     /// Connects to the QMP socket at `path` (retrying while QEMU creates it, up to
     /// `deadline`), reads the greeting and enters command mode.
     pub async fn connect(path: &Path, deadline: Duration) -> Result<Self, QemuError> {
-        let started = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(path).await {
-                Ok(stream) => break stream,
-                Err(err) if started.elapsed() < deadline => {
-                    let _ = err;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(err) => return Err(qmp_error(format!("connecting to {}", path.display()), err)),
-            }
-        };
+        let stream = connect_when_ready(path, deadline)
+            .await
+            .map_err(|err| qmp_error(format!("connecting to {}", path.display()), err))?;
         let (read, writer) = stream.into_split();
         let mut qmp = Self { reader: BufReader::new(read), writer };
         let greeting = qmp.read_message("reading the greeting").await?;
@@ -124,6 +116,18 @@ impl Qmp {
         self.wait_for_migration(deadline).await?;
         self.execute("cont", None).await?;
         Ok(())
+    }
+}
+
+/// Connects to a Unix socket a starting QEMU is about to create, retrying until `deadline`.
+pub async fn connect_when_ready(path: &Path, deadline: Duration) -> std::io::Result<UnixStream> {
+    let started = Instant::now();
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(stream) => return Ok(stream),
+            Err(_) if started.elapsed() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(err) => return Err(err),
+        }
     }
 }
 

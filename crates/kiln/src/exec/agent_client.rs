@@ -12,10 +12,7 @@ use base64::Engine as _;
 use kiln_agent::{Body, ExitStatus, Op, PROTOCOL_VERSION, Reply, Request, Response};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{
-        UnixStream,
-        unix::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    net::unix::{OwnedReadHalf, OwnedWriteHalf},
 };
 
 /// A connection to a guest's agent.
@@ -30,15 +27,9 @@ impl AgentClient {
     /// boot (or resume) far enough to answer.
     pub async fn connect(socket: &Path, deadline: Duration) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(socket).await {
-                Ok(stream) => break stream,
-                Err(_) if started.elapsed() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
-                Err(err) => {
-                    return Err(err).with_context(|| format!("cannot connect to the agent at {}", socket.display()));
-                }
-            }
-        };
+        let stream = kiln_qemu::qmp::connect_when_ready(socket, deadline)
+            .await
+            .with_context(|| format!("cannot connect to the agent at {}", socket.display()))?;
         let (read, writer) = stream.into_split();
         let mut client = Self { reader: BufReader::new(read), writer, next_id: 1 };
         let left = deadline.saturating_sub(started.elapsed());
