@@ -43,7 +43,7 @@ pub enum Op {
         /// The whole environment of the program.
         #[serde(default)]
         env: BTreeMap<String, String>,
-        /// Working directory.
+        /// Working directory (created when missing).
         #[serde(default)]
         cwd: Option<String>,
         /// Standard input (base64), then end of file.

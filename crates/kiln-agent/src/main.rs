@@ -26,21 +26,37 @@ type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 type Channel = (Box<dyn Read>, Box<dyn Write + Send>);
 
 fn main() -> ExitCode {
-    let stdio = std::env::args().any(|arg| arg == "--stdio");
-    let (input, output): Channel = if stdio {
-        (Box::new(std::io::stdin()), Box::new(std::io::stdout()))
-    } else {
-        match open_port() {
+    if std::env::args().any(|arg| arg == "--stdio") {
+        let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
+        serve(BufReader::new(std::io::stdin()), &sink, false);
+        return ExitCode::SUCCESS;
+    }
+    // On the virtio port, kiln disconnecting (after the snapshot's handshake, or between a
+    // restore's connections) ends what the agent reads, not the agent: it opens the port
+    // again and serves the next connection, until kiln asks for a shutdown.
+    loop {
+        let (input, output) = match open_port() {
             Ok(pair) => pair,
             Err(err) => {
                 eprintln!("kiln-agent: {err}");
                 return ExitCode::FAILURE;
             }
+        };
+        let sink: Sink = Arc::new(Mutex::new(output));
+        if serve(BufReader::new(input), &sink, true) == Ended::Shutdown {
+            return ExitCode::SUCCESS;
         }
-    };
-    let sink: Sink = Arc::new(Mutex::new(output));
-    serve(BufReader::new(input), &sink, !stdio);
-    ExitCode::SUCCESS
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Why [`serve`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The input ended (kiln disconnected).
+    Disconnected,
+    /// kiln asked for a shutdown.
+    Shutdown,
 }
 
 /// Opens the virtio port named `kiln-agent` (found through sysfs, since a minimal guest has
@@ -68,7 +84,7 @@ fn find_port() -> Option<PathBuf> {
 }
 
 /// Answers requests until the input ends or kiln asks for a shutdown.
-fn serve(input: impl BufRead, sink: &Sink, may_power_off: bool) {
+fn serve(input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
     let mut greeted = false;
     let mut running = Vec::new();
     for line in input.lines() {
@@ -114,13 +130,14 @@ fn serve(input: impl BufRead, sink: &Sink, may_power_off: bool) {
                 if may_power_off {
                     power_off();
                 }
-                return;
+                return Ended::Shutdown;
             }
         }
     }
     for thread in running {
         let _ = thread.join();
     }
+    Ended::Disconnected
 }
 
 fn reply(result: Result<Reply, String>) -> Body {
@@ -182,6 +199,11 @@ fn exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(cwd) = cwd {
+        // The working directory kiln asks for may hold no files it copied in.
+        if let Err(err) = std::fs::create_dir_all(cwd) {
+            send(sink, id, Body::Error(format!("cannot create the working directory {cwd}: {err}")));
+            return;
+        }
         command.current_dir(cwd);
     }
     // SAFETY: setsid is async-signal-safe and touches no memory.

@@ -76,7 +76,9 @@ fn a_wrong_protocol_version_is_an_error_and_nothing_runs_before_hello() {
 fn exec_streams_output_passes_stdin_env_and_cwd_and_reports_the_status() {
     let mut agent = Agent::start();
     agent.hello();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let parent = tempfile::tempdir().expect("tempdir");
+    // A working directory that does not exist yet is created.
+    let dir = parent.path().join("made/by/the/agent");
     // Field 6 of /proc/PID/stat is the session: the program must not lead its own.
     let script = "read line; echo \"got $line in $(pwd) with $GREETING\"; echo oops >&2; \
                   set -- $(cat /proc/$$/stat); [ \"$6\" != \"$$\" ] && echo child-of-leader; exit 3";
@@ -85,7 +87,7 @@ fn exec_streams_output_passes_stdin_env_and_cwd_and_reports_the_status() {
         Op::Exec {
             argv: vec!["sh".into(), "-c".into(), script.into()],
             env: [("GREETING".to_owned(), "hi".to_owned()), ("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
-            cwd: Some(dir.path().display().to_string()),
+            cwd: Some(dir.display().to_string()),
             stdin: Some(base64::engine::general_purpose::STANDARD.encode("a line\n")),
         },
     );
@@ -102,7 +104,7 @@ fn exec_streams_output_passes_stdin_env_and_cwd_and_reports_the_status() {
     };
     assert_eq!(exit, ExitStatus::Code(3));
     let stdout = String::from_utf8_lossy(&stdout);
-    assert_eq!(stdout, format!("got a line in {} with hi\nchild-of-leader\n", dir.path().display()));
+    assert_eq!(stdout, format!("got a line in {} with hi\nchild-of-leader\n", dir.display()));
     assert_eq!(String::from_utf8_lossy(&stderr), "oops\n");
 }
 

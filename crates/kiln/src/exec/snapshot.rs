@@ -64,6 +64,7 @@ pub fn derivation(inputs: &SnapshotInputs<'_>) -> anyhow::Result<Derivation> {
     drv.input("kernel", InputHash::of_closure(inputs.kernel));
     drv.input("rootfs", InputHash::of_closure(inputs.rootfs));
     drv.input("agent", InputHash::of_closure(inputs.agent));
+    drv.setting("layout", "2");
     drv.input("init", InputHash::of_bytes(guest::INIT_SCRIPT.as_bytes()));
     let mut placeholder = inputs.images.clone();
     placeholder.kernel = PathBuf::from("KERNEL");
@@ -127,9 +128,11 @@ pub async fn create(inputs: &SnapshotInputs<'_>, agent_binary: &Path, out: &Path
     let mut client =
         AgentClient::connect(&agent, BOOT_DEADLINE).await.context("the snapshot's guest did not bring its agent up")?;
     client.request(kiln_agent::Op::Ping).await?;
-    drop(client);
     let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).await?;
+    // The agent's connection stays open until the machine is stopped and saved: the guest
+    // must not see kiln go away before the state is taken.
     monitor.save_state(&out.join(STATE_FILE), Duration::from_secs(120)).await?;
+    drop(client);
     Ok(())
 }
 
