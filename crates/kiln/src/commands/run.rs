@@ -65,6 +65,9 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         .cloned()
         .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
     let timeout = args.timeout.map_or(cx.config.run.timeout, Duration::from);
+    let _slot = exec::slots::acquire(&cx.work_dir().join("slots"), cx.options.jobs, || {
+        cx.printer.status("Waiting", &format!("for one of {} guest slots", cx.options.jobs));
+    })?;
     if args.snapshot {
         let target = super::run_snapshot::Target { images: &images, kernel: k, rootfs: r, machine: &machine, accel };
         return super::run_snapshot::run(cx, &target, &program, program_args, timeout);

@@ -47,20 +47,36 @@ pub fn run(cx: &Cx, target: &Target<'_>, program: &Path, args: &[String], timeou
     };
     let drv = snapshot::derivation(&inputs)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let name = format!("snapshot-{arch}");
-    if cx.store.lookup(&drv.closure_hash())?.is_none() {
-        cx.printer.status("Snapshot", &format!("booting {arch} once to save its state"));
-    }
-    let on_wait = || cx.printer.status("Waiting", &format!("for another kiln making the {arch} snapshot"));
-    let (entry, outcome) = cx.store.build(&drv, &name, on_wait, |out| {
-        runtime
-            .block_on(snapshot::create(&inputs, &agent_binary, out))
-            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
-    })?;
-    if let BuildOutcome::Built { duration, .. } = outcome {
-        cx.printer.status("Saved", &format!("the {arch} snapshot in {}", crate::report::seconds(duration)));
-    }
-    cx.store.mark_used(&entry.closure)?;
+    let snapshot_entry = || -> anyhow::Result<std::path::PathBuf> {
+        if cx.store.lookup(&drv.closure_hash())?.is_none() {
+            cx.printer.status("Snapshot", &format!("booting {arch} once to save its state"));
+        }
+        let on_wait = || cx.printer.status("Waiting", &format!("for another kiln making the {arch} snapshot"));
+        let (entry, outcome) = cx.store.build(&drv, &format!("snapshot-{arch}"), on_wait, |out| {
+            runtime
+                .block_on(snapshot::create(&inputs, &agent_binary, out))
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
+        })?;
+        if let BuildOutcome::Built { duration, .. } = outcome {
+            cx.printer.status("Saved", &format!("the {arch} snapshot in {}", crate::report::seconds(duration)));
+        }
+        cx.store.mark_used(&entry.closure)?;
+        Ok(entry.out_dir())
+    };
+    let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir()?;
+    let retry_scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir()?;
+    let mut entry = snapshot_entry()?;
+    // A snapshot that does not come back (a host change its closure cannot see) is made
+    // again once, with one line that says why.
+    let restored = match runtime.block_on(snapshot::restore(&inputs, &entry, scratch.path())) {
+        Ok(restored) => restored,
+        Err(err) => {
+            cx.printer.always(&format!("warning: the {arch} snapshot did not restore ({err:#}); making it again"));
+            cx.store.remove_entry(&drv.closure_hash())?;
+            entry = snapshot_entry()?;
+            runtime.block_on(snapshot::restore(&inputs, &entry, retry_scratch.path()))?
+        }
+    };
 
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| cwd.clone(), std::path::PathBuf::from);
@@ -68,7 +84,6 @@ pub fn run(cx: &Cx, target: &Target<'_>, program: &Path, args: &[String], timeou
     if !cwd.starts_with(&package) {
         copies.extend(guest::package_copies(&cwd)?);
     }
-    let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir()?;
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
     let guest_program = format!("/kiln/bin/{name}");
     let mut env = super::run::passed_env(&cx.config.run.env);
@@ -77,8 +92,8 @@ pub fn run(cx: &Cx, target: &Target<'_>, program: &Path, args: &[String], timeou
     let mut argv = vec![guest_program.clone()];
     argv.extend(args.iter().cloned());
 
+    let (_qemu, mut client) = restored;
     let work = async {
-        let (_qemu, mut client) = snapshot::restore(&inputs, &entry.out_dir(), scratch.path()).await?;
         let bytes = std::fs::read(program).with_context(|| format!("cannot read `{}`", program.display()))?;
         client.put(&guest_program, 0o755, &bytes).await?;
         for (path, kind) in &copies {

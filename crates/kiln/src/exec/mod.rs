@@ -8,6 +8,7 @@ pub mod guest;
 mod image;
 pub mod linux;
 mod metadata;
+pub mod slots;
 pub mod snapshot;
 
 pub(crate) use cargo::tool_command;
