@@ -189,6 +189,7 @@ fn render_images(config: &Config, out: &mut String) -> anyhow::Result<()> {
     writeln!(out, "timeout = {}", quote(&humantime::format_duration(run.timeout).to_string()))?;
     writeln!(out, "env = {}", list(run.env.iter().map(String::as_str)))?;
     writeln!(out, "files = {}", list(run.files.iter().map(String::as_str)))?;
+    writeln!(out, "snapshot = {}", run.snapshot)?;
     Ok(())
 }
 

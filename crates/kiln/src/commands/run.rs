@@ -68,7 +68,7 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     let _slot = exec::slots::acquire(&cx.work_dir().join("slots"), cx.options.jobs, || {
         cx.printer.status("Waiting", &format!("for one of {} guest slots", cx.options.jobs));
     })?;
-    if args.snapshot {
+    if args.snapshot || cx.config.run.snapshot {
         let target = super::run_snapshot::Target { images: &images, kernel: k, rootfs: r, machine: &machine, accel };
         return super::run_snapshot::run(cx, &target, &program, program_args, timeout);
     }

@@ -225,11 +225,20 @@ pub struct RunSettings {
     pub env: Vec<String>,
     /// Files or directories (relative to Kiln.toml) copied into the guest at the same path.
     pub files: Vec<String>,
+    /// Restore a booted snapshot for every run instead of booting (as `run --snapshot`).
+    pub snapshot: bool,
 }
 
 impl Default for RunSettings {
     fn default() -> Self {
-        Self { kernel: None, rootfs: None, timeout: DEFAULT_RUN_TIMEOUT, env: Vec::new(), files: Vec::new() }
+        Self {
+            kernel: None,
+            rootfs: None,
+            timeout: DEFAULT_RUN_TIMEOUT,
+            env: Vec::new(),
+            files: Vec::new(),
+            snapshot: false,
+        }
     }
 }
 
@@ -533,6 +542,7 @@ impl Resolver<'_> {
             timeout: timeout.unwrap_or(DEFAULT_RUN_TIMEOUT),
             env: raw.env,
             files: raw.files,
+            snapshot: raw.snapshot,
         })
     }
 }

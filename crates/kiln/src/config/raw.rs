@@ -90,6 +90,8 @@ pub(crate) struct RawRun {
     pub env: Vec<String>,
     #[serde(default)]
     pub files: Vec<String>,
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 /// `[store]`.
