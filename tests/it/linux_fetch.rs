@@ -56,15 +56,26 @@ fn a_url_fetch_retries_a_server_error_and_is_fetched_once() {
         sha256(&deb)
     );
     let project = Project::example(&busybox_rootfs(&fetch));
-    let first = project.command(&["rootfs", "build"]).output().expect("kiln runs");
+    // The host's download cache, empty, for this test alone.
+    let host_cache = tempfile::tempdir().expect("tempdir");
+    let kiln = |project: &Project| {
+        project.command(&["rootfs", "build"]).env("XDG_CACHE_HOME", host_cache.path()).output().expect("kiln runs")
+    };
+    let first = kiln(&project);
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
     assert!(stderr.contains("the server answered 503; trying again"), "{stderr}");
     assert_eq!(requests.load(Ordering::SeqCst), 2, "one 503, one good answer");
 
-    let second = project.command(&["rootfs", "build"]).output().expect("kiln runs");
+    let second = kiln(&project);
     assert!(second.status.success());
     assert_eq!(requests.load(Ordering::SeqCst), 2, "the fetched file is a store hit: no new request");
+
+    // Another project (its own store) on the same host: fetched once per machine.
+    let other = Project::example(&busybox_rootfs(&fetch));
+    let third = kiln(&other);
+    assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "the host's download cache serves it");
 }
 
 #[test]
@@ -74,7 +85,9 @@ fn a_wrong_hash_fails_with_both_hashes_and_leaves_no_entry() {
     let pinned = "0".repeat(64);
     let fetch = format!("[fetch.busybox]\nurl = \"{url}/busybox.deb\"\nsha256 = \"{pinned}\"\n");
     let project = Project::example(&busybox_rootfs(&fetch));
-    let output = project.command(&["rootfs", "build"]).output().expect("kiln runs");
+    let host_cache = tempfile::tempdir().expect("tempdir");
+    let output =
+        project.command(&["rootfs", "build"]).env("XDG_CACHE_HOME", host_cache.path()).output().expect("kiln runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("sha256 hash mismatch"), "{stderr}");

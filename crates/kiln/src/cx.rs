@@ -499,9 +499,9 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> anyhow::Result<T> {
     handle.join().map_err(|_| anyhow::anyhow!("a cargo query panicked"))
 }
 
-/// `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`: facts about this host (the KVM probe's
-/// verdict) that every project on it shares.
-fn user_cache_dir() -> Option<PathBuf> {
+/// `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`: what every project on this host shares (the
+/// KVM probe's verdict, downloads by hash).
+pub(crate) fn user_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()).map(PathBuf::from).or_else(|| {
         std::env::var_os("HOME").filter(|home| !home.is_empty()).map(|home| PathBuf::from(home).join(".cache"))
     })?;

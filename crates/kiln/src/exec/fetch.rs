@@ -49,15 +49,24 @@ pub fn realise(store: &Store, fetch: &Fetch, printer: &Printer) -> anyhow::Resul
     Ok((entry.out_dir().join(file_name), outcome))
 }
 
-/// Copies or downloads the file to `dest` and checks it against the pin.
+/// Copies or downloads the file to `dest` and checks it against the pin. Downloads are
+/// shared by every project on this host through a cache of verified files named by their
+/// hash, so a file is fetched once per machine.
 fn fill(fetch: &Fetch, dest: &Path, printer: &Printer) -> anyhow::Result<()> {
-    match &fetch.source {
-        FetchSource::Path(path) => {
+    let cached = crate::cx::user_cache_dir()
+        .map(|dir| dir.join("fetch").join(format!("{}-{}", fetch.hash.algorithm.as_str(), fetch.hash.hex)));
+    let reusable = cached.as_deref().filter(|file| is_pinned_copy(file, fetch));
+    match (&fetch.source, reusable) {
+        (FetchSource::Path(path), _) => {
             std::fs::copy(path, dest).with_context(|| {
                 format!("fetch `{}`: cannot copy `{}` (check `fetch.{}.path`)", fetch.name, path.display(), fetch.name)
             })?;
         }
-        FetchSource::Url(url) => download(&fetch.name, url, dest, printer)?,
+        (FetchSource::Url(_), Some(file)) => {
+            std::fs::copy(file, dest).with_context(|| format!("cannot copy `{}`", file.display()))?;
+            printer.verbose("Reused", &format!("{} from {}", fetch.name, file.display()));
+        }
+        (FetchSource::Url(url), None) => download(&fetch.name, url, dest, printer)?,
     }
     let actual = hash_file(dest, fetch.hash.algorithm)?;
     if actual != fetch.hash.hex {
@@ -75,7 +84,30 @@ fn fill(fetch: &Fetch, dest: &Path, printer: &Printer) -> anyhow::Result<()> {
             fetch.hash.algorithm.as_str(),
         );
     }
+    if let (FetchSource::Url(_), Some(cached)) = (&fetch.source, &cached)
+        && !cached.exists()
+    {
+        remember(dest, cached);
+    }
     Ok(())
+}
+
+/// Whether `file` holds the pinned content (it is checked, not trusted by its name).
+fn is_pinned_copy(file: &Path, fetch: &Fetch) -> bool {
+    file.is_file() && hash_file(file, fetch.hash.algorithm).is_ok_and(|actual| actual == fetch.hash.hex)
+}
+
+/// Keeps a verified download in the host's cache (written beside and renamed into place; a
+/// failure only costs a later download).
+fn remember(verified: &Path, cached: &Path) {
+    let Some(dir) = cached.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let Ok(temp) = tempfile::NamedTempFile::new_in(dir) else { return };
+    if std::fs::copy(verified, temp.path()).is_ok() {
+        let _ = temp.persist(cached);
+    }
 }
 
 /// The hex digest of a file.
