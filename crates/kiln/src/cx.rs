@@ -62,6 +62,15 @@ pub struct RealisedImage {
     pub outcome: BuildOutcome,
 }
 
+/// The binary of every artifact built for `arch`, by artifact name (what rootfs layers use).
+pub fn binaries_for(builds: &BTreeMap<BuildKey, BuiltArtifact>, arch: Arch) -> BTreeMap<String, PathBuf> {
+    builds
+        .iter()
+        .filter(|(key, _)| key.arch == arch)
+        .map(|(key, built)| (key.artifact.clone(), built.image().to_owned()))
+        .collect()
+}
+
 /// Everything a plan needs, in the store.
 #[derive(Debug, Default)]
 pub struct Realised {
@@ -340,11 +349,7 @@ impl Cx {
                     }
                     ImageKind::Rootfs => {
                         let rootfs = &self.config.rootfses[&key.name];
-                        let binaries = builds
-                            .iter()
-                            .filter(|(build, _)| build.arch == key.arch)
-                            .map(|(build, built)| (build.artifact.clone(), built.image().to_owned()))
-                            .collect();
+                        let binaries = binaries_for(&builds, key.arch);
                         let files = exec::linux::RootfsFiles { fetched: &fetched, binaries: &binaries };
                         let tree = exec::linux::assemble(rootfs, key.arch, &files)?;
                         exec::linux::write_rootfs(rootfs, &tree, out)

@@ -52,12 +52,7 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
         let recipe = &config.rootfses[&rootfs.name];
 
         // 1. The rootfs: kiln's assembly and cpio+gzip against `find | cpio | gzip` of the same tree.
-        let binaries = realised
-            .builds
-            .iter()
-            .filter(|(key, _)| key.arch == arch)
-            .map(|(key, built)| (key.artifact.clone(), built.image().to_owned()))
-            .collect();
+        let binaries = crate::cx::binaries_for(&realised.builds, arch);
         let files = exec::linux::RootfsFiles { fetched: &fetched, binaries: &binaries };
         let image = scratch.path().join(format!("{arch}.cpio.gz"));
         let mut ours = Measured { times: Vec::new(), failures: 0 };

@@ -73,12 +73,7 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         return super::run_snapshot::run(cx, &target, &program, program_args, timeout);
     }
 
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| cwd.clone(), PathBuf::from);
-    let mut dirs = vec![package.as_path()];
-    if !cwd.starts_with(&package) {
-        dirs.push(cwd.as_path());
-    }
+    let (cwd, dirs) = package_dirs()?;
     // The package directory appears at the same path in the guest: shared read-only over 9p,
     // or, for a kernel without 9p, copied in (writes then stay in the guest).
     let can_share = std::fs::read_to_string(k.dir.join(exec::linux::SHARE_FILE)).is_ok_and(|s| s.trim() == "9p");
@@ -87,10 +82,10 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     let mut readonly = Vec::new();
     for (index, dir) in dirs.iter().enumerate() {
         if can_share {
-            shares.push((format!("kiln{index}"), *dir));
+            shares.push((format!("kiln{index}"), dir.as_path()));
         } else {
             copies.extend(guest::package_copies(dir)?);
-            readonly.push(dir.to_path_buf());
+            readonly.push(dir.clone());
         }
     }
     // Declared data files (relative to Kiln.toml), copied in at the same path.
@@ -316,6 +311,19 @@ fn choose_images(config: &Config, args: &RunArgs, arch: Arch) -> anyhow::Result<
         ImageKey { kind: ImageKind::Kernel, name: kernel, arch },
         ImageKey { kind: ImageKind::Rootfs, name: rootfs, arch },
     ))
+}
+
+/// The working directory and the directories the guest must see at the same paths: the
+/// package (cargo's `CARGO_MANIFEST_DIR`, else the working directory), and the working
+/// directory too when it lies outside the package.
+pub(super) fn package_dirs() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| cwd.clone(), PathBuf::from);
+    let mut dirs = vec![package.clone()];
+    if !cwd.starts_with(&package) {
+        dirs.push(cwd.clone());
+    }
+    Ok((cwd, dirs))
 }
 
 /// The host variables a program in the guest gets: cargo's and test harnesses' (`CARGO_*`,

@@ -78,11 +78,10 @@ pub fn run(cx: &Cx, target: &Target<'_>, program: &Path, args: &[String], timeou
         }
     };
 
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| cwd.clone(), std::path::PathBuf::from);
-    let mut copies = guest::package_copies(&package)?;
-    if !cwd.starts_with(&package) {
-        copies.extend(guest::package_copies(&cwd)?);
+    let (cwd, dirs) = super::run::package_dirs()?;
+    let mut copies = Vec::new();
+    for dir in &dirs {
+        copies.extend(guest::package_copies(dir)?);
     }
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
     let guest_program = format!("/kiln/bin/{name}");

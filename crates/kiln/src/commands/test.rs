@@ -84,15 +84,7 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
     }
     let junit = args.junit.clone().unwrap_or_else(|| cx.work_dir().join("junit.xml"));
     github::append_outputs(&github::step_outputs(summary, &junit))?;
-    if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
-        use std::io::Write as _;
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open GITHUB_STEP_SUMMARY `{path}`"))?;
-        out.write_all(github::job_summary(summary).as_bytes())?;
-    }
+    github::append_summary(&github::job_summary(summary))?;
     Ok(())
 }
 

@@ -3,8 +3,9 @@
 //! arguments plus `-incoming`, so nothing leaks from one run into the next.
 //!
 //! The snapshot's closure covers the kernel, the rootfs, the agent, the machine's rendered
-//! arguments (paths replaced by placeholders) and QEMU's version: a restore only ever meets
-//! the QEMU and machine that saved it.
+//! arguments (with each store path written as its role, `KERNEL`, `INITRD`, ..., since the
+//! closures above already pin those files) and QEMU's version: a restore only ever meets the
+//! QEMU and machine that saved it.
 
 use std::{
     path::{Path, PathBuf},
@@ -66,11 +67,14 @@ pub fn derivation(inputs: &SnapshotInputs<'_>) -> anyhow::Result<Derivation> {
     drv.input("agent", InputHash::of_closure(inputs.agent));
     drv.setting("layout", "2");
     drv.input("init", InputHash::of_bytes(guest::INIT_SCRIPT.as_bytes()));
-    let mut placeholder = inputs.images.clone();
-    placeholder.kernel = PathBuf::from("KERNEL");
-    placeholder.rootfs = PathBuf::from("ROOTFS");
-    placeholder.modules = PathBuf::from("MODULES");
-    let shape = SnapshotInputs { images: &placeholder, ..*inputs };
+    // Store paths differ between stores; the files behind them are pinned by the inputs above.
+    let by_role = LinuxImages {
+        kernel: PathBuf::from("KERNEL"),
+        rootfs: PathBuf::from("ROOTFS"),
+        modules: PathBuf::from("MODULES"),
+        ..inputs.images.clone()
+    };
+    let shape = SnapshotInputs { images: &by_role, ..*inputs };
     let rendered = argv(&shape, Path::new("INITRD"), Path::new("AGENT"), Path::new("QMP"), None).display();
     drv.setting("qemu-argv", rendered);
     let program = inputs.machine.arch.qemu_binary();

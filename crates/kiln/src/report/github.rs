@@ -92,28 +92,30 @@ pub fn step_outputs(summary: &RunSummary, junit: &std::path::Path) -> String {
 pub fn report_failure(rendered: &str) {
     let first = rendered.lines().next().unwrap_or(rendered).trim_start_matches("error: ");
     println!("::error title={}::{}", escape_property("kiln"), escape_data(rendered));
-    if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
-        use std::io::Write as _;
-        let text =
-            format!("### kiln\n\n❌ kiln stopped before it could report: {}\n\n```\n{rendered}\n```\n", cell(first));
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| file.write_all(text.as_bytes()));
-    }
+    let text = format!("### kiln\n\n❌ kiln stopped before it could report: {}\n\n```\n{rendered}\n```\n", cell(first));
+    let _ = append_summary(&text);
 }
 
 /// Appends `name=value` lines to the file `GITHUB_OUTPUT` names, when it is set.
 pub fn append_outputs(lines: &str) -> std::io::Result<()> {
+    append_to_runner_file("GITHUB_OUTPUT", lines)
+}
+
+/// Appends Markdown to the job summary (`GITHUB_STEP_SUMMARY`), when it is set.
+pub fn append_summary(markdown: &str) -> std::io::Result<()> {
+    append_to_runner_file("GITHUB_STEP_SUMMARY", markdown)
+}
+
+/// Appends to the file a runner variable names; nothing when the variable is unset.
+fn append_to_runner_file(variable: &str, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    let Ok(path) = std::env::var("GITHUB_OUTPUT") else { return Ok(()) };
+    let Ok(path) = std::env::var(variable) else { return Ok(()) };
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .and_then(|mut file| file.write_all(lines.as_bytes()))
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write GITHUB_OUTPUT `{path}`: {e}")))
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {variable} `{path}`: {e}")))
 }
 
 /// Text safe inside a Markdown table cell.
