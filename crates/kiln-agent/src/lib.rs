@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The protocol version both sides must speak.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A request from kiln.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +49,37 @@ pub enum Op {
         /// Standard input (base64), then end of file.
         #[serde(default)]
         stdin: Option<String>,
+        /// Keep standard input open for [`Op::Input`] requests (ignores `stdin`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        interactive: bool,
+    },
+    /// More standard input for an interactive `exec`; answered only on error.
+    Input {
+        /// The `exec` request's id.
+        exec: u64,
+        /// Bytes (base64).
+        #[serde(default)]
+        data: String,
+        /// Close the program's standard input after these bytes.
+        #[serde(default)]
+        eof: bool,
+    },
+    /// Lists the regular files and symlinks below a directory with their hashes (a missing
+    /// directory lists as empty).
+    List {
+        /// Guest directory.
+        root: String,
+        /// Relative paths of directories not to descend into.
+        #[serde(default)]
+        skip: Vec<String>,
+    },
+    /// Removes files and symlinks (absent ones are not an error), then directories left empty
+    /// by that, up to `root`.
+    Remove {
+        /// The directory the paths are relative to.
+        root: String,
+        /// Relative paths.
+        paths: Vec<String>,
     },
     /// Writes a file (parent directories are created).
     Put {
@@ -56,10 +87,22 @@ pub enum Op {
         path: String,
         /// Permission bits.
         mode: u32,
-        /// Content (base64).
+        /// Content (base64), unless `length` is given.
+        #[serde(default)]
         data: String,
         /// BLAKE3 of the content (hex); the agent refuses content that does not match.
         blake3: String,
+        /// The content is this many raw bytes right after the request's line (no base64:
+        /// a third less to send, nothing to decode).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        length: Option<u64>,
+    },
+    /// Makes a symlink (parent directories are created; what was at `path` is replaced).
+    Symlink {
+        /// Guest path of the link.
+        path: String,
+        /// What it points to.
+        target: String,
     },
     /// Reads a file.
     Get {
@@ -111,6 +154,20 @@ pub struct Reply {
     /// `get`: permission bits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    /// `list`: the entries, sorted by path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<ListEntry>>,
+}
+
+/// One entry of a `list`: what a workspace sync compares.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ListEntry {
+    /// Path relative to the listed root, `/`-separated.
+    pub path: String,
+    /// Permission bits (files), 0 for symlinks.
+    pub mode: u32,
+    /// BLAKE3 of a file's content, or `link:TARGET` for a symlink.
+    pub hash: String,
 }
 
 /// How a program ended.
@@ -144,8 +201,16 @@ mod tests {
 
     #[test]
     fn requests_and_responses_are_one_json_object_each() {
-        let request =
-            Request { id: 7, op: Op::Exec { argv: vec!["true".into()], env: BTreeMap::new(), cwd: None, stdin: None } };
+        let request = Request {
+            id: 7,
+            op: Op::Exec {
+                argv: vec!["true".into()],
+                env: BTreeMap::new(),
+                cwd: None,
+                stdin: None,
+                interactive: false,
+            },
+        };
         let line = serde_json::to_string(&request).expect("json");
         assert_eq!(line, r#"{"id":7,"op":"exec","argv":["true"],"env":{},"cwd":null,"stdin":null}"#);
         assert_eq!(serde_json::from_str::<Request>(&line).expect("parse"), request);

@@ -84,11 +84,17 @@ fn find_port() -> Option<PathBuf> {
 }
 
 /// Answers requests until the input ends or kiln asks for a shutdown.
-fn serve(input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
+fn serve(mut input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
     let mut greeted = false;
     let mut running = Vec::new();
-    for line in input.lines() {
-        let Ok(line) = line else { break };
+    let mut inputs = std::collections::HashMap::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -115,13 +121,56 @@ fn serve(input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
             ),
             _ if !greeted => send(sink, id, Body::Error("say hello (with the protocol version) first".to_owned())),
             Op::Ping => send(sink, id, Body::Ok(Reply::default())),
-            Op::Exec { argv, env, cwd, stdin } => {
+            Op::Exec { argv, env, cwd, stdin, interactive } => {
                 let sink = sink.clone();
-                running
-                    .push(std::thread::spawn(move || exec(id, &argv, &env, cwd.as_deref(), stdin.as_deref(), &sink)));
+                let input = if interactive {
+                    let (sender, receiver) = std::sync::mpsc::channel();
+                    inputs.insert(id, sender);
+                    Input::Stream(receiver)
+                } else {
+                    Input::Once(stdin)
+                };
+                running.push(std::thread::spawn(move || exec(id, &argv, &env, cwd.as_deref(), input, &sink)));
             }
-            Op::Put { path, mode, data, blake3 } => send(sink, id, reply(put(&path, mode, &data, &blake3))),
+            Op::Input { exec, data, eof } => {
+                let bytes = match base64::engine::general_purpose::STANDARD.decode(&data) {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        send(sink, id, Body::Error(format!("input is not base64: {err}")));
+                        continue;
+                    }
+                };
+                let Some(sender) = inputs.get(&exec) else {
+                    send(sink, id, Body::Error(format!("no interactive exec {exec}")));
+                    continue;
+                };
+                // A program that has ended no longer takes input; that is not an error.
+                let _ = sender.send(bytes);
+                if eof {
+                    inputs.remove(&exec);
+                }
+            }
+            Op::List { root, skip } => send(sink, id, reply(list(Path::new(&root), &skip))),
+            Op::Remove { root, paths } => send(sink, id, reply(remove(Path::new(&root), &paths))),
+            Op::Put { path, mode, data, blake3, length } => {
+                // Raw content follows the line when `length` is given; it is read even when the
+                // request is refused, so the stream stays in step.
+                let content = match length {
+                    Some(length) => {
+                        let mut bytes = vec![0u8; usize::try_from(length).unwrap_or(usize::MAX).min(1 << 32)];
+                        if input.read_exact(&mut bytes).is_err() {
+                            break;
+                        }
+                        Ok(bytes)
+                    }
+                    None => base64::engine::general_purpose::STANDARD
+                        .decode(&data)
+                        .map_err(|e| format!("{path}: not base64: {e}")),
+                };
+                send(sink, id, reply(content.and_then(|bytes| put(&path, mode, &bytes, &blake3))));
+            }
             Op::Get { path } => send(sink, id, reply(get(&path))),
+            Op::Symlink { path, target } => send(sink, id, reply(symlink(&path, &target))),
             Op::Shutdown => {
                 for thread in running.drain(..) {
                     let _ = thread.join();
@@ -167,20 +216,22 @@ fn exec(
     argv: &[String],
     env: &std::collections::BTreeMap<String, String>,
     cwd: Option<&str>,
-    stdin: Option<&str>,
+    input: Input,
     sink: &Sink,
 ) {
     let Some((program, _)) = argv.split_first() else {
         send(sink, id, Body::Error("exec needs a program".to_owned()));
         return;
     };
-    let input = match stdin.map(|data| base64::engine::general_purpose::STANDARD.decode(data)) {
-        Some(Ok(bytes)) => Some(bytes),
-        Some(Err(err)) => {
-            send(sink, id, Body::Error(format!("stdin is not base64: {err}")));
-            return;
-        }
-        None => None,
+    let input = match input {
+        Input::Once(Some(data)) => match base64::engine::general_purpose::STANDARD.decode(data) {
+            Ok(bytes) => Input::Bytes(bytes),
+            Err(err) => {
+                send(sink, id, Body::Error(format!("stdin is not base64: {err}")));
+                return;
+            }
+        },
+        other => other,
     };
     // `; exit $?` keeps the shell from exec'ing the program in its place.
     let mut command = if Path::new("/bin/sh").exists() {
@@ -195,7 +246,7 @@ fn exec(
     command
         .env_clear()
         .envs(env)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if matches!(input, Input::Once(None)) { Stdio::null() } else { Stdio::piped() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(cwd) = cwd {
@@ -218,9 +269,19 @@ fn exec(
         }
     };
     let leader = child.id() as i32;
-    let feeder = child.stdin.take().zip(input).map(|(mut pipe, bytes)| {
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
+    let feeder = child.stdin.take().map(|mut pipe| {
+        std::thread::spawn(move || match input {
+            Input::Bytes(bytes) => {
+                let _ = pipe.write_all(&bytes);
+            }
+            Input::Stream(chunks) => {
+                while let Ok(chunk) = chunks.recv() {
+                    if pipe.write_all(&chunk).and_then(|()| pipe.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+            Input::Once(_) => {}
         })
     });
     let relays: Vec<_> = [
@@ -239,7 +300,9 @@ fn exec(
     for relay in relays {
         let _ = relay.join();
     }
-    if let Some(feeder) = feeder {
+    // An interactive feeder ends when kiln sends the end of input or the agent drops the
+    // stream; it is not waited for.
+    if let Some(feeder) = feeder.filter(|feeder| feeder.is_finished()) {
         let _ = feeder.join();
     }
     let body = match status {
@@ -254,6 +317,76 @@ fn exec(
         Err(err) => Body::Error(format!("cannot wait for `{program}`: {err}")),
     };
     send(sink, id, body);
+}
+
+/// Where an `exec`'s standard input comes from.
+enum Input {
+    /// The request's `stdin` (base64), if any, then end of file.
+    Once(Option<String>),
+    /// Decoded bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// Chunks from `input` requests until kiln closes it.
+    Stream(std::sync::mpsc::Receiver<Vec<u8>>),
+}
+
+/// Lists the files and symlinks below `root`, skipping the directories named in `skip`.
+fn list(root: &Path, skip: &[String]) -> Result<Reply, String> {
+    fn walk(root: &Path, relative: &str, skip: &[String], out: &mut Vec<kiln_agent::ListEntry>) -> Result<(), String> {
+        let dir = if relative.is_empty() { root.to_owned() } else { root.join(relative) };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && relative.is_empty() => return Ok(()),
+            Err(err) => return Err(format!("cannot read {}: {err}", dir.display())),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if relative.is_empty() { name } else { format!("{relative}/{name}") };
+            let meta = std::fs::symlink_metadata(entry.path())
+                .map_err(|e| format!("cannot inspect {}: {e}", entry.path().display()))?;
+            if meta.is_dir() {
+                if !skip.contains(&path) {
+                    walk(root, &path, skip, out)?;
+                }
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(entry.path())
+                    .map_err(|e| format!("cannot read the link {}: {e}", entry.path().display()))?;
+                out.push(kiln_agent::ListEntry { path, mode: 0, hash: format!("link:{}", target.display()) });
+            } else if meta.is_file() {
+                let bytes =
+                    std::fs::read(entry.path()).map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+                let mode = meta.permissions().mode() & 0o7777;
+                out.push(kiln_agent::ListEntry { path, mode, hash: blake3::hash(&bytes).to_hex().to_string() });
+            }
+        }
+        Ok(())
+    }
+    let mut entries = Vec::new();
+    walk(root, "", skip, &mut entries)?;
+    entries.sort();
+    Ok(Reply { entries: Some(entries), ..Reply::default() })
+}
+
+/// Removes files and symlinks below `root`, then the directories that left empty.
+fn remove(root: &Path, paths: &[String]) -> Result<Reply, String> {
+    for relative in paths {
+        if relative.split('/').any(|part| part == ".." || part.is_empty()) {
+            return Err(format!("{relative}: not a plain relative path"));
+        }
+        let path = root.join(relative);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(format!("cannot remove {}: {err}", path.display())),
+        }
+        let mut dir = path.parent();
+        while let Some(parent) = dir.filter(|d| d.starts_with(root) && *d != root) {
+            if std::fs::remove_dir(parent).is_err() {
+                break;
+            }
+            dir = parent.parent();
+        }
+    }
+    Ok(Reply::default())
 }
 
 fn relay(
@@ -274,10 +407,8 @@ fn relay(
 }
 
 /// Writes a file whose content matches its BLAKE3, through a temporary file and a rename.
-fn put(path: &str, mode: u32, data: &str, expected: &str) -> Result<Reply, String> {
-    let bytes =
-        base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| format!("{path}: not base64: {e}"))?;
-    let actual = blake3::hash(&bytes).to_hex().to_string();
+fn put(path: &str, mode: u32, bytes: &[u8], expected: &str) -> Result<Reply, String> {
+    let actual = blake3::hash(bytes).to_hex().to_string();
     if actual != expected {
         return Err(format!("{path}: content hash {actual} is not the {expected} sent; nothing was written"));
     }
@@ -286,9 +417,22 @@ fn put(path: &str, mode: u32, data: &str, expected: &str) -> Result<Reply, Strin
         std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     let temp = path.with_extension("kiln-agent-partial");
-    std::fs::write(&temp, &bytes).map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+    std::fs::write(&temp, bytes).map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
     std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot set the mode of {}: {e}", temp.display()))?;
+    std::fs::rename(&temp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
+    Ok(Reply::default())
+}
+
+/// Makes a symlink through a temporary name and a rename, replacing what was there.
+fn symlink(path: &str, target: &str) -> Result<Reply, String> {
+    let path = Path::new(path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let temp = path.with_extension("kiln-agent-partial");
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(target, &temp).map_err(|e| format!("cannot make the link {}: {e}", temp.display()))?;
     std::fs::rename(&temp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
     Ok(Reply::default())
 }

@@ -89,6 +89,7 @@ fn exec_streams_output_passes_stdin_env_and_cwd_and_reports_the_status() {
             env: [("GREETING".to_owned(), "hi".to_owned()), ("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
             cwd: Some(dir.display().to_string()),
             stdin: Some(base64::engine::general_purpose::STANDARD.encode("a line\n")),
+            interactive: false,
         },
     );
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
@@ -120,6 +121,7 @@ fn leftovers_are_killed_so_exec_ends_with_its_program() {
             env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
             cwd: None,
             stdin: None,
+            interactive: false,
         },
     );
     let started = std::time::Instant::now();
@@ -140,15 +142,113 @@ fn put_checks_the_hash_and_get_returns_content_mode_and_hash() {
     let path = dir.path().join("sub/dir/file").display().to_string();
     let data = b"bytes for the guest";
     let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-    agent.send(5, Op::Put { path: path.clone(), mode: 0o750, data: encoded.clone(), blake3: "00".repeat(32) });
+    agent.send(
+        5,
+        Op::Put { path: path.clone(), mode: 0o750, data: encoded.clone(), blake3: "00".repeat(32), length: None },
+    );
     assert!(matches!(agent.next().body, Body::Error(e) if e.contains("nothing was written")));
     assert!(!std::path::Path::new(&path).exists());
     let hash = blake3::hash(data).to_hex().to_string();
-    agent.send(6, Op::Put { path: path.clone(), mode: 0o750, data: encoded.clone(), blake3: hash.clone() });
+    agent.send(
+        6,
+        Op::Put { path: path.clone(), mode: 0o750, data: encoded.clone(), blake3: hash.clone(), length: None },
+    );
     assert_eq!(agent.next().body, Body::Ok(Default::default()));
     agent.send(7, Op::Get { path });
     let Body::Ok(reply) = agent.next().body else { panic!("get failed") };
     assert_eq!(reply.data.as_deref(), Some(encoded.as_str()));
     assert_eq!(reply.blake3.as_deref(), Some(hash.as_str()));
     assert_eq!(reply.mode, Some(0o750));
+}
+
+#[test]
+fn interactive_exec_reads_input_as_it_is_sent_until_its_end() {
+    let mut agent = Agent::start();
+    agent.hello();
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let exec = Op::Exec {
+        argv: vec!["sh".into(), "-c".into(), "while read line; do echo \"got $line\"; done; echo done".into()],
+        env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
+        cwd: None,
+        stdin: None,
+        interactive: true,
+    };
+    agent.send(2, exec);
+    agent.send(3, Op::Input { exec: 2, data: encode("one\n"), eof: false });
+    // The first line comes back before the second is sent: input is streamed, not batched.
+    let Body::Stdout(first) = agent.next().body else { panic!("expected output") };
+    assert_eq!(decode(&first), b"got one\n");
+    agent.send(4, Op::Input { exec: 2, data: encode("two\n"), eof: true });
+    let mut output = Vec::new();
+    loop {
+        match agent.next().body {
+            Body::Stdout(chunk) => output.extend(decode(&chunk)),
+            Body::Exit(status) => {
+                assert_eq!(status, ExitStatus::Code(0));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&output), "got two\ndone\n");
+    agent.send(5, Op::Input { exec: 2, data: encode("late\n"), eof: false });
+    assert!(matches!(agent.next().body, Body::Error(message) if message.contains("no interactive exec 2")));
+}
+
+#[test]
+fn list_hashes_files_and_links_and_remove_prunes_emptied_directories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+    std::fs::create_dir_all(root.join("skipped")).expect("mkdir");
+    std::fs::write(root.join("a/b/file"), b"content").expect("write");
+    std::fs::write(root.join("skipped/x"), b"x").expect("write");
+    std::os::unix::fs::symlink("a/b/file", root.join("link")).expect("symlink");
+    let mut agent = Agent::start();
+    agent.hello();
+    let root_text = root.to_string_lossy().into_owned();
+    agent.send(2, Op::List { root: root_text.clone(), skip: vec!["skipped".into()] });
+    let Body::Ok(reply) = agent.next().body else { panic!("list failed") };
+    let entries = reply.entries.expect("entries");
+    let listed: Vec<_> = entries.iter().map(|e| (e.path.as_str(), e.hash.as_str())).collect();
+    let content_hash = blake3::hash(b"content").to_hex().to_string();
+    assert_eq!(listed, [("a/b/file", content_hash.as_str()), ("link", "link:a/b/file")]);
+
+    agent.send(3, Op::Symlink { path: root.join("c/link2").to_string_lossy().into_owned(), target: "../link".into() });
+    assert!(matches!(agent.next().body, Body::Ok(_)));
+    assert_eq!(std::fs::read_link(root.join("c/link2")).expect("link"), std::path::Path::new("../link"));
+
+    agent.send(4, Op::Remove { root: root_text.clone(), paths: vec!["a/b/file".into(), "gone".into()] });
+    assert!(matches!(agent.next().body, Body::Ok(_)));
+    assert!(!root.join("a").exists(), "emptied directories are removed up to the root");
+    assert!(root.exists());
+    agent.send(5, Op::Remove { root: root_text, paths: vec!["../escape".into()] });
+    assert!(matches!(agent.next().body, Body::Error(_)));
+}
+
+#[test]
+fn raw_puts_carry_their_bytes_after_the_line_and_keep_the_stream_in_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("raw.bin").to_string_lossy().into_owned();
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let hash = blake3::hash(&content).to_hex().to_string();
+    let mut agent = Agent::start();
+    agent.hello();
+    let raw_put = |blake3: String| Op::Put {
+        path: path.clone(),
+        mode: 0o640,
+        data: String::new(),
+        blake3,
+        length: Some(content.len() as u64),
+    };
+    // A wrong hash is refused, yet its bytes are consumed: the next request is understood.
+    agent.send(2, raw_put("00".repeat(32)));
+    agent.input.write_all(&content).expect("write");
+    agent.send(3, raw_put(hash));
+    agent.input.write_all(&content).expect("write");
+    agent.send(4, Op::Ping);
+    assert!(matches!(agent.next().body, Body::Error(message) if message.contains("nothing was written")));
+    assert!(matches!(agent.next().body, Body::Ok(_)));
+    assert!(matches!(agent.next(), Response { id: 4, body: Body::Ok(_) }));
+    assert_eq!(std::fs::read(&path).expect("read"), content);
 }

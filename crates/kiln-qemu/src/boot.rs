@@ -151,18 +151,8 @@ pub async fn boot(
         File::create(&request.log_path).map_err(|source| QemuError::Log { path: request.log_path.clone(), source })?;
     let mut log = BufWriter::new(log_file);
 
-    let mut command = tokio::process::Command::new(&request.program);
-    command
-        .args(request.argv.as_slice())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid, kill).
-    unsafe {
-        command.pre_exec(die_with_parent);
-    }
+    let mut command = guest_command(&request.program, &request.argv);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = command.spawn().map_err(|source| spawn_error(&request.program, source))?;
     let guard = child.id().map(|pid| GroupGuard { pgid: Pid::from_raw(pid as i32) });
@@ -310,6 +300,19 @@ fn spawn_error(program: &str, source: std::io::Error) -> QemuError {
     } else {
         QemuError::Spawn { program: program.to_owned(), source }
     }
+}
+
+/// A QEMU command that cannot outlive kiln: in its own process group (killed whole when
+/// the value is dropped), and with `PR_SET_PDEATHSIG`, so the kernel kills it when the
+/// thread that started it dies, even on SIGKILL.
+pub fn guest_command(program: &str, argv: &Argv) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command.args(argv.as_slice()).process_group(0).kill_on_drop(true);
+    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(die_with_parent);
+    }
+    command
 }
 
 /// Asks the kernel to SIGKILL this child when the thread that spawned it dies, and exits

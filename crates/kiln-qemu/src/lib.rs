@@ -17,7 +17,7 @@ pub mod qmp;
 mod verdict;
 
 pub use argv::Argv;
-pub use boot::{BootOutcome, BootRequest, Exit, boot, interactive};
+pub use boot::{BootOutcome, BootRequest, Exit, boot, guest_command, interactive};
 pub use errors::QemuError;
 pub use machine::{BootMethod, Console, Device, Firmware, LinuxBoot, Machine, Share};
 pub use verdict::{FailReason, Judge, PassReason, Verdict};

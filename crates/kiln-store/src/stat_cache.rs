@@ -46,6 +46,17 @@ impl FileStamp {
         now.duration_since(modified_at).map_or(true, |age| age < RACY_WINDOW)
     }
 
+    /// The stamp as bytes, for digests of many stamps.
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut bytes = [0; 40];
+        for (chunk, value) in
+            bytes.chunks_exact_mut(8).zip([self.dev, self.ino, self.size, self.mtime_ns as u64, self.ctime_ns as u64])
+        {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    }
+
     /// The stamp of a file's metadata.
     pub fn of(meta: &fs::Metadata) -> Self {
         Self {

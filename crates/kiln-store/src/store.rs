@@ -86,9 +86,9 @@ pub enum BuildOutcome {
     },
 }
 
-/// Hits whose output is at most this large are rehashed before use; larger ones are left
-/// to `store verify`.
-const VERIFY_ON_HIT_MAX_BYTES: u64 = 64 << 20;
+/// The file beside an entry's `out/` recording the stamps of its files when they last
+/// matched the recorded output hash: a hit whose stamps are unchanged is not rehashed.
+const VERIFIED_FILE: &str = "verified";
 
 /// The version of the store's on-disk layout (entries, metadata, locks); CI cache keys carry
 /// it, so a cache written by an incompatible kiln is never restored.
@@ -188,7 +188,7 @@ impl Store {
     {
         let closure = derivation.closure_hash();
         if let Ok(Some(entry)) = self.lookup(&closure)
-            && self.intact_if_small(&entry)?
+            && self.intact(&entry)?
         {
             return Ok((entry, BuildOutcome::Cached));
         }
@@ -197,7 +197,7 @@ impl Store {
         let mut replaced_corrupt = false;
         match self.lookup(&closure) {
             Ok(Some(entry)) => {
-                if self.intact_if_small(&entry)? {
+                if self.intact(&entry)? {
                     return Ok((entry, BuildOutcome::Cached));
                 }
                 self.remove_entry(&closure)?;
@@ -230,13 +230,34 @@ impl Store {
         Ok((published?, BuildOutcome::Built { duration, replaced_corrupt }))
     }
 
-    /// Whether the entry's output still has its recorded hash; entries larger than
-    /// [`VERIFY_ON_HIT_MAX_BYTES`] are trusted here and checked by [`Store::verify`].
-    fn intact_if_small(&self, entry: &Entry) -> Result<bool, StoreError> {
-        if tree_size(&entry.out_dir())? > VERIFY_ON_HIT_MAX_BYTES {
+    /// Whether the entry's output still has its recorded hash. Every hit is checked: the
+    /// output is rehashed unless the stamps of its files (inode, size, times) are those
+    /// recorded when it last matched, so a changed file is always caught, and an unchanged
+    /// entry of any size costs a walk of its directory.
+    fn intact(&self, entry: &Entry) -> Result<bool, StoreError> {
+        let out = entry.out_dir();
+        if !out.is_dir() {
+            return Ok(false);
+        }
+        let record = entry.dir.join(VERIFIED_FILE);
+        let stamps = crate::tree::stamp_tree(&out)?;
+        let expected = stamps.map(|stamps| format!("{} {}\n", entry.meta.output_hash, stamps.to_hex()));
+        if let Some(expected) = &expected
+            && fs::read_to_string(&record).is_ok_and(|recorded| &recorded == expected)
+        {
             return Ok(true);
         }
-        self.verify(entry)
+        if !self.verify(entry)? {
+            return Ok(false);
+        }
+        if let Some(expected) = expected {
+            // Best effort: without the record the next hit rehashes again.
+            let temp = entry.dir.join(format!("{VERIFIED_FILE}.{}.{}", std::process::id(), unique_suffix()));
+            if fs::write(&temp, expected).is_ok() && fs::rename(&temp, &record).is_err() {
+                let _ = fs::remove_file(&temp);
+            }
+        }
+        Ok(true)
     }
 
     /// Rehashes an entry's output and compares it with the hash recorded when it was built.

@@ -60,6 +60,31 @@ pub fn hash_tree(root: &Path) -> Result<OutputHash, StoreError> {
     Ok(OutputHash::from_blake3(hasher.finalize()))
 }
 
+/// A digest of what `stat` says about every path in the tree rooted at `root` (device, inode,
+/// size, mtime, ctime), or `None` when a file changed within the racy window, so that a
+/// write in the same timestamp tick cannot hide behind an unchanged digest.
+pub fn stamp_tree(root: &Path) -> Result<Option<blake3::Hash>, StoreError> {
+    let mut paths = Vec::new();
+    collect(root, PathBuf::new(), &mut paths)?;
+    paths.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    let now = std::time::SystemTime::now();
+    let mut hasher = blake3::Hasher::new();
+    for relative in std::iter::once(PathBuf::new()).chain(paths) {
+        let path = root.join(&relative);
+        let meta = fs::symlink_metadata(&path).map_err(|e| StoreError::io("inspect", &path, e))?;
+        let stamp = crate::FileStamp::of(&meta);
+        if stamp.is_racy(now) {
+            return Ok(None);
+        }
+        let mut buf = Vec::new();
+        put_bytes(&mut buf, relative.as_os_str().as_bytes());
+        buf.extend_from_slice(&stamp.to_bytes());
+        buf.extend_from_slice(&meta.permissions().mode().to_le_bytes());
+        hasher.update(&buf);
+    }
+    Ok(Some(hasher.finalize()))
+}
+
 /// Collects every relative path below `root`.
 fn collect(root: &Path, relative: PathBuf, out: &mut Vec<PathBuf>) -> Result<(), StoreError> {
     let dir = root.join(&relative);

@@ -111,6 +111,8 @@ pub enum Command {
     Run(RunArgs),
     /// Build and inspect rootfs images: build, ls, show, path, diff.
     Rootfs(RootfsArgs),
+    /// Warm Linux guests kept running: start, exec, shell, sync, stop, ls.
+    Vm(VmArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -143,9 +145,107 @@ pub struct RunArgs {
     /// package directory travel through kiln's guest agent.
     #[arg(long)]
     pub snapshot: bool,
+    /// Keep N restored guests idle and ready (implies `--snapshot`): a background keeper
+    /// restores and warms them; each run takes one, which is thrown away after it.
+    #[arg(long, value_name = "N")]
+    pub pool: Option<usize>,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
     pub command: Vec<String>,
+}
+
+/// `vm`.
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// The vm command.
+    #[command(subcommand)]
+    pub command: VmCommand,
+}
+
+/// `vm` subcommands. A session is one guest restored from the booted snapshot and kept
+/// running, whose state `exec`, `shell` and `sync` share; it ends with `stop` or when its
+/// owner (by default the shell that ran `vm start`) exits.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum VmCommand {
+    /// Start a session's guest in the background.
+    Start {
+        /// The session's name.
+        #[arg(short, long, default_value = "default")]
+        name: String,
+        /// The guest architecture (default: the host's).
+        #[arg(long)]
+        arch: Option<Arch>,
+        /// The `[kernel.NAME]` to boot (default: `[run] kernel`, or the only one).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// The `[rootfs.NAME]` to boot (default: `[run] rootfs`, or the only initramfs).
+        #[arg(long)]
+        rootfs: Option<String>,
+        /// The process whose exit ends the session (default: the shell that ran kiln).
+        #[arg(long, value_name = "PID")]
+        owner: Option<u32>,
+    },
+    /// Run a command in the session's guest (in the current directory's path there).
+    Exec {
+        /// The session's name.
+        #[arg(short, long, default_value = "default")]
+        name: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "COMMAND ARGS")]
+        command: Vec<String>,
+    },
+    /// A shell in the session's guest, fed line by line from standard input.
+    Shell {
+        /// The session's name.
+        #[arg(short, long, default_value = "default")]
+        name: String,
+    },
+    /// Make a directory in the guest (same path) match the host's: changed files are put,
+    /// files deleted on the host since the last sync are removed.
+    Sync {
+        /// The session's name.
+        #[arg(short, long, default_value = "default")]
+        name: String,
+        /// The directory (default: the one holding Kiln.toml).
+        dir: Option<PathBuf>,
+    },
+    /// Stop a session: its guest is killed.
+    Stop {
+        /// The session's name.
+        #[arg(short, long, default_value = "default")]
+        name: String,
+        /// Stop this project's run pools (`run --pool`) instead, with their idle guests.
+        #[arg(long, conflicts_with = "name")]
+        pools: bool,
+    },
+    /// List the running sessions and run pools.
+    Ls,
+    /// The keeper process behind a session or a run pool (started by kiln).
+    #[command(hide = true)]
+    Keep {
+        /// The guest architecture.
+        #[arg(long)]
+        arch: Arch,
+        /// The kernel.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// The rootfs.
+        #[arg(long)]
+        rootfs: Option<String>,
+        /// Keep this many idle guests for runs.
+        #[arg(long)]
+        pool: Option<usize>,
+        /// Keep one guest for this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// The session's owner process.
+        #[arg(long)]
+        owner: Option<u32>,
+        /// The snapshot closure the pool is for.
+        #[arg(long)]
+        closure: Option<String>,
+    },
 }
 
 /// `rootfs`.

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod provision;
 pub mod report;
 pub mod runner;
+pub mod vm;
 pub mod xtask;
 
 pub use anyhow;

@@ -84,6 +84,8 @@ pub enum Guest {
         rootfs: ImageKey,
         /// The shell command.
         command: String,
+        /// Run it on a restored snapshot through the agent.
+        snapshot: bool,
     },
 }
 
@@ -294,11 +296,12 @@ fn case_run(case: &Case, machine: &Machine) -> CaseRun {
         CaseGuest::Artifact(artifact) => {
             (Guest::Artifact(BuildKey { artifact: artifact.clone(), arch }), case.failure.clone())
         }
-        CaseGuest::Linux { kernel, rootfs, command } => {
+        CaseGuest::Linux { kernel, rootfs, command, snapshot } => {
             let guest = Guest::Linux {
                 kernel: ImageKey { kind: ImageKind::Kernel, name: kernel.clone(), arch },
                 rootfs: ImageKey { kind: ImageKind::Rootfs, name: rootfs.clone(), arch },
                 command: command.clone(),
+                snapshot: *snapshot,
             };
             let pattern = match &case.failure {
                 Some(own) => format!("(?:{})|(?:{KERNEL_FAILURE})", own.as_str()),

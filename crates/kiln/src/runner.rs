@@ -6,13 +6,14 @@ use std::{
     time::Instant,
 };
 
-use kiln_qemu::{BootRequest, Console, QemuError, accel::Accel};
+use kiln_qemu::{BootOutcome, BootRequest, Console, Exit, QemuError, accel::Accel};
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::{
     exec::guest,
     plan::CaseRun,
     report::{CaseResult, CaseStatus, Event, Printer},
+    vm::SnapshotTarget,
 };
 
 /// What a ready run boots.
@@ -22,6 +23,15 @@ pub enum ReadyBoot {
     Kernel(PathBuf),
     /// A Linux kernel with an initramfs, running a command.
     Linux(LinuxImages),
+    /// A restored booted snapshot, running a command through kiln's agent.
+    Snapshot {
+        /// What the snapshot is made of.
+        target: Arc<SnapshotTarget>,
+        /// The snapshot's entry directory.
+        entry: PathBuf,
+        /// The shell command.
+        command: String,
+    },
 }
 
 /// The store paths of a Linux boot.
@@ -188,6 +198,7 @@ fn render(
     let machine = &ready.run.machine;
     match &ready.boot {
         ReadyBoot::Kernel(kernel) => Ok((machine.argv(kernel, ready.accel, Console::Captured), None, None)),
+        ReadyBoot::Snapshot { .. } => anyhow::bail!("a snapshot boot has no command line"),
         ReadyBoot::Linux(images) => {
             let scratch = tempfile::Builder::new().prefix("boot-").tempdir_in(log_dir)?;
             let initrd = scratch.path().join("initrd");
@@ -201,6 +212,11 @@ fn render(
 }
 
 async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseResult {
+    if let ReadyBoot::Snapshot { target, entry, command } = &ready.boot {
+        let result = snapshot_case(&ready, target, entry, command, log_dir, printer).await;
+        printer.event(Event::CaseFinished(&result));
+        return result;
+    }
     let run = &ready.run;
     let label = run.label();
     let (argv, exit_marker, _scratch) = match render(&ready, log_dir) {
@@ -259,6 +275,96 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
     };
     printer.event(Event::CaseFinished(&result));
     result
+}
+
+/// A Linux case on a restored snapshot: the command runs through the agent, its output
+/// lines are the case's "serial" lines (judged and logged), its status the guest's. The
+/// kernel's console (a panic, say) is read from QEMU's log when the agent goes away.
+async fn snapshot_case(
+    ready: &ReadyRun,
+    target: &SnapshotTarget,
+    entry: &Path,
+    command: &str,
+    log_dir: &Path,
+    printer: &Printer,
+) -> CaseResult {
+    use std::io::Write as _;
+    let run = &ready.run;
+    let label = run.label();
+    let log = log_path(run, log_dir);
+    let started = Instant::now();
+    let mut outcome = BootOutcome::new(Exit::Status(0));
+    let mut log_file = match std::fs::File::create(&log) {
+        Ok(file) => std::io::BufWriter::new(file),
+        Err(err) => return error_result(ready, log_dir, format!("cannot create {}: {err}", log.display())),
+    };
+    let shown = format!("restore {} and run `{command}` through kiln-agent", entry.display());
+    printer.event(Event::CaseStarted { label: &label, command: &shown });
+    let mut guest = match target.restore(entry).await {
+        Ok(guest) => guest,
+        Err(err) => return error_result(ready, log_dir, format!("the snapshot did not restore: {err:#}")),
+    };
+    let env: std::collections::BTreeMap<String, String> =
+        [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
+    let mut pending = [Vec::new(), Vec::new()];
+    let mut on_line = |line: &str, outcome: &mut BootOutcome| {
+        let _ = writeln!(log_file, "{line}");
+        outcome.observe(line, &run.judge);
+        printer.event(Event::SerialLine { label: &label, line });
+    };
+    let exec = guest.agent.exec(argv, env, Some("/".to_owned()), |is_stderr, bytes| {
+        let buffer = &mut pending[usize::from(is_stderr)];
+        buffer.extend_from_slice(bytes);
+        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line);
+            on_line(text.trim_end_matches(['\n', '\r']), &mut outcome);
+        }
+    });
+    let ended = tokio::time::timeout(run.timeout, exec).await;
+    for rest in pending.iter().filter(|rest| !rest.is_empty()) {
+        on_line(String::from_utf8_lossy(rest).trim_end(), &mut outcome);
+    }
+    outcome.exit = match ended {
+        Ok(Ok(status)) => Exit::GuestExited(status.shell_status()),
+        Err(_) => Exit::TimedOut(run.timeout),
+        Ok(Err(err)) => {
+            // The agent went away: the kernel's console says why (a panic is the case's failure).
+            drop(guest.qemu);
+            let console = std::fs::read_to_string(guest.scratch.path().join("console.log")).unwrap_or_default();
+            on_line("--- the guest's console after the restore ---", &mut outcome);
+            for line in console.lines() {
+                on_line(line.trim_end_matches('\r'), &mut outcome);
+            }
+            if outcome.failure_line.is_none() {
+                let mut result = error_result(ready, log_dir, format!("the guest agent went away: {err:#}"));
+                result.boot = started.elapsed();
+                result.tail = outcome.tail.iter().rev().take(CaseResult::TAIL_LINES).rev().cloned().collect();
+                return result;
+            }
+            Exit::Signal(9)
+        }
+    };
+    let _ = log_file.flush();
+    outcome.duration = started.elapsed();
+    let verdict = run.judge.judge(&outcome);
+    CaseResult {
+        label: label.clone(),
+        case: run.case.clone(),
+        machine: run.machine.name.clone(),
+        arch: run.machine.arch,
+        detail: verdict.describe(),
+        tail: outcome.tail.iter().rev().take(CaseResult::TAIL_LINES).rev().cloned().collect(),
+        status: CaseStatus::from_verdict(&verdict, run.expect),
+        verdict: Some(verdict),
+        boot: outcome.duration,
+        built: ready.built,
+        log,
+    }
 }
 
 fn describe_qemu_error(err: &QemuError) -> String {

@@ -101,10 +101,11 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
         writeln!(out, "\n[case.{}]", toml_key(&case.name))?;
         match &case.guest {
             CaseGuest::Artifact(artifact) => writeln!(out, "artifact = {}", quote(artifact))?,
-            CaseGuest::Linux { kernel, rootfs, command } => {
+            CaseGuest::Linux { kernel, rootfs, command, snapshot } => {
                 writeln!(out, "kernel = {}", quote(kernel))?;
                 writeln!(out, "rootfs = {}", quote(rootfs))?;
                 writeln!(out, "command = {}", quote(command))?;
+                writeln!(out, "snapshot = {snapshot}")?;
             }
         }
         writeln!(out, "machines = {}", list(case.machines.iter().map(String::as_str)))?;

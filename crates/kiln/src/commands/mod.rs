@@ -14,6 +14,7 @@ mod run_snapshot;
 mod selftest;
 mod store;
 pub mod test;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -75,6 +76,7 @@ pub fn run_command(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> 
         Command::Store(args) => store::run(&cx, &args.command),
         Command::Run(args) => run::run(&cx, &args),
         Command::Rootfs(args) => rootfs::run(&cx, &args.command),
+        Command::Vm(args) => vm::run(&cx, &args),
         Command::Doctor => Ok(crate::exit_code::SUCCESS),
     }
 }

@@ -56,7 +56,7 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
             let artifact = realised.builds.get(key).ok_or_else(|| anyhow::anyhow!("{key} was not built"))?;
             run.machine.argv(artifact.image(), accel, Console::Interactive)
         }
-        Guest::Linux { kernel, rootfs, command } => {
+        Guest::Linux { kernel, rootfs, command, .. } => {
             let (Some(k), Some(r)) = (realised.images.get(kernel), realised.images.get(rootfs)) else {
                 anyhow::bail!("{kernel} or {rootfs} was not built");
             };

@@ -25,6 +25,7 @@ use crate::{
     exit_code,
     plan::{ImageKey, ImageKind, Plan},
     runner::GuestIo,
+    vm::target::LinuxTarget,
 };
 
 /// Environment variable prefixes passed into the guest: what cargo and test harnesses set.
@@ -48,35 +49,22 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         }
         _ => elf.arch,
     };
-    let (kernel, rootfs) = choose_images(&cx.config, args, arch)?;
-    let plan = Plan::for_linux(&cx.config, &kernel, &rootfs);
-    cx.provision_machines(std::iter::empty())?;
-    let realised = cx.realise_plan(&plan)?;
-    let (Some(k), Some(r)) = (realised.images.get(&kernel), realised.images.get(&rootfs)) else {
-        anyhow::bail!("{kernel} or {rootfs} was not built");
-    };
-    let accel = cx.accelerators([arch]).get(&arch).map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel);
-    check_interpreter(&program, elf.interpreter.as_deref(), &r.dir, &rootfs.name)?;
-    let images = super::test::linux_images(cx, &kernel, k, &rootfs, r, String::new());
-    let machine = cx
-        .config
-        .machines
-        .get(&format!("linux-{arch}"))
-        .cloned()
-        .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
+    let linux = resolve_linux(cx, arch, args.kernel.as_deref(), args.rootfs.as_deref())?;
+    check_interpreter(&program, elf.interpreter.as_deref(), &linux.rootfs_dir, &linux.rootfs_name)?;
     let timeout = args.timeout.map_or(cx.config.run.timeout, Duration::from);
     let _slot = exec::slots::acquire(&cx.work_dir().join("slots"), cx.options.jobs, || {
         cx.printer.status("Waiting", &format!("for one of {} guest slots", cx.options.jobs));
     })?;
-    if args.snapshot || cx.config.run.snapshot {
-        let target = super::run_snapshot::Target { images: &images, kernel: k, rootfs: r, machine: &machine, accel };
-        return super::run_snapshot::run(cx, &target, &program, program_args, timeout);
+    let pool = args.pool.unwrap_or(cx.config.run.pool);
+    if args.snapshot || cx.config.run.snapshot || pool > 0 {
+        return super::run_snapshot::run(cx, linux, pool, &program, program_args, timeout);
     }
+    let LinuxTarget { images, kernel_dir, machine, accel, .. } = linux;
 
     let (cwd, dirs) = package_dirs()?;
     // The package directory appears at the same path in the guest: shared read-only over 9p,
     // or, for a kernel without 9p, copied in (writes then stay in the guest).
-    let can_share = std::fs::read_to_string(k.dir.join(exec::linux::SHARE_FILE)).is_ok_and(|s| s.trim() == "9p");
+    let can_share = std::fs::read_to_string(kernel_dir.join(exec::linux::SHARE_FILE)).is_ok_and(|s| s.trim() == "9p");
     let mut shares = Vec::new();
     let mut copies = Vec::new();
     let mut readonly = Vec::new();
@@ -186,6 +174,42 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// Realises the kernel and rootfs a Linux guest of `arch` boots (the named ones, or those
+/// `[run]` names, or the only ones declared), with its machine and accelerator.
+pub(crate) fn resolve_linux(
+    cx: &Cx,
+    arch: Arch,
+    kernel: Option<&str>,
+    rootfs: Option<&str>,
+) -> anyhow::Result<LinuxTarget> {
+    let (kernel, rootfs) = choose_images(&cx.config, kernel, rootfs, arch)?;
+    let plan = Plan::for_linux(&cx.config, &kernel, &rootfs);
+    cx.provision_machines(std::iter::empty())?;
+    let realised = cx.realise_plan(&plan)?;
+    let (Some(k), Some(r)) = (realised.images.get(&kernel), realised.images.get(&rootfs)) else {
+        anyhow::bail!("{kernel} or {rootfs} was not built");
+    };
+    let accel = cx.accelerators([arch]).get(&arch).map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel);
+    let images = super::test::linux_images(cx, &kernel, k, &rootfs, r, String::new());
+    let machine = cx
+        .config
+        .machines
+        .get(&format!("linux-{arch}"))
+        .cloned()
+        .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
+    Ok(LinuxTarget {
+        images,
+        kernel: k.closure,
+        rootfs: r.closure,
+        kernel_dir: k.dir.clone(),
+        rootfs_dir: r.dir.clone(),
+        kernel_name: kernel.name,
+        rootfs_name: rootfs.name,
+        machine,
+        accel,
+    })
+}
+
 /// Copies a pipe to one of kiln's own outputs until the pipe ends.
 fn relay(mut from: std::io::PipeReader, mut to: impl std::io::Write + Send + 'static) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -264,15 +288,20 @@ fn check_interpreter(program: &Path, interpreter: Option<&str>, rootfs_dir: &Pat
 }
 
 /// The kernel and rootfs for `arch`: the command line's, `[run]`'s, or the only ones declared.
-fn choose_images(config: &Config, args: &RunArgs, arch: Arch) -> anyhow::Result<(ImageKey, ImageKey)> {
-    let kernel = args.kernel.clone().or_else(|| config.run.kernel.clone()).or_else(|| {
+fn choose_images(
+    config: &Config,
+    kernel: Option<&str>,
+    rootfs: Option<&str>,
+    arch: Arch,
+) -> anyhow::Result<(ImageKey, ImageKey)> {
+    let kernel = kernel.map(str::to_owned).or_else(|| config.run.kernel.clone()).or_else(|| {
         let mut fit = config.kernels.values().filter(|k| k.arches.contains(&arch));
         match (fit.next(), fit.next()) {
             (Some(only), None) => Some(only.name.clone()),
             _ => None,
         }
     });
-    let rootfs = args.rootfs.clone().or_else(|| config.run.rootfs.clone()).or_else(|| {
+    let rootfs = rootfs.map(str::to_owned).or_else(|| config.run.rootfs.clone()).or_else(|| {
         let mut fit = config.rootfses.values().filter(|r| r.arches.contains(&arch) && r.init);
         match (fit.next(), fit.next()) {
             (Some(only), None) => Some(only.name.clone()),

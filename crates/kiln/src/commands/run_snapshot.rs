@@ -1,88 +1,43 @@
-//! `run --snapshot`: restore a fresh copy of a booted snapshot (made once and kept in the
-//! store), put the program and the package directory in through the guest agent, run it,
-//! stream its output, and throw the machine away.
+//! `run --snapshot` and `run --pool N`: a fresh copy of a booted snapshot (made once and kept
+//! in the store), restored here or leased from a pool keeper that holds warm ones; the program,
+//! the package directory and `[run] files` go in through the guest agent; the program runs,
+//! its output streams back, and the guest is thrown away.
 
-use std::{io::Write as _, path::Path, time::Duration};
-
-use anyhow::Context as _;
-use kiln_qemu::{Machine, accel::Accel};
-use kiln_store::BuildOutcome;
-
-use crate::{
-    cx::{Cx, RealisedImage},
-    exec::{
-        agent,
-        guest::{self, CopyKind},
-        snapshot::{self, SnapshotInputs},
-    },
-    exit_code,
-    runner::LinuxImages,
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
 };
 
-/// What the program runs on.
-pub struct Target<'a> {
-    /// The kernel and rootfs paths.
-    pub images: &'a LinuxImages,
-    /// The kernel's entry.
-    pub kernel: &'a RealisedImage,
-    /// The rootfs's entry.
-    pub rootfs: &'a RealisedImage,
-    /// The machine profile.
-    pub machine: &'a Machine,
-    /// The accelerator.
-    pub accel: Accel,
-}
+use anyhow::Context as _;
+
+use crate::{
+    cx::Cx,
+    exec::{
+        agent_client::AgentClient,
+        guest::{self, CopyKind},
+    },
+    exit_code,
+    vm::{SnapshotTarget, lease, target::LinuxTarget},
+};
+
+/// How long a pool keeper lingers without runs.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `program` with `args` on a restored snapshot and returns its exit status.
-pub fn run(cx: &Cx, target: &Target<'_>, program: &Path, args: &[String], timeout: Duration) -> anyhow::Result<u8> {
-    let arch = target.machine.arch;
-    let agent_binary = agent::realise(&cx.store, arch, &cx.work_dir(), &cx.printer)?;
-    let inputs = SnapshotInputs {
-        kernel: target.kernel.closure,
-        rootfs: target.rootfs.closure,
-        agent: agent::derivation(arch)?.closure_hash(),
-        images: target.images,
-        machine: target.machine,
-        accel: target.accel,
-    };
-    let drv = snapshot::derivation(&inputs)?;
+pub fn run(
+    cx: &Cx,
+    linux: LinuxTarget,
+    pool: usize,
+    program: &Path,
+    args: &[String],
+    timeout: Duration,
+) -> anyhow::Result<u8> {
+    refuse_disk_rootfs(&linux)?;
+    let target = SnapshotTarget::new(cx, linux)?;
+    let arch = target.arch();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let snapshot_entry = || -> anyhow::Result<std::path::PathBuf> {
-        if cx.store.lookup(&drv.closure_hash())?.is_none() {
-            cx.printer.status("Snapshot", &format!("booting {arch} once to save its state"));
-        }
-        let on_wait = || cx.printer.status("Waiting", &format!("for another kiln making the {arch} snapshot"));
-        let (entry, outcome) = cx.store.build(&drv, &format!("snapshot-{arch}"), on_wait, |out| {
-            runtime
-                .block_on(snapshot::create(&inputs, &agent_binary, out))
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
-        })?;
-        if let BuildOutcome::Built { duration, .. } = outcome {
-            cx.printer.status("Saved", &format!("the {arch} snapshot in {}", crate::report::seconds(duration)));
-        }
-        cx.store.mark_used(&entry.closure)?;
-        Ok(entry.out_dir())
-    };
-    let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir()?;
-    let retry_scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir()?;
-    let mut entry = snapshot_entry()?;
-    // A snapshot that does not come back (a host change its closure cannot see) is made
-    // again once, with one line that says why.
-    let restored = match runtime.block_on(snapshot::restore(&inputs, &entry, scratch.path())) {
-        Ok(restored) => restored,
-        Err(err) => {
-            cx.printer.always(&format!("warning: the {arch} snapshot did not restore ({err:#}); making it again"));
-            cx.store.remove_entry(&drv.closure_hash())?;
-            entry = snapshot_entry()?;
-            runtime.block_on(snapshot::restore(&inputs, &entry, retry_scratch.path()))?
-        }
-    };
-
-    let (cwd, dirs) = super::run::package_dirs()?;
-    let mut copies = Vec::new();
-    for dir in &dirs {
-        copies.extend(guest::package_copies(dir)?);
-    }
+    let (cwd, copies) = files_to_put(cx)?;
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
     let guest_program = format!("/kiln/bin/{name}");
     let mut env = super::run::passed_env(&cx.config.run.env);
@@ -91,19 +46,40 @@ pub fn run(cx: &Cx, target: &Target<'_>, program: &Path, args: &[String], timeou
     let mut argv = vec![guest_program.clone()];
     argv.extend(args.iter().cloned());
 
-    let (_qemu, mut client) = restored;
+    // The guest: leased warm from the pool's keeper, or restored here. Both die with their
+    // holder (the lease's end, or QEMU's process group).
+    let leased = if pool > 0 { lease_from_pool(cx, &target, pool)? } else { None };
+    let (mut agent, _lease, _restored) = match leased {
+        Some(lease) => {
+            let _enter = runtime.enter();
+            lease.agent.set_nonblocking(true)?;
+            let stream = tokio::net::UnixStream::from_std(lease.agent.try_clone()?)?;
+            (AgentClient::from_stream(stream), Some(lease), None)
+        }
+        None => {
+            let guest = target.restore_or_remake(cx, &runtime)?;
+            (guest.agent, None, Some((guest.qemu, guest.scratch)))
+        }
+    };
     let work = async {
         let bytes = std::fs::read(program).with_context(|| format!("cannot read `{}`", program.display()))?;
-        client.put(&guest_program, 0o755, &bytes).await?;
+        agent.put(&guest_program, 0o755, &bytes).await?;
         for (path, kind) in &copies {
-            if *kind == CopyKind::File {
-                let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path)?.permissions()) & 0o7777;
-                client.put(&path.to_string_lossy(), mode, &std::fs::read(path)?).await?;
+            let guest_path = path.to_string_lossy();
+            match kind {
+                CopyKind::File => {
+                    let mode =
+                        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path)?.permissions()) & 0o7777;
+                    let content = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+                    agent.put(&guest_path, mode, &content).await?;
+                }
+                CopyKind::Symlink(target) => agent.symlink(&guest_path, target).await?,
+                CopyKind::Dir => {}
             }
         }
         let mut stdout = std::io::stdout();
         let mut stderr = std::io::stderr();
-        let status = client
+        let status = agent
             .exec(argv, env, Some(cwd.to_string_lossy().into_owned()), |is_stderr, bytes| {
                 let _ = if is_stderr { stderr.write_all(bytes) } else { stdout.write_all(bytes) };
             })
@@ -120,4 +96,60 @@ pub fn run(cx: &Cx, target: &Target<'_>, program: &Path, args: &[String], timeou
             Ok(exit_code::INFRASTRUCTURE)
         }
     }
+}
+
+/// A saved machine holds its disk's state only in part (the guest's caches, not the blocks
+/// it wrote), so snapshots are made of initramfs guests only.
+pub(crate) fn refuse_disk_rootfs(linux: &LinuxTarget) -> anyhow::Result<()> {
+    if linux.images.disk.is_some() {
+        return Err(super::UsageError::new(
+            format!("rootfs `{}` is a disk image; snapshots are made of initramfs rootfs only", linux.rootfs_name),
+            Some("boot it without `--snapshot`/`--pool` (or `[run] snapshot`), or give the rootfs `format = \"initramfs\"`".to_owned()),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The working directory, and what goes into the guest besides the program: the package
+/// directories and `[run] files`, at their host paths.
+fn files_to_put(cx: &Cx) -> anyhow::Result<(PathBuf, Vec<(PathBuf, CopyKind)>)> {
+    let (cwd, dirs) = super::run::package_dirs()?;
+    let mut copies = Vec::new();
+    for dir in &dirs {
+        copies.extend(guest::package_copies(dir)?);
+    }
+    for file in &cx.config.run.files {
+        let path = cx.config.root.join(file);
+        if path.is_dir() {
+            copies.extend(guest::package_copies(&path)?);
+        } else if path.is_file() {
+            copies.push((path, CopyKind::File));
+        } else {
+            return Err(cx.config.error_at("run.files", format!("`{}` does not exist", path.display())).into());
+        }
+    }
+    Ok((cwd, copies))
+}
+
+/// A warm guest from the pool's keeper for this snapshot, starting the keeper when none
+/// runs. `None` (restore one here) while the keeper starts or has no idle guest.
+fn lease_from_pool(cx: &Cx, target: &SnapshotTarget, size: usize) -> anyhow::Result<Option<lease::Lease>> {
+    let closure = target.closure();
+    let work_dir = cx.work_dir();
+    let socket = lease::socket_path("pool", &[work_dir.as_os_str().as_encoded_bytes(), closure.as_bytes()])?;
+    if let Ok(Some(lease)) = lease::take(&socket, Some(Duration::from_secs(10))) {
+        return Ok(Some(lease));
+    }
+    if super::vm::keeper_running(&socket)? {
+        return Ok(None);
+    }
+    let arch = target.arch().to_string();
+    let size = size.to_string();
+    let closure_hex = closure.to_string();
+    let mut args = vec!["vm", "keep", "--arch", &arch, "--pool", &size, "--closure", &closure_hex];
+    args.extend(["--kernel", &target.linux.kernel_name, "--rootfs", &target.linux.rootfs_name]);
+    let log = work_dir.join("vm").join(format!("pool-{arch}.log"));
+    super::vm::spawn_keeper(cx, &args, &log)?;
+    Ok(None)
 }

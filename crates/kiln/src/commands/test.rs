@@ -1,6 +1,7 @@
 //! `test`: build, boot and judge every selected case on every selected machine.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -19,6 +20,7 @@ use crate::{
     plan::{Guest, ImageKey, Plan, Selection},
     report::{CaseResult, RunSummary, StoreUse, github, junit},
     runner::{self, LinuxImages, ReadyBoot, ReadyRun},
+    vm::{SnapshotTarget, target::LinuxTarget},
 };
 
 /// Runs the cases and returns their results (see [`print_summary`]).
@@ -128,6 +130,8 @@ fn prepare_counting(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, 
     let log_dir = cx.work_dir().join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create `{}`", log_dir.display()))?;
     let mut ready = Vec::new();
+    let mut snapshots: BTreeMap<(String, String, String), (Arc<SnapshotTarget>, PathBuf)> = BTreeMap::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     for run in &plan.runs {
         let accel = accels.get(&run.machine.arch).map_or(Accel::Tcg, |c| c.accel);
         match &run.guest {
@@ -147,11 +151,38 @@ fn prepare_counting(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, 
                     });
                 }
             }
-            Guest::Linux { kernel, rootfs, command } => {
+            Guest::Linux { kernel, rootfs, command, snapshot } => {
                 let (Some(k), Some(r)) = (realised.images.get(kernel), realised.images.get(rootfs)) else { continue };
                 let images = linux_images(cx, kernel, k, rootfs, r, command.clone());
                 let built = [k, r].iter().any(|i| matches!(i.outcome, BuildOutcome::Built { .. }));
-                ready.push(ReadyRun { run: run.clone(), boot: ReadyBoot::Linux(images), built, accel });
+                let boot = if *snapshot {
+                    // One snapshot per kernel, rootfs and machine, made (or found) before the boots.
+                    let key = (kernel.name.clone(), rootfs.name.clone(), run.machine.name.clone());
+                    let (target, entry) = match snapshots.get(&key) {
+                        Some(found) => found.clone(),
+                        None => {
+                            let linux = LinuxTarget {
+                                images: LinuxImages { command: String::new(), ..images },
+                                kernel: k.closure,
+                                rootfs: r.closure,
+                                kernel_dir: k.dir.clone(),
+                                rootfs_dir: r.dir.clone(),
+                                kernel_name: kernel.name.clone(),
+                                rootfs_name: rootfs.name.clone(),
+                                machine: run.machine.clone(),
+                                accel,
+                            };
+                            let target = Arc::new(SnapshotTarget::new(cx, linux)?);
+                            let entry = target.entry(cx, &runtime)?;
+                            snapshots.insert(key, (target.clone(), entry.clone()));
+                            (target, entry)
+                        }
+                    };
+                    ReadyBoot::Snapshot { target, entry, command: command.clone() }
+                } else {
+                    ReadyBoot::Linux(images)
+                };
+                ready.push(ReadyRun { run: run.clone(), boot, built, accel });
             }
         }
     }

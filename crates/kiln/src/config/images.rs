@@ -227,6 +227,8 @@ pub struct RunSettings {
     pub files: Vec<String>,
     /// Restore a booted snapshot for every run instead of booting (as `run --snapshot`).
     pub snapshot: bool,
+    /// Keep this many restored guests idle and ready for runs (as `run --pool N`; 0: none).
+    pub pool: usize,
 }
 
 impl Default for RunSettings {
@@ -238,6 +240,7 @@ impl Default for RunSettings {
             env: Vec::new(),
             files: Vec::new(),
             snapshot: false,
+            pool: 0,
         }
     }
 }
@@ -543,6 +546,7 @@ impl Resolver<'_> {
             env: raw.env,
             files: raw.files,
             snapshot: raw.snapshot,
+            pool: raw.pool,
         })
     }
 }

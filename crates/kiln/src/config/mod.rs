@@ -135,6 +135,9 @@ pub enum CaseGuest {
         rootfs: String,
         /// The shell command the guest runs; its exit status is the verdict.
         command: String,
+        /// Restore the booted snapshot and run the command through kiln's agent, instead of
+        /// booting cold.
+        snapshot: bool,
     },
 }
 
@@ -761,6 +764,15 @@ impl Resolver<'_> {
         };
         match (&raw.artifact, &raw.kernel, &raw.rootfs, &raw.command) {
             (Some(artifact), None, None, None) => {
+                if let Some(snapshot) = &raw.snapshot {
+                    return Err(self
+                        .error(
+                            Some(snapshot.span()),
+                            key("snapshot"),
+                            "`snapshot` applies to Linux cases (kernel, rootfs, command) only",
+                        )
+                        .with_help("remove it: a bare-metal kernel boots cold"));
+                }
                 let Some(found) = artifacts.get(artifact.get_ref()) else {
                     return Err(lookup(
                         "artifact",
@@ -796,10 +808,22 @@ impl Resolver<'_> {
                         format!("kernel `{}` and rootfs `{}` share no architecture", k.name, r.name),
                     ));
                 }
+                let snapshot = raw.snapshot.as_ref().is_some_and(|s| *s.get_ref());
+                if snapshot && !matches!(r.format, crate::config::RootfsFormat::Initramfs(_)) {
+                    let span = raw.snapshot.as_ref().map(Spanned::span);
+                    return Err(self
+                        .error(
+                            span,
+                            key("snapshot"),
+                            format!("rootfs `{}` is a disk image; snapshots are made of initramfs rootfs only", r.name),
+                        )
+                        .with_help("drop `snapshot = true`, or give the rootfs `format = \"initramfs\"`"));
+                }
                 let guest = CaseGuest::Linux {
                     kernel: k.name.clone(),
                     rootfs: r.name.clone(),
                     command: command.get_ref().clone(),
+                    snapshot,
                 };
                 Ok((guest, available, format!("kernel `{}` with rootfs `{}`", k.name, r.name)))
             }

@@ -92,6 +92,8 @@ pub(crate) struct RawRun {
     pub files: Vec<String>,
     #[serde(default)]
     pub snapshot: bool,
+    #[serde(default)]
+    pub pool: usize,
 }
 
 /// `[store]`.
@@ -203,6 +205,7 @@ pub(crate) struct RawCase {
     pub no_output_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub stop_on_success: bool,
+    pub snapshot: Option<Spanned<bool>>,
 }
 
 /// What a case is expected to do.

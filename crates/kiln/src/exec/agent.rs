@@ -39,8 +39,13 @@ pub fn derivation(arch: Arch) -> anyhow::Result<Derivation> {
     Ok(drv)
 }
 
-/// The agent for `arch`, built once per source and compiler.
-pub fn realise(store: &Store, arch: Arch, work_dir: &Path, printer: &Printer) -> anyhow::Result<PathBuf> {
+/// The agent for `arch`, built once per source and compiler: its path and closure.
+pub fn realise(
+    store: &Store,
+    arch: Arch,
+    work_dir: &Path,
+    printer: &Printer,
+) -> anyhow::Result<(PathBuf, kiln_store::ClosureHash)> {
     let drv = derivation(arch)?;
     let triple = agent_triple(arch)?;
     let source = PathBuf::from(kiln_agent::SOURCE_DIR);
@@ -74,5 +79,5 @@ pub fn realise(store: &Store, arch: Arch, work_dir: &Path, printer: &Printer) ->
         printer.status("Built", &format!("kiln-agent ({arch}) in {}", crate::report::seconds(duration)));
     }
     store.mark_used(&entry.closure)?;
-    Ok(entry.out_dir().join(AGENT_FILE))
+    Ok((entry.out_dir().join(AGENT_FILE), entry.closure))
 }

@@ -10,15 +10,13 @@ use std::{
 use anyhow::Context as _;
 use base64::Engine as _;
 use kiln_agent::{Body, ExitStatus, Op, PROTOCOL_VERSION, Reply, Request, Response};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::unix::{OwnedReadHalf, OwnedWriteHalf},
-};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A connection to a guest's agent.
 pub struct AgentClient {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    /// One stream for both directions: a split stream's write half would shut the socket's
+    /// writing down when dropped, and a leased connection outlives its client.
+    stream: BufReader<tokio::net::UnixStream>,
     next_id: u64,
 }
 
@@ -30,8 +28,7 @@ impl AgentClient {
         let stream = kiln_qemu::qmp::connect_when_ready(socket, deadline)
             .await
             .with_context(|| format!("cannot connect to the agent at {}", socket.display()))?;
-        let (read, writer) = stream.into_split();
-        let mut client = Self { reader: BufReader::new(read), writer, next_id: 1 };
+        let mut client = Self::from_stream(stream);
         let left = deadline.saturating_sub(started.elapsed());
         let hello = client.request(Op::Hello { version: PROTOCOL_VERSION });
         tokio::time::timeout(left, hello)
@@ -40,18 +37,42 @@ impl AgentClient {
         Ok(client)
     }
 
+    /// Wraps a connection whose handshake is done (one a keeper leased out).
+    pub fn from_stream(stream: tokio::net::UnixStream) -> Self {
+        Self { stream: BufReader::new(stream), next_id: 1 }
+    }
+
+    /// Numbers this client's requests apart from earlier clients of the same connection (a
+    /// session's guest is leased in turn), so a late answer to one is never taken for
+    /// another's.
+    pub fn with_fresh_ids(mut self) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        self.next_id = (nanos as u64) << 8;
+        self
+    }
+
+    /// Gives the connection back, for a keeper to lease it out; fails if the agent sent
+    /// something not yet read (a request still in flight).
+    pub fn into_std(self) -> anyhow::Result<std::os::unix::net::UnixStream> {
+        anyhow::ensure!(self.stream.buffer().is_empty(), "the agent connection has unread data");
+        let stream =
+            self.stream.into_inner().into_std().context("cannot take the agent connection out of the runtime")?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+
     async fn send(&mut self, op: Op) -> anyhow::Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
         let mut line = serde_json::to_vec(&Request { id, op })?;
         line.push(b'\n');
-        self.writer.write_all(&line).await.context("cannot write to the agent")?;
+        self.stream.get_mut().write_all(&line).await.map_err(agent_gone)?;
         Ok(id)
     }
 
     async fn receive(&mut self) -> anyhow::Result<Response> {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).await.context("cannot read from the agent")?;
+        let n = self.stream.read_line(&mut line).await.context("cannot read from the agent")?;
         anyhow::ensure!(n > 0, "the guest agent closed the connection");
         serde_json::from_str(&line).with_context(|| format!("the agent sent `{}`", line.trim()))
     }
@@ -59,6 +80,11 @@ impl AgentClient {
     /// Sends a request that gets one answer, and returns it.
     pub async fn request(&mut self, op: Op) -> anyhow::Result<Reply> {
         let id = self.send(op).await?;
+        self.answer(id).await
+    }
+
+    /// Waits for the one answer to request `id`.
+    async fn answer(&mut self, id: u64) -> anyhow::Result<Reply> {
         loop {
             let response = self.receive().await?;
             if response.id != id {
@@ -72,13 +98,37 @@ impl AgentClient {
         }
     }
 
-    /// Writes a file in the guest.
+    /// Writes a file in the guest (its content sent raw after the request).
     pub async fn put(&mut self, path: &str, mode: u32, bytes: &[u8]) -> anyhow::Result<()> {
-        let data = base64::engine::general_purpose::STANDARD.encode(bytes);
         let blake3 = blake3::hash(bytes).to_hex().to_string();
-        self.request(Op::Put { path: path.to_owned(), mode, data, blake3 })
+        let op = Op::Put { path: path.to_owned(), mode, data: String::new(), blake3, length: Some(bytes.len() as u64) };
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut message = serde_json::to_vec(&Request { id, op })?;
+        message.push(b'\n');
+        message.extend_from_slice(bytes);
+        self.stream.get_mut().write_all(&message).await.map_err(agent_gone)?;
+        self.answer(id).await.with_context(|| format!("cannot put {path} into the guest"))?;
+        Ok(())
+    }
+
+    /// Makes a symlink in the guest.
+    pub async fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<()> {
+        self.request(Op::Symlink { path: path.to_owned(), target: target.to_owned() })
             .await
-            .with_context(|| format!("cannot put {path} into the guest"))?;
+            .with_context(|| format!("cannot make the link {path} in the guest"))?;
+        Ok(())
+    }
+
+    /// The files and symlinks below `root` in the guest, with their hashes.
+    pub async fn list(&mut self, root: &str, skip: Vec<String>) -> anyhow::Result<Vec<kiln_agent::ListEntry>> {
+        let reply = self.request(Op::List { root: root.to_owned(), skip }).await?;
+        Ok(reply.entries.unwrap_or_default())
+    }
+
+    /// Removes files below `root` in the guest.
+    pub async fn remove(&mut self, root: &str, paths: Vec<String>) -> anyhow::Result<()> {
+        self.request(Op::Remove { root: root.to_owned(), paths }).await?;
         Ok(())
     }
 
@@ -88,13 +138,66 @@ impl AgentClient {
         argv: Vec<String>,
         env: BTreeMap<String, String>,
         cwd: Option<String>,
-        mut on_output: impl FnMut(bool, &[u8]),
+        on_output: impl FnMut(bool, &[u8]),
     ) -> anyhow::Result<ExitStatus> {
-        let id = self.send(Op::Exec { argv, env, cwd, stdin: None }).await?;
+        let id = self.send(Op::Exec { argv, env, cwd, stdin: None, interactive: false }).await?;
+        self.finish_exec(id, on_output, None).await
+    }
+
+    /// Runs a program whose standard input is `input`, sent as it comes until it ends.
+    pub async fn exec_interactive<R: tokio::io::AsyncRead + Unpin + Send>(
+        &mut self,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+        input: R,
+        on_output: impl FnMut(bool, &[u8]),
+    ) -> anyhow::Result<ExitStatus> {
+        let id = self.send(Op::Exec { argv, env, cwd, stdin: None, interactive: true }).await?;
+        self.finish_exec(id, on_output, Some(Box::new(input))).await
+    }
+
+    async fn finish_exec(
+        &mut self,
+        id: u64,
+        mut on_output: impl FnMut(bool, &[u8]),
+        mut input: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send + '_>>,
+    ) -> anyhow::Result<ExitStatus> {
+        use tokio::io::AsyncReadExt as _;
         let decode = |text: &str| base64::engine::general_purpose::STANDARD.decode(text);
+        let mut buf = vec![0u8; 16 * 1024];
+        // `read_until` keeps what it read when the input's branch wins the race: the line
+        // goes on where it stopped on the next turn.
+        let mut line = Vec::new();
         loop {
-            let response = self.receive().await?;
+            let chunk = tokio::select! {
+                read = self.stream.read_until(b'\n', &mut line) => {
+                    let n = read.context("cannot read from the agent")?;
+                    anyhow::ensure!(n > 0 && line.ends_with(b"\n"), "the guest agent closed the connection");
+                    None
+                }
+                read = async { input.as_mut()?.read(&mut buf).await.ok() }, if input.is_some() => Some(read.unwrap_or(0)),
+            };
+            if let Some(n) = chunk {
+                let data = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
+                if n == 0 {
+                    input = None;
+                }
+                let next = self.next_id;
+                self.next_id += 1;
+                let mut request =
+                    serde_json::to_vec(&Request { id: next, op: Op::Input { exec: id, data, eof: n == 0 } })?;
+                request.push(b'\n');
+                self.stream.get_mut().write_all(&request).await.map_err(agent_gone)?;
+                continue;
+            }
+            let response: Response = serde_json::from_slice(&line)
+                .with_context(|| format!("the agent sent `{}`", String::from_utf8_lossy(&line).trim()))?;
+            line.clear();
             if response.id != id {
+                if let Body::Error(message) = response.body {
+                    anyhow::bail!("the guest agent: {message}");
+                }
                 continue;
             }
             match response.body {
@@ -106,4 +209,10 @@ impl AgentClient {
             }
         }
     }
+}
+
+/// A failed write to the agent, as text: a broken pipe here means the guest went away, not
+/// that kiln's own output was closed (which kiln exits quietly on).
+fn agent_gone(err: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!("cannot write to the guest agent ({err}): the guest is gone")
 }

@@ -56,7 +56,11 @@ pub fn argv(
     incoming: Option<String>,
 ) -> kiln_qemu::Argv {
     let io = GuestIo { agent_socket: Some(agent), qmp_socket: Some(qmp), incoming, ..GuestIo::default() };
-    inputs.images.argv(inputs.machine, initrd, NONCE, inputs.accel, Console::Captured, io)
+    // Freed pages are zeroed, and migration sends zero pages as flags only: the state
+    // holds what the booted guest uses, not what it touched and let go while booting.
+    let mut images = inputs.images.clone();
+    images.cmdline.push("init_on_free=1".to_owned());
+    images.argv(inputs.machine, initrd, NONCE, inputs.accel, Console::Captured, io)
 }
 
 /// The snapshot's derivation.
@@ -77,18 +81,57 @@ pub fn derivation(inputs: &SnapshotInputs<'_>) -> anyhow::Result<Derivation> {
     let shape = SnapshotInputs { images: &by_role, ..*inputs };
     let rendered = argv(&shape, Path::new("INITRD"), Path::new("AGENT"), Path::new("QMP"), None).display();
     drv.setting("qemu-argv", rendered);
-    let program = inputs.machine.arch.qemu_binary();
-    let version = std::process::Command::new(program)
+    drv.setting("qemu-version", qemu_version(inputs.machine.arch.qemu_binary())?);
+    Ok(drv)
+}
+
+/// The first line of `PROGRAM --version`, remembered beside the binary's stamp (in the user's
+/// cache), so a run does not start QEMU once just to ask: a changed binary is asked again.
+fn qemu_version(program: &str) -> anyhow::Result<String> {
+    let path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file());
+    let stamp = path.as_deref().and_then(kiln_store::FileStamp::of_path);
+    let memo = crate::cx::user_cache_dir().map(|dir| dir.join("qemu-version").join(program));
+    if let (Some(stamp), Some(memo)) = (&stamp, &memo)
+        && let Ok(text) = std::fs::read_to_string(memo)
+        && let Some((recorded, version)) = text.split_once('\n')
+        && recorded == format!("{stamp:?}")
+    {
+        return Ok(version.trim_end().to_owned());
+    }
+    let output = std::process::Command::new(program)
         .arg("--version")
         .output()
         .with_context(|| format!("cannot run `{program} --version`"))?;
-    drv.setting("qemu-version", String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("").to_owned());
-    Ok(drv)
+    let version = String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or("").to_owned();
+    if let (Some(stamp), Some(memo)) = (stamp, memo)
+        && let Some(dir) = memo.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let temp = memo.with_extension(format!("{}.partial", std::process::id()));
+        if std::fs::write(&temp, format!("{stamp:?}\n{version}\n")).is_ok() && std::fs::rename(&temp, &memo).is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+    }
+    Ok(version)
 }
 
 /// A QEMU that dies with the value (its process group is killed).
 pub struct RunningQemu {
     child: tokio::process::Child,
+}
+
+impl RunningQemu {
+    /// Whether QEMU has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// QEMU's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 impl Drop for RunningQemu {
@@ -102,13 +145,11 @@ impl Drop for RunningQemu {
 /// Starts QEMU with its console written to `log`.
 pub fn spawn(program: &str, argv: &kiln_qemu::Argv, log: &Path) -> anyhow::Result<RunningQemu> {
     let log = std::fs::File::create(log).with_context(|| format!("cannot create `{}`", log.display()))?;
-    let child = tokio::process::Command::new(program)
-        .args(argv.as_slice())
+    let errors = log.try_clone().context("cannot duplicate the console log's handle")?;
+    let child = kiln_qemu::guest_command(program, argv)
         .stdin(Stdio::null())
         .stdout(log)
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
+        .stderr(errors)
         .spawn()
         .with_context(|| format!("cannot start `{program}`"))?;
     Ok(RunningQemu { child })

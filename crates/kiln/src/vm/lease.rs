@@ -1,0 +1,167 @@
+//! The keeper's socket protocol: one JSON line each way, and for a granted lease the agent's
+//! connection passed along with the answer (SCM_RIGHTS). A lease lasts as long as the
+//! leaseholder keeps its connection to the keeper open.
+
+use std::{
+    io::{BufRead as _, IoSlice, IoSliceMut, Write as _},
+    os::{
+        fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+        unix::net::UnixStream,
+    },
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use serde::{Deserialize, Serialize};
+
+/// What a client asks a keeper.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ask", rename_all = "kebab-case")]
+pub enum Ask {
+    /// A guest to use: a pool answers at once (granted or busy), a session waits its turn.
+    Lease,
+    /// What the keeper holds.
+    Status,
+    /// Kill the guests and exit.
+    Stop,
+}
+
+/// A keeper's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum Answer {
+    /// A guest is yours; its agent's connection comes with this line.
+    Granted {
+        /// QEMU's process id.
+        qemu_pid: u32,
+    },
+    /// No idle guest now (pools only): restore one yourself.
+    Busy,
+    /// The keeper's state.
+    Status(KeeperStatus),
+    /// The keeper is stopping.
+    Stopping,
+}
+
+/// What `Ask::Status` reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeeperStatus {
+    /// `pool` or `session`.
+    pub kind: String,
+    /// The guest architecture.
+    pub arch: String,
+    /// The keeper's process id.
+    pub pid: u32,
+    /// Idle guests.
+    pub idle: usize,
+    /// Leased guests.
+    pub leased: usize,
+}
+
+/// A held lease: the agent's connection, and the keeper connection whose closing ends it.
+pub struct Lease {
+    /// The agent's connection, already handshaken.
+    pub agent: UnixStream,
+    /// QEMU's process id.
+    pub qemu_pid: u32,
+    _keeper: UnixStream,
+}
+
+/// The directory of keeper sockets: short paths (a Unix socket path has 108 bytes), private
+/// to this user.
+pub fn socket_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("kiln-{}", nix::unistd::getuid()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot make `{}` private", dir.display()))?;
+    Ok(dir)
+}
+
+/// The socket of a keeper named by `parts` (e.g. the work directory and a session's name).
+pub fn socket_path(kind: &str, parts: &[&[u8]]) -> anyhow::Result<PathBuf> {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let hex = hasher.finalize().to_hex();
+    Ok(socket_dir()?.join(format!("{kind}-{}.sock", &hex[..16])))
+}
+
+/// Sends `answer` on `socket`, with `fd` attached when given.
+pub fn send_answer(socket: RawFd, answer: &Answer, fd: Option<RawFd>) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let fds = fd.map(|fd| [fd]);
+    let control: Vec<ControlMessage<'_>> = fds.as_ref().map(|fds| ControlMessage::ScmRights(fds)).into_iter().collect();
+    let sent = sendmsg::<()>(socket, &[IoSlice::new(&line)], &control, MsgFlags::MSG_NOSIGNAL, None)?;
+    if sent < line.len() {
+        // The descriptor went with the first bytes; the rest is plain data.
+        // SAFETY: `socket` is a valid descriptor for the duration of this call; ManuallyDrop
+        // keeps the temporary stream from closing it.
+        let stream = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(socket) });
+        (&*stream).write_all(&line[sent..])?;
+    }
+    Ok(())
+}
+
+/// Reads one answer line, and the descriptor that came with it.
+fn receive_answer(stream: &UnixStream) -> anyhow::Result<(Answer, Option<OwnedFd>)> {
+    let mut buf = vec![0u8; 4096];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let (n, fd) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let message = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .context("cannot read the keeper's answer")?;
+        let mut fd = None;
+        for cmsg in message.cmsgs().context("cannot read the keeper's answer")? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for raw in fds {
+                    // SAFETY: the kernel just installed this descriptor in our table for us.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    fd.get_or_insert(owned);
+                }
+            }
+        }
+        (message.bytes, fd)
+    };
+    anyhow::ensure!(n > 0, "the keeper closed the connection without answering");
+    let mut line = buf[..n].to_vec();
+    if !line.ends_with(b"\n") {
+        let mut rest = std::io::BufReader::new(stream);
+        rest.read_until(b'\n', &mut line).context("cannot read the keeper's answer")?;
+    }
+    let answer = serde_json::from_slice(&line)
+        .with_context(|| format!("the keeper answered `{}`", String::from_utf8_lossy(&line).trim()))?;
+    Ok((answer, fd))
+}
+
+/// Connects to the keeper at `socket`; `None` when no keeper listens there.
+pub fn connect(socket: &Path) -> Option<UnixStream> {
+    UnixStream::connect(socket).ok()
+}
+
+/// Asks the keeper on `stream` and returns its answer (a lease's descriptor attached).
+pub fn ask(stream: &UnixStream, ask: &Ask, timeout: Option<Duration>) -> anyhow::Result<(Answer, Option<OwnedFd>)> {
+    stream.set_read_timeout(timeout).context("cannot set a timeout on the keeper's socket")?;
+    let mut line = serde_json::to_vec(ask)?;
+    line.push(b'\n');
+    (&*stream).write_all(&line).context("cannot write to the keeper")?;
+    receive_answer(stream)
+}
+
+/// Asks for a lease: `Ok(None)` when the keeper has no idle guest (a pool), waiting up to
+/// `timeout` for one otherwise.
+pub fn take(socket: &Path, timeout: Option<Duration>) -> anyhow::Result<Option<Lease>> {
+    let stream = UnixStream::connect(socket).with_context(|| format!("no keeper listens at {}", socket.display()))?;
+    match ask(&stream, &Ask::Lease, timeout)? {
+        (Answer::Granted { qemu_pid }, Some(fd)) => {
+            Ok(Some(Lease { agent: UnixStream::from(fd), qemu_pid, _keeper: stream }))
+        }
+        (Answer::Granted { .. }, None) => anyhow::bail!("the keeper granted a guest but sent no connection"),
+        (Answer::Busy, _) => Ok(None),
+        (other, _) => anyhow::bail!("the keeper answered {other:?} to a lease"),
+    }
+}

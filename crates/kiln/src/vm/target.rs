@@ -1,0 +1,173 @@
+//! What a warm guest is restored from: the images, the machine, the agent, and the booted
+//! snapshot made of them; and the restore itself.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use kiln_qemu::{Machine, accel::Accel};
+use kiln_store::{BuildOutcome, ClosureHash};
+use kiln_types::Arch;
+
+use crate::{
+    cx::Cx,
+    exec::{
+        agent,
+        agent_client::AgentClient,
+        snapshot::{self, RunningQemu, SnapshotInputs},
+    },
+    runner::LinuxImages,
+};
+
+/// A Linux guest's kernel and rootfs as realised in the store, on its machine.
+#[derive(Clone, Debug)]
+pub struct LinuxTarget {
+    /// The kernel's and rootfs's store paths and the kernel's arguments.
+    pub images: LinuxImages,
+    /// The kernel's closure.
+    pub kernel: ClosureHash,
+    /// The rootfs's closure.
+    pub rootfs: ClosureHash,
+    /// The kernel's entry directory.
+    pub kernel_dir: PathBuf,
+    /// The rootfs's entry directory.
+    pub rootfs_dir: PathBuf,
+    /// The kernel's name in Kiln.toml.
+    pub kernel_name: String,
+    /// The rootfs's name in Kiln.toml.
+    pub rootfs_name: String,
+    /// The machine profile.
+    pub machine: Machine,
+    /// The accelerator.
+    pub accel: Accel,
+}
+
+/// Everything a snapshot of a [`LinuxTarget`] is made of, with the agent built.
+#[derive(Clone, Debug)]
+pub struct SnapshotTarget {
+    /// The guest.
+    pub linux: LinuxTarget,
+    /// The agent binary for the guest's architecture.
+    pub agent_binary: PathBuf,
+    /// The agent's closure.
+    pub agent: ClosureHash,
+    /// The snapshot's closure.
+    closure: ClosureHash,
+}
+
+/// A restored guest with its agent connected; dropping it kills the guest.
+pub struct Guest {
+    /// The QEMU process (its group dies with the value).
+    pub qemu: RunningQemu,
+    /// The handshaken agent.
+    pub agent: AgentClient,
+    /// The sockets and console log.
+    pub scratch: tempfile::TempDir,
+}
+
+impl SnapshotTarget {
+    /// Builds (or finds) the agent for the target's architecture.
+    pub fn new(cx: &Cx, linux: LinuxTarget) -> anyhow::Result<Self> {
+        let (agent_binary, agent) = agent::realise(&cx.store, linux.machine.arch, &cx.work_dir(), &cx.printer)?;
+        let inputs = SnapshotInputs {
+            kernel: linux.kernel,
+            rootfs: linux.rootfs,
+            agent,
+            images: &linux.images,
+            machine: &linux.machine,
+            accel: linux.accel,
+        };
+        let closure = snapshot::derivation(&inputs)?.closure_hash();
+        Ok(Self { linux, agent_binary, agent, closure })
+    }
+
+    /// The guest's architecture.
+    pub fn arch(&self) -> Arch {
+        self.linux.machine.arch
+    }
+
+    /// The snapshot's inputs.
+    pub fn inputs(&self) -> SnapshotInputs<'_> {
+        SnapshotInputs {
+            kernel: self.linux.kernel,
+            rootfs: self.linux.rootfs,
+            agent: self.agent,
+            images: &self.linux.images,
+            machine: &self.linux.machine,
+            accel: self.linux.accel,
+        }
+    }
+
+    /// The snapshot's closure hash.
+    pub fn closure(&self) -> ClosureHash {
+        self.closure
+    }
+
+    /// The snapshot's entry directory, booting once to make it when it is missing (or was
+    /// found corrupt: every use checks the entry's files against its recorded hash).
+    pub fn entry(&self, cx: &Cx, runtime: &tokio::runtime::Runtime) -> anyhow::Result<PathBuf> {
+        let arch = self.arch();
+        let inputs = self.inputs();
+        let drv = snapshot::derivation(&inputs)?;
+        if cx.store.lookup(&drv.closure_hash())?.is_none() {
+            cx.printer.status("Snapshot", &format!("booting {arch} once to save its state"));
+        }
+        let on_wait = || cx.printer.status("Waiting", &format!("for another kiln making the {arch} snapshot"));
+        let (entry, outcome) = cx.store.build(&drv, &format!("snapshot-{arch}"), on_wait, |out| {
+            runtime
+                .block_on(snapshot::create(&inputs, &self.agent_binary, out))
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
+        })?;
+        match outcome {
+            BuildOutcome::Built { duration, replaced_corrupt } => {
+                if replaced_corrupt {
+                    cx.printer
+                        .warn(&format!("the {arch} snapshot no longer matched its recorded hash; it was made again"));
+                }
+                cx.printer.status("Saved", &format!("the {arch} snapshot in {}", crate::report::seconds(duration)));
+            }
+            BuildOutcome::Cached => {}
+        }
+        cx.store.mark_used(&entry.closure)?;
+        Ok(entry.out_dir())
+    }
+
+    /// Restores a fresh guest from the snapshot in `entry`.
+    pub async fn restore(&self, entry: &std::path::Path) -> anyhow::Result<Guest> {
+        let scratch = tempfile::Builder::new().prefix("kiln-vm-").tempdir().context("cannot create a temp dir")?;
+        let (qemu, agent) = snapshot::restore(&self.inputs(), entry, scratch.path()).await?;
+        Ok(Guest { qemu, agent, scratch })
+    }
+
+    /// Restores a fresh guest; a snapshot that does not come back (a host change its closure
+    /// cannot see) is made again once, with one line that says why.
+    pub fn restore_or_remake(&self, cx: &Cx, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Guest> {
+        let entry = self.entry(cx, runtime)?;
+        match runtime.block_on(self.restore(&entry)) {
+            Ok(guest) => Ok(guest),
+            Err(err) => {
+                let arch = self.arch();
+                cx.printer.always(&format!("warning: the {arch} snapshot did not restore ({err:#}); making it again"));
+                cx.store.remove_entry(&self.closure)?;
+                let entry = self.entry(cx, runtime)?;
+                runtime.block_on(self.restore(&entry))
+            }
+        }
+    }
+}
+
+/// Exercises a restored guest's agent the way a run will (a file in, a program run, the
+/// file removed), so that QEMU has translated those paths before a leaseholder needs them:
+/// under emulation, the first pass through guest code after a restore costs many times the
+/// next.
+pub async fn warm_up(agent: &mut AgentClient) -> anyhow::Result<()> {
+    let filler = vec![0x5a_u8; 256 * 1024];
+    agent.put("/tmp/.kiln-warm-up", 0o755, &filler).await?;
+    for _ in 0..2 {
+        agent.exec(vec!["true".to_owned()], Default::default(), Some("/tmp".to_owned()), |_, _| {}).await?;
+    }
+    agent.remove("/tmp", vec![".kiln-warm-up".to_owned()]).await?;
+    Ok(())
+}
+
+/// How long a guest may take to answer after a restore.
+pub const RESTORE_DEADLINE: Duration = Duration::from_secs(60);
