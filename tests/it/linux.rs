@@ -60,7 +60,7 @@ pub fn fetch_tables() -> String {
 }
 
 /// The example's Linux side, with the packages taken from the fixture directory.
-fn linux_kiln_toml() -> String {
+pub(crate) fn linux_kiln_toml() -> String {
     let mut text = fetch_tables();
     text.push_str(
         r#"
@@ -122,11 +122,11 @@ success = "^/dev/vda on / type ext4"
     text
 }
 
-fn stdout_of(output: &std::process::Output) -> String {
+pub(crate) fn stdout_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr_of(output: &std::process::Output) -> String {
+pub(crate) fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 

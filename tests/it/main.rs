@@ -12,3 +12,4 @@ mod linux_fetch;
 mod store;
 mod support;
 mod timeouts;
+mod warm;

@@ -466,9 +466,10 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub arch: Vec<Arch>,
     /// Which benchmarks: `boot` (per-arch boot-to-verdict, warm-run overhead), `linux`
-    /// (rootfs build, Linux boot-to-command, `run` per invocation) and `store` (hashing a
-    /// generated 1 GiB tree, warm rehash, export + import).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchSuite::Boot, BenchSuite::Linux, BenchSuite::Store])]
+    /// (rootfs build, Linux boot-to-command, `run` per invocation), `store` (hashing a
+    /// generated 1 GiB tree, warm rehash, export + import) and `warm` (snapshot restore
+    /// against cold boot, `run` cold/snapshot/pooled, 100 doctests against qemu-user).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchSuite::Boot, BenchSuite::Linux, BenchSuite::Store, BenchSuite::Warm])]
     pub suite: Vec<BenchSuite>,
 }
 
@@ -482,6 +483,9 @@ pub enum BenchSuite {
     /// Linux guests: rootfs build against `find | cpio | gzip`, boot-to-command against a
     /// naive command line, and the cost of one `run`.
     Linux,
+    /// Warm guests: restore against cold boot to agent ready; `run` of a trivial program
+    /// cold, from a snapshot and pooled; a crate's 100 doctests against user-mode QEMU.
+    Warm,
 }
 
 /// `config`.

@@ -62,6 +62,9 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
     if args.suite.contains(&BenchSuite::Store) {
         super::bench_store::run(cx)?;
     }
+    if args.suite.contains(&BenchSuite::Warm) {
+        super::bench_warm::run(cx, args)?;
+    }
     Ok(exit_code::SUCCESS)
 }
 

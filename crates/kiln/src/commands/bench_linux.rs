@@ -131,7 +131,13 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn row(out: &mut impl std::io::Write, arch: Arch, what: &str, ours: &Measured, base: &Measured) -> anyhow::Result<()> {
+pub(super) fn row(
+    out: &mut impl std::io::Write,
+    arch: Arch,
+    what: &str,
+    ours: &Measured,
+    base: &Measured,
+) -> anyhow::Result<()> {
     let cell = |m: &Measured| match m.median() {
         Some(d) if m.failures == 0 => format!("{:.3}s", d.as_secs_f64()),
         Some(d) => format!("{:.3}s*", d.as_secs_f64()),

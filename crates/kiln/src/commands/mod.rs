@@ -3,10 +3,13 @@
 mod bench;
 mod bench_linux;
 mod bench_store;
+mod bench_warm;
 mod build;
 mod config;
 mod doctor;
 pub mod init;
+
+pub use bench_warm::synthetic_crate;
 mod qemu;
 mod rootfs;
 mod run;

@@ -159,26 +159,37 @@ pub fn spawn(program: &str, argv: &kiln_qemu::Argv, log: &Path) -> anyhow::Resul
 /// state and its initramfs into `out`.
 pub async fn create(inputs: &SnapshotInputs<'_>, agent_binary: &Path, out: &Path) -> anyhow::Result<()> {
     let initrd = out.join(INITRD_FILE);
-    let files = guest::BootFiles {
-        program: Some((agent_binary, "/kiln/bin/kiln-agent".to_owned())),
-        agent: true,
-        ..guest::BootFiles::default()
-    };
-    inputs.images.compose_initrd(&files, &initrd)?;
     let sockets = tempfile::Builder::new().prefix("kiln-snap-").tempdir()?;
-    let (agent, qmp) = (sockets.path().join("agent"), sockets.path().join("qmp"));
-    let argv = argv(inputs, &initrd, &agent, &qmp, None);
-    let program = inputs.machine.arch.qemu_binary();
-    let _qemu = spawn(program, &argv, &sockets.path().join("console.log"))?;
-    let mut client =
-        AgentClient::connect(&agent, BOOT_DEADLINE).await.context("the snapshot's guest did not bring its agent up")?;
-    client.request(kiln_agent::Op::Ping).await?;
-    let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).await?;
+    let (_qemu, client) = boot_to_agent(inputs, agent_binary, &initrd, sockets.path()).await?;
+    let mut monitor = Qmp::connect(&sockets.path().join("qmp"), Duration::from_secs(10)).await?;
     // The agent's connection stays open until the machine is stopped and saved: the guest
     // must not see kiln go away before the state is taken.
     monitor.save_state(&out.join(STATE_FILE), Duration::from_secs(120)).await?;
     drop(client);
     Ok(())
+}
+
+/// Boots the snapshot's machine cold, with the agent in its initramfs (written to `initrd`),
+/// until the agent answers; `scratch` holds the sockets (`agent`, `qmp`) and the console log.
+pub async fn boot_to_agent(
+    inputs: &SnapshotInputs<'_>,
+    agent_binary: &Path,
+    initrd: &Path,
+    scratch: &Path,
+) -> anyhow::Result<(RunningQemu, AgentClient)> {
+    let files = guest::BootFiles {
+        program: Some((agent_binary, "/kiln/bin/kiln-agent".to_owned())),
+        agent: true,
+        ..guest::BootFiles::default()
+    };
+    inputs.images.compose_initrd(&files, initrd)?;
+    let (agent, qmp) = (scratch.join("agent"), scratch.join("qmp"));
+    let argv = argv(inputs, initrd, &agent, &qmp, None);
+    let qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.join("console.log"))?;
+    let mut client =
+        AgentClient::connect(&agent, BOOT_DEADLINE).await.context("the snapshot's guest did not bring its agent up")?;
+    client.request(kiln_agent::Op::Ping).await?;
+    Ok((qemu, client))
 }
 
 /// Restores a fresh copy of the snapshot in `entry` and returns the running QEMU and a

@@ -1,0 +1,277 @@
+//! Warm guests: cases and runs on restored snapshots, run pools, sessions, and what is left
+//! behind when kiln is killed.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use kiln::report::CaseStatus;
+use kiln_qemu::{FailReason, Verdict};
+use kiln_types::Arch;
+
+use crate::{
+    linux::{fixture, linux_kiln_toml, stderr_of, stdout_of},
+    support::Project,
+};
+
+/// A static aarch64 busybox from the fixture package, unpacked into `dir`.
+fn busybox(dir: &Path) -> PathBuf {
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(fixture("busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb"))
+        .arg(dir)
+        .status()
+        .expect("dpkg-deb");
+    assert!(status.success());
+    dir.join("bin/busybox")
+}
+
+/// Waits up to `limit` for `done`.
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+fn warm_kiln_toml() -> String {
+    linux_kiln_toml()
+        + r#"
+[case.warm-hello]
+kernel = "debian"
+rootfs = "base"
+command = "hello && cat /etc/motd"
+success = "^kiln was here$"
+snapshot = true
+
+[case.warm-exit3]
+kernel = "debian"
+rootfs = "base"
+command = "hello --exit 3"
+expect = "fail"
+snapshot = true
+
+[case.warm-panic]
+kernel = "debian"
+rootfs = "base"
+command = "echo c > /proc/sysrq-trigger"
+expect = "fail"
+snapshot = true
+"#
+}
+
+#[test]
+fn snapshot_cases_run_through_the_agent_and_a_panic_still_fails_its_case() {
+    let project = Project::example(&warm_kiln_toml());
+    let summary = project.test(&["-q", "--accel", "tcg", "warm-hello", "warm-exit3", "warm-panic"]);
+    for arch in [Arch::X86_64, Arch::Aarch64] {
+        let hello = summary.get("warm-hello", arch).expect("warm-hello ran");
+        assert_eq!(hello.status, CaseStatus::Passed, "warm-hello on {arch}: {} {:?}", hello.detail, hello.tail);
+        let log = std::fs::read_to_string(&hello.log).expect("the case has a log");
+        assert!(log.contains(&format!("hello from kiln on {arch}")), "{log}");
+
+        let exit3 = summary.get("warm-exit3", arch).expect("warm-exit3 ran");
+        assert_eq!(exit3.status, CaseStatus::FailedAsExpected, "{}", exit3.detail);
+        assert!(exit3.detail.starts_with("exit status 3 after `hello from kiln on"), "{}", exit3.detail);
+
+        let panic = summary.get("warm-panic", arch).expect("warm-panic ran");
+        let Some(Verdict::Failed(FailReason::FailureMarker { line })) = &panic.verdict else {
+            panic!("warm-panic on {arch} should fail on the panic line, got {:?} {}", panic.verdict, panic.detail);
+        };
+        assert!(line.contains("Kernel panic - not syncing: sysrq triggered crash"), "{line}");
+    }
+    assert!(wait_for(Duration::from_secs(5), || project.live_qemu_pids().is_empty()), "no guest outlives `test`");
+}
+
+#[test]
+fn pooled_runs_get_fresh_warm_guests_and_the_pool_stops_with_its_guests() {
+    let project = Project::example(&linux_kiln_toml());
+    let unpacked = tempfile::tempdir().expect("tempdir");
+    let busybox = busybox(unpacked.path());
+    let run = |script: &str| {
+        project
+            .command(&["--accel", "tcg", "run", "--pool", "1", "--"])
+            .arg(&busybox)
+            .args(["sh", "-c", script])
+            .current_dir(project.path().join("examples/linux/hello"))
+            .output()
+            .expect("kiln")
+    };
+    let script = "test -e /tmp/leak && echo leaked; touch /tmp/leak; uname -m; cat src/main.rs | head -1; exit 4";
+    for round in 0..4 {
+        let out = run(script);
+        assert_eq!(out.status.code(), Some(4), "round {round}: {}", stderr_of(&out));
+        let text = stdout_of(&out);
+        assert!(text.starts_with("aarch64\n//! Runs inside kiln's example Linux guest"), "round {round}: {text}");
+        assert!(!text.contains("leaked"), "round {round}: a pool guest serves one run only: {text}");
+        if round == 0 {
+            // The first run started the keeper; give it the time to have a guest ready.
+            let ready = wait_for(Duration::from_secs(120), || {
+                let ls = project.command(&["vm", "ls"]).output().expect("kiln");
+                stdout_of(&ls).contains("1 idle")
+            });
+            assert!(ready, "the pool keeper has an idle guest");
+        }
+    }
+    let ls = stdout_of(&project.command(&["vm", "ls"]).output().expect("kiln"));
+    assert!(ls.starts_with("pool ") && ls.contains("aarch64"), "{ls}");
+    let stop = project.command(&["vm", "stop", "--pools"]).output().expect("kiln");
+    assert!(stop.status.success(), "{}", stderr_of(&stop));
+    assert!(wait_for(Duration::from_secs(5), || project.live_qemu_pids().is_empty()), "the pool's guests die with it");
+}
+
+#[test]
+fn sigkill_of_kiln_in_the_middle_of_eight_runs_leaves_no_qemu() {
+    let project = Project::example(&linux_kiln_toml());
+    let unpacked = tempfile::tempdir().expect("tempdir");
+    let busybox = busybox(unpacked.path());
+    // Make the snapshot first, so the eight runs only restore.
+    let warm = project
+        .command(&["--accel", "tcg", "run", "--snapshot", "--"])
+        .arg(&busybox)
+        .arg("true")
+        .output()
+        .expect("kiln");
+    assert!(warm.status.success(), "{}", stderr_of(&warm));
+    let mut children: Vec<_> = (0..8)
+        .map(|_| {
+            project
+                .command(&["--accel", "tcg", "-j", "8", "run", "--snapshot", "--"])
+                .arg(&busybox)
+                .args(["sh", "-c", "echo started; sleep 600"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("kiln")
+        })
+        .collect();
+    for child in &mut children {
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+        assert_eq!(line, "started\n", "every run reached its program");
+    }
+    assert_eq!(project.live_qemu_pids().len(), 8, "eight guests run");
+    for child in &mut children {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+    }
+    let gone = wait_for(Duration::from_secs(5), || project.live_qemu_pids().is_empty());
+    assert!(gone, "QEMU processes left after SIGKILL: {:?}", project.live_qemu_pids());
+}
+
+#[test]
+fn a_session_shares_state_syncs_deletions_and_ends_with_its_owner() {
+    let project = Project::example(&linux_kiln_toml());
+    let kiln = |args: &[&str]| {
+        let output = project.command(args).output().expect("kiln");
+        (output.status.code(), stdout_of(&output), stderr_of(&output))
+    };
+    let mut owner = Command::new("sleep").arg("600").spawn().expect("sleep");
+    let owner_pid = owner.id().to_string();
+    let (code, _, err) =
+        kiln(&["--accel", "tcg", "vm", "start", "-n", "dev", "--arch", "aarch64", "--owner", &owner_pid]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("Started session `dev` (aarch64"), "{err}");
+
+    let (code, _, err) = kiln(&["vm", "exec", "-n", "dev", "--", "sh", "-c", "echo kept > /tmp/state"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = kiln(&["vm", "exec", "-n", "dev", "--", "cat", "/tmp/state"]);
+    assert_eq!((code, out.as_str()), (Some(0), "kept\n"), "the second exec sees the first one's file: {err}");
+    let (code, _, _) = kiln(&["vm", "exec", "-n", "dev", "--", "sh", "-c", "exit 6"]);
+    assert_eq!(code, Some(6), "exec passes the status through");
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path();
+    std::fs::create_dir_all(root.join("src/deep")).expect("mkdir");
+    std::fs::write(root.join("src/deep/gone.txt"), "doomed\n").expect("write");
+    std::fs::write(root.join("keep.txt"), "v1\n").expect("write");
+    std::os::unix::fs::symlink("keep.txt", root.join("link")).expect("symlink");
+    let root_text = root.to_string_lossy().into_owned();
+    let (code, _, err) = kiln(&["vm", "sync", "-n", "dev", &root_text]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("3 put"), "{err}");
+    let listing = format!("cd {root_text} && find . -type f -o -type l | sort && cat link");
+    let (_, out, _) = kiln(&["vm", "exec", "-n", "dev", "--", "sh", "-c", &listing]);
+    assert_eq!(out, "./keep.txt\n./link\n./src/deep/gone.txt\nv1\n");
+
+    std::fs::remove_file(root.join("src/deep/gone.txt")).expect("rm");
+    std::fs::write(root.join("keep.txt"), "v2\n").expect("write");
+    let (code, _, err) = kiln(&["vm", "sync", "-n", "dev", &root_text]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("Removed src/deep/gone.txt") && err.contains("1 put") && err.contains("1 removed"), "{err}");
+    let (_, out, _) = kiln(&["vm", "exec", "-n", "dev", "--", "sh", "-c", &listing]);
+    assert_eq!(out, "./keep.txt\n./link\nv2\n", "the deletion reached the guest, emptied directories too");
+    let (code, _, err) = kiln(&["vm", "sync", "-n", "dev", &root_text]);
+    assert!(code == Some(0) && err.contains("0 put") && err.contains("2 unchanged"), "{err}");
+
+    let mut shell = project
+        .command(&["vm", "shell", "-n", "dev"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln");
+    std::io::Write::write_all(shell.stdin.as_mut().expect("stdin"), b"cat /tmp/state\necho $((6 * 7))\nexit 5\n")
+        .expect("write");
+    let output = shell.wait_with_output().expect("shell");
+    assert_eq!(output.status.code(), Some(5), "{}", stderr_of(&output));
+    let out = stdout_of(&output);
+    assert!(out.contains("kept") && out.contains("42"), "{out}");
+
+    let (_, ls, _) = kiln(&["vm", "ls"]);
+    assert!(ls.starts_with("session  dev"), "{ls}");
+    let (code, _, err) = kiln(&["vm", "stop", "-n", "dev"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(wait_for(Duration::from_secs(5), || project.live_qemu_pids().is_empty()), "stop kills the guest");
+    let (code, _, err) = kiln(&["vm", "exec", "-n", "dev", "--", "true"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no session `dev` is running"), "{err}");
+
+    // A session dies with its owner.
+    let (code, _, err) =
+        kiln(&["--accel", "tcg", "vm", "start", "-n", "owned", "--arch", "aarch64", "--owner", &owner_pid]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(project.live_qemu_pids().len(), 1);
+    owner.kill().expect("kill the owner");
+    owner.wait().expect("wait");
+    assert!(
+        wait_for(Duration::from_secs(10), || project.live_qemu_pids().is_empty()),
+        "the session ends with its owner"
+    );
+}
+
+#[test]
+fn a_crates_doctests_and_test_binaries_pass_through_kiln_run() {
+    let project = Project::example(&linux_kiln_toml());
+    let krate = tempfile::Builder::new().prefix("kiln-doctests-").tempdir().expect("tempdir");
+    kiln::commands::synthetic_crate(krate.path(), 100, 10).expect("crate");
+    let kiln = env!("CARGO_BIN_EXE_kiln-it");
+    let config = project.path().join("Kiln.toml");
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--target", "aarch64-unknown-linux-musl"])
+        .current_dir(krate.path())
+        .env("CARGO_TARGET_DIR", krate.path().join("target"))
+        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
+        .env(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER",
+            format!("{kiln} --config {} --accel tcg run --pool 2 --", config.display()),
+        )
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .expect("cargo");
+    let out = stdout_of(&output);
+    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{}", stderr_of(&output));
+    assert!(out.contains("test result: ok. 100 passed"), "the doctests ran (in aarch64 guests): {out}");
+    assert_eq!(out.matches("test adds_in_the_guest ... ok").count(), 10, "{out}");
+    // What remains is the pool's idle guests, which stop with it.
+    let stop = project.command(&["vm", "stop", "--pools"]).output().expect("kiln");
+    assert!(stop.status.success(), "{}", stderr_of(&stop));
+    assert!(wait_for(Duration::from_secs(5), || project.live_qemu_pids().is_empty()), "no VM is left");
+}
