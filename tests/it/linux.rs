@@ -305,4 +305,34 @@ fn run_on_a_snapshot_restores_a_fresh_guest_each_time() {
     assert!(!out.contains("leaked"), "each run gets a fresh copy: {out}");
     assert!(out.starts_with("//! Runs inside kiln's example Linux guest"), "the package directory is there: {out}");
     assert_eq!(snapshots(), 1, "the second run restores the same snapshot");
+
+    // A guest that dies under its program fails the run with the console's last words.
+    let panicked = run("echo before; echo c > /proc/sysrq-trigger; sleep 10");
+    assert_eq!(panicked.status.code(), Some(3), "{}", stderr_of(&panicked));
+    assert_eq!(stdout_of(&panicked), "before\n");
+    let err = stderr_of(&panicked);
+    assert!(err.contains("did not finish in the aarch64 guest") && err.contains("Kernel panic"), "{err}");
+
+    // A snapshot whose saved state changed is caught by its hash before use and made again.
+    let entry = project.path().join("target/kiln/store/entries");
+    let state = std::fs::read_dir(&entry)
+        .expect("entries")
+        .map(|e| e.expect("entry").path().join("out/state"))
+        .find(|state| state.is_file())
+        .expect("a snapshot's state");
+    let mut perms = std::fs::metadata(&state).expect("state").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&state, perms).expect("chmod");
+    let mut bytes = std::fs::read(&state).expect("read state");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&state, bytes).expect("corrupt state");
+    let third = run("uname -m");
+    assert_eq!(third.status.code(), Some(0), "{}", stderr_of(&third));
+    assert_eq!(stdout_of(&third), "aarch64\n");
+    assert!(
+        stderr_of(&third).contains("the aarch64 snapshot no longer matched its recorded hash; it was made again"),
+        "{}",
+        stderr_of(&third)
+    );
 }

@@ -104,6 +104,14 @@ pub enum Op {
         /// What it points to.
         target: String,
     },
+    /// Mounts a 9p share read-only (with page caching, so programs on it can run); mounting
+    /// where it is mounted already is not an error.
+    Mount9p {
+        /// The share's tag.
+        tag: String,
+        /// Guest directory (created when missing).
+        path: String,
+    },
     /// Reads a file.
     Get {
         /// Guest path.

@@ -171,6 +171,7 @@ fn serve(mut input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
             }
             Op::Get { path } => send(sink, id, reply(get(&path))),
             Op::Symlink { path, target } => send(sink, id, reply(symlink(&path, &target))),
+            Op::Mount9p { tag, path } => send(sink, id, reply(mount_9p(&tag, &path))),
             Op::Shutdown => {
                 for thread in running.drain(..) {
                     let _ = thread.join();
@@ -421,6 +422,26 @@ fn put(path: &str, mode: u32, bytes: &[u8], expected: &str) -> Result<Reply, Str
     std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot set the mode of {}: {e}", temp.display()))?;
     std::fs::rename(&temp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
+    Ok(Reply::default())
+}
+
+/// Mounts the 9p share `tag` read-only at `path`, unless something is mounted there already.
+fn mount_9p(tag: &str, path: &str) -> Result<Reply, String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts.lines().any(|line| line.split_whitespace().nth(1) == Some(path)) {
+        return Ok(Reply::default());
+    }
+    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {path}: {e}"))?;
+    let c = |text: &str| std::ffi::CString::new(text).map_err(|_| format!("`{text}` holds a NUL byte"));
+    let (source, target, fstype) = (c(tag)?, c(path)?, c("9p")?);
+    let options = c("trans=virtio,version=9p2000.L,msize=512000,cache=loose")?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let status = unsafe {
+        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), libc::MS_RDONLY, options.as_ptr().cast())
+    };
+    if status != 0 {
+        return Err(format!("cannot mount the 9p share {tag} at {path}: {}", std::io::Error::last_os_error()));
+    }
     Ok(Reply::default())
 }
 

@@ -335,7 +335,8 @@ async fn snapshot_case(
         Ok(Err(err)) => {
             // The agent went away: the kernel's console says why (a panic is the case's failure).
             drop(guest.qemu);
-            let console = std::fs::read_to_string(guest.scratch.path().join("console.log")).unwrap_or_default();
+            let console = std::fs::read_to_string(guest.scratch.path().join(crate::exec::snapshot::CONSOLE_FILE))
+                .unwrap_or_default();
             on_line("--- the guest's console after the restore ---", &mut outcome);
             for line in console.lines() {
                 on_line(line.trim_end_matches('\r'), &mut outcome);

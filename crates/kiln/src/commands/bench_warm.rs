@@ -105,6 +105,8 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
 
         // 2. One `kiln run` of a trivial program: pooled, from a snapshot, booting cold.
         let Some(program) = trivial_program(cx, *arch)? else { continue };
+        // Run from an empty directory: the package directory goes into the guest too.
+        let empty = tempfile::tempdir()?;
         let kiln_run = |extra: &[&str]| -> anyhow::Result<Measured> {
             let mut measured = Measured { times: Vec::new(), failures: 0 };
             for _ in 0..runs {
@@ -113,7 +115,12 @@ pub fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
                     std::thread::sleep(Duration::from_millis(2500));
                 }
                 let started = Instant::now();
-                let status = kiln_command(cx, extra)?.arg(&program).stdout(std::process::Stdio::null()).status()?;
+                let status = kiln_command(cx, extra)?
+                    .arg(&program)
+                    .current_dir(empty.path())
+                    .env_remove("CARGO_MANIFEST_DIR")
+                    .stdout(std::process::Stdio::null())
+                    .status()?;
                 if status.success() { measured.times.push(started.elapsed()) } else { measured.failures += 1 }
             }
             Ok(measured)

@@ -16,6 +16,7 @@ use crate::{
     exec::{
         agent_client::AgentClient,
         guest::{self, CopyKind},
+        snapshot,
     },
     exit_code,
     vm::{SnapshotTarget, lease, target::LinuxTarget},
@@ -39,31 +40,49 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (cwd, copies) = files_to_put(cx)?;
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
-    let guest_program = format!("/kiln/bin/{name}");
     let mut env = super::run::passed_env(&cx.config.run.env);
     env.insert("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
     env.insert("HOME".to_owned(), "/root".to_owned());
-    let mut argv = vec![guest_program.clone()];
-    argv.extend(args.iter().cloned());
 
     // The guest: leased warm from the pool's keeper, or restored here. Both die with their
     // holder (the lease's end, or QEMU's process group).
     let leased = if pool > 0 { lease_from_pool(cx, &target, pool)? } else { None };
-    let (mut agent, _lease, _restored) = match leased {
+    let (mut agent, console, inbox, _lease, _restored) = match leased {
         Some(lease) => {
             let _enter = runtime.enter();
             lease.agent.set_nonblocking(true)?;
             let stream = tokio::net::UnixStream::from_std(lease.agent.try_clone()?)?;
-            (AgentClient::from_stream(stream), Some(lease), None)
+            (AgentClient::from_stream(stream), lease.console.clone(), lease.inbox.clone(), Some(lease), None)
         }
         None => {
             let guest = target.restore_or_remake(cx, &runtime)?;
-            (guest.agent, None, Some((guest.qemu, guest.scratch)))
+            let console = guest.scratch.path().join(snapshot::CONSOLE_FILE);
+            (guest.agent, console, guest.inbox, None, Some((guest.qemu, guest.scratch)))
         }
     };
     let work = async {
-        let bytes = std::fs::read(program).with_context(|| format!("cannot read `{}`", program.display()))?;
-        agent.put(&guest_program, 0o755, &bytes).await?;
+        // The program: linked into the guest's inbox share, whose pages the guest reads as
+        // it runs (a debug test binary is mostly debug info it never reads); without 9p,
+        // put through the agent.
+        let guest_program = match &inbox {
+            Some(inbox) => {
+                let linked = inbox.join(&name);
+                if std::fs::hard_link(program, &linked).is_err() {
+                    std::fs::copy(program, &linked)
+                        .with_context(|| format!("cannot copy `{}` into the guest's inbox", program.display()))?;
+                }
+                agent.mount_9p(snapshot::INBOX_TAG, snapshot::INBOX_GUEST_PATH).await?;
+                format!("{}/{name}", snapshot::INBOX_GUEST_PATH)
+            }
+            None => {
+                let guest_program = format!("/kiln/bin/{name}");
+                let bytes = std::fs::read(program).with_context(|| format!("cannot read `{}`", program.display()))?;
+                agent.put(&guest_program, 0o755, &bytes).await?;
+                guest_program
+            }
+        };
+        let mut argv = vec![guest_program];
+        argv.extend(args.iter().cloned());
         for (path, kind) in &copies {
             let guest_path = path.to_string_lossy();
             match kind {
@@ -89,7 +108,17 @@ pub fn run(
     };
     match runtime.block_on(async { tokio::time::timeout(timeout, work).await }) {
         Ok(Ok(status)) => Ok(u8::try_from(status.shell_status().clamp(0, 255)).unwrap_or(u8::MAX)),
-        Ok(Err(err)) => Err(err.context(format!("`{name}` did not run in the {arch} snapshot"))),
+        Ok(Err(err)) => {
+            // The agent went away: what the guest's console said last is the likely why.
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+            let mut message = format!("`{name}` did not finish in the {arch} guest: {err:#}");
+            for line in &lines[lines.len().saturating_sub(10)..] {
+                message.push_str(&format!("\n  | {line}"));
+            }
+            cx.printer.always(&format!("error: {message}"));
+            Ok(exit_code::INFRASTRUCTURE)
+        }
         Err(_) => {
             cx.printer
                 .always(&format!("error: `{name}` did not finish in the {arch} guest within {}s", timeout.as_secs()));

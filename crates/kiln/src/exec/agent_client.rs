@@ -112,6 +112,14 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Mounts a 9p share read-only in the guest.
+    pub async fn mount_9p(&mut self, tag: &str, path: &str) -> anyhow::Result<()> {
+        self.request(Op::Mount9p { tag: tag.to_owned(), path: path.to_owned() })
+            .await
+            .with_context(|| format!("cannot mount the guest's {tag} share"))?;
+        Ok(())
+    }
+
     /// Makes a symlink in the guest.
     pub async fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<()> {
         self.request(Op::Symlink { path: path.to_owned(), target: target.to_owned() })

@@ -26,6 +26,8 @@ use crate::{
 pub const STATE_FILE: &str = "state";
 /// The initramfs the snapshot booted with (restores pass the same one).
 pub const INITRD_FILE: &str = "initrd";
+/// The console log in a guest's scratch directory.
+pub const CONSOLE_FILE: &str = "console.log";
 /// The nonce on a snapshot's command line: the same at every restore.
 const NONCE: &str = "snapshot";
 /// How long a boot to "agent ready" may take.
@@ -45,17 +47,28 @@ pub struct SnapshotInputs<'a> {
     pub machine: &'a Machine,
     /// The accelerator.
     pub accel: Accel,
+    /// Whether the machine has the inbox: a 9p share (unmounted in the snapshot, so it does
+    /// not block migration) through which a run's program reaches the guest without being
+    /// copied; kernels without 9p get their programs through the agent instead.
+    pub inbox: bool,
 }
 
+/// The inbox's 9p tag.
+pub const INBOX_TAG: &str = "kiln-inbox";
+/// Where a guest mounts its inbox.
+pub const INBOX_GUEST_PATH: &str = "/kiln/inbox";
+/// The inbox in a guest's scratch directory.
+pub const INBOX_DIR: &str = "inbox";
+
 /// The QEMU arguments of a snapshot's machine, saving and restoring alike.
-pub fn argv(
-    inputs: &SnapshotInputs<'_>,
-    initrd: &Path,
-    agent: &Path,
-    qmp: &Path,
-    incoming: Option<String>,
-) -> kiln_qemu::Argv {
-    let io = GuestIo { agent_socket: Some(agent), qmp_socket: Some(qmp), incoming, ..GuestIo::default() };
+pub fn argv(inputs: &SnapshotInputs<'_>, initrd: &Path, scratch: &Path, incoming: Option<String>) -> kiln_qemu::Argv {
+    let (agent, qmp, inbox) = (scratch.join("agent"), scratch.join("qmp"), scratch.join(INBOX_DIR));
+    let shares = if inputs.inbox {
+        vec![kiln_qemu::Share { host: &inbox, tag: INBOX_TAG.to_owned(), readonly: true }]
+    } else {
+        Vec::new()
+    };
+    let io = GuestIo { agent_socket: Some(&agent), qmp_socket: Some(&qmp), incoming, shares, ..GuestIo::default() };
     // Freed pages are zeroed, and migration sends zero pages as flags only: the state
     // holds what the booted guest uses, not what it touched and let go while booting.
     let mut images = inputs.images.clone();
@@ -79,7 +92,7 @@ pub fn derivation(inputs: &SnapshotInputs<'_>) -> anyhow::Result<Derivation> {
         ..inputs.images.clone()
     };
     let shape = SnapshotInputs { images: &by_role, ..*inputs };
-    let rendered = argv(&shape, Path::new("INITRD"), Path::new("AGENT"), Path::new("QMP"), None).display();
+    let rendered = argv(&shape, Path::new("INITRD"), Path::new("SCRATCH"), None).display();
     drv.setting("qemu-argv", rendered);
     drv.setting("qemu-version", qemu_version(inputs.machine.arch.qemu_binary())?);
     Ok(drv)
@@ -183,9 +196,10 @@ pub async fn boot_to_agent(
         ..guest::BootFiles::default()
     };
     inputs.images.compose_initrd(&files, initrd)?;
-    let (agent, qmp) = (scratch.join("agent"), scratch.join("qmp"));
-    let argv = argv(inputs, initrd, &agent, &qmp, None);
-    let qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.join("console.log"))?;
+    let agent = scratch.join("agent");
+    std::fs::create_dir_all(scratch.join(INBOX_DIR)).context("cannot create the guest's inbox")?;
+    let argv = argv(inputs, initrd, scratch, None);
+    let qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.join(CONSOLE_FILE))?;
     let mut client =
         AgentClient::connect(&agent, BOOT_DEADLINE).await.context("the snapshot's guest did not bring its agent up")?;
     client.request(kiln_agent::Op::Ping).await?;
@@ -201,8 +215,9 @@ pub async fn restore(
 ) -> anyhow::Result<(RunningQemu, AgentClient)> {
     let (agent, qmp) = (scratch.join("agent"), scratch.join("qmp"));
     let incoming = kiln_qemu::qmp::incoming_arg(&entry.join(STATE_FILE));
-    let argv = argv(inputs, &entry.join(INITRD_FILE), &agent, &qmp, Some(incoming));
-    let qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.join("console.log"))?;
+    std::fs::create_dir_all(scratch.join(INBOX_DIR)).context("cannot create the guest's inbox")?;
+    let argv = argv(inputs, &entry.join(INITRD_FILE), scratch, Some(incoming));
+    let qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.join(CONSOLE_FILE))?;
     let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).await?;
     monitor.resume_from_state(Duration::from_secs(60)).await.context("the snapshot did not restore")?;
     let client = AgentClient::connect(&agent, Duration::from_secs(30)).await?;

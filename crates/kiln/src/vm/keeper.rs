@@ -61,7 +61,8 @@ pub struct Keeper {
 struct Ready {
     qemu: RunningQemu,
     agent: std::os::unix::net::UnixStream,
-    _scratch: tempfile::TempDir,
+    scratch: tempfile::TempDir,
+    inbox: Option<PathBuf>,
 }
 
 enum Event {
@@ -75,7 +76,7 @@ async fn restore_ready(target: Arc<SnapshotTarget>, entry: PathBuf) -> anyhow::R
     let mut guest = target.restore(&entry).await?;
     warm_up(&mut guest.agent).await.context("the restored guest did not warm up")?;
     let agent = guest.agent.into_std()?;
-    Ok(Ready { qemu: guest.qemu, agent, _scratch: guest.scratch })
+    Ok(Ready { qemu: guest.qemu, agent, scratch: guest.scratch, inbox: guest.inbox })
 }
 
 fn log(message: &str) {
@@ -227,7 +228,8 @@ impl Keeper {
     /// guest dies then; a session guest comes back. Returns the guest if the client is gone
     /// already.
     fn grant(&self, client: UnixStream, ready: Ready, events: &mpsc::UnboundedSender<Event>) -> Option<Ready> {
-        let answer = Answer::Granted { qemu_pid: ready.qemu.pid().unwrap_or(0) };
+        let console = ready.scratch.path().join(crate::exec::snapshot::CONSOLE_FILE);
+        let answer = Answer::Granted { qemu_pid: ready.qemu.pid().unwrap_or(0), console, inbox: ready.inbox.clone() };
         if send_answer(client.as_raw_fd(), &answer, Some(ready.agent.as_raw_fd())).is_err() {
             return Some(ready);
         }

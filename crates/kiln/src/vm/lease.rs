@@ -36,6 +36,10 @@ pub enum Answer {
     Granted {
         /// QEMU's process id.
         qemu_pid: u32,
+        /// The guest's console log (what the kernel says if the guest dies).
+        console: PathBuf,
+        /// The host side of the guest's inbox share, when it has one.
+        inbox: Option<PathBuf>,
     },
     /// No idle guest now (pools only): restore one yourself.
     Busy,
@@ -66,6 +70,10 @@ pub struct Lease {
     pub agent: UnixStream,
     /// QEMU's process id.
     pub qemu_pid: u32,
+    /// The guest's console log.
+    pub console: PathBuf,
+    /// The host side of the guest's inbox share.
+    pub inbox: Option<PathBuf>,
     _keeper: UnixStream,
 }
 
@@ -157,8 +165,8 @@ pub fn ask(stream: &UnixStream, ask: &Ask, timeout: Option<Duration>) -> anyhow:
 pub fn take(socket: &Path, timeout: Option<Duration>) -> anyhow::Result<Option<Lease>> {
     let stream = UnixStream::connect(socket).with_context(|| format!("no keeper listens at {}", socket.display()))?;
     match ask(&stream, &Ask::Lease, timeout)? {
-        (Answer::Granted { qemu_pid }, Some(fd)) => {
-            Ok(Some(Lease { agent: UnixStream::from(fd), qemu_pid, _keeper: stream }))
+        (Answer::Granted { qemu_pid, console, inbox }, Some(fd)) => {
+            Ok(Some(Lease { agent: UnixStream::from(fd), qemu_pid, console, inbox, _keeper: stream }))
         }
         (Answer::Granted { .. }, None) => anyhow::bail!("the keeper granted a guest but sent no connection"),
         (Answer::Busy, _) => Ok(None),

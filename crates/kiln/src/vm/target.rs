@@ -41,6 +41,13 @@ pub struct LinuxTarget {
     pub accel: Accel,
 }
 
+impl LinuxTarget {
+    /// Whether the kernel can mount 9p shares.
+    pub fn can_share(&self) -> bool {
+        std::fs::read_to_string(self.kernel_dir.join(crate::exec::linux::SHARE_FILE)).is_ok_and(|s| s.trim() == "9p")
+    }
+}
+
 /// Everything a snapshot of a [`LinuxTarget`] is made of, with the agent built.
 #[derive(Clone, Debug)]
 pub struct SnapshotTarget {
@@ -62,6 +69,8 @@ pub struct Guest {
     pub agent: AgentClient,
     /// The sockets and console log.
     pub scratch: tempfile::TempDir,
+    /// The host side of the guest's inbox share, when its kernel has 9p.
+    pub inbox: Option<PathBuf>,
 }
 
 impl SnapshotTarget {
@@ -75,6 +84,7 @@ impl SnapshotTarget {
             images: &linux.images,
             machine: &linux.machine,
             accel: linux.accel,
+            inbox: linux.can_share(),
         };
         let closure = snapshot::derivation(&inputs)?.closure_hash();
         Ok(Self { linux, agent_binary, agent, closure })
@@ -94,6 +104,7 @@ impl SnapshotTarget {
             images: &self.linux.images,
             machine: &self.linux.machine,
             accel: self.linux.accel,
+            inbox: self.linux.can_share(),
         }
     }
 
@@ -120,8 +131,10 @@ impl SnapshotTarget {
         match outcome {
             BuildOutcome::Built { duration, replaced_corrupt } => {
                 if replaced_corrupt {
-                    cx.printer
-                        .warn(&format!("the {arch} snapshot no longer matched its recorded hash; it was made again"));
+                    // Said even as cargo's quiet runner: a store entry changed under kiln.
+                    cx.printer.always(&format!(
+                        "warning: the {arch} snapshot no longer matched its recorded hash; it was made again"
+                    ));
                 }
                 cx.printer.status("Saved", &format!("the {arch} snapshot in {}", crate::report::seconds(duration)));
             }
@@ -135,7 +148,8 @@ impl SnapshotTarget {
     pub async fn restore(&self, entry: &std::path::Path) -> anyhow::Result<Guest> {
         let scratch = tempfile::Builder::new().prefix("kiln-vm-").tempdir().context("cannot create a temp dir")?;
         let (qemu, agent) = snapshot::restore(&self.inputs(), entry, scratch.path()).await?;
-        Ok(Guest { qemu, agent, scratch })
+        let inbox = self.linux.can_share().then(|| scratch.path().join(snapshot::INBOX_DIR));
+        Ok(Guest { qemu, agent, scratch, inbox })
     }
 
     /// Restores a fresh guest; a snapshot that does not come back (a host change its closure
