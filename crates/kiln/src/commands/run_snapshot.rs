@@ -113,6 +113,11 @@ pub fn run(
             let text = std::fs::read_to_string(&console).unwrap_or_default();
             let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
             let mut message = format!("`{name}` did not finish in the {arch} guest: {err:#}");
+            // The kernel's own verdict (a panic, an oops) first, then the console's last lines.
+            let failure = regex::Regex::new(crate::plan::KERNEL_FAILURE).ok();
+            if let Some(line) = lines.iter().find(|line| failure.as_ref().is_some_and(|re| re.is_match(line))) {
+                message.push_str(&format!("\n  | {line}\n  | ..."));
+            }
             for line in &lines[lines.len().saturating_sub(10)..] {
                 message.push_str(&format!("\n  | {line}"));
             }
