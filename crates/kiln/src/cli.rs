@@ -113,6 +113,53 @@ pub enum Command {
     Rootfs(RootfsArgs),
     /// Warm Linux guests kept running: start, exec, shell, sync, stop, ls.
     Vm(VmArgs),
+    /// Publish `[release]`'s artifacts and images as a GitHub release (needs GITHUB_TOKEN).
+    Release(ReleaseArgs),
+    /// CI maintenance: `prune-caches` (needs GITHUB_TOKEN).
+    Ci(CiArgs),
+}
+
+/// `release`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The release's tag (created with the release when missing).
+    #[arg(long)]
+    pub tag: String,
+    /// Make (or keep) the release a draft.
+    #[arg(long)]
+    pub draft: bool,
+    /// Print what would be uploaded, replaced and kept; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `ci`.
+#[derive(Debug, Args)]
+pub struct CiArgs {
+    /// The ci command.
+    #[command(subcommand)]
+    pub command: CiCommand,
+}
+
+/// `ci` subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum CiCommand {
+    /// Delete the repository's older kiln caches: keep the newest N per branch and key family.
+    PruneCaches {
+        /// How many to keep per branch and family.
+        #[arg(long, default_value_t = 1)]
+        keep: usize,
+        /// Print what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The action's `cache-prefix`.
+        #[arg(long, default_value = "kiln")]
+        prefix: String,
+        /// `owner/name` (default: `[release] repository`, else GITHUB_REPOSITORY).
+        #[arg(long)]
+        repository: Option<String>,
+    },
 }
 
 const RUN_AFTER_HELP: &str = "\

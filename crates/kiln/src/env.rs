@@ -6,6 +6,20 @@ pub const KILN_STORE: &str = "KILN_STORE";
 /// Forces the accelerator: `kvm`, `tcg` or `auto` (the default: probe).
 pub const KILN_ACCEL: &str = "KILN_ACCEL";
 
+/// The GitHub API kiln talks to (default `https://api.github.com`; a GitHub Enterprise
+/// server's `https://HOST/api/v3`).
+pub const KILN_GITHUB_API: &str = "KILN_GITHUB_API";
+
+/// The token for GitHub (`release`, `ci prune-caches`, `github-release` fetches of private
+/// repositories); `GH_TOKEN` is read when it is unset. Never printed.
+pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
+
+/// The second place kiln looks for a GitHub token.
+pub const GH_TOKEN: &str = "GH_TOKEN";
+
+/// `owner/name` of the repository a GitHub Actions job runs for.
+pub const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
+
 /// Set to `true` by CI systems; kiln then installs missing host packages without asking.
 pub const CI: &str = "CI";
 

@@ -14,6 +14,7 @@ pub mod env;
 pub mod exec;
 pub mod exit_code;
 pub mod explain;
+pub mod github;
 pub mod plan;
 pub mod provision;
 pub mod report;

@@ -136,6 +136,9 @@ fn render_images(config: &Config, out: &mut String) -> anyhow::Result<()> {
         match &fetch.source {
             FetchSource::Url(url) => writeln!(out, "url = {}", quote(url))?,
             FetchSource::Path(file) => writeln!(out, "path = {}", path(file))?,
+            FetchSource::GithubRelease { repository, tag, asset } => {
+                writeln!(out, "github-release = {}\ntag = {}\nasset = {}", quote(repository), quote(tag), quote(asset))?
+            }
         }
         writeln!(out, "{} = {}", fetch.hash.algorithm.as_str(), quote(&fetch.hash.hex))?;
     }

@@ -5,12 +5,14 @@ mod bench_linux;
 mod bench_store;
 mod bench_warm;
 mod build;
+mod ci;
 mod config;
 mod doctor;
 pub mod init;
 
 pub use bench_warm::synthetic_crate;
 mod qemu;
+mod release;
 mod rootfs;
 mod run;
 mod run_snapshot;
@@ -80,6 +82,8 @@ pub fn run_command(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> 
         Command::Run(args) => run::run(&cx, &args),
         Command::Rootfs(args) => rootfs::run(&cx, &args.command),
         Command::Vm(args) => vm::run(&cx, &args),
+        Command::Release(args) => release::run(&cx, &args),
+        Command::Ci(args) => ci::run(&cx, &args),
         Command::Doctor => Ok(crate::exit_code::SUCCESS),
     }
 }

@@ -93,16 +93,20 @@ fn session_files(cx: &Cx, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     (dir.join(format!("{name}.json")), dir.join(format!("{name}.log")), dir.join(format!("{name}.synced")))
 }
 
-/// Whether a keeper holds the lock beside `socket` (it may still be starting).
-pub(crate) fn keeper_running(socket: &Path) -> anyhow::Result<bool> {
+/// The lock file beside a keeper's socket, which the keeper holds while it lives.
+fn keeper_lock(socket: &Path) -> anyhow::Result<std::fs::File> {
     let lock = socket.with_extension("lock");
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock)
-        .with_context(|| format!("cannot open `{}`", lock.display()))?;
-    Ok(file.try_lock().is_err())
+        .with_context(|| format!("cannot open `{}`", lock.display()))
+}
+
+/// Whether a keeper holds the lock beside `socket` (it may still be starting).
+pub(crate) fn keeper_running(socket: &Path) -> anyhow::Result<bool> {
+    Ok(keeper_lock(socket)?.try_lock().is_err())
 }
 
 /// Starts `kiln vm keep ARGS` in the background, detached from the terminal's process group
@@ -443,15 +447,9 @@ fn keep(cx: &Cx, args: KeepArgs<'_>) -> anyhow::Result<u8> {
         _ => anyhow::bail!("`vm keep` needs `--pool N --closure HASH` or `--session NAME`"),
     };
     // The lock first: a second keeper for the same socket leaves before doing any work.
-    let lock_path = socket.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open `{}`", lock_path.display()))?;
+    let lock = keeper_lock(&socket)?;
     if lock.try_lock().is_err() {
-        eprintln!("another keeper holds {}; leaving", lock_path.display());
+        eprintln!("another keeper holds the lock beside {}; leaving", socket.display());
         return Ok(crate::exit_code::SUCCESS);
     }
     let linux = super::run::resolve_linux(cx, args.arch, args.kernel, args.rootfs)?;

@@ -32,6 +32,16 @@ pub enum FetchSource {
     Url(String),
     /// A local file (relative paths are relative to Kiln.toml).
     Path(PathBuf),
+    /// An asset of a GitHub release (resolved through the API, so another project's
+    /// `cargo xtask release` output can be pinned by hash).
+    GithubRelease {
+        /// `owner/name`.
+        repository: String,
+        /// The release's tag.
+        tag: String,
+        /// The asset's file name.
+        asset: String,
+    },
 }
 
 impl FetchSource {
@@ -40,6 +50,7 @@ impl FetchSource {
         let raw = match self {
             Self::Url(url) => url.split(['?', '#']).next().unwrap_or(url).rsplit('/').next().unwrap_or("").to_owned(),
             Self::Path(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            Self::GithubRelease { asset, .. } => asset.clone(),
         };
         let decoded = raw.replace("%2b", "+").replace("%2B", "+").replace("%3a", ":").replace("%3A", ":");
         if decoded.is_empty() || decoded.starts_with('.') { "download".to_owned() } else { decoded }
@@ -248,6 +259,39 @@ impl Default for RunSettings {
 impl Resolver<'_> {
     pub(super) fn fetch(&self, name: &str, raw: RawFetch) -> Result<Fetch, ConfigError> {
         let key = |k: &str| format!("fetch.{name}.{k}");
+        if let Some(repository) = raw.github_release {
+            if let Some(other) = raw.url.as_ref().or(raw.path.as_ref()) {
+                return Err(self
+                    .error(Some(other.span()), format!("fetch.{name}"), format!("fetch `{name}` names two sources"))
+                    .with_help("keep one of `url`, `path` and `github-release`"));
+            }
+            if let Err(err) = repository.get_ref().parse::<kiln_github::Repo>() {
+                return Err(self.error(Some(repository.span()), key("github-release"), err.to_string()));
+            }
+            let (Some(tag), Some(asset)) = (raw.tag, raw.asset) else {
+                return Err(self
+                    .error(
+                        Some(repository.span()),
+                        key("github-release"),
+                        format!("fetch `{name}` needs `tag` and `asset` with `github-release`"),
+                    )
+                    .with_help(
+                        "e.g. `github-release = \"owner/repo\", tag = \"v1.0\", asset = \"base-x86_64.cpio.gz\"`",
+                    ));
+            };
+            let hash = self.pinned(name, raw.blake3, raw.sha256)?;
+            let source = FetchSource::GithubRelease {
+                repository: repository.into_inner(),
+                tag: tag.into_inner(),
+                asset: asset.into_inner(),
+            };
+            return Ok(Fetch { name: name.to_owned(), source, hash });
+        }
+        if let Some(stray) = raw.tag.as_ref().or(raw.asset.as_ref()) {
+            return Err(self
+                .error(Some(stray.span()), format!("fetch.{name}"), "`tag` and `asset` go with `github-release`")
+                .with_help("add `github-release = \"owner/repo\"`, or remove them"));
+        }
         let source = match (raw.url, raw.path) {
             (Some(url), None) => {
                 let text = url.get_ref();
@@ -270,7 +314,18 @@ impl Resolver<'_> {
                     .with_help("add `url = \"https://...\"` or `path = \"relative/to/Kiln.toml\"`"));
             }
         };
-        let hash = match (raw.blake3, raw.sha256) {
+        let hash = self.pinned(name, raw.blake3, raw.sha256)?;
+        Ok(Fetch { name: name.to_owned(), source, hash })
+    }
+
+    fn pinned(
+        &self,
+        name: &str,
+        blake3: Option<Spanned<String>>,
+        sha256: Option<Spanned<String>>,
+    ) -> Result<PinnedHash, ConfigError> {
+        let key = |k: &str| format!("fetch.{name}.{k}");
+        Ok(match (blake3, sha256) {
             (Some(hex), None) => self.hex_hash(name, "blake3", HashAlgorithm::Blake3, hex)?,
             (None, Some(hex)) => self.hex_hash(name, "sha256", HashAlgorithm::Sha256, hex)?,
             (Some(hex), Some(_)) => {
@@ -286,8 +341,7 @@ impl Resolver<'_> {
                          fetch and prints the file's actual hash",
                     ));
             }
-        };
-        Ok(Fetch { name: name.to_owned(), source, hash })
+        })
     }
 
     fn hex_hash(

@@ -8,6 +8,7 @@ mod diagnostic;
 mod fields;
 mod images;
 mod raw;
+mod release;
 
 use std::{
     collections::BTreeMap,
@@ -28,6 +29,7 @@ pub use images::{
 };
 pub use raw::{ArtifactKind, Expect, ImageFormat};
 use raw::{RawArtifact, RawCase, RawMachine, RawManifest, RawSize};
+pub use release::ReleaseSettings;
 
 /// The file name kiln looks for.
 pub const FILE_NAME: &str = "Kiln.toml";
@@ -58,6 +60,8 @@ pub struct Config {
     pub rootfses: BTreeMap<String, Rootfs>,
     /// What `kiln run` boots.
     pub run: RunSettings,
+    /// What `release` publishes.
+    pub release: ReleaseSettings,
     /// The text it was read from, for errors found after reading (a wrong package name).
     pub source: Source,
 }
@@ -462,6 +466,7 @@ impl Resolver<'_> {
             rootfses.insert(name, resolved);
         }
         let run = self.run_settings(raw.run)?;
+        let release = self.release_settings(raw.release, &artifacts, &kernels, &rootfses)?;
         self.check_run_names(&run, &kernels, &rootfses)?;
         for (name, machine) in raw.machine {
             let resolved = self.machine(&name, machine)?;
@@ -483,6 +488,7 @@ impl Resolver<'_> {
             kernels,
             rootfses,
             run,
+            release,
             source: self.source.clone(),
         })
     }

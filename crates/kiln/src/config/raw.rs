@@ -26,6 +26,20 @@ pub(crate) struct RawManifest {
     #[serde(default)]
     pub rootfs: BTreeMap<String, RawRootfs>,
     pub run: Option<RawRun>,
+    pub release: Option<RawRelease>,
+}
+
+/// `[release]`: what `release` publishes.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", expecting = "a `[release]` table")]
+pub(crate) struct RawRelease {
+    pub repository: Option<Spanned<String>>,
+    #[serde(default)]
+    pub artifacts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub kernels: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub rootfs: Vec<Spanned<String>>,
 }
 
 /// `[fetch.NAME]`: one file from a URL or a path, pinned by its hash.
@@ -34,6 +48,9 @@ pub(crate) struct RawManifest {
 pub(crate) struct RawFetch {
     pub url: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
+    pub github_release: Option<Spanned<String>>,
+    pub tag: Option<Spanned<String>>,
+    pub asset: Option<Spanned<String>>,
     pub blake3: Option<Spanned<String>>,
     pub sha256: Option<Spanned<String>>,
 }

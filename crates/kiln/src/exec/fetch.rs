@@ -62,17 +62,26 @@ fn fill(fetch: &Fetch, dest: &Path, printer: &Printer) -> anyhow::Result<()> {
                 format!("fetch `{}`: cannot copy `{}` (check `fetch.{}.path`)", fetch.name, path.display(), fetch.name)
             })?;
         }
-        (FetchSource::Url(_), Some(file)) => {
+        (FetchSource::Url(_) | FetchSource::GithubRelease { .. }, Some(file)) => {
             std::fs::copy(file, dest).with_context(|| format!("cannot copy `{}`", file.display()))?;
             printer.verbose("Reused", &format!("{} from {}", fetch.name, file.display()));
         }
         (FetchSource::Url(url), None) => download(&fetch.name, url, dest, printer)?,
+        (FetchSource::GithubRelease { repository, tag, asset }, None) => {
+            let url = crate::github::asset_url(repository, tag, asset).with_context(|| {
+                format!("fetch `{}`: cannot find {asset} in release {tag} of {repository}", fetch.name)
+            })?;
+            download(&fetch.name, &url, dest, printer)?;
+        }
     }
     let actual = hash_file(dest, fetch.hash.algorithm)?;
     if actual != fetch.hash.hex {
         let from = match &fetch.source {
             FetchSource::Url(url) => url.clone(),
             FetchSource::Path(path) => path.display().to_string(),
+            FetchSource::GithubRelease { repository, tag, asset } => {
+                format!("{asset} of release {tag} of {repository}")
+            }
         };
         anyhow::bail!(
             "fetch `{}`: {} hash mismatch for {from}\n  expected: {}\n  actual:   {actual}\n\
@@ -84,7 +93,7 @@ fn fill(fetch: &Fetch, dest: &Path, printer: &Printer) -> anyhow::Result<()> {
             fetch.hash.algorithm.as_str(),
         );
     }
-    if let (FetchSource::Url(_), Some(cached)) = (&fetch.source, &cached)
+    if let (FetchSource::Url(_) | FetchSource::GithubRelease { .. }, Some(cached)) = (&fetch.source, &cached)
         && !cached.exists()
     {
         remember(dest, cached);

@@ -1,0 +1,376 @@
+//! The client: one repository, its releases and its Actions caches.
+
+use std::{future::Future, time::Duration};
+
+use octocrab::Octocrab;
+
+use crate::Error;
+
+/// A repository, `owner/name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repo {
+    /// The owner (user or organisation).
+    pub owner: String,
+    /// The repository's name.
+    pub name: String,
+}
+
+impl std::str::FromStr for Repo {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let valid = |part: &str| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        match text.split_once('/') {
+            Some((owner, name)) if valid(owner) && valid(name) => {
+                Ok(Self { owner: owner.to_owned(), name: name.to_owned() })
+            }
+            _ => Err(Error::Usage(format!("`{text}` is not a repository: write it as `owner/name`"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// How requests are retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all (the first included).
+    pub attempts: u32,
+    /// The wait before the second attempt; each further wait doubles, up to `max_delay`.
+    pub first_delay: Duration,
+    /// The longest wait, also for a `retry-after` GitHub asks for.
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { attempts: 5, first_delay: Duration::from_secs(1), max_delay: Duration::from_secs(60) }
+    }
+}
+
+/// A release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    /// Its id.
+    pub id: u64,
+    /// Its tag.
+    pub tag: String,
+    /// Whether it is a draft.
+    pub draft: bool,
+    /// Its web page.
+    pub html_url: String,
+}
+
+/// A release asset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asset {
+    /// Its id.
+    pub id: u64,
+    /// Its file name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `sha256:HEX`, as GitHub computes it for uploads (absent on old assets).
+    pub digest: Option<String>,
+    /// Where it downloads from.
+    pub download_url: String,
+}
+
+/// An Actions cache entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// Its id.
+    pub id: i64,
+    /// Its key.
+    pub key: String,
+    /// The git ref it was saved on (`refs/heads/main`, `refs/pull/1/merge`).
+    pub git_ref: Option<String>,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A client for one repository.
+pub struct Client {
+    crab: Octocrab,
+    repo: Repo,
+    retry: Retry,
+    /// Kept only to scrub it from any text GitHub sends back.
+    token: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("repo", &self.repo).field("retry", &self.retry).finish_non_exhaustive()
+    }
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    Stop(Error),
+    Retry { wait: Option<Duration>, why: String },
+}
+
+const PAGE: u8 = 100;
+
+impl Client {
+    /// A client of `api` (e.g. [`crate::DEFAULT_API`]) for `repo`, with a token or anonymous
+    /// (public data only). Must be made inside the Tokio runtime that will run its requests.
+    pub fn new(api: &str, token: Option<&str>, repo: Repo, retry: Retry) -> Result<Self, Error> {
+        let token = token.map(str::trim).unwrap_or_default().to_owned();
+        if token.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(Error::Usage("the GitHub token holds spaces or control characters".to_owned()));
+        }
+        let usage = |e: octocrab::Error| Error::Usage(format!("`{api}` is not a usable GitHub API address: {e}"));
+        let mut builder = Octocrab::builder().base_uri(api).map_err(usage)?.upload_uri(api).map_err(usage)?;
+        if !token.is_empty() {
+            builder = builder.personal_token(token.clone());
+        }
+        let crab = builder.build().map_err(usage)?;
+        Ok(Self { crab, repo, retry, token })
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    fn redact(&self, text: &str) -> String {
+        if self.token.is_empty() { text.to_owned() } else { text.replace(&self.token, "***") }
+    }
+
+    fn classify(&self, doing: &str, err: octocrab::Error) -> Next {
+        match err {
+            octocrab::Error::GitHub { source, .. } => {
+                let status = source.status_code.as_u16();
+                let message = self.redact(&source.message);
+                let header = |name: &str| {
+                    source.headers.as_ref().and_then(|h| h.get(name)).and_then(|v| v.to_str().ok()).map(str::to_owned)
+                };
+                let retry_after = header("retry-after").and_then(|s| s.trim().parse::<u64>().ok());
+                let exhausted = header("x-ratelimit-remaining").is_some_and(|r| r.trim() == "0");
+                match status {
+                    401 => Next::Stop(Error::TokenRejected { doing: doing.to_owned() }),
+                    403 | 429 if retry_after.is_some() || exhausted || message.contains("rate limit") => {
+                        let until_reset = source.rate_limit_reset.and_then(|reset| {
+                            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+                            Some(Duration::from_secs(reset.saturating_sub(now.as_secs())))
+                        });
+                        let wait = retry_after.map(Duration::from_secs).or(if exhausted { until_reset } else { None });
+                        Next::Retry { wait, why: format!("HTTP {status} (rate limited): {message}") }
+                    }
+                    500..=599 => Next::Retry { wait: None, why: format!("HTTP {status}: {message}") },
+                    _ => Next::Stop(Error::Status { doing: doing.to_owned(), status, message }),
+                }
+            }
+            octocrab::Error::Hyper { .. } | octocrab::Error::Service { .. } | octocrab::Error::Http { .. } => {
+                Next::Retry { wait: None, why: self.redact(&format!("{err}")) }
+            }
+            other => Next::Stop(Error::Transport { doing: doing.to_owned(), message: self.redact(&other.to_string()) }),
+        }
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the attempts run out.
+    async fn attempt<T, F, Fut>(&self, doing: &str, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, octocrab::Error>>,
+    {
+        let mut delay = self.retry.first_delay;
+        let mut attempt = 1;
+        loop {
+            let err = match call().await {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            match self.classify(doing, err) {
+                Next::Stop(err) => return Err(err),
+                Next::Retry { why, .. } if attempt >= self.retry.attempts => {
+                    return Err(Error::GaveUp { doing: doing.to_owned(), attempts: attempt, last: why });
+                }
+                Next::Retry { wait, .. } => {
+                    tokio::time::sleep(wait.unwrap_or(delay).min(self.retry.max_delay)).await;
+                    delay = (delay * 2).min(self.retry.max_delay);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// The release for `tag`, if there is one.
+    pub async fn release_by_tag(&self, tag: &str) -> Result<Option<Release>, Error> {
+        let releases = self.crab.repos(&self.repo.owner, &self.repo.name);
+        let doing = format!("looking up release {tag} of {}", self.repo);
+        match self.attempt(&doing, || async { releases.releases().get_by_tag(tag).await }).await {
+            Ok(release) => Ok(Some(release_of(release))),
+            Err(err) if err.status() == Some(404) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Creates the release for `tag`.
+    pub async fn create_release(&self, tag: &str, name: &str, body: &str, draft: bool) -> Result<Release, Error> {
+        let repos = self.crab.repos(&self.repo.owner, &self.repo.name);
+        let doing = format!("creating release {tag} of {}", self.repo);
+        let release = self
+            .attempt(&doing, || async { repos.releases().create(tag).name(name).body(body).draft(draft).send().await })
+            .await?;
+        Ok(release_of(release))
+    }
+
+    /// Sets a release's name, notes and draft flag.
+    pub async fn update_release(&self, id: u64, name: &str, body: &str, draft: bool) -> Result<Release, Error> {
+        let repos = self.crab.repos(&self.repo.owner, &self.repo.name);
+        let doing = format!("updating release {id} of {}", self.repo);
+        let release = self
+            .attempt(&doing, || async { repos.releases().update(id).name(name).body(body).draft(draft).send().await })
+            .await?;
+        Ok(release_of(release))
+    }
+
+    /// Every asset of a release (all pages).
+    pub async fn assets(&self, release_id: u64) -> Result<Vec<Asset>, Error> {
+        let repos = self.crab.repos(&self.repo.owner, &self.repo.name);
+        let doing = format!("listing the assets of release {release_id} of {}", self.repo);
+        let mut assets = Vec::new();
+        for page in 1u32.. {
+            let found = self
+                .attempt(&doing, || async {
+                    repos.releases().assets(release_id).per_page(PAGE).page(page).send().await
+                })
+                .await?;
+            let count = found.items.len();
+            assets.extend(found.items.into_iter().map(asset_of));
+            if count < usize::from(PAGE) || found.next.is_none() {
+                break;
+            }
+        }
+        Ok(assets)
+    }
+
+    /// Uploads a file as an asset of a release. A retried upload first removes what an
+    /// attempt that failed late may have left under the same name.
+    pub async fn upload_asset(&self, release_id: u64, name: &str, bytes: Vec<u8>) -> Result<Asset, Error> {
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+')) {
+            return Err(Error::Usage(format!("`{name}` is not a plain asset name (letters, digits, `-_.+`)")));
+        }
+        let repos = self.crab.repos(&self.repo.owner, &self.repo.name);
+        let doing = format!("uploading {name} to release {release_id} of {}", self.repo);
+        let body = bytes::Bytes::from(bytes);
+        let mut first = true;
+        let uploaded = self
+            .attempt(&doing, || {
+                let retried = !std::mem::replace(&mut first, false);
+                let body = body.clone();
+                let repos = &repos;
+                async move {
+                    if retried {
+                        self.remove_named(release_id, name).await?;
+                    }
+                    repos.releases().upload_asset(release_id, name, body).send().await
+                }
+            })
+            .await?;
+        Ok(asset_of(uploaded))
+    }
+
+    /// Deletes the asset called `name`, if the release has one (inside a retried upload).
+    async fn remove_named(&self, release_id: u64, name: &str) -> Result<(), octocrab::Error> {
+        let repos = self.crab.repos(&self.repo.owner, &self.repo.name);
+        let page = repos.releases().assets(release_id).per_page(PAGE).send().await?;
+        for asset in page.items.into_iter().filter(|asset| asset.name == name) {
+            self.delete_route(&format!("/repos/{}/{}/releases/assets/{}", self.repo.owner, self.repo.name, *asset.id))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_route(&self, route: &str) -> Result<(), octocrab::Error> {
+        let response = self.crab._delete(route, None::<&()>).await?;
+        octocrab::map_github_error(response).await?;
+        Ok(())
+    }
+
+    /// Deletes an asset.
+    pub async fn delete_asset(&self, id: u64) -> Result<(), Error> {
+        let route = format!("/repos/{}/{}/releases/assets/{id}", self.repo.owner, self.repo.name);
+        self.attempt(&format!("deleting asset {id} of {}", self.repo), || self.delete_route(&route)).await
+    }
+
+    /// The Actions caches whose key starts with `prefix` (all pages).
+    pub async fn caches(&self, prefix: &str) -> Result<Vec<CacheEntry>, Error> {
+        let doing = format!("listing the Actions caches of {}", self.repo);
+        let mut caches = Vec::new();
+        for page in 1u32.. {
+            let list = self
+                .attempt(&doing, || async {
+                    self.crab
+                        .actions()
+                        .list_repo_caches(&self.repo.owner, &self.repo.name)
+                        .key(prefix)
+                        .per_page(PAGE)
+                        .page(page)
+                        .send()
+                        .await
+                })
+                .await?;
+            let count = list.actions_caches.len();
+            caches.extend(list.actions_caches.into_iter().filter(|c| c.key.starts_with(prefix)).map(|c| CacheEntry {
+                id: c.id,
+                key: c.key,
+                git_ref: c.r#ref,
+                created_at: c.created_at.to_rfc3339(),
+                size: u64::try_from(c.size_in_bytes).unwrap_or(0),
+            }));
+            let total = usize::try_from(list.total_count).unwrap_or(0);
+            if count == 0 || usize::try_from(page).unwrap_or(usize::MAX) * usize::from(PAGE) >= total {
+                break;
+            }
+        }
+        Ok(caches)
+    }
+
+    /// Deletes an Actions cache.
+    pub async fn delete_cache(&self, id: i64) -> Result<(), Error> {
+        let doing = format!("deleting Actions cache {id} of {}", self.repo);
+        self.attempt(&doing, || async {
+            self.crab.actions().delete_repo_cache(&self.repo.owner, &self.repo.name, id).await
+        })
+        .await
+    }
+}
+
+fn release_of(release: octocrab::models::repos::Release) -> Release {
+    Release { id: *release.id, tag: release.tag_name, draft: release.draft, html_url: release.html_url.to_string() }
+}
+
+fn asset_of(asset: octocrab::models::repos::Asset) -> Asset {
+    Asset {
+        id: *asset.id,
+        name: asset.name,
+        size: u64::try_from(asset.size).unwrap_or(0),
+        digest: asset.digest,
+        download_url: asset.browser_download_url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_are_owner_slash_name() {
+        let repo: Repo = "kiln-dev/kiln".parse().expect("repo");
+        assert_eq!(repo.to_string(), "kiln-dev/kiln");
+        for bad in ["kiln", "a/b/c", "/b", "a/", "a b/c"] {
+            assert!(bad.parse::<Repo>().is_err(), "{bad}");
+        }
+    }
+}

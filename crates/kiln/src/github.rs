@@ -1,0 +1,49 @@
+//! Where kiln finds GitHub: the API address, the token (never printed), the repository.
+
+use anyhow::Context as _;
+use kiln_github::{Client, Repo, Retry};
+
+use crate::env;
+
+/// The API address: `KILN_GITHUB_API`, else the public API.
+pub fn api() -> String {
+    std::env::var(env::KILN_GITHUB_API)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| kiln_github::DEFAULT_API.to_owned())
+}
+
+/// The token: `GITHUB_TOKEN`, else `GH_TOKEN`.
+pub fn token() -> Option<String> {
+    [env::GITHUB_TOKEN, env::GH_TOKEN]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// A client for `repository`; `need_token` makes a missing token an error that says what to set.
+pub fn client(repository: &str, need_token: bool) -> anyhow::Result<Client> {
+    let repo: Repo = repository.parse()?;
+    let token = token();
+    if need_token && token.is_none() {
+        anyhow::bail!(
+            "no GitHub token: set GITHUB_TOKEN (in a workflow: `env: GITHUB_TOKEN: ${{{{ secrets.GITHUB_TOKEN }}}}`) or GH_TOKEN"
+        );
+    }
+    Ok(Client::new(&api(), token.as_deref(), repo, Retry::default())?)
+}
+
+/// The download address of a release asset, looked up through the API.
+pub fn asset_url(repository: &str, tag: &str, asset: &str) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = client(repository, false)?;
+        let release =
+            client.release_by_tag(tag).await?.with_context(|| format!("{repository} has no release tagged {tag}"))?;
+        let assets = client.assets(release.id).await?;
+        let found = assets.iter().find(|a| a.name == asset).with_context(|| {
+            let names: Vec<&str> = assets.iter().map(|a| a.name.as_str()).collect();
+            format!("release {tag} has no asset {asset} (it has: {})", names.join(", "))
+        })?;
+        Ok(found.download_url.clone())
+    })
+}
