@@ -187,6 +187,32 @@ fn a_session_shares_state_syncs_deletions_and_ends_with_its_owner() {
     let (code, _, _) = kiln(&["vm", "exec", "-n", "dev", "--", "sh", "-c", "exit 6"]);
     assert_eq!(code, Some(6), "exec passes the status through");
 
+    // Standard input goes along, and Ctrl-C stops the command in the guest, not just kiln.
+    let mut cat = project
+        .command(&["vm", "exec", "-n", "dev", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kiln");
+    std::io::Write::write_all(cat.stdin.as_mut().expect("stdin"), b"piped in\n").expect("write");
+    drop(cat.stdin.take());
+    assert_eq!(stdout_of(&cat.wait_with_output().expect("cat")), "piped in\n");
+    let mut looping = project
+        .command(&["vm", "exec", "-n", "dev", "--", "sh", "-c", "echo looping; while true; do sleep 0.2; done"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kiln");
+    let mut line = String::new();
+    BufReader::new(looping.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    assert_eq!(line, "looping\n");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(looping.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .expect("SIGINT");
+    let status = looping.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "the command died of the forwarded SIGINT");
+    let (_, ps, _) = kiln(&["vm", "exec", "-n", "dev", "--", "ps", "-o", "args"]);
+    assert!(!ps.contains("while true"), "nothing of it is left in the guest: {ps}");
+
     let work = tempfile::tempdir().expect("tempdir");
     let root = work.path();
     std::fs::create_dir_all(root.join("src/deep")).expect("mkdir");

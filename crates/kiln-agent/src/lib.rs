@@ -64,6 +64,13 @@ pub enum Op {
         #[serde(default)]
         eof: bool,
     },
+    /// Sends a signal to a running `exec`'s whole session (its process group).
+    Signal {
+        /// The `exec` request's id.
+        exec: u64,
+        /// The signal number (2: SIGINT, 15: SIGTERM, 9: SIGKILL).
+        signal: i32,
+    },
     /// Lists the regular files and symlinks below a directory with their hashes (a missing
     /// directory lists as empty).
     List {

@@ -22,6 +22,9 @@ const CHUNK: usize = 64 * 1024;
 
 type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 
+/// The process group (session leader) of each running `exec`, by request id.
+type Leaders = Arc<Mutex<std::collections::HashMap<u64, i32>>>;
+
 /// The channel to kiln: where requests come from and responses go.
 type Channel = (Box<dyn Read>, Box<dyn Write + Send>);
 
@@ -88,6 +91,7 @@ fn serve(mut input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
     let mut greeted = false;
     let mut running = Vec::new();
     let mut inputs = std::collections::HashMap::new();
+    let leaders: Leaders = Arc::default();
     let mut line = String::new();
     loop {
         line.clear();
@@ -130,7 +134,10 @@ fn serve(mut input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
                 } else {
                     Input::Once(stdin)
                 };
-                running.push(std::thread::spawn(move || exec(id, &argv, &env, cwd.as_deref(), input, &sink)));
+                let leaders = leaders.clone();
+                running.push(std::thread::spawn(move || {
+                    exec(id, &argv, &env, cwd.as_deref(), input, &sink, &leaders);
+                }));
             }
             Op::Input { exec, data, eof } => {
                 let bytes = match base64::engine::general_purpose::STANDARD.decode(&data) {
@@ -148,6 +155,22 @@ fn serve(mut input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
                 let _ = sender.send(bytes);
                 if eof {
                     inputs.remove(&exec);
+                }
+            }
+            Op::Signal { exec, signal } => {
+                let leader = leaders.lock().ok().and_then(|map| map.get(&exec).copied());
+                match leader {
+                    // SAFETY: kill with a negative pid signals that process group; no memory is involved.
+                    Some(leader) if unsafe { libc::kill(-leader, signal) } == 0 => {}
+                    Some(leader) => send(
+                        sink,
+                        id,
+                        Body::Error(format!(
+                            "cannot signal exec {exec} (group {leader}): {}",
+                            std::io::Error::last_os_error()
+                        )),
+                    ),
+                    None => send(sink, id, Body::Error(format!("no running exec {exec}"))),
                 }
             }
             Op::List { root, skip } => send(sink, id, reply(list(Path::new(&root), &skip))),
@@ -219,6 +242,7 @@ fn exec(
     cwd: Option<&str>,
     input: Input,
     sink: &Sink,
+    leaders: &Leaders,
 ) {
     let Some((program, _)) = argv.split_first() else {
         send(sink, id, Body::Error("exec needs a program".to_owned()));
@@ -270,6 +294,9 @@ fn exec(
         }
     };
     let leader = child.id() as i32;
+    if let Ok(mut map) = leaders.lock() {
+        map.insert(id, leader);
+    }
     let feeder = child.stdin.take().map(|mut pipe| {
         std::thread::spawn(move || match input {
             Input::Bytes(bytes) => {
@@ -293,6 +320,9 @@ fn exec(
     .flatten()
     .collect();
     let status = child.wait();
+    if let Ok(mut map) = leaders.lock() {
+        map.remove(&id);
+    }
     // What the program left running would hold its pipes open.
     // SAFETY: kill with a negative pid signals that process group; no memory is involved.
     unsafe {

@@ -71,6 +71,10 @@ pub const BUILD_INPUT_PREFIXES: &[&str] = &[
 /// Variables under those prefixes that only move or pace the build, not change its output.
 pub const BUILD_NEUTRAL_VARIABLES: &[&str] = &["CARGO_BUILD_JOBS", "CARGO_BUILD_TARGET_DIR", "CARGO_BUILD_BUILD_DIR"];
 
+/// Endings of variables under those prefixes that only say how built programs run
+/// (`CARGO_TARGET_{TRIPLE}_RUNNER`: kiln itself, when it is cargo's runner).
+pub const BUILD_NEUTRAL_SUFFIXES: &[&str] = &["_RUNNER"];
+
 /// Whether `CI` says we run in CI (`true`, `1` or `yes`, in any case).
 pub fn in_ci() -> bool {
     std::env::var(CI).is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))

@@ -302,7 +302,7 @@ async fn snapshot_case(
     printer.event(Event::CaseStarted { label: &label, command: &shown });
     let mut guest = match target.restore(entry).await {
         Ok(guest) => guest,
-        Err(err) => return error_result(ready, log_dir, format!("the snapshot did not restore: {err:#}")),
+        Err(err) => return error_result(ready, log_dir, format!("the snapshot could not be restored: {err:#}")),
     };
     let env: std::collections::BTreeMap<String, String> =
         [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root")]

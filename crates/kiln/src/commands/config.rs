@@ -194,6 +194,7 @@ fn render_images(config: &Config, out: &mut String) -> anyhow::Result<()> {
     writeln!(out, "env = {}", list(run.env.iter().map(String::as_str)))?;
     writeln!(out, "files = {}", list(run.files.iter().map(String::as_str)))?;
     writeln!(out, "snapshot = {}", run.snapshot)?;
+    writeln!(out, "pool = {}", run.pool)?;
     Ok(())
 }
 

@@ -56,6 +56,12 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         cx.printer.status("Waiting", &format!("for one of {} guest slots", cx.options.jobs));
     })?;
     let pool = args.pool.unwrap_or(cx.config.run.pool);
+    if linux.images.disk.is_some() && !args.snapshot && args.pool.is_none() && (cx.config.run.snapshot || pool > 0) {
+        let key = if cx.config.run.snapshot { "run.snapshot" } else { "run.pool" };
+        let message =
+            format!("rootfs `{}` is a disk image; snapshots are made of initramfs rootfs only", linux.rootfs_name);
+        return Err(cx.config.error_at(key, message).into());
+    }
     if args.snapshot || cx.config.run.snapshot || pool > 0 {
         return super::run_snapshot::run(cx, linux, pool, &program, program_args, timeout);
     }

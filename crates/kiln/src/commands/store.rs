@@ -205,12 +205,41 @@ fn plan_for(cx: &Cx, command: KeyFor, arches: &[Arch]) -> anyhow::Result<Plan> {
     })
 }
 
+/// Adds to `roots` what warm guests of the plan's Linux images need: this kiln's agent for
+/// each of their arches, and the booted snapshots made of a kept kernel and rootfs with that
+/// agent (snapshots are made on first use, so the plan cannot name them ahead).
+fn keep_warm_guests(cx: &Cx, plan: &Plan, roots: &mut HashSet<ClosureHash>) -> anyhow::Result<()> {
+    let arches: std::collections::BTreeSet<Arch> = plan.images.iter().map(|image| image.arch).collect();
+    let mut agents = HashSet::new();
+    for arch in arches {
+        if let Ok(drv) = crate::exec::agent::derivation(arch) {
+            agents.insert(drv.closure_hash());
+        }
+    }
+    let input = |entry: &kiln_store::Entry, name: &str| {
+        entry.meta.derivation.inputs.get(name).map(|hash| ClosureHash::from_blake3(blake3::Hash::from(hash.0)))
+    };
+    for entry in cx.store.entries()?.into_iter().flatten() {
+        if entry.meta.derivation.kind != crate::exec::snapshot::DERIVATION_KIND {
+            continue;
+        }
+        let kept = |name: &str| input(&entry, name).is_some_and(|closure| roots.contains(&closure));
+        let current_agent = input(&entry, "agent").is_some_and(|closure| agents.contains(&closure));
+        if kept("kernel") && kept("rootfs") && current_agent {
+            roots.insert(entry.closure);
+        }
+    }
+    roots.extend(agents);
+    Ok(())
+}
+
 fn gc(cx: &Cx, keep_days: Option<u32>, dry_run: bool, command: Option<KeyFor>, arches: &[Arch]) -> anyhow::Result<u8> {
     let plan = match command {
         Some(command) => plan_for(cx, command, arches)?,
         None => Plan::everything(&cx.config),
     };
-    let roots: HashSet<ClosureHash> = cx.plan_closures(&plan)?.into_iter().map(|(_, closure)| closure).collect();
+    let mut roots: HashSet<ClosureHash> = cx.plan_closures(&plan)?.into_iter().map(|(_, closure)| closure).collect();
+    keep_warm_guests(cx, &plan, &mut roots)?;
     let keep_since = keep_days.map(|days| SystemTime::now() - Duration::from_secs(u64::from(days) * 86400));
     let report = cx.store.gc(&roots, keep_since, dry_run)?;
     let verb = if dry_run { "Would remove" } else { "Removed" };

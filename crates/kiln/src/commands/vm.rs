@@ -20,7 +20,7 @@ use crate::{
     exec::agent_client::AgentClient,
     vm::{
         SnapshotTarget,
-        keeper::{Keeper, Kind},
+        keeper::{self, Keeper, Kind},
         lease::{self, Answer, Ask},
         sync,
     },
@@ -137,9 +137,23 @@ pub(crate) fn spawn_keeper(cx: &Cx, args: &[&str], log: &Path) -> anyhow::Result
     Ok(child)
 }
 
-/// The owner `vm start` ties a session to by default: the shell that ran `cargo xtask`
-/// (the nearest ancestor that is not cargo, rustup or kiln itself).
+/// The owner `vm start` ties a session to by default: the leader of kiln's session (the
+/// terminal's shell), else the shell that ran `cargo xtask` (the nearest ancestor that is
+/// not cargo, rustup or kiln itself).
 fn default_owner() -> Option<u32> {
+    let own = std::process::id();
+    if let Ok(leader) = nix::unistd::getsid(None)
+        && let Ok(leader) = u32::try_from(leader.as_raw())
+        && leader > 1
+        && leader != own
+        && keeper::process_alive(leader)
+    {
+        return Some(leader);
+    }
+    parent_shell()
+}
+
+fn parent_shell() -> Option<u32> {
     let mut pid = std::os::unix::process::parent_id();
     for _ in 0..8 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -179,6 +193,15 @@ fn start(
     let target = SnapshotTarget::new(cx, linux)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     target.entry(cx, &runtime)?;
+    if let Some(pid) = owner
+        && (pid <= 1 || !keeper::process_alive(pid))
+    {
+        return Err(UsageError::new(
+            format!("--owner {pid}: no such process to tie the session to"),
+            Some("give the PID of a running process (the default is this terminal's shell)".to_owned()),
+        )
+        .into());
+    }
     let owner = owner.or_else(default_owner);
     let (_, log, synced) = session_files(cx, name);
     let _ = std::fs::remove_file(&synced);
@@ -270,15 +293,24 @@ fn exec(cx: &Cx, name: &str, command: &[String]) -> anyhow::Result<u8> {
         let mut agent = agent_of(&lease)?;
         let mut stdout = std::io::stdout();
         let mut stderr = std::io::stderr();
+        // Standard input goes along (`echo x | vm exec -- cat`); Ctrl-C reaches the command.
         let status = agent
-            .exec(command.to_vec(), guest_env(), Some(cwd_text()?), |is_stderr, bytes| {
-                let _ = if is_stderr { stderr.write_all(bytes) } else { stdout.write_all(bytes) };
-                let _ = if is_stderr { stderr.flush() } else { stdout.flush() };
-            })
+            .exec_interactive(
+                command.to_vec(),
+                guest_env(),
+                Some(cwd_text()?),
+                tokio::io::stdin(),
+                |is_stderr, bytes| {
+                    let _ = if is_stderr { stderr.write_all(bytes) } else { stdout.write_all(bytes) };
+                    let _ = if is_stderr { stderr.flush() } else { stdout.flush() };
+                },
+            )
             .await?;
         anyhow::Ok(status)
     })?;
-    Ok(u8::try_from(status.shell_status().clamp(0, 255)).unwrap_or(u8::MAX))
+    // The terminal reader may still wait for a line no one will send.
+    let code = u8::try_from(status.shell_status().clamp(0, 255)).unwrap_or(u8::MAX);
+    std::process::exit(i32::from(code));
 }
 
 fn shell(cx: &Cx, name: &str) -> anyhow::Result<u8> {
@@ -308,7 +340,13 @@ fn sync_dir(cx: &Cx, name: &str, dir: Option<&Path>) -> anyhow::Result<u8> {
         Some(dir) => std::path::absolute(dir).with_context(|| format!("cannot resolve `{}`", dir.display()))?,
         None => cx.config.root.clone(),
     };
-    anyhow::ensure!(root.is_dir(), "`{}` is not a directory", root.display());
+    if !root.is_dir() {
+        return Err(UsageError::new(
+            format!("`{}` is not a directory", root.display()),
+            Some("`vm sync [DIR]` syncs a directory (default: the one holding Kiln.toml)".to_owned()),
+        )
+        .into());
+    }
     let started = Instant::now();
     let host = sync::host_manifest(&root)?;
     let (_, _, synced_file) = session_files(cx, name);

@@ -727,6 +727,18 @@ impl Resolver<'_> {
             }
             (None, None) => available.iter().map(|a| default_machine(*a, linux)).collect(),
         };
+        if matches!(guest, CaseGuest::Linux { snapshot: true, .. }) {
+            let (field, set) = if raw.stop_on_success {
+                ("stop-on-success", true)
+            } else {
+                ("no-output-timeout", raw.no_output_timeout.is_some())
+            };
+            if set {
+                return Err(self
+                    .error(None, key(field), format!("`{field}` does not apply to a case with `snapshot = true`"))
+                    .with_help("its command runs through kiln's agent and ends with its exit status; use `timeout`"));
+            }
+        }
         if raw.stop_on_success && raw.success.is_none() {
             return Err(self
                 .error(None, key("stop-on-success"), "`stop-on-success` needs a `success` pattern to stop on")

@@ -149,10 +149,12 @@ impl AgentClient {
         on_output: impl FnMut(bool, &[u8]),
     ) -> anyhow::Result<ExitStatus> {
         let id = self.send(Op::Exec { argv, env, cwd, stdin: None, interactive: false }).await?;
-        self.finish_exec(id, on_output, None).await
+        self.finish_exec(id, on_output, None, None).await
     }
 
-    /// Runs a program whose standard input is `input`, sent as it comes until it ends.
+    /// Runs a program whose standard input is `input`, sent as it comes until it ends. kiln's
+    /// own SIGINT and SIGTERM are passed on to the program's session in the guest (a second
+    /// one kills it), so Ctrl-C stops the command, not just kiln.
     pub async fn exec_interactive<R: tokio::io::AsyncRead + Unpin + Send>(
         &mut self,
         argv: Vec<String>,
@@ -161,8 +163,10 @@ impl AgentClient {
         input: R,
         on_output: impl FnMut(bool, &[u8]),
     ) -> anyhow::Result<ExitStatus> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
         let id = self.send(Op::Exec { argv, env, cwd, stdin: None, interactive: true }).await?;
-        self.finish_exec(id, on_output, Some(Box::new(input))).await
+        self.finish_exec(id, on_output, Some(Box::new(input)), Some(signals)).await
     }
 
     async fn finish_exec(
@@ -170,7 +174,11 @@ impl AgentClient {
         id: u64,
         mut on_output: impl FnMut(bool, &[u8]),
         mut input: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send + '_>>,
+        mut signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
     ) -> anyhow::Result<ExitStatus> {
+        let mut forwarded = 0;
+        // A signal may race the program's end; the agent's "no running exec" is then no error.
+        let mut signal_requests = Vec::new();
         use tokio::io::AsyncReadExt as _;
         let decode = |text: &str| base64::engine::general_purpose::STANDARD.decode(text);
         let mut buf = vec![0u8; 16 * 1024];
@@ -185,6 +193,23 @@ impl AgentClient {
                     None
                 }
                 read = async { input.as_mut()?.read(&mut buf).await.ok() }, if input.is_some() => Some(read.unwrap_or(0)),
+                Some(signal) = async {
+                    let (interrupt, terminate) = signals.as_mut()?;
+                    tokio::select! {
+                        _ = interrupt.recv() => Some(nix::libc::SIGINT),
+                        _ = terminate.recv() => Some(nix::libc::SIGTERM),
+                    }
+                }, if signals.is_some() => {
+                    forwarded += 1;
+                    let signal = if forwarded > 1 { nix::libc::SIGKILL } else { signal };
+                    let next = self.next_id;
+                    self.next_id += 1;
+                    signal_requests.push(next);
+                    let mut request = serde_json::to_vec(&Request { id: next, op: Op::Signal { exec: id, signal } })?;
+                    request.push(b'\n');
+                    self.stream.get_mut().write_all(&request).await.map_err(agent_gone)?;
+                    continue;
+                }
             };
             if let Some(n) = chunk {
                 let data = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
@@ -203,7 +228,9 @@ impl AgentClient {
                 .with_context(|| format!("the agent sent `{}`", String::from_utf8_lossy(&line).trim()))?;
             line.clear();
             if response.id != id {
-                if let Body::Error(message) = response.body {
+                if let Body::Error(message) = response.body
+                    && !signal_requests.contains(&response.id)
+                {
                     anyhow::bail!("the guest agent: {message}");
                 }
                 continue;

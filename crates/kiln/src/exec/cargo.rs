@@ -201,7 +201,9 @@ fn build_environment(triple: &str) -> BTreeMap<String, String> {
             let listed = env::BUILD_INPUT_VARIABLES.contains(&name.as_str())
                 || prefixes.iter().any(|prefix| name.starts_with(prefix.as_str()));
             let rustup_default = name == "RUSTUP_TOOLCHAIN" && !user_toolchain;
-            listed && !rustup_default && !env::BUILD_NEUTRAL_VARIABLES.contains(&name.as_str())
+            let neutral = env::BUILD_NEUTRAL_VARIABLES.contains(&name.as_str())
+                || env::BUILD_NEUTRAL_SUFFIXES.iter().any(|suffix| name.ends_with(suffix));
+            listed && !rustup_default && !neutral
         })
         .collect()
 }

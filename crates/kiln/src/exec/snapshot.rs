@@ -26,6 +26,8 @@ use crate::{
 pub const STATE_FILE: &str = "state";
 /// The initramfs the snapshot booted with (restores pass the same one).
 pub const INITRD_FILE: &str = "initrd";
+/// The kind of a snapshot's derivation.
+pub const DERIVATION_KIND: &str = "booted-snapshot";
 /// The console log in a guest's scratch directory.
 pub const CONSOLE_FILE: &str = "console.log";
 /// The nonce on a snapshot's command line: the same at every restore.
@@ -78,7 +80,7 @@ pub fn argv(inputs: &SnapshotInputs<'_>, initrd: &Path, scratch: &Path, incoming
 
 /// The snapshot's derivation.
 pub fn derivation(inputs: &SnapshotInputs<'_>) -> anyhow::Result<Derivation> {
-    let mut drv = Derivation::new("booted-snapshot");
+    let mut drv = Derivation::new(DERIVATION_KIND);
     drv.input("kernel", InputHash::of_closure(inputs.kernel));
     drv.input("rootfs", InputHash::of_closure(inputs.rootfs));
     drv.input("agent", InputHash::of_closure(inputs.agent));
@@ -219,7 +221,13 @@ pub async fn restore(
     let argv = argv(inputs, &entry.join(INITRD_FILE), scratch, Some(incoming));
     let qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.join(CONSOLE_FILE))?;
     let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).await?;
-    monitor.resume_from_state(Duration::from_secs(60)).await.context("the snapshot did not restore")?;
+    if let Err(err) = monitor.resume_from_state(Duration::from_secs(60)).await {
+        // QEMU says why on its standard error, which goes to the console log.
+        let log = std::fs::read_to_string(scratch.join(CONSOLE_FILE)).unwrap_or_default();
+        let said: Vec<&str> = log.lines().filter(|l| l.contains("qemu-system")).collect();
+        let why = if said.is_empty() { String::new() } else { format!(" ({})", said.join("; ")) };
+        anyhow::bail!("QEMU did not load the saved state: {err}{why}");
+    }
     let client = AgentClient::connect(&agent, Duration::from_secs(30)).await?;
     Ok((qemu, client))
 }

@@ -160,7 +160,8 @@ impl SnapshotTarget {
             Ok(guest) => Ok(guest),
             Err(err) => {
                 let arch = self.arch();
-                cx.printer.always(&format!("warning: the {arch} snapshot did not restore ({err:#}); making it again"));
+                cx.printer
+                    .always(&format!("warning: the {arch} snapshot could not be restored ({err:#}); making it again"));
                 cx.store.remove_entry(&self.closure)?;
                 let entry = self.entry(cx, runtime)?;
                 runtime.block_on(self.restore(&entry))
