@@ -246,9 +246,11 @@ impl Client {
                     repos.releases().assets(release_id).per_page(PAGE).page(page).send().await
                 })
                 .await?;
-            let count = found.items.len();
+            // The server may cap a page below what was asked: its `Link: rel="next"` says
+            // whether more follow.
+            let empty = found.items.is_empty();
             assets.extend(found.items.into_iter().map(asset_of));
-            if count < usize::from(PAGE) || found.next.is_none() {
+            if empty || found.next.is_none() {
                 break;
             }
         }
@@ -308,6 +310,7 @@ impl Client {
     pub async fn caches(&self, prefix: &str) -> Result<Vec<CacheEntry>, Error> {
         let doing = format!("listing the Actions caches of {}", self.repo);
         let mut caches = Vec::new();
+        let mut seen = 0usize;
         for page in 1u32.. {
             let list = self
                 .attempt(&doing, || async {
@@ -322,6 +325,7 @@ impl Client {
                 })
                 .await?;
             let count = list.actions_caches.len();
+            seen += count;
             caches.extend(list.actions_caches.into_iter().filter(|c| c.key.starts_with(prefix)).map(|c| CacheEntry {
                 id: c.id,
                 key: c.key,
@@ -329,8 +333,9 @@ impl Client {
                 created_at: c.created_at.to_rfc3339(),
                 size: u64::try_from(c.size_in_bytes).unwrap_or(0),
             }));
+            // The server may cap a page below what was asked; the total says when all came.
             let total = usize::try_from(list.total_count).unwrap_or(0);
-            if count == 0 || usize::try_from(page).unwrap_or(usize::MAX) * usize::from(PAGE) >= total {
+            if count == 0 || seen >= total {
                 break;
             }
         }

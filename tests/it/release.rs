@@ -1,0 +1,231 @@
+//! `release`, `ci prune-caches` and `github-release` fetches against a fake GitHub API on
+//! loopback (`github_fake.rs`).
+
+use std::process::Output;
+
+use crate::{
+    github_fake::{FakeCache, FakeGitHub, Seen},
+    linux::{stderr_of, stdout_of},
+    support::Project,
+};
+
+const TOKEN: &str = "ghp_kilnTestToken0123456789";
+
+/// The example's bare-metal kernel, released for its three arches.
+const KILN_TOML: &str = r#"
+[artifact.hello]
+package = "hello-kernel"
+path = "examples/kernel"
+
+[release]
+repository = "kiln-dev/demo"
+artifacts = ["hello"]
+"#;
+
+fn kiln(project: &Project, fake: &FakeGitHub, token: &str, args: &[&str]) -> Output {
+    project
+        .command(args)
+        .env("KILN_GITHUB_API", &fake.url)
+        .env("GITHUB_TOKEN", token)
+        .env_remove("GH_TOKEN")
+        .env_remove("GITHUB_REPOSITORY")
+        .output()
+        .expect("kiln")
+}
+
+fn uploads(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.method == "POST" && s.url.contains("/assets?"))
+        .filter_map(|s| s.url.split("name=").nth(1).map(|n| n.split('&').next().unwrap_or(n).to_owned()))
+        .collect()
+}
+
+fn changes(seen: &[Seen]) -> usize {
+    seen.iter().filter(|s| matches!(s.method.as_str(), "POST" | "DELETE")).count()
+}
+
+#[test]
+fn a_release_is_published_once_retried_through_failures_and_only_changes_are_replaced() {
+    let project = Project::example(KILN_TOML);
+    let fake = FakeGitHub::start(TOKEN);
+    {
+        let mut state = fake.state.lock().expect("state");
+        state.fail_uploads = 1;
+        state.rate_limit_uploads = 1;
+    }
+    let first = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0"]);
+    let (out, err) = (stdout_of(&first), stderr_of(&first));
+    assert!(first.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(!out.contains(TOKEN) && !err.contains(TOKEN), "the token is never printed");
+    let release = fake.release("v1.0").expect("the release was created");
+    let mut names: Vec<&str> = release.assets.iter().map(|a| a.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["BLAKE3SUMS", "SHA256SUMS", "hello-aarch64", "hello-riscv64", "hello-x86_64", "provenance.json"]
+    );
+    let seen = fake.requests();
+    assert!(seen.iter().all(|s| s.authorized), "every request carried the token");
+    // Six assets, one upload answered 502 and one rate limited, both tried again.
+    assert_eq!(uploads(&seen).len(), 8, "{:?}", uploads(&seen));
+
+    // The checksums verify with the tools a downloader uses.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for asset in &release.assets {
+        std::fs::write(dir.path().join(&asset.name), &asset.bytes).expect("write");
+    }
+    for (tool, sums) in [("b3sum", "BLAKE3SUMS"), ("sha256sum", "SHA256SUMS")] {
+        let check =
+            std::process::Command::new(tool).args(["--check", sums]).current_dir(dir.path()).output().expect(tool);
+        assert!(check.status.success(), "{tool}: {}{}", stdout_of(&check), stderr_of(&check));
+        assert_eq!(stdout_of(&check).matches(": OK").count(), 3, "{}", stdout_of(&check));
+    }
+    let provenance: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("provenance.json")).expect("read")).expect("json");
+    let assets = provenance["assets"].as_array().expect("assets");
+    assert_eq!(assets.len(), 3);
+    for asset in assets {
+        assert_eq!(asset["closure"].as_str().map(str::len), Some(64), "{asset}");
+        assert!(asset["inputs"].as_object().is_some_and(|i| !i.is_empty()), "{asset}");
+    }
+
+    // Nothing changed: nothing is uploaded, replaced or deleted.
+    fake.clear_requests();
+    let second = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0"]);
+    assert!(second.status.success(), "{}", stderr_of(&second));
+    assert!(
+        stderr_of(&second).contains("0 uploaded, 6 unchanged")
+            || stdout_of(&second).contains("0 uploaded, 6 unchanged")
+    );
+    assert_eq!(changes(&fake.requests()), 0, "{:?}", fake.requests());
+
+    // One kernel changes: it and the three files that describe the release are replaced.
+    project
+        .touch_source("examples/boards/riscv64-virt/src/lib.rs", "#[used]\nstatic RELEASE_MARK: [u8; 4] = *b\"kiln\";");
+    fake.clear_requests();
+    let third = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0"]);
+    assert!(third.status.success(), "{}", stderr_of(&third));
+    let mut replaced = uploads(&fake.requests());
+    replaced.sort();
+    assert_eq!(replaced, ["BLAKE3SUMS", "SHA256SUMS", "hello-riscv64", "provenance.json"]);
+    let deleted = fake.requests().iter().filter(|s| s.method == "DELETE").count();
+    assert_eq!(deleted, 4, "each replaced asset was deleted first");
+}
+
+#[test]
+fn a_rejected_token_fails_at_once_and_a_dry_run_changes_nothing() {
+    let project = Project::example(KILN_TOML);
+    let fake = FakeGitHub::start(TOKEN);
+    let wrong = "ghp_wrongTokenThatMustNotBePrinted";
+    let denied = kiln(&project, &fake, wrong, &["release", "--tag", "v1.0"]);
+    let err = stderr_of(&denied);
+    assert!(!denied.status.success());
+    assert!(err.contains("GitHub rejected the token (HTTP 401)"), "{err}");
+    assert!(!err.contains(wrong) && !stdout_of(&denied).contains(wrong), "the token is never printed: {err}");
+    assert_eq!(fake.requests().len(), 1, "a 401 is not retried: {:?}", fake.requests());
+
+    fake.clear_requests();
+    let dry = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr_of(&dry));
+    let out = stdout_of(&dry);
+    assert!(out.contains("would be created") && out.contains("upload   hello-x86_64"), "{out}");
+    assert_eq!(changes(&fake.requests()), 0, "a dry run changes nothing: {:?}", fake.requests());
+    assert!(fake.release("v1.0").is_none());
+}
+
+#[test]
+fn prune_caches_keeps_the_newest_kiln_cache_per_branch_and_family_across_pages() {
+    let project = Project::example(KILN_TOML);
+    let fake = FakeGitHub::start(TOKEN);
+    let key = |arches: &str, n: u8| format!("kiln-Linux-{arches}-kiln-v1-s1-x86_64-test-{:032x}", n);
+    let seeded = [
+        (1, key("riscv64", 1), "refs/heads/main", "2026-11-01T00:00:00Z"),
+        (2, key("riscv64", 2), "refs/heads/main", "2026-11-03T00:00:00Z"),
+        (3, format!("{}-incomplete-7-1-abcd", key("riscv64", 3)), "refs/heads/main", "2026-11-02T00:00:00Z"),
+        (4, key("riscv64", 4), "refs/pull/9/merge", "2026-11-01T00:00:00Z"),
+        (5, key("riscv64", 5), "refs/pull/9/merge", "2026-11-04T00:00:00Z"),
+        (6, key("x86_64-aarch64", 6), "refs/heads/main", "2026-11-01T00:00:00Z"),
+        (7, key("x86_64-aarch64", 7), "refs/heads/main", "2026-11-05T00:00:00Z"),
+        (8, "kiln-handmade-cache".to_owned(), "refs/heads/main", "2026-10-01T00:00:00Z"),
+        (9, "cargo-registry-abc".to_owned(), "refs/heads/main", "2026-10-01T00:00:00Z"),
+    ];
+    fake.state.lock().expect("state").caches = seeded
+        .iter()
+        .map(|(id, key, git_ref, created_at)| FakeCache {
+            id: *id,
+            key: key.clone(),
+            git_ref: (*git_ref).to_owned(),
+            created_at: (*created_at).to_owned(),
+            size: 1 << 20,
+        })
+        .collect();
+    let dry = kiln(&project, &fake, TOKEN, &["ci", "prune-caches", "--keep", "1", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr_of(&dry));
+    assert!(stdout_of(&dry).contains("4 of 8 kiln caches would free 4.0 MiB"), "{}", stdout_of(&dry));
+    assert_eq!(fake.state.lock().expect("state").caches.len(), 9, "a dry run deletes nothing");
+
+    fake.clear_requests();
+    let pruned = kiln(&project, &fake, TOKEN, &["ci", "prune-caches", "--keep", "1"]);
+    assert!(pruned.status.success(), "{}", stderr_of(&pruned));
+    let mut left: Vec<i64> = fake.state.lock().expect("state").caches.iter().map(|c| c.id).collect();
+    left.sort();
+    assert_eq!(left, [2, 5, 7, 8, 9], "the newest per branch and family, and what kiln did not write");
+    let listed_pages =
+        fake.requests().iter().filter(|s| s.method == "GET" && s.url.contains("/actions/caches")).count();
+    assert!(listed_pages >= 4, "eight kiln caches, two per page: {:?}", fake.requests());
+}
+
+#[test]
+fn a_released_asset_is_fetched_by_github_release_and_its_pin_is_checked() {
+    let fake = FakeGitHub::start(TOKEN);
+    // A tarball released by another project.
+    let mut tarball = tar::Builder::new(Vec::new());
+    let content = b"released by another kiln project\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tarball.append_data(&mut header, "etc/released.txt", &content[..]).expect("tar");
+    let bytes = tarball.into_inner().expect("tar");
+    let blake3 = blake3::hash(&bytes).to_hex().to_string();
+    {
+        let mut state = fake.state.lock().expect("state");
+        state.releases.push(crate::github_fake::FakeRelease {
+            id: 100,
+            tag: "v2.0".to_owned(),
+            name: "v2.0".to_owned(),
+            body: String::new(),
+            draft: false,
+            assets: vec![crate::github_fake::FakeAsset { id: 101, name: "files-x86_64.tar".to_owned(), bytes }],
+        });
+    }
+    let toml = |hash: &str| {
+        format!(
+            r#"
+[fetch.released]
+github-release = "kiln-dev/demo"
+tag = "v2.0"
+asset = "files-x86_64.tar"
+blake3 = "{hash}"
+
+[rootfs.downstream]
+arches = ["x86_64"]
+init = false
+layers = [{{ tarball = "released" }}]
+"#
+        )
+    };
+    let project = Project::example(&toml(&blake3));
+    // Public data: no token needed.
+    let built = kiln(&project, &fake, "", &["rootfs", "build", "downstream"]);
+    assert!(built.status.success(), "{}", stderr_of(&built));
+    let shown = kiln(&project, &fake, "", &["rootfs", "show", "downstream", "--arch", "x86_64"]);
+    assert!(stdout_of(&shown).contains("/etc/released.txt"), "{}", stdout_of(&shown));
+    assert!(fake.requests().iter().any(|s| s.url == "/download/v2.0/files-x86_64.tar"), "{:?}", fake.requests());
+
+    let wrong = Project::example(&toml(&"0".repeat(64)));
+    let refused = kiln(&wrong, &fake, "", &["rootfs", "build", "downstream"]);
+    let err = stderr_of(&refused);
+    assert!(!refused.status.success());
+    assert!(err.contains("hash mismatch") && err.contains(&blake3), "{err}");
+}
