@@ -20,6 +20,15 @@ pub fn token() -> Option<String> {
         .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
 }
 
+/// The repository to work on: the one given, else `[release] repository`, else
+/// `GITHUB_REPOSITORY` (set in GitHub Actions).
+pub fn repository(given: Option<&str>, config: &crate::config::Config) -> Option<String> {
+    given
+        .map(str::to_owned)
+        .or_else(|| config.release.repository.clone())
+        .or_else(|| std::env::var(env::GITHUB_REPOSITORY).ok().filter(|r| !r.trim().is_empty()))
+}
+
 /// A client for `repository`; `need_token` makes a missing token an error that says what to set.
 pub fn client(repository: &str, need_token: bool) -> anyhow::Result<Client> {
     let repo: Repo = repository.parse()?;

@@ -28,16 +28,12 @@ fn family(key: &str) -> Option<&str> {
 }
 
 fn prune_caches(cx: &Cx, keep: usize, dry_run: bool, prefix: &str, repository: Option<&str>) -> anyhow::Result<u8> {
-    let repository = repository
-        .map(str::to_owned)
-        .or_else(|| cx.config.release.repository.clone())
-        .or_else(|| std::env::var(crate::env::GITHUB_REPOSITORY).ok().filter(|r| !r.is_empty()))
-        .ok_or_else(|| {
-            UsageError::new(
-                "which repository's caches?",
-                Some("pass `--repository owner/name` (GitHub Actions sets GITHUB_REPOSITORY)".to_owned()),
-            )
-        })?;
+    let repository = crate::github::repository(repository, &cx.config).ok_or_else(|| {
+        UsageError::new(
+            "which repository's caches?",
+            Some("pass `--repository owner/name` (GitHub Actions sets GITHUB_REPOSITORY)".to_owned()),
+        )
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = crate::github::client(&repository, true)?;

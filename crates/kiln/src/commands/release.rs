@@ -74,16 +74,12 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
         )
         .into());
     }
-    let repository = settings
-        .repository
-        .clone()
-        .or_else(|| std::env::var(crate::env::GITHUB_REPOSITORY).ok().filter(|r| !r.is_empty()))
-        .ok_or_else(|| {
-            UsageError::new(
-                "which repository should the release be in?",
-                Some("set `[release] repository = \"owner/name\"` (GitHub Actions sets GITHUB_REPOSITORY)".to_owned()),
-            )
-        })?;
+    let repository = crate::github::repository(None, &cx.config).ok_or_else(|| {
+        UsageError::new(
+            "which repository should the release be in?",
+            Some("set `[release] repository = \"owner/name\"` (GitHub Actions sets GITHUB_REPOSITORY)".to_owned()),
+        )
+    })?;
     let mut files = collect(cx)?;
     files.sort_by(|a, b| a.name.cmp(&b.name));
     files.extend(checksums_and_provenance(&files, &repository, &args.tag)?);

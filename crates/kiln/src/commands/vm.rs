@@ -287,41 +287,24 @@ fn exec(cx: &Cx, name: &str, command: &[String]) -> anyhow::Result<u8> {
             UsageError::new("no command to run", Some("`cargo xtask vm exec -- COMMAND ARGS...`".to_owned())).into()
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let lease = lease_session(cx, name)?;
-    let status = runtime.block_on(async {
-        let mut agent = agent_of(&lease)?;
-        let mut stdout = std::io::stdout();
-        let mut stderr = std::io::stderr();
-        // Standard input goes along (`echo x | vm exec -- cat`); Ctrl-C reaches the command.
-        let status = agent
-            .exec_interactive(
-                command.to_vec(),
-                guest_env(),
-                Some(cwd_text()?),
-                tokio::io::stdin(),
-                |is_stderr, bytes| {
-                    let _ = if is_stderr { stderr.write_all(bytes) } else { stdout.write_all(bytes) };
-                    let _ = if is_stderr { stderr.flush() } else { stdout.flush() };
-                },
-            )
-            .await?;
-        anyhow::Ok(status)
-    })?;
-    // The terminal reader may still wait for a line no one will send.
-    let code = u8::try_from(status.shell_status().clamp(0, 255)).unwrap_or(u8::MAX);
-    std::process::exit(i32::from(code));
+    // Standard input goes along (`echo x | vm exec -- cat`); Ctrl-C reaches the command.
+    interactive(cx, name, command.to_vec())
 }
 
 fn shell(cx: &Cx, name: &str) -> anyhow::Result<u8> {
+    cx.printer.status("Shell", &format!("in session `{name}` (no terminal: line by line; `exit` or Ctrl-D ends it)"));
+    interactive(cx, name, vec!["/bin/sh".to_owned(), "-i".to_owned()])
+}
+
+/// Runs `argv` in the session's guest with kiln's standard input, output and signals, and
+/// exits with its status.
+fn interactive(cx: &Cx, name: &str, argv: Vec<String>) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let lease = lease_session(cx, name)?;
-    cx.printer.status("Shell", &format!("in session `{name}` (no terminal: line by line; `exit` or Ctrl-D ends it)"));
     let status = runtime.block_on(async {
         let mut agent = agent_of(&lease)?;
         let mut stdout = std::io::stdout();
         let mut stderr = std::io::stderr();
-        let argv = vec!["/bin/sh".to_owned(), "-i".to_owned()];
         let status = agent
             .exec_interactive(argv, guest_env(), Some(cwd_text()?), tokio::io::stdin(), |is_stderr, bytes| {
                 let _ = if is_stderr { stderr.write_all(bytes) } else { stdout.write_all(bytes) };
