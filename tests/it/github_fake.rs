@@ -61,6 +61,8 @@ pub struct State {
 
 pub struct FakeGitHub {
     pub url: String,
+    /// The same server under another host name, as uploads.github.com is to api.github.com.
+    pub uploads: String,
     pub state: Arc<Mutex<State>>,
     server: Arc<tiny_http::Server>,
     thread: Option<JoinHandle<()>>,
@@ -95,7 +97,8 @@ impl FakeGitHub {
                 }
             })
         };
-        Self { url, state, server, thread: Some(thread) }
+        let uploads = url.replace("127.0.0.1", "localhost");
+        Self { url, uploads, state, server, thread: Some(thread) }
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -128,7 +131,11 @@ fn release_json(url: &str, release: &FakeRelease) -> serde_json::Value {
         "url": format!("{url}{OWNER_REPO}/releases/{}", release.id),
         "html_url": format!("{url}/kiln-dev/demo/releases/tag/{}", release.tag),
         "assets_url": format!("{url}{OWNER_REPO}/releases/{}/assets", release.id),
-        "upload_url": format!("{url}{OWNER_REPO}/releases/{}/assets{{?name,label}}", release.id),
+        "upload_url": format!(
+            "{}{OWNER_REPO}/releases/{}/assets{{?name,label}}",
+            url.replace("127.0.0.1", "localhost"),
+            release.id
+        ),
         "tarball_url": null,
         "zipball_url": null,
         "id": release.id,
@@ -213,10 +220,20 @@ fn handle(state: &Mutex<State>, url: &str, token: &str, request: &tiny_http::Req
     let parts: Vec<&str> = route.trim_start_matches('/').split('/').collect();
     let cap = state.page_cap;
     match (method.as_str(), parts.as_slice()) {
-        ("GET", ["releases", "tags", tag]) => match state.releases.iter().find(|r| r.tag == *tag) {
+        // As on github.com, a draft is not found by its tag, only in the list.
+        ("GET", ["releases", "tags", tag]) => match state.releases.iter().find(|r| r.tag == *tag && !r.draft) {
             Some(release) => json(200, release_json(url, release)),
             None => message(404, "Not Found"),
         },
+        ("GET", ["releases"]) => {
+            let (items, next) = page(&state.releases, url, &full, cap);
+            let list: Vec<_> = items.iter().map(|r| release_json(url, r)).collect();
+            let mut response = json(200, serde_json::Value::Array(list));
+            if let Some(next) = next {
+                response = response.with_header(tiny_http::Header::from_bytes("Link", next).expect("header"));
+            }
+            response
+        }
         ("POST", ["releases"]) => {
             let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
             let tag = request["tag_name"].as_str().unwrap_or_default().to_owned();

@@ -26,6 +26,7 @@ fn kiln(project: &Project, fake: &FakeGitHub, token: &str, args: &[&str]) -> Out
     project
         .command(args)
         .env("KILN_GITHUB_API", &fake.url)
+        .env("KILN_GITHUB_UPLOADS", &fake.uploads)
         .env("GITHUB_TOKEN", token)
         .env_remove("GH_TOKEN")
         .env_remove("GITHUB_REPOSITORY")
@@ -53,11 +54,12 @@ fn a_release_is_published_once_retried_through_failures_and_only_changes_are_rep
         state.fail_uploads = 1;
         state.rate_limit_uploads = 1;
     }
-    let first = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0"]);
+    let first = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0", "--draft"]);
     let (out, err) = (stdout_of(&first), stderr_of(&first));
     assert!(first.status.success(), "stdout:\n{out}\nstderr:\n{err}");
     assert!(!out.contains(TOKEN) && !err.contains(TOKEN), "the token is never printed");
     let release = fake.release("v1.0").expect("the release was created");
+    assert!(release.draft);
     let mut names: Vec<&str> = release.assets.iter().map(|a| a.name.as_str()).collect();
     names.sort();
     assert_eq!(
@@ -89,9 +91,11 @@ fn a_release_is_published_once_retried_through_failures_and_only_changes_are_rep
         assert!(asset["inputs"].as_object().is_some_and(|i| !i.is_empty()), "{asset}");
     }
 
-    // Nothing changed: nothing is uploaded, replaced or deleted.
+    // Nothing changed: nothing is uploaded, replaced or deleted, and the draft (which
+    // GitHub's look-up by tag does not see) is found, not made twice.
     fake.clear_requests();
-    let second = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0"]);
+    let second = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0", "--draft"]);
+    assert_eq!(fake.state.lock().expect("state").releases.len(), 1, "one release");
     assert!(second.status.success(), "{}", stderr_of(&second));
     assert!(
         stderr_of(&second).contains("0 uploaded, 6 unchanged")
@@ -105,6 +109,7 @@ fn a_release_is_published_once_retried_through_failures_and_only_changes_are_rep
     fake.clear_requests();
     let third = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0"]);
     assert!(third.status.success(), "{}", stderr_of(&third));
+    assert!(!fake.release("v1.0").expect("release").draft, "published without --draft");
     let mut replaced = uploads(&fake.requests());
     replaced.sort();
     assert_eq!(replaced, ["BLAKE3SUMS", "SHA256SUMS", "hello-riscv64", "provenance.json"]);
@@ -116,6 +121,10 @@ fn a_release_is_published_once_retried_through_failures_and_only_changes_are_rep
 fn a_rejected_token_fails_at_once_and_a_dry_run_changes_nothing() {
     let project = Project::example(KILN_TOML);
     let fake = FakeGitHub::start(TOKEN);
+    let missing = kiln(&project, &fake, "", &["release", "--tag", "v1.0"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", stderr_of(&missing));
+    assert!(stderr_of(&missing).contains("no GitHub token") && !stderr_of(&missing).contains("Building"));
+    assert!(fake.requests().is_empty(), "checked before building or asking GitHub");
     let wrong = "ghp_wrongTokenThatMustNotBePrinted";
     let denied = kiln(&project, &fake, wrong, &["release", "--tag", "v1.0"]);
     let err = stderr_of(&denied);
@@ -216,15 +225,27 @@ layers = [{{ tarball = "released" }}]
         )
     };
     let project = Project::example(&toml(&blake3));
-    // Public data: no token needed.
-    let built = kiln(&project, &fake, "", &["rootfs", "build", "downstream"]);
+    // A host cache of its own: this machine may have fetched the same bytes before.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let kiln = |project: &Project, args: &[&str]| {
+        // Public data: no token needed.
+        project
+            .command(args)
+            .env("KILN_GITHUB_API", &fake.url)
+            .env("XDG_CACHE_HOME", cache.path())
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("GH_TOKEN")
+            .output()
+            .expect("kiln")
+    };
+    let built = kiln(&project, &["rootfs", "build", "downstream"]);
     assert!(built.status.success(), "{}", stderr_of(&built));
-    let shown = kiln(&project, &fake, "", &["rootfs", "show", "downstream", "--arch", "x86_64"]);
+    let shown = kiln(&project, &["rootfs", "show", "downstream", "--arch", "x86_64"]);
     assert!(stdout_of(&shown).contains("/etc/released.txt"), "{}", stdout_of(&shown));
     assert!(fake.requests().iter().any(|s| s.url == "/download/v2.0/files-x86_64.tar"), "{:?}", fake.requests());
 
     let wrong = Project::example(&toml(&"0".repeat(64)));
-    let refused = kiln(&wrong, &fake, "", &["rootfs", "build", "downstream"]);
+    let refused = kiln(&wrong, &["rootfs", "build", "downstream"]);
     let err = stderr_of(&refused);
     assert!(!refused.status.success());
     assert!(err.contains("hash mismatch") && err.contains(&blake3), "{err}");

@@ -122,14 +122,34 @@ const PAGE: u8 = 100;
 
 impl Client {
     /// A client of `api` (e.g. [`crate::DEFAULT_API`]) for `repo`, with a token or anonymous
-    /// (public data only). Must be made inside the Tokio runtime that will run its requests.
-    pub fn new(api: &str, token: Option<&str>, repo: Repo, retry: Retry) -> Result<Self, Error> {
+    /// (public data only); release assets are uploaded to `uploads` (see [`uploads_for`]).
+    /// Must be made inside the Tokio runtime that will run its requests.
+    pub fn new(api: &str, uploads: &str, token: Option<&str>, repo: Repo, retry: Retry) -> Result<Self, Error> {
         let token = token.map(str::trim).unwrap_or_default().to_owned();
         if token.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(Error::Usage("the GitHub token holds spaces or control characters".to_owned()));
         }
+        for (what, address) in [("API", api), ("uploads", uploads)] {
+            let valid = address
+                .parse::<http::Uri>()
+                .is_ok_and(|uri| matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some());
+            if !valid {
+                return Err(Error::Usage(format!(
+                    "`{address}` is not a GitHub {what} address (http:// or https://, e.g. {})",
+                    crate::DEFAULT_API
+                )));
+            }
+        }
         let usage = |e: octocrab::Error| Error::Usage(format!("`{api}` is not a usable GitHub API address: {e}"));
-        let mut builder = Octocrab::builder().base_uri(api).map_err(usage)?.upload_uri(api).map_err(usage)?;
+        // octocrab sends the token only to these two hosts; a request that hangs is cut off.
+        let mut builder = Octocrab::builder()
+            .base_uri(api)
+            .map_err(usage)?
+            .upload_uri(uploads)
+            .map_err(usage)?
+            .set_connect_timeout(Some(Duration::from_secs(15)))
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .set_write_timeout(Some(Duration::from_secs(600)));
         if !token.is_empty() {
             builder = builder.personal_token(token.clone());
         }
@@ -204,15 +224,30 @@ impl Client {
         }
     }
 
-    /// The release for `tag`, if there is one.
+    /// The release for `tag`, if there is one. GitHub's look-up by tag does not see drafts,
+    /// so when it finds nothing the releases are listed (a token with push access sees drafts).
     pub async fn release_by_tag(&self, tag: &str) -> Result<Option<Release>, Error> {
         let releases = self.crab.repos(&self.repo.owner, &self.repo.name);
         let doing = format!("looking up release {tag} of {}", self.repo);
         match self.attempt(&doing, || async { releases.releases().get_by_tag(tag).await }).await {
-            Ok(release) => Ok(Some(release_of(release))),
-            Err(err) if err.status() == Some(404) => Ok(None),
-            Err(err) => Err(err),
+            Ok(release) => return Ok(Some(release_of(release))),
+            Err(err) if err.status() == Some(404) => {}
+            Err(err) => return Err(err),
         }
+        let doing = format!("listing the releases of {}", self.repo);
+        for page in 1u32.. {
+            let found = self
+                .attempt(&doing, || async { releases.releases().list().per_page(PAGE).page(page).send().await })
+                .await?;
+            let next = found.next.is_some();
+            if let Some(release) = found.items.into_iter().find(|r| r.tag_name == tag) {
+                return Ok(Some(release_of(release)));
+            }
+            if !next {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// Creates the release for `tag`.
@@ -352,6 +387,19 @@ impl Client {
     }
 }
 
+/// The uploads address that goes with an API address: `uploads.github.com` for github.com,
+/// `https://HOST/api/uploads` for a GitHub Enterprise `https://HOST/api/v3`, else the same.
+pub fn uploads_for(api: &str) -> String {
+    let api = api.trim_end_matches('/');
+    if api == crate::DEFAULT_API {
+        "https://uploads.github.com".to_owned()
+    } else if let Some(host) = api.strip_suffix("/api/v3") {
+        format!("{host}/api/uploads")
+    } else {
+        api.to_owned()
+    }
+}
+
 fn release_of(release: octocrab::models::repos::Release) -> Release {
     Release { id: *release.id, tag: release.tag_name, draft: release.draft, html_url: release.html_url.to_string() }
 }
@@ -369,6 +417,20 @@ fn asset_of(asset: octocrab::models::repos::Asset) -> Asset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_go_to_the_uploads_host_and_bad_addresses_are_refused() {
+        assert_eq!(uploads_for("https://api.github.com"), "https://uploads.github.com");
+        assert_eq!(uploads_for("https://ghe.example/api/v3/"), "https://ghe.example/api/uploads");
+        assert_eq!(uploads_for("http://127.0.0.1:9"), "http://127.0.0.1:9");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let _enter = runtime.enter();
+        let repo: Repo = "a/b".parse().expect("repo");
+        for bad in ["notaurl", "ftp://x", "http://"] {
+            let err = Client::new(bad, bad, None, repo.clone(), Retry::default()).expect_err(bad);
+            assert!(err.to_string().contains("is not a GitHub API address"), "{err}");
+        }
+    }
 
     #[test]
     fn repositories_are_owner_slash_name() {

@@ -14,7 +14,7 @@ pub enum Error {
         doing: String,
     },
     /// Another answer that is not success.
-    #[error("GitHub answered HTTP {status} while {doing}: {message}")]
+    #[error("GitHub answered HTTP {status} while {doing}: {message}{}", hint(*status))]
     Status {
         /// What kiln was doing.
         doing: String,
@@ -54,5 +54,16 @@ impl Error {
             Self::Status { status, .. } => Some(*status),
             _ => None,
         }
+    }
+}
+
+/// What to check, for the answers that usually mean a setup mistake.
+fn hint(status: u16) -> &'static str {
+    match status {
+        403 => {
+            " (the token lacks a permission: a workflow needs `permissions: contents: write` for releases, `actions: write` for caches)"
+        }
+        404 => " (check the repository's name, and that the token can see it)",
+        _ => "",
     }
 }

@@ -10,6 +10,10 @@ pub const KILN_ACCEL: &str = "KILN_ACCEL";
 /// server's `https://HOST/api/v3`).
 pub const KILN_GITHUB_API: &str = "KILN_GITHUB_API";
 
+/// Where release assets are uploaded (default: `https://uploads.github.com` for the public
+/// API, `https://HOST/api/uploads` for `https://HOST/api/v3`, else the API address).
+pub const KILN_GITHUB_UPLOADS: &str = "KILN_GITHUB_UPLOADS";
+
 /// The token for GitHub (`release`, `ci prune-caches`, `github-release` fetches of private
 /// repositories); `GH_TOKEN` is read when it is unset. Never printed.
 pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";

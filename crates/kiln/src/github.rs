@@ -13,6 +13,14 @@ pub fn api() -> String {
         .unwrap_or_else(|| kiln_github::DEFAULT_API.to_owned())
 }
 
+/// The uploads address: `KILN_GITHUB_UPLOADS`, else the one that goes with [`api`].
+pub fn uploads() -> String {
+    std::env::var(env::KILN_GITHUB_UPLOADS)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| kiln_github::uploads_for(&api()))
+}
+
 /// The token: `GITHUB_TOKEN`, else `GH_TOKEN`.
 pub fn token() -> Option<String> {
     [env::GITHUB_TOKEN, env::GH_TOKEN]
@@ -34,11 +42,19 @@ pub fn client(repository: &str, need_token: bool) -> anyhow::Result<Client> {
     let repo: Repo = repository.parse()?;
     let token = token();
     if need_token && token.is_none() {
-        anyhow::bail!(
-            "no GitHub token: set GITHUB_TOKEN (in a workflow: `env: GITHUB_TOKEN: ${{{{ secrets.GITHUB_TOKEN }}}}`) or GH_TOKEN"
-        );
+        return Err(missing_token().into());
     }
-    Ok(Client::new(&api(), token.as_deref(), repo, Retry::default())?)
+    Ok(Client::new(&api(), &uploads(), token.as_deref(), repo, Retry::default())?)
+}
+
+/// The error for a command that needs a token and has none.
+pub fn missing_token() -> crate::commands::UsageError {
+    crate::commands::UsageError::new(
+        "no GitHub token",
+        Some(
+            "set GITHUB_TOKEN (in a workflow: `env: GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}`) or GH_TOKEN".to_owned(),
+        ),
+    )
 }
 
 /// The download address of a release asset, looked up through the API.

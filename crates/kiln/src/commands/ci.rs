@@ -34,6 +34,12 @@ fn prune_caches(cx: &Cx, keep: usize, dry_run: bool, prefix: &str, repository: O
             Some("pass `--repository owner/name` (GitHub Actions sets GITHUB_REPOSITORY)".to_owned()),
         )
     })?;
+    if let Err(err) = repository.parse::<kiln_github::Repo>() {
+        return Err(UsageError::new(err.to_string(), Some("pass `--repository owner/name`".to_owned())).into());
+    }
+    if crate::github::token().is_none() {
+        return Err(crate::github::missing_token().into());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = crate::github::client(&repository, true)?;

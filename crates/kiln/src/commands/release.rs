@@ -80,8 +80,31 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
             Some("set `[release] repository = \"owner/name\"` (GitHub Actions sets GITHUB_REPOSITORY)".to_owned()),
         )
     })?;
+    // Everything that can be checked without building is checked first.
+    if args.tag.trim().is_empty() || args.tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(
+            UsageError::new(format!("`{}` is not a tag", args.tag), Some("e.g. `--tag v1.2.0`".to_owned())).into()
+        );
+    }
+    if let Err(err) = repository.parse::<kiln_github::Repo>() {
+        return Err(UsageError::new(
+            err.to_string(),
+            Some("set `[release] repository` or GITHUB_REPOSITORY".to_owned()),
+        )
+        .into());
+    }
+    if !args.dry_run && crate::github::token().is_none() {
+        return Err(crate::github::missing_token().into());
+    }
     let mut files = collect(cx)?;
     files.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(twins) = files.windows(2).find(|pair| pair[0].name == pair[1].name) {
+        return Err(UsageError::new(
+            format!("two things in `[release]` would both be published as `{}`", twins[0].name),
+            Some("give the artifact, kernel or rootfs another name".to_owned()),
+        )
+        .into());
+    }
     files.extend(checksums_and_provenance(&files, &repository, &args.tag)?);
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -174,7 +174,7 @@ fn try_download(agent: &ureq::Agent, name: &str, url: &str, dest: &Path, printer
     }
     if status != 200 {
         return Err(Attempt::Fatal(anyhow::anyhow!(
-            "fetch `{name}`: the server answered {status} for {url}; check `fetch.{name}.url`"
+            "fetch `{name}`: the server answered {status} for {url}; check `fetch.{name}` in Kiln.toml"
         )));
     }
     let total = response.body().content_length();
