@@ -68,8 +68,9 @@ fn a_release_is_published_once_retried_through_failures_and_only_changes_are_rep
     );
     let seen = fake.requests();
     assert!(seen.iter().all(|s| s.authorized), "every request carried the token");
-    // Six assets, one upload answered 502 and one rate limited, both tried again.
+    // Six assets, one upload answered 502 and one rate limited, both tried again, and said.
     assert_eq!(uploads(&seen).len(), 8, "{:?}", uploads(&seen));
+    assert!(err.contains("Retrying") && err.contains("HTTP 502") && err.contains("rate limited"), "{err}");
 
     // The checksums verify with the tools a downloader uses.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -102,6 +103,7 @@ fn a_release_is_published_once_retried_through_failures_and_only_changes_are_rep
             || stdout_of(&second).contains("0 uploaded, 6 unchanged")
     );
     assert_eq!(changes(&fake.requests()), 0, "{:?}", fake.requests());
+    assert!(!fake.requests().iter().any(|s| s.method == "PATCH"), "an unchanged release is not edited");
 
     // One kernel changes: it and the three files that describe the release are replaced.
     project

@@ -63,6 +63,10 @@ pub struct Release {
     pub tag: String,
     /// Whether it is a draft.
     pub draft: bool,
+    /// Its name.
+    pub name: String,
+    /// Its notes.
+    pub body: String,
     /// Its web page.
     pub html_url: String,
 }
@@ -97,11 +101,15 @@ pub struct CacheEntry {
     pub size: u64,
 }
 
+/// Told about each retry: what failed and how long the wait before the next attempt is.
+pub type RetryNotice = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A client for one repository.
 pub struct Client {
     crab: Octocrab,
     repo: Repo,
     retry: Retry,
+    notice: Option<RetryNotice>,
     /// Kept only to scrub it from any text GitHub sends back.
     token: String,
 }
@@ -154,7 +162,13 @@ impl Client {
             builder = builder.personal_token(token.clone());
         }
         let crab = builder.build().map_err(usage)?;
-        Ok(Self { crab, repo, retry, token })
+        Ok(Self { crab, repo, retry, notice: None, token })
+    }
+
+    /// Calls `notice` with one line before each retry (a silent wait looks like a hang).
+    pub fn with_retry_notice(mut self, notice: RetryNotice) -> Self {
+        self.notice = Some(notice);
+        self
     }
 
     /// The repository.
@@ -215,8 +229,17 @@ impl Client {
                 Next::Retry { why, .. } if attempt >= self.retry.attempts => {
                     return Err(Error::GaveUp { doing: doing.to_owned(), attempts: attempt, last: why });
                 }
-                Next::Retry { wait, .. } => {
-                    tokio::time::sleep(wait.unwrap_or(delay).min(self.retry.max_delay)).await;
+                Next::Retry { wait, why } => {
+                    let wait = wait.unwrap_or(delay).min(self.retry.max_delay);
+                    if let Some(notice) = &self.notice {
+                        notice(&format!(
+                            "{doing}: {why}; attempt {} of {} in {}s",
+                            attempt + 1,
+                            self.retry.attempts,
+                            wait.as_secs_f32()
+                        ));
+                    }
+                    tokio::time::sleep(wait).await;
                     delay = (delay * 2).min(self.retry.max_delay);
                     attempt += 1;
                 }
@@ -401,7 +424,14 @@ pub fn uploads_for(api: &str) -> String {
 }
 
 fn release_of(release: octocrab::models::repos::Release) -> Release {
-    Release { id: *release.id, tag: release.tag_name, draft: release.draft, html_url: release.html_url.to_string() }
+    Release {
+        id: *release.id,
+        tag: release.tag_name,
+        draft: release.draft,
+        name: release.name.unwrap_or_default(),
+        body: release.body.unwrap_or_default(),
+        html_url: release.html_url.to_string(),
+    }
 }
 
 fn asset_of(asset: octocrab::models::repos::Asset) -> Asset {

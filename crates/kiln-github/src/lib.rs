@@ -9,7 +9,7 @@
 mod client;
 mod error;
 
-pub use client::{Asset, CacheEntry, Client, Release, Repo, Retry, uploads_for};
+pub use client::{Asset, CacheEntry, Client, Release, Repo, Retry, RetryNotice, uploads_for};
 pub use error::Error;
 
 /// The public GitHub API.

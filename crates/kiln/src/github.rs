@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use kiln_github::{Client, Repo, Retry};
 
-use crate::env;
+use crate::{env, report::Printer};
 
 /// The API address: `KILN_GITHUB_API`, else the public API.
 pub fn api() -> String {
@@ -38,13 +38,21 @@ pub fn repository(given: Option<&str>, config: &crate::config::Config) -> Option
 }
 
 /// A client for `repository`; `need_token` makes a missing token an error that says what to set.
-pub fn client(repository: &str, need_token: bool) -> anyhow::Result<Client> {
+/// Retries are said on `printer`, when there is one.
+pub fn client(repository: &str, need_token: bool, printer: Option<&std::sync::Arc<Printer>>) -> anyhow::Result<Client> {
     let repo: Repo = repository.parse()?;
     let token = token();
     if need_token && token.is_none() {
         return Err(missing_token().into());
     }
-    Ok(Client::new(&api(), &uploads(), token.as_deref(), repo, Retry::default())?)
+    let client = Client::new(&api(), &uploads(), token.as_deref(), repo, Retry::default())?;
+    Ok(match printer {
+        Some(printer) => {
+            let printer = printer.clone();
+            client.with_retry_notice(std::sync::Arc::new(move |line: &str| printer.status("Retrying", line)))
+        }
+        None => client,
+    })
 }
 
 /// The error for a command that needs a token and has none.
@@ -61,7 +69,7 @@ pub fn missing_token() -> crate::commands::UsageError {
 pub fn asset_url(repository: &str, tag: &str, asset: &str) -> anyhow::Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = client(repository, false)?;
+        let client = client(repository, false, None)?;
         let release =
             client.release_by_tag(tag).await?.with_context(|| format!("{repository} has no release tagged {tag}"))?;
         let assets = client.assets(release.id).await?;

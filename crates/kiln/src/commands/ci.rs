@@ -42,7 +42,7 @@ fn prune_caches(cx: &Cx, keep: usize, dry_run: bool, prefix: &str, repository: O
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = crate::github::client(&repository, true)?;
+        let client = crate::github::client(&repository, true, Some(&cx.printer))?;
         let caches = client.caches(&format!("{prefix}-")).await?;
         // Newest first within each (branch, family).
         let mut groups: BTreeMap<(String, String), Vec<&kiln_github::CacheEntry>> = BTreeMap::new();

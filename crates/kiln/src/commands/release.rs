@@ -118,7 +118,7 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
         return Ok(exit_code::SUCCESS);
     }
     runtime.block_on(async {
-        let client = crate::github::client(&repository, true)?;
+        let client = crate::github::client(&repository, true, Some(&cx.printer))?;
         let existing = client.release_by_tag(&args.tag).await?;
         let assets = match &existing {
             Some(release) => client.assets(release.id).await?,
@@ -157,6 +157,10 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
         }
         let body = release_notes(&files);
         let release = match existing {
+            Some(release) if release.body == body && release.draft == args.draft && release.name == args.tag => {
+                cx.printer.status("Found", &format!("release {} ({})", args.tag, release.html_url));
+                release
+            }
             Some(release) => {
                 let updated = client.update_release(release.id, &args.tag, &body, args.draft).await?;
                 cx.printer.status("Updating", &format!("release {} ({})", args.tag, updated.html_url));
