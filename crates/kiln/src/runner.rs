@@ -304,11 +304,7 @@ async fn snapshot_case(
         Ok(guest) => guest,
         Err(err) => return error_result(ready, log_dir, format!("the snapshot could not be restored: {err:#}")),
     };
-    let env: std::collections::BTreeMap<String, String> =
-        [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+    let env = guest::agent_env();
     let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
     let mut pending = [Vec::new(), Vec::new()];
     let mut on_line = |line: &str, outcome: &mut BootOutcome| {

@@ -41,8 +41,7 @@ pub fn run(
     let (cwd, copies) = files_to_put(cx)?;
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
     let mut env = super::run::passed_env(&cx.config.run.env);
-    env.insert("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
-    env.insert("HOME".to_owned(), "/root".to_owned());
+    env.extend(guest::agent_env());
 
     // The guest: leased warm from the pool's keeper, or restored here. Both die with their
     // holder (the lease's end, or QEMU's process group).

@@ -95,13 +95,7 @@ fn session_files(cx: &Cx, name: &str) -> (PathBuf, PathBuf, PathBuf) {
 
 /// The lock file beside a keeper's socket, which the keeper holds while it lives.
 fn keeper_lock(socket: &Path) -> anyhow::Result<std::fs::File> {
-    let lock = socket.with_extension("lock");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .with_context(|| format!("cannot open `{}`", lock.display()))
+    crate::exec::slots::lock_file(&socket.with_extension("lock"))
 }
 
 /// Whether a keeper holds the lock beside `socket` (it may still be starting).
@@ -268,9 +262,7 @@ fn agent_of(lease: &lease::Lease) -> anyhow::Result<AgentClient> {
 }
 
 fn guest_env() -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    env.insert("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
-    env.insert("HOME".to_owned(), "/root".to_owned());
+    let mut env = crate::exec::guest::agent_env();
     if let Ok(term) = std::env::var("TERM") {
         env.insert("TERM".to_owned(), term);
     }

@@ -62,11 +62,17 @@ impl AgentClient {
     }
 
     async fn send(&mut self, op: Op) -> anyhow::Result<u64> {
+        self.send_with(op, &[]).await
+    }
+
+    /// Sends a request, then `trailing` raw bytes (a raw put's content), and returns its id.
+    async fn send_with(&mut self, op: Op, trailing: &[u8]) -> anyhow::Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
-        let mut line = serde_json::to_vec(&Request { id, op })?;
-        line.push(b'\n');
-        self.stream.get_mut().write_all(&line).await.map_err(agent_gone)?;
+        let mut message = serde_json::to_vec(&Request { id, op })?;
+        message.push(b'\n');
+        message.extend_from_slice(trailing);
+        self.stream.get_mut().write_all(&message).await.map_err(agent_gone)?;
         Ok(id)
     }
 
@@ -102,12 +108,7 @@ impl AgentClient {
     pub async fn put(&mut self, path: &str, mode: u32, bytes: &[u8]) -> anyhow::Result<()> {
         let blake3 = blake3::hash(bytes).to_hex().to_string();
         let op = Op::Put { path: path.to_owned(), mode, data: String::new(), blake3, length: Some(bytes.len() as u64) };
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut message = serde_json::to_vec(&Request { id, op })?;
-        message.push(b'\n');
-        message.extend_from_slice(bytes);
-        self.stream.get_mut().write_all(&message).await.map_err(agent_gone)?;
+        let id = self.send_with(op, bytes).await?;
         self.answer(id).await.with_context(|| format!("cannot put {path} into the guest"))?;
         Ok(())
     }
@@ -202,12 +203,7 @@ impl AgentClient {
                 }, if signals.is_some() => {
                     forwarded += 1;
                     let signal = if forwarded > 1 { nix::libc::SIGKILL } else { signal };
-                    let next = self.next_id;
-                    self.next_id += 1;
-                    signal_requests.push(next);
-                    let mut request = serde_json::to_vec(&Request { id: next, op: Op::Signal { exec: id, signal } })?;
-                    request.push(b'\n');
-                    self.stream.get_mut().write_all(&request).await.map_err(agent_gone)?;
+                    signal_requests.push(self.send(Op::Signal { exec: id, signal }).await?);
                     continue;
                 }
             };
@@ -216,12 +212,7 @@ impl AgentClient {
                 if n == 0 {
                     input = None;
                 }
-                let next = self.next_id;
-                self.next_id += 1;
-                let mut request =
-                    serde_json::to_vec(&Request { id: next, op: Op::Input { exec: id, data, eof: n == 0 } })?;
-                request.push(b'\n');
-                self.stream.get_mut().write_all(&request).await.map_err(agent_gone)?;
+                self.send(Op::Input { exec: id, data, eof: n == 0 }).await?;
                 continue;
             }
             let response: Response = serde_json::from_slice(&line)

@@ -17,15 +17,7 @@ pub struct Slot {
 pub fn acquire(dir: &Path, count: usize, on_wait: impl FnOnce()) -> anyhow::Result<Slot> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     let count = count.max(1);
-    let open = |index: usize| -> anyhow::Result<File> {
-        let path = dir.join(format!("{index}.lock"));
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open `{}`", path.display()))
-    };
+    let open = |index: usize| lock_file(&dir.join(format!("{index}.lock")));
     for index in 0..count {
         let file = open(index)?;
         if file.try_lock().is_ok() {
@@ -37,6 +29,16 @@ pub fn acquire(dir: &Path, count: usize, on_wait: impl FnOnce()) -> anyhow::Resu
     let file = open(std::process::id() as usize % count)?;
     file.lock().context("cannot wait for a free guest slot")?;
     Ok(Slot { _file: file })
+}
+
+/// Opens (creating it when missing) a file that is only ever locked, never written.
+pub fn lock_file(path: &Path) -> anyhow::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open `{}`", path.display()))
 }
 
 #[cfg(test)]

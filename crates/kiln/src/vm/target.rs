@@ -57,8 +57,8 @@ pub struct SnapshotTarget {
     pub agent_binary: PathBuf,
     /// The agent's closure.
     pub agent: ClosureHash,
-    /// The snapshot's closure.
-    closure: ClosureHash,
+    /// The snapshot's derivation (computed once: it asks QEMU for its version).
+    derivation: kiln_store::Derivation,
 }
 
 /// A restored guest with its agent connected; dropping it kills the guest.
@@ -86,8 +86,8 @@ impl SnapshotTarget {
             accel: linux.accel,
             inbox: linux.can_share(),
         };
-        let closure = snapshot::derivation(&inputs)?.closure_hash();
-        Ok(Self { linux, agent_binary, agent, closure })
+        let derivation = snapshot::derivation(&inputs)?;
+        Ok(Self { linux, agent_binary, agent, derivation })
     }
 
     /// The guest's architecture.
@@ -110,7 +110,7 @@ impl SnapshotTarget {
 
     /// The snapshot's closure hash.
     pub fn closure(&self) -> ClosureHash {
-        self.closure
+        self.derivation.closure_hash()
     }
 
     /// The snapshot's entry directory, booting once to make it when it is missing (or was
@@ -118,12 +118,12 @@ impl SnapshotTarget {
     pub fn entry(&self, cx: &Cx, runtime: &tokio::runtime::Runtime) -> anyhow::Result<PathBuf> {
         let arch = self.arch();
         let inputs = self.inputs();
-        let drv = snapshot::derivation(&inputs)?;
+        let drv = &self.derivation;
         if cx.store.lookup(&drv.closure_hash())?.is_none() {
             cx.printer.status("Snapshot", &format!("booting {arch} once to save its state"));
         }
         let on_wait = || cx.printer.status("Waiting", &format!("for another kiln making the {arch} snapshot"));
-        let (entry, outcome) = cx.store.build(&drv, &format!("snapshot-{arch}"), on_wait, |out| {
+        let (entry, outcome) = cx.store.build(drv, &format!("snapshot-{arch}"), on_wait, |out| {
             runtime
                 .block_on(snapshot::create(&inputs, &self.agent_binary, out))
                 .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
@@ -162,7 +162,7 @@ impl SnapshotTarget {
                 let arch = self.arch();
                 cx.printer
                     .always(&format!("warning: the {arch} snapshot could not be restored ({err:#}); making it again"));
-                cx.store.remove_entry(&self.closure)?;
+                cx.store.remove_entry(&self.closure())?;
                 let entry = self.entry(cx, runtime)?;
                 runtime.block_on(self.restore(&entry))
             }

@@ -21,6 +21,15 @@ pub enum CopyKind {
     Symlink(String),
 }
 
+/// The environment every command run through the guest agent starts from (the agent
+/// passes only what it is given): a `PATH` and `HOME` as kiln's init sets them.
+pub fn agent_env() -> std::collections::BTreeMap<String, String> {
+    [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root")]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
 /// Copies larger than this are refused: the per-boot archive lives in guest memory.
 pub const MAX_COPY_BYTES: u64 = 256 * 1024 * 1024;
 
