@@ -1097,7 +1097,7 @@ fn split_member(path: &[u8], is_dir: bool) -> Result<(ClosureHash, &[u8]), Rejec
     Ok((closure, rest))
 }
 
-fn check_components(path: &[u8]) -> Result<(), Rejection> {
+pub(crate) fn check_components(path: &[u8]) -> Result<(), Rejection> {
     let count = path.split(|&b| b == b'/').count();
     if count > MAX_PATH_COMPONENTS {
         return Err(Rejection::TooManyComponents { count });
@@ -1133,7 +1133,7 @@ fn check_layout(rest: &[u8], kind: Kind, size: u64) -> Result<(), Rejection> {
 
 /// Checks a symlink's target by itself: relative, bounded, and not leaving `out/` when
 /// resolved lexically from the link's own directory. (`rest` is `out/.../name`.)
-fn check_link_target(rest: &[u8], target: &[u8]) -> Result<(), Rejection> {
+pub(crate) fn check_link_target(rest: &[u8], target: &[u8]) -> Result<(), Rejection> {
     let shown = || lossy(target);
     if target.is_empty() {
         return Err(bad_header("a symlink without a target"));

@@ -9,6 +9,7 @@ mod archive;
 mod derivation;
 mod errors;
 mod hash;
+pub mod remote;
 mod source;
 mod stat_cache;
 mod store;
@@ -23,5 +24,7 @@ pub use errors::StoreError;
 pub use hash::{ClosureHash, OutputHash, ParseHashError};
 pub use source::{SourceSet, hash_file, hash_source_set};
 pub use stat_cache::{FileStamp, RACY_WINDOW, StatCache};
-pub use store::{BuildOutcome, Entry, EntryMeta, GcReport, STORE_FORMAT, Store, tree_size};
+pub use store::{
+    BuildOutcome, Entry, EntryMeta, GcReport, STORE_FORMAT, Store, Substituter, Substitution, tree_size,
+};
 pub use tree::hash_tree;

@@ -71,11 +71,20 @@ fn name_file(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
-/// Whether [`Store::build`] ran the builder or found the entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether [`Store::build`] ran the builder, found the entry, or fetched it from a remote.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BuildOutcome {
     /// The entry was already in the store.
     Cached,
+    /// A remote had the entry; it was verified and added to the store.
+    Substituted {
+        /// The remote's URL.
+        from: String,
+        /// How long fetching and verifying took.
+        duration: Duration,
+        /// Bytes downloaded.
+        bytes: u64,
+    },
     /// The builder ran and its output was published.
     Built {
         /// How long the builder took.
@@ -84,6 +93,31 @@ pub enum BuildOutcome {
         /// removed first.
         replaced_corrupt: bool,
     },
+}
+
+/// An entry a [`Substituter`] fetched: its output is in the directory it was given.
+#[derive(Clone, Debug)]
+pub struct Substitution {
+    /// The entry's `meta.toml`, byte for byte as it was signed.
+    pub meta_text: String,
+    /// The parsed metadata.
+    pub meta: EntryMeta,
+    /// Where it came from.
+    pub from: String,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// Where the store looks for an entry before building it, and hears of every entry a run
+/// settles (built or found), e.g. to push it.
+pub trait Substituter: Send + Sync + std::fmt::Debug {
+    /// Writes the output of `closure` into `out` (an empty directory) when a verified copy
+    /// exists somewhere; `None` leaves `out` empty.
+    fn substitute(&self, closure: &ClosureHash, out: &Path) -> Option<Substitution>;
+    /// Called with every entry [`Store::build`] returns.
+    fn settled(&self, entry: &Entry);
 }
 
 /// The file beside an entry's `out/` recording the stamps of its files when they last
@@ -98,6 +132,7 @@ pub const STORE_FORMAT: u32 = 1;
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    substituter: Option<std::sync::Arc<dyn Substituter>>,
 }
 
 impl Store {
@@ -109,7 +144,7 @@ impl Store {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
         }
-        let store = Self { root };
+        let store = Self { root, substituter: None };
         store.remove_dead_temp_dirs()?;
         Ok(store)
     }
@@ -142,6 +177,18 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Looks entries up in `substituter` before building them, and tells it of every entry
+    /// [`Store::build`] returns.
+    pub fn with_substituter(mut self, substituter: std::sync::Arc<dyn Substituter>) -> Self {
+        self.substituter = Some(substituter);
+        self
+    }
+
+    /// The substituter, when there is one.
+    pub fn substituter(&self) -> Option<&std::sync::Arc<dyn Substituter>> {
+        self.substituter.as_ref()
     }
 
     /// The store's root directory.
@@ -186,6 +233,25 @@ impl Store {
     where
         F: FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
     {
+        let (entry, outcome) = self.build_unsettled(derivation, name, on_wait, builder)?;
+        if let Some(substituter) = &self.substituter
+            && !matches!(outcome, BuildOutcome::Substituted { .. })
+        {
+            substituter.settled(&entry);
+        }
+        Ok((entry, outcome))
+    }
+
+    fn build_unsettled<F>(
+        &self,
+        derivation: &Derivation,
+        name: &str,
+        on_wait: impl FnOnce(),
+        builder: F,
+    ) -> Result<(Entry, BuildOutcome), StoreError>
+    where
+        F: FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    {
         let closure = derivation.closure_hash();
         if let Ok(Some(entry)) = self.lookup(&closure)
             && self.intact(&entry)?
@@ -216,6 +282,14 @@ impl Store {
         let temp = self.root.join("tmp").join(format!("{closure}.{}.{}", std::process::id(), unique_suffix()));
         let out = temp.join("out");
         fs::create_dir_all(&out).map_err(|e| StoreError::io("create directory", &out, e))?;
+        if let Some(found) = self.substituter.as_ref().and_then(|s| s.substitute(&closure, &out)) {
+            let published = self.publish_meta(&temp, &closure, &found.meta_text, found.meta);
+            if published.is_err() {
+                let _ = remove_tree(&temp);
+            }
+            let outcome = BuildOutcome::Substituted { from: found.from, duration: found.duration, bytes: found.bytes };
+            return Ok((published?, outcome));
+        }
         let started = Instant::now();
         let built = builder(&out).map_err(|source| StoreError::Build { name: name.to_owned(), source });
         if let Err(err) = built {
@@ -228,6 +302,38 @@ impl Store {
             let _ = remove_tree(&temp);
         }
         Ok((published?, BuildOutcome::Built { duration, replaced_corrupt }))
+    }
+
+    /// Fetches `closure` from the substituter unless the store has it intact; `None` when no
+    /// remote has a verified copy.
+    pub fn pull(&self, closure: &ClosureHash) -> Result<Option<(Entry, BuildOutcome)>, StoreError> {
+        if let Some(entry) = self.lookup(closure)?
+            && self.intact(&entry)?
+        {
+            return Ok(Some((entry, BuildOutcome::Cached)));
+        }
+        let Some(substituter) = &self.substituter else { return Ok(None) };
+        let _gc_guard = self.lock_shared_gc()?;
+        let _lock = self.lock_closure(closure, || {})?;
+        if let Some(entry) = self.lookup(closure)? {
+            if self.intact(&entry)? {
+                return Ok(Some((entry, BuildOutcome::Cached)));
+            }
+            self.remove_entry(closure)?;
+        }
+        self.remove_stale_temp_dirs(closure)?;
+        let temp = self.root.join("tmp").join(format!("{closure}.{}.{}", std::process::id(), unique_suffix()));
+        let out = temp.join("out");
+        fs::create_dir_all(&out).map_err(|e| StoreError::io("create directory", &out, e))?;
+        let Some(found) = substituter.substitute(closure, &out) else {
+            remove_tree(&temp)?;
+            return Ok(None);
+        };
+        let published = self.publish_meta(&temp, closure, &found.meta_text, found.meta);
+        if published.is_err() {
+            let _ = remove_tree(&temp);
+        }
+        Ok(Some((published?, BuildOutcome::Substituted { from: found.from, duration: found.duration, bytes: found.bytes })))
     }
 
     /// Whether the entry's output still has its recorded hash. Every hit is checked: the
@@ -444,6 +550,7 @@ impl Store {
         Ok(file)
     }
 
+    /// Publishes the output a builder wrote into `temp/out`, with new metadata.
     fn publish(
         &self,
         temp: &Path,
@@ -462,12 +569,17 @@ impl Store {
             created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             derivation: derivation.clone(),
         };
-        let meta_path = temp.join("meta.toml");
         let text = toml::to_string(&meta).map_err(|e| StoreError::CorruptMeta {
             closure: *closure,
-            path: meta_path.clone(),
+            path: temp.join("meta.toml"),
             message: e.to_string(),
         })?;
+        self.publish_meta(temp, closure, &text, meta)
+    }
+
+    /// Publishes `temp` (holding `out/`) as the entry `closure` with the metadata `text`.
+    fn publish_meta(&self, temp: &Path, closure: &ClosureHash, text: &str, meta: EntryMeta) -> Result<Entry, StoreError> {
+        let meta_path = temp.join("meta.toml");
         fs::write(&meta_path, text).map_err(|e| StoreError::io("write", &meta_path, e))?;
         make_read_only(&temp.join("out"))?;
         make_read_only(&meta_path)?;

@@ -21,23 +21,30 @@ use crate::{
 /// The BLAKE3 key-derivation context that domain-separates tree hashes.
 pub(crate) const TREE_CONTEXT: &str = "kiln 2026-11 tree v1";
 
-enum Node {
+/// One path of a tree as the hash sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Node {
     Dir,
-    File { executable: bool, content: [u8; 32] },
+    File { executable: bool, content: [u8; 32], size: u64 },
     Symlink { target: Vec<u8> },
 }
 
 /// Hashes the tree rooted at `root` (a directory) canonically.
 pub fn hash_tree(root: &Path) -> Result<OutputHash, StoreError> {
+    Ok(hash_nodes(&list_tree(root)?))
+}
+
+/// Every path below `root` with what the hash records of it, in the spec's order: bytewise
+/// by the whole path (`foo`, `foo.rs`, `foo/x`), not depth first.
+pub(crate) fn list_tree(root: &Path) -> Result<Vec<(PathBuf, Node)>, StoreError> {
     let mut paths = Vec::new();
     collect(root, PathBuf::new(), &mut paths)?;
-    // The spec orders entries bytewise by their whole path (`foo`, `foo.rs`, `foo/x`), not
-    // depth first.
     paths.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
-    let nodes = paths
-        .par_iter()
-        .map(|relative| node_for(&root.join(relative)).map(|node| (relative, node)))
-        .collect::<Result<Vec<_>, _>>()?;
+    paths.into_par_iter().map(|relative| node_for(&root.join(&relative)).map(|node| (relative, node))).collect()
+}
+
+/// The output hash of a listing in the spec's order (see [`list_tree`]).
+pub(crate) fn hash_nodes(nodes: &[(PathBuf, Node)]) -> OutputHash {
     let mut hasher = blake3::Hasher::new_derive_key(TREE_CONTEXT);
     let mut buf = Vec::new();
     put_len(&mut buf, nodes.len());
@@ -45,19 +52,19 @@ pub fn hash_tree(root: &Path) -> Result<OutputHash, StoreError> {
         put_bytes(&mut buf, relative.as_os_str().as_bytes());
         match node {
             Node::Dir => buf.push(b'd'),
-            Node::File { executable, content } => {
-                buf.push(if executable { b'x' } else { b'f' });
-                buf.extend_from_slice(&content);
+            Node::File { executable, content, .. } => {
+                buf.push(if *executable { b'x' } else { b'f' });
+                buf.extend_from_slice(content);
             }
             Node::Symlink { target } => {
                 buf.push(b'l');
-                put_bytes(&mut buf, &target);
+                put_bytes(&mut buf, target);
             }
         }
         hasher.update(&buf);
         buf.clear();
     }
-    Ok(OutputHash::from_blake3(hasher.finalize()))
+    OutputHash::from_blake3(hasher.finalize())
 }
 
 /// A digest of what `stat` says about every path in the tree rooted at `root` (device, inode,
@@ -115,7 +122,7 @@ fn node_for(path: &Path) -> Result<Node, StoreError> {
         Ok(Node::Symlink { target: target.into_os_string().as_bytes().to_vec() })
     } else if kind.is_file() {
         let executable = meta.permissions().mode() & 0o100 != 0;
-        Ok(Node::File { executable, content: *hash_file(path)?.as_bytes() })
+        Ok(Node::File { executable, content: *hash_file(path)?.as_bytes(), size: meta.len() })
     } else {
         Err(StoreError::UnsupportedFileType { path: path.to_owned() })
     }

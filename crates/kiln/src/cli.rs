@@ -68,6 +68,10 @@ pub struct GlobalArgs {
     /// Install missing host packages and rustup targets without asking (implied by CI=true).
     #[arg(short, long, global = true)]
     pub yes: bool,
+    /// Push every entry the command builds or uses to the remote stores, in the background
+    /// (needs KILN_SIGNING_KEY or KILN_SIGNING_KEY_FILE).
+    #[arg(long, global = true)]
+    pub push: bool,
     /// Accelerator: `auto` probes whether KVM really works (env: KILN_ACCEL).
     #[arg(long, global = true, value_enum, env = "KILN_ACCEL", default_value = "auto")]
     pub accel: AccelArg,
@@ -453,6 +457,31 @@ pub enum StoreCommand {
     Import {
         /// The archive to read.
         file: PathBuf,
+    },
+    /// Upload entries to the remote stores, signed (default: every entry Kiln.toml declares
+    /// that the store holds, with the agents and snapshots of its Linux guests).
+    Push {
+        /// Only these artifacts, kernels, rootfs images or fetches (`NAME` or `NAME-ARCH`).
+        names: Vec<String>,
+        /// Only this remote (default: every remote).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+    },
+    /// Download entries from the remote stores, verified, without building anything
+    /// (default: every entry Kiln.toml declares).
+    Pull {
+        /// Only these artifacts, kernels, rootfs images or fetches (`NAME` or `NAME-ARCH`).
+        names: Vec<String>,
+    },
+    /// Make an ed25519 key pair for signing entries: writes the secret key to a new file and
+    /// prints the public key for `[store] trusted-keys`.
+    Keygen {
+        /// The key's name, carried by every signature (e.g. `ci-1` or your host name).
+        #[arg(long)]
+        name: String,
+        /// The file for the secret key (created with mode 0600; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Print a CI cache key (`key=`), its restore-key prefix (`restore-keys=`), and the store
     /// and log directories (`store=`, `logs=`) for a command, ready for `$GITHUB_OUTPUT`.

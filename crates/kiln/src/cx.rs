@@ -31,6 +31,8 @@ pub struct Options {
     pub accel: AccelPolicy,
     /// Say why each build that runs is needed (`build --explain`).
     pub explain: bool,
+    /// Push what the command builds or uses to every remote (`--push`).
+    pub push: bool,
 }
 
 /// An artifact built for one architecture (or found in the store).
@@ -78,19 +80,30 @@ pub struct Realised {
     pub builds: BTreeMap<BuildKey, BuiltArtifact>,
     /// Kernels and rootfs images.
     pub images: BTreeMap<ImageKey, RealisedImage>,
-    /// Fetches done now (the others were in the store).
-    pub fetched_now: usize,
-    /// Fetches found in the store.
-    pub fetched_before: usize,
+    /// How each fetch was served.
+    pub fetches: Vec<BuildOutcome>,
 }
 
 impl Realised {
     /// How many derivations were built now and how many came from the store.
     pub fn store_use(&self) -> crate::report::StoreUse {
-        let outcomes = self.builds.values().map(|b| &b.outcome).chain(self.images.values().map(|i| &i.outcome));
-        let built = outcomes.filter(|o| matches!(o, BuildOutcome::Built { .. })).count();
-        let total = self.builds.len() + self.images.len();
-        crate::report::StoreUse { built: built + self.fetched_now, cached: total - built + self.fetched_before }
+        let outcomes: Vec<&BuildOutcome> = self
+            .builds
+            .values()
+            .map(|b| &b.outcome)
+            .chain(self.images.values().map(|i| &i.outcome))
+            .chain(&self.fetches)
+            .collect();
+        let built = outcomes.iter().filter(|o| matches!(o, BuildOutcome::Built { .. })).count();
+        let substituted_from: BTreeSet<String> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                BuildOutcome::Substituted { from, .. } => Some(from.clone()),
+                _ => None,
+            })
+            .collect();
+        let substituted = outcomes.iter().filter(|o| matches!(o, BuildOutcome::Substituted { .. })).count();
+        crate::report::StoreUse { built, cached: outcomes.len() - built - substituted, substituted, substituted_from }
     }
 }
 
@@ -105,6 +118,8 @@ pub struct Cx {
     pub printer: Arc<Printer>,
     /// Global options.
     pub options: Options,
+    /// The remote stores the store substitutes from and pushes to, when there are any.
+    pub remotes: Option<Arc<kiln_store::remote::Remotes>>,
 }
 
 impl Cx {
@@ -138,9 +153,21 @@ impl Cx {
     pub fn new(config: Config, printer: Printer, options: Options) -> anyhow::Result<Self> {
         let store_dir =
             std::env::var_os(crate::env::KILN_STORE).map_or_else(|| config.store_dir.clone(), PathBuf::from);
-        let store =
+        let mut store =
             Store::open(&store_dir).with_context(|| format!("cannot open the store at `{}`", store_dir.display()))?;
-        Ok(Self { config, store, printer: Arc::new(printer), options })
+        let printer = Arc::new(printer);
+        let remotes = crate::remote::open(&config, &printer, options.push)?;
+        if let Some(remotes) = &remotes {
+            store = store.with_substituter(remotes.clone());
+        }
+        Ok(Self { config, store, printer, options, remotes })
+    }
+
+    /// Waits for the pushes the command started, and says what they did.
+    pub fn finish_pushes(&self) {
+        if let Some(remotes) = &self.remotes {
+            crate::remote::finish(remotes, &self.printer);
+        }
     }
 
     /// kiln's scratch directory for this project (logs, probe cache).
@@ -295,19 +322,20 @@ impl Cx {
             let closure = drv.closure_hash();
             self.printer.verbose("Closure", &format!("{} {closure}", step.key));
             let on_wait = || self.printer.status("Waiting", &format!("for another kiln building {}", step.key));
-            if self.store.lookup(&closure)?.is_none() {
+            let on_build = || {
                 self.printer.status("Building", &format!("{} for {}", step.key, step.triple));
                 if self.options.explain {
                     for line in crate::explain::changes(&self.store, &step.key.store_name(), drv) {
                         self.printer.status("Because", &line);
                     }
                 }
-            }
-            let (_, outcome, images) = exec::realise(&self.store, step, drv, quiet, on_wait)?;
-            match outcome {
+            };
+            let (_, outcome, images) = exec::realise(&self.store, step, drv, quiet, on_wait, on_build)?;
+            match &outcome {
                 BuildOutcome::Cached => self.printer.status("Cached", &format!("{} {}", step.key, closure.short())),
+                BuildOutcome::Substituted { .. } => say_substituted(&self.printer, &step.key.to_string(), &closure, &outcome),
                 BuildOutcome::Built { duration, replaced_corrupt } => {
-                    if replaced_corrupt {
+                    if *replaced_corrupt {
                         self.printer.warn(&format!(
                             "the store entry of {} no longer matched its recorded hash; it was rebuilt",
                             step.key
@@ -315,7 +343,7 @@ impl Cx {
                     }
                     self.printer.status(
                         "Built",
-                        &format!("{} {} in {}", step.key, closure.short(), crate::report::seconds(duration)),
+                        &format!("{} {} in {}", step.key, closure.short(), crate::report::seconds(*duration)),
                     );
                 }
             }
@@ -331,13 +359,14 @@ impl Cx {
     pub fn realise_plan(&self, plan: &Plan) -> anyhow::Result<Realised> {
         let builds = self.realise(&plan.builds)?;
         let artifact_closures = builds.iter().map(|(key, built)| (key.clone(), built.closure)).collect();
-        let (fetched, fetched_now) = self.fetch_counting(&plan.images)?;
+        let (fetched, fetches) = self.fetch_counting(&plan.images)?;
         let mut images = BTreeMap::new();
         for (key, drv) in self.image_derivations(&plan.images, &artifact_closures)? {
             let closure = drv.closure_hash();
             let name = key.store_name();
             let on_wait = || self.printer.status("Waiting", &format!("for another kiln building {key}"));
             let build = |out: &std::path::Path| -> anyhow::Result<()> {
+                self.printer.status("Building", &key.to_string());
                 match key.kind {
                     ImageKind::Kernel => {
                         let kernel = &self.config.kernels[&key.name];
@@ -356,24 +385,21 @@ impl Cx {
                     }
                 }
             };
-            if self.store.lookup(&closure)?.is_none() {
-                self.printer.status("Building", &key.to_string());
-            }
             let (entry, outcome) = self.store.build(&drv, &name, on_wait, |out| {
                 build(out).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
             })?;
-            match outcome {
+            match &outcome {
                 BuildOutcome::Cached => self.printer.status("Cached", &format!("{key} {}", closure.short())),
+                BuildOutcome::Substituted { .. } => say_substituted(&self.printer, &key.to_string(), &closure, &outcome),
                 BuildOutcome::Built { duration, .. } => self
                     .printer
-                    .status("Built", &format!("{key} {} in {}", closure.short(), crate::report::seconds(duration))),
+                    .status("Built", &format!("{key} {} in {}", closure.short(), crate::report::seconds(*duration))),
             }
             self.store.mark_used(&closure)?;
             self.store.record_name(&name, &closure)?;
             images.insert(key, RealisedImage { closure, dir: entry.out_dir(), outcome });
         }
-        let fetched_before = fetched.len() - fetched_now;
-        Ok(Realised { builds, images, fetched_now, fetched_before })
+        Ok(Realised { builds, images, fetches })
     }
 
     /// Fetches (or finds in the store) every file the images read.
@@ -381,9 +407,9 @@ impl Cx {
         Ok(self.fetch_counting(images)?.0)
     }
 
-    fn fetch_counting(&self, images: &[ImageKey]) -> anyhow::Result<(exec::FetchedFiles, usize)> {
+    fn fetch_counting(&self, images: &[ImageKey]) -> anyhow::Result<(exec::FetchedFiles, Vec<BuildOutcome>)> {
         let mut fetched = exec::FetchedFiles::new();
-        let mut now = 0;
+        let mut outcomes = Vec::new();
         for name in self.fetches_of(images) {
             let fetch = &self.config.fetches[&name];
             let (path, outcome) = exec::fetch::realise(&self.store, fetch, &self.printer).map_err(|err| match self
@@ -393,10 +419,10 @@ impl Cx {
                 Some(line) => err.context(format!("`[fetch.{name}]` at {}:{line}", self.config.file.display())),
                 None => err,
             })?;
-            now += usize::from(matches!(outcome, BuildOutcome::Built { .. }));
             fetched.insert(name, (exec::fetch::derivation(fetch).closure_hash(), path));
+            outcomes.push(outcome);
         }
-        Ok((fetched, now))
+        Ok((fetched, outcomes))
     }
 
     /// The fetch names the images read, sorted.
@@ -500,6 +526,21 @@ impl Cx {
     }
 }
 
+/// `Substituted hello (x86_64) 1a2b3c4d from s3://b/p (1.2 MiB in 0.31s)`.
+pub(crate) fn say_substituted(printer: &Printer, what: &str, closure: &ClosureHash, outcome: &BuildOutcome) {
+    if let BuildOutcome::Substituted { from, duration, bytes } = outcome {
+        printer.status(
+            "Substituted",
+            &format!(
+                "{what} {} from {from} ({} in {})",
+                closure.short(),
+                crate::report::human_size(*bytes),
+                crate::report::seconds(*duration)
+            ),
+        );
+    }
+}
+
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> anyhow::Result<T> {
     handle.join().map_err(|_| anyhow::anyhow!("a cargo query panicked"))
 }
@@ -566,13 +607,14 @@ impl Step<'_> {
         })?;
         self.cx.store.mark_used(&entry.closure)?;
         self.cx.store.record_name(&self.name, &entry.closure)?;
-        match outcome {
+        match &outcome {
             BuildOutcome::Cached => {
                 self.cx.printer.status("Cached", &format!("{} {}", self.name, entry.closure.short()))
             }
+            BuildOutcome::Substituted { .. } => say_substituted(&self.cx.printer, &self.name, &entry.closure, &outcome),
             BuildOutcome::Built { duration, .. } => self.cx.printer.status(
                 "Built",
-                &format!("{} {} in {}", self.name, entry.closure.short(), crate::report::seconds(duration)),
+                &format!("{} {} in {}", self.name, entry.closure.short(), crate::report::seconds(*duration)),
             ),
         }
         Ok((entry.out_dir(), outcome))

@@ -24,6 +24,19 @@ pub const GH_TOKEN: &str = "GH_TOKEN";
 /// `owner/name` of the repository a GitHub Actions job runs for.
 pub const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
 
+/// Remote stores, separated by commas or spaces; replaces `[store] remotes` (empty: none).
+pub const KILN_REMOTES: &str = "KILN_REMOTES";
+
+/// The secret key that signs pushed entries, as `cargo xtask store keygen` writes it. Never
+/// printed.
+pub const KILN_SIGNING_KEY: &str = "KILN_SIGNING_KEY";
+
+/// A file holding the secret signing key (read when `KILN_SIGNING_KEY` is unset).
+pub const KILN_SIGNING_KEY_FILE: &str = "KILN_SIGNING_KEY_FILE";
+
+/// Further trusted public keys, separated by commas or spaces, added to `[store] trusted-keys`.
+pub const KILN_TRUSTED_KEYS: &str = "KILN_TRUSTED_KEYS";
+
 /// Set to `true` by CI systems; kiln then installs missing host packages without asking.
 pub const CI: &str = "CI";
 

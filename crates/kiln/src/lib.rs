@@ -17,6 +17,7 @@ pub mod explain;
 pub mod github;
 pub mod plan;
 pub mod provision;
+pub mod remote;
 pub mod report;
 pub mod runner;
 pub mod vm;

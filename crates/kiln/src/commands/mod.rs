@@ -18,6 +18,7 @@ mod run;
 mod run_snapshot;
 mod selftest;
 mod store;
+mod store_remote;
 pub mod test;
 mod vm;
 
@@ -68,7 +69,7 @@ pub fn run_command(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> 
     if let Command::Build(args) = &command {
         cx.options.explain = args.explain;
     }
-    match command {
+    let result = match command {
         Command::Build(args) => build::run(&cx, &args),
         Command::Test(args) => test::run(&cx, &args).map(|summary| {
             test::print_summary(&cx, &summary);
@@ -85,7 +86,9 @@ pub fn run_command(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> 
         Command::Release(args) => release::run(&cx, &args),
         Command::Ci(args) => ci::run(&cx, &args),
         Command::Doctor => Ok(crate::exit_code::SUCCESS),
-    }
+    };
+    cx.finish_pushes();
+    result
 }
 
 /// The verbosity the global options ask for.
@@ -119,6 +122,6 @@ fn context_with(global: &GlobalArgs, verbosity: Verbosity) -> anyhow::Result<Cx>
         AccelArg::Kvm => AccelPolicy::Force(Accel::Kvm),
         AccelArg::Tcg => AccelPolicy::Force(Accel::Tcg),
     };
-    let options = Options { jobs, install: InstallMode::detect(global.yes), accel, explain: false };
+    let options = Options { jobs, install: InstallMode::detect(global.yes), accel, explain: false, push: global.push };
     Cx::new(config, Printer::new(verbosity), options)
 }

@@ -32,6 +32,9 @@ pub fn run(cx: &Cx, command: &StoreCommand) -> anyhow::Result<u8> {
         StoreCommand::Export { file, artifacts } => export(cx, file, artifacts),
         StoreCommand::Import { file } => import(cx, file),
         StoreCommand::Key { command, arch } => key(cx, *command, arch),
+        StoreCommand::Push { names, to } => super::store_remote::push(cx, names, to.as_deref()),
+        StoreCommand::Pull { names } => super::store_remote::pull(cx, names),
+        StoreCommand::Keygen { name, out } => super::store_remote::keygen(cx, name, out),
     }
 }
 
@@ -208,7 +211,7 @@ fn plan_for(cx: &Cx, command: KeyFor, arches: &[Arch]) -> anyhow::Result<Plan> {
 /// Adds to `roots` what warm guests of the plan's Linux images need: this kiln's agent for
 /// each of their arches, and the booted snapshots made of a kept kernel and rootfs with that
 /// agent (snapshots are made on first use, so the plan cannot name them ahead).
-fn keep_warm_guests(cx: &Cx, plan: &Plan, roots: &mut HashSet<ClosureHash>) -> anyhow::Result<()> {
+pub(super) fn keep_warm_guests(cx: &Cx, plan: &Plan, roots: &mut HashSet<ClosureHash>) -> anyhow::Result<()> {
     let arches: std::collections::BTreeSet<Arch> = plan.images.iter().map(|image| image.arch).collect();
     let mut agents = HashSet::new();
     for arch in arches {

@@ -9,6 +9,7 @@ mod fields;
 mod images;
 mod raw;
 mod release;
+mod store;
 
 use std::{
     collections::BTreeMap,
@@ -46,6 +47,10 @@ pub struct Config {
     pub root: PathBuf,
     /// Where the store lives.
     pub store_dir: PathBuf,
+    /// `[store] remotes`, in the order they are asked (`KILN_REMOTES` replaces them).
+    pub remotes: Vec<kiln_store::remote::RemoteSpec>,
+    /// `[store] trusted-keys`: whose signatures entries from remotes must carry.
+    pub trusted_keys: Vec<kiln_store::remote::PublicKey>,
     /// Artifacts by name.
     pub artifacts: BTreeMap<String, Artifact>,
     /// Machine profiles by name, the built-in one per architecture included.
@@ -439,6 +444,7 @@ impl Resolver<'_> {
             Some(path) => self.root.join(path),
             None => self.root.join("target/kiln/store"),
         };
+        let (remotes, trusted_keys) = self.store_remotes(&raw.store)?;
         let mut artifacts = BTreeMap::new();
         for (name, artifact) in raw.artifact {
             let resolved = self.artifact(&name, artifact)?;
@@ -481,6 +487,8 @@ impl Resolver<'_> {
             file: file.to_owned(),
             root: self.root.to_owned(),
             store_dir,
+            remotes,
+            trusted_keys,
             artifacts,
             machines,
             cases,

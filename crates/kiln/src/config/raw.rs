@@ -115,10 +115,55 @@ pub(crate) struct RawRun {
 
 /// `[store]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", expecting = "a `[store]` table with a `path` key")]
+#[serde(rename_all = "kebab-case", expecting = "a `[store]` table (keys `path`, `remotes`, `trusted-keys`)")]
 pub(crate) struct RawStore {
     pub path: Option<String>,
+    #[serde(default)]
+    pub remotes: Vec<Spanned<RawRemoteOrUrl>>,
+    #[serde(default)]
+    pub trusted_keys: Vec<Spanned<String>>,
 }
+
+/// One of `[store] remotes`: a URL, or a table with `url` and options.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawRemote {
+    pub url: String,
+    #[serde(default)]
+    pub push: bool,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub timeout: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawRemoteOrUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawRemoteOrUrl;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a remote URL, or a table with `url` (and `push`, `endpoint`, `region`, `timeout`)")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<Self::Value, E> {
+                Ok(RawRemoteOrUrl(RawRemote {
+                    url: url.to_owned(),
+                    push: false,
+                    endpoint: None,
+                    region: None,
+                    timeout: None,
+                }))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawRemote::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawRemoteOrUrl)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// [`RawRemote`] read from either of its two spellings.
+#[derive(Debug)]
+pub(crate) struct RawRemoteOrUrl(pub RawRemote);
 
 /// `[artifact.NAME]`: a cargo package built for a target per architecture.
 #[derive(Debug, Deserialize)]

@@ -75,8 +75,14 @@ pub fn realise(
         std::fs::copy(&built, out.join(AGENT_FILE)).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
         Ok(())
     })?;
-    if let BuildOutcome::Built { duration, .. } = outcome {
-        printer.status("Built", &format!("kiln-agent ({arch}) in {}", crate::report::seconds(duration)));
+    match &outcome {
+        BuildOutcome::Built { duration, .. } => {
+            printer.status("Built", &format!("kiln-agent ({arch}) in {}", crate::report::seconds(*duration)));
+        }
+        BuildOutcome::Substituted { .. } => {
+            crate::cx::say_substituted(printer, &format!("kiln-agent ({arch})"), &entry.closure, &outcome);
+        }
+        BuildOutcome::Cached => {}
     }
     store.mark_used(&entry.closure)?;
     Ok((entry.out_dir().join(AGENT_FILE), entry.closure))

@@ -217,17 +217,19 @@ pub struct BootImage {
     pub path: PathBuf,
 }
 
-/// Returns the store entry of `step`, running cargo when it is missing, and the images to
-/// boot inside it (one for a binary, one per test binary for `kind = "tests"`).
+/// Returns the store entry of `step`, running cargo when it is missing (after `on_build`),
+/// and the images to boot inside it (one for a binary, one per test binary for `kind = "tests"`).
 pub fn realise(
     store: &Store,
     step: &BuildStep,
     derivation: &Derivation,
     quiet: bool,
     on_wait: impl FnOnce(),
+    on_build: impl FnOnce(),
 ) -> anyhow::Result<(Entry, BuildOutcome, Vec<BootImage>)> {
     let name = step.key.store_name();
     let (entry, outcome) = store.build(derivation, &name, on_wait, |out| {
+        on_build();
         cargo_build(step, out, quiet).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
     })?;
     let images = images_in(&entry, step.artifact.image)?;

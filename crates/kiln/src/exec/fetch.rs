@@ -42,8 +42,12 @@ pub fn realise(store: &Store, fetch: &Fetch, printer: &Printer) -> anyhow::Resul
         let dest = out.join(&file_name);
         fill(fetch, &dest, printer).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
     })?;
-    if let BuildOutcome::Built { duration, .. } = outcome {
-        printer.status("Fetched", &format!("{} in {}", fetch.name, crate::report::seconds(duration)));
+    match &outcome {
+        BuildOutcome::Built { duration, .. } => {
+            printer.status("Fetched", &format!("{} in {}", fetch.name, crate::report::seconds(*duration)));
+        }
+        BuildOutcome::Substituted { .. } => crate::cx::say_substituted(printer, &fetch.name, &entry.closure, &outcome),
+        BuildOutcome::Cached => {}
     }
     store.mark_used(&entry.closure)?;
     Ok((entry.out_dir().join(file_name), outcome))

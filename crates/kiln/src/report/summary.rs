@@ -85,12 +85,32 @@ impl CaseResult {
 }
 
 /// How the store served a run's derivations (builds, fetches, kernels, rootfs images).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreUse {
     /// Built (or fetched) in this run.
     pub built: usize,
     /// Found in the store.
     pub cached: usize,
+    /// Fetched from remote stores in this run.
+    pub substituted: usize,
+    /// The remotes they came from.
+    pub substituted_from: std::collections::BTreeSet<String>,
+}
+
+impl StoreUse {
+    /// `store: 14 substituted from s3://b/p, 2 cached, 0 built`, when a remote served something.
+    pub fn remote_line(&self) -> Option<String> {
+        (self.substituted > 0).then(|| {
+            let from: Vec<&str> = self.substituted_from.iter().map(String::as_str).collect();
+            format!(
+                "store: {} substituted from {}, {} cached, {} built",
+                self.substituted,
+                from.join(" and "),
+                self.cached,
+                self.built
+            )
+        })
+    }
 }
 
 /// All results of a run.
@@ -177,6 +197,10 @@ impl RunSummary {
             out.push_str(&format!(" ({expected} of the passed failed as expected)"));
         }
         out.push_str(&format!(" in {}", super::seconds(self.total)));
+        if let Some(line) = self.store.remote_line() {
+            out.push('\n');
+            out.push_str(&line);
+        }
         out
     }
 }

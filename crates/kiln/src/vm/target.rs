@@ -119,11 +119,9 @@ impl SnapshotTarget {
         let arch = self.arch();
         let inputs = self.inputs();
         let drv = &self.derivation;
-        if cx.store.lookup(&drv.closure_hash())?.is_none() {
-            cx.printer.status("Snapshot", &format!("booting {arch} once to save its state"));
-        }
         let on_wait = || cx.printer.status("Waiting", &format!("for another kiln making the {arch} snapshot"));
         let (entry, outcome) = cx.store.build(drv, &format!("snapshot-{arch}"), on_wait, |out| {
+            cx.printer.status("Snapshot", &format!("booting {arch} once to save its state"));
             runtime
                 .block_on(snapshot::create(&inputs, &self.agent_binary, out))
                 .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
@@ -137,6 +135,9 @@ impl SnapshotTarget {
                     ));
                 }
                 cx.printer.status("Saved", &format!("the {arch} snapshot in {}", crate::report::seconds(duration)));
+            }
+            BuildOutcome::Substituted { .. } => {
+                crate::cx::say_substituted(&cx.printer, &format!("the {arch} snapshot"), &entry.closure, &outcome)
             }
             BuildOutcome::Cached => {}
         }

@@ -1,0 +1,291 @@
+//! The remote layout: one signed manifest per entry, file contents as shared blobs.
+//!
+//! ```text
+//! <remote>/kiln-v1/entries/<closure>.json           manifest: metadata, listing, signatures
+//! <remote>/kiln-v1/blobs/<2 hex>/<blake3>.zst        a file's content, zstd-compressed
+//! ```
+//! Every object is named by a hash of what it holds (a manifest by its closure, whose
+//! metadata it carries), so objects never change once written and concurrent writers of the
+//! same name write the same bytes. A pusher uploads the blobs first and the manifest last, so
+//! a manifest that can be read names only blobs that are there.
+
+use std::path::{Path, PathBuf};
+
+use object_store::path::Path as ObjectPath;
+
+use crate::{
+    ClosureHash, EntryMeta, OutputHash,
+    archive::{Rejection, check_components, check_link_target},
+    remote::signing::{PublicKey, SecretKey, Signature},
+    tree::{Node, hash_nodes},
+};
+
+/// The version of the remote layout; it is the first component of every object's name.
+pub const REMOTE_LAYOUT: &str = "kiln-v1";
+
+/// The largest manifest kiln reads (a listing of some hundred thousand files).
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// Where an entry's manifest lives.
+pub fn manifest_path(closure: &ClosureHash) -> ObjectPath {
+    ObjectPath::from(format!("{REMOTE_LAYOUT}/entries/{closure}.json"))
+}
+
+/// Where a blob lives, by the BLAKE3 of its uncompressed content.
+pub fn blob_path(content: &blake3::Hash) -> ObjectPath {
+    let hex = content.to_hex();
+    ObjectPath::from(format!("{REMOTE_LAYOUT}/blobs/{}/{hex}.zst", &hex[..2]))
+}
+
+/// An entry as a remote holds it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The layout version, [`REMOTE_LAYOUT`].
+    pub layout: String,
+    /// The entry's closure hash.
+    pub closure: String,
+    /// The entry's output hash.
+    pub output_hash: String,
+    /// The entry's `meta.toml`, byte for byte.
+    pub meta: String,
+    /// Every path of the output tree in the tree hash's order.
+    pub files: Vec<ManifestFile>,
+    /// Signatures of (closure, output hash, metadata).
+    pub signatures: Vec<Signature>,
+}
+
+/// One path of an entry's output. (`deny_unknown_fields` does not combine with `flatten`.)
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ManifestFile {
+    /// Relative, `/`-separated.
+    pub path: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: ManifestKind,
+}
+
+/// What a path of an entry's output is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ManifestKind {
+    /// A directory.
+    Dir,
+    /// A file; its content is the blob named by `blake3`.
+    File {
+        /// BLAKE3 of the content, hex.
+        blake3: String,
+        /// Length in bytes.
+        size: u64,
+        /// Whether the owner-execute bit is set.
+        executable: bool,
+    },
+    /// A symlink.
+    Symlink {
+        /// Its target.
+        target: String,
+    },
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not JSON of the expected shape.
+    #[error("the manifest cannot be read: {0}")]
+    Unreadable(String),
+    /// Another layout version.
+    #[error("the manifest is of layout `{found}`, and this kiln reads `{REMOTE_LAYOUT}`")]
+    Layout {
+        /// The version found.
+        found: String,
+    },
+    /// The manifest names another closure, or its metadata's derivation hashes to another.
+    #[error("the manifest does not describe closure {expected}: {what}")]
+    WrongClosure {
+        /// The closure asked for.
+        expected: ClosureHash,
+        /// What disagrees.
+        what: String,
+    },
+    /// No signature at all.
+    #[error("the entry is not signed")]
+    Unsigned,
+    /// Signed, but by no trusted key.
+    #[error("the entry is signed only by {keys}, none of them in `[store] trusted-keys`")]
+    Untrusted {
+        /// The names of the keys that signed.
+        keys: String,
+    },
+    /// A trusted key's name is on a signature that does not verify.
+    #[error("the signature by trusted key `{key}` does not match the entry (tampered or corrupt)")]
+    BadSignature {
+        /// The key's name.
+        key: String,
+    },
+    /// The listing does not hash to the output hash.
+    #[error("the file listing hashes to {actual}, not to the signed output hash {expected}")]
+    ListingMismatch {
+        /// The signed output hash.
+        expected: String,
+        /// What the listing hashes to.
+        actual: OutputHash,
+    },
+    /// A path or link target is unsafe.
+    #[error("`{path}`: {rejection}")]
+    UnsafePath {
+        /// The path.
+        path: String,
+        /// Why it was refused.
+        rejection: Rejection,
+    },
+}
+
+impl Manifest {
+    /// The manifest of a local entry's output, signed by `key`.
+    pub(crate) fn of_entry(
+        closure: &ClosureHash,
+        meta_text: &str,
+        output: &OutputHash,
+        nodes: &[(PathBuf, Node)],
+        key: &SecretKey,
+    ) -> Result<Self, String> {
+        let files = nodes
+            .iter()
+            .map(|(path, node)| {
+                let path = path.to_str().ok_or_else(|| format!("`{}` is not UTF-8", path.display()))?.to_owned();
+                let kind = match node {
+                    Node::Dir => ManifestKind::Dir,
+                    Node::File { executable, content, size } => ManifestKind::File {
+                        blake3: blake3::Hash::from(*content).to_hex().to_string(),
+                        size: *size,
+                        executable: *executable,
+                    },
+                    Node::Symlink { target } => ManifestKind::Symlink {
+                        target: String::from_utf8(target.clone())
+                            .map_err(|_| format!("the target of symlink `{path}` is not UTF-8"))?,
+                    },
+                };
+                Ok(ManifestFile { path, kind })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            layout: REMOTE_LAYOUT.to_owned(),
+            closure: closure.to_string(),
+            output_hash: output.to_string(),
+            meta: meta_text.to_owned(),
+            files,
+            signatures: vec![key.sign(closure, output, meta_text.as_bytes())],
+        })
+    }
+
+    /// Parses a manifest and checks it against `closure` and the trusted keys: the layout,
+    /// a valid signature by a trusted key, the metadata's derivation and output hash, the
+    /// listing's hash and every path. Returns the parsed metadata.
+    pub fn verified(bytes: &[u8], closure: &ClosureHash, trusted: &[PublicKey]) -> Result<(Self, EntryMeta), ManifestError> {
+        let manifest: Self = serde_json::from_slice(bytes).map_err(|e| ManifestError::Unreadable(e.to_string()))?;
+        if manifest.layout != REMOTE_LAYOUT {
+            return Err(ManifestError::Layout { found: manifest.layout });
+        }
+        let wrong = |what: String| ManifestError::WrongClosure { expected: *closure, what };
+        if manifest.closure != closure.to_string() {
+            return Err(wrong(format!("it names {}", manifest.closure)));
+        }
+        let output: OutputHash = manifest
+            .output_hash
+            .parse()
+            .map_err(|_| ManifestError::Unreadable(format!("bad output hash `{}`", manifest.output_hash)))?;
+        manifest.check_signature(closure, &output, trusted)?;
+        let meta: EntryMeta =
+            toml::from_str(&manifest.meta).map_err(|e| ManifestError::Unreadable(format!("its metadata: {e}")))?;
+        if meta.derivation.closure_hash() != *closure {
+            return Err(wrong(format!("its derivation hashes to {}", meta.derivation.closure_hash())));
+        }
+        if meta.output_hash != manifest.output_hash {
+            return Err(wrong(format!("its metadata records output {}", meta.output_hash)));
+        }
+        let actual = hash_nodes(&manifest.nodes()?);
+        if actual != output {
+            return Err(ManifestError::ListingMismatch { expected: manifest.output_hash.clone(), actual });
+        }
+        Ok((manifest, meta))
+    }
+
+    fn check_signature(
+        &self,
+        closure: &ClosureHash,
+        output: &OutputHash,
+        trusted: &[PublicKey],
+    ) -> Result<(), ManifestError> {
+        if self.signatures.is_empty() {
+            return Err(ManifestError::Unsigned);
+        }
+        let mut bad = None;
+        for signature in &self.signatures {
+            for key in trusted.iter().filter(|key| key.name() == signature.key) {
+                if key.verifies(signature, closure, output, self.meta.as_bytes()) {
+                    return Ok(());
+                }
+                bad = Some(key.name().to_owned());
+            }
+        }
+        Err(match bad {
+            Some(key) => ManifestError::BadSignature { key },
+            None => ManifestError::Untrusted {
+                keys: self.signatures.iter().map(|s| format!("`{}`", s.key)).collect::<Vec<_>>().join(", "),
+            },
+        })
+    }
+
+    /// The listing as tree nodes, every path and link target checked.
+    fn nodes(&self) -> Result<Vec<(PathBuf, Node)>, ManifestError> {
+        self.files
+            .iter()
+            .map(|file| {
+                let unsafe_path = |rejection| ManifestError::UnsafePath { path: file.path.clone(), rejection };
+                check_components(file.path.as_bytes()).map_err(unsafe_path)?;
+                if file.path.starts_with('/') {
+                    return Err(unsafe_path(Rejection::AbsolutePath));
+                }
+                let node = match &file.kind {
+                    ManifestKind::Dir => Node::Dir,
+                    ManifestKind::File { blake3, size, executable } => Node::File {
+                        executable: *executable,
+                        content: *parse_blob_hash(blake3)
+                            .ok_or_else(|| ManifestError::Unreadable(format!("bad blob hash `{blake3}`")))?
+                            .as_bytes(),
+                        size: *size,
+                    },
+                    ManifestKind::Symlink { target } => {
+                        check_link_target(format!("out/{}", file.path).as_bytes(), target.as_bytes())
+                            .map_err(unsafe_path)?;
+                        Node::Symlink { target: target.clone().into_bytes() }
+                    }
+                };
+                Ok((PathBuf::from(&file.path), node))
+            })
+            .collect()
+    }
+
+    /// The distinct blobs the entry needs, with the paths below `out` that hold each and
+    /// whether they are executable.
+    pub fn blobs(&self, out: &Path) -> Vec<(blake3::Hash, u64, Vec<(PathBuf, bool)>)> {
+        let mut blobs: std::collections::BTreeMap<[u8; 32], (u64, Vec<(PathBuf, bool)>)> = Default::default();
+        for file in &self.files {
+            if let ManifestKind::File { blake3, size, executable } = &file.kind
+                && let Some(hash) = parse_blob_hash(blake3)
+            {
+                let slot = blobs.entry(*hash.as_bytes()).or_insert((*size, Vec::new()));
+                slot.1.push((out.join(&file.path), *executable));
+            }
+        }
+        blobs.into_iter().map(|(hash, (size, paths))| (blake3::Hash::from(hash), size, paths)).collect()
+    }
+}
+
+/// A blob's hash from its lowercase hex.
+fn parse_blob_hash(hex: &str) -> Option<blake3::Hash> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    blake3::Hash::from_hex(hex).ok()
+}

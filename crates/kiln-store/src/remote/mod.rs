@@ -1,0 +1,326 @@
+//! Remote stores: S3-compatible object storage, HTTP(S) servers and directories that hold
+//! signed entries for many machines.
+//!
+//! The store asks [`Remotes`] (its [`Substituter`](crate::Substituter)) for an entry it lacks
+//! before building it, and hands it every entry a run settles, which it pushes in the
+//! background when pushing is on. A remote that fails to answer costs one notice and is left
+//! alone for the rest of the process; an entry that fails verification costs one notice and
+//! is built locally. The layout is in [`manifest`].
+
+mod manifest;
+mod open;
+mod signing;
+mod transfer;
+
+use std::{
+    collections::HashSet,
+    fmt,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use object_store::ObjectStore;
+
+pub use manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError, ManifestFile, ManifestKind, REMOTE_LAYOUT};
+pub use open::OpenError;
+pub use signing::{KeyError, PublicKey, SecretKey, Signature};
+pub use transfer::PushTally;
+
+use crate::{ClosureHash, Entry, store::Substitution};
+
+/// How long one request to a remote may take, unless the remote says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many requests kiln has in flight to one remote at once.
+pub const CONCURRENT_REQUESTS: usize = 8;
+
+/// One remote as Kiln.toml (or `KILN_REMOTES`) names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSpec {
+    /// `s3://bucket/prefix`, `http(s)://host/path` or `file:///path`.
+    pub url: String,
+    /// Push every entry a run uses to this remote.
+    pub push: bool,
+    /// For S3: the endpoint (MinIO, R2, a local server); default: AWS's, or `AWS_ENDPOINT_URL`.
+    pub endpoint: Option<String>,
+    /// For S3: the region; default: `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// How long one request may take.
+    pub timeout: Duration,
+}
+
+impl RemoteSpec {
+    /// A remote at `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), push: false, endpoint: None, region: None, timeout: DEFAULT_TIMEOUT }
+    }
+}
+
+/// Something about remotes that the user should hear (this crate never prints).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteNotice {
+    /// A remote failed to answer; it is not asked again in this process.
+    Unreachable {
+        /// The remote's URL.
+        remote: String,
+        /// What failed.
+        message: String,
+    },
+    /// An entry on a remote failed verification and was not used.
+    Refused {
+        /// The remote's URL.
+        remote: String,
+        /// The entry.
+        closure: ClosureHash,
+        /// Why.
+        reason: String,
+    },
+    /// Pushing an entry failed.
+    PushFailed {
+        /// The remote's URL.
+        remote: String,
+        /// The entry's name.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl fmt::Display for RemoteNotice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable { remote, message } => {
+                write!(f, "remote {remote} failed ({message}); kiln goes on without it for the rest of this run")
+            }
+            Self::Refused { remote, closure, reason } => {
+                write!(f, "refused entry {} from {remote}: {reason}; building it locally", closure.short())
+            }
+            Self::PushFailed { remote, name, message } => write!(f, "could not push {name} to {remote}: {message}"),
+        }
+    }
+}
+
+/// Where notices go.
+pub type NoticeSink = Arc<dyn Fn(RemoteNotice) + Send + Sync>;
+
+/// What a [`Remotes`] is made of.
+pub struct RemotesConfig {
+    /// The remotes, in the order they are asked.
+    pub specs: Vec<RemoteSpec>,
+    /// Keys whose signatures are accepted.
+    pub trusted: Vec<PublicKey>,
+    /// The key that signs pushed entries (needed to push).
+    pub signing: Option<SecretKey>,
+    /// Push to every remote, not only those marked `push`.
+    pub push_all: bool,
+    /// Where notices go.
+    pub notice: NoticeSink,
+}
+
+/// One opened remote.
+pub(crate) struct Remote {
+    pub(crate) url: String,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    push: bool,
+    down: AtomicBool,
+    /// Blobs known to be on the remote (seen or uploaded by this process).
+    pub(crate) present: Mutex<HashSet<[u8; 32]>>,
+    /// Bounds the requests in flight.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Remote {
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+}
+
+/// The remotes of a run, with the runtime their requests run on.
+pub struct Remotes {
+    remotes: Vec<Arc<Remote>>,
+    trusted: Arc<Vec<PublicKey>>,
+    signing: Option<Arc<SecretKey>>,
+    push_all: bool,
+    notice: NoticeSink,
+    runtime: Option<tokio::runtime::Runtime>,
+    pushes: Mutex<Vec<(String, tokio::task::JoinHandle<PushTally>)>>,
+    queued: Mutex<HashSet<ClosureHash>>,
+}
+
+impl fmt::Debug for Remotes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remotes")
+            .field("remotes", &self.remotes.iter().map(|r| &r.url).collect::<Vec<_>>())
+            .field("trusted", &self.trusted)
+            .field("push_all", &self.push_all)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Remotes {
+    /// Opens every remote (nothing is sent yet).
+    pub fn open(config: RemotesConfig) -> Result<Self, OpenError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kiln-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| OpenError::Runtime(e.to_string()))?;
+        let remotes = config
+            .specs
+            .iter()
+            .map(|spec| {
+                Ok(Arc::new(Remote {
+                    url: spec.url.clone(),
+                    store: open::object_store(spec)?,
+                    push: spec.push,
+                    down: AtomicBool::new(false),
+                    present: Mutex::new(HashSet::new()),
+                    slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS)),
+                }))
+            })
+            .collect::<Result<Vec<_>, OpenError>>()?;
+        Ok(Self {
+            remotes,
+            trusted: Arc::new(config.trusted),
+            signing: config.signing.map(Arc::new),
+            push_all: config.push_all,
+            notice: config.notice,
+            runtime: Some(runtime),
+            pushes: Mutex::new(Vec::new()),
+            queued: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The remotes' URLs, in order.
+    pub fn urls(&self) -> Vec<&str> {
+        self.remotes.iter().map(|r| r.url.as_str()).collect()
+    }
+
+    /// Whether entries are pushed to at least one remote.
+    pub fn pushing(&self) -> bool {
+        self.remotes.iter().any(|r| self.push_all || r.push)
+    }
+
+    /// Runs `future` to its end on the remotes' runtime, from any thread (also from inside
+    /// another runtime: it runs on a thread of its own).
+    fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        let Some(runtime) = &self.runtime else { unreachable!("the runtime lives as long as the remotes") };
+        std::thread::scope(|scope| match scope.spawn(|| runtime.block_on(future)).join() {
+            Ok(output) => output,
+            Err(panic) => std::panic::resume_unwind(panic),
+        })
+    }
+
+    fn report(&self, remote: &Remote, error: &object_store::Error) {
+        if !remote.down.swap(true, Ordering::Relaxed) {
+            (self.notice)(RemoteNotice::Unreachable { remote: remote.url.clone(), message: transfer::describe(error) });
+        }
+    }
+
+    /// Looks `closure` up in each remote in order; the first verified copy is written into
+    /// `out` (an empty directory).
+    pub fn substitute(&self, closure: &ClosureHash, out: &Path) -> Option<Substitution> {
+        if self.trusted.is_empty() {
+            return None;
+        }
+        for remote in self.remotes.iter().filter(|r| !r.is_down()) {
+            let fetched = self.block_on(transfer::fetch(remote, closure, &self.trusted, out));
+            match fetched {
+                Ok(Some(found)) => return Some(found),
+                Ok(None) => {}
+                Err(transfer::FetchError::Remote(error)) => self.report(remote, &error),
+                Err(transfer::FetchError::Refused(reason)) => (self.notice)(RemoteNotice::Refused {
+                    remote: remote.url.clone(),
+                    closure: *closure,
+                    reason,
+                }),
+                Err(transfer::FetchError::Local(message)) => (self.notice)(RemoteNotice::Refused {
+                    remote: remote.url.clone(),
+                    closure: *closure,
+                    reason: message,
+                }),
+            }
+            transfer::empty_dir(out);
+        }
+        None
+    }
+
+    /// Starts pushing `entry` in the background to every remote it goes to (once per
+    /// process); [`Remotes::finish`] waits for it.
+    pub fn push_in_background(&self, entry: &Entry) {
+        let Some(key) = &self.signing else { return };
+        if !self.pushing() || !self.queued.lock().is_ok_and(|mut queued| queued.insert(entry.closure)) {
+            return;
+        }
+        let Some(runtime) = &self.runtime else { return };
+        for remote in self.remotes.iter().filter(|r| self.push_all || r.push) {
+            let task_url = remote.url.clone();
+            let (remote, key, entry, notice) = (remote.clone(), key.clone(), entry.clone(), self.notice.clone());
+            let task = runtime.spawn(async move { transfer::push_noting(&remote, &entry, &key, &notice).await });
+            if let Ok(mut pushes) = self.pushes.lock() {
+                pushes.push((task_url, task));
+            }
+        }
+    }
+
+    /// Pushes `entries` now to every remote, or to the one whose URL is `only`. Returns one
+    /// tally per remote.
+    pub fn push_to(&self, entries: &[Entry], only: Option<&str>) -> Vec<(String, PushTally)> {
+        let Some(key) = &self.signing else { return Vec::new() };
+        let targets: Vec<_> = self.remotes.iter().filter(|r| only.is_none_or(|url| r.url == url)).collect();
+        self.block_on(async {
+            let mut tallies = Vec::new();
+            for remote in targets {
+                let mut tally = PushTally::default();
+                let pushes = entries.iter().map(|entry| transfer::push_noting(remote, entry, key, &self.notice));
+                for one in futures_util::future::join_all(pushes).await {
+                    tally.add(&one);
+                }
+                tallies.push((remote.url.clone(), tally));
+            }
+            tallies
+        })
+    }
+
+    /// Waits for the background pushes; returns what they did per remote, in URL order.
+    pub fn finish(&self) -> Vec<(String, PushTally)> {
+        let tasks = self.pushes.lock().map(|mut pushes| std::mem::take(&mut *pushes)).unwrap_or_default();
+        self.block_on(async {
+            let mut tallies = std::collections::BTreeMap::<String, PushTally>::new();
+            for (url, task) in tasks {
+                if let Ok(one) = task.await {
+                    tallies.entry(url).or_default().add(&one);
+                }
+            }
+            tallies.into_iter().collect()
+        })
+    }
+}
+
+impl crate::Substituter for Remotes {
+    fn substitute(&self, closure: &ClosureHash, out: &Path) -> Option<Substitution> {
+        Remotes::substitute(self, closure, out)
+    }
+
+    fn settled(&self, entry: &Entry) {
+        self.push_in_background(entry);
+    }
+}
+
+impl Drop for Remotes {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Opening a remote by its URL with the object_store backend for its scheme.
+
+use std::{sync::Arc, time::Duration};
+
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, RetryConfig, aws::AmazonS3Builder, http::HttpBuilder,
+    local::LocalFileSystem, prefix::PrefixStore,
+};
+
+use crate::remote::RemoteSpec;
+
+/// Why a remote could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL does not parse or has a scheme kiln does not know.
+    #[error("remote `{url}`: {problem}; remotes are `s3://BUCKET/PREFIX`, `http(s)://HOST/PATH` or `file:///PATH`")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The backend refused its configuration.
+    #[error("remote `{url}`: {message}")]
+    Backend {
+        /// The URL.
+        url: String,
+        /// What object_store said.
+        message: String,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the runtime for remote requests: {0}")]
+    Runtime(String),
+}
+
+/// The backend for `spec`: S3 (with the usual `AWS_*` variables), HTTP(S) or a local directory.
+pub(crate) fn object_store(spec: &RemoteSpec) -> Result<Arc<dyn ObjectStore>, OpenError> {
+    let bad = |problem: String| OpenError::BadUrl { url: spec.url.clone(), problem };
+    let backend = |e: object_store::Error| OpenError::Backend { url: spec.url.clone(), message: e.to_string() };
+    install_crypto_provider();
+    let (scheme, rest) = spec.url.split_once("://").ok_or_else(|| bad("it has no scheme".to_owned()))?;
+    match scheme {
+        "s3" => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("it names no bucket".to_owned()));
+            }
+            let mut builder = AmazonS3Builder::from_env()
+                .with_url(format!("s3://{bucket}"))
+                .with_client_options(client_options(spec.timeout))
+                .with_retry(retry(spec.timeout));
+            if let Some(endpoint) = &spec.endpoint {
+                builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+            } else if std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).is_ok_and(|e| e.starts_with("http://")) {
+                builder = builder.with_allow_http(true);
+            }
+            if let Some(region) = &spec.region {
+                builder = builder.with_region(region);
+            }
+            let store = builder.build().map_err(backend)?;
+            Ok(with_prefix(store, prefix))
+        }
+        "http" | "https" => {
+            let store = HttpBuilder::new()
+                .with_url(spec.url.trim_end_matches('/'))
+                .with_client_options(client_options(spec.timeout).with_allow_http(scheme == "http"))
+                .with_retry(retry(spec.timeout))
+                .build()
+                .map_err(backend)?;
+            Ok(Arc::new(store))
+        }
+        "file" => {
+            let path = std::path::Path::new(rest);
+            if !path.is_absolute() {
+                return Err(bad("a file remote needs an absolute path (`file:///PATH`)".to_owned()));
+            }
+            std::fs::create_dir_all(path)
+                .map_err(|e| bad(format!("cannot create `{}`: {e}", path.display())))?;
+            Ok(Arc::new(LocalFileSystem::new_with_prefix(path).map_err(backend)?))
+        }
+        other => Err(bad(format!("unknown scheme `{other}`"))),
+    }
+}
+
+fn with_prefix<T: ObjectStore>(store: T, prefix: &str) -> Arc<dyn ObjectStore> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() { Arc::new(store) } else { Arc::new(PrefixStore::new(store, prefix)) }
+}
+
+/// Connections fail fast; a request may take `timeout`.
+fn client_options(timeout: Duration) -> ClientOptions {
+    ClientOptions::new().with_connect_timeout(timeout.min(Duration::from_secs(3))).with_timeout(timeout)
+}
+
+/// One quick retry: a remote that is down must not hold a build up.
+fn retry(timeout: Duration) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1), base: 2.0 },
+        max_retries: 1,
+        retry_timeout: timeout,
+    }
+}
+
+/// rustls needs one process-wide crypto provider for HTTPS; kiln uses ring, as its GitHub
+/// client does.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,56 @@
+//! `[store]`: where the store lives, the remotes it shares entries through, and the keys
+//! whose signatures it accepts.
+
+use std::time::Duration;
+
+use kiln_store::remote::{DEFAULT_TIMEOUT, PublicKey, RemoteSpec};
+
+use super::{ConfigError, Resolver, raw::RawStore};
+
+/// The URL schemes a remote may have.
+const SCHEMES: [&str; 4] = ["s3://", "http://", "https://", "file://"];
+
+impl Resolver<'_> {
+    /// The remotes and trusted keys of `[store]`.
+    pub(super) fn store_remotes(&self, raw: &RawStore) -> Result<(Vec<RemoteSpec>, Vec<PublicKey>), ConfigError> {
+        let mut remotes = Vec::new();
+        for (index, remote) in raw.remotes.iter().enumerate() {
+            let key = format!("store.remotes[{index}]");
+            let span = Some(remote.span());
+            let raw = &remote.get_ref().0;
+            if !SCHEMES.iter().any(|scheme| raw.url.starts_with(scheme)) {
+                return Err(self
+                    .error(span, key, format!("`{}` is not a remote URL kiln knows", raw.url))
+                    .with_help("remotes are `s3://BUCKET/PREFIX`, `http(s)://HOST/PATH` or `file:///ABSOLUTE/PATH`"));
+            }
+            let timeout = match &raw.timeout {
+                None => DEFAULT_TIMEOUT,
+                Some(text) => match humantime::parse_duration(text) {
+                    Ok(duration) if duration >= Duration::from_millis(100) => duration,
+                    Ok(_) => return Err(self.error(span, format!("{key}.timeout"), "a timeout under 0.1s fails every request")),
+                    Err(e) => {
+                        return Err(self
+                            .error(span, format!("{key}.timeout"), format!("invalid duration `{text}`: {e}"))
+                            .with_help("write a duration such as \"30s\" or \"2m\""));
+                    }
+                },
+            };
+            remotes.push(RemoteSpec {
+                url: raw.url.clone(),
+                push: raw.push,
+                endpoint: raw.endpoint.clone(),
+                region: raw.region.clone(),
+                timeout,
+            });
+        }
+        let mut trusted = Vec::new();
+        for (index, text) in raw.trusted_keys.iter().enumerate() {
+            let key = PublicKey::parse(text.get_ref()).map_err(|e| {
+                self.error(Some(text.span()), format!("store.trusted-keys[{index}]"), e.to_string())
+                    .with_help("trusted keys are the public keys `cargo xtask store keygen` prints (`NAME:BASE64`)")
+            })?;
+            trusted.push(key);
+        }
+        Ok((remotes, trusted))
+    }
+}

@@ -1,0 +1,128 @@
+//! The run's remote stores: `[store] remotes` (or `KILN_REMOTES`), the keys it trusts, the key
+//! it signs with, and how their notices and push totals reach the user.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use kiln_store::remote::{PushTally, RemoteSpec, Remotes, RemotesConfig, SecretKey};
+
+use crate::{commands::UsageError, config::Config, env, report::Printer};
+
+/// The remotes Kiln.toml names, or those of `KILN_REMOTES` when it is set (empty: none).
+pub fn specs(config: &Config) -> Vec<RemoteSpec> {
+    match std::env::var(env::KILN_REMOTES) {
+        Ok(list) => list.split([',', ' ', '\n']).filter(|url| !url.is_empty()).map(RemoteSpec::new).collect(),
+        Err(_) => config.remotes.clone(),
+    }
+}
+
+/// The secret key from `KILN_SIGNING_KEY`, or from the file `KILN_SIGNING_KEY_FILE` names.
+pub fn signing_key() -> anyhow::Result<Option<SecretKey>> {
+    if let Ok(text) = std::env::var(env::KILN_SIGNING_KEY)
+        && !text.trim().is_empty()
+    {
+        let key = SecretKey::parse(&text).with_context(|| format!("{} holds no valid signing key", env::KILN_SIGNING_KEY))?;
+        return Ok(Some(key));
+    }
+    let Some(path) = std::env::var_os(env::KILN_SIGNING_KEY_FILE).map(PathBuf::from) else { return Ok(None) };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the signing key file `{}` ({})", path.display(), env::KILN_SIGNING_KEY_FILE))?;
+    let key = SecretKey::parse(&text).with_context(|| format!("`{}` holds no valid signing key", path.display()))?;
+    Ok(Some(key))
+}
+
+/// Opens the remotes for a run; `None` when there are none. `push` is `--push`: push to every
+/// remote, which needs a signing key.
+pub fn open(config: &Config, printer: &Arc<Printer>, push: bool) -> anyhow::Result<Option<Arc<Remotes>>> {
+    let specs = specs(config);
+    if specs.is_empty() {
+        if push {
+            return Err(UsageError::new(
+                "`--push` needs a remote, and Kiln.toml names none",
+                Some(format!("add `[store] remotes = [\"s3://BUCKET/PREFIX\"]` to Kiln.toml or set {}", env::KILN_REMOTES)),
+            )
+            .into());
+        }
+        return Ok(None);
+    }
+    let signing = signing_key()?;
+    let wants_push = push || specs.iter().any(|spec| spec.push);
+    if wants_push && signing.is_none() {
+        let help = format!(
+            "set {} (or {}) to a key made by `cargo xtask store keygen`",
+            env::KILN_SIGNING_KEY,
+            env::KILN_SIGNING_KEY_FILE
+        );
+        if push {
+            return Err(UsageError::new("`--push` needs a key to sign entries with", Some(help)).into());
+        }
+        printer.warn(&format!("not pushing to remotes marked `push`: no signing key; {help}"));
+    }
+    let mut trusted = config.trusted_keys.clone();
+    if let Ok(list) = std::env::var(env::KILN_TRUSTED_KEYS) {
+        for text in list.split([',', ' ', '\n']).filter(|t| !t.is_empty()) {
+            trusted.push(
+                kiln_store::remote::PublicKey::parse(text)
+                    .with_context(|| format!("{} holds a key kiln cannot read", env::KILN_TRUSTED_KEYS))?,
+            );
+        }
+    }
+    if let Some(key) = &signing {
+        trusted.push(key.public());
+    }
+    if trusted.is_empty() {
+        printer.warn(
+            "remotes are set but no key is trusted, so nothing is taken from them; add the public key of \
+             whoever pushes to `[store] trusted-keys`",
+        );
+    }
+    let sink_printer = printer.clone();
+    let remotes = Remotes::open(RemotesConfig {
+        specs,
+        trusted,
+        signing,
+        push_all: push,
+        notice: Arc::new(move |notice| sink_printer.warn(&notice.to_string())),
+    })?;
+    Ok(Some(Arc::new(remotes)))
+}
+
+/// Waits for the background pushes and says what they did.
+pub fn finish(remotes: &Remotes, printer: &Printer) {
+    let started = std::time::Instant::now();
+    for (url, tally) in remotes.finish() {
+        if tally == PushTally::default() {
+            continue;
+        }
+        printer.status("Pushed", &push_line(&url, &tally, started.elapsed()));
+    }
+}
+
+/// `3 entries to s3://b/p (12 blobs, 4.1 MiB; 2 entries were there)`.
+pub fn push_line(url: &str, tally: &PushTally, waited: std::time::Duration) -> String {
+    let mut line = format!(
+        "{} to {url} ({} {}, {} uploaded",
+        entries(tally.entries_pushed),
+        tally.blobs_uploaded,
+        if tally.blobs_uploaded == 1 { "blob" } else { "blobs" },
+        crate::report::human_size(tally.bytes_uploaded),
+    );
+    if tally.blobs_present > 0 {
+        line.push_str(&format!("; {} already there", tally.blobs_present));
+    }
+    if tally.entries_present > 0 {
+        line.push_str(&format!("; {} already there", entries(tally.entries_present)));
+    }
+    if tally.entries_failed > 0 {
+        line.push_str(&format!("; {} failed", entries(tally.entries_failed)));
+    }
+    if !waited.is_zero() {
+        line.push_str(&format!("; waited {} at the end", crate::report::seconds(waited)));
+    }
+    line.push(')');
+    line
+}
+
+fn entries(count: usize) -> String {
+    if count == 1 { "1 entry".to_owned() } else { format!("{count} entries") }
+}
