@@ -11,6 +11,8 @@ mod github_fake;
 mod linux;
 mod linux_fetch;
 mod release;
+mod remote;
+mod servers;
 mod store;
 mod support;
 mod timeouts;

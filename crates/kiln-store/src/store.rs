@@ -333,7 +333,10 @@ impl Store {
         if published.is_err() {
             let _ = remove_tree(&temp);
         }
-        Ok(Some((published?, BuildOutcome::Substituted { from: found.from, duration: found.duration, bytes: found.bytes })))
+        Ok(Some((
+            published?,
+            BuildOutcome::Substituted { from: found.from, duration: found.duration, bytes: found.bytes },
+        )))
     }
 
     /// Whether the entry's output still has its recorded hash. Every hit is checked: the
@@ -578,7 +581,13 @@ impl Store {
     }
 
     /// Publishes `temp` (holding `out/`) as the entry `closure` with the metadata `text`.
-    fn publish_meta(&self, temp: &Path, closure: &ClosureHash, text: &str, meta: EntryMeta) -> Result<Entry, StoreError> {
+    fn publish_meta(
+        &self,
+        temp: &Path,
+        closure: &ClosureHash,
+        text: &str,
+        meta: EntryMeta,
+    ) -> Result<Entry, StoreError> {
         let meta_path = temp.join("meta.toml");
         fs::write(&meta_path, text).map_err(|e| StoreError::io("write", &meta_path, e))?;
         make_read_only(&temp.join("out"))?;

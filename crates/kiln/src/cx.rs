@@ -333,7 +333,9 @@ impl Cx {
             let (_, outcome, images) = exec::realise(&self.store, step, drv, quiet, on_wait, on_build)?;
             match &outcome {
                 BuildOutcome::Cached => self.printer.status("Cached", &format!("{} {}", step.key, closure.short())),
-                BuildOutcome::Substituted { .. } => say_substituted(&self.printer, &step.key.to_string(), &closure, &outcome),
+                BuildOutcome::Substituted { .. } => {
+                    say_substituted(&self.printer, &step.key.to_string(), &closure, &outcome)
+                }
                 BuildOutcome::Built { duration, replaced_corrupt } => {
                     if *replaced_corrupt {
                         self.printer.warn(&format!(
@@ -390,7 +392,9 @@ impl Cx {
             })?;
             match &outcome {
                 BuildOutcome::Cached => self.printer.status("Cached", &format!("{key} {}", closure.short())),
-                BuildOutcome::Substituted { .. } => say_substituted(&self.printer, &key.to_string(), &closure, &outcome),
+                BuildOutcome::Substituted { .. } => {
+                    say_substituted(&self.printer, &key.to_string(), &closure, &outcome)
+                }
                 BuildOutcome::Built { duration, .. } => self
                     .printer
                     .status("Built", &format!("{key} {} in {}", closure.short(), crate::report::seconds(*duration))),

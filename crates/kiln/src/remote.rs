@@ -21,12 +21,14 @@ pub fn signing_key() -> anyhow::Result<Option<SecretKey>> {
     if let Ok(text) = std::env::var(env::KILN_SIGNING_KEY)
         && !text.trim().is_empty()
     {
-        let key = SecretKey::parse(&text).with_context(|| format!("{} holds no valid signing key", env::KILN_SIGNING_KEY))?;
+        let key =
+            SecretKey::parse(&text).with_context(|| format!("{} holds no valid signing key", env::KILN_SIGNING_KEY))?;
         return Ok(Some(key));
     }
     let Some(path) = std::env::var_os(env::KILN_SIGNING_KEY_FILE).map(PathBuf::from) else { return Ok(None) };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the signing key file `{}` ({})", path.display(), env::KILN_SIGNING_KEY_FILE))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("cannot read the signing key file `{}` ({})", path.display(), env::KILN_SIGNING_KEY_FILE)
+    })?;
     let key = SecretKey::parse(&text).with_context(|| format!("`{}` holds no valid signing key", path.display()))?;
     Ok(Some(key))
 }
@@ -39,7 +41,10 @@ pub fn open(config: &Config, printer: &Arc<Printer>, push: bool) -> anyhow::Resu
         if push {
             return Err(UsageError::new(
                 "`--push` needs a remote, and Kiln.toml names none",
-                Some(format!("add `[store] remotes = [\"s3://BUCKET/PREFIX\"]` to Kiln.toml or set {}", env::KILN_REMOTES)),
+                Some(format!(
+                    "add `[store] remotes = [\"s3://BUCKET/PREFIX\"]` to Kiln.toml or set {}",
+                    env::KILN_REMOTES
+                )),
             )
             .into());
         }

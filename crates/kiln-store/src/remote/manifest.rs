@@ -181,7 +181,11 @@ impl Manifest {
     /// Parses a manifest and checks it against `closure` and the trusted keys: the layout,
     /// a valid signature by a trusted key, the metadata's derivation and output hash, the
     /// listing's hash and every path. Returns the parsed metadata.
-    pub fn verified(bytes: &[u8], closure: &ClosureHash, trusted: &[PublicKey]) -> Result<(Self, EntryMeta), ManifestError> {
+    pub fn verified(
+        bytes: &[u8],
+        closure: &ClosureHash,
+        trusted: &[PublicKey],
+    ) -> Result<(Self, EntryMeta), ManifestError> {
         let manifest: Self = serde_json::from_slice(bytes).map_err(|e| ManifestError::Unreadable(e.to_string()))?;
         if manifest.layout != REMOTE_LAYOUT {
             return Err(ManifestError::Layout { found: manifest.layout });
@@ -266,20 +270,30 @@ impl Manifest {
             .collect()
     }
 
-    /// The distinct blobs the entry needs, with the paths below `out` that hold each and
-    /// whether they are executable.
-    pub fn blobs(&self, out: &Path) -> Vec<(blake3::Hash, u64, Vec<(PathBuf, bool)>)> {
-        let mut blobs: std::collections::BTreeMap<[u8; 32], (u64, Vec<(PathBuf, bool)>)> = Default::default();
+    /// The distinct blobs the entry needs, with the paths below `out` that hold each.
+    pub fn blobs(&self, out: &Path) -> Vec<Blob> {
+        let mut blobs: std::collections::BTreeMap<[u8; 32], Blob> = Default::default();
         for file in &self.files {
             if let ManifestKind::File { blake3, size, executable } = &file.kind
                 && let Some(hash) = parse_blob_hash(blake3)
             {
-                let slot = blobs.entry(*hash.as_bytes()).or_insert((*size, Vec::new()));
-                slot.1.push((out.join(&file.path), *executable));
+                let blob = blobs.entry(*hash.as_bytes()).or_insert(Blob { hash, size: *size, targets: Vec::new() });
+                blob.targets.push((out.join(&file.path), *executable));
             }
         }
-        blobs.into_iter().map(|(hash, (size, paths))| (blake3::Hash::from(hash), size, paths)).collect()
+        blobs.into_values().collect()
     }
+}
+
+/// One file content an entry needs, and where it goes.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    /// BLAKE3 of the content.
+    pub hash: blake3::Hash,
+    /// Its length.
+    pub size: u64,
+    /// The paths that hold it, and whether each is executable.
+    pub targets: Vec<(PathBuf, bool)>,
 }
 
 /// A blob's hash from its lowercase hex.

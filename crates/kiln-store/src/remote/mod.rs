@@ -25,7 +25,7 @@ use std::{
 
 use object_store::ObjectStore;
 
-pub use manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError, ManifestFile, ManifestKind, REMOTE_LAYOUT};
+pub use manifest::{Blob, MAX_MANIFEST_BYTES, Manifest, ManifestError, ManifestFile, ManifestKind, REMOTE_LAYOUT};
 pub use open::OpenError;
 pub use signing::{KeyError, PublicKey, SecretKey, Signature};
 pub use transfer::PushTally;
@@ -149,6 +149,7 @@ pub struct Remotes {
     runtime: Option<tokio::runtime::Runtime>,
     pushes: Mutex<Vec<(String, tokio::task::JoinHandle<PushTally>)>>,
     queued: Mutex<HashSet<ClosureHash>>,
+    background_off: AtomicBool,
 }
 
 impl fmt::Debug for Remotes {
@@ -193,6 +194,7 @@ impl Remotes {
             runtime: Some(runtime),
             pushes: Mutex::new(Vec::new()),
             queued: Mutex::new(HashSet::new()),
+            background_off: AtomicBool::new(false),
         })
     }
 
@@ -238,11 +240,9 @@ impl Remotes {
                 Ok(Some(found)) => return Some(found),
                 Ok(None) => {}
                 Err(transfer::FetchError::Remote(error)) => self.report(remote, &error),
-                Err(transfer::FetchError::Refused(reason)) => (self.notice)(RemoteNotice::Refused {
-                    remote: remote.url.clone(),
-                    closure: *closure,
-                    reason,
-                }),
+                Err(transfer::FetchError::Refused(reason)) => {
+                    (self.notice)(RemoteNotice::Refused { remote: remote.url.clone(), closure: *closure, reason })
+                }
                 Err(transfer::FetchError::Local(message)) => (self.notice)(RemoteNotice::Refused {
                     remote: remote.url.clone(),
                     closure: *closure,
@@ -254,11 +254,20 @@ impl Remotes {
         None
     }
 
+    /// Stops background pushes for the rest of the process (commands that run programs, not
+    /// builds, such as cargo's runner, should not wait for uploads).
+    pub fn stop_background_pushes(&self) {
+        self.background_off.store(true, Ordering::Relaxed);
+    }
+
     /// Starts pushing `entry` in the background to every remote it goes to (once per
     /// process); [`Remotes::finish`] waits for it.
     pub fn push_in_background(&self, entry: &Entry) {
         let Some(key) = &self.signing else { return };
-        if !self.pushing() || !self.queued.lock().is_ok_and(|mut queued| queued.insert(entry.closure)) {
+        if self.background_off.load(Ordering::Relaxed)
+            || !self.pushing()
+            || !self.queued.lock().is_ok_and(|mut queued| queued.insert(entry.closure))
+        {
             return;
         }
         let Some(runtime) = &self.runtime else { return };
@@ -322,5 +331,90 @@ impl Drop for Remotes {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::PermissionsExt as _};
+
+    use super::*;
+    use crate::{BuildOutcome, Derivation, Store};
+
+    fn remotes(
+        dir: &Path,
+        trusted: Vec<PublicKey>,
+        signing: Option<SecretKey>,
+    ) -> (Arc<Remotes>, Arc<Mutex<Vec<RemoteNotice>>>) {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let remotes = Remotes::open(RemotesConfig {
+            specs: vec![RemoteSpec::new(format!("file://{}", dir.display()))],
+            trusted,
+            signing,
+            push_all: true,
+            notice: Arc::new(move |notice| sink.lock().expect("notices").push(notice)),
+        })
+        .expect("open");
+        (Arc::new(remotes), notices)
+    }
+
+    #[test]
+    fn entries_round_trip_through_a_file_remote_and_untrusted_ones_are_built() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let remote_dir = dir.path().join("remote");
+        let key = SecretKey::generate("ci-1").expect("key");
+        let public = key.public();
+        let store_a = Store::open(dir.path().join("a")).expect("store a");
+        let mut drv = Derivation::new("test");
+        drv.setting("tag", "round-trip");
+        let (entry, _) = store_a
+            .build(
+                &drv,
+                "thing",
+                || {},
+                |out| {
+                    fs::create_dir_all(out.join("bin"))?;
+                    fs::create_dir_all(out.join("empty"))?;
+                    fs::write(out.join("bin/tool"), b"#!/bin/sh\necho hi\n")?;
+                    fs::set_permissions(out.join("bin/tool"), fs::Permissions::from_mode(0o755))?;
+                    fs::write(out.join("a.txt"), b"same")?;
+                    fs::write(out.join("b.txt"), b"same")?;
+                    std::os::unix::fs::symlink("bin/tool", out.join("current"))?;
+                    Ok(())
+                },
+            )
+            .expect("build");
+
+        let (pusher, notices) = remotes(&remote_dir, vec![public.clone()], Some(key));
+        let tally = pusher.push_to(std::slice::from_ref(&entry), None);
+        assert_eq!(tally[0].1.entries_pushed, 1);
+        assert_eq!(tally[0].1.blobs_uploaded, 2, "identical files share a blob");
+        assert_eq!(pusher.push_to(std::slice::from_ref(&entry), None)[0].1.entries_present, 1);
+        assert!(notices.lock().expect("notices").is_empty());
+
+        let (puller, _) = remotes(&remote_dir, vec![public], None);
+        let store_b = Store::open(dir.path().join("b")).expect("store b").with_substituter(puller);
+        let (got, outcome) = store_b.build(&drv, "thing", || {}, |_| Err("must not build".into())).expect("substitute");
+        assert!(matches!(outcome, BuildOutcome::Substituted { .. }), "{outcome:?}");
+        assert_eq!(got.meta.output_hash, entry.meta.output_hash);
+        assert!(store_b.verify(&got).expect("verify"));
+        let tool = got.out_dir().join("bin/tool");
+        assert_ne!(fs::metadata(&tool).expect("tool").permissions().mode() & 0o100, 0, "still executable");
+        assert_eq!(fs::read_link(got.out_dir().join("current")).expect("link"), Path::new("bin/tool"));
+        assert!(got.out_dir().join("empty").is_dir());
+
+        let stranger = SecretKey::generate("other").expect("key").public();
+        let (distrusting, notices) = remotes(&remote_dir, vec![stranger], None);
+        let store_c = Store::open(dir.path().join("c")).expect("store c").with_substituter(distrusting);
+        let (_, outcome) =
+            store_c.build(&drv, "thing", || {}, |out| Ok(fs::write(out.join("local"), "x")?)).expect("build");
+        assert!(matches!(outcome, BuildOutcome::Built { .. }));
+        let notices = notices.lock().expect("notices");
+        assert!(
+            matches!(&notices[..], [RemoteNotice::Refused { reason, .. }] if reason.contains("signed only by `ci-1`")),
+            "{notices:?}"
+        );
+        assert_eq!(fs::read_dir(dir.path().join("c/tmp")).expect("tmp").count(), 0, "nothing left behind");
     }
 }

@@ -51,7 +51,10 @@ pub(crate) fn object_store(spec: &RemoteSpec) -> Result<Arc<dyn ObjectStore>, Op
                 .with_retry(retry(spec.timeout));
             if let Some(endpoint) = &spec.endpoint {
                 builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
-            } else if std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).is_ok_and(|e| e.starts_with("http://")) {
+            } else if std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .is_ok_and(|e| e.starts_with("http://"))
+            {
                 builder = builder.with_allow_http(true);
             }
             if let Some(region) = &spec.region {
@@ -74,8 +77,7 @@ pub(crate) fn object_store(spec: &RemoteSpec) -> Result<Arc<dyn ObjectStore>, Op
             if !path.is_absolute() {
                 return Err(bad("a file remote needs an absolute path (`file:///PATH`)".to_owned()));
             }
-            std::fs::create_dir_all(path)
-                .map_err(|e| bad(format!("cannot create `{}`: {e}", path.display())))?;
+            std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create `{}`: {e}", path.display())))?;
             Ok(Arc::new(LocalFileSystem::new_with_prefix(path).map_err(backend)?))
         }
         other => Err(bad(format!("unknown scheme `{other}`"))),
@@ -95,7 +97,11 @@ fn client_options(timeout: Duration) -> ClientOptions {
 /// One quick retry: a remote that is down must not hold a build up.
 fn retry(timeout: Duration) -> RetryConfig {
     RetryConfig {
-        backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1), base: 2.0 },
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            base: 2.0,
+        },
         max_retries: 1,
         retry_timeout: timeout,
     }

@@ -17,7 +17,7 @@ use crate::{
     ClosureHash, Entry, OutputHash,
     remote::{
         CONCURRENT_REQUESTS, NoticeSink, Remote, RemoteNotice,
-        manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestKind, blob_path, manifest_path},
+        manifest::{Blob, MAX_MANIFEST_BYTES, Manifest, ManifestKind, blob_path, manifest_path},
         signing::{PublicKey, SecretKey},
     },
     store::Substitution,
@@ -81,7 +81,8 @@ pub(crate) async fn fetch(
     };
     let (manifest, meta) = Manifest::verified(&manifest, closure, trusted)
         .map_err(|e| FetchError::Refused(format!("its manifest: {e}")))?;
-    let local = |what: &str, path: &Path, e: std::io::Error| FetchError::Local(format!("{what} `{}`: {e}", path.display()));
+    let local =
+        |what: &str, path: &Path, e: std::io::Error| FetchError::Local(format!("{what} `{}`: {e}", path.display()));
     for file in &manifest.files {
         if let ManifestKind::Dir = file.kind {
             let path = out.join(&file.path);
@@ -89,8 +90,8 @@ pub(crate) async fn fetch(
         }
     }
     let blobs = manifest.blobs(out);
-    let hashes: Vec<[u8; 32]> = blobs.iter().map(|(hash, _, _)| *hash.as_bytes()).collect();
-    let downloaded = stream::iter(blobs.into_iter().map(|(hash, size, targets)| fetch_blob(remote, hash, size, targets)))
+    let hashes: Vec<[u8; 32]> = blobs.iter().map(|blob| *blob.hash.as_bytes()).collect();
+    let downloaded = stream::iter(blobs.into_iter().map(|blob| fetch_blob(remote, blob)))
         .buffer_unordered(CONCURRENT_REQUESTS)
         .try_fold(0u64, |total, bytes| async move { Ok(total + bytes) })
         .await?;
@@ -113,12 +114,8 @@ pub(crate) async fn fetch(
 }
 
 /// Downloads one blob and writes it to `targets`; returns the bytes downloaded.
-async fn fetch_blob(
-    remote: &Remote,
-    hash: blake3::Hash,
-    size: u64,
-    targets: Vec<(PathBuf, bool)>,
-) -> Result<u64, FetchError> {
+async fn fetch_blob(remote: &Remote, blob: Blob) -> Result<u64, FetchError> {
+    let Blob { hash, size, targets } = blob;
     let _slot = remote.slots.acquire().await;
     let bytes = match remote.store.get(&blob_path(&hash)).await {
         Ok(found) => found.bytes().await.map_err(FetchError::Remote)?,
@@ -136,9 +133,15 @@ async fn fetch_blob(
 
 /// Decompresses a blob (never past its declared size), checks its hash and writes it to
 /// every path that holds it.
-fn write_blob(compressed: &[u8], hash: &blake3::Hash, size: u64, targets: &[(PathBuf, bool)]) -> Result<(), FetchError> {
+fn write_blob(
+    compressed: &[u8],
+    hash: &blake3::Hash,
+    size: u64,
+    targets: &[(PathBuf, bool)],
+) -> Result<(), FetchError> {
     let mut content = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 30));
-    let decoder = zstd::stream::Decoder::new(compressed).map_err(|e| FetchError::Refused(format!("blob {hash}: {e}")))?;
+    let decoder =
+        zstd::stream::Decoder::new(compressed).map_err(|e| FetchError::Refused(format!("blob {hash}: {e}")))?;
     decoder
         .take(size + 1)
         .read_to_end(&mut content)
@@ -203,7 +206,12 @@ enum PushError {
 
 /// Pushes one entry, turning a failure into a notice (and a remote failure into the remote
 /// being left alone for the rest of the run).
-pub(crate) async fn push_noting(remote: &Remote, entry: &Entry, key: &Arc<SecretKey>, notice: &NoticeSink) -> PushTally {
+pub(crate) async fn push_noting(
+    remote: &Remote,
+    entry: &Entry,
+    key: &Arc<SecretKey>,
+    notice: &NoticeSink,
+) -> PushTally {
     if remote.down.load(std::sync::atomic::Ordering::Relaxed) {
         return PushTally { entries_failed: 1, ..PushTally::default() };
     }
@@ -261,10 +269,11 @@ async fn push(remote: &Remote, entry: &Entry, key: &SecretKey) -> Result<PushTal
             blobs.entry(*content).or_insert_with(|| entry.out_dir().join(path));
         }
     }
-    let results: Vec<Option<(u64, u64)>> = stream::iter(blobs.into_iter().map(|(hash, path)| push_blob(remote, hash, path)))
-        .buffer_unordered(CONCURRENT_REQUESTS)
-        .try_collect()
-        .await?;
+    let results: Vec<Option<(u64, u64)>> =
+        stream::iter(blobs.into_iter().map(|(hash, path)| push_blob(remote, hash, path)))
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await?;
     for result in results {
         match result {
             Some((compressed, read)) => {
@@ -300,7 +309,8 @@ async fn push_blob(remote: &Remote, hash: [u8; 32], path: PathBuf) -> Result<Opt
         Err(error) => return Err(PushError::Remote(error)),
     }
     let (compressed, read) = tokio::task::spawn_blocking(move || {
-        let content = fs::read(&path).map_err(|e| PushError::Local(format!("cannot read `{}`: {e}", path.display())))?;
+        let content =
+            fs::read(&path).map_err(|e| PushError::Local(format!("cannot read `{}`: {e}", path.display())))?;
         if *blake3::hash(&content).as_bytes() != hash {
             return Err(PushError::Local(format!("`{}` changed while it was pushed", path.display())));
         }

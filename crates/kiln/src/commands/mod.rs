@@ -69,6 +69,12 @@ pub fn run_command(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> 
     if let Command::Build(args) = &command {
         cx.options.explain = args.explain;
     }
+    // cargo's runner and warm guests run programs; they must not wait for uploads.
+    if let (Command::Run(_) | Command::Vm(_), Some(remotes)) = (&command, &cx.remotes)
+        && !global.push
+    {
+        remotes.stop_background_pushes();
+    }
     let result = match command {
         Command::Build(args) => build::run(&cx, &args),
         Command::Test(args) => test::run(&cx, &args).map(|summary| {

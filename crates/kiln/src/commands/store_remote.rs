@@ -22,9 +22,9 @@ fn remotes(cx: &Cx) -> anyhow::Result<&kiln_store::remote::Remotes> {
 /// Whether an entry's store name (`hello-x86_64`, `kernel-debian-aarch64`, `fetch-busybox`)
 /// is what the user called `name` (`hello`, `hello-x86_64`, `debian`, `busybox`).
 fn is_named(store_name: &str, name: &str) -> bool {
-    let bare = ["kernel-", "rootfs-", "fetch-"].iter().find_map(|kind| store_name.strip_prefix(kind)).unwrap_or(store_name);
-    let without_arch =
-        Arch::ALL.iter().find_map(|arch| bare.strip_suffix(&format!("-{arch}"))).unwrap_or(bare);
+    let bare =
+        ["kernel-", "rootfs-", "fetch-"].iter().find_map(|kind| store_name.strip_prefix(kind)).unwrap_or(store_name);
+    let without_arch = Arch::ALL.iter().find_map(|arch| bare.strip_suffix(&format!("-{arch}"))).unwrap_or(bare);
     [store_name, bare, without_arch].contains(&name)
 }
 
@@ -40,7 +40,10 @@ fn selected(cx: &Cx, names: &[String]) -> anyhow::Result<Vec<(String, ClosureHas
         )
         .into());
     }
-    Ok(all.into_iter().filter(|(store_name, _)| names.is_empty() || names.iter().any(|n| is_named(store_name, n))).collect())
+    Ok(all
+        .into_iter()
+        .filter(|(store_name, _)| names.is_empty() || names.iter().any(|n| is_named(store_name, n)))
+        .collect())
 }
 
 /// `store push [NAMES] [--to URL]`.
@@ -124,12 +127,10 @@ pub(super) fn pull(cx: &Cx, names: &[String]) -> anyhow::Result<u8> {
 /// `store keygen --name NAME --out FILE`.
 pub(super) fn keygen(cx: &Cx, name: &str, out: &Path) -> anyhow::Result<u8> {
     let key = SecretKey::generate(name).map_err(|e| UsageError::new(e.to_string(), None))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(out)
-        .with_context(|| format!("cannot create the secret key file `{}` (an existing file is never overwritten)", out.display()))?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(out).with_context(|| {
+            format!("cannot create the secret key file `{}` (an existing file is never overwritten)", out.display())
+        })?;
     let written = file.write_all(format!("{}\n", key.to_secret_text()).as_bytes()).and_then(|()| file.sync_all());
     if let Err(e) = written {
         let _ = std::fs::remove_file(out);

@@ -27,7 +27,13 @@ impl Resolver<'_> {
                 None => DEFAULT_TIMEOUT,
                 Some(text) => match humantime::parse_duration(text) {
                     Ok(duration) if duration >= Duration::from_millis(100) => duration,
-                    Ok(_) => return Err(self.error(span, format!("{key}.timeout"), "a timeout under 0.1s fails every request")),
+                    Ok(_) => {
+                        return Err(self.error(
+                            span,
+                            format!("{key}.timeout"),
+                            "a timeout under 0.1s fails every request",
+                        ));
+                    }
                     Err(e) => {
                         return Err(self
                             .error(span, format!("{key}.timeout"), format!("invalid duration `{text}`: {e}"))

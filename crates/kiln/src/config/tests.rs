@@ -149,3 +149,32 @@ fn a_misspelled_required_key_points_at_the_misspelling() {
     assert_eq!(err.help.as_deref(), Some("a key with a similar name exists: `package`"));
     assert!(err.note.as_deref().is_some_and(|n| n.contains("missing field `package`")), "{err}");
 }
+
+#[test]
+fn remotes_resolve_and_bad_ones_name_their_key() {
+    let key = kiln_store::remote::SecretKey::generate("ci-1").expect("key").public().to_string();
+    let store = format!(
+        "\n[store]\nremotes = [\"https://cache.example/kiln\", {{ url = \"s3://b/p\", push = true, endpoint = \"http://127.0.0.1:9000\", timeout = \"5s\" }}]\ntrusted-keys = [\"{key}\"]\n"
+    );
+    let (_dir, config) = project(&format!("{VALID}{store}"));
+    let config = config.expect("valid remotes");
+    assert_eq!(config.remotes.len(), 2);
+    assert_eq!(config.remotes[0].url, "https://cache.example/kiln");
+    assert!(!config.remotes[0].push && config.remotes[1].push);
+    assert_eq!(config.remotes[1].endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(config.remotes[1].timeout, Duration::from_secs(5));
+    assert_eq!(config.trusted_keys[0].to_string(), key);
+
+    let (_dir, err) = project(&format!("{VALID}{}", store.replace("https://cache", "ftp://cache")));
+    let err = err.expect_err("scheme");
+    assert_eq!(err.key.as_deref(), Some("store.remotes[0]"));
+    assert!(err.message.contains("`ftp://cache.example/kiln` is not a remote URL"), "{err}");
+    let (_dir, err) = project(&format!("{VALID}{}", store.replace("\"5s\"", "\"5 parsecs\"")));
+    assert_eq!(err.expect_err("timeout").key.as_deref(), Some("store.remotes[1].timeout"));
+    let (_dir, err) = project(&format!("{VALID}{}", store.replace(&key, "ci-1:c2hvcnQ=")));
+    let err = err.expect_err("key");
+    assert_eq!(err.key.as_deref(), Some("store.trusted-keys[0]"));
+    assert!(err.message.contains("not base64 of 32 bytes"), "{err}");
+    let (_dir, err) = project(&format!("{VALID}{}", store.replace("push = true", "pushh = true")));
+    assert!(err.expect_err("unknown key").to_string().contains("pushh"));
+}

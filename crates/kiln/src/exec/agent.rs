@@ -51,10 +51,8 @@ pub fn realise(
     let source = PathBuf::from(kiln_agent::SOURCE_DIR);
     let target_dir = work_dir.join("agent-target");
     let on_wait = || printer.status("Waiting", &format!("for another kiln building kiln-agent ({arch})"));
-    if store.lookup(&drv.closure_hash())?.is_none() {
-        printer.status("Building", &format!("kiln-agent ({arch}) for {triple}"));
-    }
     let (entry, outcome) = store.build(&drv, &format!("kiln-agent-{arch}"), on_wait, |out| {
+        printer.status("Building", &format!("kiln-agent ({arch}) for {triple}"));
         let linker = format!("CARGO_TARGET_{}_LINKER", triple.to_uppercase().replace('-', "_"));
         let output = tool_command("cargo", &source)
             .args(["build", "--release", "--quiet", "--bin", "kiln-agent", "--target", triple])

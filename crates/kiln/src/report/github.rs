@@ -72,6 +72,13 @@ pub fn job_summary(summary: &RunSummary) -> String {
         summary.store.cached + summary.store.built,
         summary.store.built,
     );
+    if let Some(line) = summary.store.remote_line() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            line.trim_start_matches("store: ").replace(" substituted", " derivations were substituted")
+        );
+    }
     out
 }
 

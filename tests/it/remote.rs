@@ -1,0 +1,413 @@
+//! Remote stores with real servers on loopback (`servers.rs`): two "machines" (two copies of
+//! the example, each with its own store) share work through moto's S3 server and through
+//! nginx with WebDAV; tampering is refused; a stopped or silent remote costs a bounded delay.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    linux::{stderr_of, stdout_of},
+    servers::{Moto, Nginx, walk},
+    support::{Project, repo_root},
+};
+
+const BUCKET: &str = "kiln-cache";
+
+/// A key pair made by `store keygen` in `project`: (secret key file, public key text).
+fn keygen(project: &Project, name: &str) -> (PathBuf, String) {
+    let file = project.path().join(format!("{name}.key"));
+    let output = project.command(&["store", "keygen", "--name", name, "--out"]).arg(&file).output().expect("keygen");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let public = stdout_of(&output).trim().to_owned();
+    assert!(public.starts_with(&format!("{name}:")), "{public}");
+    let secret = std::fs::read_to_string(&file).expect("secret key");
+    assert!(!stderr_of(&output).contains(secret.trim()), "the secret key is never printed");
+    (file, public)
+}
+
+fn run(project: &Project, args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
+    let mut command = project.command(args);
+    command.env_remove("KILN_REMOTES").env_remove("KILN_SIGNING_KEY").env_remove("KILN_SIGNING_KEY_FILE");
+    command.env_remove("KILN_TRUSTED_KEYS").env_remove("KILN_STORE");
+    command
+        .env("AWS_ACCESS_KEY_ID", "kiln-test")
+        .env("AWS_SECRET_ACCESS_KEY", "kiln-test")
+        .env("AWS_REGION", "us-east-1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let started = Instant::now();
+    let output = command.output().expect("run kiln");
+    (output, started.elapsed())
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+#[test]
+fn two_machines_share_the_example_through_s3_and_a_second_push_uploads_nothing() {
+    let moto = Moto::start(BUCKET);
+    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
+    let url = format!("s3://{BUCKET}/ci");
+    let machine_a = Project::example(&kiln_toml);
+    let (secret, public) = keygen(&machine_a, "ci-1");
+    let store = format!(
+        "\n[store]\nremotes = [{{ url = \"{url}\", endpoint = \"{}\" }}]\ntrusted-keys = [\"{public}\"]\n",
+        moto.endpoint
+    );
+    std::fs::write(machine_a.path().join("Kiln.toml"), format!("{kiln_toml}{store}")).expect("write");
+    let machine_b = Project::example(&format!("{kiln_toml}{store}"));
+    let secret = secret.display().to_string();
+
+    let (pushed, _) = run(&machine_a, &["test", "--push"], &[("KILN_SIGNING_KEY_FILE", &secret)]);
+    let err = stderr_of(&pushed);
+    assert!(pushed.status.success(), "machine A:\n{err}");
+    assert!(err.contains(&format!("entries to {url} (")), "machine A says what it pushed:\n{err}");
+    assert!(!err.contains("could not push"), "{err}");
+
+    let (used, took) = run(&machine_b, &["test"], &[]);
+    let err = stderr_of(&used);
+    assert!(used.status.success(), "machine B:\n{err}");
+    for built_here in ["    Building ", "       Built ", "     Fetched ", "Saved the"] {
+        assert!(!err.contains(built_here), "machine B built something (`{built_here}`):\n{err}");
+    }
+    let summary = err.lines().find(|l| l.starts_with("store: ")).unwrap_or_default();
+    assert!(summary.ends_with(&format!("substituted from {url}, 0 cached, 0 built")), "{summary}\n{err}");
+    assert!(
+        count(&err, "Substituted the x86_64 snapshot") == 1 && count(&err, "Substituted kiln-agent (aarch64)") == 1,
+        "{err}"
+    );
+    eprintln!("machine B: `test` from an empty store, everything substituted: {took:.2?}; {summary}");
+
+    moto.start_recording();
+    let (again, _) = run(&machine_a, &["store", "push"], &[("KILN_SIGNING_KEY_FILE", &secret)]);
+    let err = stderr_of(&again);
+    assert!(again.status.success(), "{err}");
+    let requests = moto.recorded();
+    let puts: Vec<_> = requests.iter().filter(|(method, _)| method == "PUT").collect();
+    assert!(puts.is_empty(), "a second push uploads nothing: {puts:?}");
+    assert!(requests.iter().all(|(method, url)| method == "HEAD" && url.contains("/kiln-v1/entries/")), "{requests:?}");
+    assert!(err.contains(&format!("Pushed 0 entries to {url} (0 blobs")), "{err}");
+}
+
+/// Only the bare-metal kernel on x86_64: quick to build, enough to share.
+fn small_kiln_toml(remote: &str, public: &str, timeout: &str) -> String {
+    format!(
+        r#"
+[artifact.hello]
+package = "hello-kernel"
+path = "examples/kernel"
+arches = ["x86_64", "aarch64"]
+
+[case.smoke]
+artifact = "hello"
+success = "^kiln-example: all checks passed$"
+timeout = "30s"
+
+[store]
+remotes = [{{ url = "{remote}", timeout = "{timeout}" }}]
+trusted-keys = ["{public}"]
+"#
+    )
+}
+
+/// Rewrites one file the server holds (nginx serves them from disk).
+fn rewrite(path: &Path, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    let bytes = std::fs::read(path).expect("read");
+    std::fs::write(path, edit(bytes)).expect("write");
+}
+
+#[test]
+fn an_http_remote_refuses_tampering_and_a_stopped_or_silent_remote_costs_little() {
+    let mut nginx = Nginx::start();
+    let url = format!("{}/cache", nginx.url);
+    let machine_a = Project::example("");
+    let (secret, public) = keygen(&machine_a, "ci-1");
+    std::fs::write(machine_a.path().join("Kiln.toml"), small_kiln_toml(&url, &public, "5s")).expect("write");
+    let secret = secret.display().to_string();
+    let signing = [("KILN_SIGNING_KEY_FILE", secret.as_str())];
+
+    let (pushed, _) = run(&machine_a, &["build", "--push"], &signing);
+    assert!(pushed.status.success(), "{}", stderr_of(&pushed));
+    assert!(stderr_of(&pushed).contains(&format!("Pushed 2 entries to {url} (2 blobs")), "{}", stderr_of(&pushed));
+    let puts = |nginx: &Nginx| nginx.requests().iter().filter(|r| r.starts_with("PUT ")).count();
+    assert_eq!(puts(&nginx), 4, "two blobs, two manifests: {:?}", nginx.requests());
+    let (again, _) = run(&machine_a, &["build", "--push"], &signing);
+    assert!(stderr_of(&again).contains("Pushed 0 entries"), "{}", stderr_of(&again));
+    assert_eq!(puts(&nginx), 4, "a second push uploads nothing: {:?}", nginx.requests());
+
+    let machine_b = Project::example(&small_kiln_toml(&url, &public, "5s"));
+    let store_b = machine_b.path().join("target/kiln/store");
+    let fresh_build = |project: &Project| {
+        let _ = std::fs::remove_dir_all(&store_b);
+        run(project, &["build"], &[])
+    };
+
+    // Intact: both substituted.
+    let (clean, _) = fresh_build(&machine_b);
+    let err = stderr_of(&clean);
+    assert!(clean.status.success() && count(&err, "Substituted hello") == 2 && !err.contains("Building"), "{err}");
+
+    // A blob with other content (valid zstd of other bytes): refused, built locally.
+    let blobs = nginx.files("/kiln-v1/blobs/");
+    assert_eq!(blobs.len(), 2, "{blobs:?}");
+    let original = std::fs::read(&blobs[0]).expect("blob");
+    rewrite(&blobs[0], |bytes| {
+        let mut content = zstd::decode_all(bytes.as_slice()).expect("a zstd blob");
+        content[0] ^= 1;
+        zstd::encode_all(content.as_slice(), 3).expect("compress")
+    });
+    let (tampered, _) = fresh_build(&machine_b);
+    let err = stderr_of(&tampered);
+    assert!(tampered.status.success(), "{err}");
+    assert!(err.contains(&format!("from {url}: blob")) && err.contains("tampered or corrupt"), "{err}");
+    assert_eq!(count(&err, "Building hello"), 1, "only the tampered one is built here:\n{err}");
+    std::fs::write(&blobs[0], &original).expect("restore blob");
+
+    // A manifest whose metadata was edited: its signature no longer matches.
+    let manifests = nginx.files("/kiln-v1/entries/");
+    let manifest = manifests[0].clone();
+    let original = std::fs::read(&manifest).expect("manifest");
+    rewrite(&manifest, |bytes| {
+        String::from_utf8(bytes).expect("utf-8").replacen("build_seconds = ", "build_seconds = 1", 1).into_bytes()
+    });
+    let (forged, _) = fresh_build(&machine_b);
+    let err = stderr_of(&forged);
+    assert!(forged.status.success(), "{err}");
+    assert!(err.contains("the signature by trusted key `ci-1` does not match the entry"), "{err}");
+    assert_eq!(count(&err, "Building hello"), 1, "{err}");
+
+    // Unsigned, and signed by a key B does not trust.
+    rewrite(&manifest, |_| {
+        let mut json: serde_json::Value = serde_json::from_slice(&original).expect("json");
+        json["signatures"] = serde_json::json!([]);
+        serde_json::to_vec(&json).expect("json")
+    });
+    let (unsigned, _) = fresh_build(&machine_b);
+    assert!(stderr_of(&unsigned).contains("the entry is not signed"), "{}", stderr_of(&unsigned));
+    std::fs::write(&manifest, &original).expect("restore manifest");
+    let (_, stranger) = keygen(&machine_b, "stranger");
+    std::fs::write(machine_b.path().join("Kiln.toml"), small_kiln_toml(&url, &stranger, "5s")).expect("write");
+    let (untrusted, _) = fresh_build(&machine_b);
+    let err = stderr_of(&untrusted);
+    assert!(untrusted.status.success(), "{err}");
+    assert!(err.contains("signed only by `ci-1`, none of them in `[store] trusted-keys`"), "{err}");
+    std::fs::write(machine_b.path().join("Kiln.toml"), small_kiln_toml(&url, &public, "5s")).expect("write");
+
+    // The server stopped: one warning, a local build, no failure.
+    let _ = std::fs::remove_dir_all(&store_b);
+    let (local, local_took) = run(&machine_b, &["build"], &[("KILN_REMOTES", "")]);
+    assert!(local.status.success(), "{}", stderr_of(&local));
+    nginx.stop();
+    let (down, down_took) = fresh_build(&machine_b);
+    let err = stderr_of(&down);
+    assert!(down.status.success(), "{err}");
+    assert_eq!(count(&err, "warning: remote "), 1, "one warning for a stopped remote:\n{err}");
+    assert!(err.contains(&format!("remote {url} failed (")) && count(&err, "Building hello") == 2, "{err}");
+    eprintln!("build without a remote: {local_took:.2?}; with the remote stopped: {down_took:.2?}");
+
+    // A remote that accepts connections and never answers costs its timeout, once.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_url = format!("http://{}/cache", silent.local_addr().expect("address"));
+    std::fs::write(machine_b.path().join("Kiln.toml"), small_kiln_toml(&silent_url, &public, "1s")).expect("write");
+    let (hung, hung_took) = fresh_build(&machine_b);
+    let err = stderr_of(&hung);
+    assert!(hung.status.success(), "{err}");
+    assert_eq!(count(&err, "warning: remote "), 1, "{err}");
+    eprintln!("with a remote that never answers (timeout 1s): {hung_took:.2?}");
+    drop(silent);
+
+    let leftovers: Vec<_> = walk(&store_b.join("tmp"));
+    assert!(leftovers.is_empty(), "refused fetches leave nothing behind: {leftovers:?}");
+}
+
+/// Files of about 1 GiB in all: half pseudo-random bytes, half repetitive text, as binaries
+/// and images mix them. `seed` makes each file differ; `edit_first` changes one byte of the
+/// first file (the next build of the same thing).
+fn write_payload(dir: &Path, files: usize, file_bytes: usize, seed: u64, edit_first: bool) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for index in 0..files {
+        let mut state = seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut content = Vec::with_capacity(file_bytes);
+        while content.len() < file_bytes / 2 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            content.extend_from_slice(&state.to_le_bytes());
+        }
+        let mut line = 0u64;
+        while content.len() < file_bytes {
+            content
+                .extend_from_slice(format!("symbol_{line:08} = 0x{:016x}; // file {index}\n", line * 4096).as_bytes());
+            line += 1;
+        }
+        content.truncate(file_bytes);
+        if edit_first && index == 0 {
+            content[0] ^= 0xff;
+        }
+        std::fs::write(dir.join(format!("part-{index:03}.bin")), content).expect("write payload");
+    }
+}
+
+fn curl(args: &[&str]) {
+    let status =
+        std::process::Command::new("curl").args(["-sSf", "-o", "/dev/null"]).args(args).status().expect("curl");
+    assert!(status.success(), "curl {args:?}");
+}
+
+#[test]
+#[ignore = "a benchmark: pushes and pulls 1 GiB and builds the example twice; prints the timings"]
+fn bench_substitution_and_push_pull_throughput() {
+    use kiln_store::{
+        Derivation, Store,
+        remote::{RemoteSpec, Remotes, RemotesConfig, SecretKey},
+    };
+    use std::sync::Arc;
+
+    let mut rows: Vec<(String, Duration, Duration)> = Vec::new();
+
+    // 1. The bundled example: `test` from an empty store, building vs substituting from S3.
+    let moto = Moto::start(BUCKET);
+    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
+    let url = format!("s3://{BUCKET}/bench");
+    let builder = Project::example(&kiln_toml);
+    let (secret, public) = keygen(&builder, "bench");
+    let store = format!(
+        "\n[store]\nremotes = [{{ url = \"{url}\", endpoint = \"{}\" }}]\ntrusted-keys = [\"{public}\"]\n",
+        moto.endpoint
+    );
+    std::fs::write(builder.path().join("Kiln.toml"), format!("{kiln_toml}{store}")).expect("write");
+    let secret = secret.display().to_string();
+    let (built, build_took) = run(&builder, &["test", "--push"], &[("KILN_SIGNING_KEY_FILE", &secret)]);
+    assert!(built.status.success(), "{}", stderr_of(&built));
+    let user = Project::example(&format!("{kiln_toml}{store}"));
+    let (used, substitute_took) = run(&user, &["test"], &[]);
+    assert!(used.status.success(), "{}", stderr_of(&used));
+    rows.push(("example `test`, empty store: substituted (S3) / built and pushed".into(), substitute_took, build_took));
+    let pull_store = user.path().join("target/kiln/store");
+    std::fs::remove_dir_all(&pull_store).expect("empty the store");
+    let (pulled, pull_took) = run(&user, &["store", "pull"], &[]);
+    assert!(pulled.status.success(), "{}", stderr_of(&pulled));
+    let (_, build_only) = run(
+        &builder,
+        &["build"],
+        &[("KILN_STORE", &user.path().join("scratch-store").display().to_string()), ("KILN_REMOTES", "")],
+    );
+    rows.push(("example `store pull` (S3) / `build` (artifacts, warm cargo)".into(), pull_took, build_only));
+    drop(moto);
+
+    // 2. ~1 GiB through nginx: kiln's push and pull against one plain PUT/GET per file.
+    let nginx = Nginx::start();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (files, file_bytes) = (64, 16 << 20);
+    let key = SecretKey::generate("bench").expect("key");
+    let public = key.public();
+    let store_a = Store::open(scratch.path().join("a")).expect("store a");
+    let payload = |tag: &str, edit_first: bool| {
+        let mut drv = Derivation::new("bench-payload");
+        drv.setting("tag", tag);
+        let (entry, _) = store_a
+            .build(
+                &drv,
+                tag,
+                || {},
+                |out| {
+                    write_payload(out, files, file_bytes, 1, edit_first);
+                    Ok(())
+                },
+            )
+            .expect("payload entry");
+        entry
+    };
+    let first = payload("v1", false);
+    let remotes = |signing: Option<SecretKey>| {
+        let spec = RemoteSpec::new(format!("{}/kiln", nginx.url));
+        Arc::new(
+            Remotes::open(RemotesConfig {
+                specs: vec![spec],
+                trusted: vec![public.clone()],
+                signing,
+                push_all: true,
+                notice: Arc::new(|notice| panic!("{notice}")),
+            })
+            .expect("remotes"),
+        )
+    };
+    let pusher = remotes(Some(SecretKey::parse(&key.to_secret_text()).expect("key")));
+    let started = Instant::now();
+    let tally = pusher.push_to(std::slice::from_ref(&first), None);
+    let kiln_push = started.elapsed();
+    assert_eq!(tally[0].1.blobs_uploaded, files, "{tally:?}");
+    let naive_push = |dir: &Path, prefix: &str| {
+        let started = Instant::now();
+        for file in walk(dir) {
+            let name = file.file_name().expect("name").to_string_lossy().into_owned();
+            curl(&["-T", &file.display().to_string(), &format!("{}/naive/{prefix}/{name}", nginx.url)]);
+        }
+        started.elapsed()
+    };
+    let naive_first = naive_push(&first.out_dir(), "v1");
+    rows.push((
+        format!("push {} MiB, first time: kiln / one PUT per file", (files * file_bytes) >> 20),
+        kiln_push,
+        naive_first,
+    ));
+
+    let started = Instant::now();
+    let again = pusher.push_to(std::slice::from_ref(&first), None);
+    let kiln_again = started.elapsed();
+    assert_eq!(again[0].1.blobs_uploaded, 0, "{again:?}");
+    let naive_again = naive_push(&first.out_dir(), "v1");
+    rows.push(("push again, unchanged: kiln / one PUT per file".into(), kiln_again, naive_again));
+
+    // The next build: one file of 64 changed.
+    let second = payload("v2", true);
+    let started = Instant::now();
+    let next = pusher.push_to(std::slice::from_ref(&second), None);
+    let kiln_next = started.elapsed();
+    assert_eq!(next[0].1.blobs_uploaded, 1, "{next:?}");
+    let naive_next = naive_push(&second.out_dir(), "v2");
+    rows.push(("push the next build, 1 of 64 files changed: kiln / one PUT per file".into(), kiln_next, naive_next));
+
+    let store_b = Store::open(scratch.path().join("b")).expect("store b").with_substituter(remotes(None));
+    let started = Instant::now();
+    let pulled = store_b.pull(&first.closure).expect("pull").expect("on the remote");
+    let kiln_pull = started.elapsed();
+    assert!(matches!(pulled.1, kiln_store::BuildOutcome::Substituted { .. }));
+    let naive_dir = scratch.path().join("naive-pull");
+    std::fs::create_dir_all(&naive_dir).expect("mkdir");
+    let started = Instant::now();
+    for index in 0..files {
+        let name = format!("part-{index:03}.bin");
+        let status = std::process::Command::new("curl")
+            .args([
+                "-sSf",
+                "-o",
+                &naive_dir.join(&name).display().to_string(),
+                &format!("{}/naive/v1/{name}", nginx.url),
+            ])
+            .status()
+            .expect("curl");
+        assert!(status.success());
+    }
+    let naive_pull = started.elapsed();
+    rows.push((
+        format!("pull {} MiB into an empty store (verified): kiln / one GET per file", (files * file_bytes) >> 20),
+        kiln_pull,
+        naive_pull,
+    ));
+    let stored: u64 = walk(&nginx.root.join("kiln")).iter().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).sum();
+    let naive_stored: u64 =
+        walk(&nginx.root.join("naive")).iter().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).sum();
+
+    println!("{:<72} {:>9} {:>9} {:>7}", "what", "kiln", "baseline", "ratio");
+    for (what, kiln, baseline) in rows {
+        let ratio = baseline.as_secs_f64() / kiln.as_secs_f64().max(1e-6);
+        println!("{what:<72} {:>8.2}s {:>8.2}s {ratio:>6.2}x", kiln.as_secs_f64(), baseline.as_secs_f64());
+    }
+    println!("remote bytes after both builds: kiln {} MiB, naive {} MiB", stored >> 20, naive_stored >> 20);
+}
