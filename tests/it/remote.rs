@@ -90,7 +90,8 @@ fn two_machines_share_the_example_through_s3_and_a_second_push_uploads_nothing()
     let requests = moto.recorded();
     let puts: Vec<_> = requests.iter().filter(|(method, _)| method == "PUT").collect();
     assert!(puts.is_empty(), "a second push uploads nothing: {puts:?}");
-    assert!(requests.iter().all(|(method, url)| method == "HEAD" && url.contains("/kiln-v1/entries/")), "{requests:?}");
+    let expected = |url: &str| url.contains("/kiln-v1/entries/") || url.ends_with("/kiln-v1/layout.json");
+    assert!(requests.iter().all(|(method, url)| method == "HEAD" && expected(url)), "{requests:?}");
     assert!(err.contains(&format!("Pushed 0 entries to {url} (0 blobs")), "{err}");
 }
 
@@ -133,12 +134,18 @@ fn an_http_remote_refuses_tampering_and_a_stopped_or_silent_remote_costs_little(
 
     let (pushed, _) = run(&machine_a, &["build", "--push"], &signing);
     assert!(pushed.status.success(), "{}", stderr_of(&pushed));
+    let secret_text = std::fs::read_to_string(&secret).expect("secret");
+    let (_, encoded) = secret_text.trim().split_once(':').expect("NAME:KEY");
+    assert!(
+        !stderr_of(&pushed).contains(encoded) && !stdout_of(&pushed).contains(encoded),
+        "the secret is never printed"
+    );
     assert!(stderr_of(&pushed).contains(&format!("Pushed 2 entries to {url} (2 blobs")), "{}", stderr_of(&pushed));
     let puts = |nginx: &Nginx| nginx.requests().iter().filter(|r| r.starts_with("PUT ")).count();
-    assert_eq!(puts(&nginx), 4, "two blobs, two manifests: {:?}", nginx.requests());
+    assert_eq!(puts(&nginx), 5, "the layout marker, two blobs, two manifests: {:?}", nginx.requests());
     let (again, _) = run(&machine_a, &["build", "--push"], &signing);
     assert!(stderr_of(&again).contains("Pushed 0 entries"), "{}", stderr_of(&again));
-    assert_eq!(puts(&nginx), 4, "a second push uploads nothing: {:?}", nginx.requests());
+    assert_eq!(puts(&nginx), 5, "a second push uploads nothing: {:?}", nginx.requests());
 
     let machine_b = Project::example(&small_kiln_toml(&url, &public, "5s"));
     let store_b = machine_b.path().join("target/kiln/store");
@@ -181,6 +188,17 @@ fn an_http_remote_refuses_tampering_and_a_stopped_or_silent_remote_costs_little(
     assert!(err.contains("the signature by trusted key `ci-1` does not match the entry"), "{err}");
     assert_eq!(count(&err, "Building hello"), 1, "{err}");
 
+    // A size made larger (a decompression bomb would claim one): sizes are signed too.
+    rewrite(&manifest, |_| {
+        let mut json: serde_json::Value = serde_json::from_slice(&original).expect("json");
+        let files = json["files"].as_array_mut().expect("files");
+        let file = files.iter_mut().find(|f| f["type"] == "file").expect("a file");
+        file["size"] = serde_json::json!(1u64 << 40);
+        serde_json::to_vec(&json).expect("json")
+    });
+    let (inflated, _) = fresh_build(&machine_b);
+    assert!(stderr_of(&inflated).contains("does not match the entry"), "{}", stderr_of(&inflated));
+
     // Unsigned, and signed by a key B does not trust.
     rewrite(&manifest, |_| {
         let mut json: serde_json::Value = serde_json::from_slice(&original).expect("json");
@@ -196,6 +214,15 @@ fn an_http_remote_refuses_tampering_and_a_stopped_or_silent_remote_costs_little(
     let err = stderr_of(&untrusted);
     assert!(untrusted.status.success(), "{err}");
     assert!(err.contains("signed only by `ci-1`, none of them in `[store] trusted-keys`"), "{err}");
+    std::fs::write(machine_b.path().join("Kiln.toml"), small_kiln_toml(&url, &public, "5s")).expect("write");
+
+    // A URL that holds no kiln store (a wrong prefix): one warning, not a silent miss.
+    let wrong = format!("{}/no-such-prefix", nginx.url);
+    std::fs::write(machine_b.path().join("Kiln.toml"), small_kiln_toml(&wrong, &public, "5s")).expect("write");
+    let (typo, _) = fresh_build(&machine_b);
+    let err = stderr_of(&typo);
+    assert!(typo.status.success() && count(&err, "warning: remote ") == 1, "{err}");
+    assert!(err.contains(&format!("remote {wrong} holds no kiln store")), "{err}");
     std::fs::write(machine_b.path().join("Kiln.toml"), small_kiln_toml(&url, &public, "5s")).expect("write");
 
     // The server stopped: one warning, a local build, no failure.
@@ -264,7 +291,7 @@ fn curl(args: &[&str]) {
 fn bench_substitution_and_push_pull_throughput() {
     use kiln_store::{
         Derivation, Store,
-        remote::{RemoteSpec, Remotes, RemotesConfig, SecretKey},
+        remote::{PushMode, RemoteSpec, Remotes, RemotesConfig, SecretKey},
     };
     use std::sync::Arc;
 
@@ -334,7 +361,7 @@ fn bench_substitution_and_push_pull_throughput() {
     };
     let pusher = remotes(Some(SecretKey::parse(&key.to_secret_text()).expect("key")));
     let started = Instant::now();
-    let tally = pusher.push_to(std::slice::from_ref(&first), None);
+    let tally = pusher.push_to(std::slice::from_ref(&first), None, PushMode::Missing);
     let kiln_push = started.elapsed();
     assert_eq!(tally[0].1.blobs_uploaded, files, "{tally:?}");
     let naive_push = |dir: &Path, prefix: &str| {
@@ -353,7 +380,7 @@ fn bench_substitution_and_push_pull_throughput() {
     ));
 
     let started = Instant::now();
-    let again = pusher.push_to(std::slice::from_ref(&first), None);
+    let again = pusher.push_to(std::slice::from_ref(&first), None, PushMode::Missing);
     let kiln_again = started.elapsed();
     assert_eq!(again[0].1.blobs_uploaded, 0, "{again:?}");
     let naive_again = naive_push(&first.out_dir(), "v1");
@@ -362,7 +389,7 @@ fn bench_substitution_and_push_pull_throughput() {
     // The next build: one file of 64 changed.
     let second = payload("v2", true);
     let started = Instant::now();
-    let next = pusher.push_to(std::slice::from_ref(&second), None);
+    let next = pusher.push_to(std::slice::from_ref(&second), None, PushMode::Missing);
     let kiln_next = started.elapsed();
     assert_eq!(next[0].1.blobs_uploaded, 1, "{next:?}");
     let naive_next = naive_push(&second.out_dir(), "v2");

@@ -234,9 +234,7 @@ impl Store {
         F: FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
     {
         let (entry, outcome) = self.build_unsettled(derivation, name, on_wait, builder)?;
-        if let Some(substituter) = &self.substituter
-            && !matches!(outcome, BuildOutcome::Substituted { .. })
-        {
+        if let Some(substituter) = &self.substituter {
             substituter.settled(&entry);
         }
         Ok((entry, outcome))

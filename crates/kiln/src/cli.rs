@@ -70,7 +70,7 @@ pub struct GlobalArgs {
     pub yes: bool,
     /// Push every entry the command builds or uses to the remote stores, in the background
     /// (needs KILN_SIGNING_KEY or KILN_SIGNING_KEY_FILE).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "KILN_PUSH", value_parser = clap::builder::FalseyValueParser::new())]
     pub push: bool,
     /// Accelerator: `auto` probes whether KVM really works (env: KILN_ACCEL).
     #[arg(long, global = true, value_enum, env = "KILN_ACCEL", default_value = "auto")]
@@ -106,7 +106,8 @@ pub enum Command {
     Config(ConfigArgs),
     /// Install what kiln's own tests need, then run the workspace's tests.
     Selftest(SelftestArgs),
-    /// Inspect and maintain the store: ls, path, why, verify, gc, pin, export, import, key.
+    /// Inspect and maintain the store: ls, path, why, verify, gc, pin, export, import, key,
+    /// and its remotes: push, pull, keygen.
     Store(StoreArgs),
     /// List what is left before `test` can pass: Kiln.toml TODOs and missing host tools.
     Doctor,
@@ -466,6 +467,10 @@ pub enum StoreCommand {
         /// Only this remote (default: every remote).
         #[arg(long, value_name = "URL")]
         to: Option<String>,
+        /// Upload every blob and manifest again, even those the remote has (mends a remote
+        /// whose objects were lost or damaged).
+        #[arg(long)]
+        repair: bool,
     },
     /// Download entries from the remote stores, verified, without building anything
     /// (default: every entry Kiln.toml declares).

@@ -27,6 +27,9 @@ pub const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
 /// Remote stores, separated by commas or spaces; replaces `[store] remotes` (empty: none).
 pub const KILN_REMOTES: &str = "KILN_REMOTES";
 
+/// `true` pushes what a command builds or uses to every remote, as `--push` does.
+pub const KILN_PUSH: &str = "KILN_PUSH";
+
 /// The secret key that signs pushed entries, as `cargo xtask store keygen` writes it. Never
 /// printed.
 pub const KILN_SIGNING_KEY: &str = "KILN_SIGNING_KEY";

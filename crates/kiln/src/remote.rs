@@ -59,7 +59,7 @@ pub fn open(config: &Config, printer: &Arc<Printer>, push: bool) -> anyhow::Resu
             env::KILN_SIGNING_KEY_FILE
         );
         if push {
-            return Err(UsageError::new("`--push` needs a key to sign entries with", Some(help)).into());
+            return Err(UsageError::new("pushing needs a key to sign entries with", Some(help)).into());
         }
         printer.warn(&format!("not pushing to remotes marked `push`: no signing key; {help}"));
     }
@@ -76,9 +76,9 @@ pub fn open(config: &Config, printer: &Arc<Printer>, push: bool) -> anyhow::Resu
         trusted.push(key.public());
     }
     if trusted.is_empty() {
-        printer.warn(
-            "remotes are set but no key is trusted, so nothing is taken from them; add the public key of \
-             whoever pushes to `[store] trusted-keys`",
+        printer.always(
+            "warning: remotes are set but no key is trusted, so nothing is taken from them; add the public key \
+             of whoever pushes to `[store] trusted-keys`",
         );
     }
     let sink_printer = printer.clone();
@@ -87,7 +87,9 @@ pub fn open(config: &Config, printer: &Arc<Printer>, push: bool) -> anyhow::Resu
         trusted,
         signing,
         push_all: push,
-        notice: Arc::new(move |notice| sink_printer.warn(&notice.to_string())),
+        // Said even with `-q` (and as cargo's quiet runner): a remote that fails or holds bad
+        // entries is something to fix, and it is said once.
+        notice: Arc::new(move |notice| sink_printer.always(&format!("warning: {notice}"))),
     })?;
     Ok(Some(Arc::new(remotes)))
 }
@@ -121,7 +123,7 @@ pub fn push_line(url: &str, tally: &PushTally, waited: std::time::Duration) -> S
     if tally.entries_failed > 0 {
         line.push_str(&format!("; {} failed", entries(tally.entries_failed)));
     }
-    if !waited.is_zero() {
+    if waited.as_secs_f64() >= 0.05 {
         line.push_str(&format!("; waited {} at the end", crate::report::seconds(waited)));
     }
     line.push(')');

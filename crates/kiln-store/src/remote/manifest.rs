@@ -26,6 +26,11 @@ pub const REMOTE_LAYOUT: &str = "kiln-v1";
 /// The largest manifest kiln reads (a listing of some hundred thousand files).
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
+/// The object that marks a remote as holding a kiln store.
+pub fn layout_path() -> ObjectPath {
+    ObjectPath::from(format!("{REMOTE_LAYOUT}/layout.json"))
+}
+
 /// Where an entry's manifest lives.
 pub fn manifest_path(closure: &ClosureHash) -> ObjectPath {
     ObjectPath::from(format!("{REMOTE_LAYOUT}/entries/{closure}.json"))
@@ -117,7 +122,9 @@ pub enum ManifestError {
         keys: String,
     },
     /// A trusted key's name is on a signature that does not verify.
-    #[error("the signature by trusted key `{key}` does not match the entry (tampered or corrupt)")]
+    #[error(
+        "the signature by trusted key `{key}` does not match the entry (tampered or corrupt, or signed by another key of the same name)"
+    )]
     BadSignature {
         /// The key's name.
         key: String,
@@ -168,13 +175,14 @@ impl Manifest {
                 Ok(ManifestFile { path, kind })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let listing = serde_json::to_vec(&files).map_err(|e| e.to_string())?;
         Ok(Self {
             layout: REMOTE_LAYOUT.to_owned(),
             closure: closure.to_string(),
             output_hash: output.to_string(),
             meta: meta_text.to_owned(),
             files,
-            signatures: vec![key.sign(closure, output, meta_text.as_bytes())],
+            signatures: vec![key.sign(closure, output, meta_text.as_bytes(), &listing)],
         })
     }
 
@@ -223,10 +231,11 @@ impl Manifest {
         if self.signatures.is_empty() {
             return Err(ManifestError::Unsigned);
         }
+        let listing = serde_json::to_vec(&self.files).map_err(|e| ManifestError::Unreadable(e.to_string()))?;
         let mut bad = None;
         for signature in &self.signatures {
             for key in trusted.iter().filter(|key| key.name() == signature.key) {
-                if key.verifies(signature, closure, output, self.meta.as_bytes()) {
+                if key.verifies(signature, closure, output, self.meta.as_bytes(), &listing) {
                     return Ok(());
                 }
                 bad = Some(key.name().to_owned());

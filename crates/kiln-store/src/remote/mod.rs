@@ -23,12 +23,13 @@ use std::{
     time::Duration,
 };
 
+use futures_util::{StreamExt as _, stream};
 use object_store::ObjectStore;
 
 pub use manifest::{Blob, MAX_MANIFEST_BYTES, Manifest, ManifestError, ManifestFile, ManifestKind, REMOTE_LAYOUT};
 pub use open::OpenError;
 pub use signing::{KeyError, PublicKey, SecretKey, Signature};
-pub use transfer::PushTally;
+pub use transfer::{PushMode, PushTally};
 
 use crate::{ClosureHash, Entry, store::Substitution};
 
@@ -37,6 +38,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many requests kiln has in flight to one remote at once.
 pub const CONCURRENT_REQUESTS: usize = 8;
+
+/// How much memory (MiB) the blobs being pushed to one remote may hold at once; a single
+/// larger file is pushed alone.
+pub const PUSH_MEMORY_MIB: u32 = 512;
 
 /// One remote as Kiln.toml (or `KILN_REMOTES`) names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +84,21 @@ pub enum RemoteNotice {
         /// Why.
         reason: String,
     },
+    /// A remote answered, but holds no kiln store (no layout marker): a wrong bucket, prefix
+    /// or endpoint, or nothing pushed yet. It is not asked again in this process.
+    NotAStore {
+        /// The remote's URL.
+        remote: String,
+    },
+    /// An entry fetched from a remote could not be written here.
+    WriteFailed {
+        /// The remote's URL.
+        remote: String,
+        /// The entry.
+        closure: ClosureHash,
+        /// What failed.
+        message: String,
+    },
     /// Pushing an entry failed.
     PushFailed {
         /// The remote's URL.
@@ -96,8 +116,23 @@ impl fmt::Display for RemoteNotice {
             Self::Unreachable { remote, message } => {
                 write!(f, "remote {remote} failed ({message}); kiln goes on without it for the rest of this run")
             }
-            Self::Refused { remote, closure, reason } => {
-                write!(f, "refused entry {} from {remote}: {reason}; building it locally", closure.short())
+            Self::Refused { remote, closure, reason } => write!(
+                f,
+                "refused entry {} from {remote}: {reason}; building it locally (whoever pushed it can mend the \
+                 remote with `cargo xtask store push --repair`)",
+                closure.short()
+            ),
+            Self::NotAStore { remote } => write!(
+                f,
+                "remote {remote} holds no kiln store (no `{REMOTE_LAYOUT}/layout.json`): check its bucket, prefix \
+                 and endpoint, or push to it first; kiln goes on without it"
+            ),
+            Self::WriteFailed { remote, closure, message } => {
+                write!(
+                    f,
+                    "could not write entry {} from {remote} here: {message}; building it locally",
+                    closure.short()
+                )
             }
             Self::PushFailed { remote, name, message } => write!(f, "could not push {name} to {remote}: {message}"),
         }
@@ -131,6 +166,12 @@ pub(crate) struct Remote {
     pub(crate) present: Mutex<HashSet<[u8; 32]>>,
     /// Bounds the requests in flight.
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// Bounds the memory of blobs being pushed, in MiB.
+    pub(crate) memory: Arc<tokio::sync::Semaphore>,
+    /// Whether the layout marker is known to be there (pushes write it once).
+    pub(crate) layout_written: tokio::sync::OnceCell<()>,
+    /// Whether the layout marker was found (readers check once).
+    layout_found: std::sync::OnceLock<bool>,
 }
 
 impl Remote {
@@ -171,17 +212,29 @@ impl Remotes {
             .enable_all()
             .build()
             .map_err(|e| OpenError::Runtime(e.to_string()))?;
+        // A remote that cannot even be opened (a missing directory, a backend that refuses its
+        // settings) is one notice, like a remote that does not answer.
         let remotes = config
             .specs
             .iter()
-            .map(|spec| {
+            .filter_map(|spec| match open::object_store(spec, config.push_all || spec.push) {
+                Ok(store) => Some((spec, store)),
+                Err(error) => {
+                    (config.notice)(RemoteNotice::Unreachable { remote: spec.url.clone(), message: error.to_string() });
+                    None
+                }
+            })
+            .map(|(spec, store)| {
                 Ok(Arc::new(Remote {
                     url: spec.url.clone(),
-                    store: open::object_store(spec)?,
+                    store,
                     push: spec.push,
                     down: AtomicBool::new(false),
                     present: Mutex::new(HashSet::new()),
                     slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS)),
+                    memory: Arc::new(tokio::sync::Semaphore::new(PUSH_MEMORY_MIB as usize)),
+                    layout_written: tokio::sync::OnceCell::new(),
+                    layout_found: std::sync::OnceLock::new(),
                 }))
             })
             .collect::<Result<Vec<_>, OpenError>>()?;
@@ -209,23 +262,60 @@ impl Remotes {
     }
 
     /// Runs `future` to its end on the remotes' runtime, from any thread (also from inside
-    /// another runtime: it runs on a thread of its own).
-    fn block_on<F>(&self, future: F) -> F::Output
+    /// another runtime: it runs on a thread of its own). A panic inside a backend becomes an
+    /// error: a remote must never take the build down.
+    fn block_on<F>(&self, future: F) -> Result<F::Output, String>
     where
         F: Future + Send,
         F::Output: Send,
     {
-        let Some(runtime) = &self.runtime else { unreachable!("the runtime lives as long as the remotes") };
-        std::thread::scope(|scope| match scope.spawn(|| runtime.block_on(future)).join() {
-            Ok(output) => output,
-            Err(panic) => std::panic::resume_unwind(panic),
+        let Some(runtime) = &self.runtime else { return Err("the remotes were closed".to_owned()) };
+        std::thread::scope(|scope| {
+            scope.spawn(|| runtime.block_on(future)).join().map_err(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                format!("the client failed: {message}")
+            })
+        })
+    }
+
+    fn report_message(&self, remote: &Remote, message: String) {
+        if !remote.down.swap(true, Ordering::Relaxed) {
+            (self.notice)(RemoteNotice::Unreachable { remote: remote.url.clone(), message });
+        }
+    }
+
+    /// Whether `remote` holds a kiln store; checked once, a warning when it does not.
+    fn readable(&self, remote: &Remote) -> bool {
+        if remote.is_down() {
+            return false;
+        }
+        *remote.layout_found.get_or_init(|| match self.block_on(transfer::has_layout(remote)) {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => {
+                // Not read from again; still pushed to, which starts the store there (and
+                // then there is nothing to warn about).
+                if !(self.signing.is_some() && (self.push_all || remote.push)) {
+                    (self.notice)(RemoteNotice::NotAStore { remote: remote.url.clone() });
+                }
+                false
+            }
+            Ok(Err(error)) => {
+                self.report(remote, &error);
+                false
+            }
+            Err(message) => {
+                self.report_message(remote, message);
+                false
+            }
         })
     }
 
     fn report(&self, remote: &Remote, error: &object_store::Error) {
-        if !remote.down.swap(true, Ordering::Relaxed) {
-            (self.notice)(RemoteNotice::Unreachable { remote: remote.url.clone(), message: transfer::describe(error) });
-        }
+        self.report_message(remote, transfer::describe(error));
     }
 
     /// Looks `closure` up in each remote in order; the first verified copy is written into
@@ -234,20 +324,18 @@ impl Remotes {
         if self.trusted.is_empty() {
             return None;
         }
-        for remote in self.remotes.iter().filter(|r| !r.is_down()) {
-            let fetched = self.block_on(transfer::fetch(remote, closure, &self.trusted, out));
-            match fetched {
-                Ok(Some(found)) => return Some(found),
-                Ok(None) => {}
-                Err(transfer::FetchError::Remote(error)) => self.report(remote, &error),
-                Err(transfer::FetchError::Refused(reason)) => {
+        for remote in self.remotes.iter().filter(|r| self.readable(r)) {
+            match self.block_on(transfer::fetch(remote, closure, &self.trusted, out)) {
+                Ok(Ok(Some(found))) => return Some(found),
+                Ok(Ok(None)) => {}
+                Ok(Err(transfer::FetchError::Remote(error))) => self.report(remote, &error),
+                Ok(Err(transfer::FetchError::Refused(reason))) => {
                     (self.notice)(RemoteNotice::Refused { remote: remote.url.clone(), closure: *closure, reason })
                 }
-                Err(transfer::FetchError::Local(message)) => (self.notice)(RemoteNotice::Refused {
-                    remote: remote.url.clone(),
-                    closure: *closure,
-                    reason: message,
-                }),
+                Ok(Err(transfer::FetchError::Local(message))) => {
+                    (self.notice)(RemoteNotice::WriteFailed { remote: remote.url.clone(), closure: *closure, message })
+                }
+                Err(message) => self.report_message(remote, message),
             }
             transfer::empty_dir(out);
         }
@@ -274,7 +362,8 @@ impl Remotes {
         for remote in self.remotes.iter().filter(|r| self.push_all || r.push) {
             let task_url = remote.url.clone();
             let (remote, key, entry, notice) = (remote.clone(), key.clone(), entry.clone(), self.notice.clone());
-            let task = runtime.spawn(async move { transfer::push_noting(&remote, &entry, &key, &notice).await });
+            let task = runtime
+                .spawn(async move { transfer::push_noting(&remote, &entry, &key, &notice, PushMode::Missing).await });
             if let Ok(mut pushes) = self.pushes.lock() {
                 pushes.push((task_url, task));
             }
@@ -283,27 +372,36 @@ impl Remotes {
 
     /// Pushes `entries` now to every remote, or to the one whose URL is `only`. Returns one
     /// tally per remote.
-    pub fn push_to(&self, entries: &[Entry], only: Option<&str>) -> Vec<(String, PushTally)> {
+    pub fn push_to(&self, entries: &[Entry], only: Option<&str>, mode: PushMode) -> Vec<(String, PushTally)> {
         let Some(key) = &self.signing else { return Vec::new() };
-        let targets: Vec<_> = self.remotes.iter().filter(|r| only.is_none_or(|url| r.url == url)).collect();
-        self.block_on(async {
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        let targets: Vec<_> = self.remotes.iter().filter(|r| only.is_none_or(|url| same(&r.url, url))).collect();
+        let pushed = self.block_on(async {
             let mut tallies = Vec::new();
             for remote in targets {
                 let mut tally = PushTally::default();
-                let pushes = entries.iter().map(|entry| transfer::push_noting(remote, entry, key, &self.notice));
-                for one in futures_util::future::join_all(pushes).await {
+                // Collected first: a lazily mapped stream of borrowing futures is not `Send`
+                // for every lifetime, as the runtime's thread requires.
+                let futures: Vec<_> =
+                    entries.iter().map(|entry| transfer::push_noting(remote, entry, key, &self.notice, mode)).collect();
+                let mut pushes = stream::iter(futures).buffer_unordered(CONCURRENT_REQUESTS);
+                while let Some(one) = pushes.next().await {
                     tally.add(&one);
                 }
                 tallies.push((remote.url.clone(), tally));
             }
             tallies
+        });
+        pushed.unwrap_or_else(|message| {
+            (self.notice)(RemoteNotice::Unreachable { remote: "the remotes".to_owned(), message });
+            Vec::new()
         })
     }
 
     /// Waits for the background pushes; returns what they did per remote, in URL order.
     pub fn finish(&self) -> Vec<(String, PushTally)> {
         let tasks = self.pushes.lock().map(|mut pushes| std::mem::take(&mut *pushes)).unwrap_or_default();
-        self.block_on(async {
+        let finished = self.block_on(async {
             let mut tallies = std::collections::BTreeMap::<String, PushTally>::new();
             for (url, task) in tasks {
                 if let Ok(one) = task.await {
@@ -311,7 +409,8 @@ impl Remotes {
                 }
             }
             tallies.into_iter().collect()
-        })
+        });
+        finished.unwrap_or_default()
     }
 }
 
@@ -387,10 +486,10 @@ mod tests {
             .expect("build");
 
         let (pusher, notices) = remotes(&remote_dir, vec![public.clone()], Some(key));
-        let tally = pusher.push_to(std::slice::from_ref(&entry), None);
+        let tally = pusher.push_to(std::slice::from_ref(&entry), None, PushMode::Missing);
         assert_eq!(tally[0].1.entries_pushed, 1);
         assert_eq!(tally[0].1.blobs_uploaded, 2, "identical files share a blob");
-        assert_eq!(pusher.push_to(std::slice::from_ref(&entry), None)[0].1.entries_present, 1);
+        assert_eq!(pusher.push_to(std::slice::from_ref(&entry), None, PushMode::Missing)[0].1.entries_present, 1);
         assert!(notices.lock().expect("notices").is_empty());
 
         let (puller, _) = remotes(&remote_dir, vec![public], None);

@@ -13,7 +13,7 @@ use crate::remote::RemoteSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The URL does not parse or has a scheme kiln does not know.
-    #[error("remote `{url}`: {problem}; remotes are `s3://BUCKET/PREFIX`, `http(s)://HOST/PATH` or `file:///PATH`")]
+    #[error("remote `{url}`: {problem}")]
     BadUrl {
         /// The URL.
         url: String,
@@ -33,17 +33,33 @@ pub enum OpenError {
     Runtime(String),
 }
 
-/// The backend for `spec`: S3 (with the usual `AWS_*` variables), HTTP(S) or a local directory.
-pub(crate) fn object_store(spec: &RemoteSpec) -> Result<Arc<dyn ObjectStore>, OpenError> {
+/// The backend for `spec`: S3 (with the usual `AWS_*` variables), HTTP(S) or a local directory
+/// (created only when `create`, that is, when kiln pushes to it).
+pub(crate) fn object_store(spec: &RemoteSpec, create: bool) -> Result<Arc<dyn ObjectStore>, OpenError> {
     let bad = |problem: String| OpenError::BadUrl { url: spec.url.clone(), problem };
     let backend = |e: object_store::Error| OpenError::Backend { url: spec.url.clone(), message: e.to_string() };
     install_crypto_provider();
-    let (scheme, rest) = spec.url.split_once("://").ok_or_else(|| bad("it has no scheme".to_owned()))?;
+    let (scheme, rest) = spec.url.split_once("://").ok_or_else(|| {
+        bad("it has no scheme; remotes are `s3://BUCKET/PREFIX`, `http(s)://HOST/PATH` or `file:///PATH`".to_owned())
+    })?;
     match scheme {
         "s3" => {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad("it names no bucket".to_owned()));
+            }
+            let env_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                .into_iter()
+                .find_map(|name| std::env::var(name).ok().map(|value| (name, value)));
+            let endpoint = match (&spec.endpoint, &env_endpoint) {
+                (Some(endpoint), _) => Some(("its `endpoint`", endpoint.as_str())),
+                (None, Some((name, value))) => Some((*name, value.as_str())),
+                (None, None) => None,
+            };
+            if let Some((from, endpoint)) = endpoint
+                && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            {
+                return Err(bad(format!("the endpoint `{endpoint}` ({from}) must start with `http://` or `https://`")));
             }
             let mut builder = AmazonS3Builder::from_env()
                 .with_url(format!("s3://{bucket}"))
@@ -77,10 +93,16 @@ pub(crate) fn object_store(spec: &RemoteSpec) -> Result<Arc<dyn ObjectStore>, Op
             if !path.is_absolute() {
                 return Err(bad("a file remote needs an absolute path (`file:///PATH`)".to_owned()));
             }
-            std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create `{}`: {e}", path.display())))?;
+            if create {
+                std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create `{}`: {e}", path.display())))?;
+            } else if !path.is_dir() {
+                return Err(bad(format!("`{}` is not a directory (not mounted?)", path.display())));
+            }
             Ok(Arc::new(LocalFileSystem::new_with_prefix(path).map_err(backend)?))
         }
-        other => Err(bad(format!("unknown scheme `{other}`"))),
+        other => Err(bad(format!(
+            "unknown scheme `{other}`; remotes are `s3://BUCKET/PREFIX`, `http(s)://HOST/PATH` or `file:///PATH`"
+        ))),
     }
 }
 
@@ -89,9 +111,13 @@ fn with_prefix<T: ObjectStore>(store: T, prefix: &str) -> Arc<dyn ObjectStore> {
     if prefix.is_empty() { Arc::new(store) } else { Arc::new(PrefixStore::new(store, prefix)) }
 }
 
-/// Connections fail fast; a request may take `timeout`.
+/// Connections fail fast; a request may go `timeout` without receiving a byte, however long
+/// it takes in all (a large blob over a slow link is not cut off).
 fn client_options(timeout: Duration) -> ClientOptions {
-    ClientOptions::new().with_connect_timeout(timeout.min(Duration::from_secs(3))).with_timeout(timeout)
+    ClientOptions::new()
+        .with_connect_timeout(timeout.min(Duration::from_secs(3)))
+        .with_timeout_disabled()
+        .with_read_timeout(timeout)
 }
 
 /// One quick retry: a remote that is down must not hold a build up.

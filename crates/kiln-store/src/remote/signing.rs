@@ -19,9 +19,10 @@ pub enum KeyError {
     /// No `NAME:` before the key.
     #[error("a key is written `NAME:BASE64`, and this one has no name before a `:`")]
     MissingName,
-    /// The name holds characters other than letters, digits, `-`, `_` and `.`.
-    #[error("the key name `{0}` may only hold ASCII letters, digits, `-`, `_` and `.`")]
-    BadName(String),
+    /// The name holds characters other than letters, digits, `-`, `_` and `.` (the text is
+    /// not repeated: it may be a secret key written the wrong way round).
+    #[error("a key's name (before the `:`) may only hold ASCII letters, digits, `-`, `_` and `.`")]
+    BadName,
     /// The part after the colon is not base64 of the right length.
     #[error("the key `{name}` is not base64 of {expected} bytes")]
     BadEncoding {
@@ -43,7 +44,7 @@ fn check_name(name: &str) -> Result<(), KeyError> {
         return Err(KeyError::MissingName);
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(KeyError::BadName(name.to_owned()));
+        return Err(KeyError::BadName);
     }
     Ok(())
 }
@@ -100,9 +101,9 @@ impl SecretKey {
         &self.name
     }
 
-    /// Signs an entry: the signature covers its closure, output hash and metadata.
-    pub fn sign(&self, closure: &ClosureHash, output: &OutputHash, meta: &[u8]) -> Signature {
-        let signature = self.key.sign(&fingerprint(closure, output, meta));
+    /// Signs an entry: the signature covers its closure, output hash, metadata and listing.
+    pub fn sign(&self, closure: &ClosureHash, output: &OutputHash, meta: &[u8], listing: &[u8]) -> Signature {
+        let signature = self.key.sign(&fingerprint(closure, output, meta, listing));
         Signature { key: self.name.clone(), signature: BASE64.encode(signature.to_bytes()) }
     }
 }
@@ -136,11 +137,18 @@ impl PublicKey {
     }
 
     /// Whether `signature` is this key's signature of the entry.
-    pub fn verifies(&self, signature: &Signature, closure: &ClosureHash, output: &OutputHash, meta: &[u8]) -> bool {
+    pub fn verifies(
+        &self,
+        signature: &Signature,
+        closure: &ClosureHash,
+        output: &OutputHash,
+        meta: &[u8],
+        listing: &[u8],
+    ) -> bool {
         let Ok(bytes) = BASE64.decode(&signature.signature) else { return false };
         let Ok(bytes) = <[u8; 64]>::try_from(bytes) else { return false };
         let signature = ed25519_dalek::Signature::from_bytes(&bytes);
-        self.key.verify_strict(&fingerprint(closure, output, meta), &signature).is_ok()
+        self.key.verify_strict(&fingerprint(closure, output, meta, listing), &signature).is_ok()
     }
 }
 
@@ -165,10 +173,11 @@ pub struct Signature {
     pub signature: String,
 }
 
-/// What a signature covers: the entry's closure, its output hash and the BLAKE3 of its
-/// metadata text (whose derivation must hash to the closure).
-fn fingerprint(closure: &ClosureHash, output: &OutputHash, meta: &[u8]) -> Vec<u8> {
-    format!("kiln-entry-v1\n{closure}\n{output}\n{}\n", blake3::hash(meta)).into_bytes()
+/// What a signature covers: the entry's closure, its output hash, the BLAKE3 of its metadata
+/// text (whose derivation must hash to the closure) and the BLAKE3 of its listing as the
+/// manifest writes it (so sizes, which the output hash leaves out, are signed too).
+fn fingerprint(closure: &ClosureHash, output: &OutputHash, meta: &[u8], listing: &[u8]) -> Vec<u8> {
+    format!("kiln-entry-v1\n{closure}\n{output}\n{}\n{}\n", blake3::hash(meta), blake3::hash(listing)).into_bytes()
 }
 
 #[cfg(test)]
@@ -185,19 +194,24 @@ mod tests {
 
         let closure = ClosureHash::from_blake3(blake3::hash(b"c"));
         let output = OutputHash::from_blake3(blake3::hash(b"o"));
-        let signature = secret.sign(&closure, &output, b"meta");
-        assert!(public.verifies(&signature, &closure, &output, b"meta"));
-        assert!(!public.verifies(&signature, &closure, &output, b"meta2"));
+        let signature = secret.sign(&closure, &output, b"meta", b"files");
+        assert!(public.verifies(&signature, &closure, &output, b"meta", b"files"));
+        assert!(!public.verifies(&signature, &closure, &output, b"meta2", b"files"));
+        assert!(!public.verifies(&signature, &closure, &output, b"meta", b"files2"));
         let other = ClosureHash::from_blake3(blake3::hash(b"d"));
-        assert!(!public.verifies(&signature, &other, &output, b"meta"));
+        assert!(!public.verifies(&signature, &other, &output, b"meta", b"files"));
         let stranger = SecretKey::generate("other").expect("generate").public();
-        assert!(!stranger.verifies(&signature, &closure, &output, b"meta"));
+        assert!(!stranger.verifies(&signature, &closure, &output, b"meta", b"files"));
     }
 
     #[test]
     fn bad_key_texts_are_named() {
         assert!(matches!(PublicKey::parse("no-colon"), Err(KeyError::MissingName)));
-        assert!(matches!(PublicKey::parse("a b:AAAA"), Err(KeyError::BadName(_))));
+        assert!(matches!(PublicKey::parse("a b:AAAA"), Err(KeyError::BadName)));
+        let secret_text = SecretKey::generate("k").expect("generate").to_secret_text();
+        let (name, encoded) = secret_text.split_once(':').expect("colon");
+        let swapped = SecretKey::parse(&format!("{encoded}:{name}")).expect_err("swapped halves");
+        assert!(!swapped.to_string().contains(encoded.trim_end_matches('=')), "never repeats a secret: {swapped}");
         assert!(matches!(PublicKey::parse("k:AAAA"), Err(KeyError::BadEncoding { expected: 32, .. })));
         let secret = SecretKey::generate("k").expect("generate");
         let mut text = secret.to_secret_text();

@@ -35,6 +35,25 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(out, "# {} with every default written out (`cargo xtask config`)", config.file.display())?;
     writeln!(out, "\n[store]\npath = {}", path(store))?;
+    if !config.remotes.is_empty() {
+        writeln!(out, "remotes = [")?;
+        for remote in &config.remotes {
+            let mut table = format!("url = {}, push = {}", quote(&remote.url), remote.push);
+            if let Some(endpoint) = &remote.endpoint {
+                table.push_str(&format!(", endpoint = {}", quote(endpoint)));
+            }
+            if let Some(region) = &remote.region {
+                table.push_str(&format!(", region = {}", quote(region)));
+            }
+            table.push_str(&format!(", timeout = {}", quote(&humantime::format_duration(remote.timeout).to_string())));
+            writeln!(out, "  {{ {table} }},")?;
+        }
+        writeln!(out, "]")?;
+    }
+    if !config.trusted_keys.is_empty() {
+        let keys: Vec<String> = config.trusted_keys.iter().map(ToString::to_string).collect();
+        writeln!(out, "trusted-keys = {}", list(keys.iter().map(String::as_str)))?;
+    }
     for artifact in config.artifacts.values() {
         writeln!(out, "\n[artifact.{}]", toml_key(&artifact.name))?;
         writeln!(out, "package = {}", quote(&artifact.package))?;

@@ -61,10 +61,13 @@ pub fn run_command(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> 
     if let Command::Doctor = command {
         return doctor::run(global, &Printer::new(verbosity(global)));
     }
+    // `store push` pushes whatever `--push` says: it opens the remotes for pushing.
+    let pushing = global.push
+        || matches!(&command, Command::Store(args) if matches!(args.command, crate::cli::StoreCommand::Push { .. }));
     let mut cx = match &command {
         // As cargo's runner, kiln says nothing unless asked: the program's output is the output.
-        Command::Run(_) if global.verbose == 0 => context_with(global, Verbosity::Quiet)?,
-        _ => context(global)?,
+        Command::Run(_) if global.verbose == 0 => context_with(global, Verbosity::Quiet, pushing)?,
+        _ => context_with(global, verbosity(global), pushing)?,
     };
     if let Command::Build(args) = &command {
         cx.options.explain = args.explain;
@@ -110,10 +113,10 @@ pub fn verbosity(global: &GlobalArgs) -> Verbosity {
 
 /// Loads Kiln.toml and opens the store for the global options.
 pub fn context(global: &GlobalArgs) -> anyhow::Result<Cx> {
-    context_with(global, verbosity(global))
+    context_with(global, verbosity(global), global.push)
 }
 
-fn context_with(global: &GlobalArgs, verbosity: Verbosity) -> anyhow::Result<Cx> {
+fn context_with(global: &GlobalArgs, verbosity: Verbosity, push: bool) -> anyhow::Result<Cx> {
     let file = match &global.config {
         Some(path) => path.clone(),
         None => {
@@ -128,6 +131,6 @@ fn context_with(global: &GlobalArgs, verbosity: Verbosity) -> anyhow::Result<Cx>
         AccelArg::Kvm => AccelPolicy::Force(Accel::Kvm),
         AccelArg::Tcg => AccelPolicy::Force(Accel::Tcg),
     };
-    let options = Options { jobs, install: InstallMode::detect(global.yes), accel, explain: false, push: global.push };
+    let options = Options { jobs, install: InstallMode::detect(global.yes), accel, explain: false, push };
     Cx::new(config, Printer::new(verbosity), options)
 }

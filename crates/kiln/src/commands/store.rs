@@ -32,7 +32,7 @@ pub fn run(cx: &Cx, command: &StoreCommand) -> anyhow::Result<u8> {
         StoreCommand::Export { file, artifacts } => export(cx, file, artifacts),
         StoreCommand::Import { file } => import(cx, file),
         StoreCommand::Key { command, arch } => key(cx, *command, arch),
-        StoreCommand::Push { names, to } => super::store_remote::push(cx, names, to.as_deref()),
+        StoreCommand::Push { names, to, repair } => super::store_remote::push(cx, names, to.as_deref(), *repair),
         StoreCommand::Pull { names } => super::store_remote::pull(cx, names),
         StoreCommand::Keygen { name, out } => super::store_remote::keygen(cx, name, out),
     }

@@ -3,7 +3,10 @@
 use std::{collections::HashSet, io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path};
 
 use anyhow::Context as _;
-use kiln_store::{BuildOutcome, ClosureHash, Entry, remote::SecretKey};
+use kiln_store::{
+    BuildOutcome, ClosureHash, Entry,
+    remote::{PushMode, SecretKey},
+};
 use kiln_types::Arch;
 
 use crate::{commands::UsageError, cx::Cx, env, exit_code, plan::Plan, report::human_size};
@@ -47,10 +50,10 @@ fn selected(cx: &Cx, names: &[String]) -> anyhow::Result<Vec<(String, ClosureHas
 }
 
 /// `store push [NAMES] [--to URL]`.
-pub(super) fn push(cx: &Cx, names: &[String], to: Option<&str>) -> anyhow::Result<u8> {
+pub(super) fn push(cx: &Cx, names: &[String], to: Option<&str>, repair: bool) -> anyhow::Result<u8> {
     let remotes = remotes(cx)?;
     if let Some(url) = to
-        && !remotes.urls().contains(&url)
+        && !remotes.urls().iter().any(|known| known.trim_end_matches('/') == url.trim_end_matches('/'))
     {
         return Err(UsageError::new(
             format!("`{url}` is not one of the remotes"),
@@ -90,7 +93,8 @@ pub(super) fn push(cx: &Cx, names: &[String], to: Option<&str>) -> anyhow::Resul
     }
     let started = std::time::Instant::now();
     let mut failed = false;
-    for (url, tally) in remotes.push_to(&entries, to) {
+    let mode = if repair { PushMode::Repair } else { PushMode::Missing };
+    for (url, tally) in remotes.push_to(&entries, to, mode) {
         failed |= tally.entries_failed > 0;
         cx.printer.status("Pushed", &crate::remote::push_line(&url, &tally, std::time::Duration::ZERO));
     }
@@ -101,9 +105,31 @@ pub(super) fn push(cx: &Cx, names: &[String], to: Option<&str>) -> anyhow::Resul
 /// `store pull [NAMES]`.
 pub(super) fn pull(cx: &Cx, names: &[String]) -> anyhow::Result<u8> {
     remotes(cx)?;
+    if cx.config.trusted_keys.is_empty() && std::env::var_os(env::KILN_TRUSTED_KEYS).is_none() {
+        return Err(UsageError::new(
+            "no key is trusted, so nothing can be taken from the remotes",
+            Some("add the public key of whoever pushes to `[store] trusted-keys`".to_owned()),
+        )
+        .into());
+    }
+    let mut wanted = selected(cx, names)?;
+    if names.is_empty() {
+        // The guest agents too (snapshots are fetched when a run first needs them).
+        let arches: std::collections::BTreeSet<Arch> =
+            Plan::everything(&cx.config).images.iter().map(|image| image.arch).collect();
+        for arch in arches {
+            if let Ok(drv) = crate::exec::agent::derivation(arch) {
+                wanted.push((format!("kiln-agent-{arch}"), drv.closure_hash()));
+            }
+        }
+    }
     let (mut fetched, mut present, mut absent, mut bytes) = (0, 0, Vec::new(), 0);
-    for (name, closure) in selected(cx, names)? {
-        match cx.store.pull(&closure)? {
+    for (name, closure) in wanted {
+        let pulled = cx.store.pull(&closure)?;
+        if pulled.is_some() {
+            cx.store.mark_used(&closure)?;
+        }
+        match pulled {
             Some((_, BuildOutcome::Substituted { bytes: got, .. })) => {
                 fetched += 1;
                 bytes += got;

@@ -23,6 +23,38 @@ impl Resolver<'_> {
                     .error(span, key, format!("`{}` is not a remote URL kiln knows", raw.url))
                     .with_help("remotes are `s3://BUCKET/PREFIX`, `http(s)://HOST/PATH` or `file:///ABSOLUTE/PATH`"));
             }
+            let scheme = raw.url.split("://").next().unwrap_or_default();
+            let rest = raw.url.split_once("://").map_or("", |(_, rest)| rest);
+            let problem = match scheme {
+                "s3" if rest.split('/').next().is_none_or(str::is_empty) => {
+                    Some("it names no bucket (`s3://BUCKET/PREFIX`)")
+                }
+                "file" if !rest.starts_with('/') => Some("a file remote needs an absolute path (`file:///PATH`)"),
+                "http" | "https" if rest.split('/').next().is_none_or(str::is_empty) => {
+                    Some("it names no host (`https://HOST/PATH`)")
+                }
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                return Err(self.error(span, key, format!("`{}`: {problem}", raw.url)));
+            }
+            if scheme != "s3" && (raw.endpoint.is_some() || raw.region.is_some()) {
+                let which = if raw.endpoint.is_some() { "endpoint" } else { "region" };
+                return Err(self
+                    .error(
+                        span,
+                        format!("{key}.{which}"),
+                        format!("`{which}` is for `s3://` remotes, and this one is `{}`", raw.url),
+                    )
+                    .with_help("an HTTP or file remote is reached at its URL; remove the key"));
+            }
+            if let Some(endpoint) = &raw.endpoint
+                && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            {
+                return Err(self
+                    .error(span, format!("{key}.endpoint"), format!("the endpoint `{endpoint}` has no scheme"))
+                    .with_help(format!("write `http://{endpoint}` or `https://{endpoint}`")));
+            }
             let timeout = match &raw.timeout {
                 None => DEFAULT_TIMEOUT,
                 Some(text) => match humantime::parse_duration(text) {
