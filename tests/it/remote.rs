@@ -44,6 +44,20 @@ fn run(project: &Project, args: &[&str], env: &[(&str, &str)]) -> (Output, Durat
     (output, started.elapsed())
 }
 
+/// The repository's Kiln.toml with a `[store]` naming `url` on `moto` and trusting a key made
+/// in a copy of the example: (that copy, the Kiln.toml text, the secret key file).
+fn example_on_s3(moto: &Moto, url: &str, key_name: &str) -> (Project, String, String) {
+    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
+    let project = Project::example(&kiln_toml);
+    let (secret, public) = keygen(&project, key_name);
+    let kiln_toml = format!(
+        "{kiln_toml}\n[store]\nremotes = [{{ url = \"{url}\", endpoint = \"{}\" }}]\ntrusted-keys = [\"{public}\"]\n",
+        moto.endpoint
+    );
+    std::fs::write(project.path().join("Kiln.toml"), &kiln_toml).expect("write");
+    (project, kiln_toml, secret.display().to_string())
+}
+
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
@@ -51,17 +65,9 @@ fn count(text: &str, needle: &str) -> usize {
 #[test]
 fn two_machines_share_the_example_through_s3_and_a_second_push_uploads_nothing() {
     let moto = Moto::start(BUCKET);
-    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
     let url = format!("s3://{BUCKET}/ci");
-    let machine_a = Project::example(&kiln_toml);
-    let (secret, public) = keygen(&machine_a, "ci-1");
-    let store = format!(
-        "\n[store]\nremotes = [{{ url = \"{url}\", endpoint = \"{}\" }}]\ntrusted-keys = [\"{public}\"]\n",
-        moto.endpoint
-    );
-    std::fs::write(machine_a.path().join("Kiln.toml"), format!("{kiln_toml}{store}")).expect("write");
-    let machine_b = Project::example(&format!("{kiln_toml}{store}"));
-    let secret = secret.display().to_string();
+    let (machine_a, kiln_toml, secret) = example_on_s3(&moto, &url, "ci-1");
+    let machine_b = Project::example(&kiln_toml);
 
     let (pushed, _) = run(&machine_a, &["test", "--push"], &[("KILN_SIGNING_KEY_FILE", &secret)]);
     let err = stderr_of(&pushed);
@@ -299,19 +305,11 @@ fn bench_substitution_and_push_pull_throughput() {
 
     // 1. The bundled example: `test` from an empty store, building vs substituting from S3.
     let moto = Moto::start(BUCKET);
-    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
     let url = format!("s3://{BUCKET}/bench");
-    let builder = Project::example(&kiln_toml);
-    let (secret, public) = keygen(&builder, "bench");
-    let store = format!(
-        "\n[store]\nremotes = [{{ url = \"{url}\", endpoint = \"{}\" }}]\ntrusted-keys = [\"{public}\"]\n",
-        moto.endpoint
-    );
-    std::fs::write(builder.path().join("Kiln.toml"), format!("{kiln_toml}{store}")).expect("write");
-    let secret = secret.display().to_string();
+    let (builder, kiln_toml, secret) = example_on_s3(&moto, &url, "bench");
     let (built, build_took) = run(&builder, &["test", "--push"], &[("KILN_SIGNING_KEY_FILE", &secret)]);
     assert!(built.status.success(), "{}", stderr_of(&built));
-    let user = Project::example(&format!("{kiln_toml}{store}"));
+    let user = Project::example(&kiln_toml);
     let (used, substitute_took) = run(&user, &["test"], &[]);
     assert!(used.status.success(), "{}", stderr_of(&used));
     rows.push(("example `test`, empty store: substituted (S3) / built and pushed".into(), substitute_took, build_took));

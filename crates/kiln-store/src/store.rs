@@ -277,17 +277,11 @@ impl Store {
         }
         self.remove_stale_temp_dirs(&closure)?;
 
-        let temp = self.root.join("tmp").join(format!("{closure}.{}.{}", std::process::id(), unique_suffix()));
-        let out = temp.join("out");
-        fs::create_dir_all(&out).map_err(|e| StoreError::io("create directory", &out, e))?;
-        if let Some(found) = self.substituter.as_ref().and_then(|s| s.substitute(&closure, &out)) {
-            let published = self.publish_meta(&temp, &closure, &found.meta_text, found.meta);
-            if published.is_err() {
-                let _ = remove_tree(&temp);
-            }
-            let outcome = BuildOutcome::Substituted { from: found.from, duration: found.duration, bytes: found.bytes };
-            return Ok((published?, outcome));
+        let temp = self.temp_for(&closure)?;
+        if let Some(substituted) = self.substitute_into(&temp, &closure)? {
+            return Ok(substituted);
         }
+        let out = temp.join("out");
         let started = Instant::now();
         let built = builder(&out).map_err(|source| StoreError::Build { name: name.to_owned(), source });
         if let Err(err) = built {
@@ -310,7 +304,9 @@ impl Store {
         {
             return Ok(Some((entry, BuildOutcome::Cached)));
         }
-        let Some(substituter) = &self.substituter else { return Ok(None) };
+        if self.substituter.is_none() {
+            return Ok(None);
+        }
         let _gc_guard = self.lock_shared_gc()?;
         let _lock = self.lock_closure(closure, || {})?;
         if let Some(entry) = self.lookup(closure)? {
@@ -320,21 +316,34 @@ impl Store {
             self.remove_entry(closure)?;
         }
         self.remove_stale_temp_dirs(closure)?;
+        let temp = self.temp_for(closure)?;
+        let substituted = self.substitute_into(&temp, closure)?;
+        if substituted.is_none() {
+            remove_tree(&temp)?;
+        }
+        Ok(substituted)
+    }
+
+    /// A fresh temp directory for making `closure`, holding an empty `out/`.
+    fn temp_for(&self, closure: &ClosureHash) -> Result<PathBuf, StoreError> {
         let temp = self.root.join("tmp").join(format!("{closure}.{}.{}", std::process::id(), unique_suffix()));
         let out = temp.join("out");
         fs::create_dir_all(&out).map_err(|e| StoreError::io("create directory", &out, e))?;
-        let Some(found) = substituter.substitute(closure, &out) else {
-            remove_tree(&temp)?;
+        Ok(temp)
+    }
+
+    /// Asks the substituter to fill `temp/out` (called under the closure's lock) and
+    /// publishes what it fetched; `None` leaves `temp` as it was.
+    fn substitute_into(&self, temp: &Path, closure: &ClosureHash) -> Result<Option<(Entry, BuildOutcome)>, StoreError> {
+        let Some(found) = self.substituter.as_ref().and_then(|s| s.substitute(closure, &temp.join("out"))) else {
             return Ok(None);
         };
-        let published = self.publish_meta(&temp, closure, &found.meta_text, found.meta);
+        let published = self.publish_meta(temp, closure, &found.meta_text, found.meta);
         if published.is_err() {
-            let _ = remove_tree(&temp);
+            let _ = remove_tree(temp);
         }
-        Ok(Some((
-            published?,
-            BuildOutcome::Substituted { from: found.from, duration: found.duration, bytes: found.bytes },
-        )))
+        let outcome = BuildOutcome::Substituted { from: found.from, duration: found.duration, bytes: found.bytes };
+        Ok(Some((published?, outcome)))
     }
 
     /// Whether the entry's output still has its recorded hash. Every hit is checked: the

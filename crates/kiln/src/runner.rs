@@ -109,6 +109,8 @@ pub struct ReadyRun {
     pub boot: ReadyBoot,
     /// Whether the kernel was built in this run.
     pub built: bool,
+    /// Whether it came from a remote store in this run.
+    pub substituted: bool,
     /// The accelerator for its architecture.
     pub accel: Accel,
 }
@@ -183,6 +185,7 @@ fn error_result(ready: &ReadyRun, log_dir: &Path, detail: String) -> CaseResult 
         status: CaseStatus::Error,
         boot: std::time::Duration::ZERO,
         built: ready.built,
+        substituted: ready.substituted,
         log: log_path(&ready.run, log_dir),
         detail,
         tail: Vec::new(),
@@ -264,6 +267,7 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
                 status,
                 boot: outcome.duration,
                 built: ready.built,
+                substituted: ready.substituted,
                 log: request.log_path.clone(),
             }
         }
@@ -360,6 +364,7 @@ async fn snapshot_case(
         verdict: Some(verdict),
         boot: outcome.duration,
         built: ready.built,
+        substituted: ready.substituted,
         log,
     }
 }

@@ -147,6 +147,7 @@ fn prepare_counting(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, 
                         run,
                         boot: ReadyBoot::Kernel(image.path.clone()),
                         built: matches!(artifact.outcome, BuildOutcome::Built { .. }),
+                        substituted: matches!(artifact.outcome, BuildOutcome::Substituted { .. }),
                         accel,
                     });
                 }
@@ -155,6 +156,7 @@ fn prepare_counting(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, 
                 let (Some(k), Some(r)) = (realised.images.get(kernel), realised.images.get(rootfs)) else { continue };
                 let images = linux_images(cx, kernel, k, rootfs, r, command.clone());
                 let built = [k, r].iter().any(|i| matches!(i.outcome, BuildOutcome::Built { .. }));
+                let substituted = [k, r].iter().any(|i| matches!(i.outcome, BuildOutcome::Substituted { .. }));
                 let boot = if *snapshot {
                     // One snapshot per kernel, rootfs and machine, made (or found) before the boots.
                     let key = (kernel.name.clone(), rootfs.name.clone(), run.machine.name.clone());
@@ -182,7 +184,7 @@ fn prepare_counting(cx: &Cx, args: &TestArgs) -> anyhow::Result<(Vec<ReadyRun>, 
                 } else {
                     ReadyBoot::Linux(images)
                 };
-                ready.push(ReadyRun { run: run.clone(), boot, built, accel });
+                ready.push(ReadyRun { run: run.clone(), boot, built, substituted, accel });
             }
         }
     }

@@ -57,7 +57,7 @@ pub fn job_summary(summary: &RunSummary) -> String {
             cell(&result.machine),
             result.arch,
             result.boot.as_secs_f64(),
-            if result.built { "built" } else { "cached" },
+            result.provenance(),
             cell(&result.detail)
         );
     }
@@ -162,6 +162,7 @@ mod tests {
             status: CaseStatus::Failed,
             boot: std::time::Duration::ZERO,
             built: true,
+            substituted: false,
             log: "l".into(),
             detail: "line1\nline2 `x`".into(),
             tail: Vec::new(),

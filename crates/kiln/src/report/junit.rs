@@ -90,6 +90,7 @@ mod tests {
             status,
             boot: Duration::from_millis(80),
             built: false,
+            substituted: false,
             log: "log".into(),
             detail: detail.to_owned(),
             tail: vec!["a <b> & \"c\"".to_owned(), "\u{1b}[0m".to_owned()],

@@ -71,6 +71,8 @@ pub struct CaseResult {
     pub boot: Duration,
     /// Whether its artifact was built in this run or came from the store.
     pub built: bool,
+    /// Whether it came from a remote store in this run.
+    pub substituted: bool,
     /// The serial log.
     pub log: PathBuf,
     /// One line saying why (the panic line, the exit status, the error).
@@ -82,6 +84,17 @@ pub struct CaseResult {
 impl CaseResult {
     /// How many of the last serial lines a result keeps for reports.
     pub const TAIL_LINES: usize = 20;
+
+    /// Where what it booted came from: `built`, `substituted` (from a remote) or `cached`.
+    pub fn provenance(&self) -> &'static str {
+        if self.built {
+            "built"
+        } else if self.substituted {
+            "substituted"
+        } else {
+            "cached"
+        }
+    }
 }
 
 /// How the store served a run's derivations (builds, fetches, kernels, rootfs images).
@@ -160,7 +173,7 @@ impl RunSummary {
                     r.arch.to_string(),
                     r.status.label().to_owned(),
                     super::seconds(r.boot),
-                    if r.built { "built".to_owned() } else { "cached".to_owned() },
+                    r.provenance().to_owned(),
                     r.detail.clone(),
                 ]
             })
