@@ -11,9 +11,14 @@ use crate::{commands::UsageError, config::Config, env, report::Printer};
 /// The remotes Kiln.toml names, or those of `KILN_REMOTES` when it is set (empty: none).
 pub fn specs(config: &Config) -> Vec<RemoteSpec> {
     match std::env::var(env::KILN_REMOTES) {
-        Ok(list) => list.split([',', ' ', '\n']).filter(|url| !url.is_empty()).map(RemoteSpec::new).collect(),
+        Ok(list) => items(&list).map(RemoteSpec::new).collect(),
         Err(_) => config.remotes.clone(),
     }
+}
+
+/// The items of a list variable, separated by commas, spaces or newlines.
+fn items(list: &str) -> impl Iterator<Item = &str> {
+    list.split([',', ' ', '\n']).filter(|item| !item.is_empty())
 }
 
 /// The secret key from `KILN_SIGNING_KEY`, or from the file `KILN_SIGNING_KEY_FILE` names.
@@ -65,7 +70,7 @@ pub fn open(config: &Config, printer: &Arc<Printer>, push: bool) -> anyhow::Resu
     }
     let mut trusted = config.trusted_keys.clone();
     if let Ok(list) = std::env::var(env::KILN_TRUSTED_KEYS) {
-        for text in list.split([',', ' ', '\n']).filter(|t| !t.is_empty()) {
+        for text in items(&list) {
             trusted.push(
                 kiln_store::remote::PublicKey::parse(text)
                     .with_context(|| format!("{} holds a key kiln cannot read", env::KILN_TRUSTED_KEYS))?,
@@ -109,7 +114,7 @@ pub fn finish(remotes: &Remotes, printer: &Printer) {
 pub fn push_line(url: &str, tally: &PushTally, waited: std::time::Duration) -> String {
     let mut line = format!(
         "{} to {url} ({} {}, {} uploaded",
-        entries(tally.entries_pushed),
+        crate::report::entries(tally.entries_pushed),
         tally.blobs_uploaded,
         if tally.blobs_uploaded == 1 { "blob" } else { "blobs" },
         crate::report::human_size(tally.bytes_uploaded),
@@ -118,18 +123,14 @@ pub fn push_line(url: &str, tally: &PushTally, waited: std::time::Duration) -> S
         line.push_str(&format!("; {} already there", tally.blobs_present));
     }
     if tally.entries_present > 0 {
-        line.push_str(&format!("; {} already there", entries(tally.entries_present)));
+        line.push_str(&format!("; {} already there", crate::report::entries(tally.entries_present)));
     }
     if tally.entries_failed > 0 {
-        line.push_str(&format!("; {} failed", entries(tally.entries_failed)));
+        line.push_str(&format!("; {} failed", crate::report::entries(tally.entries_failed)));
     }
     if waited.as_secs_f64() >= 0.05 {
         line.push_str(&format!("; waited {} at the end", crate::report::seconds(waited)));
     }
     line.push(')');
     line
-}
-
-fn entries(count: usize) -> String {
-    if count == 1 { "1 entry".to_owned() } else { format!("{count} entries") }
 }

@@ -175,7 +175,7 @@ pub(crate) struct Remote {
 }
 
 impl Remote {
-    fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
 }
@@ -225,7 +225,7 @@ impl Remotes {
                 }
             })
             .map(|(spec, store)| {
-                Ok(Arc::new(Remote {
+                Arc::new(Remote {
                     url: spec.url.clone(),
                     store,
                     push: spec.push,
@@ -235,9 +235,9 @@ impl Remotes {
                     memory: Arc::new(tokio::sync::Semaphore::new(PUSH_MEMORY_MIB as usize)),
                     layout_written: tokio::sync::OnceCell::new(),
                     layout_found: std::sync::OnceLock::new(),
-                }))
+                })
             })
-            .collect::<Result<Vec<_>, OpenError>>()?;
+            .collect();
         Ok(Self {
             remotes,
             trusted: Arc::new(config.trusted),
@@ -256,9 +256,19 @@ impl Remotes {
         self.remotes.iter().map(|r| r.url.as_str()).collect()
     }
 
+    /// Whether the remote at `url` is one of these (a trailing `/` aside).
+    pub fn has(&self, url: &str) -> bool {
+        self.remotes.iter().any(|remote| same_url(&remote.url, url))
+    }
+
     /// Whether entries are pushed to at least one remote.
     pub fn pushing(&self) -> bool {
-        self.remotes.iter().any(|r| self.push_all || r.push)
+        self.remotes.iter().any(|r| self.pushes_to(r))
+    }
+
+    /// Whether the entries a run uses go to `remote` (`--push`, or `push = true` on it).
+    fn pushes_to(&self, remote: &Remote) -> bool {
+        self.push_all || remote.push
     }
 
     /// Runs `future` to its end on the remotes' runtime, from any thread (also from inside
@@ -298,7 +308,7 @@ impl Remotes {
             Ok(Ok(false)) => {
                 // Not read from again; still pushed to, which starts the store there (and
                 // then there is nothing to warn about).
-                if !(self.signing.is_some() && (self.push_all || remote.push)) {
+                if !(self.signing.is_some() && self.pushes_to(remote)) {
                     (self.notice)(RemoteNotice::NotAStore { remote: remote.url.clone() });
                 }
                 false
@@ -359,7 +369,7 @@ impl Remotes {
             return;
         }
         let Some(runtime) = &self.runtime else { return };
-        for remote in self.remotes.iter().filter(|r| self.push_all || r.push) {
+        for remote in self.remotes.iter().filter(|r| self.pushes_to(r)) {
             let task_url = remote.url.clone();
             let (remote, key, entry, notice) = (remote.clone(), key.clone(), entry.clone(), self.notice.clone());
             let task = runtime
@@ -374,8 +384,7 @@ impl Remotes {
     /// tally per remote.
     pub fn push_to(&self, entries: &[Entry], only: Option<&str>, mode: PushMode) -> Vec<(String, PushTally)> {
         let Some(key) = &self.signing else { return Vec::new() };
-        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
-        let targets: Vec<_> = self.remotes.iter().filter(|r| only.is_none_or(|url| same(&r.url, url))).collect();
+        let targets: Vec<_> = self.remotes.iter().filter(|r| only.is_none_or(|url| same_url(&r.url, url))).collect();
         let pushed = self.block_on(async {
             let mut tallies = Vec::new();
             for remote in targets {
@@ -412,6 +421,11 @@ impl Remotes {
         });
         finished.unwrap_or_default()
     }
+}
+
+/// Whether two remote URLs name the same place (a trailing `/` aside).
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
 impl crate::Substituter for Remotes {

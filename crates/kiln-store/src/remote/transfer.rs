@@ -243,14 +243,19 @@ fn set_mode(path: &Path, executable: bool) -> std::io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(if executable { 0o755 } else { 0o644 }))
 }
 
-/// Whether `remote` holds a kiln store: its `kiln-v1/layout.json` is there.
-pub(crate) async fn has_layout(remote: &Remote) -> Result<bool, object_store::Error> {
+/// Whether the object at `location` exists (one HEAD, within the remote's request bound).
+async fn exists(remote: &Remote, location: &object_store::path::Path) -> Result<bool, object_store::Error> {
     let _slot = remote.slots.acquire().await;
-    match remote.store.head(&layout_path()).await {
+    match remote.store.head(location).await {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
         Err(error) => Err(error),
     }
+}
+
+/// Whether `remote` holds a kiln store: its `kiln-v1/layout.json` is there.
+pub(crate) async fn has_layout(remote: &Remote) -> Result<bool, object_store::Error> {
+    exists(remote, &layout_path()).await
 }
 
 /// Writes `kiln-v1/layout.json` unless it is there.
@@ -322,7 +327,7 @@ pub(crate) async fn push_noting(
     notice: &NoticeSink,
     mode: PushMode,
 ) -> PushTally {
-    if remote.down.load(std::sync::atomic::Ordering::Relaxed) {
+    if remote.is_down() {
         return PushTally { entries_failed: 1, ..PushTally::default() };
     }
     match push(remote, entry, key, mode).await {
@@ -348,16 +353,9 @@ pub(crate) async fn push_noting(
 async fn push(remote: &Remote, entry: &Entry, key: &SecretKey, mode: PushMode) -> Result<PushTally, PushError> {
     let mut tally = PushTally::default();
     remote.layout_written.get_or_try_init(|| ensure_layout(remote)).await?;
-    if mode == PushMode::Missing {
-        let _slot = remote.slots.acquire().await;
-        match remote.store.head(&manifest_path(&entry.closure)).await {
-            Ok(_) => {
-                tally.entries_present = 1;
-                return Ok(tally);
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(error) => return Err(PushError::Remote(error)),
-        }
+    if mode == PushMode::Missing && exists(remote, &manifest_path(&entry.closure)).await.map_err(PushError::Remote)? {
+        tally.entries_present = 1;
+        return Ok(tally);
     }
     let (dir, closure) = (entry.dir.clone(), entry.closure);
     let (nodes, meta_text) = tokio::task::spawn_blocking(move || {
@@ -420,16 +418,11 @@ async fn push_blob(
         if remote.present.lock().is_ok_and(|present| present.contains(&hash)) {
             return Ok(None);
         }
-        let _slot = remote.slots.acquire().await;
-        match remote.store.head(&location).await {
-            Ok(_) => {
-                if let Ok(mut present) = remote.present.lock() {
-                    present.insert(hash);
-                }
-                return Ok(None);
+        if exists(remote, &location).await.map_err(PushError::Remote)? {
+            if let Ok(mut present) = remote.present.lock() {
+                present.insert(hash);
             }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(error) => return Err(PushError::Remote(error)),
+            return Ok(None);
         }
     }
     let _memory = remote.memory.acquire_many(memory_permits(size)).await;

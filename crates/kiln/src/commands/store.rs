@@ -68,10 +68,6 @@ fn printable(name: &str) -> String {
     name.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
-fn entries(count: usize) -> String {
-    if count == 1 { "1 entry".to_owned() } else { format!("{count} entries") }
-}
-
 fn human_age(since: SystemTime) -> String {
     let secs = SystemTime::now().duration_since(since).unwrap_or(Duration::ZERO).as_secs();
     match secs {
@@ -313,7 +309,7 @@ fn export(cx: &Cx, file: &std::path::Path, artifacts: &[String]) -> anyhow::Resu
     let summary = kiln_store::export_to_file(&cx.store, &closures, file)?;
     cx.printer.status(
         "Exported",
-        &format!("{} ({}) to {}", entries(summary.entries), human_size(summary.bytes), file.display()),
+        &format!("{} ({}) to {}", crate::report::entries(summary.entries), human_size(summary.bytes), file.display()),
     );
     Ok(exit_code::SUCCESS)
 }
@@ -323,7 +319,7 @@ fn import(cx: &Cx, file: &std::path::Path) -> anyhow::Result<u8> {
         kiln_store::import_from_file(&cx.store, file).with_context(|| format!("cannot import `{}`", file.display()))?;
     cx.printer.status(
         "Imported",
-        &format!("{} ({}) from {}", entries(summary.entries), human_size(summary.bytes), file.display()),
+        &format!("{} ({}) from {}", crate::report::entries(summary.entries), human_size(summary.bytes), file.display()),
     );
     Ok(exit_code::SUCCESS)
 }

@@ -53,7 +53,7 @@ fn selected(cx: &Cx, names: &[String]) -> anyhow::Result<Vec<(String, ClosureHas
 pub(super) fn push(cx: &Cx, names: &[String], to: Option<&str>, repair: bool) -> anyhow::Result<u8> {
     let remotes = remotes(cx)?;
     if let Some(url) = to
-        && !remotes.urls().iter().any(|known| known.trim_end_matches('/') == url.trim_end_matches('/'))
+        && !remotes.has(url)
     {
         return Err(UsageError::new(
             format!("`{url}` is not one of the remotes"),
@@ -61,35 +61,27 @@ pub(super) fn push(cx: &Cx, names: &[String], to: Option<&str>, repair: bool) ->
         )
         .into());
     }
-    if crate::remote::signing_key()?.is_none() {
-        return Err(UsageError::new(
-            "pushing needs a key to sign entries with",
-            Some(format!(
-                "set {} (or {}) to a key made by `cargo xtask store keygen`",
-                env::KILN_SIGNING_KEY,
-                env::KILN_SIGNING_KEY_FILE
-            )),
-        )
-        .into());
-    }
+    // The signing key was checked when the remotes were opened for pushing.
     let mut closures: Vec<ClosureHash> = selected(cx, names)?.into_iter().map(|(_, closure)| closure).collect();
     if names.is_empty() {
-        let plan = Plan::everything(&cx.config);
         let mut roots: HashSet<ClosureHash> = closures.iter().copied().collect();
-        super::store::keep_warm_guests(cx, &plan, &mut roots)?;
-        closures.extend(roots.into_iter().filter(|closure| !closures.contains(closure)).collect::<Vec<_>>());
+        super::store::keep_warm_guests(cx, &Plan::everything(&cx.config), &mut roots)?;
+        closures.extend(roots);
     }
+    let mut seen = HashSet::new();
     let mut entries: Vec<Entry> = Vec::new();
     let mut missing = 0;
-    for closure in closures {
+    for closure in closures.into_iter().filter(|closure| seen.insert(*closure)) {
         match cx.store.lookup(&closure)? {
-            Some(entry) if !entries.iter().any(|e| e.closure == closure) => entries.push(entry),
-            Some(_) => {}
+            Some(entry) => entries.push(entry),
             None => missing += 1,
         }
     }
     if missing > 0 {
-        cx.printer.status("Skipping", &format!("{missing} entries that are not built; `cargo xtask build` makes them"));
+        cx.printer.status(
+            "Skipping",
+            &format!("{} that are not built; `cargo xtask build` makes them", crate::report::entries(missing)),
+        );
     }
     let started = std::time::Instant::now();
     let mut failed = false;
