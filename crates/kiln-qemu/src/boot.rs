@@ -276,15 +276,16 @@ pub async fn boot(
     Ok(outcome)
 }
 
-/// The exit status in the newest serial lines, when they carry the exit marker; the marker
-/// line leaves the tail, so the last line shown is the guest's own.
+/// The exit status in the newest serial lines, when they carry the exit marker. The marker
+/// line and what came after it (the kernel powering off, read in the same chunk) leave the
+/// tail, so the last line shown is the command's own.
 fn guest_status(marker: Option<&str>, outcome: &mut BootOutcome) -> Option<i32> {
     let marker = marker?;
     let len = outcome.tail.len();
     let (index, status) = outcome.tail.iter().enumerate().skip(len.saturating_sub(4)).find_map(|(index, line)| {
         line.trim_start().strip_prefix(marker)?.trim().parse().ok().map(|status| (index, status))
     })?;
-    outcome.tail.remove(index);
+    outcome.tail.truncate(index);
     Some(status)
 }
 
@@ -350,6 +351,17 @@ pub fn interactive(program: &str, argv: &Argv) -> Result<Exit, QemuError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_line_is_the_commands_even_when_shutdown_lines_follow_the_exit_marker() {
+        let judge = Judge { failure: None, success: None, success_statuses: vec![0], guest_reports_status: true };
+        let mut outcome = BootOutcome::new(Exit::Status(0));
+        for line in ["hello from the command", "KILN-EXIT n0nce 3", "[    3.46] reboot: Power down"] {
+            outcome.observe(line, &judge);
+        }
+        assert_eq!(guest_status(Some("KILN-EXIT n0nce"), &mut outcome), Some(3));
+        assert_eq!(outcome.last_line().as_deref(), Some("hello from the command"));
+    }
 
     #[test]
     fn ansi_escapes_are_stripped() {
