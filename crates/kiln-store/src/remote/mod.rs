@@ -168,6 +168,9 @@ pub(crate) struct Remote {
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     /// Bounds the memory of blobs being pushed, in MiB.
     pub(crate) memory: Arc<tokio::sync::Semaphore>,
+    /// Bounds the blobs being compressed at once, across all remotes: pushes run in the
+    /// background of builds and boots, and must leave them most of the CPUs.
+    pub(crate) compressors: Arc<tokio::sync::Semaphore>,
     /// Whether the layout marker is known to be there (pushes write it once).
     pub(crate) layout_written: tokio::sync::OnceCell<()>,
     /// Whether the layout marker was found (readers check once).
@@ -212,6 +215,8 @@ impl Remotes {
             .enable_all()
             .build()
             .map_err(|e| OpenError::Runtime(e.to_string()))?;
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let compressors = Arc::new(tokio::sync::Semaphore::new((cpus / 2).max(1)));
         // A remote that cannot even be opened (a missing directory, a backend that refuses its
         // settings) is one notice, like a remote that does not answer.
         let remotes = config
@@ -233,6 +238,7 @@ impl Remotes {
                     present: Mutex::new(HashSet::new()),
                     slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS)),
                     memory: Arc::new(tokio::sync::Semaphore::new(PUSH_MEMORY_MIB as usize)),
+                    compressors: compressors.clone(),
                     layout_written: tokio::sync::OnceCell::new(),
                     layout_found: std::sync::OnceLock::new(),
                 })

@@ -426,7 +426,7 @@ async fn push_blob(
         }
     }
     let _memory = remote.memory.acquire_many(memory_permits(size)).await;
-    let _slot = remote.slots.acquire().await;
+    let compressor = remote.compressors.acquire().await;
     let (compressed, read) = tokio::task::spawn_blocking(move || {
         let content =
             fs::read(&path).map_err(|e| PushError::Local(format!("cannot read `{}`: {e}", path.display())))?;
@@ -438,6 +438,8 @@ async fn push_blob(
     })
     .await
     .map_err(|e| PushError::Local(e.to_string()))??;
+    drop(compressor);
+    let _slot = remote.slots.acquire().await;
     let sent = compressed.len() as u64;
     remote.store.put(&location, PutPayload::from(Bytes::from(compressed))).await.map_err(PushError::Remote)?;
     if let Ok(mut present) = remote.present.lock() {
