@@ -5,35 +5,12 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Instant,
 };
 
 use crate::{
-    action_sim::{Action, JobRun, LocalCache, untar},
+    action_sim::{LocalCache, action, fresh_runner, run, untar},
     support::{Project, repo_root},
 };
-
-fn action() -> Action {
-    Action::load(&repo_root().join("action"))
-}
-
-/// A new runner: no store, no cargo target directories (the checkout stays).
-fn fresh_runner(project: &Project) {
-    for dir in ["target", "examples/target"] {
-        let _ = std::fs::remove_dir_all(project.path().join(dir));
-    }
-}
-
-fn xtask() -> String {
-    format!("{} --accel tcg", env!("CARGO_BIN_EXE_kiln-it"))
-}
-
-fn run(project: &Project, cache: &LocalCache, artifacts: &Path, extra: &[(&str, &str)]) -> JobRun {
-    let xtask = xtask();
-    let mut inputs = vec![("arch", "riscv64"), ("xtask", xtask.as_str()), ("install-deps", "false")];
-    inputs.extend_from_slice(extra);
-    action().run(project.path(), &inputs, &[("KILN_ACCEL", "tcg")], cache, artifacts)
-}
 
 /// The artifact names of the entries in a saved store archive.
 fn names_in(archive: &Path) -> Vec<String> {
@@ -227,62 +204,4 @@ timeout = "30s"
     let narrow = run(&project, &cache, artifacts.path(), &[("working-directory", "proj"), ("command", "test broken")]);
     assert!(!narrow.failed, "{}", narrow.log);
     assert!(narrow.saved.is_empty());
-}
-
-/// `cargo test -p kiln-integration-tests --test it -- --ignored --nocapture ci_bench`
-#[test]
-#[ignore = "a benchmark: prints the simulated CI timings"]
-fn ci_bench_second_run_against_first_and_store_against_target() {
-    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
-    let project = Project::example(&kiln_toml);
-    let cache_dir = tempfile::tempdir().expect("cache dir");
-    let cache = LocalCache { dir: cache_dir.path().to_owned() };
-    let artifacts = tempfile::tempdir().expect("artifacts");
-    // x86_64: the bare-metal and the Linux cases, so the store holds a kernel and a rootfs.
-    let x86 = [("arch", "x86_64")];
-    fresh_runner(&project);
-    let started = Instant::now();
-    let first = run(&project, &cache, artifacts.path(), &x86);
-    let first_time = started.elapsed();
-    // What a cache of cargo's target directories (the naive way) would move instead.
-    let naive = tempfile::tempdir().expect("naive");
-    let started = Instant::now();
-    let archive = naive.path().join("target.tar.zst");
-    let status = Command::new("tar")
-        .args(["-I", "zstd -T0", "-cf"])
-        .arg(&archive)
-        .arg("-C")
-        .arg(project.path())
-        .args(["target", "examples/target"])
-        .status()
-        .expect("tar");
-    assert!(status.success());
-    untar(&archive, &naive.path().join("out"));
-    let naive_time = started.elapsed();
-    let naive_size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-    fresh_runner(&project);
-    let started = Instant::now();
-    let second = run(&project, &cache, artifacts.path(), &x86);
-    let second_time = started.elapsed();
-    let store_size =
-        cache.archive(&first.outputs["cache-key"]).and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
-    println!(
-        "simulated CI (x86_64, bundled example): first run {:.2}s (built {}), second run {:.2}s (built {}), ratio {:.1}x",
-        first_time.as_secs_f64(),
-        first.outputs["built"],
-        second_time.as_secs_f64(),
-        second.outputs["built"],
-        first_time.as_secs_f64() / second_time.as_secs_f64()
-    );
-    println!(
-        "cache: kiln store restore+save {:.2}s in the first run, restore {:.2}s in the second; archive {} KiB",
-        first.cache_time.as_secs_f64(),
-        second.cache_time.as_secs_f64(),
-        store_size / 1024
-    );
-    println!(
-        "naive: tar|zstd of target/ and examples/target, save+restore {:.2}s; archive {} KiB",
-        naive_time.as_secs_f64(),
-        naive_size / 1024
-    );
 }

@@ -15,6 +15,8 @@ use std::{
 
 use yaml_rust2::{Yaml, YamlLoader};
 
+use crate::support::{Project, repo_root};
+
 /// A composite action, read from its `action.yml`.
 pub struct Action {
     /// The directory holding `action.yml` (`GITHUB_ACTION_PATH`).
@@ -583,4 +585,29 @@ fn expressions_evaluate_as_on_the_runner() {
     assert!(!truthy(&cx.eval("steps.missing.outputs.x != ''")));
     assert_eq!(cx.interpolate("key-${{ inputs.cache }}-${{ steps.run.outputs.exit-code }}"), "key-true-1");
     assert_eq!(parse_key_values("a=1\nb<<EOF\nx\ny\nEOF\nc=3\n")["b"], "x\ny");
+}
+
+/// The repository's action.
+pub fn action() -> Action {
+    Action::load(&repo_root().join("action"))
+}
+
+/// A new runner: no store, no cargo target directories (the checkout stays).
+pub fn fresh_runner(project: &Project) {
+    for dir in ["target", "examples/target"] {
+        let _ = std::fs::remove_dir_all(project.path().join(dir));
+    }
+}
+
+/// The `xtask` input: kiln (the `kiln-it` binary) with TCG.
+fn xtask() -> String {
+    format!("{} --accel tcg", env!("CARGO_BIN_EXE_kiln-it"))
+}
+
+/// Runs the action on `project` for riscv64, with `extra` inputs.
+pub fn run(project: &Project, cache: &LocalCache, artifacts: &Path, extra: &[(&str, &str)]) -> JobRun {
+    let xtask = xtask();
+    let mut inputs = vec![("arch", "riscv64"), ("xtask", xtask.as_str()), ("install-deps", "false")];
+    inputs.extend_from_slice(extra);
+    action().run(project.path(), &inputs, &[("KILN_ACCEL", "tcg")], cache, artifacts)
 }

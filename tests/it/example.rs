@@ -1,6 +1,6 @@
 //! The bundled example end to end: pass, expected failure, cache hits, selective rebuilds.
 
-use kiln::report::CaseStatus;
+use kiln::xtask::CaseStatus;
 use kiln_qemu::{FailReason, Verdict};
 use kiln_store::BuildOutcome;
 use kiln_types::Arch;
@@ -34,17 +34,17 @@ fn bundled_example_passes_is_cached_and_rebuilds_only_what_changed() {
 
     // Only the aarch64 board changes: only aarch64 artifacts rebuild.
     project.touch_source("examples/boards/aarch64-virt/src/lib.rs", "// touched by a test");
-    let kernels = |built: std::collections::BTreeMap<kiln::plan::BuildKey, kiln::cx::BuiltArtifact>| {
-        built.into_iter().filter(|(key, _)| key.artifact.starts_with("hello") && key.artifact != "hello-linux")
+    let kernels = |built: Vec<kiln::xtask::Built>| {
+        built.into_iter().filter(|b| b.artifact.starts_with("hello") && b.artifact != "hello-linux")
     };
     let rebuilt = kernels(project.build());
-    for (key, artifact) in rebuilt {
-        let was_built = matches!(artifact.outcome, BuildOutcome::Built { .. });
-        assert_eq!(was_built, key.arch == Arch::Aarch64, "{key}: {:?}", artifact.outcome);
+    for built in rebuilt {
+        let was_built = matches!(built.outcome, BuildOutcome::Built { .. });
+        assert_eq!(was_built, built.arch == Arch::Aarch64, "{} ({}): {:?}", built.artifact, built.arch, built.outcome);
     }
     // A change to the kernel itself rebuilds every arch.
     project.touch_source("examples/kernel/src/main.rs", "// touched by a test");
-    assert!(kernels(project.build()).all(|(_, a)| matches!(a.outcome, BuildOutcome::Built { .. })));
+    assert!(kernels(project.build()).all(|b| matches!(b.outcome, BuildOutcome::Built { .. })));
 }
 
 #[test]
@@ -99,8 +99,7 @@ fn two_checkouts_of_the_same_sources_have_the_same_closure_hashes() {
     let b = Project::example(kiln_toml);
     let closures = |project: &Project| {
         let cx = project.cx(&["-q"]);
-        let plan = kiln::plan::Plan::for_build(&cx.config, &kiln::plan::Selection::default());
-        cx.derivations(&plan.builds).expect("derivations").iter().map(|d| d.closure_hash()).collect::<Vec<_>>()
+        cx.closures(&[], &[]).expect("closures").into_iter().map(|(_, _, closure)| closure).collect::<Vec<_>>()
     };
     let (from_a, from_b) = (closures(&a), closures(&b));
     assert_eq!(from_a.len(), 3);

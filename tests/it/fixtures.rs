@@ -1,7 +1,7 @@
 //! The fixture repositories under tests/fixtures, each adopted with `cargo kiln init` plus a
 //! few Kiln.toml lines: they pass, and their failing variants fail with the right reason.
 
-use kiln::report::{CaseStatus, RunSummary};
+use kiln::xtask::{CaseStatus, RunSummary};
 use kiln_qemu::{FailReason, Verdict};
 use kiln_types::Arch;
 

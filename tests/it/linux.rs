@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use kiln::report::CaseStatus;
+use kiln::xtask::CaseStatus;
 use kiln_qemu::{FailReason, Verdict};
 use kiln_types::Arch;
 

@@ -64,7 +64,7 @@ fn a_url_fetch_retries_a_server_error_and_is_fetched_once() {
     let first = kiln(&project);
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
-    assert!(stderr.contains("the server answered 503; trying again"), "{stderr}");
+    assert!(stderr.contains("the server answered 503 Service Unavailable; trying again"), "{stderr}");
     assert_eq!(requests.load(Ordering::SeqCst), 2, "one 503, one good answer");
 
     let second = kiln(&project);

@@ -7,10 +7,7 @@ use std::{
 
 use kiln::{
     clap::Parser,
-    cli::Cli,
-    cx::{BuiltArtifact, Cx},
-    plan::{BuildKey, Plan, Selection},
-    report::RunSummary,
+    xtask::{Built, Cli, Command, Cx, RunSummary},
 };
 
 /// The kiln repository's root.
@@ -98,7 +95,7 @@ impl Project {
         let mut full = self.args(args);
         full.push("config".to_owned());
         let cli = Cli::try_parse_from(full).expect("valid command line");
-        kiln::commands::context(&cli.global).expect("context")
+        Cx::from_args(&cli.global).expect("context")
     }
 
     /// Runs `test` with the given arguments through the library and returns the summary.
@@ -107,16 +104,14 @@ impl Project {
         full.push("test".to_owned());
         full.extend(args.iter().map(|a| (*a).to_owned()));
         let cli = Cli::try_parse_from(full).expect("valid command line");
-        let cx = kiln::commands::context(&cli.global).expect("context");
-        let kiln::cli::Command::Test(test_args) = cli.command else { unreachable!("parsed `test`") };
-        kiln::commands::test::run(&cx, &test_args).expect("test ran")
+        let cx = Cx::from_args(&cli.global).expect("context");
+        let Command::Test(test_args) = cli.command else { unreachable!("parsed `test`") };
+        cx.test(&test_args).expect("test ran")
     }
 
     /// Builds every artifact and returns what each build did.
-    pub fn build(&self) -> std::collections::BTreeMap<BuildKey, BuiltArtifact> {
-        let cx = self.cx(&["-q"]);
-        let plan = Plan::for_build(&cx.config, &Selection::default());
-        cx.realise(&plan.builds).expect("build")
+    pub fn build(&self) -> Vec<Built> {
+        self.cx(&["-q"]).build(&[], &[]).expect("build")
     }
 
     /// Appends a line to a file of the example.

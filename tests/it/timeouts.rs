@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kiln::report::CaseStatus;
+use kiln::xtask::CaseStatus;
 use kiln_qemu::Verdict;
 use kiln_types::Arch;
 

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kiln::report::CaseStatus;
+use kiln::xtask::CaseStatus;
 use kiln_qemu::{FailReason, Verdict};
 use kiln_types::Arch;
 
@@ -277,7 +277,7 @@ fn a_session_shares_state_syncs_deletions_and_ends_with_its_owner() {
 fn a_crates_doctests_and_test_binaries_pass_through_kiln_run() {
     let project = Project::example(&linux_kiln_toml());
     let krate = tempfile::Builder::new().prefix("kiln-doctests-").tempdir().expect("tempdir");
-    kiln::commands::synthetic_crate(krate.path(), 100, 10).expect("crate");
+    kiln::testing::synthetic_crate(krate.path(), 100, 10).expect("crate");
     let kiln = env!("CARGO_BIN_EXE_kiln-it");
     let config = project.path().join("Kiln.toml");
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -2,57 +2,12 @@
 
 use std::{future::Future, time::Duration};
 
+use kiln_http::{Failure, RetryError};
 use octocrab::Octocrab;
 
+pub use kiln_types::Repo;
+
 use crate::Error;
-
-/// A repository, `owner/name`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Repo {
-    /// The owner (user or organisation).
-    pub owner: String,
-    /// The repository's name.
-    pub name: String,
-}
-
-impl std::str::FromStr for Repo {
-    type Err = Error;
-
-    fn from_str(text: &str) -> Result<Self, Error> {
-        let valid = |part: &str| {
-            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        };
-        match text.split_once('/') {
-            Some((owner, name)) if valid(owner) && valid(name) => {
-                Ok(Self { owner: owner.to_owned(), name: name.to_owned() })
-            }
-            _ => Err(Error::Usage(format!("`{text}` is not a repository: write it as `owner/name`"))),
-        }
-    }
-}
-
-impl std::fmt::Display for Repo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.owner, self.name)
-    }
-}
-
-/// How requests are retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retry {
-    /// Attempts in all (the first included).
-    pub attempts: u32,
-    /// The wait before the second attempt; each further wait doubles, up to `max_delay`.
-    pub first_delay: Duration,
-    /// The longest wait, also for a `retry-after` GitHub asks for.
-    pub max_delay: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Self { attempts: 5, first_delay: Duration::from_secs(1), max_delay: Duration::from_secs(60) }
-    }
-}
 
 /// A release.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +59,9 @@ pub struct CacheEntry {
 /// Told about each retry: what failed and how long the wait before the next attempt is.
 pub type RetryNotice = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
+/// How GitHub requests are retried: kiln's API budget, unless a caller sets another.
+pub type Retry = kiln_http::Retry;
+
 /// A client for one repository.
 pub struct Client {
     crab: Octocrab,
@@ -118,12 +76,6 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client").field("repo", &self.repo).field("retry", &self.retry).finish_non_exhaustive()
     }
-}
-
-/// What to do after a failed attempt.
-enum Next {
-    Stop(Error),
-    Retry { wait: Option<Duration>, why: String },
 }
 
 const PAGE: u8 = 100;
@@ -149,19 +101,16 @@ impl Client {
             }
         }
         let usage = |e: octocrab::Error| Error::Usage(format!("`{api}` is not a usable GitHub API address: {e}"));
-        // octocrab sends the token only to these two hosts; a request that hangs is cut off.
-        let mut builder = Octocrab::builder()
-            .base_uri(api)
-            .map_err(usage)?
-            .upload_uri(uploads)
-            .map_err(usage)?
-            .set_connect_timeout(Some(Duration::from_secs(15)))
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .set_write_timeout(Some(Duration::from_secs(600)));
+        // kiln's one client: its trust store and timeouts (a request that hangs is cut off).
+        // octocrab sends the token only to these two hosts, and reqwest drops it on a redirect
+        // to another host (an asset download from a CDN).
+        let http = kiln_http::client(kiln_http::Timeouts::DEFAULT)
+            .map_err(|e| Error::Transport { doing: "setting up the HTTP client".to_owned(), message: e.to_string() })?;
+        let mut builder = Octocrab::builder().base_uri(api).map_err(usage)?.upload_uri(uploads).map_err(usage)?;
         if !token.is_empty() {
             builder = builder.personal_token(token.clone());
         }
-        let crab = builder.build().map_err(usage)?;
+        let crab = builder.build_with_reqwest(http).map_err(usage)?;
         Ok(Self { crab, repo, retry, notice: None, token })
     }
 
@@ -180,7 +129,7 @@ impl Client {
         if self.token.is_empty() { text.to_owned() } else { text.replace(&self.token, "***") }
     }
 
-    fn classify(&self, doing: &str, err: octocrab::Error) -> Next {
+    fn classify(&self, doing: &str, err: octocrab::Error) -> Failure<Error> {
         match err {
             octocrab::Error::GitHub { source, .. } => {
                 let status = source.status_code.as_u16();
@@ -191,60 +140,62 @@ impl Client {
                 let retry_after = header("retry-after").and_then(|s| s.trim().parse::<u64>().ok());
                 let exhausted = header("x-ratelimit-remaining").is_some_and(|r| r.trim() == "0");
                 match status {
-                    401 => Next::Stop(Error::TokenRejected { doing: doing.to_owned() }),
+                    401 => Failure::Permanent(Error::TokenRejected { doing: doing.to_owned() }),
                     403 | 429 if retry_after.is_some() || exhausted || message.contains("rate limit") => {
                         let until_reset = source.rate_limit_reset.and_then(|reset| {
                             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
                             Some(Duration::from_secs(reset.saturating_sub(now.as_secs())))
                         });
                         let wait = retry_after.map(Duration::from_secs).or(if exhausted { until_reset } else { None });
-                        Next::Retry { wait, why: format!("HTTP {status} (rate limited): {message}") }
+                        Failure::Transient { wait, why: format!("HTTP {status} (rate limited): {message}") }
                     }
-                    500..=599 => Next::Retry { wait: None, why: format!("HTTP {status}: {message}") },
-                    _ => Next::Stop(Error::Status { doing: doing.to_owned(), status, message }),
+                    408 | 500..=599 => Failure::Transient { wait: None, why: format!("HTTP {status}: {message}") },
+                    _ => Failure::Permanent(Error::Status { doing: doing.to_owned(), status, message }),
                 }
             }
-            octocrab::Error::Hyper { .. } | octocrab::Error::Service { .. } | octocrab::Error::Http { .. } => {
-                Next::Retry { wait: None, why: self.redact(&format!("{err}")) }
+            octocrab::Error::Reqwest { ref source, .. } => {
+                Failure::Transient { wait: None, why: self.redact(&kiln_http::describe(source)) }
             }
-            other => Next::Stop(Error::Transport { doing: doing.to_owned(), message: self.redact(&other.to_string()) }),
+            octocrab::Error::Service { .. } | octocrab::Error::Http { .. } => {
+                Failure::Transient { wait: None, why: self.redact(&format!("{err}")) }
+            }
+            other => Failure::Permanent(Error::Transport {
+                doing: doing.to_owned(),
+                message: self.redact(&other.to_string()),
+            }),
         }
     }
 
-    /// Runs `call` until it succeeds, fails for good, or the attempts run out.
+    /// Runs `call` until it succeeds, fails for good, or the attempts run out (kiln's one
+    /// retry loop, with GitHub's reading of its answers).
     async fn attempt<T, F, Fut>(&self, doing: &str, mut call: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, octocrab::Error>>,
     {
-        let mut delay = self.retry.first_delay;
-        let mut attempt = 1;
-        loop {
-            let err = match call().await {
-                Ok(value) => return Ok(value),
-                Err(err) => err,
-            };
-            match self.classify(doing, err) {
-                Next::Stop(err) => return Err(err),
-                Next::Retry { why, .. } if attempt >= self.retry.attempts => {
-                    return Err(Error::GaveUp { doing: doing.to_owned(), attempts: attempt, last: why });
+        let result = kiln_http::with_retries(
+            &self.retry,
+            |_| {
+                let call = call();
+                async move { call.await.map_err(|err| self.classify(doing, err)) }
+            },
+            |notice| {
+                if let Some(say) = &self.notice {
+                    say(&format!(
+                        "{doing}: {}; attempt {} of {} in {}s",
+                        notice.why,
+                        notice.next_attempt,
+                        notice.attempts,
+                        notice.wait.as_secs_f32()
+                    ));
                 }
-                Next::Retry { wait, why } => {
-                    let wait = wait.unwrap_or(delay).min(self.retry.max_delay);
-                    if let Some(notice) = &self.notice {
-                        notice(&format!(
-                            "{doing}: {why}; attempt {} of {} in {}s",
-                            attempt + 1,
-                            self.retry.attempts,
-                            wait.as_secs_f32()
-                        ));
-                    }
-                    tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(self.retry.max_delay);
-                    attempt += 1;
-                }
-            }
-        }
+            },
+        )
+        .await;
+        result.map_err(|err| match err {
+            RetryError::Permanent(err) => err,
+            RetryError::GaveUp { attempts, last } => Error::GaveUp { doing: doing.to_owned(), attempts, last },
+        })
     }
 
     /// The release for `tag`, if there is one. GitHub's look-up by tag does not see drafts,
@@ -457,7 +408,7 @@ mod tests {
         let _enter = runtime.enter();
         let repo: Repo = "a/b".parse().expect("repo");
         for bad in ["notaurl", "ftp://x", "http://"] {
-            let err = Client::new(bad, bad, None, repo.clone(), Retry::default()).expect_err(bad);
+            let err = Client::new(bad, bad, None, repo.clone(), Retry::API).expect_err(bad);
             assert!(err.to_string().contains("is not a GitHub API address"), "{err}");
         }
     }

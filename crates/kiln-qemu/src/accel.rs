@@ -6,14 +6,14 @@
 
 use std::{
     fs,
-    os::unix::process::CommandExt,
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use kiln_types::Arch;
-use nix::{sys::signal::Signal, unistd::Pid};
+
+use crate::{BootMethod, Console, Device, Firmware, Machine, Qemu, Terminal};
 
 /// A QEMU accelerator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -149,35 +149,40 @@ fn probe() -> AccelChoice {
     }
 }
 
+/// The probe's machine: a PC booting the probe sector from a raw disk, with the exit device.
+/// Its arguments come from [`Machine::argv`] like every other boot's.
+pub fn probe_machine() -> Machine {
+    Machine {
+        name: "kvm-probe".to_owned(),
+        arch: Arch::X86_64,
+        machine_type: "pc".to_owned(),
+        cpu: None,
+        memory_mib: None,
+        smp: None,
+        firmware: Firmware::MachineDefault,
+        devices: vec![Device::DebugExit { iobase: 0xf4, iosize: 0x04 }],
+        boot: BootMethod::Disk,
+        extra_args: Vec::new(),
+    }
+}
+
 /// Boots the probe image and returns its wall time if it exited with status 33 in time.
 fn run_probe(image: &Path, accel: Accel) -> Option<Duration> {
-    let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", &format!("pc,accel={}", accel.as_str())])
-        .args(["-nodefaults", "-display", "none", "-monitor", "none", "-serial", "null", "-no-reboot"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=ide", image.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let argv = probe_machine().argv(image, accel, Console::Captured);
+    runtime.block_on(async {
+        let started = Instant::now();
+        let mut qemu = Qemu::spawn(
+            Arch::X86_64.qemu_binary(),
+            &argv,
+            Terminal::Detached,
+            [Stdio::null(), Stdio::null(), Stdio::null()],
+        )
         .ok()?;
-    let pgid = Pid::from_raw(child.id() as i32);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                return (status.code() == Some(33)).then(|| started.elapsed());
-            }
-            Ok(None) if started.elapsed() < PROBE_DEADLINE => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
+        // On a timeout the value is dropped, which kills QEMU's process group.
+        let status = tokio::time::timeout(PROBE_DEADLINE, qemu.wait()).await.ok()?.ok()?;
+        (status.code() == Some(33)).then(|| started.elapsed())
+    })
 }
 
 #[cfg(test)]
@@ -198,6 +203,16 @@ mod tests {
         let choice = choose(foreign, AccelPolicy::Auto, dir.path());
         assert_eq!(choice.accel, Accel::Tcg);
         assert!(choice.reason.contains("emulation"), "{}", choice.reason);
+    }
+
+    #[test]
+    fn the_probe_boots_its_sector_from_a_disk_with_the_exit_device() {
+        let argv = probe_machine().argv(Path::new("/p.img"), Accel::Kvm, Console::Captured).display();
+        assert_eq!(
+            argv,
+            "-machine pc,accel=kvm -nodefaults -display none -no-reboot -monitor none -serial stdio \
+             -device isa-debug-exit,iobase=0xf4,iosize=0x04 -drive format=raw,snapshot=on,file=/p.img"
+        );
     }
 
     #[test]

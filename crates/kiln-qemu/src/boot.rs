@@ -1,25 +1,26 @@
-//! Running one guest: its own process group, a live serial stream, a hard timeout and a
-//! no-output watchdog.
+//! Running one guest: a live serial stream, a hard timeout and a no-output watchdog, in a
+//! [`Qemu`] process that cannot outlive kiln.
 
 use std::{
     collections::VecDeque,
     fs::File,
     io::{BufWriter, Write},
-    os::unix::process::ExitStatusExt,
     path::PathBuf,
     process::Stdio,
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use nix::{sys::signal::Signal, unistd::Pid};
 use regex::Regex;
 use tokio::{
     io::AsyncReadExt,
     time::{Instant as TokioInstant, sleep_until},
 };
 
-use crate::{Argv, Judge, QemuError};
+use crate::{
+    Argv, Judge, QemuError,
+    process::{Qemu, Terminal, exit_of},
+};
 
 /// How many serial lines a [`BootOutcome`] keeps in memory; the log file has them all.
 const TAIL_LINES: usize = 200;
@@ -127,17 +128,6 @@ fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Kills QEMU's whole process group when dropped, whatever path the boot took.
-struct GroupGuard {
-    pgid: Pid,
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(self.pgid, Signal::SIGKILL);
-    }
-}
-
 /// Boots a guest and judges nothing: returns what happened. `on_line` sees every serial line.
 ///
 /// QEMU runs in its own process group with `PR_SET_PDEATHSIG`, so neither a timeout nor the
@@ -151,16 +141,18 @@ pub async fn boot(
         File::create(&request.log_path).map_err(|source| QemuError::Log { path: request.log_path.clone(), source })?;
     let mut log = BufWriter::new(log_file);
 
-    let mut command = guest_command(&request.program, &request.argv);
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|source| spawn_error(&request.program, source))?;
-    let guard = child.id().map(|pid| GroupGuard { pgid: Pid::from_raw(pid as i32) });
-    let mut stdout = child.stdout.take().ok_or(QemuError::Io {
+    let mut qemu = Qemu::spawn(
+        &request.program,
+        &request.argv,
+        Terminal::Detached,
+        [Stdio::null(), Stdio::piped(), Stdio::piped()],
+    )?;
+    let mut stdout = qemu.take_stdout().ok_or(QemuError::Io {
         doing: "reading QEMU's serial output",
         source: std::io::Error::other("stdout was not captured"),
     })?;
-    let stderr_task = child.stderr.take().map(|mut stderr| {
+    let stderr_task = qemu.take_stderr().map(|mut stderr| {
         tokio::spawn(async move {
             let mut kept = Vec::new();
             let mut buf = [0u8; 4096];
@@ -218,28 +210,23 @@ pub async fn boot(
                     pending.clear();
                 }
                 if outcome.failure_line.is_some() {
-                    kill(&guard);
+                    qemu.kill();
                     break None;
                 }
                 if let Some(status) = guest_status(request.exit_marker.as_deref(), &mut outcome) {
-                    kill(&guard);
+                    qemu.kill();
                     break Some(Exit::GuestExited(status));
                 }
                 if request.stop_on_success && outcome.success_seen {
-                    kill(&guard);
+                    qemu.kill();
                     break Some(Exit::StoppedOnSuccess);
                 }
             }
-            status = child.wait(), if !stdout_open => {
-                let status = status.map_err(|source| QemuError::Io { doing: "waiting for QEMU", source })?;
-                break Some(match (status.code(), status.signal()) {
-                    (Some(code), _) => Exit::Status(code),
-                    (None, Some(signal)) => Exit::Signal(signal),
-                    (None, None) => Exit::Signal(0),
-                });
+            status = qemu.wait(), if !stdout_open => {
+                break Some(exit_of(status?));
             }
             () = sleep_until(deadline) => {
-                kill(&guard);
+                qemu.kill();
                 break Some(Exit::TimedOut(request.timeout));
             }
             () = async {
@@ -248,19 +235,16 @@ pub async fn boot(
                     None => std::future::pending().await,
                 }
             } => {
-                kill(&guard);
+                qemu.kill();
                 break Some(Exit::Silent(request.no_output_timeout.unwrap_or_default()));
             }
         }
     };
-    // Reap QEMU before the guard's final group kill so nothing is left behind.
-    let reaped = child.wait().await.map_err(|source| QemuError::Io { doing: "waiting for QEMU", source })?;
-    outcome.exit = exit.unwrap_or(match reaped.code() {
-        Some(code) => Exit::Status(code),
-        None => Exit::Signal(reaped.signal().unwrap_or(0)),
-    });
+    // Reap QEMU, then drop it: the drop kills what is left of its process group.
+    let reaped = qemu.wait().await?;
+    outcome.exit = exit.unwrap_or(exit_of(reaped));
     outcome.duration = started.elapsed();
-    drop(guard);
+    drop(qemu);
     log.flush().map_err(|source| QemuError::Log { path: request.log_path.clone(), source })?;
 
     let stderr = match stderr_task {
@@ -289,63 +273,12 @@ fn guest_status(marker: Option<&str>, outcome: &mut BootOutcome) -> Option<i32> 
     Some(status)
 }
 
-fn kill(guard: &Option<GroupGuard>) {
-    if let Some(guard) = guard {
-        let _ = nix::sys::signal::killpg(guard.pgid, Signal::SIGKILL);
-    }
-}
-
-fn spawn_error(program: &str, source: std::io::Error) -> QemuError {
-    if source.kind() == std::io::ErrorKind::NotFound {
-        QemuError::QemuMissing { program: program.to_owned(), package: crate::firmware::qemu_package(program) }
-    } else {
-        QemuError::Spawn { program: program.to_owned(), source }
-    }
-}
-
-/// A QEMU command that cannot outlive kiln: in its own process group (killed whole when
-/// the value is dropped), and with `PR_SET_PDEATHSIG`, so the kernel kills it when the
-/// thread that started it dies, even on SIGKILL.
-pub fn guest_command(program: &str, argv: &Argv) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(program);
-    command.args(argv.as_slice()).process_group(0).kill_on_drop(true);
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid, _exit).
-    unsafe {
-        command.pre_exec(die_with_parent);
-    }
-    command
-}
-
-/// Asks the kernel to SIGKILL this child when the thread that spawned it dies, and exits
-/// at once if that already happened.
-fn die_with_parent() -> std::io::Result<()> {
-    // SAFETY: prctl and getppid are async-signal-safe and take no pointers here.
-    unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::getppid() == 1 {
-            libc::_exit(1);
-        }
-    }
-    Ok(())
-}
-
 /// Runs QEMU with the terminal attached (serial and monitor multiplexed; Ctrl-A X quits)
 /// and returns how it ended.
-pub fn interactive(program: &str, argv: &Argv) -> Result<Exit, QemuError> {
-    use std::os::unix::process::CommandExt as _;
-    let mut command = std::process::Command::new(program);
-    command.args(argv.as_slice());
-    // SAFETY: as in `boot`, only async-signal-safe calls.
-    unsafe {
-        command.pre_exec(die_with_parent);
-    }
-    let status = command.status().map_err(|source| spawn_error(program, source))?;
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => Exit::Status(code),
-        (None, signal) => Exit::Signal(signal.unwrap_or(0)),
-    })
+pub async fn interactive(program: &str, argv: &Argv) -> Result<Exit, QemuError> {
+    let mut qemu =
+        Qemu::spawn(program, argv, Terminal::Attached, [Stdio::inherit(), Stdio::inherit(), Stdio::inherit()])?;
+    Ok(exit_of(qemu.wait().await?))
 }
 
 #[cfg(test)]

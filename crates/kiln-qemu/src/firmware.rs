@@ -29,13 +29,7 @@ pub fn qemu_package(program: &str) -> &'static str {
 
 /// Finds `program` on `PATH`.
 pub fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    which::which(program).ok()
 }
 
 /// A file a machine needs from the host, and the package that provides it.

@@ -13,11 +13,13 @@ mod boot;
 mod errors;
 pub mod firmware;
 mod machine;
+mod process;
 pub mod qmp;
 mod verdict;
 
 pub use argv::Argv;
-pub use boot::{BootOutcome, BootRequest, Exit, boot, guest_command, interactive};
+pub use boot::{BootOutcome, BootRequest, Exit, boot, interactive};
 pub use errors::QemuError;
 pub use machine::{BootMethod, Console, Device, Firmware, LinuxBoot, Machine, Share};
+pub use process::{Qemu, Terminal, exit_of};
 pub use verdict::{FailReason, Judge, PassReason, Verdict};

@@ -1,4 +1,6 @@
-//! A tree's listing: one line of facts per entry, for `rootfs ls` and `rootfs diff`.
+//! A tree's listing: one line of facts per entry, for `rootfs show` and `rootfs diff`, and its
+//! stored form, a tab-separated line per entry (`path kind mode size blake3 [target]`) that a
+//! rootfs's store entry keeps beside the image.
 
 use std::fmt;
 
@@ -38,6 +40,75 @@ pub struct ListingEntry {
     pub size: u64,
     /// BLAKE3 of the content (files) or of the target (symlinks).
     pub hash: Option<blake3::Hash>,
+    /// A symlink's target.
+    pub target: Option<String>,
+}
+
+impl ListingEntry {
+    /// The entry as one tab-separated line: `path kind mode size blake3 [target]`, the mode in
+    /// octal, tabs, newlines and backslashes in the path and target escaped.
+    pub fn to_tsv(&self) -> String {
+        let kind = match self.kind {
+            EntryKind::Dir => "dir".to_owned(),
+            EntryKind::File => "file".to_owned(),
+            EntryKind::Symlink => "symlink".to_owned(),
+            EntryKind::CharDevice { major, minor } => format!("char:{major}:{minor}"),
+        };
+        let hash = self.hash.map(|h| h.to_hex().to_string()).unwrap_or_default();
+        let mut line = format!("{}\t{kind}\t{:o}\t{}\t{hash}", escape(&self.path), self.mode, self.size);
+        if let Some(target) = &self.target {
+            line.push('\t');
+            line.push_str(&escape(target));
+        }
+        line
+    }
+
+    /// Reads a line written by [`ListingEntry::to_tsv`]; `None` when it is not one.
+    pub fn from_tsv(line: &str) -> Option<Self> {
+        let mut fields = line.split('\t');
+        let path = unescape(fields.next()?);
+        let kind = match fields.next()? {
+            "dir" => EntryKind::Dir,
+            "file" => EntryKind::File,
+            "symlink" => EntryKind::Symlink,
+            // Listings written before device numbers were recorded say only `char`.
+            "char" => EntryKind::CharDevice { major: 0, minor: 0 },
+            other => {
+                let (major, minor) = other.strip_prefix("char:")?.split_once(':')?;
+                EntryKind::CharDevice { major: major.parse().ok()?, minor: minor.parse().ok()? }
+            }
+        };
+        let mode = u32::from_str_radix(fields.next()?, 8).ok()?;
+        let size = fields.next()?.parse().ok()?;
+        let hash = match fields.next()? {
+            "" => None,
+            hex => Some(blake3::Hash::from_hex(hex).ok()?),
+        };
+        let target = fields.next().map(unescape);
+        Some(Self { path, kind, mode, size, hash, target })
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n")
+}
+
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 impl fmt::Display for ListingEntry {
@@ -83,6 +154,10 @@ impl Tree {
     pub fn listing(&self) -> Result<Vec<ListingEntry>> {
         self.entries()
             .map(|(path, node)| {
+                let target = match node {
+                    Node::Symlink { target } => Some(target.clone()),
+                    _ => None,
+                };
                 let (kind, mode, size, hash) = match node {
                     Node::Dir { mode } => (EntryKind::Dir, *mode, 0, None),
                     Node::File { mode, data } => {
@@ -98,7 +173,7 @@ impl Tree {
                         (EntryKind::CharDevice { major: *major, minor: *minor }, *mode, 0, None)
                     }
                 };
-                Ok(ListingEntry { path: path.to_owned(), kind, mode, size, hash })
+                Ok(ListingEntry { path: path.to_owned(), kind, mode, size, hash, target })
             })
             .collect()
     }
@@ -133,6 +208,23 @@ mod tests {
                 "crw-------          0 /dev/console 5:1".to_owned(),
             ]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn the_stored_form_reads_back_the_same() -> Result<()> {
+        let mut tree = Tree::new();
+        tree.insert_file("/odd\tname\nwith\\breaks", 0o755, Data::from("x"))?;
+        tree.insert_symlink("/bin/sh", "busy\tbox")?;
+        tree.insert_char_device("/dev/null", 0o666, 1, 3)?;
+        for entry in tree.listing()? {
+            let line = entry.to_tsv();
+            assert!(!line.contains('\n'), "{line:?}");
+            assert_eq!(ListingEntry::from_tsv(&line), Some(entry), "{line:?}");
+        }
+        let old = ListingEntry::from_tsv("/dev/console\tchar\t600\t0\t").expect("an older listing's line");
+        assert_eq!(old.kind, EntryKind::CharDevice { major: 0, minor: 0 });
+        assert_eq!(ListingEntry::from_tsv("/x\tfifo\t644\t0\t"), None);
         Ok(())
     }
 }

@@ -65,9 +65,9 @@ impl Tool {
     }
 }
 
-/// Whether `program` is a file in one of PATH's directories.
+/// Whether `program` is an executable in one of PATH's directories.
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    which::which(program).is_ok()
 }
 
 fn shell_quote(arg: &str) -> String {

@@ -1,6 +1,6 @@
 //! Images checked by the tools that consume them: GNU cpio reads the initramfs, e2fsck and
-//! debugfs the ext4 image, qemu-img the qcow2. Each test skips (with a note) when its tool is
-//! not installed; the real busybox test needs the busybox-static .deb among the fixtures.
+//! debugfs the ext4 image, qemu-img the qcow2. A missing tool or fixture fails its test with
+//! the command that installs it (`.ci/setup` installs them all); nothing is skipped.
 
 use std::{
     fs,
@@ -10,12 +10,14 @@ use std::{
 
 use kiln_rootfs::{Compression, Data, Ext4Options, Node, Tree, busybox_applets, convert_qcow2, write_ext4};
 
-fn have(program: &str) -> bool {
+/// Fails the test, saying how to install it, unless `program` runs here.
+fn require(program: &str, package: &str) {
     let found = Command::new(program).arg("--version").output().is_ok();
-    if !found {
-        eprintln!("skipped: `{program}` is not installed");
-    }
-    found
+    assert!(
+        found,
+        "`{program}` is not installed: `sudo apt-get install {package}` (or run `.ci/setup`, which installs \
+         everything kiln's tests need)"
+    );
 }
 
 fn run(command: &mut Command) -> String {
@@ -43,9 +45,7 @@ fn sample_tree() -> Tree {
 
 #[test]
 fn gnu_cpio_lists_and_extracts_the_initramfs() {
-    if !have("cpio") {
-        return;
-    }
+    require("cpio", "cpio");
     let dir = tempfile::tempdir().expect("tempdir");
     let archive = dir.path().join("initramfs.cpio");
     let tree = sample_tree();
@@ -84,9 +84,8 @@ fn ext4_image(dir: &Path, name: &str, tree: &Tree) -> PathBuf {
 
 #[test]
 fn ext4_images_are_reproducible_clean_and_owned_by_root() {
-    if !have("mke2fs") || !have("e2fsck") {
-        return;
-    }
+    require("mke2fs", "e2fsprogs");
+    require("e2fsck", "e2fsprogs");
     let tree = sample_tree();
     let one = tempfile::tempdir().expect("tempdir");
     let two = tempfile::tempdir().expect("tempdir");
@@ -116,9 +115,7 @@ fn ext4_images_are_reproducible_clean_and_owned_by_root() {
 
 #[test]
 fn ext4_with_a_size_too_small_fails_without_leaving_a_file() {
-    if !have("mke2fs") {
-        return;
-    }
+    require("mke2fs", "e2fsprogs");
     let mut tree = Tree::new();
     tree.insert_file("/big", 0o644, Data::from(vec![7u8; 3 << 20])).expect("big");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -132,9 +129,8 @@ fn ext4_with_a_size_too_small_fails_without_leaving_a_file() {
 
 #[test]
 fn qcow2_conversion_is_reproducible() {
-    if !have("mke2fs") || !have("qemu-img") {
-        return;
-    }
+    require("mke2fs", "e2fsprogs");
+    require("qemu-img", "qemu-utils");
     let dir = tempfile::tempdir().expect("tempdir");
     let raw = ext4_image(dir.path(), "root.img", &sample_tree());
     let (a, b) = (dir.path().join("a.qcow2"), dir.path().join("b.qcow2"));
@@ -163,10 +159,9 @@ fn fixture(prefix: &str, suffix: &str) -> Option<PathBuf> {
 #[test]
 fn real_busybox_static_debs() {
     for arch in ["amd64", "arm64"] {
-        let Some(deb) = fixture("busybox-static_", &format!("_{arch}.deb")) else {
-            eprintln!("skipped: no busybox-static_*_{arch}.deb in $KILN_FIXTURES or ~/.cache/kiln-fixtures");
-            continue;
-        };
+        let deb = fixture("busybox-static_", &format!("_{arch}.deb")).unwrap_or_else(|| {
+            panic!("no busybox-static_*_{arch}.deb in $KILN_FIXTURES or ~/.cache/kiln-fixtures: run `.ci/fetch-debs`")
+        });
         check_busybox_deb(&deb, arch);
     }
 }

@@ -2,6 +2,10 @@
 
 use std::{fmt, str::FromStr};
 
+/// The BLAKE3 key-derivation context that domain-separates tree hashes (output hashes and
+/// source-set hashes), as `docs/closure-hash.md` specifies.
+pub(crate) const TREE_CONTEXT: &str = "kiln 2026-11 tree v1";
+
 /// Names a store entry: BLAKE3 over the versioned encoding of a derivation and its inputs.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClosureHash(blake3::Hash);

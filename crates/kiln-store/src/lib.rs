@@ -9,6 +9,7 @@ mod archive;
 mod derivation;
 mod errors;
 mod hash;
+#[cfg(feature = "remote")]
 pub mod remote;
 mod source;
 mod stat_cache;

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::{
     InputHash, StatCache, StoreError,
     derivation::{put_bytes, put_len},
-    tree::TREE_CONTEXT,
+    hash::TREE_CONTEXT,
 };
 
 /// Files above this size are hashed with several threads over a memory map.

@@ -15,11 +15,9 @@ use rayon::prelude::*;
 use crate::{
     OutputHash, StoreError,
     derivation::{put_bytes, put_len},
+    hash::TREE_CONTEXT,
     source::hash_file,
 };
-
-/// The BLAKE3 key-derivation context that domain-separates tree hashes.
-pub(crate) const TREE_CONTEXT: &str = "kiln 2026-11 tree v1";
 
 /// One path of a tree as the hash sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

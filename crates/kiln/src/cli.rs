@@ -70,10 +70,10 @@ pub struct GlobalArgs {
     pub yes: bool,
     /// Push every entry the command builds or uses to the remote stores, in the background
     /// (needs KILN_SIGNING_KEY or KILN_SIGNING_KEY_FILE).
-    #[arg(long, global = true, env = "KILN_PUSH", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, global = true, env = crate::env::KILN_PUSH, value_parser = clap::builder::FalseyValueParser::new())]
     pub push: bool,
     /// Accelerator: `auto` probes whether KVM really works (env: KILN_ACCEL).
-    #[arg(long, global = true, value_enum, env = "KILN_ACCEL", default_value = "auto")]
+    #[arg(long, global = true, value_enum, env = crate::env::KILN_ACCEL, default_value = "auto")]
     pub accel: AccelArg,
 }
 
@@ -276,27 +276,9 @@ pub enum VmCommand {
     /// The keeper process behind a session or a run pool (started by kiln).
     #[command(hide = true)]
     Keep {
-        /// The guest architecture.
+        /// What to keep, as the kiln that started the keeper wrote it (JSON).
         #[arg(long)]
-        arch: Arch,
-        /// The kernel.
-        #[arg(long)]
-        kernel: Option<String>,
-        /// The rootfs.
-        #[arg(long)]
-        rootfs: Option<String>,
-        /// Keep this many idle guests for runs.
-        #[arg(long)]
-        pool: Option<usize>,
-        /// Keep one guest for this session.
-        #[arg(long)]
-        session: Option<String>,
-        /// The session's owner process.
-        #[arg(long)]
-        owner: Option<u32>,
-        /// The snapshot closure the pool is for.
-        #[arg(long)]
-        closure: Option<String>,
+        spec: String,
     },
 }
 
@@ -377,10 +359,25 @@ so one version of kiln acts on the project (`--no-delegate` overrides).";
 #[non_exhaustive]
 pub enum StandaloneCommand {
     /// Adopt kiln in this repository (never overwrites a file).
-    Init(crate::commands::init::InitArgs),
+    Init(InitArgs),
     /// kiln's commands.
     #[command(flatten)]
     Kiln(Command),
+}
+
+/// Options of `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The repository to adopt kiln in (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Print what would be written, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Depend on kiln at this path instead of the crates.io release (for kiln's own tests
+    /// and for trying an unreleased kiln).
+    #[arg(long, value_name = "PATH")]
+    pub kiln_path: Option<PathBuf>,
 }
 
 /// `store`.
@@ -548,10 +545,15 @@ pub struct BenchArgs {
     pub arch: Vec<Arch>,
     /// Which benchmarks: `boot` (per-arch boot-to-verdict, warm-run overhead), `linux`
     /// (rootfs build, Linux boot-to-command, `run` per invocation), `store` (hashing a
-    /// generated 1 GiB tree, warm rehash, export + import) and `warm` (snapshot restore
-    /// against cold boot, `run` cold/snapshot/pooled, 100 doctests against qemu-user).
+    /// generated 1 GiB tree, warm rehash, export + import), `warm` (snapshot restore
+    /// against cold boot, `run` cold/snapshot/pooled, 100 doctests against qemu-user) and,
+    /// when asked for, `remote` (1 GiB pushed and pulled through a remote store).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchSuite::Boot, BenchSuite::Linux, BenchSuite::Store, BenchSuite::Warm])]
     pub suite: Vec<BenchSuite>,
+    /// The remote store `--suite remote` pushes to and pulls from (it writes entries there;
+    /// default: a temporary `file://` directory).
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
 }
 
 /// A group of benchmark rows.
@@ -567,6 +569,9 @@ pub enum BenchSuite {
     /// Warm guests: restore against cold boot to agent ready; `run` of a trivial program
     /// cold, from a snapshot and pooled; a crate's 100 doctests against user-mode QEMU.
     Warm,
+    /// Remote stores: 1 GiB pushed (first time, unchanged, one file changed) and pulled,
+    /// against one plain copy per file (needs the `remote` feature).
+    Remote,
 }
 
 /// `config`.

@@ -1,53 +1,113 @@
-//! Environment variables kiln reads, declared in one place.
+//! Every environment variable kiln reads, declared in one place, and the only functions in
+//! this crate that read the environment (a test in `tidy.rs` keeps it so).
+//!
+//! Variables read by the leaf crates on kiln's behalf are listed at the end: the S3 client
+//! reads the `AWS_*` family; every crate finds programs through `PATH`.
+
+use std::ffi::OsString;
 
 /// Overrides the store directory (`[store] path` in Kiln.toml).
 pub const KILN_STORE: &str = "KILN_STORE";
 
-/// Forces the accelerator: `kvm`, `tcg` or `auto` (the default: probe).
+/// Forces the accelerator: `kvm`, `tcg` or `auto` (the default: probe). Read by clap.
 pub const KILN_ACCEL: &str = "KILN_ACCEL";
+
+/// `true` pushes what a command builds or uses to every remote, as `--push` does. Read by clap.
+pub const KILN_PUSH: &str = "KILN_PUSH";
 
 /// The GitHub API kiln talks to (default `https://api.github.com`; a GitHub Enterprise
 /// server's `https://HOST/api/v3`).
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
 pub const KILN_GITHUB_API: &str = "KILN_GITHUB_API";
 
 /// Where release assets are uploaded (default: `https://uploads.github.com` for the public
 /// API, `https://HOST/api/uploads` for `https://HOST/api/v3`, else the API address).
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
 pub const KILN_GITHUB_UPLOADS: &str = "KILN_GITHUB_UPLOADS";
 
 /// The token for GitHub (`release`, `ci prune-caches`, `github-release` fetches of private
 /// repositories); `GH_TOKEN` is read when it is unset. Never printed.
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
 pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
 
 /// The second place kiln looks for a GitHub token.
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
 pub const GH_TOKEN: &str = "GH_TOKEN";
 
 /// `owner/name` of the repository a GitHub Actions job runs for.
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
 pub const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
+
+/// `true` inside GitHub Actions: kiln then writes workflow commands, groups and a job summary.
+pub const GITHUB_ACTIONS: &str = "GITHUB_ACTIONS";
+
+/// The checkout directory in GitHub Actions: annotations name Kiln.toml relative to it.
+pub const GITHUB_WORKSPACE: &str = "GITHUB_WORKSPACE";
+
+/// The file GitHub Actions reads a step's outputs from.
+pub const GITHUB_OUTPUT: &str = "GITHUB_OUTPUT";
+
+/// The file GitHub Actions renders as the job summary.
+pub const GITHUB_STEP_SUMMARY: &str = "GITHUB_STEP_SUMMARY";
 
 /// Remote stores, separated by commas or spaces; replaces `[store] remotes` (empty: none).
 pub const KILN_REMOTES: &str = "KILN_REMOTES";
 
-/// `true` pushes what a command builds or uses to every remote, as `--push` does.
-pub const KILN_PUSH: &str = "KILN_PUSH";
-
 /// The secret key that signs pushed entries, as `cargo xtask store keygen` writes it. Never
 /// printed.
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
 pub const KILN_SIGNING_KEY: &str = "KILN_SIGNING_KEY";
 
 /// A file holding the secret signing key (read when `KILN_SIGNING_KEY` is unset).
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
 pub const KILN_SIGNING_KEY_FILE: &str = "KILN_SIGNING_KEY_FILE";
 
 /// Further trusted public keys, separated by commas or spaces, added to `[store] trusted-keys`.
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
 pub const KILN_TRUSTED_KEYS: &str = "KILN_TRUSTED_KEYS";
 
-/// Set to `true` by CI systems; kiln then installs missing host packages without asking.
+/// Set to `true` by CI systems; kiln then installs missing host packages without asking and
+/// draws no progress bars.
 pub const CI: &str = "CI";
+
+/// The base of the per-user cache (`$XDG_CACHE_HOME/kiln`).
+pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
+
+/// The user's home (`~/.cache/kiln` when `XDG_CACHE_HOME` is unset).
+pub const HOME: &str = "HOME";
+
+/// The terminal type, passed to a `vm shell` so the guest's programs draw right.
+pub const TERM: &str = "TERM";
+
+/// The timestamp every file in a kiln-built image gets (default 0), for reproducible images.
+pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
+
+/// cargo's home: its config files are closure inputs, and paths below it are named
+/// `$CARGO_HOME/...` in closures so they hash the same on every machine.
+pub const CARGO_HOME: &str = "CARGO_HOME";
+
+/// The package directory cargo runs a test binary for; `kiln run` (cargo's runner) shares it
+/// into the guest.
+pub const CARGO_MANIFEST_DIR: &str = "CARGO_MANIFEST_DIR";
+
+/// The toolchain rustup picked for the running kiln; dropped for the project's own builds
+/// unless the user set it (see [`RUSTUP_TOOLCHAIN_SOURCE`]).
+pub const RUSTUP_TOOLCHAIN: &str = "RUSTUP_TOOLCHAIN";
+
+/// Why rustup picked its toolchain: `env` when the user set `RUSTUP_TOOLCHAIN` themselves.
+pub const RUSTUP_TOOLCHAIN_SOURCE: &str = "RUSTUP_TOOLCHAIN_SOURCE";
+
+/// Flags cargo passes to rustc; when set, cargo ignores the rustflags of cargo config files.
+pub const RUSTFLAGS: &str = "RUSTFLAGS";
+
+/// `RUSTFLAGS` separated by `\x1f`, which cargo prefers over `RUSTFLAGS`.
+pub const CARGO_ENCODED_RUSTFLAGS: &str = "CARGO_ENCODED_RUSTFLAGS";
 
 /// Variables `cargo run` and rustup set for `cargo xtask` itself. They describe kiln's own
 /// build, not the project's, so kiln removes them before it runs cargo for an artifact.
 pub const CARGO_RUN_VARIABLES: &[&str] = &[
     "CARGO",
-    "CARGO_MANIFEST_DIR",
+    CARGO_MANIFEST_DIR,
     "CARGO_MANIFEST_PATH",
     "CARGO_PRIMARY_PACKAGE",
     "CARGO_CRATE_NAME",
@@ -60,13 +120,13 @@ pub const CARGO_PKG_PREFIX: &str = "CARGO_PKG_";
 
 /// Environment variables that change what cargo builds; each one set is a closure input.
 pub const BUILD_INPUT_VARIABLES: &[&str] = &[
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
+    RUSTFLAGS,
+    CARGO_ENCODED_RUSTFLAGS,
     "RUSTC",
     "RUSTC_WRAPPER",
     "RUSTC_WORKSPACE_WRAPPER",
     "RUSTC_BOOTSTRAP",
-    "RUSTUP_TOOLCHAIN",
+    RUSTUP_TOOLCHAIN,
     "CC",
     "CXX",
     "AR",
@@ -95,7 +155,60 @@ pub const BUILD_NEUTRAL_VARIABLES: &[&str] = &["CARGO_BUILD_JOBS", "CARGO_BUILD_
 /// (`CARGO_TARGET_{TRIPLE}_RUNNER`: kiln itself, when it is cargo's runner).
 pub const BUILD_NEUTRAL_SUFFIXES: &[&str] = &["_RUNNER"];
 
+/// Prefixes of the host variables a program run by `kiln run` gets in the guest: what cargo
+/// and test harnesses set (`RUSTC_BOOTSTRAP` for `-Zunstable-options` test binaries included).
+pub const GUEST_PASSED_PREFIXES: &[&str] = &["CARGO_", "RUST_", "RUSTC_BOOTSTRAP", "NEXTEST", "__CARGO_"];
+
+/// Variables the leaf crates read on kiln's behalf: the S3 client of a remote store reads the
+/// usual `AWS_*` family (keys, region, endpoint: `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`,
+/// `AWS_ENDPOINT`), and TLS reads `SSL_CERT_FILE` and `SSL_CERT_DIR` for the trust store.
+#[allow(dead_code)] // Documentation: kiln itself never reads these.
+pub const READ_BY_LEAF_CRATES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "PATH",
+];
+
+/// A variable's value, when it is set and valid Unicode.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A variable's value, when it is set and not blank.
+pub fn non_empty(name: &str) -> Option<String> {
+    var(name).filter(|value| !value.trim().is_empty())
+}
+
+/// A variable's raw value, when it is set.
+pub fn var_os(name: &str) -> Option<OsString> {
+    std::env::var_os(name)
+}
+
+/// Whether a variable is set at all.
+pub fn is_set(name: &str) -> bool {
+    std::env::var_os(name).is_some()
+}
+
+/// Every variable set now whose name and value are valid Unicode (for the closure's build
+/// variables and the guest's passed variables, which are chosen by name).
+pub fn all() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+}
+
 /// Whether `CI` says we run in CI (`true`, `1` or `yes`, in any case).
 pub fn in_ci() -> bool {
-    std::env::var(CI).is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+    var(CI).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+}
+
+/// Whether kiln runs inside GitHub Actions.
+pub fn in_github_actions() -> bool {
+    var(GITHUB_ACTIONS).is_some_and(|v| v == "true")
 }

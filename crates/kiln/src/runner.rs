@@ -1,4 +1,5 @@
-//! Boots a plan's cases, several at once, and collects their results.
+//! Boots a plan's cases, several at once, and collects their results; every boot is told to
+//! the reporter as events (started, serial lines, finished).
 
 use std::{
     path::{Path, PathBuf},
@@ -6,117 +7,25 @@ use std::{
     time::Instant,
 };
 
-use kiln_qemu::{BootOutcome, BootRequest, Console, Exit, QemuError, accel::Accel};
+use kiln_qemu::{BootOutcome, BootRequest, Console, Exit, QemuError};
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::{
-    exec::guest,
+    boots::{ReadyBoot, ReadyRun},
+    events::{Event, Reporter},
+    guest::{self, GuestIo},
+    outcome::{CaseResult, CaseStatus},
     plan::CaseRun,
-    report::{CaseResult, CaseStatus, Event, Printer},
     vm::SnapshotTarget,
 };
 
-/// What a ready run boots.
-#[derive(Clone, Debug)]
-pub enum ReadyBoot {
-    /// A kernel image booted on its own.
-    Kernel(PathBuf),
-    /// A Linux kernel with an initramfs, running a command.
-    Linux(LinuxImages),
-    /// A restored booted snapshot, running a command through kiln's agent.
-    Snapshot {
-        /// What the snapshot is made of.
-        target: Arc<SnapshotTarget>,
-        /// The snapshot's entry directory.
-        entry: PathBuf,
-        /// The shell command.
-        command: String,
-    },
-}
-
-/// The store paths of a Linux boot.
-#[derive(Clone, Debug)]
-pub struct LinuxImages {
-    /// The kernel image.
-    pub kernel: PathBuf,
-    /// The kernel's modules archive.
-    pub modules: PathBuf,
-    /// The initramfs: the rootfs itself, or for a disk rootfs the stub that mounts it.
-    pub rootfs: PathBuf,
-    /// A disk rootfs and its QEMU format.
-    pub disk: Option<(PathBuf, &'static str)>,
-    /// The kernel's own command-line arguments.
-    pub cmdline: Vec<String>,
-    /// The shell command to run.
-    pub command: String,
-}
-
-/// What a Linux boot connects besides the console: the program's stdout and stderr (host
-/// files behind two virtio consoles) and 9p shares.
-#[derive(Clone, Debug, Default)]
-pub struct GuestIo<'a> {
-    /// Host files for the program's stdout and stderr.
-    pub program_output: Option<(&'a Path, &'a Path)>,
-    /// Host directories shared read-only.
-    pub shares: Vec<kiln_qemu::Share<'a>>,
-    /// The guest agent's socket.
-    pub agent_socket: Option<&'a Path>,
-    /// QMP's socket.
-    pub qmp_socket: Option<&'a Path>,
-    /// Load the guest's state instead of booting (`-incoming`).
-    pub incoming: Option<String>,
-}
-
-impl LinuxImages {
-    /// Writes one boot's initramfs to `initrd`: the rootfs (or a disk's boot stub), the
-    /// kernel's modules and the per-boot archive of `files`.
-    pub fn compose_initrd(&self, files: &guest::BootFiles<'_>, initrd: &Path) -> anyhow::Result<()> {
-        guest::compose_initrd(&self.rootfs, &self.modules, files, initrd)
-    }
-
-    /// QEMU's arguments for one boot of these images on `machine` with this nonce.
-    pub fn argv(
-        &self,
-        machine: &kiln_qemu::Machine,
-        initrd: &Path,
-        nonce: &str,
-        accel: Accel,
-        console: Console,
-        io: GuestIo<'_>,
-    ) -> kiln_qemu::Argv {
-        let cmdline = guest::cmdline(machine, nonce, &self.cmdline);
-        let boot = kiln_qemu::LinuxBoot {
-            kernel: &self.kernel,
-            initrd,
-            cmdline: &cmdline,
-            program_output: io.program_output,
-            shares: io.shares,
-            disk: self.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
-            agent_socket: io.agent_socket,
-            qmp_socket: io.qmp_socket,
-            incoming: io.incoming,
-        };
-        machine.linux_argv(&boot, accel, console)
-    }
-}
-
-/// One boot, with everything resolved.
-#[derive(Clone, Debug)]
-pub struct ReadyRun {
-    /// The case on its machine.
-    pub run: CaseRun,
-    /// What it boots.
-    pub boot: ReadyBoot,
-    /// Whether the kernel was built in this run.
-    pub built: bool,
-    /// Whether it came from a remote store in this run.
-    pub substituted: bool,
-    /// The accelerator for its architecture.
-    pub accel: Accel,
-}
-
 /// Boots every run, at most `jobs` at a time; serial logs go to `log_dir`.
-pub fn run_all(runs: Vec<ReadyRun>, jobs: usize, log_dir: &Path, printer: Arc<Printer>) -> Vec<CaseResult> {
+pub(crate) fn run_all(
+    runs: Vec<ReadyRun>,
+    jobs: usize,
+    log_dir: &Path,
+    reporter: Arc<dyn Reporter>,
+) -> Vec<CaseResult> {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -133,11 +42,11 @@ pub fn run_all(runs: Vec<ReadyRun>, jobs: usize, log_dir: &Path, printer: Arc<Pr
         let pending: Vec<ReadyRun> = runs.clone();
         for (index, ready) in runs.into_iter().enumerate() {
             let permits = permits.clone();
-            let printer = printer.clone();
+            let reporter = reporter.clone();
             let log_dir = log_dir.to_owned();
             set.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                (index, boot_one(ready, &log_dir, &printer).await)
+                (index, boot_one(ready, &log_dir, reporter.as_ref()).await)
             });
         }
         let interrupt = tokio::signal::ctrl_c();
@@ -152,7 +61,7 @@ pub fn run_all(runs: Vec<ReadyRun>, jobs: usize, log_dir: &Path, printer: Arc<Pr
                 _ = &mut interrupt => {
                     // Dropping the boots kills their process groups.
                     set.shutdown().await;
-                    printer.warn("interrupted: the guests still running were stopped");
+                    reporter.warn("interrupted: the guests still running were stopped");
                     break;
                 }
             }
@@ -179,6 +88,7 @@ fn error_result(ready: &ReadyRun, log_dir: &Path, detail: String) -> CaseResult 
     CaseResult {
         label: ready.run.label(),
         case: ready.run.case.clone(),
+        line: ready.run.line,
         machine: ready.run.machine.name.clone(),
         arch: ready.run.machine.arch,
         verdict: None,
@@ -207,17 +117,17 @@ fn render(
             let initrd = scratch.path().join("initrd");
             images
                 .compose_initrd(&guest::BootFiles { command: images.command.clone(), ..Default::default() }, &initrd)?;
-            let nonce = guest::nonce();
+            let nonce = guest::nonce()?;
             let argv = images.argv(machine, &initrd, &nonce, ready.accel, Console::Captured, GuestIo::default());
             Ok((argv, Some(guest::exit_marker(&nonce)), Some(scratch)))
         }
     }
 }
 
-async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseResult {
+async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> CaseResult {
     if let ReadyBoot::Snapshot { target, entry, command } = &ready.boot {
-        let result = snapshot_case(&ready, target, entry, command, log_dir, printer).await;
-        printer.event(Event::CaseFinished(&result));
+        let result = snapshot_case(&ready, target, entry, command, log_dir, reporter).await;
+        reporter.report(Event::CaseFinished(&result));
         return result;
     }
     let run = &ready.run;
@@ -226,7 +136,7 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
         Ok(rendered) => rendered,
         Err(err) => {
             let result = error_result(&ready, log_dir, format!("cannot prepare the boot: {err:#}"));
-            printer.event(Event::CaseFinished(&result));
+            reporter.report(Event::CaseFinished(&result));
             return result;
         }
     };
@@ -240,10 +150,10 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
         exit_marker,
     };
     let command = format!("{} {}", request.program, request.argv.display());
-    printer.event(Event::CaseStarted { label: &label, command: &command });
+    reporter.report(Event::CaseStarted { label: &label, command: &command });
     let started = Instant::now();
     let outcome = kiln_qemu::boot(&request, &run.judge, |line| {
-        printer.event(Event::SerialLine { label: &label, line });
+        reporter.report(Event::SerialLine { label: &label, line });
     })
     .await;
     let result = match outcome {
@@ -259,6 +169,7 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
             CaseResult {
                 label: label.clone(),
                 case: run.case.clone(),
+                line: run.line,
                 machine: run.machine.name.clone(),
                 arch: run.machine.arch,
                 detail,
@@ -277,7 +188,7 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, printer: &Printer) -> CaseRes
             result
         }
     };
-    printer.event(Event::CaseFinished(&result));
+    reporter.report(Event::CaseFinished(&result));
     result
 }
 
@@ -290,7 +201,7 @@ async fn snapshot_case(
     entry: &Path,
     command: &str,
     log_dir: &Path,
-    printer: &Printer,
+    reporter: &dyn Reporter,
 ) -> CaseResult {
     use std::io::Write as _;
     let run = &ready.run;
@@ -303,7 +214,7 @@ async fn snapshot_case(
         Err(err) => return error_result(ready, log_dir, format!("cannot create {}: {err}", log.display())),
     };
     let shown = format!("restore {} and run `{command}` through kiln-agent", entry.display());
-    printer.event(Event::CaseStarted { label: &label, command: &shown });
+    reporter.report(Event::CaseStarted { label: &label, command: &shown });
     let mut guest = match target.restore(entry).await {
         Ok(guest) => guest,
         Err(err) => return error_result(ready, log_dir, format!("the snapshot could not be restored: {err:#}")),
@@ -314,7 +225,7 @@ async fn snapshot_case(
     let mut on_line = |line: &str, outcome: &mut BootOutcome| {
         let _ = writeln!(log_file, "{line}");
         outcome.observe(line, &run.judge);
-        printer.event(Event::SerialLine { label: &label, line });
+        reporter.report(Event::SerialLine { label: &label, line });
     };
     let exec = guest.agent.exec(argv, env, Some("/".to_owned()), |is_stderr, bytes| {
         let buffer = &mut pending[usize::from(is_stderr)];
@@ -335,7 +246,7 @@ async fn snapshot_case(
         Ok(Err(err)) => {
             // The agent went away: the kernel's console says why (a panic is the case's failure).
             drop(guest.qemu);
-            let console = std::fs::read_to_string(guest.scratch.path().join(crate::exec::snapshot::CONSOLE_FILE))
+            let console = std::fs::read_to_string(guest.scratch.path().join(crate::vm::snapshot::CONSOLE_FILE))
                 .unwrap_or_default();
             on_line("--- the guest's console after the restore ---", &mut outcome);
             for line in console.lines() {
@@ -356,6 +267,7 @@ async fn snapshot_case(
     CaseResult {
         label: label.clone(),
         case: run.case.clone(),
+        line: run.line,
         machine: run.machine.name.clone(),
         arch: run.machine.arch,
         detail: verdict.describe(),

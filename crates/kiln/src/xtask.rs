@@ -34,11 +34,17 @@
 //!             Cmd::Kiln(command) => command.run(global),
 //!             Cmd::Pack => {
 //!                 let cx = Cx::from_args(global)?;
-//!                 let kernel = cx.root().join("target/kernel.elf");
-//!                 let (out, _) = cx.step("pack").input_file("kernel", &kernel)?.build(|out| {
+//!                 // Every artifact on x86_64, built through the store (cached by closure).
+//!                 let kernels = cx.build(&[], &[kiln::xtask::Arch::X86_64])?;
+//!                 let mut step = cx.step("pack");
+//!                 for built in &kernels {
+//!                     step = step.input_build(built);
+//!                 }
+//!                 let (out, _) = step.build(|out| {
 //!                     let sh = cx.shell()?;
 //!                     let image = out.join("disk.img");
-//!                     cmd!(sh, "mkimage --kernel {kernel} --out {image}").run()?;
+//!                     let kernels: Vec<_> = kernels.iter().flat_map(|b| b.images.clone()).collect();
+//!                     cmd!(sh, "mkimage --out {image} {kernels...}").run()?;
 //!                     Ok(())
 //!                 })?;
 //!                 println!("{}", out.join("disk.img").display());
@@ -58,11 +64,20 @@ use std::{ffi::OsString, process::ExitCode};
 
 use clap::Parser;
 
+pub use kiln_qemu::{FailReason, PassReason, Verdict};
+pub use kiln_store::{BuildOutcome, ClosureHash};
+pub use kiln_types::Arch;
+
 pub use crate::{
-    cli::{Cli, Command, GlobalArgs, StandaloneCli, StandaloneCommand},
-    cx::{Cx, Step},
+    cli::{
+        AccelArg, ArtifactArg, BenchArgs, BenchSuite, BuildArgs, CiArgs, CiCommand, Cli, Command, ConfigArgs,
+        GlobalArgs, InitArgs, KeyFor, QemuArgs, ReleaseArgs, RootfsArg, RootfsArgs, RootfsCommand, RunArgs,
+        SelftestArgs, StandaloneCli, StandaloneCommand, StoreArgs, StoreCommand, TestArgs, VmArgs, VmCommand,
+    },
+    cx::{Built, Cx, Step},
+    outcome::{CaseResult, CaseStatus, RunSummary, StoreUse},
 };
-use crate::{commands::UsageError, config::ConfigError, exit_code};
+use crate::{config::ConfigError, error::UsageError, exit_code};
 
 /// Parses the process's arguments, runs the command, prints any error, and returns the exit
 /// code. Never calls `process::exit`, never changes the working directory or environment.
@@ -95,7 +110,7 @@ pub trait Run {
 
 impl Run for Command {
     fn run(self, global: &GlobalArgs) -> anyhow::Result<u8> {
-        crate::commands::run_command(global, self)
+        crate::commands::dispatch(global, self)
     }
 }
 
@@ -136,9 +151,9 @@ pub fn standalone_main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { exit_code::USAGE } else { exit_code::SUCCESS });
         }
     };
-    let printer = crate::report::Printer::new(crate::commands::verbosity(&cli.global));
+    let printer = crate::report::Printer::new(crate::cx::verbosity(&cli.global));
     match cli.command {
-        StandaloneCommand::Init(init) => ExitCode::from(finish(crate::commands::init::run(&init, &printer))),
+        StandaloneCommand::Init(init) => ExitCode::from(finish(crate::commands::init(&init, &printer))),
         StandaloneCommand::Kiln(command) => {
             if !cli.no_delegate
                 && let Some(root) = delegate_root(&cli.global)
@@ -222,11 +237,11 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 fn run_to_code(cli: Cli) -> u8 {
-    finish(crate::commands::run(cli))
+    finish(crate::commands::dispatch(&cli.global, cli.command))
 }
 
 /// The exit code an error maps to.
-pub fn error_exit_code(err: &anyhow::Error) -> u8 {
+fn error_exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|e| e.is::<ConfigError>() || e.is::<UsageError>()) {
         exit_code::USAGE
     } else if err.chain().any(|e| matches!(e.downcast_ref(), Some(kiln_store::StoreError::Build { .. }))) {
@@ -237,7 +252,7 @@ pub fn error_exit_code(err: &anyhow::Error) -> u8 {
 }
 
 /// `error: …`, one `Caused by:` line per cause, then `help:` when known.
-pub fn render_error(err: &anyhow::Error) -> String {
+fn render_error(err: &anyhow::Error) -> String {
     let mut text = format!("error: {err}");
     if let Some(usage) = err.downcast_ref::<UsageError>()
         && let Some(help) = &usage.help

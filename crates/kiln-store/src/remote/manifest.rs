@@ -312,3 +312,154 @@ fn parse_blob_hash(hex: &str) -> Option<blake3::Hash> {
     }
     blake3::Hash::from_hex(hex).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+    use crate::{Derivation, Store, tree::list_tree};
+
+    /// A real store entry (a file, an executable, a directory, a symlink) and what a pusher
+    /// signs of it.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        closure: ClosureHash,
+        meta: String,
+        output: OutputHash,
+        nodes: Vec<(PathBuf, Node)>,
+        key: SecretKey,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("store")).expect("store");
+        let mut drv = Derivation::new("manifest-test");
+        drv.setting("tag", "a");
+        let (entry, _) = store
+            .build(
+                &drv,
+                "a",
+                || {},
+                |out| {
+                    std::fs::create_dir_all(out.join("bin"))?;
+                    std::fs::write(out.join("bin/tool"), b"#!/bin/sh\n")?;
+                    std::fs::set_permissions(
+                        out.join("bin/tool"),
+                        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                    )?;
+                    std::fs::write(out.join("data"), b"data")?;
+                    symlink("bin/tool", out.join("link"))?;
+                    Ok(())
+                },
+            )
+            .expect("entry");
+        let meta = std::fs::read_to_string(entry.dir.join("meta.toml")).expect("meta.toml");
+        let nodes = list_tree(&entry.out_dir()).expect("listing");
+        Fixture {
+            closure: entry.closure,
+            output: hash_nodes(&nodes),
+            meta,
+            nodes,
+            key: SecretKey::generate("ci-1").expect("key"),
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        fn signed(&self, edit: impl FnOnce(&mut Vec<(PathBuf, Node)>, &mut String, &mut OutputHash)) -> Vec<u8> {
+            let (mut nodes, mut meta, mut output) = (self.nodes.clone(), self.meta.clone(), self.output);
+            edit(&mut nodes, &mut meta, &mut output);
+            let manifest = Manifest::of_entry(&self.closure, &meta, &output, &nodes, &self.key).expect("manifest");
+            serde_json::to_vec(&manifest).expect("json")
+        }
+
+        fn verify(&self, bytes: &[u8]) -> Result<(Manifest, EntryMeta), ManifestError> {
+            Manifest::verified(bytes, &self.closure, &[self.key.public()])
+        }
+    }
+
+    #[test]
+    fn a_signed_manifest_of_a_real_entry_verifies_and_names_its_blobs() {
+        let f = fixture();
+        let (manifest, meta) = f.verify(&f.signed(|_, _, _| {})).expect("verifies");
+        assert_eq!(meta.output_hash, f.output.to_string());
+        let blobs = manifest.blobs(Path::new("/out"));
+        assert_eq!(blobs.len(), 2, "two distinct file contents");
+        assert!(blobs.iter().any(|b| b.targets == [(PathBuf::from("/out/bin/tool"), true)]), "{blobs:?}");
+    }
+
+    #[test]
+    fn signatures_must_come_from_a_trusted_key_and_match() {
+        let f = fixture();
+        let bytes = f.signed(|_, _, _| {});
+        // Nobody trusted.
+        let err = Manifest::verified(&bytes, &f.closure, &[]).expect_err("untrusted");
+        assert!(matches!(err, ManifestError::Untrusted { ref keys } if keys == "`ci-1`"), "{err}");
+        // A trusted key of the same name that did not sign it.
+        let impostor = SecretKey::generate("ci-1").expect("key").public();
+        let err = Manifest::verified(&bytes, &f.closure, &[impostor]).expect_err("another key");
+        assert!(matches!(err, ManifestError::BadSignature { ref key } if key == "ci-1"), "{err}");
+        // No signature at all.
+        let mut manifest: Manifest = serde_json::from_slice(&bytes).expect("json");
+        manifest.signatures.clear();
+        let err = f.verify(&serde_json::to_vec(&manifest).expect("json")).expect_err("unsigned");
+        assert!(matches!(err, ManifestError::Unsigned), "{err}");
+        // Tampered after signing: another file content.
+        let mut manifest: Manifest = serde_json::from_slice(&bytes).expect("json");
+        if let ManifestKind::File { blake3, .. } =
+            &mut manifest.files.iter_mut().find(|f| f.path == "data").expect("data").kind
+        {
+            *blake3 = "0".repeat(64);
+        }
+        let err = f.verify(&serde_json::to_vec(&manifest).expect("json")).expect_err("tampered");
+        assert!(matches!(err, ManifestError::BadSignature { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_trusted_signer_cannot_vouch_for_a_manifest_that_contradicts_itself() {
+        let f = fixture();
+        // Another closure's manifest served under this one's name.
+        let mut manifest: Manifest = serde_json::from_slice(&f.signed(|_, _, _| {})).expect("json");
+        manifest.closure = "ab".repeat(32);
+        let err = f.verify(&serde_json::to_vec(&manifest).expect("json")).expect_err("other closure");
+        assert!(matches!(err, ManifestError::WrongClosure { .. }), "{err}");
+        // Metadata whose derivation hashes to another closure.
+        let err =
+            f.verify(&f.signed(|_, meta, _| *meta = meta.replace("manifest-test", "other-kind"))).expect_err("meta");
+        assert!(matches!(err, ManifestError::WrongClosure { ref what, .. } if what.contains("derivation")), "{err}");
+        // A listing that does not hash to the signed output hash.
+        let err =
+            f.verify(&f.signed(|nodes, _, _| nodes.retain(|(p, _)| p != Path::new("data")))).expect_err("listing");
+        assert!(matches!(err, ManifestError::ListingMismatch { .. }), "{err}");
+        // Another layout version.
+        let mut manifest: Manifest = serde_json::from_slice(&f.signed(|_, _, _| {})).expect("json");
+        manifest.layout = "kiln-v0".into();
+        let err = f.verify(&serde_json::to_vec(&manifest).expect("json")).expect_err("layout");
+        assert!(matches!(err, ManifestError::Layout { ref found } if found == "kiln-v0"), "{err}");
+        assert!(matches!(f.verify(b"{}").expect_err("shape"), ManifestError::Unreadable(_)));
+    }
+
+    #[test]
+    fn unsafe_paths_and_escaping_links_are_refused_even_when_signed() {
+        let f = fixture();
+        for (path, node) in [
+            ("../escape", Node::Dir),
+            ("a//b", Node::Dir),
+            ("out-link", Node::Symlink { target: b"../../etc/passwd".to_vec() }),
+            ("abs-link", Node::Symlink { target: b"/etc/passwd".to_vec() }),
+        ] {
+            // Signed, and consistent: the metadata records the output hash of the listing.
+            let bytes = f.signed(|nodes, meta, output| {
+                nodes.push((PathBuf::from(path), node.clone()));
+                nodes.sort_by(|a, b| a.0.as_os_str().as_encoded_bytes().cmp(b.0.as_os_str().as_encoded_bytes()));
+                let old = output.to_string();
+                *output = hash_nodes(nodes);
+                *meta = meta.replace(&old, &output.to_string());
+            });
+            let err = f.verify(&bytes).expect_err(path);
+            assert!(matches!(err, ManifestError::UnsafePath { path: ref p, .. } if p == path), "{path}: {err}");
+        }
+        assert_eq!(parse_blob_hash(&"A".repeat(64)), None, "only canonical lowercase hex names a blob");
+    }
+}

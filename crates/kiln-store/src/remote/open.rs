@@ -3,8 +3,12 @@
 use std::{sync::Arc, time::Duration};
 
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, RetryConfig, aws::AmazonS3Builder, http::HttpBuilder,
-    local::LocalFileSystem, prefix::PrefixStore,
+    BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig,
+    aws::AmazonS3Builder,
+    client::{HttpClient, HttpConnector},
+    http::HttpBuilder,
+    local::LocalFileSystem,
+    prefix::PrefixStore,
 };
 
 use crate::remote::RemoteSpec;
@@ -38,7 +42,6 @@ pub enum OpenError {
 pub(crate) fn object_store(spec: &RemoteSpec, create: bool) -> Result<Arc<dyn ObjectStore>, OpenError> {
     let bad = |problem: String| OpenError::BadUrl { url: spec.url.clone(), problem };
     let backend = |e: object_store::Error| OpenError::Backend { url: spec.url.clone(), message: e.to_string() };
-    install_crypto_provider();
     let (scheme, rest) = spec.url.split_once("://").ok_or_else(|| {
         bad("it has no scheme; remotes are `s3://BUCKET/PREFIX`, `http(s)://HOST/PATH` or `file:///PATH`".to_owned())
     })?;
@@ -64,6 +67,7 @@ pub(crate) fn object_store(spec: &RemoteSpec, create: bool) -> Result<Arc<dyn Ob
             let mut builder = AmazonS3Builder::from_env()
                 .with_url(format!("s3://{bucket}"))
                 .with_client_options(client_options(spec.timeout))
+                .with_http_connector(KilnConnector)
                 .with_retry(retry(spec.timeout));
             if let Some(endpoint) = &spec.endpoint {
                 builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
@@ -83,6 +87,7 @@ pub(crate) fn object_store(spec: &RemoteSpec, create: bool) -> Result<Arc<dyn Ob
             let store = HttpBuilder::new()
                 .with_url(spec.url.trim_end_matches('/'))
                 .with_client_options(client_options(spec.timeout).with_allow_http(scheme == "http"))
+                .with_http_connector(KilnConnector)
                 .with_retry(retry(spec.timeout))
                 .build()
                 .map_err(backend)?;
@@ -120,21 +125,40 @@ fn client_options(timeout: Duration) -> ClientOptions {
         .with_read_timeout(timeout)
 }
 
-/// One quick retry: a remote that is down must not hold a build up.
+/// kiln's retry budget for remotes ([`kiln_http::Retry::REMOTE`]: one quick retry, since a
+/// remote that is down must not hold a build up), run by object_store's own loop.
 fn retry(timeout: Duration) -> RetryConfig {
+    let budget = kiln_http::Retry::REMOTE;
     RetryConfig {
-        backoff: BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            base: 2.0,
-        },
-        max_retries: 1,
+        backoff: BackoffConfig { init_backoff: budget.first_delay, max_backoff: budget.max_delay, base: 2.0 },
+        max_retries: budget.attempts.saturating_sub(1) as usize,
         retry_timeout: timeout,
     }
 }
 
-/// rustls needs one process-wide crypto provider for HTTPS; kiln uses ring, as its GitHub
-/// client does.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// Gives object_store kiln's one HTTP client (its trust store, user agent), with the timeouts
+/// and HTTP permission of the options object_store asks for: it connects with other options
+/// for credentials than for the objects.
+#[derive(Debug)]
+struct KilnConnector;
+
+impl HttpConnector for KilnConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let generic =
+            |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic { store: "HTTP", source };
+        // Durations come back as humantime text (`3s`, `500ms`).
+        let duration = |key| options.get_config_value(&key).and_then(|text| humantime::parse_duration(&text).ok());
+        let timeouts = kiln_http::Timeouts {
+            connect: duration(ClientConfigKey::ConnectTimeout).unwrap_or(kiln_http::Timeouts::DEFAULT.connect),
+            read: duration(ClientConfigKey::ReadTimeout).unwrap_or(kiln_http::Timeouts::DEFAULT.read),
+        };
+        let mut builder = kiln_http::client_builder(timeouts)
+            .map_err(|e| generic(Box::new(e)))?
+            .https_only(options.get_config_value(&ClientConfigKey::AllowHttp).as_deref() != Some("true"));
+        if let Some(total) = duration(ClientConfigKey::Timeout) {
+            builder = builder.timeout(total);
+        }
+        let client = builder.build().map_err(|e| generic(Box::new(e)))?;
+        Ok(HttpClient::new(client))
+    }
 }

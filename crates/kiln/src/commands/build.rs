@@ -10,9 +10,9 @@ use crate::{
 };
 
 /// Builds and prints `ARTIFACT ARCH PATH` per bootable image on stdout.
-pub fn run(cx: &Cx, args: &BuildArgs) -> anyhow::Result<u8> {
-    let plan = Plan::for_build(&cx.config, &Selection { arches: args.arch.clone(), cases: Vec::new() });
-    let built = cx.realise(&plan.builds)?;
+pub(super) fn run(cx: &Cx, args: &BuildArgs) -> anyhow::Result<u8> {
+    let plan = Plan::for_build(cx.config(), &Selection::arches(&args.arch));
+    let built = cx.realise_builds(&plan)?;
     if crate::report::github::active() {
         let fresh = built.values().filter(|a| matches!(a.outcome, kiln_store::BuildOutcome::Built { .. })).count();
         crate::report::github::append_outputs(&format!("built={fresh}\ncached={}\n", built.len() - fresh))?;

@@ -5,13 +5,13 @@ use std::{collections::BTreeMap, io::Write as _};
 
 use crate::{
     cli::{CiArgs, CiCommand},
-    commands::UsageError,
     cx::Cx,
+    error::UsageError,
     exit_code,
 };
 
 /// Runs a `ci` subcommand.
-pub fn run(cx: &Cx, args: &CiArgs) -> anyhow::Result<u8> {
+pub(super) fn run(cx: &Cx, args: &CiArgs) -> anyhow::Result<u8> {
     match &args.command {
         CiCommand::PruneCaches { keep, dry_run, prefix, repository } => {
             prune_caches(cx, *keep, *dry_run, prefix, repository.as_deref())
@@ -28,13 +28,14 @@ fn family(key: &str) -> Option<&str> {
 }
 
 fn prune_caches(cx: &Cx, keep: usize, dry_run: bool, prefix: &str, repository: Option<&str>) -> anyhow::Result<u8> {
-    let repository = crate::github::repository(repository, &cx.config).ok_or_else(|| {
-        UsageError::new(
-            "which repository's caches?",
-            Some("pass `--repository owner/name` (GitHub Actions sets GITHUB_REPOSITORY)".to_owned()),
-        )
-    })?;
-    if let Err(err) = repository.parse::<kiln_github::Repo>() {
+    let repository =
+        crate::github::repository(repository, cx.config().release.repository.as_deref()).ok_or_else(|| {
+            UsageError::new(
+                "which repository's caches?",
+                Some("pass `--repository owner/name` (GitHub Actions sets GITHUB_REPOSITORY)".to_owned()),
+            )
+        })?;
+    if let Err(err) = repository.parse::<kiln_types::Repo>() {
         return Err(UsageError::new(err.to_string(), Some("pass `--repository owner/name`".to_owned())).into());
     }
     if crate::github::token().is_none() {
@@ -42,7 +43,7 @@ fn prune_caches(cx: &Cx, keep: usize, dry_run: bool, prefix: &str, repository: O
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = crate::github::client(&repository, true, Some(&cx.printer))?;
+        let client = crate::github::client(&repository, true, Some(cx.printer().clone()))?;
         let caches = client.caches(&format!("{prefix}-")).await?;
         // Newest first within each (branch, family).
         let mut groups: BTreeMap<(String, String), Vec<&kiln_github::CacheEntry>> = BTreeMap::new();
@@ -71,7 +72,7 @@ fn prune_caches(cx: &Cx, keep: usize, dry_run: bool, prefix: &str, repository: O
                 "{verb} {} ({}, {})",
                 cache.key,
                 cache.git_ref.as_deref().unwrap_or("-"),
-                crate::report::human_size(cache.size)
+                crate::units::human_size(cache.size)
             )?;
         }
         let verb = if dry_run { "would free" } else { "freed" };
@@ -80,7 +81,7 @@ fn prune_caches(cx: &Cx, keep: usize, dry_run: bool, prefix: &str, repository: O
             "{} of {} kiln caches {verb} {} (kept the newest {keep} per branch and key family)",
             doomed.len(),
             caches.len(),
-            crate::report::human_size(freed)
+            crate::units::human_size(freed)
         )?;
         anyhow::Ok(exit_code::SUCCESS)
     })

@@ -11,8 +11,8 @@ use crate::{
 };
 
 /// Prints every artifact, machine (with its rendered QEMU command) and case, defaults applied.
-pub fn run(cx: &Cx) -> anyhow::Result<u8> {
-    let text = render(&cx.config, cx.store.root())?;
+pub(super) fn run(cx: &Cx) -> anyhow::Result<u8> {
+    let text = render(cx.config(), cx.store().root())?;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(exit_code::SUCCESS)
 }

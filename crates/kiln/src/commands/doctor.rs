@@ -7,14 +7,14 @@ use std::{collections::BTreeSet, path::PathBuf};
 use crate::{
     cli::GlobalArgs,
     config::{self, Config},
+    exec::{self as provision},
     exit_code,
     plan::{Plan, Selection},
-    provision,
     report::Printer,
 };
 
 /// Runs `doctor`; exit code 0 when nothing is left to do, 1 otherwise.
-pub fn run(global: &GlobalArgs, printer: &Printer) -> anyhow::Result<u8> {
+pub(super) fn run(global: &GlobalArgs, printer: &Printer) -> anyhow::Result<u8> {
     let file = match &global.config {
         Some(path) => path.clone(),
         None => Config::discover(&std::env::current_dir()?)?,

@@ -13,22 +13,14 @@ use std::{
 use anyhow::{Context as _, bail};
 use kiln_types::Arch;
 
-use crate::{config::toml_key, exec, exit_code, provision, report::Printer};
-
-/// Options of `init`.
-#[derive(Debug, clap::Args)]
-pub struct InitArgs {
-    /// The repository to adopt kiln in (default: the current directory).
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Print what would be written, and write nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Depend on kiln at this path instead of the crates.io release (for kiln's own tests
-    /// and for trying an unreleased kiln).
-    #[arg(long, value_name = "PATH")]
-    pub kiln_path: Option<PathBuf>,
-}
+use crate::{
+    cli::InitArgs,
+    config::toml_key,
+    error::UsageError,
+    exec::{self as provision, tool_command},
+    exit_code,
+    report::Printer,
+};
 
 /// One change `init` makes.
 enum Change {
@@ -51,14 +43,14 @@ struct Detected {
 }
 
 /// Runs `init`.
-pub fn run(args: &InitArgs, printer: &Printer) -> anyhow::Result<u8> {
+pub(crate) fn run(args: &InitArgs, printer: &Printer) -> anyhow::Result<u8> {
     let root = match &args.dir {
         Some(dir) => dir.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
     let root = std::path::absolute(&root).unwrap_or(root);
     if !root.join("Cargo.toml").is_file() {
-        return Err(crate::commands::UsageError::new(
+        return Err(UsageError::new(
             format!("`{}` has no Cargo.toml", root.display()),
             Some("run `cargo kiln init` at the root of a cargo project, or pass `--dir DIR`".to_owned()),
         )
@@ -131,7 +123,7 @@ fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn detect(root: &Path) -> anyhow::Result<Detected> {
-    let output = exec::tool_command("cargo", root)
+    let output = tool_command("cargo", root)
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
         .context("failed to run `cargo metadata`")?;

@@ -4,16 +4,15 @@ use kiln_qemu::{Console, Exit};
 
 use crate::{
     cli::QemuArgs,
-    commands::UsageError,
     cx::Cx,
-    exec::guest,
-    exit_code,
+    error::UsageError,
+    exit_code, guest,
     plan::{Guest, Plan, Selection},
 };
 
 /// Builds the case's artifact, boots it interactively and reports how QEMU ended; the exit
 /// code is 0 whenever the session ran (a person, not a verdict, ends it).
-pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
+pub(super) fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
     use std::io::IsTerminal as _;
     if !std::io::stdin().is_terminal() {
         return Err(UsageError::new(
@@ -22,7 +21,7 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
         )
         .into());
     }
-    let config = &cx.config;
+    let config = cx.config();
     let case = match &args.case {
         Some(name) => name.clone(),
         None => {
@@ -31,7 +30,7 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
             )?
         }
     };
-    let selection = Selection { arches: args.arch.into_iter().collect(), cases: vec![case.clone()] };
+    let selection = Selection { arches: args.arch.into_iter().collect(), names: vec![case.clone()] };
     let plan = Plan::for_test(config, &selection)?;
     let run = match plan.runs.as_slice() {
         [one] => one.clone(),
@@ -47,30 +46,28 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
             .into());
         }
     };
-    cx.provision_machines([&run])?;
-    let realised = cx.realise_plan(&plan)?;
-    let accel = cx.accelerators([run.machine.arch])[&run.machine.arch].accel;
+    cx.executor().provision_machines([&run.machine])?;
+    let realised = cx.realise(&plan)?;
+    let accel = cx.executor().accelerator(run.machine.arch, cx.options().accel);
     let scratch = tempfile::tempdir()?;
     let argv = match &run.guest {
-        Guest::Artifact(key) => {
-            let artifact = realised.builds.get(key).ok_or_else(|| anyhow::anyhow!("{key} was not built"))?;
+        Guest::Artifact { build, .. } => {
+            let artifact = realised.builds.get(build).ok_or_else(|| anyhow::anyhow!("{build} was not built"))?;
             run.machine.argv(artifact.image(), accel, Console::Interactive)
         }
-        Guest::Linux { kernel, rootfs, command, .. } => {
-            let (Some(k), Some(r)) = (realised.images.get(kernel), realised.images.get(rootfs)) else {
-                anyhow::bail!("{kernel} or {rootfs} was not built");
-            };
-            let images = super::test::linux_images(cx, kernel, k, rootfs, r, command.clone());
+        Guest::Linux { guest, command, .. } => {
+            let images = realised.linux_images(guest, command)?;
             let initrd = scratch.path().join("initrd");
             images
                 .compose_initrd(&guest::BootFiles { command: images.command.clone(), ..Default::default() }, &initrd)?;
-            images.argv(&run.machine, &initrd, &guest::nonce(), accel, Console::Interactive, Default::default())
+            images.argv(&run.machine, &initrd, &guest::nonce()?, accel, Console::Interactive, Default::default())
         }
     };
     let program = run.machine.arch.qemu_binary();
-    cx.printer.status("Booting", &format!("{} (Ctrl-A X quits, Ctrl-A C switches to the monitor)", run.label()));
-    cx.printer.verbose("Running", &format!("{program} {}", argv.display()));
-    let exit = kiln_qemu::interactive(program, &argv)?;
+    cx.printer().status("Booting", &format!("{} (Ctrl-A X quits, Ctrl-A C switches to the monitor)", run.label()));
+    cx.printer().verbose("Running", &format!("{program} {}", argv.display()));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let exit = runtime.block_on(kiln_qemu::interactive(program, &argv))?;
     // Ctrl-A X also ends QEMU with status 0, so an interactive session judges nothing: it
     // says how QEMU ended and what that status would mean.
     let how = match exit {
@@ -81,6 +78,6 @@ pub fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
         Exit::Signal(signal) => format!("QEMU was killed by signal {signal}"),
         _ => "QEMU stopped".to_owned(),
     };
-    cx.printer.status("Finished", &format!("{} ({how})", run.label()));
+    cx.printer().status("Finished", &format!("{} ({how})", run.label()));
     Ok(exit_code::SUCCESS)
 }

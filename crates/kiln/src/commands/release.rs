@@ -12,8 +12,8 @@ use sha2::Digest as _;
 
 use crate::{
     cli::ReleaseArgs,
-    commands::UsageError,
     cx::Cx,
+    error::UsageError,
     exit_code,
     plan::{ImageKind, Plan, Selection},
 };
@@ -65,8 +65,8 @@ enum Action {
 }
 
 /// Runs `release`.
-pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
-    let settings = &cx.config.release;
+pub(super) fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
+    let settings = &cx.config().release;
     if settings.is_empty() {
         return Err(UsageError::new(
             "Kiln.toml's `[release]` names nothing to publish",
@@ -74,7 +74,7 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
         )
         .into());
     }
-    let repository = crate::github::repository(None, &cx.config).ok_or_else(|| {
+    let repository = crate::github::repository(None, cx.config().release.repository.as_deref()).ok_or_else(|| {
         UsageError::new(
             "which repository should the release be in?",
             Some("set `[release] repository = \"owner/name\"` (GitHub Actions sets GITHUB_REPOSITORY)".to_owned()),
@@ -86,7 +86,7 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
             UsageError::new(format!("`{}` is not a tag", args.tag), Some("e.g. `--tag v1.2.0`".to_owned())).into()
         );
     }
-    if let Err(err) = repository.parse::<kiln_github::Repo>() {
+    if let Err(err) = repository.parse::<kiln_types::Repo>() {
         return Err(UsageError::new(
             err.to_string(),
             Some("set `[release] repository` or GITHUB_REPOSITORY".to_owned()),
@@ -113,12 +113,12 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "release {} of {repository} (dry run, no token: not compared with GitHub)", args.tag)?;
         for file in &files {
-            writeln!(out, "  publish  {:<40} {:>10}", file.name, crate::report::human_size(file.bytes.len() as u64))?;
+            writeln!(out, "  publish  {:<40} {:>10}", file.name, crate::units::human_size(file.bytes.len() as u64))?;
         }
         return Ok(exit_code::SUCCESS);
     }
     runtime.block_on(async {
-        let client = crate::github::client(&repository, true, Some(&cx.printer))?;
+        let client = crate::github::client(&repository, true, Some(cx.printer().clone()))?;
         let existing = client.release_by_tag(&args.tag).await?;
         let assets = match &existing {
             Some(release) => client.assets(release.id).await?,
@@ -150,7 +150,7 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
                     out,
                     "  {verb:<8} {:<40} {:>10}",
                     file.name,
-                    crate::report::human_size(file.bytes.len() as u64)
+                    crate::units::human_size(file.bytes.len() as u64)
                 )?;
             }
             return Ok(exit_code::SUCCESS);
@@ -158,42 +158,42 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
         let body = release_notes(&files);
         let release = match existing {
             Some(release) if release.body == body && release.draft == args.draft && release.name == args.tag => {
-                cx.printer.status("Found", &format!("release {} ({})", args.tag, release.html_url));
+                cx.printer().status("Found", &format!("release {} ({})", args.tag, release.html_url));
                 release
             }
             Some(release) => {
                 let updated = client.update_release(release.id, &args.tag, &body, args.draft).await?;
-                cx.printer.status("Updating", &format!("release {} ({})", args.tag, updated.html_url));
+                cx.printer().status("Updating", &format!("release {} ({})", args.tag, updated.html_url));
                 updated
             }
             None => {
                 let created = client.create_release(&args.tag, &args.tag, &body, args.draft).await?;
-                cx.printer.status("Created", &format!("release {} ({})", args.tag, created.html_url));
+                cx.printer().status("Created", &format!("release {} ({})", args.tag, created.html_url));
                 created
             }
         };
         let (mut uploaded, mut kept) = (0, 0);
         for (file, action) in plan {
-            let size = crate::report::human_size(file.bytes.len() as u64);
+            let size = crate::units::human_size(file.bytes.len() as u64);
             match action {
                 Action::Keep => {
                     kept += 1;
-                    cx.printer.verbose("Unchanged", &file.name);
+                    cx.printer().verbose("Unchanged", &file.name);
                 }
                 Action::Replace(id) => {
                     client.delete_asset(id).await?;
                     client.upload_asset(release.id, &file.name, file.bytes.clone()).await?;
                     uploaded += 1;
-                    cx.printer.status("Replaced", &format!("{} ({size})", file.name));
+                    cx.printer().status("Replaced", &format!("{} ({size})", file.name));
                 }
                 Action::Upload => {
                     client.upload_asset(release.id, &file.name, file.bytes.clone()).await?;
                     uploaded += 1;
-                    cx.printer.status("Uploaded", &format!("{} ({size})", file.name));
+                    cx.printer().status("Uploaded", &format!("{} ({size})", file.name));
                 }
             }
         }
-        cx.printer
+        cx.printer()
             .always(&format!("release {}: {uploaded} uploaded, {kept} unchanged ({})", args.tag, release.html_url));
         anyhow::Ok(exit_code::SUCCESS)
     })
@@ -201,16 +201,16 @@ pub fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
 
 /// Builds (or finds) what `[release]` names and reads each file to publish.
 fn collect(cx: &Cx) -> anyhow::Result<Vec<Publish>> {
-    let settings = &cx.config.release;
+    let settings = &cx.config().release;
     let everything = Selection::default();
-    let builds: Vec<_> = Plan::for_build(&cx.config, &everything)
+    let builds: Vec<_> = Plan::for_build(cx.config(), &everything)
         .builds
         .into_iter()
         .filter(|step| settings.artifacts.contains(&step.key.artifact))
         .collect();
     let mut files = Vec::new();
     let origin_of = |closure: &kiln_store::ClosureHash, path: PathBuf| -> anyhow::Result<Origin> {
-        let entry = cx.store.lookup(closure)?.with_context(|| format!("{closure} is not in the store"))?;
+        let entry = cx.store().lookup(closure)?.with_context(|| format!("{closure} is not in the store"))?;
         Ok(Origin {
             path,
             closure: closure.to_string(),
@@ -219,7 +219,8 @@ fn collect(cx: &Cx) -> anyhow::Result<Vec<Publish>> {
             inputs: entry.meta.derivation.inputs.iter().map(|(k, v)| (k.clone(), hex(&v.0))).collect(),
         })
     };
-    for (key, built) in cx.realise(&builds)? {
+    let plan = Plan { builds, ..Plan::default() };
+    for (key, built) in cx.realise_builds(&plan)? {
         let path = built.image().to_owned();
         let name = format!("{}-{}", key.artifact, key.arch);
         files.push(read(name, origin_of(&built.closure, path)?)?);
@@ -228,15 +229,14 @@ fn collect(cx: &Cx) -> anyhow::Result<Vec<Publish>> {
         if names.is_empty() {
             continue;
         }
-        let plan = Plan::for_images(&cx.config, &everything, Some(kind), names);
-        let realised = cx.realise_plan(&plan)?;
+        let selection = Selection { names: names.clone(), ..Selection::default() };
+        let plan = Plan::for_images(cx.config(), &selection, Some(kind));
+        let realised = cx.realise(&plan)?;
         for (key, image) in &realised.images {
             let (path, name) = match key.kind {
-                ImageKind::Kernel => {
-                    (image.dir.join(crate::exec::linux::KERNEL_FILE), format!("{}-{}", key.name, key.arch))
-                }
+                ImageKind::Kernel => (image.dir.join(crate::exec::KERNEL_FILE), format!("{}-{}", key.name, key.arch)),
                 ImageKind::Rootfs => {
-                    let format = cx.config.rootfses[&key.name].format;
+                    let format = cx.config().rootfses[&key.name].format;
                     let file = format.file_name();
                     let ext = file.strip_prefix("rootfs").unwrap_or("");
                     (image.dir.join(file), format!("{}-{}{ext}", key.name, key.arch))
@@ -296,7 +296,7 @@ fn release_notes(files: &[Publish]) -> String {
         "Published by `cargo xtask release` (kiln). Check a download with `b3sum --check BLAKE3SUMS` or `sha256sum --check SHA256SUMS`; `provenance.json` gives each asset's closure hash and inputs.\n\n| asset | size |\n| --- | --- |\n",
     );
     for file in files.iter().filter(|f| f.origin.is_some()) {
-        body.push_str(&format!("| `{}` | {} |\n", file.name, crate::report::human_size(file.bytes.len() as u64)));
+        body.push_str(&format!("| `{}` | {} |\n", file.name, crate::units::human_size(file.bytes.len() as u64)));
     }
     body
 }

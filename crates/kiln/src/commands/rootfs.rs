@@ -4,25 +4,27 @@ use std::{collections::BTreeMap, io::Write as _};
 
 use kiln_types::Arch;
 
+use kiln_rootfs::{EntryKind, ListingEntry};
+
 use crate::{
     cli::{RootfsArg, RootfsCommand},
-    commands::UsageError,
-    cx::{Cx, RealisedImage},
-    exec::linux::{MANIFEST_FILE, ManifestEntry},
+    cx::Cx,
+    error::UsageError,
+    exec::{self, RealisedImage},
     exit_code,
     plan::{ImageKey, ImageKind, Plan, Selection},
-    report::human_size,
+    units::human_size,
 };
 
 /// Runs a `rootfs` subcommand.
-pub fn run(cx: &Cx, command: &RootfsCommand) -> anyhow::Result<u8> {
+pub(super) fn run(cx: &Cx, command: &RootfsCommand) -> anyhow::Result<u8> {
     match command {
         RootfsCommand::Build { names, arch } => build(cx, names, arch),
         RootfsCommand::Ls => ls(cx),
         RootfsCommand::Show(arg) => show(cx, arg),
         RootfsCommand::Path(arg) => {
             let (key, image) = realise_one(cx, arg)?;
-            let format = cx.config.rootfses[&key.name].format;
+            let format = cx.config().rootfses[&key.name].format;
             writeln!(std::io::stdout().lock(), "{}", image.dir.join(format.file_name()).display())?;
             Ok(exit_code::SUCCESS)
         }
@@ -32,8 +34,8 @@ pub fn run(cx: &Cx, command: &RootfsCommand) -> anyhow::Result<u8> {
 
 fn check_names(cx: &Cx, names: &[String]) -> anyhow::Result<()> {
     for name in names {
-        if !cx.config.rootfses.contains_key(name) {
-            let known: Vec<&str> = cx.config.rootfses.keys().map(String::as_str).collect();
+        if !cx.config().rootfses.contains_key(name) {
+            let known: Vec<&str> = cx.config().rootfses.keys().map(String::as_str).collect();
             let help = match crate::config::closest_name(name, known.iter().copied()) {
                 Some(near) => format!("a rootfs with a similar name exists: `{near}`"),
                 None if known.is_empty() => "declare one under `[rootfs.NAME]` in Kiln.toml".to_owned(),
@@ -47,15 +49,15 @@ fn check_names(cx: &Cx, names: &[String]) -> anyhow::Result<()> {
 
 fn build(cx: &Cx, names: &[String], arches: &[Arch]) -> anyhow::Result<u8> {
     check_names(cx, names)?;
-    let selection = Selection { arches: arches.to_vec(), cases: Vec::new() };
-    let plan = Plan::for_images(&cx.config, &selection, Some(ImageKind::Rootfs), names);
+    let selection = Selection { arches: arches.to_vec(), names: names.to_vec() };
+    let plan = Plan::for_images(cx.config(), &selection, Some(ImageKind::Rootfs));
     if plan.images.is_empty() {
         return Err(UsageError::new("no rootfs matches the selection", None).into());
     }
-    let realised = cx.realise_plan(&plan)?;
+    let realised = cx.realise(&plan)?;
     let mut out = std::io::stdout().lock();
     for (key, image) in &realised.images {
-        let format = cx.config.rootfses[&key.name].format;
+        let format = cx.config().rootfses[&key.name].format;
         let file = image.dir.join(format.file_name());
         let hash = kiln_store::hash_file(&file)?;
         writeln!(out, "{} {} {} {}", key.name, key.arch, hash.to_hex(), file.display())?;
@@ -64,16 +66,16 @@ fn build(cx: &Cx, names: &[String], arches: &[Arch]) -> anyhow::Result<u8> {
 }
 
 fn ls(cx: &Cx) -> anyhow::Result<u8> {
-    let plan = Plan::for_images(&cx.config, &Selection::default(), Some(ImageKind::Rootfs), &[]);
-    let closures = cx.plan_closures(&plan)?;
+    let plan = Plan::for_images(cx.config(), &Selection::default(), Some(ImageKind::Rootfs));
+    let closures = cx.closures_of(&plan)?;
     let by_name: BTreeMap<String, kiln_store::ClosureHash> = closures.into_iter().collect();
     let mut out = std::io::stdout().lock();
-    let width = plan.images.iter().map(|k| k.name.len()).max().unwrap_or(0).max("rootfs".len());
+    let width = plan.images.iter().map(|step| step.key.name.len()).max().unwrap_or(0).max("rootfs".len());
     writeln!(out, "{:<width$}  {:<8} {:<16} {:<12} {:>10}  state", "rootfs", "arch", "format", "closure", "size")?;
-    for key in &plan.images {
-        let rootfs = &cx.config.rootfses[&key.name];
+    for key in plan.images.iter().map(|step| &step.key) {
+        let rootfs = &cx.config().rootfses[&key.name];
         let Some(closure) = by_name.get(&key.store_name()) else { continue };
-        let (size, state) = match cx.store.lookup(closure)? {
+        let (size, state) = match cx.store().lookup(closure)? {
             Some(entry) => {
                 let image = entry.out_dir().join(rootfs.format.file_name());
                 let size = std::fs::metadata(&image).map(|m| human_size(m.len())).unwrap_or_default();
@@ -97,7 +99,7 @@ fn ls(cx: &Cx) -> anyhow::Result<u8> {
 /// The key for a rootfs argument: its arch, or the first it is built for.
 fn key_of(cx: &Cx, name: &str, arch: Option<Arch>) -> anyhow::Result<ImageKey> {
     check_names(cx, &[name.to_owned()])?;
-    let rootfs = &cx.config.rootfses[name];
+    let rootfs = &cx.config().rootfses[name];
     let arch = match arch {
         Some(arch) if rootfs.arches.contains(&arch) => arch,
         Some(arch) => {
@@ -112,7 +114,7 @@ fn key_of(cx: &Cx, name: &str, arch: Option<Arch>) -> anyhow::Result<ImageKey> {
         }
         None => rootfs.arches[0],
     };
-    Ok(ImageKey { kind: ImageKind::Rootfs, name: name.to_owned(), arch })
+    Ok(ImageKey::rootfs(name, arch))
 }
 
 fn realise_one(cx: &Cx, arg: &RootfsArg) -> anyhow::Result<(ImageKey, RealisedImage)> {
@@ -121,18 +123,51 @@ fn realise_one(cx: &Cx, arg: &RootfsArg) -> anyhow::Result<(ImageKey, RealisedIm
 }
 
 fn realise_key(cx: &Cx, key: ImageKey) -> anyhow::Result<(ImageKey, RealisedImage)> {
-    let selection = Selection { arches: vec![key.arch], cases: Vec::new() };
-    let plan = Plan::for_images(&cx.config, &selection, Some(ImageKind::Rootfs), std::slice::from_ref(&key.name));
-    let mut realised = cx.realise_plan(&plan)?;
+    let selection = Selection { arches: vec![key.arch], names: vec![key.name.clone()] };
+    let plan = Plan::for_images(cx.config(), &selection, Some(ImageKind::Rootfs));
+    let mut realised = cx.realise(&plan)?;
     let image = realised.images.remove(&key).ok_or_else(|| anyhow::anyhow!("{key} was not built"))?;
     Ok((key, image))
 }
 
-fn manifest(image: &RealisedImage) -> anyhow::Result<Vec<ManifestEntry>> {
-    let path = image.dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}; rebuild the rootfs", path.display()))?;
-    Ok(text.lines().filter_map(ManifestEntry::parse).collect())
+fn manifest(image: &RealisedImage) -> anyhow::Result<Vec<ListingEntry>> {
+    exec::read_listing(&image.dir).map_err(|e| anyhow::anyhow!("{e:#}; rebuild the rootfs"))
+}
+
+/// `-rwxr-xr-x   1.9 MiB /bin/busybox`, `lrwxrwxrwx            /bin/sh -> busybox`.
+fn describe(entry: &ListingEntry) -> String {
+    let kind = match entry.kind {
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'l',
+        EntryKind::CharDevice { .. } => 'c',
+        EntryKind::File => '-',
+    };
+    let mut bits = String::from(kind);
+    // setuid, setgid and sticky show in the x column as ls shows them.
+    for (shift, special, letter) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
+        let part = (entry.mode >> shift) & 7;
+        bits.push(if part & 4 != 0 { 'r' } else { '-' });
+        bits.push(if part & 2 != 0 { 'w' } else { '-' });
+        bits.push(match (part & 1 != 0, entry.mode & special != 0) {
+            (true, true) => letter,
+            (false, true) => letter.to_ascii_uppercase(),
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
+    }
+    let size = if entry.kind == EntryKind::File { human_size(entry.size) } else { String::new() };
+    let target = entry.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+    format!("{bits} {size:>10} {}{target}", entry.path)
+}
+
+/// The size, or what a non-file is, for `rootfs diff`.
+fn describe_size(entry: &ListingEntry) -> String {
+    match (entry.kind, &entry.target) {
+        (EntryKind::File, _) => human_size(entry.size),
+        (_, Some(target)) => format!("symlink -> {target}"),
+        (EntryKind::Dir, None) => "dir".to_owned(),
+        (_, None) => "char".to_owned(),
+    }
 }
 
 fn show(cx: &Cx, arg: &RootfsArg) -> anyhow::Result<u8> {
@@ -141,7 +176,7 @@ fn show(cx: &Cx, arg: &RootfsArg) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     let total: u64 = entries.iter().map(|e| e.size).sum();
     for entry in &entries {
-        writeln!(out, "{}", entry.describe())?;
+        writeln!(out, "{}", describe(entry))?;
     }
     writeln!(out, "{key}: {} entries, {} of file contents", entries.len(), human_size(total))?;
     Ok(exit_code::SUCCESS)
@@ -152,7 +187,7 @@ fn diff(cx: &Cx, a: &str, b: &str, arch: Option<Arch>) -> anyhow::Result<u8> {
     let arch = match arch {
         Some(arch) => arch,
         None => {
-            let (ra, rb) = (&cx.config.rootfses[a], &cx.config.rootfses[b]);
+            let (ra, rb) = (&cx.config().rootfses[a], &cx.config().rootfses[b]);
             ra.arches
                 .iter()
                 .copied()
@@ -162,19 +197,19 @@ fn diff(cx: &Cx, a: &str, b: &str, arch: Option<Arch>) -> anyhow::Result<u8> {
     };
     let (_, first) = realise_key(cx, key_of(cx, a, Some(arch))?)?;
     let (_, second) = realise_key(cx, key_of(cx, b, Some(arch))?)?;
-    let left: BTreeMap<String, ManifestEntry> = manifest(&first)?.into_iter().map(|e| (e.path.clone(), e)).collect();
-    let right: BTreeMap<String, ManifestEntry> = manifest(&second)?.into_iter().map(|e| (e.path.clone(), e)).collect();
+    let left: BTreeMap<String, ListingEntry> = manifest(&first)?.into_iter().map(|e| (e.path.clone(), e)).collect();
+    let right: BTreeMap<String, ListingEntry> = manifest(&second)?.into_iter().map(|e| (e.path.clone(), e)).collect();
     let mut out = std::io::stdout().lock();
     let (mut added, mut removed, mut changed) = (0, 0, 0);
     for (path, entry) in &right {
         match left.get(path) {
             None => {
                 added += 1;
-                writeln!(out, "+ {path} ({})", entry.describe_size())?;
+                writeln!(out, "+ {path} ({})", describe_size(entry))?;
             }
             Some(old) if old != entry => {
                 changed += 1;
-                writeln!(out, "~ {path} ({} -> {})", old.describe_size(), entry.describe_size())?;
+                writeln!(out, "~ {path} ({} -> {})", describe_size(old), describe_size(entry))?;
             }
             Some(_) => {}
         }
@@ -182,7 +217,7 @@ fn diff(cx: &Cx, a: &str, b: &str, arch: Option<Arch>) -> anyhow::Result<u8> {
     for (path, entry) in &left {
         if !right.contains_key(path) {
             removed += 1;
-            writeln!(out, "- {path} ({})", entry.describe_size())?;
+            writeln!(out, "- {path} ({})", describe_size(entry))?;
         }
     }
     writeln!(out, "{a} -> {b} ({arch}): {added} added, {removed} removed, {changed} changed")?;

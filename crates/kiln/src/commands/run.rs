@@ -1,15 +1,17 @@
 //! `run`: one program inside a Linux guest of its architecture; usable as cargo's target
 //! runner (`target.<triple>.runner = ["cargo", "xtask", "run", "--"]`).
 //!
-//! The program goes into a per-boot archive appended to the rootfs, the package directory
-//! (cargo's `CARGO_MANIFEST_DIR`, else the current directory) is shared read-only at the same
-//! path over 9p, the program runs there with cargo's environment, its stdout and stderr reach
-//! kiln's own through two virtio consoles, and kiln exits with its exit status.
+//! Cold: the program goes into a per-boot archive appended to the rootfs, the package
+//! directory (cargo's `CARGO_MANIFEST_DIR`, else the current directory) is shared read-only at
+//! the same path over 9p (or copied in), the program runs there with cargo's environment, its
+//! stdout and stderr reach kiln's own through two virtio consoles, and kiln exits with its exit
+//! status. Warm (`--snapshot`, `--pool N`, or `[run]`): `vm::program` runs it on a restored
+//! snapshot instead.
 
 use std::{
+    collections::BTreeMap,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -18,59 +20,88 @@ use kiln_types::Arch;
 
 use crate::{
     cli::RunArgs,
-    commands::UsageError,
-    config::Config,
     cx::Cx,
-    exec::{self, guest},
-    exit_code,
-    plan::{ImageKey, ImageKind, Plan},
-    runner::GuestIo,
-    vm::target::LinuxTarget,
+    env,
+    error::UsageError,
+    exec, exit_code,
+    guest::{self, CopyKind, GuestIo},
+    plan::{KERNEL_FAILURE, RunPlan, Warmth, WarmthAsked},
+    vm::{
+        LinuxTarget, SnapshotTarget,
+        program::{self, Ended, Program},
+        slots,
+    },
 };
 
-/// Environment variable prefixes passed into the guest: what cargo and test harnesses set.
-const PASSED_PREFIXES: &[&str] = &["CARGO_", "RUST_", "NEXTEST", "__CARGO_"];
-
 /// Boots, runs the program, streams its output and returns its exit status.
-pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
+pub(super) fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     let (program, program_args) = args
         .command
         .split_first()
-        .ok_or_else(|| UsageError::new("no program to run", Some("`cargo xtask run -- BINARY ARGS...`".to_owned())))?;
+        .ok_or_else(|| UsageError::with_help("no program to run", "`cargo xtask run -- BINARY ARGS...`"))?;
     let program = std::path::absolute(program).with_context(|| format!("cannot resolve `{program}`"))?;
     let elf = elf_facts(&program)?;
     let arch = match args.arch {
         Some(arch) if arch != elf.arch => {
-            return Err(UsageError::new(
+            return Err(UsageError::with_help(
                 format!("`{}` is a {} program, not {arch}", program.display(), elf.arch),
-                Some(format!("drop `--arch {arch}`: kiln reads the architecture from the program")),
+                format!("drop `--arch {arch}`: kiln reads the architecture from the program"),
             )
             .into());
         }
         _ => elf.arch,
     };
-    let linux = resolve_linux(cx, arch, args.kernel.as_deref(), args.rootfs.as_deref())?;
+    let asked = WarmthAsked { snapshot: args.snapshot, pool: args.pool };
+    let (run, linux) = cx.linux_target(arch, args.kernel.as_deref(), args.rootfs.as_deref(), asked, args.timeout)?;
     check_interpreter(&program, elf.interpreter.as_deref(), &linux.rootfs_dir, &linux.rootfs_name)?;
-    let timeout = args.timeout.map_or(cx.config.run.timeout, Duration::from);
-    let _slot = exec::slots::acquire(&cx.work_dir().join("slots"), cx.options.jobs, || {
-        cx.printer.status("Waiting", &format!("for one of {} guest slots", cx.options.jobs));
+    let _slot = slots::acquire(&cx.work_dir().join("slots"), cx.options().jobs, || {
+        cx.printer().status("Waiting", &format!("for one of {} guest slots", cx.options().jobs));
     })?;
-    let pool = args.pool.unwrap_or(cx.config.run.pool);
-    if linux.images.disk.is_some() && !args.snapshot && args.pool.is_none() && (cx.config.run.snapshot || pool > 0) {
-        let key = if cx.config.run.snapshot { "run.snapshot" } else { "run.pool" };
-        let message =
-            format!("rootfs `{}` is a disk image; snapshots are made of initramfs rootfs only", linux.rootfs_name);
-        return Err(cx.config.error_at(key, message).into());
+    let ended = match run.settings.warmth {
+        Warmth::Cold => cold(cx, &run, linux, &program, program_args)?,
+        Warmth::Snapshot => warm(cx, &run, linux, 0, &program, program_args)?,
+        Warmth::Pool(size) => warm(cx, &run, linux, size, &program, program_args)?,
+    };
+    match ended {
+        Ended::Exited(status) => Ok(status),
+        Ended::GuestFailed(message) => {
+            cx.printer().always(&format!("error: {message}"));
+            Ok(exit_code::INFRASTRUCTURE)
+        }
     }
-    if args.snapshot || cx.config.run.snapshot || pool > 0 {
-        return super::run_snapshot::run(cx, linux, pool, &program, program_args, timeout);
-    }
-    let LinuxTarget { images, kernel_dir, machine, accel, .. } = linux;
+}
 
+/// The program on a restored snapshot, restored here or leased from the pool.
+fn warm(
+    cx: &Cx,
+    run: &RunPlan,
+    linux: LinuxTarget,
+    pool: usize,
+    program: &Path,
+    args: &[String],
+) -> anyhow::Result<Ended> {
+    let (cwd, dirs) = package_dirs()?;
+    let mut copies = Vec::new();
+    for dir in &dirs {
+        copies.extend(guest::package_copies(dir)?);
+    }
+    copies.extend(declared_files(&run.settings.files)?);
+    let mut env = passed_env(&run.settings.env);
+    env.extend(guest::agent_env());
+    let spec = |role| cx.keeper_spec(&linux, role);
+    let target = SnapshotTarget::new(cx.executor(), linux.clone())?;
+    let timeout = run.settings.timeout;
+    program::run(cx.executor(), target, pool, spec, Program { path: program, args, cwd, copies, env, timeout })
+}
+
+/// The program in a freshly booted guest.
+fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[String]) -> anyhow::Result<Ended> {
+    let can_share = linux.can_share();
+    let LinuxTarget { images, machine, accel, .. } = linux;
+    let arch = machine.arch;
     let (cwd, dirs) = package_dirs()?;
     // The package directory appears at the same path in the guest: shared read-only over 9p,
     // or, for a kernel without 9p, copied in (writes then stay in the guest).
-    let can_share = std::fs::read_to_string(kernel_dir.join(exec::linux::SHARE_FILE)).is_ok_and(|s| s.trim() == "9p");
     let mut shares = Vec::new();
     let mut copies = Vec::new();
     let mut readonly = Vec::new();
@@ -82,24 +113,14 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
             readonly.push(dir.clone());
         }
     }
-    // Declared data files (relative to Kiln.toml), copied in at the same path.
-    for file in &cx.config.run.files {
-        let path = cx.config.root.join(file);
-        if path.is_dir() {
-            copies.extend(guest::package_copies(&path)?);
-        } else if path.is_file() {
-            copies.push((path, guest::CopyKind::File));
-        } else {
-            return Err(cx.config.error_at("run.files", format!("`{}` does not exist", path.display())).into());
-        }
-    }
+    copies.extend(declared_files(&run.settings.files)?);
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
     let guest_program = format!("/kiln/bin/{name}");
-    let command = command_script(&cwd, &guest_program, program_args, &cx.config.run.env);
+    let command = command_script(&cwd, &guest_program, args, &run.settings.env);
     let files = guest::BootFiles {
         command,
         shares: shares.clone(),
-        program: Some((program.as_path(), guest_program)),
+        program: Some((program, guest_program)),
         copies,
         readonly,
         separate_stdio: true,
@@ -108,7 +129,7 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir().context("cannot create a temp dir")?;
     let initrd = scratch.path().join("initrd");
     images.compose_initrd(&files, &initrd)?;
-    let nonce = guest::nonce();
+    let nonce = guest::nonce()?;
     // The program's output reaches kiln through two pipes that kiln copies to its own stdout
     // and stderr: QEMU opening kiln's fds by path would get files of its own, whose writes
     // a shell redirecting to a file would then overwrite.
@@ -127,21 +148,21 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     let request = BootRequest {
         program: arch.qemu_binary().to_owned(),
         argv,
-        timeout,
+        timeout: run.settings.timeout,
         no_output_timeout: None,
         stop_on_success: false,
         log_path: scratch.path().join("console.log"),
         exit_marker: Some(guest::exit_marker(&nonce)),
     };
-    cx.printer.verbose("Running", &format!("{} {}", request.program, request.argv.display()));
+    cx.printer().verbose("Running", &format!("{} {}", request.program, request.argv.display()));
     let judge = Judge {
-        failure: regex::Regex::new(crate::plan::KERNEL_FAILURE).ok(),
+        failure: regex::Regex::new(KERNEL_FAILURE).ok(),
         success: None,
         success_statuses: vec![0],
         guest_reports_status: true,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let printer = cx.printer.clone();
+    let printer = cx.printer().clone();
     let output_marker = guest::output_marker(&nonce);
     let exit_marker = guest::exit_marker(&nonce);
     let mut forwarding = false;
@@ -162,8 +183,8 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         let _ = relay.join();
     }
     let outcome = outcome?;
-    match outcome.exit {
-        Exit::GuestExited(status) => Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(u8::MAX)),
+    Ok(match outcome.exit {
+        Exit::GuestExited(status) => Ended::Exited(u8::try_from(status.clamp(0, 255)).unwrap_or(u8::MAX)),
         _ => {
             let saved = keep_log(cx, &request.log_path);
             let why = judge.judge(&outcome).describe();
@@ -174,46 +195,22 @@ pub fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
             if let Some(saved) = saved {
                 message.push_str(&format!("\nconsole log: {}", saved.display()));
             }
-            cx.printer.always(&format!("error: {message}"));
-            Ok(exit_code::INFRASTRUCTURE)
+            Ended::GuestFailed(message)
         }
-    }
+    })
 }
 
-/// Realises the kernel and rootfs a Linux guest of `arch` boots (the named ones, or those
-/// `[run]` names, or the only ones declared), with its machine and accelerator.
-pub(crate) fn resolve_linux(
-    cx: &Cx,
-    arch: Arch,
-    kernel: Option<&str>,
-    rootfs: Option<&str>,
-) -> anyhow::Result<LinuxTarget> {
-    let (kernel, rootfs) = choose_images(&cx.config, kernel, rootfs, arch)?;
-    let plan = Plan::for_linux(&cx.config, &kernel, &rootfs);
-    cx.provision_machines(std::iter::empty())?;
-    let realised = cx.realise_plan(&plan)?;
-    let (Some(k), Some(r)) = (realised.images.get(&kernel), realised.images.get(&rootfs)) else {
-        anyhow::bail!("{kernel} or {rootfs} was not built");
-    };
-    let accel = cx.accelerators([arch]).get(&arch).map_or(kiln_qemu::accel::Accel::Tcg, |c| c.accel);
-    let images = super::test::linux_images(cx, &kernel, k, &rootfs, r, String::new());
-    let machine = cx
-        .config
-        .machines
-        .get(&format!("linux-{arch}"))
-        .cloned()
-        .unwrap_or_else(|| kiln_qemu::Machine::linux_default_for(arch));
-    Ok(LinuxTarget {
-        images,
-        kernel: k.closure,
-        rootfs: r.closure,
-        kernel_dir: k.dir.clone(),
-        rootfs_dir: r.dir.clone(),
-        kernel_name: kernel.name,
-        rootfs_name: rootfs.name,
-        machine,
-        accel,
-    })
+/// `[run] files`: what goes into the guest at the same path.
+fn declared_files(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, CopyKind)>> {
+    let mut copies = Vec::new();
+    for path in files {
+        if path.is_dir() {
+            copies.extend(guest::package_copies(path)?);
+        } else {
+            copies.push((path.clone(), CopyKind::File));
+        }
+    }
+    Ok(copies)
 }
 
 /// Copies a pipe to one of kiln's own outputs until the pipe ends.
@@ -235,15 +232,15 @@ struct ElfFacts {
 fn elf_facts(program: &Path) -> anyhow::Result<ElfFacts> {
     use object::Object as _;
     let bytes = std::fs::read(program).map_err(|e| {
-        UsageError::new(
+        UsageError::with_help(
             format!("cannot read the program `{}`: {e}", program.display()),
-            Some("give the path of a Linux executable".to_owned()),
+            "give the path of a Linux executable",
         )
     })?;
     let file = object::File::parse(&*bytes).map_err(|e| {
-        UsageError::new(
+        UsageError::with_help(
             format!("`{}` is not an executable kiln can run: {e}", program.display()),
-            Some("pass a Linux ELF binary".to_owned()),
+            "pass a Linux ELF binary",
         )
     })?;
     let arch = match file.architecture() {
@@ -274,86 +271,27 @@ fn elf_facts(program: &Path) -> anyhow::Result<ElfFacts> {
 /// Refuses a dynamically linked program whose loader the rootfs lacks.
 fn check_interpreter(program: &Path, interpreter: Option<&str>, rootfs_dir: &Path, rootfs: &str) -> anyhow::Result<()> {
     let Some(interpreter) = interpreter else { return Ok(()) };
-    let manifest = std::fs::read_to_string(rootfs_dir.join(exec::linux::MANIFEST_FILE)).unwrap_or_default();
-    let present = manifest.lines().filter_map(exec::linux::ManifestEntry::parse).any(|entry| entry.path == interpreter);
+    let present = exec::read_listing(rootfs_dir).unwrap_or_default().iter().any(|entry| entry.path == interpreter);
     if present {
         return Ok(());
     }
-    Err(UsageError::new(
+    Err(UsageError::with_help(
         format!(
             "`{}` is dynamically linked (it needs {interpreter}), and rootfs `{rootfs}` has no such loader",
             program.display()
         ),
-        Some(
-            "build it for a `*-unknown-linux-musl` target (static), or add the C library to the rootfs \
-             (a `{ deb = ... }` layer of libc6)"
-                .to_owned(),
-        ),
+        "build it for a `*-unknown-linux-musl` target (static), or add the C library to the rootfs \
+         (a `{ deb = ... }` layer of libc6)",
     )
     .into())
-}
-
-/// The kernel and rootfs for `arch`: the command line's, `[run]`'s, or the only ones declared.
-fn choose_images(
-    config: &Config,
-    kernel: Option<&str>,
-    rootfs: Option<&str>,
-    arch: Arch,
-) -> anyhow::Result<(ImageKey, ImageKey)> {
-    let kernel = kernel.map(str::to_owned).or_else(|| config.run.kernel.clone()).or_else(|| {
-        let mut fit = config.kernels.values().filter(|k| k.arches.contains(&arch));
-        match (fit.next(), fit.next()) {
-            (Some(only), None) => Some(only.name.clone()),
-            _ => None,
-        }
-    });
-    let rootfs = rootfs.map(str::to_owned).or_else(|| config.run.rootfs.clone()).or_else(|| {
-        let mut fit = config.rootfses.values().filter(|r| r.arches.contains(&arch) && r.init);
-        match (fit.next(), fit.next()) {
-            (Some(only), None) => Some(only.name.clone()),
-            _ => None,
-        }
-    });
-    let help =
-        "name them in Kiln.toml's `[run]` table (`kernel = \"...\"`, `rootfs = \"...\"`) or with `--kernel`/`--rootfs`";
-    let Some(kernel) = kernel else {
-        return Err(
-            UsageError::new(format!("which kernel should run this {arch} program?"), Some(help.to_owned())).into()
-        );
-    };
-    let Some(rootfs) = rootfs else {
-        return Err(
-            UsageError::new(format!("which rootfs should run this {arch} program?"), Some(help.to_owned())).into()
-        );
-    };
-    for (kind, name, known) in [
-        ("kernel", &kernel, config.kernels.get(&kernel).map(|k| k.arches.clone())),
-        ("rootfs", &rootfs, config.rootfses.get(&rootfs).map(|r| r.arches.clone())),
-    ] {
-        match known {
-            None => return Err(UsageError::new(format!("no {kind} named `{name}` in Kiln.toml"), None).into()),
-            Some(arches) if !arches.contains(&arch) => {
-                return Err(UsageError::new(
-                    format!("{kind} `{name}` is not built for {arch}"),
-                    Some(format!("add {arch} to its `arches`")),
-                )
-                .into());
-            }
-            Some(_) => {}
-        }
-    }
-    Ok((
-        ImageKey { kind: ImageKind::Kernel, name: kernel, arch },
-        ImageKey { kind: ImageKind::Rootfs, name: rootfs, arch },
-    ))
 }
 
 /// The working directory and the directories the guest must see at the same paths: the
 /// package (cargo's `CARGO_MANIFEST_DIR`, else the working directory), and the working
 /// directory too when it lies outside the package.
-pub(super) fn package_dirs() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
+fn package_dirs() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| cwd.clone(), PathBuf::from);
+    let package = env::var_os(env::CARGO_MANIFEST_DIR).map_or_else(|| cwd.clone(), PathBuf::from);
     let mut dirs = vec![package.clone()];
     if !cwd.starts_with(&package) {
         dirs.push(cwd.clone());
@@ -361,11 +299,11 @@ pub(super) fn package_dirs() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     Ok((cwd, dirs))
 }
 
-/// The host variables a program in the guest gets: cargo's and test harnesses' (`CARGO_*`,
-/// `RUST_*`, `NEXTEST*`) and those `[run] env` names.
-pub(super) fn passed_env(extra_env: &[String]) -> std::collections::BTreeMap<String, String> {
-    std::env::vars()
-        .filter(|(name, _)| PASSED_PREFIXES.iter().any(|p| name.starts_with(p)) || extra_env.contains(name))
+/// The host variables a program in the guest gets: cargo's and test harnesses'
+/// ([`env::GUEST_PASSED_PREFIXES`]) and those `[run] env` names.
+fn passed_env(extra_env: &[String]) -> BTreeMap<String, String> {
+    env::all()
+        .filter(|(name, _)| env::GUEST_PASSED_PREFIXES.iter().any(|p| name.starts_with(p)) || extra_env.contains(name))
         .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         .collect()
 }

@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use crate::{
     cli::SelftestArgs,
     cx::Cx,
-    exec, exit_code,
+    exec::{self, InstallMode},
+    exit_code,
     plan::{Plan, Selection},
-    provision,
 };
 
 /// The project's own set-up script for its tests (kiln's repository: the pinned Debian
@@ -19,20 +19,20 @@ const SETUP_SCRIPT: &str = ".ci/setup";
 /// Runs `.ci/setup` when the project has one: with installs allowed (`--yes`, CI), or after
 /// saying what it is for; without them, names it instead.
 fn run_setup_script(cx: &Cx) -> anyhow::Result<()> {
-    let script = cx.config.root.join(SETUP_SCRIPT);
+    let script = cx.config().root.join(SETUP_SCRIPT);
     if !script.is_file() {
         return Ok(());
     }
-    if cx.options.install == provision::InstallMode::Never {
-        cx.printer.warn(&format!(
+    if cx.options().install == InstallMode::Never {
+        cx.printer().warn(&format!(
             "not running `{SETUP_SCRIPT}` (it installs packages; pass --yes); tests that need its downloads will fail"
         ));
         return Ok(());
     }
-    cx.printer.status("Preparing", &format!("{SETUP_SCRIPT} (test packages and downloads)"));
+    cx.printer().status("Preparing", &format!("{SETUP_SCRIPT} (test packages and downloads)"));
     let status = std::process::Command::new("bash")
         .arg(&script)
-        .current_dir(&cx.config.root)
+        .current_dir(cx.root())
         .status()
         .with_context(|| format!("cannot run `{}`", script.display()))?;
     if !status.success() {
@@ -44,16 +44,16 @@ fn run_setup_script(cx: &Cx) -> anyhow::Result<()> {
 /// Installs QEMU, firmware, toolchains and rustup targets for every case and artifact, runs
 /// the project's `.ci/setup`, then runs `cargo test --workspace` in the project root and
 /// passes its status through.
-pub fn run(cx: &Cx, args: &SelftestArgs) -> anyhow::Result<u8> {
+pub(super) fn run(cx: &Cx, args: &SelftestArgs) -> anyhow::Result<u8> {
     let all = Selection::default();
-    let plan = Plan::for_test(&cx.config, &all)?;
-    let builds = Plan::for_build(&cx.config, &all).builds;
-    let missing = provision::host_needs(&plan.runs, &builds);
-    provision::ensure(missing, cx.options.install, &cx.printer)?;
+    let plan = Plan::for_test(cx.config(), &all)?;
+    let builds = Plan::for_build(cx.config(), &all).builds;
+    let missing = exec::host_needs(&plan.runs, &builds);
+    cx.executor().ensure(missing)?;
     run_setup_script(cx)?;
 
-    cx.printer.status("Testing", &format!("cargo test --workspace in {}", cx.config.root.display()));
-    let mut child = exec::tool_command("cargo", &cx.config.root)
+    cx.printer().status("Testing", &format!("cargo test --workspace in {}", cx.config().root.display()));
+    let mut child = exec::tool_command("cargo", cx.root())
         .args(["test", "--workspace"])
         .args(&args.cargo_args)
         .stdout(std::process::Stdio::piped())

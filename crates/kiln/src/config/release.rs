@@ -2,7 +2,7 @@
 
 use toml::Spanned;
 
-use super::{Artifact, ConfigError, Kernel, Resolver, Rootfs, raw::RawRelease};
+use super::{Artifact, ConfigError, Kernel, Rootfs, raw::RawRelease, resolve::Resolver};
 
 /// `[release]`, resolved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,6 +19,7 @@ pub struct ReleaseSettings {
 
 impl ReleaseSettings {
     /// Whether the section names nothing to publish.
+    #[cfg_attr(not(feature = "github"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.artifacts.is_empty() && self.kernels.is_empty() && self.rootfs.is_empty()
     }
@@ -34,7 +35,7 @@ impl Resolver<'_> {
     ) -> Result<ReleaseSettings, ConfigError> {
         let Some(raw) = raw else { return Ok(ReleaseSettings::default()) };
         if let Some(repository) = &raw.repository
-            && let Err(err) = repository.get_ref().parse::<kiln_github::Repo>()
+            && let Err(err) = repository.get_ref().parse::<kiln_types::Repo>()
         {
             return Err(self.error(Some(repository.span()), "release.repository".to_owned(), err.to_string()));
         }

@@ -1,5 +1,9 @@
 //! Tests of Kiln.toml reading and its error messages.
 
+use std::time::Duration;
+
+use kiln_types::Arch;
+
 use super::*;
 
 fn project(kiln_toml: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
@@ -151,6 +155,7 @@ fn a_misspelled_required_key_points_at_the_misspelling() {
 }
 
 #[test]
+#[cfg(feature = "remote")]
 fn remotes_resolve_and_bad_ones_name_their_key() {
     let key = kiln_store::remote::SecretKey::generate("ci-1").expect("key").public().to_string();
     let store = format!(

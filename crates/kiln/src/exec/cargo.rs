@@ -9,8 +9,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use cargo_metadata::{DependencyKind, Message, Metadata, PackageId};
-use kiln_store::{BuildOutcome, Derivation, Entry, InputHash, SourceSet, StatCache, Store, hash_file, hash_source_set};
+use kiln_store::{Derivation, Entry, InputHash, SourceSet, StatCache, hash_file, hash_source_set};
 
+use super::tool::{tool_command, user_chose_toolchain};
 use crate::{
     config::{ArtifactKind, ImageFormat},
     env,
@@ -22,14 +23,14 @@ const BUILDER_VERSION: &str = "kiln-cargo-build-1";
 
 /// Facts about the host toolchain for one package directory.
 #[derive(Clone, Debug)]
-pub struct CargoHost {
+pub(crate) struct CargoHost {
     /// `rustc -vV` as run in the package directory (so rust-toolchain files apply).
     pub rustc_version: String,
 }
 
 impl CargoHost {
     /// Asks the toolchain that cargo would use in `dir`.
-    pub fn probe(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn probe(dir: &Path) -> anyhow::Result<Self> {
         let output = tool_command("rustc", dir)
             .arg("-vV")
             .output()
@@ -39,28 +40,6 @@ impl CargoHost {
         }
         Ok(Self { rustc_version: String::from_utf8_lossy(&output.stdout).into_owned() })
     }
-}
-
-/// A cargo or rustc command for the project in `dir`, with the variables that describe
-/// kiln's own build removed. The rest of the environment (RUSTFLAGS and the like) is the
-/// user's and passes through; it is part of the closure hash.
-pub(crate) fn tool_command(program: &str, dir: &Path) -> Command {
-    let mut command = Command::new(program);
-    command.current_dir(dir);
-    for name in env::CARGO_RUN_VARIABLES {
-        command.env_remove(name);
-    }
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with(env::CARGO_PKG_PREFIX) {
-            command.env_remove(&name);
-        }
-    }
-    // rustup sets RUSTUP_TOOLCHAIN for `cargo xtask`; unless the user set it, the project's
-    // own toolchain file must decide.
-    if std::env::var("RUSTUP_TOOLCHAIN_SOURCE").map_or(true, |source| source != "env") {
-        command.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTUP_TOOLCHAIN_SOURCE");
-    }
-    command
 }
 
 /// The local (path) packages `root` depends on for `triple`, itself included; dev-only
@@ -92,7 +71,7 @@ fn local_closure(metadata: &Metadata, root: &PackageId, with_dev: bool) -> Vec<P
 
 /// Computes the derivation of a build step: its settings and the hash of every input.
 /// `metadata` is [`cargo_metadata`] for the step's directory and triple.
-pub fn derivation_for(
+pub(crate) fn derivation_for(
     step: &BuildStep,
     host: &CargoHost,
     metadata: &Metadata,
@@ -164,7 +143,7 @@ fn input_path_name(path: &Path, project_root: &Path) -> String {
     if let Ok(rel) = path.strip_prefix(project_root) {
         return if rel.as_os_str().is_empty() { ".".to_owned() } else { rel.display().to_string() };
     }
-    if let Some(home) = std::env::var_os("CARGO_HOME").map(PathBuf::from)
+    if let Some(home) = env::var_os(env::CARGO_HOME).map(PathBuf::from)
         && let Ok(rel) = path.strip_prefix(&home)
     {
         return format!("$CARGO_HOME/{}", rel.display());
@@ -184,7 +163,7 @@ fn build_config_files(dir: &Path, workspace_root: &Path) -> Vec<PathBuf> {
             files.insert(ancestor.join(name));
         }
     }
-    if let Some(home) = std::env::var_os("CARGO_HOME").map(PathBuf::from) {
+    if let Some(home) = env::var_os(env::CARGO_HOME).map(PathBuf::from) {
         files.insert(home.join("config.toml"));
         files.insert(home.join("config"));
     }
@@ -194,13 +173,13 @@ fn build_config_files(dir: &Path, workspace_root: &Path) -> Vec<PathBuf> {
 /// The environment variables set now that change what cargo builds for `triple`.
 fn build_environment(triple: &str) -> BTreeMap<String, String> {
     let triple_key = triple.to_uppercase().replace(['-', '.'], "_");
-    let user_toolchain = std::env::var("RUSTUP_TOOLCHAIN_SOURCE").is_ok_and(|s| s == "env");
+    let user_toolchain = user_chose_toolchain();
     let prefixes: Vec<String> = env::BUILD_INPUT_PREFIXES.iter().map(|p| p.replace("{TRIPLE}", &triple_key)).collect();
-    std::env::vars()
+    env::all()
         .filter(|(name, _)| {
             let listed = env::BUILD_INPUT_VARIABLES.contains(&name.as_str())
                 || prefixes.iter().any(|prefix| name.starts_with(prefix.as_str()));
-            let rustup_default = name == "RUSTUP_TOOLCHAIN" && !user_toolchain;
+            let rustup_default = name == env::RUSTUP_TOOLCHAIN && !user_toolchain;
             let neutral = env::BUILD_NEUTRAL_VARIABLES.contains(&name.as_str())
                 || env::BUILD_NEUTRAL_SUFFIXES.iter().any(|suffix| name.ends_with(suffix));
             listed && !rustup_default && !neutral
@@ -210,34 +189,15 @@ fn build_environment(triple: &str) -> BTreeMap<String, String> {
 
 /// A binary to boot, inside a store entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BootImage {
+pub(crate) struct BootImage {
     /// The cargo target it was built from (the test file's name for test binaries).
     pub name: String,
     /// Its path in the store.
     pub path: PathBuf,
 }
 
-/// Returns the store entry of `step`, running cargo when it is missing (after `on_build`),
-/// and the images to boot inside it (one for a binary, one per test binary for `kind = "tests"`).
-pub fn realise(
-    store: &Store,
-    step: &BuildStep,
-    derivation: &Derivation,
-    quiet: bool,
-    on_wait: impl FnOnce(),
-    on_build: impl FnOnce(),
-) -> anyhow::Result<(Entry, BuildOutcome, Vec<BootImage>)> {
-    let name = step.key.store_name();
-    let (entry, outcome) = store.build(derivation, &name, on_wait, |out| {
-        on_build();
-        cargo_build(step, out, quiet).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
-    })?;
-    let images = images_in(&entry, step.artifact.image)?;
-    Ok((entry, outcome, images))
-}
-
 /// The images of `format` in a store entry, sorted by name.
-pub fn images_in(entry: &Entry, format: ImageFormat) -> anyhow::Result<Vec<BootImage>> {
+pub(crate) fn images_in(entry: &Entry, format: ImageFormat) -> anyhow::Result<Vec<BootImage>> {
     let out = entry.out_dir();
     let mut images = Vec::new();
     for file in
@@ -317,13 +277,12 @@ fn extra_rustflags(command: &mut Command, flags: &[String], dir: &Path, workspac
     if flags.is_empty() {
         return;
     }
-    let from_env = std::env::var("CARGO_ENCODED_RUSTFLAGS")
-        .ok()
+    let from_env = env::var(env::CARGO_ENCODED_RUSTFLAGS)
         .map(|encoded| encoded.split('\u{1f}').filter(|f| !f.is_empty()).map(str::to_owned).collect::<Vec<_>>())
-        .or_else(|| std::env::var("RUSTFLAGS").ok().map(|flags| flags.split_whitespace().map(str::to_owned).collect()));
+        .or_else(|| env::var(env::RUSTFLAGS).map(|flags| flags.split_whitespace().map(str::to_owned).collect()));
     if let Some(mut existing) = from_env {
         existing.extend(flags.iter().cloned());
-        command.env_remove("RUSTFLAGS").env("CARGO_ENCODED_RUSTFLAGS", existing.join("\u{1f}"));
+        command.env_remove(env::RUSTFLAGS).env(env::CARGO_ENCODED_RUSTFLAGS, existing.join("\u{1f}"));
         return;
     }
     let value = toml::Value::Array(flags.iter().cloned().map(toml::Value::String).collect());
@@ -333,7 +292,7 @@ fn extra_rustflags(command: &mut Command, flags: &[String], dir: &Path, workspac
     }
 }
 
-fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> {
+pub(super) fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> {
     let artifact = &step.artifact;
     let mut command = tool_command("cargo", &artifact.dir);
     match artifact.kind {

@@ -7,25 +7,23 @@
 
 use std::{
     fs::File,
-    io::{BufWriter, Read, Write},
+    io::{BufWriter, Write},
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use anyhow::Context as _;
-use kiln_store::{BuildOutcome, Derivation, Store};
+use kiln_http::{Failure, RetryError};
+use kiln_store::{BuildOutcome, Derivation};
 use sha2::Digest as _;
 
+use super::Executor;
 use crate::{
     config::{Fetch, FetchSource, HashAlgorithm},
-    report::Printer,
+    events::{EntryKind, Event, Reporter},
 };
 
-/// Tries of one download before giving up (connection errors and 5xx only).
-const ATTEMPTS: u32 = 3;
-
 /// The derivation of a fetch: the pin and the file name only.
-pub fn derivation(fetch: &Fetch) -> Derivation {
+pub(crate) fn derivation(fetch: &Fetch) -> Derivation {
     let mut drv = Derivation::new("fetch");
     drv.setting("algorithm", fetch.hash.algorithm.as_str());
     drv.setting("hash", &fetch.hash.hex);
@@ -34,30 +32,22 @@ pub fn derivation(fetch: &Fetch) -> Derivation {
 }
 
 /// Makes sure the store holds the file and returns its path there.
-pub fn realise(store: &Store, fetch: &Fetch, printer: &Printer) -> anyhow::Result<(PathBuf, BuildOutcome)> {
+pub(crate) fn realise(executor: &Executor, fetch: &Fetch) -> anyhow::Result<(PathBuf, BuildOutcome)> {
     let drv = derivation(fetch);
     let file_name = fetch.source.file_name();
-    let on_wait = || printer.status("Waiting", &format!("for another kiln fetching {}", fetch.name));
-    let (entry, outcome) = store.build(&drv, &format!("fetch-{}", fetch.name), on_wait, |out| {
-        let dest = out.join(&file_name);
-        fill(fetch, &dest, printer).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
-    })?;
-    match &outcome {
-        BuildOutcome::Built { duration, .. } => {
-            printer.status("Fetched", &format!("{} in {}", fetch.name, crate::report::seconds(*duration)));
-        }
-        BuildOutcome::Substituted { .. } => crate::cx::say_substituted(printer, &fetch.name, &entry.closure, &outcome),
-        BuildOutcome::Cached => {}
-    }
-    store.mark_used(&entry.closure)?;
+    let reporter = executor.reporter();
+    let (entry, outcome) =
+        executor.entry(&drv, &format!("fetch-{}", fetch.name), &fetch.name, EntryKind::Fetch, None, |out| {
+            fill(fetch, &out.join(&file_name), reporter)
+        })?;
     Ok((entry.out_dir().join(file_name), outcome))
 }
 
 /// Copies or downloads the file to `dest` and checks it against the pin. Downloads are
 /// shared by every project on this host through a cache of verified files named by their
 /// hash, so a file is fetched once per machine.
-fn fill(fetch: &Fetch, dest: &Path, printer: &Printer) -> anyhow::Result<()> {
-    let cached = crate::cx::user_cache_dir()
+fn fill(fetch: &Fetch, dest: &Path, reporter: &dyn Reporter) -> anyhow::Result<()> {
+    let cached = crate::host::user_cache_dir()
         .map(|dir| dir.join("fetch").join(format!("{}-{}", fetch.hash.algorithm.as_str(), fetch.hash.hex)));
     let reusable = cached.as_deref().filter(|file| is_pinned_copy(file, fetch));
     match (&fetch.source, reusable) {
@@ -68,15 +58,21 @@ fn fill(fetch: &Fetch, dest: &Path, printer: &Printer) -> anyhow::Result<()> {
         }
         (FetchSource::Url(_) | FetchSource::GithubRelease { .. }, Some(file)) => {
             std::fs::copy(file, dest).with_context(|| format!("cannot copy `{}`", file.display()))?;
-            printer.verbose("Reused", &format!("{} from {}", fetch.name, file.display()));
+            reporter.detail("Reused", &format!("{} from {}", fetch.name, file.display()));
         }
-        (FetchSource::Url(url), None) => download(&fetch.name, url, dest, printer)?,
+        (FetchSource::Url(url), None) => download(&fetch.name, url, dest, reporter)?,
+        #[cfg(feature = "github")]
         (FetchSource::GithubRelease { repository, tag, asset }, None) => {
             let url = crate::github::asset_url(repository, tag, asset).with_context(|| {
                 format!("fetch `{}`: cannot find {asset} in release {tag} of {repository}", fetch.name)
             })?;
-            download(&fetch.name, &url, dest, printer)?;
+            download(&fetch.name, &url, dest, reporter)?;
         }
+        #[cfg(not(feature = "github"))]
+        (FetchSource::GithubRelease { .. }, None) => anyhow::bail!(
+            "fetch `{}`: this kiln was built without its `github` feature, which `github-release` fetches need",
+            fetch.name
+        ),
     }
     let actual = hash_file(dest, fetch.hash.algorithm)?;
     if actual != fetch.hash.hex {
@@ -124,7 +120,7 @@ fn remember(verified: &Path, cached: &Path) {
 }
 
 /// The hex digest of a file.
-pub fn hash_file(path: &Path, algorithm: HashAlgorithm) -> anyhow::Result<String> {
+pub(crate) fn hash_file(path: &Path, algorithm: HashAlgorithm) -> anyhow::Result<String> {
     match algorithm {
         HashAlgorithm::Blake3 => Ok(kiln_store::hash_file(path)
             .with_context(|| format!("cannot hash `{}`", path.display()))?
@@ -139,116 +135,84 @@ pub fn hash_file(path: &Path, algorithm: HashAlgorithm) -> anyhow::Result<String
     }
 }
 
-/// Downloads `url` to `dest`, retrying connection failures and server errors with backoff.
-fn download(name: &str, url: &str, dest: &Path, printer: &Printer) -> anyhow::Result<()> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(15)))
-        .timeout_recv_response(Some(Duration::from_secs(30)))
-        .timeout_recv_body(Some(Duration::from_secs(300)))
-        .http_status_as_error(false)
-        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
-    let mut last_error = String::new();
-    for attempt in 1..=ATTEMPTS {
-        if attempt > 1 {
-            let pause = Duration::from_millis(500 * 2u64.pow(attempt - 2));
-            printer.warn(&format!("fetch `{name}`: {last_error}; trying again in {}", crate::report::seconds(pause)));
-            std::thread::sleep(pause);
-        }
-        match try_download(&agent, name, url, dest, printer) {
-            Ok(()) => return Ok(()),
-            Err(Attempt::Retry(reason)) => last_error = reason,
-            Err(Attempt::Fatal(err)) => return Err(err),
+/// Downloads `url` to `dest` through kiln's one HTTP client, retrying lost connections,
+/// transient answers and transfers that broke off, under [`kiln_http::Retry::DOWNLOAD`].
+fn download(name: &str, url: &str, dest: &Path, reporter: &dyn Reporter) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = kiln_http::client(kiln_http::Timeouts::DEFAULT)?;
+    let result = runtime.block_on(kiln_http::with_retries(
+        &kiln_http::Retry::DOWNLOAD,
+        |_| try_download(&client, name, url, dest, reporter),
+        |notice| {
+            let message = format!(
+                "fetch `{name}`: {}; trying again in {} (try {} of {})",
+                notice.why,
+                crate::units::seconds(notice.wait),
+                notice.next_attempt,
+                notice.attempts,
+            );
+            reporter.report(Event::Retrying { message: &message });
+        },
+    ));
+    match result {
+        Ok(()) => Ok(()),
+        Err(RetryError::Permanent(err)) => Err(err),
+        Err(RetryError::GaveUp { attempts, last }) => {
+            anyhow::bail!("fetch `{name}`: cannot download {url} after {attempts} tries: {last}")
         }
     }
-    anyhow::bail!("fetch `{name}`: cannot download {url} after {ATTEMPTS} tries: {last_error}")
 }
 
-enum Attempt {
-    Retry(String),
-    Fatal(anyhow::Error),
-}
-
-fn try_download(agent: &ureq::Agent, name: &str, url: &str, dest: &Path, printer: &Printer) -> Result<(), Attempt> {
-    let mut response = agent.get(url).call().map_err(|e| Attempt::Retry(e.to_string()))?;
-    let status = response.status().as_u16();
-    if status >= 500 || status == 429 {
-        return Err(Attempt::Retry(format!("the server answered {status}")));
+async fn try_download(
+    client: &kiln_http::reqwest::Client,
+    name: &str,
+    url: &str,
+    dest: &Path,
+    reporter: &dyn Reporter,
+) -> Result<(), Failure<anyhow::Error>> {
+    let mut response = client.get(url).send().await.map_err(|err| Failure::transport(&err))?;
+    let status = response.status();
+    if kiln_http::is_transient(status) {
+        let wait = kiln_http::retry_after(response.headers());
+        return Err(Failure::Transient { why: format!("the server answered {status}"), wait });
     }
     if status != 200 {
-        return Err(Attempt::Fatal(anyhow::anyhow!(
+        return Err(Failure::Permanent(anyhow::anyhow!(
             "fetch `{name}`: the server answered {status} for {url}; check `fetch.{name}` in Kiln.toml"
         )));
     }
-    let total = response.body().content_length();
-    let fatal = |doing: &str, e: std::io::Error| Attempt::Fatal(anyhow::anyhow!("fetch `{name}`: {doing}: {e}"));
-    let file = File::create(dest).map_err(|e| fatal(&format!("cannot create `{}`", dest.display()), e))?;
+    let total = response.content_length();
+    let fatal = |doing: String, e: std::io::Error| Failure::Permanent(anyhow::anyhow!("fetch `{name}`: {doing}: {e}"));
+    let file = File::create(dest).map_err(|e| fatal(format!("cannot create `{}`", dest.display()), e))?;
     let mut out = BufWriter::new(file);
-    let progress = Progress::new(name, total, printer);
-    let mut reader = response.body_mut().as_reader();
-    let mut buf = vec![0u8; 256 * 1024];
+    reporter.report(Event::DownloadStarted { name, total });
     let mut received = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Attempt::Retry(format!("the download broke off after {received} bytes: {e}"))),
-        };
-        out.write_all(&buf[..n]).map_err(|e| fatal(&format!("cannot write `{}`", dest.display()), e))?;
-        received += n as u64;
-        progress.advance(received);
-    }
-    progress.finish();
+    let finished = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if let Err(e) = out.write_all(&chunk) {
+                    break Err(fatal(format!("cannot write `{}`", dest.display()), e));
+                }
+                received += chunk.len() as u64;
+                reporter.report(Event::DownloadProgress { name, received });
+            }
+            Ok(None) => break Ok(()),
+            Err(err) => {
+                let why = format!("the download broke off after {received} bytes: {}", kiln_http::describe(&err));
+                break Err(Failure::Transient { why, wait: None });
+            }
+        }
+    };
+    reporter.report(Event::DownloadEnded { name });
+    finished?;
     if let Some(total) = total
         && received != total
     {
-        return Err(Attempt::Retry(format!("the download ended after {received} of {total} bytes")));
+        return Err(Failure::Transient {
+            why: format!("the download ended after {received} of {total} bytes"),
+            wait: None,
+        });
     }
-    out.flush().map_err(|e| fatal(&format!("cannot write `{}`", dest.display()), e))?;
+    out.flush().map_err(|e| fatal(format!("cannot write `{}`", dest.display()), e))?;
     Ok(())
-}
-
-/// A progress bar on a terminal; one line when the download starts otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress {
-    fn new(name: &str, total: Option<u64>, printer: &Printer) -> Self {
-        use std::io::IsTerminal as _;
-        let size = total.map(|t| format!(" ({})", crate::report::human_size(t))).unwrap_or_default();
-        let on_terminal = std::io::stderr().is_terminal() && printer.verbosity() >= crate::report::Verbosity::Normal;
-        if !on_terminal {
-            printer.status("Fetching", &format!("{name}{size}"));
-            return Self { bar: None };
-        }
-        let bar = match total {
-            Some(total) => indicatif::ProgressBar::new(total),
-            None => indicatif::ProgressBar::new_spinner(),
-        };
-        let style = indicatif::ProgressStyle::with_template(
-            "{prefix:>12.cyan.bold} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-        )
-        .map(|s| s.progress_chars("=> "));
-        if let Ok(style) = style {
-            bar.set_style(style);
-        }
-        bar.set_prefix("Fetching");
-        bar.set_message(name.to_owned());
-        Self { bar: Some(bar) }
-    }
-
-    fn advance(&self, received: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(received);
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }

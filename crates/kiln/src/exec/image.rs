@@ -11,7 +11,7 @@ use object::{
 
 /// The loadable segments of `elf` as one flat image starting at the lowest physical
 /// address, gaps filled with zeros: what `objcopy -O binary` writes.
-pub fn raw_binary(elf: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn raw_binary(elf: &[u8]) -> anyhow::Result<Vec<u8>> {
     match elf.get(4) {
         Some(1) => raw_from::<object::elf::FileHeader32<Endianness>>(elf),
         Some(2) => raw_from::<object::elf::FileHeader64<Endianness>>(elf),
@@ -50,7 +50,7 @@ fn raw_from<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> anyhow::Result
 }
 
 /// Writes `elf`'s raw image beside it as `NAME.bin` and returns that path.
-pub fn write_raw_beside(elf: &Path) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn write_raw_beside(elf: &Path) -> anyhow::Result<std::path::PathBuf> {
     let data = std::fs::read(elf).with_context(|| format!("cannot read `{}`", elf.display()))?;
     let image = raw_binary(&data).with_context(|| format!("cannot make a raw image of `{}`", elf.display()))?;
     let mut name = elf.as_os_str().to_owned();

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use cargo_metadata::Metadata;
 use kiln_store::FileStamp;
 
-use super::cargo::tool_command;
+use super::tool::tool_command;
 
 /// Bumped when the cache file's layout changes.
 const CACHE_VERSION: u32 = 1;
@@ -34,7 +34,7 @@ struct CacheFile {
 
 /// `cargo metadata` answers for one package directory and target.
 #[derive(Debug)]
-pub struct MetadataAnswer {
+pub(crate) struct MetadataAnswer {
     /// The JSON cargo printed.
     pub json: String,
     /// The `rustc -vV` text the cached answer was made with; `None` when fresh.
@@ -49,7 +49,7 @@ impl MetadataAnswer {
 }
 
 /// Runs `cargo metadata --filter-platform TRIPLE` in `dir`.
-pub fn run_cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<String> {
+pub(crate) fn run_cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<String> {
     let output = tool_command("cargo", dir)
         .args(["metadata", "--format-version", "1", "--filter-platform", triple])
         .stderr(Stdio::piped())
@@ -63,7 +63,7 @@ pub fn run_cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<String> {
 
 /// The on-disk cache of `cargo metadata` answers.
 #[derive(Clone, Debug)]
-pub struct MetadataCache {
+pub(crate) struct MetadataCache {
     dir: PathBuf,
 }
 
@@ -138,7 +138,7 @@ fn watched_files(dir: &Path, metadata: &Metadata) -> Vec<PathBuf> {
             files.push(ancestor.join(name));
         }
     }
-    if let Some(home) = std::env::var_os("CARGO_HOME").map(PathBuf::from) {
+    if let Some(home) = crate::env::var_os(crate::env::CARGO_HOME).map(PathBuf::from) {
         files.push(home.join("config.toml"));
         files.push(home.join("config"));
     }

@@ -1,18 +1,561 @@
-//! Executing a plan's builds through the store.
+//! Realising a plan through the store: cargo builds, fetches, kernels, rootfs images and the
+//! guest agent, each keyed by its closure hash, built only when the store (or a remote) lacks
+//! it. The [`Executor`] holds what every build needs (the store, where events go, whether
+//! installing host packages is allowed) and takes typed plan steps, never the configuration.
+//!
+//! [`Executor::entry`] is the one path from a derivation to a store entry: it waits for
+//! another builder, runs the build, records the entry's use and name, and reports the outcome
+//! (`Built`, `Cached`, `Substituted`, `Fetched`) through one event.
 
-pub mod agent;
-pub mod agent_client;
+mod agent;
 mod cargo;
-pub mod fetch;
-pub mod guest;
+mod fetch;
 mod image;
-pub mod linux;
+mod kernel;
 mod metadata;
-pub mod slots;
-pub mod snapshot;
+mod provision;
+#[cfg(feature = "remote")]
+pub(crate) mod remotes;
+mod rootfs;
+mod tool;
 
-pub(crate) use cargo::tool_command;
-pub use cargo::{BootImage, CargoHost, derivation_for, images_in, realise};
-pub use image::raw_binary;
-pub use linux::FetchedFiles;
-pub use metadata::{MetadataAnswer, MetadataCache, run_cargo_metadata};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use kiln_qemu::{
+    Machine,
+    accel::{self, Accel, AccelChoice, AccelPolicy},
+};
+use kiln_store::{BuildOutcome, ClosureHash, Derivation, Entry, StatCache, Store};
+use kiln_types::Arch;
+
+pub(crate) use agent::{derivation as agent_derivation, realise as realise_agent};
+pub(crate) use cargo::{BootImage, images_in};
+pub(crate) use kernel::{KERNEL_FILE, SHARE_FILE};
+pub(crate) use provision::{
+    InstallMode, Missing, describe_fixes, floating_channel_warning, host_needs, toolchain_file,
+};
+pub(crate) use rootfs::{RootfsFiles, assemble as assemble_rootfs, read_listing};
+pub(crate) use tool::tool_command;
+
+use crate::{
+    config::RootfsFormat,
+    events::{EntryKind, Event, Reporter},
+    explain,
+    guest::LinuxImages,
+    plan::{BuildKey, BuildStep, FetchStep, ImageKey, ImageRecipe, ImageStep, LinuxGuest, Plan},
+};
+
+/// An artifact built for one architecture (or found in the store).
+#[derive(Clone, Debug)]
+pub(crate) struct BuiltArtifact {
+    /// Its closure hash.
+    pub closure: ClosureHash,
+    /// The images to boot inside the store entry (one, or one per test binary).
+    pub images: Vec<BootImage>,
+    /// How the store served it.
+    pub outcome: BuildOutcome,
+}
+
+impl BuiltArtifact {
+    /// The first (for `kind = "bin"`, the only) image.
+    pub(crate) fn image(&self) -> &Path {
+        self.images.first().map_or(Path::new(""), |image| &image.path)
+    }
+}
+
+/// A kernel or rootfs in the store.
+#[derive(Clone, Debug)]
+pub(crate) struct RealisedImage {
+    /// Its closure hash.
+    pub closure: ClosureHash,
+    /// The entry's output directory.
+    pub dir: PathBuf,
+    /// How the store served it.
+    pub outcome: BuildOutcome,
+}
+
+/// A fetched file in the store.
+#[derive(Clone, Debug)]
+pub(crate) struct FetchedFile {
+    /// The file.
+    pub path: PathBuf,
+    /// How the store served it.
+    pub outcome: BuildOutcome,
+}
+
+/// Everything a plan needs, in the store.
+#[derive(Debug, Default)]
+pub(crate) struct Realised {
+    /// Artifacts by build.
+    pub builds: BTreeMap<BuildKey, BuiltArtifact>,
+    /// Fetched files by fetch name.
+    pub fetches: BTreeMap<String, FetchedFile>,
+    /// Kernels and rootfs images.
+    pub images: BTreeMap<ImageKey, RealisedImage>,
+}
+
+impl Realised {
+    /// How many derivations were built now, found, and substituted from remotes.
+    pub(crate) fn store_use(&self) -> crate::outcome::StoreUse {
+        let outcomes: Vec<&BuildOutcome> = self
+            .builds
+            .values()
+            .map(|b| &b.outcome)
+            .chain(self.images.values().map(|i| &i.outcome))
+            .chain(self.fetches.values().map(|f| &f.outcome))
+            .collect();
+        let built = outcomes.iter().filter(|o| matches!(o, BuildOutcome::Built { .. })).count();
+        let substituted_from: BTreeSet<String> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                BuildOutcome::Substituted { from, .. } => Some(from.clone()),
+                _ => None,
+            })
+            .collect();
+        let substituted = outcomes.iter().filter(|o| matches!(o, BuildOutcome::Substituted { .. })).count();
+        crate::outcome::StoreUse { built, cached: outcomes.len() - built - substituted, substituted, substituted_from }
+    }
+
+    /// The store paths of a Linux guest's kernel and rootfs, ready to boot `command`.
+    pub(crate) fn linux_images(&self, guest: &LinuxGuest, command: &str) -> anyhow::Result<LinuxImages> {
+        let (Some(kernel), Some(rootfs)) = (self.images.get(&guest.kernel), self.images.get(&guest.rootfs)) else {
+            anyhow::bail!("{} or {} was not built", guest.kernel, guest.rootfs);
+        };
+        Ok(linux_images(guest, kernel, rootfs, command))
+    }
+
+    /// Whether any of these outcomes was a build now, or a substitution.
+    pub(crate) fn provenance<'a>(outcomes: impl IntoIterator<Item = &'a BuildOutcome>) -> (bool, bool) {
+        let outcomes: Vec<&BuildOutcome> = outcomes.into_iter().collect();
+        (
+            outcomes.iter().any(|o| matches!(o, BuildOutcome::Built { .. })),
+            outcomes.iter().any(|o| matches!(o, BuildOutcome::Substituted { .. })),
+        )
+    }
+}
+
+/// What rootfs builds read from a realised plan: fetched files by fetch name, and artifact
+/// binaries by build.
+pub(crate) fn rootfs_files(realised: &Realised) -> (BTreeMap<String, PathBuf>, BTreeMap<BuildKey, PathBuf>) {
+    let fetched = realised.fetches.iter().map(|(name, file)| (name.clone(), file.path.clone())).collect();
+    let binaries = realised.builds.iter().map(|(key, built)| (key.clone(), built.image().to_owned())).collect();
+    (fetched, binaries)
+}
+
+/// The store paths of a kernel and rootfs entry, for booting them.
+pub(crate) fn linux_images(
+    guest: &LinuxGuest,
+    kernel: &RealisedImage,
+    rootfs: &RealisedImage,
+    command: &str,
+) -> LinuxImages {
+    let image = rootfs.dir.join(guest.format.file_name());
+    let boot_stub = rootfs.dir.join(rootfs::DISK_BOOT_FILE);
+    let (initramfs, disk) = match guest.format {
+        RootfsFormat::Initramfs(_) => (image, None),
+        RootfsFormat::Ext4 => (boot_stub, Some((image, "raw"))),
+        RootfsFormat::Qcow2 => (boot_stub, Some((image, "qcow2"))),
+    };
+    LinuxImages {
+        kernel: kernel.dir.join(KERNEL_FILE),
+        modules: kernel.dir.join(kernel::MODULES_FILE),
+        rootfs: initramfs,
+        disk,
+        cmdline: guest.cmdline.clone(),
+        command: command.to_owned(),
+    }
+}
+
+/// An artifact's package is not a local package of its cargo workspace; the caller points at
+/// the Kiln.toml key.
+#[derive(Debug, thiserror::Error)]
+#[error("no package named `{package}` in the cargo workspace at `{workspace}`")]
+pub(crate) struct UnknownPackage {
+    /// The artifact.
+    pub artifact: String,
+    /// The package it names.
+    pub package: String,
+    /// The workspace cargo found.
+    pub workspace: String,
+    /// The local packages there.
+    pub local: Vec<String>,
+}
+
+/// How the executor works.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Whether missing host packages may be installed.
+    pub install: InstallMode,
+    /// Say which inputs changed for each build that runs (`build --explain`).
+    pub explain: bool,
+    /// Pass `--quiet` to cargo.
+    pub quiet_cargo: bool,
+    /// The project's scratch directory (`target/kiln`): caches, the agent's target directory.
+    pub work_dir: PathBuf,
+}
+
+/// Builds what the store lacks, and says what it did.
+#[derive(Debug)]
+pub(crate) struct Executor {
+    store: Store,
+    reporter: Arc<dyn Reporter>,
+    settings: Settings,
+    #[cfg(feature = "remote")]
+    remotes: Option<Arc<kiln_store::remote::Remotes>>,
+}
+
+impl Executor {
+    /// An executor over `store`; its events go to `reporter`.
+    pub(crate) fn new(store: Store, reporter: Arc<dyn Reporter>, settings: Settings) -> Self {
+        Self {
+            store,
+            reporter,
+            settings,
+            #[cfg(feature = "remote")]
+            remotes: None,
+        }
+    }
+
+    /// The same executor, substituting from and pushing to `remotes`.
+    #[cfg(feature = "remote")]
+    pub(crate) fn with_remotes(mut self, remotes: Arc<kiln_store::remote::Remotes>) -> Self {
+        self.store = self.store.with_substituter(remotes.clone());
+        self.remotes = Some(remotes);
+        self
+    }
+
+    /// The remote stores, when there are any.
+    #[cfg(feature = "remote")]
+    pub(crate) fn remotes(&self) -> Option<&Arc<kiln_store::remote::Remotes>> {
+        self.remotes.as_ref()
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Where events go.
+    pub(crate) fn reporter(&self) -> &dyn Reporter {
+        self.reporter.as_ref()
+    }
+
+    /// The project's scratch directory.
+    pub(crate) fn work_dir(&self) -> &Path {
+        &self.settings.work_dir
+    }
+
+    /// Installs (or names) what the host lacks.
+    pub(crate) fn ensure(&self, missing: Vec<Missing>) -> anyhow::Result<()> {
+        provision::ensure(missing, self.settings.install, self.reporter())
+    }
+
+    /// The store entry of `drv`, running `build` (into the directory it is given) when neither
+    /// the store nor a remote has it. `name` is what the store records it under (for `why`
+    /// and `--explain`), `what` how people call it; the outcome is reported once, here.
+    pub(crate) fn entry(
+        &self,
+        drv: &Derivation,
+        name: &str,
+        what: &str,
+        kind: EntryKind,
+        how: Option<&str>,
+        build: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(Entry, BuildOutcome)> {
+        let closure = drv.closure_hash();
+        self.reporter.detail("Closure", &format!("{what} {closure}"));
+        let on_wait = || self.reporter.report(Event::BuildWaiting { what });
+        let (entry, outcome) = self.store.build(drv, name, on_wait, |out| {
+            self.reporter.report(Event::BuildStarted { what, kind, how });
+            if self.settings.explain && kind == EntryKind::Build {
+                for line in explain::changes(&self.store, name, drv) {
+                    self.reporter.report(Event::BuildReason { line: &line });
+                }
+            }
+            // `{:#}`: the whole chain, since the store keeps only the message.
+            build(out).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
+        })?;
+        self.reporter.report(Event::BuildFinished { what, kind, closure: entry.closure, outcome: &outcome });
+        self.store.mark_used(&entry.closure)?;
+        self.store.record_name(name, &entry.closure)?;
+        Ok((entry, outcome))
+    }
+
+    /// Realises a plan: its builds, then the fetches, kernels and rootfs images.
+    pub(crate) fn realise(&self, plan: &Plan) -> anyhow::Result<Realised> {
+        let mut realised = Realised {
+            builds: self.realise_builds(&plan.builds)?,
+            fetches: self.realise_fetches(&plan.fetches)?,
+            images: BTreeMap::new(),
+        };
+        let artifact_closures = realised.builds.iter().map(|(key, built)| (key.clone(), built.closure)).collect();
+        let (fetched, binaries) = rootfs_files(&realised);
+        let mut images = BTreeMap::new();
+        for (step, drv) in plan.images.iter().zip(image_derivations(&plan.images, &plan.fetches, &artifact_closures)?) {
+            let key = &step.key;
+            let what = key.to_string();
+            let (entry, outcome) =
+                self.entry(&drv, &key.store_name(), &what, EntryKind::Build, None, |out| match &step.recipe {
+                    ImageRecipe::Kernel(kernel) => {
+                        let file = fetched
+                            .get(&kernel.fetch)
+                            .ok_or_else(|| anyhow::anyhow!("`{}` was not fetched", kernel.fetch))?;
+                        kernel::build_kernel(&key.name, kernel, key.arch, file, out)
+                    }
+                    ImageRecipe::Rootfs(rootfs) => {
+                        let files = rootfs::RootfsFiles { fetched: &fetched, binaries: &binaries };
+                        let tree = rootfs::assemble(&key.name, rootfs, key.arch, &files)?;
+                        rootfs::write_rootfs(&key.name, rootfs, &tree, out)
+                    }
+                })?;
+            images.insert(key.clone(), RealisedImage { closure: entry.closure, dir: entry.out_dir(), outcome });
+        }
+        realised.images = images;
+        Ok(realised)
+    }
+
+    /// Fetches (or finds in the store) every file of `fetches`.
+    pub(crate) fn realise_fetches(&self, fetches: &[FetchStep]) -> anyhow::Result<BTreeMap<String, FetchedFile>> {
+        let mut fetched = BTreeMap::new();
+        for step in fetches {
+            let fetch = &step.fetch;
+            let (path, outcome) = fetch::realise(self, fetch)
+                .with_context(|| format!("`[fetch.{}]` at {}", fetch.name, step.declared_at))?;
+            fetched.insert(fetch.name.clone(), FetchedFile { path, outcome });
+        }
+        Ok(fetched)
+    }
+
+    /// Builds every step that the store lacks and returns all of them.
+    pub(crate) fn realise_builds(&self, steps: &[BuildStep]) -> anyhow::Result<BTreeMap<BuildKey, BuiltArtifact>> {
+        let derivations = self.derivations(steps)?;
+        let mut missing_targets: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
+        for (step, drv) in steps.iter().zip(&derivations) {
+            if self.store.lookup(&drv.closure_hash())?.is_none() {
+                missing_targets.entry(step.artifact.dir.clone()).or_default().insert(step.triple.clone());
+            }
+        }
+        let mut missing: Vec<Missing> =
+            missing_targets.iter().flat_map(|(dir, targets)| provision::check_targets(dir, targets)).collect();
+        for step in steps.iter().filter(|s| s.artifact.build_std.is_some()) {
+            if missing_targets.contains_key(&step.artifact.dir) {
+                missing.extend(provision::check_rust_src(&step.artifact.dir));
+            }
+        }
+        self.ensure(missing)?;
+        if !missing_targets.is_empty() {
+            self.warn_environment_rustflags(missing_targets.keys());
+        }
+        let mut built = BTreeMap::new();
+        for (step, drv) in steps.iter().zip(&derivations) {
+            let what = step.key.to_string();
+            let how = format!("for {}", step.triple);
+            let (entry, outcome) =
+                self.entry(drv, &step.key.store_name(), &what, EntryKind::Build, Some(&how), |out| {
+                    cargo::cargo_build(step, out, self.settings.quiet_cargo)
+                })?;
+            let images = images_in(&entry, step.artifact.image)?;
+            built.insert(step.key.clone(), BuiltArtifact { closure: entry.closure, images, outcome });
+        }
+        Ok(built)
+    }
+
+    /// Computes each step's derivation. The cargo and rustc queries behind them run at once,
+    /// one per package directory and target, since they dominate a fully cached run.
+    pub(crate) fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
+        let dirs: BTreeSet<&PathBuf> = steps.iter().map(|s| &s.artifact.dir).collect();
+        self.provision_toolchains(&dirs)?;
+        let queries: BTreeSet<(&PathBuf, &str)> = steps.iter().map(|s| (&s.artifact.dir, s.triple.as_str())).collect();
+        let cache = metadata::MetadataCache::new(self.work_dir().join("cache/cargo-metadata"));
+        let (hosts, answers) = std::thread::scope(|scope| {
+            let hosts: Vec<_> =
+                dirs.iter().map(|dir| (*dir, scope.spawn(move || cargo::CargoHost::probe(dir)))).collect();
+            let answers: Vec<_> = queries
+                .iter()
+                .map(|(dir, triple)| {
+                    let cache = &cache;
+                    ((*dir, *triple), scope.spawn(move || cache.get(dir, triple)))
+                })
+                .collect();
+            let hosts = hosts
+                .into_iter()
+                .map(|(dir, handle)| Ok((dir, join(handle)??)))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>();
+            let answers = answers
+                .into_iter()
+                .map(|(key, handle)| Ok((key, join(handle)??)))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>();
+            anyhow::Ok((hosts?, answers?))
+        })?;
+        let mut parsed = BTreeMap::new();
+        for ((dir, triple), answer) in answers {
+            let rustc = &hosts[dir].rustc_version;
+            let json = match answer.cached_with_rustc {
+                Some(cached) if cached == *rustc => answer.json,
+                Some(_) => {
+                    let fresh = metadata::run_cargo_metadata(dir, triple)?;
+                    cache.store(dir, triple, &fresh, rustc);
+                    fresh
+                }
+                None => {
+                    cache.store(dir, triple, &answer.json, rustc);
+                    answer.json
+                }
+            };
+            let metadata = metadata::MetadataAnswer { json, cached_with_rustc: None }.parse()?;
+            parsed.insert((dir, triple), metadata);
+        }
+        for step in steps {
+            check_package(step, &parsed[&(&step.artifact.dir, step.triple.as_str())])?;
+        }
+        let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
+        let derivations = steps
+            .iter()
+            .map(|step| {
+                let host = &hosts[&step.artifact.dir];
+                let metadata = &parsed[&(&step.artifact.dir, step.triple.as_str())];
+                cargo::derivation_for(step, host, metadata, &stat_cache)
+                    .with_context(|| format!("cannot compute the closure of {}", step.key))
+            })
+            .collect();
+        if let Err(err) = stat_cache.save() {
+            self.reporter.detail("Warning", &format!("the stat cache was not saved: {err}"));
+        }
+        derivations
+    }
+
+    /// Every closure a plan needs (builds, fetches, kernels, rootfs images), without building.
+    pub(crate) fn closures(&self, plan: &Plan) -> anyhow::Result<Vec<(String, ClosureHash)>> {
+        let derivations = self.derivations(&plan.builds)?;
+        let mut closures = Vec::new();
+        let mut artifacts = BTreeMap::new();
+        for (step, drv) in plan.builds.iter().zip(&derivations) {
+            artifacts.insert(step.key.clone(), drv.closure_hash());
+            closures.push((step.key.store_name(), drv.closure_hash()));
+        }
+        for step in &plan.fetches {
+            closures.push((format!("fetch-{}", step.fetch.name), fetch::derivation(&step.fetch).closure_hash()));
+        }
+        for (step, drv) in plan.images.iter().zip(image_derivations(&plan.images, &plan.fetches, &artifacts)?) {
+            closures.push((step.key.store_name(), drv.closure_hash()));
+        }
+        Ok(closures)
+    }
+
+    /// Checks (and, when allowed, installs) what these machines need on this host.
+    pub(crate) fn provision_machines<'a>(&self, machines: impl IntoIterator<Item = &'a Machine>) -> anyhow::Result<()> {
+        self.ensure(machines.into_iter().flat_map(provision::check_machine).collect())
+    }
+
+    /// Chooses the accelerator for each architecture and says why, once per arch.
+    pub(crate) fn accelerators(
+        &self,
+        arches: impl IntoIterator<Item = Arch>,
+        policy: AccelPolicy,
+    ) -> BTreeMap<Arch, AccelChoice> {
+        let cache_dir = crate::host::user_cache_dir().unwrap_or_else(|| self.work_dir().join("host"));
+        let arches: BTreeSet<Arch> = arches.into_iter().collect();
+        arches
+            .into_iter()
+            .map(|arch| {
+                let choice = accel::choose(arch, policy, &cache_dir);
+                self.reporter.report(Event::AccelChosen { arch, choice: &choice });
+                (arch, choice)
+            })
+            .collect()
+    }
+
+    /// The accelerator for one architecture.
+    pub(crate) fn accelerator(&self, arch: Arch, policy: AccelPolicy) -> Accel {
+        self.accelerators([arch], policy).get(&arch).map_or(Accel::Tcg, |choice| choice.accel)
+    }
+
+    /// Warns when `RUSTFLAGS` is set while the project's cargo config has rustflags: cargo
+    /// then drops the config's flags (linker scripts among them), which breaks kernel links.
+    fn warn_environment_rustflags<'a>(&self, dirs: impl Iterator<Item = &'a PathBuf>) {
+        let Some(variable) =
+            [crate::env::CARGO_ENCODED_RUSTFLAGS, crate::env::RUSTFLAGS].into_iter().find(|v| crate::env::is_set(v))
+        else {
+            return;
+        };
+        for dir in dirs {
+            let configured = dir.ancestors().any(|ancestor| {
+                std::fs::read_to_string(ancestor.join(".cargo/config.toml"))
+                    .is_ok_and(|text| text.contains("rustflags"))
+            });
+            if configured {
+                self.reporter.warn(&format!(
+                    "{variable} is set, so cargo ignores the rustflags in `{}`'s cargo config (linker scripts among \
+                     them); to add flags, use `rustflags = [...]` in the artifact's Kiln.toml table instead",
+                    dir.display()
+                ));
+                return;
+            }
+        }
+    }
+
+    /// Installs (when allowed) the toolchains that `rust-toolchain` files name, and warns
+    /// about floating channels. Current rustup no longer installs them by itself.
+    fn provision_toolchains(&self, dirs: &BTreeSet<&PathBuf>) -> anyhow::Result<()> {
+        let mut missing = Vec::new();
+        for dir in dirs {
+            if let Some(warning) = provision::floating_channel_warning(dir) {
+                self.reporter.warn(&warning);
+            }
+            missing.extend(provision::check_toolchain(dir));
+        }
+        self.ensure(missing)
+    }
+}
+
+/// The derivations of the images, given the fetches they read and the closures of the
+/// artifacts their layers use.
+pub(crate) fn image_derivations(
+    images: &[ImageStep],
+    fetches: &[FetchStep],
+    artifacts: &BTreeMap<BuildKey, ClosureHash>,
+) -> anyhow::Result<Vec<Derivation>> {
+    let fetches: BTreeMap<String, ClosureHash> =
+        fetches.iter().map(|step| (step.fetch.name.clone(), fetch::derivation(&step.fetch).closure_hash())).collect();
+    images
+        .iter()
+        .map(|step| {
+            let key = &step.key;
+            Ok(match &step.recipe {
+                ImageRecipe::Kernel(kernel) => kernel::kernel_derivation(kernel, key.arch, &fetches),
+                ImageRecipe::Rootfs(rootfs) => {
+                    let inputs = rootfs::RootfsInputs { fetches: &fetches, artifacts };
+                    rootfs::rootfs_derivation(rootfs, key.arch, &inputs)
+                        .with_context(|| format!("cannot compute the closure of {key}"))?
+                }
+            })
+        })
+        .collect()
+}
+
+/// An [`UnknownPackage`] error when the artifact's package is not a local package of the
+/// cargo workspace.
+fn check_package(step: &BuildStep, metadata: &cargo_metadata::Metadata) -> anyhow::Result<()> {
+    let artifact = &step.artifact;
+    let local: Vec<String> =
+        metadata.packages.iter().filter(|p| p.source.is_none()).map(|p| p.name.to_string()).collect();
+    if local.contains(&artifact.package) {
+        return Ok(());
+    }
+    Err(UnknownPackage {
+        artifact: artifact.name.clone(),
+        package: artifact.package.clone(),
+        workspace: metadata.workspace_root.to_string(),
+        local,
+    }
+    .into())
+}
+
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> anyhow::Result<T> {
+    handle.join().map_err(|_| anyhow::anyhow!("a cargo query panicked"))
+}

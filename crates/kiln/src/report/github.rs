@@ -3,31 +3,52 @@
 
 use std::fmt::Write as _;
 
-use super::{CaseStatus, RunSummary};
+use crate::{
+    env,
+    outcome::{CaseStatus, RunSummary},
+};
 
 /// Whether kiln runs inside GitHub Actions.
-pub fn active() -> bool {
-    std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
+pub(crate) fn active() -> bool {
+    env::in_github_actions()
 }
 
 /// Escapes a command's message (`%`, CR, LF).
-pub fn escape_data(text: &str) -> String {
+pub(crate) fn escape_data(text: &str) -> String {
     text.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
 }
 
 /// Escapes a command's property value (also `:` and `,`).
-pub fn escape_property(text: &str) -> String {
+pub(crate) fn escape_property(text: &str) -> String {
     escape_data(text).replace(':', "%3A").replace(',', "%2C")
 }
 
-/// A random token for `::stop-commands::`, so text a guest prints cannot end the guard.
-pub fn stop_token() -> String {
-    let seed = format!("{:?}{}{:?}", std::time::SystemTime::now(), std::process::id(), std::thread::current().id());
-    blake3::hash(seed.as_bytes()).to_hex()[..32].to_owned()
+/// A guard that stops GitHub from reading workflow commands in the text between its two
+/// lines: guest output, archive member names, anything kiln did not write itself. Its token
+/// comes from the operating system's randomness, so the guarded text cannot end it.
+pub(crate) struct CommandGuard {
+    token: String,
+}
+
+impl CommandGuard {
+    /// A guard with a fresh token.
+    pub(crate) fn new() -> anyhow::Result<Self> {
+        Ok(Self { token: crate::host::random_hex(16)? })
+    }
+
+    /// The line that starts the guard.
+    pub(crate) fn start(&self) -> String {
+        format!("::stop-commands::{}", self.token)
+    }
+
+    /// The line that ends it.
+    pub(crate) fn end(&self) -> String {
+        format!("::{}::", self.token)
+    }
 }
 
 /// `::error file=...,line=...,title=...::message`.
-pub fn error_annotation(file: &str, line: Option<usize>, title: &str, message: &str) -> String {
+pub(crate) fn error_annotation(file: &str, line: Option<usize>, title: &str, message: &str) -> String {
     let mut properties = format!("file={}", escape_property(file));
     if let Some(line) = line {
         let _ = write!(properties, ",line={line}");
@@ -37,7 +58,7 @@ pub fn error_annotation(file: &str, line: Option<usize>, title: &str, message: &
 }
 
 /// Markdown for `GITHUB_STEP_SUMMARY`: a row per case and machine, then the store's use.
-pub fn job_summary(summary: &RunSummary) -> String {
+pub(crate) fn job_summary(summary: &RunSummary) -> String {
     let mut out = String::from(
         "### kiln\n\n| case | machine | arch | result | boot | build | detail |\n|---|---|---|---|---|---|---|\n",
     );
@@ -84,7 +105,7 @@ pub fn job_summary(summary: &RunSummary) -> String {
 
 /// `name=value` lines for `GITHUB_OUTPUT`: what the run built and found in the store, the
 /// JUnit file, and whether every case passed.
-pub fn step_outputs(summary: &RunSummary, junit: &std::path::Path) -> String {
+pub(crate) fn step_outputs(summary: &RunSummary, junit: &std::path::Path) -> String {
     format!(
         "built={}\ncached={}\njunit={}\npassed={}\n",
         summary.store.built,
@@ -96,7 +117,7 @@ pub fn step_outputs(summary: &RunSummary, junit: &std::path::Path) -> String {
 
 /// A command that failed before it could report (a build error, a Kiln.toml error): an
 /// `::error` annotation and a line in the job summary, so the failure shows on the run's page.
-pub fn report_failure(rendered: &str) {
+pub(crate) fn report_failure(rendered: &str) {
     let first = rendered.lines().next().unwrap_or(rendered).trim_start_matches("error: ");
     println!("::error title={}::{}", escape_property("kiln"), escape_data(rendered));
     let text = format!("### kiln\n\n❌ kiln stopped before it could report: {}\n\n```\n{rendered}\n```\n", cell(first));
@@ -104,19 +125,19 @@ pub fn report_failure(rendered: &str) {
 }
 
 /// Appends `name=value` lines to the file `GITHUB_OUTPUT` names, when it is set.
-pub fn append_outputs(lines: &str) -> std::io::Result<()> {
-    append_to_runner_file("GITHUB_OUTPUT", lines)
+pub(crate) fn append_outputs(lines: &str) -> std::io::Result<()> {
+    append_to_runner_file(env::GITHUB_OUTPUT, lines)
 }
 
 /// Appends Markdown to the job summary (`GITHUB_STEP_SUMMARY`), when it is set.
-pub fn append_summary(markdown: &str) -> std::io::Result<()> {
-    append_to_runner_file("GITHUB_STEP_SUMMARY", markdown)
+pub(crate) fn append_summary(markdown: &str) -> std::io::Result<()> {
+    append_to_runner_file(env::GITHUB_STEP_SUMMARY, markdown)
 }
 
 /// Appends to the file a runner variable names; nothing when the variable is unset.
 fn append_to_runner_file(variable: &str, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    let Ok(path) = std::env::var(variable) else { return Ok(()) };
+    let Some(path) = env::var(variable) else { return Ok(()) };
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -145,17 +166,20 @@ mod tests {
     }
 
     #[test]
-    fn stop_tokens_differ() {
-        assert_ne!(stop_token(), stop_token());
-        assert_eq!(stop_token().len(), 32);
+    fn guard_tokens_differ() {
+        let (a, b) = (CommandGuard::new().expect("token"), CommandGuard::new().expect("token"));
+        assert_ne!(a.start(), b.start());
+        assert_eq!(a.start().len(), "::stop-commands::".len() + 32);
+        assert_eq!(a.end(), format!("::{}::", a.token));
     }
 
     #[test]
     fn summary_cells_cannot_break_the_table() {
         let mut summary = RunSummary::default();
-        summary.results.push(super::super::CaseResult {
+        summary.results.push(crate::outcome::CaseResult {
             label: "a/b".into(),
             case: "a|b".into(),
+            line: None,
             machine: "m".into(),
             arch: kiln_types::Arch::X86_64,
             verdict: None,

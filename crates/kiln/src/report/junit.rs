@@ -1,75 +1,41 @@
-//! JUnit XML of a run, for the test reporters CI systems read.
+//! JUnit XML of a run, for the test reporters CI systems read: one test suite, one test case per
+//! case and machine, written by quick-junit.
 
-use std::fmt::Write as _;
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::{CaseResult, CaseStatus, RunSummary};
+use crate::outcome::{CaseResult, CaseStatus, RunSummary};
 
-/// Escapes text for an XML attribute or element.
-fn xml(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // XML 1.0 forbids most control characters even when escaped.
-            c if c.is_control() && !matches!(c, '\n' | '\t' | '\r') => out.push_str(&c.escape_unicode().to_string()),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn testcase(out: &mut String, result: &CaseResult) {
-    let _ = write!(
-        out,
-        "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
-        xml(&result.case),
-        xml(&format!("{} ({})", result.machine, result.arch)),
-        result.boot.as_secs_f64()
-    );
-    let tail = xml(&result.tail.join("\n"));
-    match result.status {
-        CaseStatus::Passed | CaseStatus::FailedAsExpected => {
-            let _ = writeln!(out, ">\n      <system-out>{tail}</system-out>\n    </testcase>");
-        }
+fn testcase(result: &CaseResult) -> TestCase {
+    let tail = result.tail.join("\n");
+    let status = match result.status {
+        CaseStatus::Passed | CaseStatus::FailedAsExpected => TestCaseStatus::success(),
         CaseStatus::Failed | CaseStatus::UnexpectedPass => {
-            let _ = writeln!(
-                out,
-                ">\n      <failure message=\"{}\">{tail}</failure>\n    </testcase>",
-                xml(&result.detail)
-            );
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            status.set_message(result.detail.as_str()).set_description(tail.as_str());
+            status
         }
         CaseStatus::Error | CaseStatus::Interrupted => {
-            let _ = writeln!(out, ">\n      <error message=\"{}\"/>\n    </testcase>", xml(&result.detail));
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+            status.set_message(result.detail.as_str());
+            status
         }
+    };
+    let mut case = TestCase::new(format!("{} ({})", result.machine, result.arch), status);
+    case.set_classname(result.case.as_str()).set_time(result.boot);
+    if result.status.is_ok() {
+        case.set_system_out(tail);
     }
+    case
 }
 
-/// The run as a JUnit XML document: one test suite, one test case per case and machine.
-pub fn render(summary: &RunSummary) -> String {
-    let tests = summary.results.len();
-    let failures =
-        summary.results.iter().filter(|r| matches!(r.status, CaseStatus::Failed | CaseStatus::UnexpectedPass)).count();
-    let errors =
-        summary.results.iter().filter(|r| matches!(r.status, CaseStatus::Error | CaseStatus::Interrupted)).count();
-    let time = summary.total.as_secs_f64();
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        out,
-        "<testsuites name=\"kiln\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{time:.3}\">"
-    );
-    let _ = writeln!(
-        out,
-        "  <testsuite name=\"kiln\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{time:.3}\">"
-    );
-    for result in &summary.results {
-        testcase(&mut out, result);
-    }
-    out.push_str("  </testsuite>\n</testsuites>\n");
-    out
+/// The run as a JUnit XML document.
+pub(crate) fn render(summary: &RunSummary) -> anyhow::Result<String> {
+    let mut suite = TestSuite::new("kiln");
+    suite.set_time(summary.total);
+    suite.add_test_cases(summary.results.iter().map(testcase));
+    let mut report = Report::new("kiln");
+    report.set_time(summary.total).add_test_suite(suite);
+    Ok(report.to_string()?)
 }
 
 #[cfg(test)]
@@ -84,6 +50,7 @@ mod tests {
         CaseResult {
             label: format!("{case}/riscv64"),
             case: case.to_owned(),
+            line: None,
             machine: "riscv64".to_owned(),
             arch: Arch::Riscv64,
             verdict: None,
@@ -93,7 +60,7 @@ mod tests {
             substituted: false,
             log: "log".into(),
             detail: detail.to_owned(),
-            tail: vec!["a <b> & \"c\"".to_owned(), "\u{1b}[0m".to_owned()],
+            tail: vec!["a <b> & \"c\"".to_owned(), "\u{1b}[0mdone".to_owned()],
         }
     }
 
@@ -109,10 +76,25 @@ mod tests {
             log_dir: "logs".into(),
             ..RunSummary::default()
         };
-        let xml = render(&summary);
-        assert!(xml.contains("<testsuites name=\"kiln\" tests=\"3\" failures=\"1\" errors=\"1\""), "{xml}");
-        assert!(xml.contains("<failure message=\"panicked at &lt;x&gt;\">a &lt;b&gt; &amp; &quot;c&quot;"), "{xml}");
-        assert!(xml.contains("\\u{1b}[0m"), "control characters are spelled out: {xml}");
-        assert!(xml.contains("<error message=\"QEMU missing\"/>"), "{xml}");
+        let xml = render(&summary).expect("xml");
+        // Escaped text, ANSI escapes stripped, one test case per case and machine.
+        insta::assert_snapshot!(xml, @r#"
+        <?xml version="1.0" encoding="UTF-8"?>
+        <testsuites name="kiln" tests="3" skipped="0" failures="1" errors="1" time="1.000">
+            <testsuite name="kiln" tests="3" skipped="0" errors="1" failures="1" time="1.000">
+                <testcase name="riscv64 (riscv64)" classname="smoke" time="0.080">
+                    <system-out>a &lt;b&gt; &amp; &quot;c&quot;
+        done</system-out>
+                </testcase>
+                <testcase name="riscv64 (riscv64)" classname="panic" time="0.080">
+                    <failure message="panicked at &lt;x&gt;">a &lt;b&gt; &amp; &quot;c&quot;
+        done</failure>
+                </testcase>
+                <testcase name="riscv64 (riscv64)" classname="gone" time="0.080">
+                    <error message="QEMU missing"/>
+                </testcase>
+            </testsuite>
+        </testsuites>
+        "#);
     }
 }

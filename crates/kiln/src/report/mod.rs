@@ -1,20 +1,29 @@
-//! Everything kiln tells people: status lines, live serial output, the summary table.
+//! Everything kiln tells people: status lines, live serial output, progress bars, the summary
+//! table, JUnit and GitHub Actions output.
 //!
-//! The runner only emits [`Event`]s; this module decides how they look. stdout carries data
-//! (`config` output); people read stderr.
+//! The layers below only send [`Event`]s; the [`Printer`] decides how each looks, in one place
+//! ([`Printer::report`]). stdout carries data (`config` output, `build`'s paths); people read
+//! stderr.
 
-pub mod github;
-pub mod junit;
-mod summary;
+pub(crate) mod github;
+pub(crate) mod junit;
+pub(crate) mod summary;
 
-use std::{io::Write, sync::Mutex, time::Duration};
+use std::{collections::HashMap, io::Write, sync::Mutex, time::Duration};
 
-pub use summary::{CaseResult, CaseStatus, RunSummary, StoreUse};
+use kiln_store::BuildOutcome;
+
+use crate::{
+    env,
+    events::{EntryKind, Event, Reporter},
+    outcome::CaseStatus,
+    units::{human_size, seconds},
+};
 
 /// How much kiln says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verbosity {
-    /// Errors and the summary only.
+pub(crate) enum Verbosity {
+    /// Errors, alerts and the summary only.
     Quiet,
     /// Status lines and serial output.
     Normal,
@@ -22,35 +31,15 @@ pub enum Verbosity {
     Verbose,
 }
 
-/// Something the runner did that people may want to see.
-#[derive(Clone, Debug)]
-pub enum Event<'a> {
-    /// A boot started.
-    CaseStarted {
-        /// `case/machine`.
-        label: &'a str,
-        /// The rendered QEMU command line.
-        command: &'a str,
-    },
-    /// The guest printed a line.
-    SerialLine {
-        /// `case/machine`.
-        label: &'a str,
-        /// The line, ANSI escapes removed.
-        line: &'a str,
-    },
-    /// A boot ended.
-    CaseFinished(&'a CaseResult),
-}
-
 /// Writes status lines to stderr, one writer at a time.
 #[derive(Debug)]
-pub struct Printer {
+pub(crate) struct Printer {
     verbosity: Verbosity,
     prefix_serial: bool,
     stream_serial: bool,
     lock: Mutex<()>,
     progress: Mutex<Option<Progress>>,
+    downloads: Mutex<HashMap<String, indicatif::ProgressBar>>,
 }
 
 /// Progress bars while guests boot (a terminal outside CI only): one line per running guest
@@ -59,31 +48,37 @@ pub struct Printer {
 struct Progress {
     multi: indicatif::MultiProgress,
     overall: indicatif::ProgressBar,
-    guests: std::collections::HashMap<String, indicatif::ProgressBar>,
+    guests: HashMap<String, indicatif::ProgressBar>,
+}
+
+/// Whether bars may be drawn: a person at a terminal, outside CI.
+fn attended() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && !env::in_ci()
 }
 
 impl Printer {
     /// A printer at the given verbosity.
-    pub fn new(verbosity: Verbosity) -> Self {
-        Self { verbosity, prefix_serial: false, stream_serial: true, lock: Mutex::new(()), progress: Mutex::new(None) }
+    pub(crate) fn new(verbosity: Verbosity) -> Self {
+        Self {
+            verbosity,
+            prefix_serial: false,
+            stream_serial: true,
+            lock: Mutex::new(()),
+            progress: Mutex::new(None),
+            downloads: Mutex::new(HashMap::new()),
+        }
     }
 
     /// A new printer with the same settings.
-    pub fn clone_settings(&self) -> Self {
-        Self {
-            verbosity: self.verbosity,
-            prefix_serial: self.prefix_serial,
-            stream_serial: self.stream_serial,
-            lock: Mutex::new(()),
-            progress: Mutex::new(None),
-        }
+    pub(crate) fn clone_settings(&self) -> Self {
+        Self { prefix_serial: self.prefix_serial, stream_serial: self.stream_serial, ..Self::new(self.verbosity) }
     }
 
     /// Shows progress bars for `boots` guests, when stderr is a terminal outside CI and kiln
     /// is not quiet; otherwise every event stays a plain line.
-    pub fn start_progress(&self, boots: usize) {
-        use std::io::IsTerminal as _;
-        if self.verbosity != Verbosity::Normal || !std::io::stderr().is_terminal() || crate::env::in_ci() {
+    pub(crate) fn start_progress(&self, boots: usize) {
+        if self.verbosity != Verbosity::Normal || !attended() {
             return;
         }
         let multi = indicatif::MultiProgress::new();
@@ -95,12 +90,12 @@ impl Printer {
         }
         overall.set_prefix("Booting");
         if let Ok(mut progress) = self.progress.lock() {
-            *progress = Some(Progress { multi, overall, guests: std::collections::HashMap::new() });
+            *progress = Some(Progress { multi, overall, guests: HashMap::new() });
         }
     }
 
     /// Removes the progress bars.
-    pub fn finish_progress(&self) {
+    pub(crate) fn finish_progress(&self) {
         if let Ok(mut progress) = self.progress.lock()
             && let Some(progress) = progress.take()
         {
@@ -112,18 +107,18 @@ impl Printer {
     }
 
     /// Prefix serial lines with `[case/machine]` (when several guests run at once).
-    pub fn set_prefix_serial(&mut self, prefix: bool) {
+    pub(crate) fn set_prefix_serial(&mut self, prefix: bool) {
         self.prefix_serial = prefix;
     }
 
     /// Whether serial lines are printed as they come (off in GitHub Actions, where each
     /// case's output is shown once, in its own group, after the boots).
-    pub fn set_stream_serial(&mut self, stream: bool) {
+    pub(crate) fn set_stream_serial(&mut self, stream: bool) {
         self.stream_serial = stream;
     }
 
     /// The verbosity.
-    pub fn verbosity(&self) -> Verbosity {
+    pub(crate) fn verbosity(&self) -> Verbosity {
         self.verbosity
     }
 
@@ -168,41 +163,131 @@ impl Printer {
                 progress.overall.inc(1);
                 false
             }
+            _ => false,
         }
     }
 
     /// A cargo-style status line: a right-aligned verb, then the message.
-    pub fn status(&self, verb: &str, message: &str) {
+    pub(crate) fn status(&self, verb: &str, message: &str) {
         if self.verbosity >= Verbosity::Normal {
             self.write(&format!("{verb:>12} {message}"));
         }
     }
 
     /// A status line shown only with `-v`.
-    pub fn verbose(&self, verb: &str, message: &str) {
+    pub(crate) fn verbose(&self, verb: &str, message: &str) {
         if self.verbosity >= Verbosity::Verbose {
             self.write(&format!("{verb:>12} {message}"));
         }
     }
 
     /// A warning; shown unless `-q`.
-    pub fn warn(&self, message: &str) {
+    pub(crate) fn warn(&self, message: &str) {
         if self.verbosity >= Verbosity::Normal {
             self.write(&format!("warning: {message}"));
         }
     }
 
-    /// Text that is always shown (the summary).
-    pub fn always(&self, text: &str) {
+    /// Text that is always shown (the summary, alerts).
+    pub(crate) fn always(&self, text: &str) {
         self.write(text);
     }
 
-    /// Shows one runner event.
-    pub fn event(&self, event: Event<'_>) {
+    /// The line of a store entry that is ready: built now, found, or substituted.
+    fn build_finished(&self, what: &str, kind: EntryKind, closure: &kiln_store::ClosureHash, outcome: &BuildOutcome) {
+        match outcome {
+            // Fetches and snapshots that were already there are not worth a line each.
+            BuildOutcome::Cached if kind == EntryKind::Build => {
+                self.status("Cached", &format!("{what} {}", closure.short()))
+            }
+            BuildOutcome::Cached => {}
+            BuildOutcome::Substituted { from, duration, bytes } => self.status(
+                "Substituted",
+                &format!("{what} {} from {from} ({} in {})", closure.short(), human_size(*bytes), seconds(*duration)),
+            ),
+            BuildOutcome::Built { duration, replaced_corrupt } => {
+                if *replaced_corrupt {
+                    // Said even with `-q`: a store entry changed under kiln.
+                    self.always(&format!(
+                        "warning: the store entry of {what} no longer matched its recorded hash; it was made again"
+                    ));
+                }
+                match kind {
+                    EntryKind::Build => {
+                        self.status("Built", &format!("{what} {} in {}", closure.short(), seconds(*duration)))
+                    }
+                    EntryKind::Fetch => self.status("Fetched", &format!("{what} in {}", seconds(*duration))),
+                    EntryKind::Snapshot => self.status("Saved", &format!("{what} in {}", seconds(*duration))),
+                }
+            }
+        }
+    }
+
+    /// A download's bar on a terminal, or one line.
+    fn download_started(&self, name: &str, total: Option<u64>) {
+        if self.verbosity < Verbosity::Normal || !attended() {
+            let size = total.map(|t| format!(" ({})", human_size(t))).unwrap_or_default();
+            self.status("Fetching", &format!("{name}{size}"));
+            return;
+        }
+        let bar = match total {
+            Some(total) => indicatif::ProgressBar::new(total),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>12.cyan.bold} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .map(|s| s.progress_chars("=> "));
+        if let Ok(style) = style {
+            bar.set_style(style);
+        }
+        bar.set_prefix("Fetching");
+        bar.set_message(name.to_owned());
+        if let Ok(mut downloads) = self.downloads.lock() {
+            downloads.insert(name.to_owned(), bar);
+        }
+    }
+}
+
+impl Reporter for Printer {
+    fn report(&self, event: Event<'_>) {
         if self.progress_event(&event) {
             return;
         }
         match event {
+            Event::Status { verb, message } => self.status(verb, message),
+            Event::Detail { verb, message } => self.verbose(verb, message),
+            Event::Warning(message) => self.warn(message),
+            Event::Alert(message) => self.always(&format!("warning: {message}")),
+            Event::BuildWaiting { what } => self.status("Waiting", &format!("for another kiln building {what}")),
+            Event::BuildStarted { what, kind, how } => match (kind, how) {
+                // A download speaks for itself (a bar or a `Fetching` line).
+                (EntryKind::Fetch, _) => {}
+                (EntryKind::Snapshot, Some(how)) => self.status("Snapshot", how),
+                (_, Some(how)) => self.status("Building", &format!("{what} {how}")),
+                (_, None) => self.status("Building", what),
+            },
+            Event::BuildReason { line } => self.status("Because", line),
+            Event::BuildFinished { what, kind, closure, outcome } => self.build_finished(what, kind, &closure, outcome),
+            Event::DownloadStarted { name, total } => self.download_started(name, total),
+            Event::DownloadProgress { name, received } => {
+                if let Ok(downloads) = self.downloads.lock()
+                    && let Some(bar) = downloads.get(name)
+                {
+                    bar.set_position(received);
+                }
+            }
+            Event::DownloadEnded { name } => {
+                if let Ok(mut downloads) = self.downloads.lock()
+                    && let Some(bar) = downloads.remove(name)
+                {
+                    bar.finish_and_clear();
+                }
+            }
+            Event::Retrying { message, .. } => self.status("Retrying", message),
+            Event::AccelChosen { arch, choice } => {
+                self.status("Accel", &format!("{arch}: {}; {}", choice.accel.as_str().to_uppercase(), choice.reason));
+            }
             Event::CaseStarted { label, command } => {
                 self.status("Booting", label);
                 self.verbose("Running", command);
@@ -228,26 +313,4 @@ impl Printer {
             }
         }
     }
-}
-
-/// A duration as `1.23s`.
-pub fn seconds(duration: Duration) -> String {
-    format!("{:.2}s", duration.as_secs_f64())
-}
-
-/// A count of store entries: `1 entry`, `3 entries`.
-pub fn entries(count: usize) -> String {
-    if count == 1 { "1 entry".to_owned() } else { format!("{count} entries") }
-}
-
-/// A byte count as `12.3 MiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut size = bytes as f64;
-    let mut unit = 0;
-    while size >= 1024.0 && unit + 1 < UNITS.len() {
-        size /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{size:.1} {}", UNITS[unit]) }
 }

@@ -1,219 +1,134 @@
-//! The results of a run and the table that ends it.
+//! The table that ends a `test` run: a row per case and machine, then the counts.
 
-use std::{path::PathBuf, time::Duration};
+use crate::{
+    outcome::{CaseStatus, RunSummary},
+    units::seconds,
+};
 
-use kiln_qemu::Verdict;
-use kiln_types::Arch;
-
-use crate::config::Expect;
-
-/// How a case came out, with its expectation applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CaseStatus {
-    /// Expected to pass and passed.
-    Passed,
-    /// Expected to fail and failed.
-    FailedAsExpected,
-    /// Expected to pass and failed (or timed out, or went silent).
-    Failed,
-    /// Expected to fail but passed.
-    UnexpectedPass,
-    /// kiln could not boot it (QEMU missing or rejecting its arguments).
-    Error,
-    /// The run was interrupted before this case finished.
-    Interrupted,
-}
-
-impl CaseStatus {
-    /// Applies the expectation to a verdict.
-    pub fn from_verdict(verdict: &Verdict, expect: Expect) -> Self {
-        match (verdict, expect) {
-            (Verdict::Passed(_), Expect::Pass) => Self::Passed,
-            (Verdict::Passed(_), Expect::Fail) => Self::UnexpectedPass,
-            (Verdict::Failed(_), Expect::Fail) => Self::FailedAsExpected,
-            _ => Self::Failed,
-        }
-    }
-
-    /// Whether the case is green.
-    pub fn is_ok(self) -> bool {
-        matches!(self, Self::Passed | Self::FailedAsExpected)
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Passed => "passed",
-            Self::FailedAsExpected => "failed as expected",
-            Self::Failed => "FAILED",
-            Self::UnexpectedPass => "PASSED UNEXPECTEDLY",
-            Self::Error => "ERROR",
-            Self::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// The result of one case on one machine.
-#[derive(Clone, Debug)]
-pub struct CaseResult {
-    /// `case/machine`.
-    pub label: String,
-    /// The case.
-    pub case: String,
-    /// The machine profile's name.
-    pub machine: String,
-    /// The architecture.
-    pub arch: Arch,
-    /// The verdict, when the guest ran.
-    pub verdict: Option<Verdict>,
-    /// The verdict with the expectation applied.
-    pub status: CaseStatus,
-    /// Wall time of the boot.
-    pub boot: Duration,
-    /// Whether its artifact was built in this run or came from the store.
-    pub built: bool,
-    /// Whether it came from a remote store in this run.
-    pub substituted: bool,
-    /// The serial log.
-    pub log: PathBuf,
-    /// One line saying why (the panic line, the exit status, the error).
-    pub detail: String,
-    /// The last serial lines (at most [`CaseResult::TAIL_LINES`]).
-    pub tail: Vec<String>,
-}
-
-impl CaseResult {
-    /// How many of the last serial lines a result keeps for reports.
-    pub const TAIL_LINES: usize = 20;
-
-    /// Where what it booted came from: `built`, `substituted` (from a remote) or `cached`.
-    pub fn provenance(&self) -> &'static str {
-        if self.built {
-            "built"
-        } else if self.substituted {
-            "substituted"
-        } else {
-            "cached"
-        }
-    }
-}
-
-/// How the store served a run's derivations (builds, fetches, kernels, rootfs images).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StoreUse {
-    /// Built (or fetched) in this run.
-    pub built: usize,
-    /// Found in the store.
-    pub cached: usize,
-    /// Fetched from remote stores in this run.
-    pub substituted: usize,
-    /// The remotes they came from.
-    pub substituted_from: std::collections::BTreeSet<String>,
-}
-
-impl StoreUse {
-    /// `store: 14 substituted from s3://b/p, 2 cached, 0 built`, when a remote served something.
-    pub fn remote_line(&self) -> Option<String> {
-        (self.substituted > 0).then(|| {
-            let from: Vec<&str> = self.substituted_from.iter().map(String::as_str).collect();
-            format!(
-                "store: {} substituted from {}, {} cached, {} built",
-                self.substituted,
-                from.join(" and "),
-                self.cached,
-                self.built
-            )
+/// The summary table and its closing count line.
+pub(crate) fn render(summary: &RunSummary) -> String {
+    let headers = ["case", "machine", "arch", "result", "boot", "build", "detail"];
+    let rows: Vec<[String; 7]> = summary
+        .results
+        .iter()
+        .map(|r| {
+            [
+                r.case.clone(),
+                r.machine.clone(),
+                r.arch.to_string(),
+                r.status.label().to_owned(),
+                seconds(r.boot),
+                r.provenance().to_owned(),
+                r.detail.clone(),
+            ]
         })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
     }
-}
-
-/// All results of a run.
-#[derive(Clone, Debug, Default)]
-pub struct RunSummary {
-    /// Results in plan order.
-    pub results: Vec<CaseResult>,
-    /// What the store had and what was built.
-    pub store: StoreUse,
-    /// Wall time of the whole command.
-    pub total: Duration,
-    /// Where the serial logs are.
-    pub log_dir: PathBuf,
-}
-
-impl RunSummary {
-    /// The result for a case on an architecture.
-    pub fn get(&self, case: &str, arch: Arch) -> Option<&CaseResult> {
-        self.results.iter().find(|r| r.case == case && r.arch == arch)
-    }
-
-    /// Whether every case is green.
-    pub fn all_ok(&self) -> bool {
-        self.results.iter().all(|r| r.status.is_ok())
-    }
-
-    /// Whether the run was interrupted.
-    pub fn interrupted(&self) -> bool {
-        self.results.iter().any(|r| r.status == CaseStatus::Interrupted)
-    }
-
-    /// Whether some case could not be booted at all.
-    pub fn has_errors(&self) -> bool {
-        self.results.iter().any(|r| r.status == CaseStatus::Error)
-    }
-
-    /// The table and the closing count line.
-    pub fn render(&self) -> String {
-        let headers = ["case", "machine", "arch", "result", "boot", "build", "detail"];
-        let rows: Vec<[String; 7]> = self
-            .results
-            .iter()
-            .map(|r| {
-                [
-                    r.case.clone(),
-                    r.machine.clone(),
-                    r.arch.to_string(),
-                    r.status.label().to_owned(),
-                    super::seconds(r.boot),
-                    r.provenance().to_owned(),
-                    r.detail.clone(),
-                ]
-            })
-            .collect();
-        let mut widths = headers.map(str::len);
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
+    let line = |cells: [&str; 7]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
             }
         }
-        let line = |cells: [&str; 7]| {
-            let mut text = String::new();
-            for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-                if i + 1 == cells.len() {
-                    text.push_str(cell);
-                } else {
-                    text.push_str(&format!("{cell:<width$}  "));
-                }
-            }
-            text.trim_end().to_owned()
-        };
-        let mut out = String::new();
-        out.push_str(&line(headers));
+        text.trim_end().to_owned()
+    };
+    let mut out = String::new();
+    out.push_str(&line(headers));
+    out.push('\n');
+    for row in &rows {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
         out.push('\n');
-        for row in &rows {
-            out.push_str(&line(row.each_ref().map(String::as_str)));
-            out.push('\n');
+    }
+    let passed = summary.results.iter().filter(|r| r.status.is_ok()).count();
+    let failed = summary.results.len() - passed;
+    let expected = summary.results.iter().filter(|r| r.status == CaseStatus::FailedAsExpected).count();
+    out.push_str(&format!("summary: {passed} passed, {failed} failed"));
+    if expected > 0 {
+        out.push_str(&format!(" ({expected} of the passed failed as expected)"));
+    }
+    out.push_str(&format!(" in {}", seconds(summary.total)));
+    if let Some(line) = summary.store.remote_line() {
+        out.push('\n');
+        out.push_str(&line);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kiln_types::Arch;
+
+    use super::*;
+    use crate::outcome::{CaseResult, StoreUse};
+
+    fn result(case: &str, arch: Arch, status: CaseStatus, built: bool, detail: &str) -> CaseResult {
+        CaseResult {
+            label: format!("{case}/{arch}"),
+            case: case.to_owned(),
+            line: None,
+            machine: arch.to_string(),
+            arch,
+            verdict: None,
+            status,
+            boot: Duration::from_millis(110),
+            built,
+            substituted: false,
+            log: "log".into(),
+            detail: detail.to_owned(),
+            tail: Vec::new(),
         }
-        let passed = self.results.iter().filter(|r| r.status.is_ok()).count();
-        let failed = self.results.len() - passed;
-        let expected = self.results.iter().filter(|r| r.status == CaseStatus::FailedAsExpected).count();
-        out.push_str(&format!("summary: {passed} passed, {failed} failed"));
-        if expected > 0 {
-            out.push_str(&format!(" ({expected} of the passed failed as expected)"));
-        }
-        out.push_str(&format!(" in {}", super::seconds(self.total)));
-        if let Some(line) = self.store.remote_line() {
-            out.push('\n');
-            out.push_str(&line);
-        }
-        out
+    }
+
+    #[test]
+    fn the_table_lines_up_and_counts_expected_failures_as_passed() {
+        let summary = RunSummary {
+            results: vec![
+                result(
+                    "panic",
+                    Arch::X86_64,
+                    CaseStatus::FailedAsExpected,
+                    false,
+                    "panicked at kernel/src/main.rs:45:9",
+                ),
+                result("smoke", Arch::Riscv64, CaseStatus::Passed, true, "exit status 0"),
+                result("hang", Arch::Aarch64, CaseStatus::Failed, false, "timed out after 3s"),
+            ],
+            total: Duration::from_millis(2350),
+            ..RunSummary::default()
+        };
+        insta::assert_snapshot!(render(&summary), @r"
+        case   machine  arch     result              boot   build   detail
+        panic  x86_64   x86_64   failed as expected  0.11s  cached  panicked at kernel/src/main.rs:45:9
+        smoke  riscv64  riscv64  passed              0.11s  built   exit status 0
+        hang   aarch64  aarch64  FAILED              0.11s  cached  timed out after 3s
+        summary: 2 passed, 1 failed (1 of the passed failed as expected) in 2.35s
+        ");
+    }
+
+    #[test]
+    fn a_remote_that_served_entries_gets_its_own_line() {
+        let summary = RunSummary {
+            results: vec![result("smoke", Arch::X86_64, CaseStatus::Passed, false, "exit status 33")],
+            store: StoreUse {
+                built: 0,
+                cached: 2,
+                substituted: 14,
+                substituted_from: ["s3://kiln-cache/ci".to_owned()].into(),
+            },
+            total: Duration::from_secs(13),
+            ..RunSummary::default()
+        };
+        let text = render(&summary);
+        assert!(text.ends_with("store: 14 substituted from s3://kiln-cache/ci, 2 cached, 0 built"), "{text}");
     }
 }

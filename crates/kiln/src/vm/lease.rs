@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 /// What a client asks a keeper.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ask", rename_all = "kebab-case")]
-pub enum Ask {
+pub(crate) enum Ask {
     /// A guest to use: a pool answers at once (granted or busy), a session waits its turn.
     Lease,
     /// What the keeper holds.
@@ -31,7 +31,7 @@ pub enum Ask {
 /// A keeper's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "kebab-case")]
-pub enum Answer {
+pub(crate) enum Answer {
     /// A guest is yours; its agent's connection comes with this line.
     Granted {
         /// QEMU's process id.
@@ -51,7 +51,7 @@ pub enum Answer {
 
 /// What `Ask::Status` reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeeperStatus {
+pub(crate) struct KeeperStatus {
     /// `pool` or `session`.
     pub kind: String,
     /// The guest architecture.
@@ -65,11 +65,9 @@ pub struct KeeperStatus {
 }
 
 /// A held lease: the agent's connection, and the keeper connection whose closing ends it.
-pub struct Lease {
+pub(crate) struct Lease {
     /// The agent's connection, already handshaken.
     pub agent: UnixStream,
-    /// QEMU's process id.
-    pub qemu_pid: u32,
     /// The guest's console log.
     pub console: PathBuf,
     /// The host side of the guest's inbox share.
@@ -77,29 +75,8 @@ pub struct Lease {
     _keeper: UnixStream,
 }
 
-/// The directory of keeper sockets: short paths (a Unix socket path has 108 bytes), private
-/// to this user.
-pub fn socket_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("kiln-{}", nix::unistd::getuid()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .with_context(|| format!("cannot make `{}` private", dir.display()))?;
-    Ok(dir)
-}
-
-/// The socket of a keeper named by `parts` (e.g. the work directory and a session's name).
-pub fn socket_path(kind: &str, parts: &[&[u8]]) -> anyhow::Result<PathBuf> {
-    let mut hasher = blake3::Hasher::new();
-    for part in parts {
-        hasher.update(&(part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    let hex = hasher.finalize().to_hex();
-    Ok(socket_dir()?.join(format!("{kind}-{}.sock", &hex[..16])))
-}
-
 /// Sends `answer` on `socket`, with `fd` attached when given.
-pub fn send_answer(socket: RawFd, answer: &Answer, fd: Option<RawFd>) -> std::io::Result<()> {
+pub(crate) fn send_answer(socket: RawFd, answer: &Answer, fd: Option<RawFd>) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let fds = fd.map(|fd| [fd]);
@@ -147,12 +124,16 @@ fn receive_answer(stream: &UnixStream) -> anyhow::Result<(Answer, Option<OwnedFd
 }
 
 /// Connects to the keeper at `socket`; `None` when no keeper listens there.
-pub fn connect(socket: &Path) -> Option<UnixStream> {
+pub(crate) fn connect(socket: &Path) -> Option<UnixStream> {
     UnixStream::connect(socket).ok()
 }
 
 /// Asks the keeper on `stream` and returns its answer (a lease's descriptor attached).
-pub fn ask(stream: &UnixStream, ask: &Ask, timeout: Option<Duration>) -> anyhow::Result<(Answer, Option<OwnedFd>)> {
+pub(crate) fn ask(
+    stream: &UnixStream,
+    ask: &Ask,
+    timeout: Option<Duration>,
+) -> anyhow::Result<(Answer, Option<OwnedFd>)> {
     stream.set_read_timeout(timeout).context("cannot set a timeout on the keeper's socket")?;
     let mut line = serde_json::to_vec(ask)?;
     line.push(b'\n');
@@ -162,11 +143,11 @@ pub fn ask(stream: &UnixStream, ask: &Ask, timeout: Option<Duration>) -> anyhow:
 
 /// Asks for a lease: `Ok(None)` when the keeper has no idle guest (a pool), waiting up to
 /// `timeout` for one otherwise.
-pub fn take(socket: &Path, timeout: Option<Duration>) -> anyhow::Result<Option<Lease>> {
+pub(crate) fn take(socket: &Path, timeout: Option<Duration>) -> anyhow::Result<Option<Lease>> {
     let stream = UnixStream::connect(socket).with_context(|| format!("no keeper listens at {}", socket.display()))?;
     match ask(&stream, &Ask::Lease, timeout)? {
-        (Answer::Granted { qemu_pid, console, inbox }, Some(fd)) => {
-            Ok(Some(Lease { agent: UnixStream::from(fd), qemu_pid, console, inbox, _keeper: stream }))
+        (Answer::Granted { console, inbox, .. }, Some(fd)) => {
+            Ok(Some(Lease { agent: UnixStream::from(fd), console, inbox, _keeper: stream }))
         }
         (Answer::Granted { .. }, None) => anyhow::bail!("the keeper granted a guest but sent no connection"),
         (Answer::Busy, _) => Ok(None),

@@ -12,14 +12,14 @@ use std::{
 use anyhow::Context as _;
 use kiln_agent::ListEntry;
 
-use crate::exec::agent_client::AgentClient;
+use super::agent_client::AgentClient;
 
 /// Directories a sync never descends into, on either side.
 const SKIPPED_DIRS: &[&str] = &[".git", "target"];
 
 /// What a sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SyncReport {
+pub(crate) struct SyncReport {
     /// Files and links written into the guest.
     pub put: Vec<String>,
     /// Paths removed from the guest.
@@ -31,7 +31,7 @@ pub struct SyncReport {
 }
 
 /// The host side's manifest of `root`: path → entry, as the agent lists the guest.
-pub fn host_manifest(root: &Path) -> anyhow::Result<BTreeMap<String, ListEntry>> {
+pub(crate) fn host_manifest(root: &Path) -> anyhow::Result<BTreeMap<String, ListEntry>> {
     let mut manifest = BTreeMap::new();
     let walker = ignore::WalkBuilder::new(root)
         .hidden(false)
@@ -65,7 +65,7 @@ pub fn host_manifest(root: &Path) -> anyhow::Result<BTreeMap<String, ListEntry>>
 
 /// Makes the guest's `root` match the host's: puts what differs, removes what the previous
 /// sync (`previous`, paths) put there and the host no longer has. Returns what it did.
-pub async fn sync(
+pub(crate) async fn sync(
     agent: &mut AgentClient,
     root: &Path,
     host: &BTreeMap<String, ListEntry>,

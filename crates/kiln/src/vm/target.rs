@@ -1,26 +1,27 @@
 //! What a warm guest is restored from: the images, the machine, the agent, and the booted
 //! snapshot made of them; and the restore itself.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
-use kiln_qemu::{Machine, accel::Accel};
-use kiln_store::{BuildOutcome, ClosureHash};
+use kiln_qemu::{Machine, Qemu, accel::Accel};
+use kiln_store::ClosureHash;
 use kiln_types::Arch;
 
+use super::{
+    agent_client::AgentClient,
+    snapshot::{self, SnapshotInputs},
+};
 use crate::{
-    cx::Cx,
-    exec::{
-        agent,
-        agent_client::AgentClient,
-        snapshot::{self, RunningQemu, SnapshotInputs},
-    },
-    runner::LinuxImages,
+    events::EntryKind,
+    exec::{self, Executor, Realised, RealisedImage},
+    guest::LinuxImages,
+    plan::{LinuxGuest, RunPlan},
 };
 
 /// A Linux guest's kernel and rootfs as realised in the store, on its machine.
 #[derive(Clone, Debug)]
-pub struct LinuxTarget {
+pub(crate) struct LinuxTarget {
     /// The kernel's and rootfs's store paths and the kernel's arguments.
     pub images: LinuxImages,
     /// The kernel's closure.
@@ -42,15 +43,46 @@ pub struct LinuxTarget {
 }
 
 impl LinuxTarget {
+    /// The guest a [`RunPlan`] names, from its realised kernel and rootfs.
+    pub(crate) fn of(run: &RunPlan, realised: &Realised, accel: Accel) -> anyhow::Result<Self> {
+        let guest = &run.guest;
+        let (Some(kernel), Some(rootfs)) = (realised.images.get(&guest.kernel), realised.images.get(&guest.rootfs))
+        else {
+            anyhow::bail!("{} or {} was not built", guest.kernel, guest.rootfs);
+        };
+        Ok(Self::new(guest, kernel, rootfs, run.machine.clone(), accel))
+    }
+
+    /// The guest of a realised kernel and rootfs on `machine`.
+    pub(crate) fn new(
+        guest: &LinuxGuest,
+        kernel: &RealisedImage,
+        rootfs: &RealisedImage,
+        machine: Machine,
+        accel: Accel,
+    ) -> Self {
+        Self {
+            images: exec::linux_images(guest, kernel, rootfs, ""),
+            kernel: kernel.closure,
+            rootfs: rootfs.closure,
+            kernel_dir: kernel.dir.clone(),
+            rootfs_dir: rootfs.dir.clone(),
+            kernel_name: guest.kernel.name.clone(),
+            rootfs_name: guest.rootfs.name.clone(),
+            machine,
+            accel,
+        }
+    }
+
     /// Whether the kernel can mount 9p shares.
-    pub fn can_share(&self) -> bool {
-        std::fs::read_to_string(self.kernel_dir.join(crate::exec::linux::SHARE_FILE)).is_ok_and(|s| s.trim() == "9p")
+    pub(crate) fn can_share(&self) -> bool {
+        std::fs::read_to_string(self.kernel_dir.join(exec::SHARE_FILE)).is_ok_and(|s| s.trim() == "9p")
     }
 }
 
 /// Everything a snapshot of a [`LinuxTarget`] is made of, with the agent built.
 #[derive(Clone, Debug)]
-pub struct SnapshotTarget {
+pub(crate) struct SnapshotTarget {
     /// The guest.
     pub linux: LinuxTarget,
     /// The agent binary for the guest's architecture.
@@ -62,9 +94,9 @@ pub struct SnapshotTarget {
 }
 
 /// A restored guest with its agent connected; dropping it kills the guest.
-pub struct Guest {
+pub(crate) struct Guest {
     /// The QEMU process (its group dies with the value).
-    pub qemu: RunningQemu,
+    pub qemu: Qemu,
     /// The handshaken agent.
     pub agent: AgentClient,
     /// The sockets and console log.
@@ -75,8 +107,8 @@ pub struct Guest {
 
 impl SnapshotTarget {
     /// Builds (or finds) the agent for the target's architecture.
-    pub fn new(cx: &Cx, linux: LinuxTarget) -> anyhow::Result<Self> {
-        let (agent_binary, agent) = agent::realise(&cx.store, linux.machine.arch, &cx.work_dir(), &cx.printer)?;
+    pub(crate) fn new(executor: &Executor, linux: LinuxTarget) -> anyhow::Result<Self> {
+        let (agent_binary, agent) = exec::realise_agent(executor, linux.machine.arch)?;
         let inputs = SnapshotInputs {
             kernel: linux.kernel,
             rootfs: linux.rootfs,
@@ -91,12 +123,12 @@ impl SnapshotTarget {
     }
 
     /// The guest's architecture.
-    pub fn arch(&self) -> Arch {
+    pub(crate) fn arch(&self) -> Arch {
         self.linux.machine.arch
     }
 
     /// The snapshot's inputs.
-    pub fn inputs(&self) -> SnapshotInputs<'_> {
+    pub(crate) fn inputs(&self) -> SnapshotInputs<'_> {
         SnapshotInputs {
             kernel: self.linux.kernel,
             rootfs: self.linux.rootfs,
@@ -109,44 +141,30 @@ impl SnapshotTarget {
     }
 
     /// The snapshot's closure hash.
-    pub fn closure(&self) -> ClosureHash {
+    pub(crate) fn closure(&self) -> ClosureHash {
         self.derivation.closure_hash()
     }
 
     /// The snapshot's entry directory, booting once to make it when it is missing (or was
     /// found corrupt: every use checks the entry's files against its recorded hash).
-    pub fn entry(&self, cx: &Cx, runtime: &tokio::runtime::Runtime) -> anyhow::Result<PathBuf> {
+    pub(crate) fn entry(&self, executor: &Executor, runtime: &tokio::runtime::Runtime) -> anyhow::Result<PathBuf> {
         let arch = self.arch();
         let inputs = self.inputs();
-        let drv = &self.derivation;
-        let on_wait = || cx.printer.status("Waiting", &format!("for another kiln making the {arch} snapshot"));
-        let (entry, outcome) = cx.store.build(drv, &format!("snapshot-{arch}"), on_wait, |out| {
-            cx.printer.status("Snapshot", &format!("booting {arch} once to save its state"));
-            runtime
-                .block_on(snapshot::create(&inputs, &self.agent_binary, out))
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
-        })?;
-        match outcome {
-            BuildOutcome::Built { duration, replaced_corrupt } => {
-                if replaced_corrupt {
-                    // Said even as cargo's quiet runner: a store entry changed under kiln.
-                    cx.printer.always(&format!(
-                        "warning: the {arch} snapshot no longer matched its recorded hash; it was made again"
-                    ));
-                }
-                cx.printer.status("Saved", &format!("the {arch} snapshot in {}", crate::report::seconds(duration)));
-            }
-            BuildOutcome::Substituted { .. } => {
-                crate::cx::say_substituted(&cx.printer, &format!("the {arch} snapshot"), &entry.closure, &outcome)
-            }
-            BuildOutcome::Cached => {}
-        }
-        cx.store.mark_used(&entry.closure)?;
+        let what = format!("the {arch} snapshot");
+        let how = format!("booting {arch} once to save its state");
+        let (entry, _) = executor.entry(
+            &self.derivation,
+            &format!("snapshot-{arch}"),
+            &what,
+            EntryKind::Snapshot,
+            Some(&how),
+            |out| runtime.block_on(snapshot::create(&inputs, &self.agent_binary, out)),
+        )?;
         Ok(entry.out_dir())
     }
 
     /// Restores a fresh guest from the snapshot in `entry`.
-    pub async fn restore(&self, entry: &std::path::Path) -> anyhow::Result<Guest> {
+    pub(crate) async fn restore(&self, entry: &std::path::Path) -> anyhow::Result<Guest> {
         let scratch = tempfile::Builder::new().prefix("kiln-vm-").tempdir().context("cannot create a temp dir")?;
         let (qemu, agent) = snapshot::restore(&self.inputs(), entry, scratch.path()).await?;
         let inbox = self.linux.can_share().then(|| scratch.path().join(snapshot::INBOX_DIR));
@@ -155,16 +173,21 @@ impl SnapshotTarget {
 
     /// Restores a fresh guest; a snapshot that does not come back (a host change its closure
     /// cannot see) is made again once, with one line that says why.
-    pub fn restore_or_remake(&self, cx: &Cx, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Guest> {
-        let entry = self.entry(cx, runtime)?;
+    pub(crate) fn restore_or_remake(
+        &self,
+        executor: &Executor,
+        runtime: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<Guest> {
+        let entry = self.entry(executor, runtime)?;
         match runtime.block_on(self.restore(&entry)) {
             Ok(guest) => Ok(guest),
             Err(err) => {
                 let arch = self.arch();
-                cx.printer
-                    .always(&format!("warning: the {arch} snapshot could not be restored ({err:#}); making it again"));
-                cx.store.remove_entry(&self.closure())?;
-                let entry = self.entry(cx, runtime)?;
+                executor
+                    .reporter()
+                    .alert(&format!("the {arch} snapshot could not be restored ({err:#}); making it again"));
+                executor.store().remove_entry(&self.closure())?;
+                let entry = self.entry(executor, runtime)?;
                 runtime.block_on(self.restore(&entry))
             }
         }
@@ -175,7 +198,7 @@ impl SnapshotTarget {
 /// file removed), so that QEMU has translated those paths before a leaseholder needs them:
 /// under emulation, the first pass through guest code after a restore costs many times the
 /// next.
-pub async fn warm_up(agent: &mut AgentClient) -> anyhow::Result<()> {
+pub(crate) async fn warm_up(agent: &mut AgentClient) -> anyhow::Result<()> {
     let filler = vec![0x5a_u8; 256 * 1024];
     agent.put("/tmp/.kiln-warm-up", 0o755, &filler).await?;
     for _ in 0..2 {
@@ -184,6 +207,3 @@ pub async fn warm_up(agent: &mut AgentClient) -> anyhow::Result<()> {
     agent.remove("/tmp", vec![".kiln-warm-up".to_owned()]).await?;
     Ok(())
 }
-
-/// How long a guest may take to answer after a restore.
-pub const RESTORE_DEADLINE: Duration = Duration::from_secs(60);

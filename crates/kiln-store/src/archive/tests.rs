@@ -1,0 +1,756 @@
+//! Export and import round trips, and every hostile archive import must refuse.
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    os::unix::fs::{PermissionsExt as _, symlink},
+    path::Path,
+};
+
+use tar::{EntryType, Header};
+
+use super::{read::*, verify::*, write::*, *};
+use crate::Derivation;
+use crate::{ClosureHash, Entry, Store, hash_tree};
+
+/// A temporary store, removed (read-only directories included) when dropped.
+struct TestStore {
+    dir: tempfile::TempDir,
+    store: Store,
+}
+
+impl TestStore {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("store")).expect("open store");
+        Self { dir, store }
+    }
+
+    fn build(&self, tag: &str, fill: impl FnOnce(&Path) -> io::Result<()>) -> Entry {
+        let (entry, _) = self.store.build(&derivation(tag), tag, || {}, |out| Ok(fill(out)?)).expect("build");
+        entry
+    }
+
+    fn import(&self, archive: &[u8]) -> Result<ArchiveSummary, StoreError> {
+        import(&self.store, archive)
+    }
+
+    /// Nothing visible was written: no entries and no leftovers in `tmp/`.
+    fn assert_untouched(&self) {
+        for sub in ["entries", "tmp"] {
+            let left: Vec<_> = fs::read_dir(self.store.root().join(sub))
+                .expect("read_dir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            assert!(left.is_empty(), "{sub}/ holds {left:?}");
+        }
+    }
+
+    /// Imports `archive`, expects it to be refused without a trace, and returns the error.
+    fn expect_refused(&self, archive: &[u8]) -> StoreError {
+        let err = self.import(archive).expect_err("the archive must be refused");
+        self.assert_untouched();
+        err
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let _ = crate::store::remove_tree(self.dir.path());
+    }
+}
+
+fn derivation(tag: &str) -> Derivation {
+    let mut drv = Derivation::new("archive-test");
+    drv.setting("tag", tag);
+    drv
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+/// Bytes that compress somewhat, like build outputs.
+fn filler(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let word = if state % 4 < 2 { state } else { 0x6b69_6c6e_6b69_6c6e };
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+const LONG_NAME: &str = "a-directory-name-that-is-long-enough-to-need-a-gnu-long-name-record-in-any-tar-header-at-all";
+
+/// Three entries: a tree with every kind of node, one with a file larger than a chunk,
+/// one with an empty output.
+fn sample() -> (TestStore, Vec<ClosureHash>) {
+    let store = TestStore::new();
+    let rich = store.build("rich", |out| {
+        fs::write(out.join("README"), "hello")?;
+        fs::create_dir_all(out.join("bin"))?;
+        fs::write(out.join("bin/kernel"), b"\x7fELF")?;
+        fs::set_permissions(out.join("bin/kernel"), fs::Permissions::from_mode(0o755))?;
+        symlink("bin/kernel", out.join("current"))?;
+        fs::create_dir_all(out.join("nested/deep/er"))?;
+        fs::write(out.join("nested/deep/er/file"), "deep")?;
+        symlink("../../README", out.join("nested/deep/readme"))?;
+        fs::create_dir_all(out.join("empty"))?;
+        fs::write(out.join("a.txt"), "sorts before a/")?;
+        fs::create_dir_all(out.join("a"))?;
+        fs::write(out.join("a/b"), "sorts after a.txt")?;
+        let long = out.join(LONG_NAME).join(LONG_NAME);
+        fs::create_dir_all(&long)?;
+        fs::write(long.join("file"), "far away")?;
+        symlink(format!("{LONG_NAME}/{LONG_NAME}/file"), out.join("long-link"))?;
+        Ok(())
+    });
+    let big = store.build("big", |out| {
+        fs::write(out.join("big.bin"), filler(7, 3 * IO_BUFFER + 123))?;
+        fs::write(out.join("small"), "small")
+    });
+    let empty = store.build("empty", |_| Ok(()));
+    (store, vec![rich.closure, big.closure, empty.closure])
+}
+
+fn export_bytes(store: &Store, closures: &[ClosureHash]) -> Vec<u8> {
+    let mut out = Vec::new();
+    export(store, closures, &mut out).expect("export");
+    out
+}
+
+/// An entry built elsewhere, to put into crafted archives.
+struct Good {
+    closure: ClosureHash,
+    hex: String,
+    meta: Vec<u8>,
+    output_hash: String,
+}
+
+const GOOD_CONTENT: &[u8] = b"good content";
+
+fn good(tag: &str) -> Good {
+    let source = TestStore::new();
+    let entry = source.build(tag, |out| fs::write(out.join("file"), GOOD_CONTENT));
+    let meta = fs::read(entry.dir.join("meta.toml")).expect("read meta");
+    Good { closure: entry.closure, hex: entry.closure.to_string(), meta, output_hash: entry.meta.output_hash }
+}
+
+/// Builds tar streams member by member with the `tar` crate, bypassing its path checks.
+struct Craft {
+    tar: tar::Builder<Vec<u8>>,
+}
+
+impl Craft {
+    fn new() -> Self {
+        Self { tar: tar::Builder::new(Vec::new()) }
+    }
+
+    fn raw(&mut self, path: &[u8], kind: EntryType, mode: u32, size: u64, link: &[u8], data: &[u8]) -> &mut Self {
+        if path.len() > 100 {
+            let mut record = path.to_vec();
+            record.push(0);
+            self.raw(b"././@LongLink", EntryType::GNULongName, 0o644, record.len() as u64, b"", &record);
+        }
+        if link.len() > 100 {
+            let mut record = link.to_vec();
+            record.push(0);
+            self.raw(b"././@LongLink", EntryType::GNULongLink, 0o644, record.len() as u64, b"", &record);
+        }
+        let mut header = Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(size);
+        header.set_mtime(0);
+        set_field(&mut header.as_old_mut().name, path);
+        set_field(&mut header.as_old_mut().linkname, link);
+        header.set_cksum();
+        self.tar.append(&header, data).expect("append");
+        self
+    }
+
+    fn file(&mut self, path: &str, data: &[u8]) -> &mut Self {
+        self.raw(path.as_bytes(), EntryType::Regular, 0o644, data.len() as u64, b"", data)
+    }
+
+    fn dir(&mut self, path: &str) -> &mut Self {
+        self.raw(path.as_bytes(), EntryType::Directory, 0o755, 0, b"", b"")
+    }
+
+    fn link(&mut self, path: &str, target: &str) -> &mut Self {
+        self.raw(path.as_bytes(), EntryType::Symlink, 0o777, 0, target.as_bytes(), b"")
+    }
+
+    /// A whole entry whose `out/file` holds `content`.
+    fn entry(&mut self, good: &Good, content: &[u8]) -> &mut Self {
+        let hex = &good.hex;
+        self.file(&format!("{hex}/meta.toml"), &good.meta)
+            .dir(&format!("{hex}/out"))
+            .file(&format!("{hex}/out/file"), content)
+    }
+
+    fn finish(self) -> Vec<u8> {
+        let tar = self.tar.into_inner().expect("finish tar");
+        zstd::encode_all(&tar[..], 3).expect("compress")
+    }
+}
+
+fn rejection(err: &StoreError) -> &Rejection {
+    match err {
+        StoreError::ArchiveRejected { reason, .. } => reason,
+        other => panic!("expected a rejected member, got {other:?}: {other}"),
+    }
+}
+
+fn rejected_member(err: &StoreError) -> &str {
+    match err {
+        StoreError::ArchiveRejected { member, .. } => member,
+        other => panic!("expected a rejected member, got {other:?}: {other}"),
+    }
+}
+
+#[test]
+fn round_trip_keeps_entries_identical() {
+    let (a, closures) = sample();
+    let archive = export_bytes(&a.store, &closures);
+    let b = TestStore::new();
+    let summary = b.import(&archive).expect("import");
+    assert_eq!(summary.entries, 3);
+    let exported = export(&a.store, &closures, io::sink()).expect("export");
+    assert_eq!(summary, exported);
+    assert!(summary.bytes > 3 * IO_BUFFER as u64, "{summary:?}");
+
+    for closure in &closures {
+        let from = a.store.lookup(closure).expect("lookup").expect("in A");
+        let to = b.store.lookup(closure).expect("lookup").expect("in B");
+        assert_eq!(
+            fs::read(from.dir.join("meta.toml")).expect("meta A"),
+            fs::read(to.dir.join("meta.toml")).expect("meta B")
+        );
+        let hash = hash_tree(&to.out_dir()).expect("hash");
+        assert_eq!(hash, hash_tree(&from.out_dir()).expect("hash"));
+        assert_eq!(hash.to_string(), to.meta.output_hash);
+        assert!(b.store.verify(&to).expect("verify"));
+        assert_eq!(mode(&to.dir.join("meta.toml")) & 0o222, 0);
+    }
+    let rich = b.store.lookup(&closures[0]).expect("lookup").expect("rich").out_dir();
+    assert_ne!(mode(&rich.join("bin/kernel")) & 0o100, 0, "exec bit lost");
+    assert_eq!(mode(&rich.join("README")) & 0o111, 0);
+    assert_eq!(fs::read_link(rich.join("current")).expect("link"), Path::new("bin/kernel"));
+    assert_eq!(fs::read_link(rich.join("nested/deep/readme")).expect("link"), Path::new("../../README"));
+    assert_eq!(fs::read_to_string(rich.join("current")).expect("follow"), "\x7fELF");
+    assert_eq!(fs::read_to_string(rich.join(LONG_NAME).join(LONG_NAME).join("file")).expect("long path"), "far away");
+    assert!(rich.join("empty").is_dir());
+    for path in [rich.join("bin/kernel"), rich.join("README")] {
+        assert_eq!(mode(&path) & 0o222, 0, "{} is writable", path.display());
+    }
+    for path in [rich.clone(), rich.join("bin"), rich.join("empty")] {
+        assert_ne!(mode(&path) & 0o200, 0, "directories stay removable: {}", path.display());
+    }
+    let big = b.store.lookup(&closures[1]).expect("lookup").expect("big").out_dir();
+    assert_eq!(fs::read(big.join("big.bin")).expect("read"), filler(7, 3 * IO_BUFFER + 123));
+    assert_eq!(fs::read_dir(b.store.root().join("tmp")).expect("tmp").count(), 0);
+}
+
+#[test]
+fn export_is_deterministic() {
+    let (a, closures) = sample();
+    let first = export_bytes(&a.store, &closures);
+    let mut reversed = closures.clone();
+    reversed.reverse();
+    reversed.push(closures[0]);
+    assert_eq!(first, export_bytes(&a.store, &reversed));
+    // A store that imported them holds the same entries with other inodes and mtimes, and
+    // exports the same bytes.
+    let b = TestStore::new();
+    b.import(&first).expect("import");
+    assert_eq!(first, export_bytes(&b.store, &closures));
+}
+
+#[test]
+fn export_headers_are_normalised_and_ordered() {
+    let (a, closures) = sample();
+    let rich = closures[0].to_string();
+    let archive = export_bytes(&a.store, &closures[..1]);
+    let tar = zstd::decode_all(&archive[..]).expect("decompress");
+    let mut listing = Vec::new();
+    for member in tar::Archive::new(&tar[..]).entries().expect("entries") {
+        let member = member.expect("member");
+        let header = member.header();
+        assert_eq!(header.mtime().expect("mtime"), 0);
+        assert_eq!((header.uid().expect("uid"), header.gid().expect("gid")), (0, 0));
+        assert_eq!(header.username_bytes(), Some(&b""[..]));
+        assert!(header.as_gnu().is_some());
+        let path = String::from_utf8(member.path_bytes().into_owned()).expect("utf-8");
+        let path = path.strip_prefix(&format!("{rich}/")).expect("under the closure").to_owned();
+        listing.push((path, header.entry_type(), header.mode().expect("mode")));
+    }
+    let long_dir = format!("out/{LONG_NAME}");
+    let expected = [
+        ("meta.toml".to_owned(), EntryType::Regular, 0o644),
+        ("out/".to_owned(), EntryType::Directory, 0o755),
+        ("out/README".to_owned(), EntryType::Regular, 0o644),
+        ("out/a/".to_owned(), EntryType::Directory, 0o755),
+        ("out/a/b".to_owned(), EntryType::Regular, 0o644),
+        // `-` sorts before `.`.
+        (format!("{long_dir}/"), EntryType::Directory, 0o755),
+        (format!("{long_dir}/{LONG_NAME}/"), EntryType::Directory, 0o755),
+        (format!("{long_dir}/{LONG_NAME}/file"), EntryType::Regular, 0o644),
+        ("out/a.txt".to_owned(), EntryType::Regular, 0o644),
+        ("out/bin/".to_owned(), EntryType::Directory, 0o755),
+        ("out/bin/kernel".to_owned(), EntryType::Regular, 0o755),
+        ("out/current".to_owned(), EntryType::Symlink, 0o777),
+        ("out/empty/".to_owned(), EntryType::Directory, 0o755),
+        ("out/long-link".to_owned(), EntryType::Symlink, 0o777),
+        ("out/nested/".to_owned(), EntryType::Directory, 0o755),
+        ("out/nested/deep/".to_owned(), EntryType::Directory, 0o755),
+        ("out/nested/deep/er/".to_owned(), EntryType::Directory, 0o755),
+        ("out/nested/deep/er/file".to_owned(), EntryType::Regular, 0o644),
+        ("out/nested/deep/readme".to_owned(), EntryType::Symlink, 0o777),
+    ];
+    assert_eq!(listing, expected);
+}
+
+#[test]
+fn export_of_a_missing_entry_fails_before_writing() {
+    let (a, mut closures) = sample();
+    let missing = derivation("never built").closure_hash();
+    closures.push(missing);
+    let mut out = Vec::new();
+    let err = export(&a.store, &closures, &mut out).expect_err("must fail");
+    assert!(matches!(err, StoreError::NotInStore { closure } if closure == missing), "{err:?}");
+    assert!(out.is_empty());
+}
+
+#[test]
+fn file_round_trip_replaces_the_archive_atomically() {
+    let (a, closures) = sample();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.tar.zst");
+    fs::write(&path, "old").expect("write");
+    let exported = export_to_file(&a.store, &closures, &path).expect("export");
+    let names: Vec<_> = fs::read_dir(dir.path()).expect("read_dir").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(names, ["store.tar.zst"]);
+    assert_eq!(fs::read(&path).expect("read"), export_bytes(&a.store, &closures));
+    let b = TestStore::new();
+    assert_eq!(import_from_file(&b.store, &path).expect("import"), exported);
+    let missing = import_from_file(&b.store, &dir.path().join("nope")).expect_err("missing file");
+    assert!(matches!(missing, StoreError::Io { action: "open", .. }), "{missing:?}");
+}
+
+#[test]
+fn importing_existing_entries_is_idempotent() {
+    let (a, closures) = sample();
+    let archive = export_bytes(&a.store, &closures);
+    // Into the store the entries came from.
+    assert_eq!(a.import(&archive).expect("import into the source").entries, 3);
+    // Twice into a fresh store.
+    let b = TestStore::new();
+    let first = b.import(&archive).expect("first import");
+    let meta = b.store.root().join("entries").join(closures[0].to_string()).join("meta.toml");
+    let before = fs::read(&meta).expect("meta");
+    assert_eq!(b.import(&archive).expect("second import"), first);
+    assert_eq!(fs::read(&meta).expect("meta"), before);
+    for store in [&a, &b] {
+        assert_eq!(fs::read_dir(store.store.root().join("entries")).expect("entries").count(), 3);
+        assert_eq!(fs::read_dir(store.store.root().join("tmp")).expect("tmp").count(), 0);
+        for closure in &closures {
+            let entry = store.store.lookup(closure).expect("lookup").expect("present");
+            assert!(store.store.verify(&entry).expect("verify"));
+        }
+    }
+}
+
+#[test]
+fn rejects_parent_components() {
+    let g = good("parent");
+    let store = TestStore::new();
+    for path in ["../evil".to_owned(), format!("{}/out/../../evil", g.hex), format!("{}/../x", g.hex)] {
+        let mut craft = Craft::new();
+        craft.entry(&g, GOOD_CONTENT).file(&path, b"evil");
+        let err = store.expect_refused(&craft.finish());
+        assert_eq!(rejection(&err), &Rejection::ParentComponent, "{path}");
+        assert_eq!(rejected_member(&err), path);
+        assert!(err.to_string().contains(&path), "{err}");
+    }
+    assert!(!store.dir.path().join("evil").exists());
+}
+
+#[test]
+fn rejects_absolute_paths() {
+    let g = good("absolute");
+    let store = TestStore::new();
+    let target = store.dir.path().join("planted");
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).file(target.to_str().expect("utf-8"), b"evil");
+    assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::AbsolutePath);
+    assert!(!target.exists());
+    let mut craft = Craft::new();
+    craft.file(&format!("/{}/meta.toml", g.hex), &g.meta);
+    assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::AbsolutePath);
+}
+
+#[test]
+fn rejects_symlinks_to_absolute_targets() {
+    let g = good("abs-link");
+    let store = TestStore::new();
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).link(&format!("{}/out/passwd", g.hex), "/etc/passwd");
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::AbsoluteLink { target: "/etc/passwd".to_owned() });
+    assert_eq!(rejected_member(&err), format!("{}/out/passwd", g.hex));
+}
+
+#[test]
+fn rejects_symlinks_leaving_out() {
+    let g = good("escape");
+    let store = TestStore::new();
+    for (link, target) in
+        [("out/a", "../../../x"), ("out/a", ".."), ("out/d/e/l", "../../../meta.toml"), ("out/l", "x/../..")]
+    {
+        let mut craft = Craft::new();
+        craft.entry(&g, GOOD_CONTENT).link(&format!("{}/{link}", g.hex), target);
+        let err = store.expect_refused(&craft.finish());
+        assert_eq!(rejection(&err), &Rejection::EscapingLink { target: target.to_owned() }, "{link} -> {target}");
+    }
+    // Staying inside is fine, however deep the detour.
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).link(&format!("{}/out/d/e/l", g.hex), "../../file");
+    let err = store.expect_refused(&craft.finish());
+    // (It only fails verification: the link is not part of the recorded output.)
+    assert!(matches!(err, StoreError::ArchiveOutputMismatch { .. }), "{err:?}");
+}
+
+#[test]
+fn rejects_symlink_chains_that_leave_out_once_followed() {
+    let g = good("chain");
+    let store = TestStore::new();
+    let hex = &g.hex;
+    // Lexically `a/b/..` is `a`, but `a/b` is a link to `..` (that is `out`), and `out/..`
+    // is the entry directory.
+    let mut craft = Craft::new();
+    craft
+        .entry(&g, GOOD_CONTENT)
+        .dir(&format!("{hex}/out/a"))
+        .link(&format!("{hex}/out/a/b"), "..")
+        .link(&format!("{hex}/out/c"), "a/b/..");
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::EscapingLink { target: "a/b/..".to_owned() });
+    assert_eq!(rejected_member(&err), format!("{hex}/out/c"));
+    // A loop is refused too.
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).link(&format!("{hex}/out/x"), "y").link(&format!("{hex}/out/y"), "x");
+    let err = store.expect_refused(&craft.finish());
+    assert!(matches!(rejection(&err), Rejection::TooManyLinks { .. }), "{err:?}");
+}
+
+#[test]
+fn rejects_hard_links_devices_and_other_member_types() {
+    let g = good("types");
+    let store = TestStore::new();
+    let path = format!("{}/out/odd", g.hex);
+    let cases = [
+        (EntryType::Link, "hard link"),
+        (EntryType::Char, "character device"),
+        (EntryType::Block, "block device"),
+        (EntryType::Fifo, "fifo"),
+        (EntryType::GNUSparse, "GNU sparse file"),
+        (EntryType::XHeader, "pax extended header"),
+        (EntryType::XGlobalHeader, "pax global header"),
+    ];
+    for (kind, name) in cases {
+        let mut craft = Craft::new();
+        craft.entry(&g, GOOD_CONTENT).raw(path.as_bytes(), kind, 0o644, 0, b"file", b"");
+        let err = store.expect_refused(&craft.finish());
+        assert_eq!(rejection(&err), &Rejection::UnsupportedType { kind: name.to_owned() });
+        assert_eq!(rejected_member(&err), path);
+    }
+}
+
+#[test]
+fn rejects_top_directories_that_are_not_closures() {
+    let g = good("names");
+    let store = TestStore::new();
+    for top in ["not-a-hash".to_owned(), g.hex.to_uppercase(), g.hex[..63].to_owned(), format!("{}0", g.hex)] {
+        let mut craft = Craft::new();
+        craft.file(&format!("{top}/meta.toml"), &g.meta).dir(&format!("{top}/out"));
+        let err = store.expect_refused(&craft.finish());
+        assert_eq!(rejection(&err), &Rejection::NotAClosure, "{top}");
+    }
+    let mut craft = Craft::new();
+    craft.file("meta.toml", &g.meta);
+    assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::NotAClosure);
+}
+
+#[test]
+fn rejects_members_beside_meta_and_out() {
+    let g = good("beside");
+    let store = TestStore::new();
+    for path in ["extra", "out.txt", "meta.toml.bak", "tmp/file"] {
+        let mut craft = Craft::new();
+        craft.entry(&g, GOOD_CONTENT).file(&format!("{}/{path}", g.hex), b"x");
+        assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::UnexpectedPath, "{path}");
+    }
+    let mut craft = Craft::new();
+    craft.file(&format!("{}/meta.toml", g.hex), &g.meta).link(&format!("{}/out", g.hex), "/tmp");
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::WrongType { expected: "a directory" });
+}
+
+#[test]
+fn rejects_writing_through_symlinks_and_duplicates() {
+    let g = good("through");
+    let store = TestStore::new();
+    let hex = &g.hex;
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).link(&format!("{hex}/out/link"), ".").file(&format!("{hex}/out/link/planted"), b"x");
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::ParentNotDirectory { parent: "out/link".to_owned() });
+    // A file where a directory should be.
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).file(&format!("{hex}/out/file/below"), b"x");
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::ParentNotDirectory { parent: "out/file".to_owned() });
+    // The same path twice, whatever the types.
+    for second in [EntryType::Regular, EntryType::Symlink, EntryType::Directory] {
+        let mut craft = Craft::new();
+        craft.entry(&g, GOOD_CONTENT).raw(format!("{hex}/out/file").as_bytes(), second, 0o644, 0, b"x", b"");
+        assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::Duplicate, "{second:?}");
+    }
+    // Members of one entry split by another entry's.
+    let other = good("other");
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).entry(&other, GOOD_CONTENT).file(&format!("{hex}/out/late"), b"x");
+    assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::NotContiguous);
+}
+
+#[test]
+fn rejects_oversized_headers() {
+    let g = good("oversized");
+    let store = TestStore::new();
+    let hex = &g.hex;
+    // A file claiming more than the limit; no data follows, and none is read.
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).raw(
+        format!("{hex}/out/huge").as_bytes(),
+        EntryType::Regular,
+        0o644,
+        1 << 40,
+        b"",
+        b"",
+    );
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::Oversized { size: 1 << 40, limit: MAX_FILE_BYTES });
+    assert!(err.to_string().contains("oversized header"), "{err}");
+    // Long-name records longer than any allowed path; the path is not read.
+    for len in [MAX_PATH_BYTES + 1, 100_000] {
+        let long = format!("{hex}/out/{}", "y".repeat(len - 69));
+        let mut craft = Craft::new();
+        craft.entry(&g, GOOD_CONTENT).file(&long, b"x");
+        let err = store.expect_refused(&craft.finish());
+        assert_eq!(rejection(&err), &Rejection::PathTooLong { len });
+        assert_eq!(rejected_member(&err), "././@LongLink");
+    }
+    // A long path under the limit is fine (it only fails verification). (Near the limit,
+    // the path in the staging directory would exceed the kernel's own limit.)
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).file(&format!("{hex}/out/{}z", format!("{}/", "y".repeat(199)).repeat(10)), b"x");
+    assert!(matches!(store.expect_refused(&craft.finish()), StoreError::ArchiveOutputMismatch { .. }));
+    // Symlink targets have the same limit.
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).link(&format!("{hex}/out/l"), &"t".repeat(MAX_PATH_BYTES + 1));
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::PathTooLong { len: MAX_PATH_BYTES + 1 });
+    // Too many components.
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).file(&format!("{hex}/out/{}z", "z/".repeat(300)), b"x");
+    assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::TooManyComponents { count: 303 });
+    // A meta.toml far larger than any real one.
+    let mut craft = Craft::new();
+    craft.raw(format!("{hex}/meta.toml").as_bytes(), EntryType::Regular, 0o644, 2 << 20, b"", b"");
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::Oversized { size: 2 << 20, limit: MAX_META_BYTES });
+}
+
+#[test]
+fn rejects_incomplete_entries() {
+    let g = good("incomplete");
+    let store = TestStore::new();
+    let mut craft = Craft::new();
+    craft.dir(&format!("{}/out", g.hex)).file(&format!("{}/out/file", g.hex), GOOD_CONTENT);
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::Incomplete { missing: "meta.toml" });
+    let mut craft = Craft::new();
+    craft.file(&format!("{}/meta.toml", g.hex), &g.meta);
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::Incomplete { missing: "out/" });
+}
+
+#[test]
+fn rejects_tampered_content_naming_both_hashes() {
+    let g = good("tampered");
+    let store = TestStore::new();
+    let mut craft = Craft::new();
+    craft.entry(&g, b"evil content");
+    let err = store.expect_refused(&craft.finish());
+    let tampered = tempfile::tempdir().expect("tempdir");
+    fs::write(tampered.path().join("file"), b"evil content").expect("write");
+    let actual_hash = hash_tree(tampered.path()).expect("hash");
+    match &err {
+        StoreError::ArchiveOutputMismatch { closure, recorded, actual } => {
+            assert_eq!(*closure, g.closure);
+            assert_eq!(recorded, &g.output_hash);
+            assert_eq!(*actual, actual_hash);
+        }
+        other => panic!("expected an output mismatch, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains(&g.output_hash) && message.contains(&actual_hash.to_string()), "{message}");
+    // The executable bit is part of the output too.
+    let mut craft = Craft::new();
+    let hex = &g.hex;
+    craft.file(&format!("{hex}/meta.toml"), &g.meta).dir(&format!("{hex}/out")).raw(
+        format!("{hex}/out/file").as_bytes(),
+        EntryType::Regular,
+        0o755,
+        GOOD_CONTENT.len() as u64,
+        b"",
+        GOOD_CONTENT,
+    );
+    assert!(matches!(store.expect_refused(&craft.finish()), StoreError::ArchiveOutputMismatch { .. }));
+}
+
+#[test]
+fn rejects_metadata_of_another_derivation() {
+    let one = good("one");
+    let two = good("two");
+    let store = TestStore::new();
+    let mut craft = Craft::new();
+    craft
+        .file(&format!("{}/meta.toml", two.hex), &one.meta)
+        .dir(&format!("{}/out", two.hex))
+        .file(&format!("{}/out/file", two.hex), GOOD_CONTENT);
+    let err = store.expect_refused(&craft.finish());
+    assert!(
+        matches!(err, StoreError::ArchiveClosureMismatch { dir, derivation } if dir == two.closure && derivation == one.closure),
+        "{err:?}"
+    );
+    let mut craft = Craft::new();
+    craft.file(&format!("{}/meta.toml", one.hex), b"not = [toml").dir(&format!("{}/out", one.hex));
+    assert!(matches!(store.expect_refused(&craft.finish()), StoreError::CorruptMeta { .. }));
+}
+
+#[test]
+fn rejects_truncated_and_corrupt_streams() {
+    let (a, closures) = sample();
+    let archive = export_bytes(&a.store, &closures);
+    let store = TestStore::new();
+    for cut in [0, 10, archive.len() / 3, archive.len() / 2, archive.len() - 5, archive.len() - 1] {
+        let err = store.expect_refused(&archive[..cut]);
+        assert!(matches!(err, StoreError::ArchiveCorrupt { .. }), "cut at {cut}: {err:?}");
+    }
+    let mut flipped = archive.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x55;
+    store.expect_refused(&flipped);
+    let mut trailing = archive.clone();
+    trailing.extend_from_slice(b"garbage");
+    assert!(matches!(store.expect_refused(&trailing), StoreError::ArchiveCorrupt { .. }));
+    assert!(matches!(store.expect_refused(b"not zstd at all"), StoreError::ArchiveCorrupt { .. }));
+}
+
+#[test]
+fn rejects_tar_streams_without_their_end() {
+    let g = good("no-end");
+    let store = TestStore::new();
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT);
+    // A complete zstd frame around a tar stream cut after its last member...
+    let tar = craft.tar.get_ref().clone();
+    let err = store.expect_refused(&zstd::encode_all(&tar[..], 3).expect("compress"));
+    assert!(matches!(err, StoreError::ArchiveCorrupt { .. }), "{err:?}");
+    // ...or inside one, or with junk after the end-of-archive marker.
+    let err = store.expect_refused(&zstd::encode_all(&tar[..tar.len() - 700], 3).expect("compress"));
+    assert!(matches!(err, StoreError::ArchiveCorrupt { .. }), "{err:?}");
+    let mut junk = craft.tar.into_inner().expect("finish");
+    junk.extend_from_slice(&[1; BLOCK]);
+    let err = store.expect_refused(&zstd::encode_all(&junk[..], 3).expect("compress"));
+    assert!(matches!(err, StoreError::ArchiveCorrupt { .. }), "{err:?}");
+    // And a header whose checksum does not match.
+    let mut tar = tar.clone();
+    tar[0] ^= 1;
+    let err = store.expect_refused(&zstd::encode_all(&tar[..], 3).expect("compress"));
+    assert!(matches!(err, StoreError::ArchiveCorrupt { .. }), "{err:?}");
+}
+
+#[test]
+fn one_bad_entry_keeps_the_good_one_out() {
+    let good_one = good("fine");
+    let bad_one = good("spoilt");
+    let store = TestStore::new();
+    let mut craft = Craft::new();
+    craft.entry(&good_one, GOOD_CONTENT).entry(&bad_one, b"spoilt content");
+    let err = store.expect_refused(&craft.finish());
+    assert!(matches!(err, StoreError::ArchiveOutputMismatch { closure, .. } if closure == bad_one.closure));
+    assert!(store.store.lookup(&good_one.closure).expect("lookup").is_none());
+    // And a structural rejection after the good entry.
+    let mut craft = Craft::new();
+    craft.entry(&good_one, GOOD_CONTENT).link(&format!("{}/out/x", bad_one.hex), "/etc/passwd");
+    store.expect_refused(&craft.finish());
+    // The same good entry alone is accepted.
+    let mut craft = Craft::new();
+    craft.entry(&good_one, GOOD_CONTENT);
+    assert_eq!(store.import(&craft.finish()).expect("import").entries, 1);
+    let entry = store.store.lookup(&good_one.closure).expect("lookup").expect("published");
+    assert!(store.store.verify(&entry).expect("verify"));
+}
+
+#[test]
+fn symlink_resolution_follows_links_and_is_bounded() {
+    let nodes: HashMap<Vec<u8>, Node> = [
+        (&b"out"[..], Node::Dir),
+        (b"out/a", Node::Dir),
+        (b"out/a/up", Node::Symlink(b"..".to_vec())),
+        (b"out/f", Node::File),
+    ]
+    .into_iter()
+    .map(|(key, node)| (key.to_vec(), node))
+    .collect();
+    let resolve = |key: &[u8], target: &[u8]| resolve_link(&nodes, key, target, &mut 1000);
+    let escaping = |target: &str| Err(Rejection::EscapingLink { target: target.to_owned() });
+    assert_eq!(resolve(b"out/l", b"a/up/a/up/f"), Ok(()));
+    assert_eq!(resolve(b"out/a/b/l", b"../../a/./up//f"), Ok(()));
+    assert_eq!(resolve(b"out/l", b"a/up/.."), escaping("a/up/.."));
+    assert_eq!(resolve(b"out/a/l", b"up/../a"), escaping("up/../a"));
+    assert_eq!(resolve(b"out/a/l", b"../.."), escaping("../.."));
+    // The kernel stops at a file or a missing name (ENOTDIR, ENOENT).
+    assert_eq!(resolve(b"out/l", b"f/../.."), Ok(()));
+    assert_eq!(resolve(b"out/l", b"missing/../.."), Ok(()));
+    let mut budget = 3;
+    assert_eq!(resolve_link(&nodes, b"out/l", b"a/up/a/up/f", &mut budget), Err(Rejection::TooComplexLinks));
+}
+
+#[test]
+fn member_paths_are_checked_component_by_component() {
+    let hex = derivation("x").closure_hash().to_string();
+    let ok = |path: &str, dir| split_member(path.as_bytes(), dir).map(|(_, rest)| lossy(rest));
+    assert_eq!(ok(&format!("{hex}/out/a/b"), false), Ok("out/a/b".to_owned()));
+    assert_eq!(ok(&format!("{hex}/out/"), true), Ok("out".to_owned()));
+    assert_eq!(ok(&format!("{hex}/"), true), Ok(String::new()));
+    assert_eq!(ok(&format!("{hex}/out/a/"), false), Err(bad_header("only a directory's path may end in `/`")));
+    assert_eq!(ok(&format!("{hex}//out"), false), Err(Rejection::EmptyComponent));
+    assert_eq!(ok(&format!("{hex}/./out"), false), Err(Rejection::EmptyComponent));
+    assert_eq!(ok(&format!("./{hex}/out"), false), Err(Rejection::EmptyComponent));
+    assert_eq!(ok("", false), Err(Rejection::EmptyComponent));
+    assert_eq!(check_link_target(b"out/a/l", b"../b/./c//d"), Ok(()));
+    assert_eq!(
+        check_link_target(b"out/l", b"a/../../b"),
+        Err(Rejection::EscapingLink { target: "a/../../b".to_owned() })
+    );
+    assert_eq!(check_link_target(b"out/l", b""), Err(bad_header("a symlink without a target")));
+}

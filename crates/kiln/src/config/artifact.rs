@@ -1,0 +1,105 @@
+//! `[artifact.NAME]`: a cargo package built for one target per architecture.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use kiln_types::Arch;
+use toml::Spanned;
+
+use super::{
+    ConfigError,
+    raw::{ArtifactKind, ImageFormat, RawArtifact},
+    resolve::{Resolver, dedup},
+};
+
+/// A cargo package built for one target per architecture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Artifact {
+    /// The artifact's name in Kiln.toml.
+    pub name: String,
+    /// The cargo package.
+    pub package: String,
+    /// The package's directory; cargo runs there, so its `.cargo/config.toml` applies.
+    pub dir: PathBuf,
+    /// The architectures it is built for.
+    pub arches: Vec<Arch>,
+    /// Target triple per architecture.
+    pub targets: BTreeMap<Arch, String>,
+    /// Cargo profile.
+    pub profile: String,
+    /// Cargo features.
+    pub features: Vec<String>,
+    /// Whether default features are off.
+    pub no_default_features: bool,
+    /// The binary target, when the package has several.
+    pub bin: Option<String>,
+    /// A binary, or every test binary.
+    pub kind: ArtifactKind,
+    /// `-Z build-std=...` crates (needs a nightly toolchain and `rust-src`).
+    pub build_std: Option<Vec<String>>,
+    /// `-Z build-std-features=...`.
+    pub build_std_features: Vec<String>,
+    /// Environment variables for cargo (closure inputs).
+    pub env: BTreeMap<String, String>,
+    /// Flags added to the project's own rustflags (never replacing them).
+    pub rustflags: Vec<String>,
+    /// ELF or raw binary.
+    pub image: ImageFormat,
+}
+
+impl Resolver<'_> {
+    pub(super) fn artifact(&self, name: &str, raw: RawArtifact) -> Result<Artifact, ConfigError> {
+        let key = |k: &str| format!("artifact.{name}.{k}");
+        let dir = match &raw.path {
+            Some(path) if path.get_ref() == "." || path.get_ref().is_empty() => self.root.to_owned(),
+            Some(path) => self.root.join(path.get_ref()),
+            None => self.root.to_owned(),
+        };
+        if !dir.join("Cargo.toml").is_file() {
+            let span = raw.path.as_ref().map(Spanned::span);
+            return Err(self
+                .error(span, key("path"), format!("no Cargo.toml in `{}`", dir.display()))
+                .with_help("set `path` to the directory of the cargo package, relative to Kiln.toml"));
+        }
+        let arches = match &raw.arches {
+            Some(list) if list.get_ref().is_empty() => {
+                return Err(self
+                    .error(Some(list.span()), key("arches"), "`arches` is empty")
+                    .with_help("list at least one of x86_64, aarch64, riscv64, or remove the key for all three"));
+            }
+            Some(list) => dedup(list.get_ref().clone()),
+            None => Arch::ALL.to_vec(),
+        };
+        let mut targets = BTreeMap::new();
+        for arch in &arches {
+            let triple = raw.target.get(arch).cloned().unwrap_or_else(|| arch.bare_metal_triple().to_owned());
+            let custom_target_file = triple.ends_with(".json");
+            if !custom_target_file && !triple.starts_with(arch.as_str()) {
+                return Err(self
+                    .error(
+                        None,
+                        key(&format!("target.{arch}")),
+                        format!("target `{triple}` is not a target for {arch}"),
+                    )
+                    .with_help(format!("use a {arch} triple such as `{}`", arch.bare_metal_triple())));
+            }
+            targets.insert(*arch, triple);
+        }
+        Ok(Artifact {
+            name: name.to_owned(),
+            package: raw.package.into_inner(),
+            dir,
+            arches,
+            targets,
+            profile: raw.profile.unwrap_or_else(|| "release".to_owned()),
+            features: raw.features,
+            no_default_features: raw.no_default_features,
+            bin: raw.bin,
+            kind: raw.kind,
+            build_std: raw.build_std,
+            build_std_features: raw.build_std_features,
+            env: raw.env,
+            rustflags: raw.rustflags,
+            image: raw.image,
+        })
+    }
+}

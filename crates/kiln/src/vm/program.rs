@@ -1,0 +1,167 @@
+//! One program run in a warm guest: a fresh copy of the booted snapshot, restored here or
+//! leased from a pool keeper that holds warm ones. The program, the package directory and
+//! `[run] files` go in through the guest agent (or the program through the guest's 9p inbox);
+//! the program runs, its output streams back, and the guest is thrown away.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use super::{
+    SnapshotTarget,
+    agent_client::AgentClient,
+    keeper::{self, KeeperRole, KeeperSpec},
+    lease, snapshot,
+};
+use crate::{exec::Executor, guest::CopyKind, plan::KERNEL_FAILURE};
+
+/// A program and what it runs with.
+#[derive(Debug)]
+pub(crate) struct Program<'a> {
+    /// The executable on the host.
+    pub path: &'a Path,
+    /// Its arguments.
+    pub args: &'a [String],
+    /// Its working directory (the same path in the guest).
+    pub cwd: PathBuf,
+    /// Host files and directories copied in at the same paths.
+    pub copies: Vec<(PathBuf, CopyKind)>,
+    /// Its environment.
+    pub env: BTreeMap<String, String>,
+    /// How long it may run.
+    pub timeout: Duration,
+}
+
+/// How a program's run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// It exited with this status (a signal's death as the shell reports it, 128 + N).
+    Exited(u8),
+    /// It did not finish: the guest died or the time ran out; the message says why.
+    GuestFailed(String),
+}
+
+/// Runs `program` on a guest restored from `target`'s snapshot: leased from the pool of
+/// `pool` warm guests when `pool > 0` (started from `spec` when none runs), else restored here.
+pub(crate) fn run(
+    executor: &Executor,
+    target: SnapshotTarget,
+    pool: usize,
+    spec: impl FnOnce(KeeperRole) -> KeeperSpec,
+    program: Program<'_>,
+) -> anyhow::Result<Ended> {
+    let arch = target.arch();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let name = program.path.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
+    // The guest: leased warm from the pool's keeper, or restored here. Both die with their
+    // holder (the lease's end, or QEMU's process group).
+    let leased = if pool > 0 { lease_from_pool(executor, &target, pool, spec)? } else { None };
+    let (mut agent, console, inbox, _lease, _restored) = match leased {
+        Some(lease) => {
+            let _enter = runtime.enter();
+            lease.agent.set_nonblocking(true)?;
+            let stream = tokio::net::UnixStream::from_std(lease.agent.try_clone()?)?;
+            (AgentClient::from_stream(stream), lease.console.clone(), lease.inbox.clone(), Some(lease), None)
+        }
+        None => {
+            let guest = target.restore_or_remake(executor, &runtime)?;
+            let console = guest.scratch.path().join(snapshot::CONSOLE_FILE);
+            (guest.agent, console, guest.inbox, None, Some((guest.qemu, guest.scratch)))
+        }
+    };
+    let work = async {
+        // The program: linked into the guest's inbox share, whose pages the guest reads as
+        // it runs (a debug test binary is mostly debug info it never reads); without 9p,
+        // put through the agent.
+        let guest_program = match &inbox {
+            Some(inbox) => {
+                let linked = inbox.join(&name);
+                if std::fs::hard_link(program.path, &linked).is_err() {
+                    std::fs::copy(program.path, &linked)
+                        .with_context(|| format!("cannot copy `{}` into the guest's inbox", program.path.display()))?;
+                }
+                agent.mount_9p(snapshot::INBOX_TAG, snapshot::INBOX_GUEST_PATH).await?;
+                format!("{}/{name}", snapshot::INBOX_GUEST_PATH)
+            }
+            None => {
+                let guest_program = format!("/kiln/bin/{name}");
+                let bytes =
+                    std::fs::read(program.path).with_context(|| format!("cannot read `{}`", program.path.display()))?;
+                agent.put(&guest_program, 0o755, &bytes).await?;
+                guest_program
+            }
+        };
+        let mut argv = vec![guest_program];
+        argv.extend(program.args.iter().cloned());
+        for (path, kind) in &program.copies {
+            let guest_path = path.to_string_lossy();
+            match kind {
+                CopyKind::File => {
+                    let mode =
+                        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path)?.permissions()) & 0o7777;
+                    let content = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+                    agent.put(&guest_path, mode, &content).await?;
+                }
+                CopyKind::Symlink(target) => agent.symlink(&guest_path, target).await?,
+                CopyKind::Dir => {}
+            }
+        }
+        let mut stdout = std::io::stdout();
+        let mut stderr = std::io::stderr();
+        let status = agent
+            .exec(argv, program.env.clone(), Some(program.cwd.to_string_lossy().into_owned()), |is_stderr, bytes| {
+                let _ = if is_stderr { stderr.write_all(bytes) } else { stdout.write_all(bytes) };
+            })
+            .await?;
+        let _ = stdout.flush();
+        anyhow::Ok(status)
+    };
+    Ok(match runtime.block_on(async { tokio::time::timeout(program.timeout, work).await }) {
+        Ok(Ok(status)) => Ended::Exited(u8::try_from(status.shell_status().clamp(0, 255)).unwrap_or(u8::MAX)),
+        Ok(Err(err)) => {
+            // The agent went away: what the guest's console said last is the likely why.
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+            let mut message = format!("`{name}` did not finish in the {arch} guest: {err:#}");
+            // The kernel's own verdict (a panic, an oops) first, then the console's last lines.
+            let failure = regex::Regex::new(KERNEL_FAILURE).ok();
+            if let Some(line) = lines.iter().find(|line| failure.as_ref().is_some_and(|re| re.is_match(line))) {
+                message.push_str(&format!("\n  | {line}\n  | ..."));
+            }
+            for line in &lines[lines.len().saturating_sub(10)..] {
+                message.push_str(&format!("\n  | {line}"));
+            }
+            Ended::GuestFailed(message)
+        }
+        Err(_) => Ended::GuestFailed(format!(
+            "`{name}` did not finish in the {arch} guest within {}s",
+            program.timeout.as_secs()
+        )),
+    })
+}
+
+/// A warm guest from the pool's keeper for this snapshot, starting the keeper when none
+/// runs. `None` (restore one here) while the keeper starts or has no idle guest.
+fn lease_from_pool(
+    executor: &Executor,
+    target: &SnapshotTarget,
+    size: usize,
+    spec: impl FnOnce(KeeperRole) -> KeeperSpec,
+) -> anyhow::Result<Option<lease::Lease>> {
+    let closure = target.closure();
+    let socket = keeper::pool_socket(executor.work_dir(), &closure)?;
+    if let Ok(Some(lease)) = lease::take(&socket, Some(Duration::from_secs(10))) {
+        return Ok(Some(lease));
+    }
+    if keeper::keeper_running(&socket)? {
+        return Ok(None);
+    }
+    let spec = spec(KeeperRole::Pool { size, closure: closure.to_string() });
+    spec.spawn(&keeper::pool_log(executor.work_dir(), spec.arch.as_str()))?;
+    Ok(None)
+}
