@@ -87,7 +87,7 @@ impl Project {
 
     /// Runs a kiln command line in-process and returns its exit code.
     pub fn kiln(&self, args: &[&str]) -> u8 {
-        kiln::xtask::run_args_to_code(self.args(args))
+        kiln::testing::run_args_to_code(self.args(args))
     }
 
     /// A command context, as the CLI would build it for `args`.

@@ -28,7 +28,7 @@ pub fn qemu_package(program: &str) -> &'static str {
 }
 
 /// Finds `program` on `PATH`.
-pub fn find_program(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
     which::which(program).ok()
 }
 

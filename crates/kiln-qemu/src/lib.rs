@@ -21,5 +21,5 @@ pub use argv::Argv;
 pub use boot::{BootOutcome, BootRequest, Exit, boot, interactive};
 pub use errors::QemuError;
 pub use machine::{BootMethod, Console, Device, Firmware, LinuxBoot, Machine, Share};
-pub use process::{Qemu, Terminal, exit_of};
+pub use process::{Qemu, Terminal, exit_of, version};
 pub use verdict::{FailReason, Judge, PassReason, Verdict};

@@ -145,9 +145,37 @@ pub(crate) fn spawn_error(program: &str, source: std::io::Error) -> QemuError {
     }
 }
 
+/// The first line of `program --version` (e.g. `QEMU emulator version 8.2.2 (Debian ...)`).
+pub fn version(program: &str) -> Result<String, QemuError> {
+    let output = std::process::Command::new(program).arg("--version").output().map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            QemuError::QemuMissing { program: program.to_owned(), package: crate::firmware::qemu_package(program) }
+        } else {
+            QemuError::Spawn { program: program.to_owned(), source }
+        }
+    })?;
+    if !output.status.success() {
+        return Err(QemuError::QemuFailed {
+            status: output.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or_default().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_reads_the_first_line_and_names_a_missing_binary() {
+        let first_line = super::version("qemu-system-x86_64").expect("qemu-system-x86_64 is installed (`.ci/setup`)");
+        assert!(first_line.starts_with("QEMU emulator version"), "{first_line}");
+        match super::version("qemu-system-kiln-nonesuch") {
+            Err(QemuError::QemuMissing { program, .. }) => assert_eq!(program, "qemu-system-kiln-nonesuch"),
+            other => panic!("expected QemuMissing, got {other:?}"),
+        }
+    }
 
     /// A stand-in for QEMU that forks a helper and sleeps: dropping the value must take the
     /// helper too (the whole group), not just the leader.

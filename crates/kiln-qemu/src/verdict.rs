@@ -23,6 +23,7 @@ pub struct Judge {
 
 /// Why a case passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PassReason {
     /// QEMU exited with a success status (and the success marker, if any, was seen).
     ExitStatus(i32),
@@ -32,6 +33,7 @@ pub enum PassReason {
 
 /// Why a case failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FailReason {
     /// A serial line matched the failure pattern.
     FailureMarker {
@@ -65,6 +67,7 @@ pub enum FailReason {
 
 /// The judgement of one boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verdict {
     /// The guest passed.
     Passed(PassReason),

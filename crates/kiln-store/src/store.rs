@@ -73,6 +73,7 @@ fn name_file(name: &str) -> String {
 
 /// Whether [`Store::build`] ran the builder, found the entry, or fetched it from a remote.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BuildOutcome {
     /// The entry was already in the store.
     Cached,

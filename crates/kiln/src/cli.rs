@@ -89,7 +89,9 @@ pub enum AccelArg {
 }
 
 /// kiln's commands; flatten this into your own xtask's `Subcommand` to add verbs beside them.
+// This comment is for developers: it must not become the `--help` of a user's xtask.
 #[derive(Debug, Subcommand)]
+#[command(about = None, long_about = None)]
 #[non_exhaustive]
 pub enum Command {
     /// Build artifacts through the store; prints each binary's path on stdout.
@@ -275,6 +277,7 @@ pub enum VmCommand {
     Ls,
     /// The keeper process behind a session or a run pool (started by kiln).
     #[command(hide = true)]
+    #[doc(hidden)]
     Keep {
         /// What to keep, as the kiln that started the keeper wrote it (JSON).
         #[arg(long)]

@@ -135,9 +135,11 @@ impl Cx {
                 return Err(remote_feature_missing().into());
             }
             if !config.remotes.is_empty() || env::non_empty(env::KILN_REMOTES).is_some() {
-                reporter.warn(
+                // Said even with `-q`, as every remote warning is.
+                reporter.alert(
                     "remote stores are named (Kiln.toml or KILN_REMOTES), but this kiln was built without its \
-                     `remote` feature: everything is built locally",
+                     `remote` feature, so everything is built locally; to use them, enable it in your xtask's \
+                     Cargo.toml (`features = [\"remote\"]` on the kiln dependency)",
                 );
             }
         }

@@ -161,7 +161,8 @@ pub const GUEST_PASSED_PREFIXES: &[&str] = &["CARGO_", "RUST_", "RUSTC_BOOTSTRAP
 
 /// Variables the leaf crates read on kiln's behalf: the S3 client of a remote store reads the
 /// usual `AWS_*` family (keys, region, endpoint: `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`,
-/// `AWS_ENDPOINT`), and TLS reads `SSL_CERT_FILE` and `SSL_CERT_DIR` for the trust store.
+/// `AWS_ENDPOINT`), TLS reads `SSL_CERT_FILE` and `SSL_CERT_DIR` for the trust store, and the
+/// HTTP client honours the usual proxy variables (either case).
 #[allow(dead_code)] // Documentation: kiln itself never reads these.
 pub const READ_BY_LEAF_CRATES: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
@@ -174,6 +175,14 @@ pub const READ_BY_LEAF_CRATES: &[&str] = &[
     "AWS_ENDPOINT",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
     "PATH",
 ];
 

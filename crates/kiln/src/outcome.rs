@@ -10,6 +10,7 @@ use crate::config::Expect;
 
 /// How a case came out, with its expectation applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CaseStatus {
     /// Expected to pass and passed.
     Passed,
@@ -56,6 +57,7 @@ impl CaseStatus {
 
 /// The result of one case on one machine.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CaseResult {
     /// `case/machine`.
     pub label: String,
@@ -103,6 +105,7 @@ impl CaseResult {
 
 /// How the store served a run's derivations (builds, fetches, kernels, rootfs images).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreUse {
     /// Built (or fetched) in this run.
     pub built: usize,
@@ -132,6 +135,7 @@ impl StoreUse {
 
 /// All results of a run.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct RunSummary {
     /// Results in plan order.
     pub results: Vec<CaseResult>,

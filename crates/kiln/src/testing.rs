@@ -8,3 +8,9 @@ use std::path::Path;
 pub fn synthetic_crate(dir: &Path, doctests: usize, test_binaries: usize) -> anyhow::Result<()> {
     crate::commands::synthetic_crate(dir, doctests, test_binaries)
 }
+
+/// As [`crate::xtask::run_args`], returning the numeric exit code, so tests can run kiln in
+/// process and compare codes.
+pub fn run_args_to_code(args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>) -> u8 {
+    crate::xtask::run_args_to_code(args)
+}

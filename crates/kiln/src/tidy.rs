@@ -5,6 +5,7 @@
 //!   them together, `commands` and the facade sit on top.
 //! - **No circles.** Within each directory, the files and subdirectories import each other
 //!   without a cycle (a directory's `mod.rs` and its children count as the directory).
+//! - **Commands are leaves**: no command module imports another.
 //! - **One place reads the environment** (`env.rs`), and nothing calls `process::exit`.
 //! - **Every file says what it is for** in a `//!` line.
 //!
@@ -42,8 +43,9 @@ const LAYERS: &[&[&str]] = &[
     // The context that ties the layers together for the commands.
     &["cx"],
     &["commands"],
-    // The library surface.
-    &["xtask", "testing"],
+    // The library surface, and what kiln's own tests reach through it.
+    &["xtask"],
+    &["testing"],
 ];
 
 fn src() -> PathBuf {
@@ -260,6 +262,26 @@ fn no_directory_holds_an_import_circle() {
     }
 }
 
+#[test]
+fn commands_never_import_each_other() {
+    let crossing: Vec<String> = imports()
+        .into_iter()
+        .filter(|(from, to)| {
+            from.first().is_some_and(|m| m == "commands")
+                && to.first().is_some_and(|m| m == "commands")
+                && from.len() > 1
+                && to.len() > 1
+                && from[1] != to[1]
+        })
+        .map(|(from, to)| format!("{} -> {}", from.join("::"), to.join("::")))
+        .collect();
+    assert!(
+        crossing.is_empty(),
+        "a command imports another (move what they share below `commands`, into `cx` or lower):\n  {}",
+        crossing.join("\n  ")
+    );
+}
+
 /// A cycle of `graph`, when it has one.
 fn find_circle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     fn visit(
@@ -290,12 +312,23 @@ fn find_circle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>
     graph.keys().find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
 }
 
-/// Token sequences a file holds, as text with single spaces (`std :: env :: var`).
+/// A file's tokens as text, one space between tokens, brackets written out
+/// (`std :: env :: var ( "HOME" )`).
 fn token_text(text: &str) -> String {
     fn flatten(stream: TokenStream, out: &mut Vec<String>) {
         for token in stream {
             match token {
-                TokenTree::Group(group) => flatten(group.stream(), out),
+                TokenTree::Group(group) => {
+                    let (open, close) = match group.delimiter() {
+                        Delimiter::Parenthesis => ("(", ")"),
+                        Delimiter::Brace => ("{", "}"),
+                        Delimiter::Bracket => ("[", "]"),
+                        Delimiter::None => ("", ""),
+                    };
+                    out.push(open.to_owned());
+                    flatten(group.stream(), out);
+                    out.push(close.to_owned());
+                }
                 other => out.push(other.to_string()),
             }
         }
@@ -305,23 +338,59 @@ fn token_text(text: &str) -> String {
     words.join(" ")
 }
 
+/// What a file does that only `env.rs` may (read the environment) or nobody may (exit the
+/// process), found in its tokens.
+fn forbidden_calls(text: &str) -> Vec<&'static str> {
+    let tokens = token_text(text);
+    let mut found = Vec::new();
+    // `std::env::var(..)`, and `env::var(..)` where `use std::env` (or `std::{env, ..}`) put
+    // std's module in scope rather than `crate::env`.
+    let std_env_in_scope =
+        regex::Regex::new(r"use std : : (env ;|\{[^}]*\benv\b)").is_ok_and(|re| re.is_match(&tokens));
+    let reads = ["var", "var_os", "vars", "vars_os"].iter().any(|read| {
+        tokens.contains(&format!("std : : env : : {read} ("))
+            || (std_env_in_scope && tokens.contains(&format!("env : : {read} (")))
+    });
+    if reads {
+        found.push("reads the environment (go through `crate::env`)");
+    }
+    if tokens.contains("process : : exit") {
+        found.push("calls `process::exit` (return an exit code instead)");
+    }
+    found
+}
+
 #[test]
 fn only_env_rs_reads_the_environment_and_nothing_exits_the_process() {
     let mut offenders = Vec::new();
     for (file, module) in modules() {
-        let tokens = token_text(&std::fs::read_to_string(&file).expect("readable source"));
-        let name = module.join("::");
-        let reads_env = ["var", "var_os", "vars", "vars_os"]
-            .iter()
-            .any(|read| tokens.contains(&format!("env : : {read} (")) && tokens.contains("std : : env"));
-        if reads_env && module != ["env"] && module != ["tidy"] {
-            offenders.push(format!("{name} reads the environment (go through `crate::env`)"));
+        if module == ["env"] || module == ["tidy"] {
+            continue;
         }
-        if tokens.contains("process : : exit") && module != ["tidy"] {
-            offenders.push(format!("{name} calls `process::exit` (return an exit code instead)"));
+        for what in forbidden_calls(&std::fs::read_to_string(&file).expect("readable source")) {
+            offenders.push(format!("{} {what}", module.join("::")));
         }
     }
     assert!(offenders.is_empty(), "{}", offenders.join("\n"));
+}
+
+#[test]
+fn the_call_reader_finds_environment_reads_and_exits_however_written() {
+    for text in [
+        "fn f() { std::env::var(\"HOME\").ok(); }",
+        "fn f() { let _ = std::env::var_os(NAME); }",
+        "use std::env;\nfn f() { for (k, v) in env::vars() {} }",
+        "use std::{env, fs};\nfn f() { env::var_os(\"X\"); }",
+        "fn f() { if std::env::vars_os().count() > 0 {} }",
+    ] {
+        assert_eq!(forbidden_calls(text), ["reads the environment (go through `crate::env`)"], "{text}");
+    }
+    assert_eq!(forbidden_calls("fn f() { std::process::exit(1) }").len(), 1);
+    assert_eq!(forbidden_calls("use std::process::exit as quit;\nfn f() { quit(1) }").len(), 1);
+    assert!(forbidden_calls("fn f() { crate::env::var(crate::env::HOME); }").is_empty(), "kiln's own env module");
+    let own = "use crate::{cli, env};\nfn f() { env::var_os(env::HOME); std::env::current_dir(); }";
+    assert!(forbidden_calls(own).is_empty(), "kiln's env module, and std::env for something else");
+    assert!(forbidden_calls("// std::env::var(\"X\")\nfn f() {}").is_empty(), "comments are not code");
 }
 
 #[test]

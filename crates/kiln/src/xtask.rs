@@ -71,13 +71,18 @@ pub use kiln_types::Arch;
 pub use crate::{
     cli::{
         AccelArg, ArtifactArg, BenchArgs, BenchSuite, BuildArgs, CiArgs, CiCommand, Cli, Command, ConfigArgs,
-        GlobalArgs, InitArgs, KeyFor, QemuArgs, ReleaseArgs, RootfsArg, RootfsArgs, RootfsCommand, RunArgs,
-        SelftestArgs, StandaloneCli, StandaloneCommand, StoreArgs, StoreCommand, TestArgs, VmArgs, VmCommand,
+        GlobalArgs, KeyFor, QemuArgs, ReleaseArgs, RootfsArg, RootfsArgs, RootfsCommand, RunArgs, SelftestArgs,
+        StoreArgs, StoreCommand, TestArgs, VmArgs, VmCommand,
     },
     cx::{Built, Cx, Step},
     outcome::{CaseResult, CaseStatus, RunSummary, StoreUse},
 };
-use crate::{config::ConfigError, error::UsageError, exit_code};
+use crate::{
+    cli::{StandaloneCli, StandaloneCommand},
+    config::ConfigError,
+    error::UsageError,
+    exit_code,
+};
 
 /// Parses the process's arguments, runs the command, prints any error, and returns the exit
 /// code. Never calls `process::exit`, never changes the working directory or environment.
@@ -91,7 +96,7 @@ pub fn run_args(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> 
 }
 
 /// As [`run_args`], returning the numeric exit code (see [`crate::exit_code`]).
-pub fn run_args_to_code(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> u8 {
+pub(crate) fn run_args_to_code(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> u8 {
     match Cli::try_parse_from(args) {
         Ok(cli) => run_to_code(cli),
         Err(err) => {

@@ -2,12 +2,15 @@
 //! change to what a user's xtask can name fails here until the listing is updated on purpose
 //! (`KILN_BLESS=1 cargo test -p kiln --test public_api`).
 //!
-//! rustdoc's JSON output is unstable, so it is asked for with `RUSTC_BOOTSTRAP` scoped to this
-//! crate, in a target directory of its own (the flag would otherwise rebuild the workspace's
-//! build scripts). The listing is made with default features: what a user's xtask gets.
+//! rustdoc's JSON output is unstable, so it is asked for with `RUSTC_BOOTSTRAP` scoped to the
+//! documented crate, in a target
+//! directory of its own (the flag would otherwise rebuild the workspace's build scripts). The
+//! listing is made with default features: what a user's xtask gets. Items kiln re-exports from
+//! its own workspace crates (`Arch`, `Verdict`, ...) are walked in those crates' JSON, so a
+//! change there shows here too.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -21,20 +24,59 @@ fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Builds kiln's rustdoc JSON and returns it.
-fn rustdoc_json() -> Value {
+/// The workspace crates whose items kiln's facade re-exports: their items are part of kiln's
+/// surface, so the listing walks them too.
+const REEXPORTED_CRATES: [&str; 3] = ["kiln-qemu", "kiln-store", "kiln-types"];
+
+/// Builds a package's rustdoc JSON and returns it.
+fn rustdoc_json(package: &str) -> Value {
+    let crate_name = package.replace('-', "_");
     let target = manifest_dir().join("../../target/api");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
-        .args(["rustdoc", "--quiet", "-p", "kiln", "--lib", "--", "-Z", "unstable-options", "--output-format", "json"])
+        .args(["rustdoc", "--quiet", "-p", package, "--lib", "--", "-Z", "unstable-options", "--output-format", "json"])
         .current_dir(manifest_dir())
         .env("CARGO_TARGET_DIR", &target)
-        .env("RUSTC_BOOTSTRAP", "kiln")
+        .env("RUSTC_BOOTSTRAP", &crate_name)
         .output()
         .expect("cargo runs");
-    assert!(output.status.success(), "cargo rustdoc failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    let text = std::fs::read_to_string(target.join("doc/kiln.json")).expect("rustdoc wrote kiln.json");
+    assert!(output.status.success(), "cargo rustdoc -p {package} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let file = target.join(format!("doc/{crate_name}.json"));
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|err| panic!("read {}: {err}", file.display()));
     serde_json::from_str(&text).expect("rustdoc's JSON parses")
+}
+
+/// kiln's rustdoc JSON and that of the workspace crates it re-exports from, by crate name.
+struct Docs {
+    kiln: Value,
+    reexported: BTreeMap<String, Value>,
+}
+
+impl Docs {
+    fn build() -> Docs {
+        let kiln = rustdoc_json("kiln");
+        let reexported =
+            REEXPORTED_CRATES.iter().map(|package| (package.replace('-', "_"), rustdoc_json(package))).collect();
+        Docs { kiln, reexported }
+    }
+
+    /// Where an item another crate defines lives in that crate's own JSON: `doc` imports it
+    /// by `id`; the answer is the defining crate's document and the item's id there.
+    fn external(&self, doc: &Value, id: &Value) -> Option<(&Value, String)> {
+        let summary = &doc["paths"][key(id)];
+        let path = summary["path"].as_array()?;
+        let defining = self.reexported.get(path.first()?.as_str()?)?;
+        let (found, _) = defining["paths"]
+            .as_object()?
+            .iter()
+            .find(|(_, other)| other["crate_id"] == 0 && other["path"].as_array() == Some(path))?;
+        Some((defining, found.clone()))
+    }
+}
+
+/// An id as the index's keys spell it.
+fn key(id: &Value) -> String {
+    id.to_string().trim_matches('"').to_owned()
 }
 
 /// Writes a type as Rust spells it (enough for a listing: paths, references, generics).
@@ -141,108 +183,161 @@ fn signature(function: &Value) -> String {
 }
 
 /// One line per public item reachable from the crate root.
-fn listing(doc: &Value) -> Vec<String> {
-    let index = &doc["index"];
+fn listing(docs: &Docs) -> Vec<String> {
     let mut out = BTreeSet::new();
     let mut seen = BTreeSet::new();
-    let root = doc["root"].to_string();
-    walk(index, &root, "kiln", &mut out, &mut seen);
+    let root = key(&docs.kiln["root"]);
+    Walker { docs, out: &mut out, seen: &mut seen }.walk(&docs.kiln, &root, "kiln");
     out.into_iter().collect()
 }
 
-fn walk(index: &Value, id: &str, path: &str, out: &mut BTreeSet<String>, seen: &mut BTreeSet<(String, String)>) {
-    if !seen.insert((id.to_owned(), path.to_owned())) {
-        return;
-    }
-    let Some(item) = index.get(id.trim_matches('"')) else { return };
-    let Some((kind, inner)) = item["inner"].as_object().and_then(|o| o.iter().next()) else { return };
-    let child = |name: &str| format!("{path}::{name}");
-    match kind.as_str() {
-        "module" => {
-            out.insert(format!("mod {path}"));
-            for member in inner["items"].as_array().into_iter().flatten() {
-                let member_id = member.to_string();
-                let Some(member_item) = index.get(member_id.trim_matches('"')) else { continue };
-                if member_item["visibility"] != "public" {
-                    continue;
+/// Walks items from a module down, writing one line per public item.
+struct Walker<'a> {
+    docs: &'a Docs,
+    out: &'a mut BTreeSet<String>,
+    seen: &'a mut BTreeSet<(String, String)>,
+}
+
+impl Walker<'_> {
+    fn walk(&mut self, doc: &Value, id: &str, path: &str) {
+        if !self.seen.insert((id.to_owned(), path.to_owned())) {
+            return;
+        }
+        let index = &doc["index"];
+        let Some(item) = index.get(id) else { return };
+        let Some((kind, inner)) = item["inner"].as_object().and_then(|o| o.iter().next()) else { return };
+        let child = |name: &str| format!("{path}::{name}");
+        let out = &mut *self.out;
+        if is_non_exhaustive(item) {
+            out.insert(format!("#[non_exhaustive] {path}"));
+        }
+        match kind.as_str() {
+            "module" => {
+                out.insert(format!("mod {path}"));
+                for member in inner["items"].as_array().into_iter().flatten() {
+                    let member_id = key(member);
+                    let Some(member_item) = index.get(&member_id) else { continue };
+                    if member_item["visibility"] != "public" {
+                        continue;
+                    }
+                    let name = member_item["name"].as_str().unwrap_or_default();
+                    match member_item["inner"].get("use") {
+                        Some(import) => {
+                            let name = import["name"].as_str().unwrap_or(name);
+                            self.walk_import(doc, import, &child(name));
+                        }
+                        None => self.walk(doc, &member_id, &child(name)),
+                    }
                 }
-                let name = member_item["name"].as_str().unwrap_or_default();
-                match member_item["inner"].get("use") {
-                    Some(import) => {
-                        let name = import["name"].as_str().unwrap_or(name);
-                        match import.get("id").filter(|id| !id.is_null()) {
-                            Some(target) if index.get(target.to_string().trim_matches('"')).is_some() => {
-                                walk(index, &target.to_string(), &child(name), out, seen);
-                            }
-                            _ => {
-                                out.insert(format!(
-                                    "pub use {} = {}",
-                                    child(name),
-                                    import["source"].as_str().unwrap_or("?")
-                                ));
-                            }
+            }
+            "struct" => {
+                out.insert(format!("struct {path}"));
+                if let Some(fields) = inner["kind"].get("plain").map(|plain| &plain["fields"]) {
+                    for field in fields.as_array().into_iter().flatten() {
+                        let Some(field) = index.get(key(field)) else { continue };
+                        if field["visibility"] == "public" {
+                            let name = field["name"].as_str().unwrap_or_default();
+                            out.insert(format!("field {path}::{name}: {}", ty(&field["inner"]["struct_field"])));
                         }
                     }
-                    None => walk(index, &member_id, &child(name), out, seen),
                 }
+                impls(index, inner, path, out);
             }
-        }
-        "struct" => {
-            out.insert(format!("struct {path}"));
-            if let Some(fields) = inner["kind"].get("plain").map(|plain| &plain["fields"]) {
-                for field in fields.as_array().into_iter().flatten() {
-                    let Some(field) = index.get(field.to_string().trim_matches('"')) else { continue };
-                    if field["visibility"] == "public" {
-                        let name = field["name"].as_str().unwrap_or_default();
-                        out.insert(format!("field {path}::{name}: {}", ty(&field["inner"]["struct_field"])));
+            "enum" => {
+                out.insert(format!("enum {path}"));
+                for variant in inner["variants"].as_array().into_iter().flatten() {
+                    if let Some(variant) = index.get(key(variant)) {
+                        let name = variant["name"].as_str().unwrap_or_default();
+                        out.insert(format!("variant {path}::{name}{}", variant_fields(index, &variant["inner"])));
+                    }
+                }
+                impls(index, inner, path, out);
+            }
+            "function" => {
+                out.insert(format!("fn {path}{}", signature(inner)));
+            }
+            "constant" => {
+                out.insert(format!(
+                    "const {path}: {} = {}",
+                    ty(&inner["type"]),
+                    inner["const"]["expr"].as_str().unwrap_or("?")
+                ));
+            }
+            "trait" => {
+                out.insert(format!("trait {path}"));
+                for member in inner["items"].as_array().into_iter().flatten() {
+                    if let Some(member) = index.get(key(member))
+                        && let Some(function) = member["inner"].get("function")
+                    {
+                        out.insert(format!(
+                            "trait fn {path}::{}{}",
+                            member["name"].as_str().unwrap_or_default(),
+                            signature(function)
+                        ));
                     }
                 }
             }
-            impls(index, inner, path, out);
-        }
-        "enum" => {
-            out.insert(format!("enum {path}"));
-            for variant in inner["variants"].as_array().into_iter().flatten() {
-                if let Some(variant) = index.get(variant.to_string().trim_matches('"')) {
-                    out.insert(format!("variant {path}::{}", variant["name"].as_str().unwrap_or_default()));
-                }
-            }
-            impls(index, inner, path, out);
-        }
-        "function" => {
-            out.insert(format!("fn {path}{}", signature(inner)));
-        }
-        "constant" => {
-            out.insert(format!(
-                "const {path}: {} = {}",
-                ty(&inner["type"]),
-                inner["const"]["expr"].as_str().unwrap_or("?")
-            ));
-        }
-        "trait" => {
-            out.insert(format!("trait {path}"));
-            for member in inner["items"].as_array().into_iter().flatten() {
-                if let Some(member) = index.get(member.to_string().trim_matches('"'))
-                    && let Some(function) = member["inner"].get("function")
-                {
-                    out.insert(format!(
-                        "trait fn {path}::{}{}",
-                        member["name"].as_str().unwrap_or_default(),
-                        signature(function)
-                    ));
-                }
+            other => {
+                out.insert(format!("{other} {path}"));
             }
         }
-        other => {
-            out.insert(format!("{other} {path}"));
+    }
+
+    /// A `pub use`: walked like the item itself when kiln or a re-exported workspace crate
+    /// defines it, listed by source otherwise (a whole external crate such as `clap`).
+    fn walk_import(&mut self, doc: &Value, import: &Value, path: &str) {
+        let target = import.get("id").filter(|id| !id.is_null());
+        if let Some(target) = target {
+            if doc["index"].get(key(target)).is_some() {
+                return self.walk(doc, &key(target), path);
+            }
+            if let Some((defining, id)) = self.docs.external(doc, target) {
+                return self.walk(defining, &id, path);
+            }
         }
+        self.out.insert(format!("pub use {path} = {}", import["source"].as_str().unwrap_or("?")));
+    }
+}
+
+/// Whether an item carries `#[non_exhaustive]` (rustdoc writes it as a string or as text).
+fn is_non_exhaustive(item: &Value) -> bool {
+    item["attrs"].as_array().into_iter().flatten().any(|attr| match attr {
+        Value::String(text) => text.contains("non_exhaustive"),
+        other => other.to_string().contains("non_exhaustive"),
+    })
+}
+
+/// A variant's fields as `(A, B)` or ` { a: A }`, empty for a unit variant.
+fn variant_fields(index: &Value, variant: &Value) -> String {
+    let kind = &variant["variant"]["kind"];
+    let field =
+        |id: &Value| index.get(key(id)).map(|field| (field["name"].clone(), ty(&field["inner"]["struct_field"])));
+    if let Some(tuple) = kind.get("tuple") {
+        let types: Vec<String> = tuple
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|id| field(id).map_or_else(|| "_".to_owned(), |(_, ty)| ty))
+            .collect();
+        format!("({})", types.join(", "))
+    } else if let Some(plain) = kind.get("struct") {
+        let fields: Vec<String> = plain["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(field)
+            .map(|(name, ty)| format!("{}: {ty}", name.as_str().unwrap_or_default()))
+            .collect();
+        format!(" {{ {} }}", fields.join(", "))
+    } else {
+        String::new()
     }
 }
 
 /// The inherent methods and the trait impls (derived ones included) of a type.
 fn impls(index: &Value, inner: &Value, path: &str, out: &mut BTreeSet<String>) {
     for id in inner["impls"].as_array().into_iter().flatten() {
-        let Some(imp) = index.get(id.to_string().trim_matches('"')).map(|item| &item["inner"]["impl"]) else {
+        let Some(imp) = index.get(key(id)).map(|item| &item["inner"]["impl"]) else {
             continue;
         };
         if imp["is_synthetic"] == Value::Bool(true) || !imp["blanket_impl"].is_null() {
@@ -254,7 +349,7 @@ fn impls(index: &Value, inner: &Value, path: &str, out: &mut BTreeSet<String>) {
             }
             None => {
                 for member in imp["items"].as_array().into_iter().flatten() {
-                    let Some(member) = index.get(member.to_string().trim_matches('"')) else { continue };
+                    let Some(member) = index.get(key(member)) else { continue };
                     if member["visibility"] == "public"
                         && let Some(function) = member["inner"].get("function")
                     {
@@ -269,13 +364,13 @@ fn impls(index: &Value, inner: &Value, path: &str, out: &mut BTreeSet<String>) {
 
 #[test]
 fn the_public_api_is_what_public_api_txt_says() {
-    let doc = rustdoc_json();
-    let version = doc["format_version"].as_u64().unwrap_or(0);
+    let docs = Docs::build();
+    let version = docs.kiln["format_version"].as_u64().unwrap_or(0);
     assert!(
         FORMAT_VERSIONS.contains(&version),
         "rustdoc JSON format {version} is new to this test: check its walker against the format and widen FORMAT_VERSIONS"
     );
-    let listing = listing(&doc);
+    let listing = listing(&docs);
     assert!(listing.iter().any(|line| line.starts_with("fn kiln::xtask::main(")), "the walker finds the facade");
     let text = listing.join("\n") + "\n";
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/public-api.txt");
@@ -291,7 +386,7 @@ fn the_public_api_is_what_public_api_txt_says() {
         let added: Vec<&&str> = new.difference(&old).collect();
         panic!(
             "kiln's public API changed.\nremoved:\n  {}\nadded:\n  {}\nIf this is intended, run \
-             `KILN_BLESS=1 cargo test -p kiln --test public_api` and commit tests/public-api.txt.",
+             `KILN_BLESS=1 cargo test -p kiln --test public_api` and commit crates/kiln/tests/public-api.txt.",
             removed.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n  "),
             added.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n  ")
         );

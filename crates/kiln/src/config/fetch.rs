@@ -114,21 +114,6 @@ impl Resolver<'_> {
                         "e.g. `github-release = \"owner/repo\", tag = \"v1.0\", asset = \"base-x86_64.cpio.gz\"`",
                     ));
             };
-            if !cfg!(feature = "github") {
-                return Err(self
-                    .error(
-                        Some(repository.span()),
-                        key("github-release"),
-                        "this kiln was built without its `github` feature, which `github-release` fetches need",
-                    )
-                    .with_help(format!(
-                        "enable it in your xtask's Cargo.toml (`features = [\"github\"]` on the kiln dependency), or \
-                         fetch a public asset by its address: `url = \"https://github.com/{}/releases/download/{}/{}\"`",
-                        repository.get_ref(),
-                        tag.get_ref(),
-                        asset.get_ref()
-                    )));
-            }
             let hash = self.pinned(name, raw.blake3, raw.sha256)?;
             let source = FetchSource::GithubRelease {
                 repository: repository.into_inner(),

@@ -34,6 +34,12 @@ pub(crate) fn derivation(fetch: &Fetch) -> Derivation {
 /// Makes sure the store holds the file and returns its path there.
 pub(crate) fn realise(executor: &Executor, fetch: &Fetch) -> anyhow::Result<(PathBuf, BuildOutcome)> {
     let drv = derivation(fetch);
+    #[cfg(not(feature = "github"))]
+    if matches!(fetch.source, FetchSource::GithubRelease { .. })
+        && executor.store().lookup(&drv.closure_hash())?.is_none()
+    {
+        return Err(github_feature_missing(fetch).into());
+    }
     let file_name = fetch.source.file_name();
     let reporter = executor.reporter();
     let (entry, outcome) =
@@ -69,10 +75,7 @@ fn fill(fetch: &Fetch, dest: &Path, reporter: &dyn Reporter) -> anyhow::Result<(
             download(&fetch.name, &url, dest, reporter)?;
         }
         #[cfg(not(feature = "github"))]
-        (FetchSource::GithubRelease { .. }, None) => anyhow::bail!(
-            "fetch `{}`: this kiln was built without its `github` feature, which `github-release` fetches need",
-            fetch.name
-        ),
+        (FetchSource::GithubRelease { .. }, None) => return Err(github_feature_missing(fetch).into()),
     }
     let actual = hash_file(dest, fetch.hash.algorithm)?;
     if actual != fetch.hash.hex {
@@ -215,4 +218,22 @@ async fn try_download(
     }
     out.flush().map_err(|e| fatal(format!("cannot write `{}`", dest.display()), e))?;
     Ok(())
+}
+
+/// The error for a `github-release` fetch in a kiln built without its `github` feature.
+#[cfg(not(feature = "github"))]
+fn github_feature_missing(fetch: &Fetch) -> crate::error::UsageError {
+    let FetchSource::GithubRelease { repository, tag, asset } = &fetch.source else {
+        return crate::error::UsageError::new(format!("fetch `{}` needs kiln's `github` feature", fetch.name), None);
+    };
+    crate::error::UsageError::with_help(
+        format!(
+            "fetch `{}`: this kiln was built without its `github` feature, which `github-release` fetches need",
+            fetch.name
+        ),
+        format!(
+            "enable it in your xtask's Cargo.toml (`features = [\"github\"]` on the kiln dependency), or fetch the \
+             public asset by its address: `url = \"https://github.com/{repository}/releases/download/{tag}/{asset}\"`"
+        ),
+    )
 }

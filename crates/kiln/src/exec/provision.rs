@@ -246,7 +246,7 @@ pub(crate) fn ensure(missing: Vec<Missing>, mode: InstallMode, reporter: &dyn Re
             missing.iter().map(Missing::describe).collect::<Vec<_>>().join(", ")
         );
     }
-    let had_qemu_img = firmware::find_program("qemu-img").is_some();
+    let had_qemu_img = crate::host::find_program("qemu-img").is_some();
     for command in &commands {
         reporter.status("Installing", &command.shown);
         // Through `tool_command`, so the toolchain `cargo xtask` runs on does not stand in
@@ -261,7 +261,7 @@ pub(crate) fn ensure(missing: Vec<Missing>, mode: InstallMode, reporter: &dyn Re
         }
     }
     // Debian's qemu-system packages can replace a newer qemu-utils; put qemu-img back.
-    if had_qemu_img && firmware::find_program("qemu-img").is_none() {
+    if had_qemu_img && crate::host::find_program("qemu-img").is_none() {
         for command in apt_commands(&["qemu-utils"], false) {
             let _ = Command::new(&command.program).args(&command.args).status();
         }
@@ -325,14 +325,14 @@ fn is_root() -> bool {
 }
 
 fn system_package_commands(packages: &[&'static str]) -> Vec<InstallCommand> {
-    if firmware::find_program("apt-get").is_some() {
+    if crate::host::find_program("apt-get").is_some() {
         return apt_commands(packages, true);
     }
-    let (manager, install): (&str, &[&str]) = if firmware::find_program("dnf").is_some() {
+    let (manager, install): (&str, &[&str]) = if crate::host::find_program("dnf").is_some() {
         ("dnf", &["install", "-y"])
-    } else if firmware::find_program("pacman").is_some() {
+    } else if crate::host::find_program("pacman").is_some() {
         ("pacman", &["-S", "--needed", "--noconfirm"])
-    } else if firmware::find_program("brew").is_some() {
+    } else if crate::host::find_program("brew").is_some() {
         ("brew", &["install"])
     } else {
         ("apt-get", &["install", "-y", "--no-install-recommends"])

@@ -220,6 +220,7 @@ impl Printer {
                     EntryKind::Snapshot => self.status("Saved", &format!("{what} in {}", seconds(*duration))),
                 }
             }
+            other => self.status("Ready", &format!("{what} {} ({other:?})", closure.short())),
         }
     }
 

@@ -116,11 +116,7 @@ fn qemu_version(program: &str) -> anyhow::Result<String> {
     {
         return Ok(version.trim_end().to_owned());
     }
-    let output = std::process::Command::new(program)
-        .arg("--version")
-        .output()
-        .with_context(|| format!("cannot run `{program} --version`"))?;
-    let version = String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or("").to_owned();
+    let version = kiln_qemu::version(program).with_context(|| format!("cannot run `{program} --version`"))?;
     if let (Some(stamp), Some(memo)) = (stamp, memo)
         && let Some(dir) = memo.parent()
         && std::fs::create_dir_all(dir).is_ok()

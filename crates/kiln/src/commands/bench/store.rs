@@ -76,7 +76,7 @@ fn run_shell(script: &str, dir: &Path) -> anyhow::Result<Duration> {
 }
 
 fn has(program: &str) -> bool {
-    kiln_qemu::firmware::find_program(program).is_some()
+    crate::host::find_program(program).is_some()
 }
 
 fn mib_per_s(bytes: u64, took: Duration) -> f64 {

@@ -105,7 +105,7 @@ pub(super) fn push(cx: &Cx, names: &[String], to: Option<&str>, repair: bool) ->
 /// `store pull [NAMES]`.
 pub(super) fn pull(cx: &Cx, names: &[String]) -> anyhow::Result<u8> {
     remotes(cx)?;
-    if cx.config().trusted_keys.is_empty() && std::env::var_os(env::KILN_TRUSTED_KEYS).is_none() {
+    if cx.config().trusted_keys.is_empty() && !env::is_set(env::KILN_TRUSTED_KEYS) {
         return Err(UsageError::new(
             "no key is trusted, so nothing can be taken from the remotes",
             Some("add the public key of whoever pushes to `[store] trusted-keys`".to_owned()),
