@@ -86,7 +86,7 @@ fn cargo_kiln_hands_over_to_a_repository_xtask_that_depends_on_kiln() {
     std::fs::create_dir_all(project.path().join("xtask")).expect("mkdir");
     std::fs::write(
         project.path().join("xtask/Cargo.toml"),
-        "[package]\nname = \"xtask\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\nkiln = \"0.1\"\n",
+        "[package]\nname = \"xtask\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\nkiln-xtask = \"0.1\"\n",
     )
     .expect("write");
     std::fs::create_dir_all(project.path().join(".cargo")).expect("mkdir");

@@ -58,7 +58,7 @@ pub(crate) fn run(args: &InitArgs, printer: &Printer) -> anyhow::Result<u8> {
     }
     let detected = detect(&root)?;
     if let Ok(manifest) = std::fs::read_to_string(root.join("xtask/Cargo.toml"))
-        && !manifest.parse::<toml::Table>().is_ok_and(|t| t.get("dependencies").and_then(|d| d.get("kiln")).is_some())
+        && !manifest.parse::<toml::Table>().is_ok_and(|t| depends_on_kiln(&t))
     {
         printer.warn(
             "xtask/ exists and does not depend on kiln; init leaves it alone: add kiln to its \
@@ -169,8 +169,8 @@ fn plan_changes(root: &Path, detected: &Detected, args: &InitArgs) -> anyhow::Re
     let xtask = root.join("xtask");
     if !xtask.join("Cargo.toml").exists() {
         let dependency = match &args.kiln_path {
-            Some(path) => format!("kiln = {{ path = {} }}", toml::Value::String(path.display().to_string())),
-            None => format!("kiln = \"{}\"", env!("CARGO_PKG_VERSION")),
+            Some(path) => format!("kiln-xtask = {{ path = {} }}", toml::Value::String(path.display().to_string())),
+            None => format!("kiln-xtask = \"{}\"", env!("CARGO_PKG_VERSION")),
         };
         changes.push(Change::Create {
             path: xtask.join("Cargo.toml"),
@@ -353,6 +353,15 @@ jobs:
       # kiln installs QEMU, firmware, toolchains and targets it needs (CI=true: no prompt).
       - run: cargo xtask test
 ";
+
+/// Whether a manifest depends on kiln (`kiln-xtask`, or renamed to `kiln`).
+pub(crate) fn depends_on_kiln(manifest: &toml::Table) -> bool {
+    manifest.get("dependencies").and_then(toml::Value::as_table).is_some_and(|deps| {
+        deps.iter().any(|(name, spec)| {
+            name == "kiln-xtask" || spec.get("package").and_then(toml::Value::as_str) == Some("kiln-xtask")
+        })
+    })
+}
 
 #[cfg(test)]
 mod tests {

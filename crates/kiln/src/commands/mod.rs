@@ -20,7 +20,7 @@ mod vm;
 
 #[cfg(feature = "testing")]
 pub(crate) use bench::synthetic_crate;
-pub(crate) use init::run as init;
+pub(crate) use init::{depends_on_kiln, run as init};
 
 use crate::{
     cli::{Command, GlobalArgs, StoreCommand, VmCommand},

@@ -63,7 +63,7 @@ impl Resolver<'_> {
             Fit::Compatible => Ok(()),
             Fit::NeedsNewer => Err(err().with_help(format!(
                 "update kiln to {wanted} or newer: set the kiln dependency in your xtask's Cargo.toml to \"{wanted}\" \
-                 and run `cargo update -p kiln`",
+                 and run `cargo update -p kiln-xtask`",
                 wanted = wanted.get_ref(),
             ))),
             Fit::NeedsOlder => Err(err().with_help(
