@@ -171,12 +171,26 @@ impl Nginx {
     }
 
     /// The requests served so far, as `METHOD PATH STATUS`.
+    ///
+    /// nginx writes a request's log line after the response has gone out, so a client can see
+    /// its answer before the line exists: read until two reads 200 ms apart agree.
     pub fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("logs/access.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        let read = || -> Vec<String> {
+            std::fs::read_to_string(self.dir.path().join("logs/access.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut seen = read();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let now = read();
+            if now == seen {
+                return now;
+            }
+            seen = now;
+        }
     }
 
     /// Files below the served directory whose path contains `part`.

@@ -29,7 +29,7 @@ pub fn qemu_package(program: &str) -> &'static str {
 
 /// Finds `program` on `PATH`.
 pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
-    which::which(program).ok()
+    kiln_types::find_program(program)
 }
 
 /// A file a machine needs from the host, and the package that provides it.

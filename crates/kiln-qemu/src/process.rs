@@ -11,7 +11,7 @@ use std::{
     process::{ExitStatus, Stdio},
 };
 
-use nix::{sys::signal::Signal, unistd::Pid};
+use rustix::process::{Pid, Signal, kill_process_group};
 
 use crate::{Argv, Exit, QemuError};
 
@@ -54,7 +54,7 @@ impl Qemu {
         command.kill_on_drop(true);
         let child = command.spawn().map_err(|source| spawn_error(program, source))?;
         let group = match (terminal, child.id()) {
-            (Terminal::Detached, Some(pid)) => i32::try_from(pid).ok().map(Pid::from_raw),
+            (Terminal::Detached, Some(pid)) => i32::try_from(pid).ok().and_then(Pid::from_raw),
             _ => None,
         };
         Ok(Self { child, group, program: program.to_owned() })
@@ -84,7 +84,7 @@ impl Qemu {
     pub fn kill(&mut self) {
         match self.group {
             Some(group) => {
-                let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+                let _ = kill_process_group(group, Signal::KILL);
             }
             None => {
                 let _ = self.child.start_kill();
@@ -108,7 +108,7 @@ impl Drop for Qemu {
         // The group is signalled while its leader may still be unreaped, so the id cannot yet
         // name another process group.
         if let Some(group) = self.group {
-            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+            let _ = kill_process_group(group, Signal::KILL);
         }
     }
 }
@@ -192,13 +192,13 @@ mod tests {
             let mut reader = tokio::io::BufReader::new(&mut stdout);
             reader.read_line(&mut line).await.expect("helper pid");
         }
-        let helper = Pid::from_raw(line.trim().parse().expect("a pid"));
-        assert!(nix::sys::signal::kill(helper, None).is_ok(), "the helper runs");
+        let helper = Pid::from_raw(line.trim().parse().expect("a pid")).expect("a pid above 0");
+        assert!(rustix::process::test_kill_process(helper).is_ok(), "the helper runs");
         drop(qemu);
         // The helper was SIGKILLed; once its parent is gone it is reaped by init.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while nix::sys::signal::kill(helper, None).is_ok() {
-            let state = std::fs::read_to_string(format!("/proc/{helper}/stat")).unwrap_or_default();
+        while rustix::process::test_kill_process(helper).is_ok() {
+            let state = std::fs::read_to_string(format!("/proc/{}/stat", helper.as_raw_pid())).unwrap_or_default();
             if state.contains(") Z ") {
                 break;
             }

@@ -67,7 +67,7 @@ impl Tool {
 
 /// Whether `program` is an executable in one of PATH's directories.
 fn on_path(program: &str) -> bool {
-    which::which(program).is_ok()
+    kiln_types::find_program(program).is_some()
 }
 
 fn shell_quote(arg: &str) -> String {

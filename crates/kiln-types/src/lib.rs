@@ -1,7 +1,9 @@
 //! Small I/O-free types shared by kiln's crates.
 
 mod arch;
+mod program;
 mod repo;
 
 pub use arch::{Arch, ParseArchError};
+pub use program::find_program;
 pub use repo::{ParseRepoError, Repo};

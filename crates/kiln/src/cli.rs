@@ -550,7 +550,8 @@ pub struct BenchArgs {
     /// (rootfs build, Linux boot-to-command, `run` per invocation), `store` (hashing a
     /// generated 1 GiB tree, warm rehash, export + import), `warm` (snapshot restore
     /// against cold boot, `run` cold/snapshot/pooled, 100 doctests against qemu-user) and,
-    /// when asked for, `remote` (1 GiB pushed and pulled through a remote store).
+    /// when asked for, `remote` (1 GiB pushed and pulled through a remote store) and
+    /// `compile` (cold builds of the xtask `init` writes, default and all features).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchSuite::Boot, BenchSuite::Linux, BenchSuite::Store, BenchSuite::Warm])]
     pub suite: Vec<BenchSuite>,
     /// The remote store `--suite remote` pushes to and pulls from (it writes entries there;
@@ -575,6 +576,9 @@ pub enum BenchSuite {
     /// Remote stores: 1 GiB pushed (first time, unchanged, one file changed) and pulled,
     /// against one plain copy per file (needs the `remote` feature).
     Remote,
+    /// The cold build of the xtask `init` writes, with default and with all features:
+    /// seconds and crates compiled (kiln's own repository only: it builds against its sources).
+    Compile,
 }
 
 /// `config`.

@@ -21,20 +21,31 @@ pub(crate) fn user_cache_dir() -> Option<PathBuf> {
 
 /// The path of `program` on `PATH`, when it is there.
 pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
-    which::which(program).ok()
+    kiln_types::find_program(program)
 }
 
 /// `bytes` random bytes from the operating system, as lowercase hex: nonces and guard tokens a
 /// guest cannot predict.
 pub(crate) fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut buffer = vec![0u8; bytes];
-    getrandom::fill(&mut buffer).map_err(|e| anyhow::anyhow!("the operating system gave no random bytes: {e}"))?;
+    fill_random(&mut buffer)?;
     Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A random `u64` from the operating system.
 pub(crate) fn random_u64() -> anyhow::Result<u64> {
-    getrandom::u64().map_err(|e| anyhow::anyhow!("the operating system gave no random bytes: {e}"))
+    let mut buffer = [0u8; 8];
+    fill_random(&mut buffer)?;
+    Ok(u64::from_le_bytes(buffer))
+}
+
+/// Fills `buffer` from the operating system's random source (through ring, which kiln's TLS
+/// already carries).
+fn fill_random(buffer: &mut [u8]) -> anyhow::Result<()> {
+    use ring::rand::SecureRandom as _;
+    ring::rand::SystemRandom::new()
+        .fill(buffer)
+        .map_err(|_| anyhow::anyhow!("the operating system gave no random bytes"))
 }
 
 /// Opens (creating it when missing) a file that is only ever locked, never written.

@@ -222,9 +222,7 @@ fn delegate_root(global: &GlobalArgs) -> Option<std::path::PathBuf> {
         None => std::env::current_dir().ok()?,
     };
     start.ancestors().find_map(|dir| {
-        let manifest = std::fs::read_to_string(dir.join("xtask/Cargo.toml")).ok()?;
-        let manifest = manifest.parse::<toml::Table>().ok()?;
-        let depends = crate::commands::depends_on_kiln(&manifest);
+        let depends = crate::commands::kiln_manifest(dir).is_some();
         let config = std::fs::read_to_string(dir.join(".cargo/config.toml")).ok()?;
         let aliased = config.parse::<toml::Table>().ok()?.get("alias").and_then(|a| a.get("xtask")).is_some();
         (depends && aliased).then(|| dir.to_owned())

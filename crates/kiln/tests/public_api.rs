@@ -36,7 +36,7 @@ fn rustdoc_json(package: &str, crate_name: &str) -> Value {
         .args(["rustdoc", "--quiet", "-p", package, "--lib", "--", "-Z", "unstable-options", "--output-format", "json"])
         .current_dir(manifest_dir())
         .env("CARGO_TARGET_DIR", &target)
-        .env("RUSTC_BOOTSTRAP", &crate_name)
+        .env("RUSTC_BOOTSTRAP", crate_name)
         .output()
         .expect("cargo runs");
     assert!(output.status.success(), "cargo rustdoc -p {package} failed:\n{}", String::from_utf8_lossy(&output.stderr));

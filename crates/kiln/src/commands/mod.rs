@@ -7,7 +7,9 @@ mod build;
 mod ci;
 mod config;
 mod doctor;
+#[cfg(feature = "init")]
 mod init;
+mod layout;
 mod qemu;
 #[cfg(feature = "github")]
 mod release;
@@ -20,7 +22,19 @@ mod vm;
 
 #[cfg(feature = "testing")]
 pub(crate) use bench::synthetic_crate;
-pub(crate) use init::{depends_on_kiln, run as init};
+#[cfg(feature = "init")]
+pub(crate) use init::run as init;
+pub(crate) use layout::kiln_manifest;
+
+/// `init` in a kiln built without it (a repository's own xtask): where to find it.
+#[cfg(not(feature = "init"))]
+pub(crate) fn init(_: &crate::cli::InitArgs, _: &Printer) -> anyhow::Result<u8> {
+    Err(crate::error::UsageError::new(
+        "`init` is not part of this kiln (a repository's xtask is built without it)",
+        Some("use the standalone tool: `cargo install cargo-kiln`, then `cargo kiln init`".to_owned()),
+    )
+    .into())
+}
 
 use crate::{
     cli::{Command, GlobalArgs, StoreCommand, VmCommand},

@@ -8,7 +8,6 @@ use std::{collections::BTreeMap, io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use sha2::Digest as _;
 
 use crate::{
     cli::ReleaseArgs,
@@ -127,7 +126,8 @@ pub(super) fn run(cx: &Cx, args: &ReleaseArgs) -> anyhow::Result<u8> {
         let plan: Vec<(&Publish, Action)> = files
             .iter()
             .map(|file| {
-                let sha256 = format!("sha256:{}", hex(&sha2::Sha256::digest(&file.bytes)));
+                let sha256 =
+                    format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, &file.bytes).as_ref()));
                 let action = match assets.iter().find(|a| a.name == file.name) {
                     Some(asset) if asset.digest.as_deref() == Some(sha256.as_str()) => Action::Keep,
                     Some(asset) => Action::Replace(asset.id),
@@ -264,7 +264,7 @@ fn checksums_and_provenance(files: &[Publish], repository: &str, tag: &str) -> a
     let mut assets = Vec::new();
     for file in files {
         let blake3 = blake3::hash(&file.bytes).to_hex().to_string();
-        let sha256 = hex(&sha2::Sha256::digest(&file.bytes));
+        let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &file.bytes).as_ref());
         blake3_sums.push_str(&format!("{blake3}  {}\n", file.name));
         sha256_sums.push_str(&format!("{sha256}  {}\n", file.name));
         if let Some(origin) = &file.origin {

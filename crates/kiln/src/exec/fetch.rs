@@ -14,7 +14,6 @@ use std::{
 use anyhow::Context as _;
 use kiln_http::{Failure, RetryError};
 use kiln_store::{BuildOutcome, Derivation};
-use sha2::Digest as _;
 
 use super::Executor;
 use crate::{
@@ -131,9 +130,17 @@ pub(crate) fn hash_file(path: &Path, algorithm: HashAlgorithm) -> anyhow::Result
             .to_string()),
         HashAlgorithm::Sha256 => {
             let mut file = File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-            let mut hasher = sha2::Sha256::new();
-            std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read `{}`", path.display()))?;
-            Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+            let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut buffer = vec![0u8; 1 << 16];
+            loop {
+                let read = std::io::Read::read(&mut file, &mut buffer)
+                    .with_context(|| format!("cannot read `{}`", path.display()))?;
+                if read == 0 {
+                    break;
+                }
+                context.update(&buffer[..read]);
+            }
+            Ok(context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
         }
     }
 }

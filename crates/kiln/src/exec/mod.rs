@@ -36,9 +36,9 @@ use kiln_types::Arch;
 pub(crate) use agent::{derivation as agent_derivation, realise as realise_agent};
 pub(crate) use cargo::{BootImage, images_in};
 pub(crate) use kernel::{KERNEL_FILE, SHARE_FILE};
-pub(crate) use provision::{
-    InstallMode, Missing, describe_fixes, floating_channel_warning, host_needs, toolchain_file,
-};
+#[cfg(feature = "init")]
+pub(crate) use provision::toolchain_file;
+pub(crate) use provision::{InstallMode, Missing, describe_fixes, floating_channel_warning, host_needs};
 pub(crate) use rootfs::{RootfsFiles, assemble as assemble_rootfs, read_listing};
 pub(crate) use tool::tool_command;
 

@@ -321,7 +321,7 @@ fn install_commands(missing: &[Missing]) -> Vec<InstallCommand> {
 }
 
 fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    rustix::process::geteuid().is_root()
 }
 
 fn system_package_commands(packages: &[&'static str]) -> Vec<InstallCommand> {

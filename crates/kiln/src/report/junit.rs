@@ -1,41 +1,129 @@
 //! JUnit XML of a run, for the test reporters CI systems read: one test suite, one test case per
-//! case and machine, written by quick-junit.
+//! case and machine, written with quick-xml's writer (it escapes; we only drop the terminal
+//! escape sequences and control characters XML 1.0 cannot carry).
 
-use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+use std::time::Duration;
+
+use quick_xml::Writer;
+use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 
 use crate::outcome::{CaseResult, CaseStatus, RunSummary};
 
-fn testcase(result: &CaseResult) -> TestCase {
+/// Guest output without ANSI escape sequences (`ESC [ ... final`) or other control characters
+/// but tab and newline: what a JUnit viewer can show and XML 1.0 can hold.
+fn xml_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // Parameter and intermediate bytes, then one final byte in '@'..='~'.
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\t' | '\n' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn seconds(time: Duration) -> String {
+    format!("{:.3}", time.as_secs_f64())
+}
+
+/// Counts of one run, as JUnit's `tests`, `failures` and `errors` attributes.
+struct Counts {
+    tests: usize,
+    failures: usize,
+    errors: usize,
+}
+
+impl Counts {
+    fn of(summary: &RunSummary) -> Self {
+        let failures =
+            summary.results.iter().filter(|r| matches!(r.status, CaseStatus::Failed | CaseStatus::UnexpectedPass)).count();
+        let errors =
+            summary.results.iter().filter(|r| matches!(r.status, CaseStatus::Error | CaseStatus::Interrupted)).count();
+        Counts { tests: summary.results.len(), failures, errors }
+    }
+
+    fn attributes(&self, time: Duration) -> [(&'static str, String); 5] {
+        [
+            ("tests", self.tests.to_string()),
+            ("skipped", "0".to_owned()),
+            ("failures", self.failures.to_string()),
+            ("errors", self.errors.to_string()),
+            ("time", seconds(time)),
+        ]
+    }
+}
+
+type XmlWriter = Writer<Vec<u8>>;
+
+fn element_with_text(writer: &mut XmlWriter, start: BytesStart<'_>, text: &str) -> std::io::Result<()> {
+    let name = start.name().as_ref().to_vec();
+    if text.is_empty() {
+        return writer.write_event(Event::Empty(start));
+    }
+    writer.write_event(Event::Start(start))?;
+    writer.write_event(Event::Text(BytesText::new(&xml_text(text))))?;
+    writer.write_event(Event::End(BytesEnd::new(String::from_utf8_lossy(&name))))
+}
+
+fn testcase(writer: &mut XmlWriter, result: &CaseResult) -> std::io::Result<()> {
     let tail = result.tail.join("\n");
-    let status = match result.status {
-        CaseStatus::Passed | CaseStatus::FailedAsExpected => TestCaseStatus::success(),
+    let name = format!("{} ({})", result.machine, result.arch);
+    let time = seconds(result.boot);
+    let case = BytesStart::new("testcase").with_attributes([
+        ("name", xml_text(&name).as_str()),
+        ("classname", xml_text(&result.case).as_str()),
+        ("time", time.as_str()),
+    ]);
+    writer.write_event(Event::Start(case))?;
+    let detail = xml_text(&result.detail);
+    match result.status {
+        CaseStatus::Passed | CaseStatus::FailedAsExpected => {
+            element_with_text(writer, BytesStart::new("system-out"), &tail)?;
+        }
         CaseStatus::Failed | CaseStatus::UnexpectedPass => {
-            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-            status.set_message(result.detail.as_str()).set_description(tail.as_str());
-            status
+            let failure = BytesStart::new("failure").with_attributes([("message", detail.as_str())]);
+            element_with_text(writer, failure, &tail)?;
         }
         CaseStatus::Error | CaseStatus::Interrupted => {
-            let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
-            status.set_message(result.detail.as_str());
-            status
+            let error = BytesStart::new("error").with_attributes([("message", detail.as_str())]);
+            writer.write_event(Event::Empty(error))?;
         }
-    };
-    let mut case = TestCase::new(format!("{} ({})", result.machine, result.arch), status);
-    case.set_classname(result.case.as_str()).set_time(result.boot);
-    if result.status.is_ok() {
-        case.set_system_out(tail);
     }
-    case
+    writer.write_event(Event::End(BytesEnd::new("testcase")))
 }
 
 /// The run as a JUnit XML document.
 pub(crate) fn render(summary: &RunSummary) -> anyhow::Result<String> {
-    let mut suite = TestSuite::new("kiln");
-    suite.set_time(summary.total);
-    suite.add_test_cases(summary.results.iter().map(testcase));
-    let mut report = Report::new("kiln");
-    report.set_time(summary.total).add_test_suite(suite);
-    Ok(report.to_string()?)
+    let counts = Counts::of(summary);
+    let attributes = counts.attributes(summary.total);
+    let attributes = || attributes.iter().map(|(key, value)| (*key, value.as_str()));
+    let mut writer = Writer::new_with_indent(Vec::new(), b' ', 4);
+    writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
+    let suites = BytesStart::new("testsuites").with_attributes([("name", "kiln")].into_iter().chain(attributes()));
+    writer.write_event(Event::Start(suites))?;
+    let suite = BytesStart::new("testsuite").with_attributes([("name", "kiln")].into_iter().chain(attributes()));
+    writer.write_event(Event::Start(suite))?;
+    for result in &summary.results {
+        testcase(&mut writer, result)?;
+    }
+    writer.write_event(Event::End(BytesEnd::new("testsuite")))?;
+    writer.write_event(Event::End(BytesEnd::new("testsuites")))?;
+    let mut xml = String::from_utf8(writer.into_inner())?;
+    xml.push('\n');
+    Ok(xml)
 }
 
 #[cfg(test)]
@@ -81,7 +169,7 @@ mod tests {
         insta::assert_snapshot!(xml, @r#"
         <?xml version="1.0" encoding="UTF-8"?>
         <testsuites name="kiln" tests="3" skipped="0" failures="1" errors="1" time="1.000">
-            <testsuite name="kiln" tests="3" skipped="0" errors="1" failures="1" time="1.000">
+            <testsuite name="kiln" tests="3" skipped="0" failures="1" errors="1" time="1.000">
                 <testcase name="riscv64 (riscv64)" classname="smoke" time="0.080">
                     <system-out>a &lt;b&gt; &amp; &quot;c&quot;
         done</system-out>

@@ -197,12 +197,12 @@ impl AgentClient {
                 Some(signal) = async {
                     let (interrupt, terminate) = signals.as_mut()?;
                     tokio::select! {
-                        _ = interrupt.recv() => Some(nix::libc::SIGINT),
-                        _ = terminate.recv() => Some(nix::libc::SIGTERM),
+                        _ = interrupt.recv() => Some(rustix::process::Signal::INT.as_raw()),
+                        _ = terminate.recv() => Some(rustix::process::Signal::TERM.as_raw()),
                     }
                 }, if signals.is_some() => {
                     forwarded += 1;
-                    let signal = if forwarded > 1 { nix::libc::SIGKILL } else { signal };
+                    let signal = if forwarded > 1 { rustix::process::Signal::KILL.as_raw() } else { signal };
                     signal_requests.push(self.send(Op::Signal { exec: id, signal }).await?);
                     continue;
                 }

@@ -4,8 +4,9 @@
 
 use std::{
     io::{BufRead as _, IoSlice, IoSliceMut, Write as _},
+    mem::MaybeUninit,
     os::{
-        fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+        fd::{BorrowedFd, OwnedFd},
         unix::net::UnixStream,
     },
     path::{Path, PathBuf},
@@ -13,7 +14,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, recvmsg,
+    sendmsg,
+};
 use serde::{Deserialize, Serialize};
 
 /// What a client asks a keeper.
@@ -76,18 +80,20 @@ pub(crate) struct Lease {
 }
 
 /// Sends `answer` on `socket`, with `fd` attached when given.
-pub(crate) fn send_answer(socket: RawFd, answer: &Answer, fd: Option<RawFd>) -> std::io::Result<()> {
+pub(crate) fn send_answer(socket: BorrowedFd<'_>, answer: &Answer, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    let fds = fd.map(|fd| [fd]);
-    let control: Vec<ControlMessage<'_>> = fds.as_ref().map(|fds| ControlMessage::ScmRights(fds)).into_iter().collect();
-    let sent = sendmsg::<()>(socket, &[IoSlice::new(&line)], &control, MsgFlags::MSG_NOSIGNAL, None)?;
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    let sent = sendmsg(socket, &[IoSlice::new(&line)], &mut control, SendFlags::NOSIGNAL)?;
     if sent < line.len() {
         // The descriptor went with the first bytes; the rest is plain data.
-        // SAFETY: `socket` is a valid descriptor for the duration of this call; ManuallyDrop
-        // keeps the temporary stream from closing it.
-        let stream = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(socket) });
-        (&*stream).write_all(&line[sent..])?;
+        let stream = UnixStream::from(socket.try_clone_to_owned()?);
+        (&stream).write_all(&line[sent..])?;
     }
     Ok(())
 }
@@ -95,17 +101,16 @@ pub(crate) fn send_answer(socket: RawFd, answer: &Answer, fd: Option<RawFd>) -> 
 /// Reads one answer line, and the descriptor that came with it.
 fn receive_answer(stream: &UnixStream) -> anyhow::Result<(Answer, Option<OwnedFd>)> {
     let mut buf = vec![0u8; 4096];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
     let (n, fd) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let message = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        let message = recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
             .context("cannot read the keeper's answer")?;
         let mut fd = None;
-        for cmsg in message.cmsgs().context("cannot read the keeper's answer")? {
-            if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                for raw in fds {
-                    // SAFETY: the kernel just installed this descriptor in our table for us.
-                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        for cmsg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = cmsg {
+                for owned in fds {
                     fd.get_or_insert(owned);
                 }
             }

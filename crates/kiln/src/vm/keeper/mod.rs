@@ -6,7 +6,7 @@
 
 use std::{
     collections::VecDeque,
-    os::fd::AsRawFd as _,
+    os::fd::AsFd as _,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -254,7 +254,7 @@ impl Keeper {
                             Some(ready) => idle.push_front(ready),
                         },
                         None if matches!(self.kind, Kind::Pool { .. }) => {
-                            let _ = send_answer(client.as_raw_fd(), &Answer::Busy, None);
+                            let _ = send_answer(client.as_fd(), &Answer::Busy, None);
                         }
                         None => waiters.push_back(client),
                     },
@@ -266,10 +266,10 @@ impl Keeper {
                             idle: idle.len(),
                             leased,
                         };
-                        let _ = send_answer(client.as_raw_fd(), &Answer::Status(status), None);
+                        let _ = send_answer(client.as_fd(), &Answer::Status(status), None);
                     }
                     Event::Asked(client, Ask::Stop) => {
-                        let _ = send_answer(client.as_raw_fd(), &Answer::Stopping, None);
+                        let _ = send_answer(client.as_fd(), &Answer::Stopping, None);
                         log("stopping: asked to");
                         return Ok(());
                     }
@@ -309,7 +309,7 @@ impl Keeper {
     fn grant(&self, client: UnixStream, ready: Ready, events: &mpsc::UnboundedSender<Event>) -> Option<Ready> {
         let console = ready.scratch.path().join(super::snapshot::CONSOLE_FILE);
         let answer = Answer::Granted { qemu_pid: ready.qemu.pid().unwrap_or(0), console, inbox: ready.inbox.clone() };
-        if send_answer(client.as_raw_fd(), &answer, Some(ready.agent.as_raw_fd())).is_err() {
+        if send_answer(client.as_fd(), &answer, Some(ready.agent.as_fd())).is_err() {
             return Some(ready);
         }
         let session = matches!(self.kind, Kind::Session { .. });
@@ -333,8 +333,9 @@ impl Keeper {
 /// Whether a process exists (signal 0 reaches it).
 pub(crate) fn process_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else { return false };
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else { return false };
+    match rustix::process::test_kill_process(pid) {
         Ok(()) => true,
-        Err(errno) => errno == nix::errno::Errno::EPERM,
+        Err(errno) => errno == rustix::io::Errno::PERM,
     }
 }

@@ -35,7 +35,7 @@ pub(crate) struct KeeperInfo {
 /// The directory of keeper sockets: short paths (a Unix socket path has 108 bytes), private
 /// to this user.
 fn socket_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("kiln-{}", nix::unistd::getuid()));
+    let dir = std::env::temp_dir().join(format!("kiln-{}", rustix::process::getuid().as_raw()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("cannot make `{}` private", dir.display()))?;

@@ -96,8 +96,8 @@ impl KeeperSpec {
 /// not cargo, rustup or kiln itself).
 pub(crate) fn default_owner() -> Option<u32> {
     let own = std::process::id();
-    if let Ok(leader) = nix::unistd::getsid(None)
-        && let Ok(leader) = u32::try_from(leader.as_raw())
+    if let Ok(leader) = rustix::process::getsid(None)
+        && let Ok(leader) = u32::try_from(leader.as_raw_pid())
         && leader > 1
         && leader != own
         && process_alive(leader)

@@ -1,0 +1,288 @@
+//! What a repository already says about how it builds and boots its kernels: packages,
+//! `rust-toolchain.toml`, `.cargo/config.toml` and `[package.metadata.bootimage]`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use kiln_types::Arch;
+
+use crate::exec::tool_command;
+
+/// A repository, as `init` reads it.
+pub(super) struct Repository {
+    /// The directory with the Cargo.toml `init` adopts.
+    pub root: PathBuf,
+    /// The git work tree's root, when `root` is inside one.
+    pub git_root: Option<PathBuf>,
+    /// Packages with a binary or test target: the kernels.
+    pub kernels: Vec<Kernel>,
+    /// The pinned toolchain, when there is a toolchain file.
+    pub toolchain: Option<Toolchain>,
+    /// What the cargo configuration says.
+    pub cargo: CargoConfig,
+    /// Linker scripts in the repository, relative to `root`.
+    pub linker_scripts: Vec<String>,
+}
+
+/// One kernel package.
+pub(super) struct Kernel {
+    /// The cargo package name.
+    pub package: String,
+    /// Its directory relative to the root (`.` for the root).
+    pub dir: String,
+    /// Whether it has integration tests (`tests/*.rs`) or test kernels to run.
+    pub has_tests: bool,
+    /// `[package.metadata.bootimage]`, for kernels built the bootimage way.
+    pub bootimage: Option<Bootimage>,
+    /// Whether it depends on the `bootloader` crate (and which major version).
+    pub bootloader: Option<String>,
+}
+
+/// `[package.metadata.bootimage]`, as `cargo bootimage` reads it.
+#[derive(Default)]
+pub(super) struct Bootimage {
+    /// `test-args`: QEMU arguments for test kernels.
+    pub test_args: Vec<String>,
+    /// `run-args`: QEMU arguments for the kernel.
+    pub run_args: Vec<String>,
+    /// `test-success-exit-code`: QEMU's exit status that means a test kernel passed.
+    pub test_success_exit_code: Option<i64>,
+    /// `test-timeout`: seconds.
+    pub test_timeout: Option<i64>,
+}
+
+/// The pinned toolchain from `rust-toolchain.toml` (or the older `rust-toolchain`).
+pub(super) struct Toolchain {
+    /// `channel`, such as `nightly-2022-10-01`.
+    pub channel: String,
+    /// `targets` it lists.
+    pub targets: Vec<String>,
+    /// `components` it lists.
+    pub components: Vec<String>,
+}
+
+/// What `.cargo/config.toml` (at the root or above it) says.
+#[derive(Default)]
+pub(super) struct CargoConfig {
+    /// `build.target`: a triple or a JSON target file.
+    pub build_target: Option<String>,
+    /// `unstable.build-std`.
+    pub build_std: Option<Vec<String>>,
+    /// A `target.*.runner`.
+    pub runner: Option<String>,
+    /// Linker scripts named in rustflags (`-T FILE`), as written.
+    pub linker_scripts_in_flags: Vec<String>,
+}
+
+impl Repository {
+    /// Reads the repository at `root`.
+    pub(super) fn read(root: &Path) -> anyhow::Result<Repository> {
+        let git_root = root.ancestors().find(|dir| dir.join(".git").exists()).map(Path::to_owned);
+        let kernels = kernels(root)?;
+        let toolchain = toolchain(root);
+        let cargo = cargo_config(root, git_root.as_deref());
+        let mut linker_scripts = Vec::new();
+        for entry in ignore::WalkBuilder::new(root).max_depth(Some(4)).build().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if (name.ends_with(".ld") || name == "link.x" || name == "linker.x")
+                && let Ok(relative) = entry.path().strip_prefix(root)
+            {
+                linker_scripts.push(relative.display().to_string());
+            }
+        }
+        linker_scripts.sort();
+        Ok(Repository { root: root.to_owned(), git_root, kernels, toolchain, cargo, linker_scripts })
+    }
+
+    /// The architecture of `build.target`, when it names one.
+    pub(super) fn build_arch(&self) -> Option<Arch> {
+        self.cargo.build_target.as_deref().and_then(arch_of)
+    }
+
+    /// The root relative to the git root (`None` when they are the same or there is no git).
+    pub(super) fn dir_in_git(&self) -> Option<String> {
+        let relative = self.root.strip_prefix(self.git_root.as_ref()?).ok()?;
+        (!relative.as_os_str().is_empty()).then(|| relative.display().to_string())
+    }
+}
+
+/// The architecture a target triple (or JSON target file name) is for.
+pub(super) fn arch_of(target: &str) -> Option<Arch> {
+    let name = Path::new(target).file_stem()?.to_string_lossy().into_owned();
+    if name.starts_with("arm64") {
+        return Some(Arch::Aarch64);
+    }
+    Arch::ALL.into_iter().find(|arch| name.starts_with(arch.as_str()))
+}
+
+fn metadata(root: &Path, toolchain: Option<&str>) -> anyhow::Result<std::process::Output> {
+    let mut command = tool_command("cargo", root);
+    command.args(["metadata", "--format-version", "1", "--no-deps"]);
+    if let Some(toolchain) = toolchain {
+        command.env("RUSTUP_TOOLCHAIN", toolchain);
+    }
+    command.output().context("failed to run `cargo metadata`")
+}
+
+fn kernels(root: &Path) -> anyhow::Result<Vec<Kernel>> {
+    // The repository's own toolchain first; when it is not installed yet, any stable cargo
+    // reads the manifests as well (`--no-deps` resolves nothing).
+    let mut output = metadata(root, None)?;
+    if !output.status.success() {
+        output = metadata(root, Some("stable"))?;
+    }
+    if !output.status.success() {
+        bail!("`cargo metadata` failed in `{}`: {}", root.display(), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let metadata = cargo_metadata::MetadataCommand::parse(String::from_utf8_lossy(&output.stdout).as_ref())?;
+    let mut kernels = Vec::new();
+    for package in &metadata.packages {
+        let dir = package.manifest_path.parent().map(|p| p.as_std_path().to_owned()).unwrap_or_default();
+        if dir.starts_with(root.join(super::XTASK_DIR)) || !package.targets.iter().any(|t| t.is_bin() || t.is_test()) {
+            continue;
+        }
+        let relative = dir.strip_prefix(root).map(|p| p.display().to_string()).unwrap_or_default();
+        let bootimage = package.metadata.get("bootimage").map(|table| Bootimage {
+            test_args: strings(table.get("test-args")),
+            run_args: strings(table.get("run-args")),
+            test_success_exit_code: table.get("test-success-exit-code").and_then(serde_json::Value::as_i64),
+            test_timeout: table.get("test-timeout").and_then(serde_json::Value::as_i64),
+        });
+        let bootloader = package
+            .dependencies
+            .iter()
+            .find(|dep| dep.name == "bootloader")
+            .map(|dep| dep.req.to_string().trim_start_matches(['^', '=', '~']).to_owned());
+        kernels.push(Kernel {
+            package: package.name.to_string(),
+            dir: if relative.is_empty() { ".".to_owned() } else { relative },
+            has_tests: package.targets.iter().any(|t| t.is_test()) || bootimage.is_some(),
+            bootimage,
+            bootloader,
+        });
+    }
+    Ok(kernels)
+}
+
+fn strings(value: Option<&serde_json::Value>) -> Vec<String> {
+    value
+        .and_then(serde_json::Value::as_array)
+        .map(|items| items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn toolchain(root: &Path) -> Option<Toolchain> {
+    let (channel, file) = crate::exec::toolchain_file(root)?;
+    let table = std::fs::read_to_string(file).ok()?.parse::<toml::Table>().ok();
+    let list = |key: &str| -> Vec<String> {
+        table
+            .as_ref()
+            .and_then(|t| t.get("toolchain")?.get(key)?.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    Some(Toolchain { channel, targets: list("targets"), components: list("components") })
+}
+
+/// The cargo configuration files that apply at `root`, nearest first (as cargo merges them),
+/// up to the git root.
+fn config_files(root: &Path, git_root: Option<&Path>) -> Vec<toml::Table> {
+    let mut tables = Vec::new();
+    for dir in root.ancestors() {
+        for name in ["config.toml", "config"] {
+            if let Some(table) = std::fs::read_to_string(dir.join(".cargo").join(name)).ok().and_then(|t| t.parse().ok()) {
+                tables.push(table);
+                break;
+            }
+        }
+        if Some(dir) == git_root {
+            break;
+        }
+    }
+    tables
+}
+
+fn cargo_config(root: &Path, git_root: Option<&Path>) -> CargoConfig {
+    let mut config = CargoConfig::default();
+    for table in config_files(root, git_root) {
+        let build = table.get("build");
+        if config.build_target.is_none() {
+            config.build_target = build.and_then(|b| b.get("target")?.as_str().map(str::to_owned));
+        }
+        if config.build_std.is_none() {
+            config.build_std = table.get("unstable").and_then(|u| u.get("build-std")).map(|v| match v {
+                toml::Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+                other => other.as_str().map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+            });
+        }
+        let mut flag_lists: Vec<&toml::Value> = build.and_then(|b| b.get("rustflags")).into_iter().collect();
+        if let Some(targets) = table.get("target").and_then(toml::Value::as_table) {
+            for target in targets.values() {
+                if config.runner.is_none() {
+                    config.runner = target.get("runner").map(|runner| match runner {
+                        toml::Value::Array(items) => {
+                            items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(" ")
+                        }
+                        other => other.as_str().unwrap_or_default().to_owned(),
+                    });
+                }
+                flag_lists.extend(target.get("rustflags"));
+            }
+        }
+        for flags in flag_lists {
+            config.linker_scripts_in_flags.extend(linker_scripts_in(flags));
+        }
+    }
+    config
+}
+
+/// The `-T FILE` linker scripts in one rustflags value (a list or a space-separated string).
+fn linker_scripts_in(flags: &toml::Value) -> Vec<String> {
+    let words: Vec<String> = match flags {
+        toml::Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+        other => other.as_str().unwrap_or_default().split_whitespace().map(str::to_owned).collect(),
+    };
+    let mut scripts = Vec::new();
+    let mut words = words.iter().peekable();
+    while let Some(word) = words.next() {
+        let word = word.trim_start_matches("-C").trim_start_matches("link-arg=").trim_start_matches("link-args=");
+        if let Some(script) = word.strip_prefix("-T") {
+            if script.is_empty() {
+                if let Some(next) = words.next_if(|next| !next.starts_with('-')) {
+                    scripts.push(next.to_owned());
+                }
+            } else {
+                scripts.push(script.to_owned());
+            }
+        }
+    }
+    scripts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_comes_from_triples_and_json_targets() {
+        assert_eq!(arch_of("riscv64gc-unknown-none-elf"), Some(Arch::Riscv64));
+        assert_eq!(arch_of("targets/x86_64-kernel.json"), Some(Arch::X86_64));
+        assert_eq!(arch_of("aarch64-unknown-none-softfloat"), Some(Arch::Aarch64));
+        assert_eq!(arch_of("thumbv7em-none-eabihf"), None);
+    }
+
+    #[test]
+    fn linker_scripts_come_from_every_rustflags_spelling() {
+        let list: toml::Value = toml::Value::Array(vec![
+            "-Clink-arg=-Tsrc/linker.ld".into(),
+            "-C".into(),
+            "link-arg=-Tkernel.ld".into(),
+            "-Cforce-frame-pointers=yes".into(),
+        ]);
+        assert_eq!(linker_scripts_in(&list), ["src/linker.ld", "kernel.ld"]);
+        let string = toml::Value::String("-C link-arg=-T -C link-arg=boot.ld".into());
+        assert_eq!(linker_scripts_in(&string), Vec::<String>::new(), "a split -T over two -C is not guessed");
+    }
+}
