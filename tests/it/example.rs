@@ -80,7 +80,8 @@ success = "this line never appears"
         fails.verdict,
         Some(Verdict::Failed(FailReason::ExitStatus {
             status: 1,
-            last_line: Some("kiln-example: failing on purpose".into())
+            last_line: Some("kiln-example: failing on purpose".into()),
+            panic_line: None,
         }))
     );
     let missing = summary.get("marker-missing", Arch::Riscv64).expect("ran");

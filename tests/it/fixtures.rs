@@ -76,7 +76,11 @@ machines = ["pi3"]
     let fails = summary.get("fails", Arch::Aarch64).expect("ran");
     assert_eq!(
         fails.verdict,
-        Some(Verdict::Failed(FailReason::ExitStatus { status: 1, last_line: Some("raw-semihosting: failing".into()) }))
+        Some(Verdict::Failed(FailReason::ExitStatus {
+            status: 1,
+            last_line: Some("raw-semihosting: failing".into()),
+            panic_line: None
+        }))
     );
 }
 

@@ -16,4 +16,5 @@ mod servers;
 mod store;
 mod support;
 mod timeouts;
+mod verdicts;
 mod warm;

@@ -13,12 +13,13 @@ use std::{
 
 use regex::Regex;
 use tokio::{
-    io::AsyncReadExt,
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
     time::{Instant as TokioInstant, sleep_until},
 };
 
 use crate::{
     Argv, Judge, QemuError,
+    finisher::{FinisherCommand, StderrLine, classify},
     process::{Qemu, Terminal, exit_of},
 };
 
@@ -29,6 +30,9 @@ const TAIL_LINES: usize = 200;
 const MAX_LINE_BYTES: usize = 16 * 1024;
 /// How much of QEMU's standard error is kept.
 const MAX_STDERR_BYTES: usize = 16 * 1024;
+/// How long kiln waits for the message line of a failure line that ends with `:` before it
+/// stops the guest.
+const FAILURE_MESSAGE_GRACE: Duration = Duration::from_millis(250);
 
 /// Everything needed to boot one guest.
 #[derive(Clone, Debug)]
@@ -77,12 +81,53 @@ pub struct BootOutcome {
     pub duration: Duration,
     /// The last serial lines (bounded).
     pub tail: VecDeque<String>,
-    /// The first line that matched the failure pattern.
+    /// The first line that matched the failure pattern, joined with the next line when it
+    /// ends with `:` (Rust prints `panicked at FILE:LINE:COL:` and the message below it).
     pub failure_line: Option<String>,
+    /// The first line that matched the failure pattern or reads like a panic (`panicked at`,
+    /// `PANIC`, `Kernel panic`), joined with the next line when it ends with `:`: what a
+    /// failure's detail quotes instead of the last line.
+    pub panic_line: Option<String>,
     /// Whether a line matched the success pattern.
     pub success_seen: bool,
     /// How many serial lines the guest printed.
     pub line_count: usize,
+    /// The last command the guest (or its firmware) gave the sifive_test finisher, when
+    /// QEMU's trace showed it (riscv64 machines with the finisher as exit device).
+    pub finisher: Option<FinisherCommand>,
+    /// The shutdown device OpenSBI's banner named (`Platform Shutdown Device : ...`).
+    pub firmware_shutdown_device: Option<String>,
+    /// `failure_line` ends with `:` and waits for its message line.
+    failure_open: bool,
+    /// `panic_line` ends with `:` and waits for its message line.
+    panic_open: bool,
+}
+
+/// Serial lines that read like a kernel panic, whatever the case's own failure pattern.
+fn is_panic_line(line: &str) -> bool {
+    static PANIC: OnceLock<Option<Regex>> = OnceLock::new();
+    PANIC
+        .get_or_init(|| Regex::new(r"(?i:panicked at)|\bPANIC\b|Kernel panic").ok())
+        .as_ref()
+        .is_some_and(|re| re.is_match(line))
+}
+
+/// Keeps the first line that `starts` an excerpt in `slot`; when that line ends with `:`, the
+/// next line (its message) is appended to it.
+fn excerpt(slot: &mut Option<String>, open: &mut bool, line: &str, starts: bool) {
+    if *open {
+        *open = false;
+        let message = line.trim();
+        if let Some(text) = slot
+            && !message.is_empty()
+        {
+            text.push(' ');
+            text.push_str(message);
+        }
+    } else if slot.is_none() && starts {
+        *slot = Some(line.trim_end().to_owned());
+        *open = line.trim_end().ends_with(':');
+    }
 }
 
 impl BootOutcome {
@@ -93,16 +138,32 @@ impl BootOutcome {
             duration: Duration::ZERO,
             tail: VecDeque::new(),
             failure_line: None,
+            panic_line: None,
             success_seen: false,
             line_count: 0,
+            finisher: None,
+            firmware_shutdown_device: None,
+            failure_open: false,
+            panic_open: false,
         }
+    }
+
+    /// Whether the failure line ends with `:` and its message line has not arrived yet.
+    pub fn awaiting_failure_message(&self) -> bool {
+        self.failure_open
     }
 
     /// Records one serial line (ANSI escapes already stripped) and checks it against the markers.
     pub fn observe(&mut self, line: &str, judge: &Judge) {
         self.line_count += 1;
-        if self.failure_line.is_none() && judge.is_failure_line(line) {
-            self.failure_line = Some(line.to_owned());
+        let failure = judge.is_failure_line(line);
+        excerpt(&mut self.failure_line, &mut self.failure_open, line, failure);
+        excerpt(&mut self.panic_line, &mut self.panic_open, line, failure || is_panic_line(line));
+        if self.firmware_shutdown_device.is_none()
+            && let Some(device) = line.strip_prefix("Platform Shutdown Device")
+            && let Some(device) = device.trim_start().strip_prefix(':')
+        {
+            self.firmware_shutdown_device = Some(device.trim().to_owned());
         }
         if judge.is_success_line(line) {
             self.success_seen = true;
@@ -116,6 +177,25 @@ impl BootOutcome {
     /// The last non-empty line the guest printed.
     pub fn last_line(&self) -> Option<String> {
         self.tail.iter().rev().find(|l| !l.trim().is_empty()).cloned()
+    }
+
+    /// Why a pass through the sifive_test finisher proves less than it seems: the firmware
+    /// shuts down through another device (OpenSBI's `syscon-poweroff`, which writes the same
+    /// pass for every SBI shutdown, the failing ones too).
+    pub fn pass_caveat(&self) -> Option<String> {
+        match (&self.finisher, &self.firmware_shutdown_device) {
+            (Some(FinisherCommand::Pass), Some(device)) if device != "sifive_test" => Some(format!(
+                "the firmware shuts down through `{device}`, which reports an SBI system-failure shutdown as a \
+                 pass too: give the case a `success` or `failure` pattern, or a `firmware` that reports failures"
+            )),
+            _ => None,
+        }
+    }
+
+    /// What a failure's detail quotes: the panic (or failure-marker) line with its message,
+    /// else the last line.
+    pub fn quoted_line(&self) -> Option<String> {
+        self.panic_line.clone().or_else(|| self.last_line())
     }
 }
 
@@ -152,20 +232,7 @@ pub async fn boot(
         doing: "reading QEMU's serial output",
         source: std::io::Error::other("stdout was not captured"),
     })?;
-    let stderr_task = qemu.take_stderr().map(|mut stderr| {
-        tokio::spawn(async move {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let room = MAX_STDERR_BYTES.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            String::from_utf8_lossy(&kept).into_owned()
-        })
-    });
+    let stderr_task = qemu.take_stderr().map(|stderr| tokio::spawn(read_stderr(stderr)));
 
     let deadline = TokioInstant::now() + request.timeout;
     let mut last_output = TokioInstant::now();
@@ -186,6 +253,8 @@ pub async fn boot(
         Ok(())
     };
 
+    // Set when a failure line waits for its message line; the guest is stopped then.
+    let mut failure_grace: Option<TokioInstant> = None;
     let exit = loop {
         let watchdog = request.no_output_timeout.map(|period| last_output + period);
         tokio::select! {
@@ -210,8 +279,11 @@ pub async fn boot(
                     pending.clear();
                 }
                 if outcome.failure_line.is_some() {
-                    qemu.kill();
-                    break None;
+                    if !outcome.awaiting_failure_message() {
+                        qemu.kill();
+                        break None;
+                    }
+                    failure_grace.get_or_insert_with(|| TokioInstant::now() + FAILURE_MESSAGE_GRACE);
                 }
                 if let Some(status) = guest_status(request.exit_marker.as_deref(), &mut outcome) {
                     qemu.kill();
@@ -224,6 +296,15 @@ pub async fn boot(
             }
             status = qemu.wait(), if !stdout_open => {
                 break Some(exit_of(status?));
+            }
+            () = async {
+                match failure_grace {
+                    Some(at) => sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                qemu.kill();
+                break None;
             }
             () = sleep_until(deadline) => {
                 qemu.kill();
@@ -247,10 +328,11 @@ pub async fn boot(
     drop(qemu);
     log.flush().map_err(|source| QemuError::Log { path: request.log_path.clone(), source })?;
 
-    let stderr = match stderr_task {
+    let (stderr, finisher) = match stderr_task {
         Some(task) => task.await.unwrap_or_default(),
-        None => String::new(),
+        None => (String::new(), None),
     };
+    outcome.finisher = finisher;
     if let Exit::Status(status) = outcome.exit
         && outcome.line_count == 0
         && stderr.contains(&format!("{}:", request.program))
@@ -258,6 +340,32 @@ pub async fn boot(
         return Err(QemuError::QemuFailed { status, stderr: stderr.trim().to_owned() });
     }
     Ok(outcome)
+}
+
+/// Reads QEMU's standard error to its end: keeps QEMU's own messages (bounded) for error
+/// reports and the last command traced to the sifive_test finisher; other traced writes are
+/// dropped as they arrive.
+async fn read_stderr(stderr: tokio::process::ChildStderr) -> (String, Option<FinisherCommand>) {
+    let mut reader = BufReader::new(stderr);
+    let mut kept = Vec::new();
+    let mut finisher = None;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        match classify(&String::from_utf8_lossy(&line)) {
+            StderrLine::Finisher(command) => finisher = Some(command),
+            StderrLine::OtherWrite => {}
+            StderrLine::Message => {
+                let room = MAX_STDERR_BYTES.saturating_sub(kept.len());
+                kept.extend_from_slice(&line[..line.len().min(room)]);
+            }
+        }
+    }
+    (String::from_utf8_lossy(&kept).into_owned(), finisher)
 }
 
 /// The exit status in the newest serial lines, when they carry the exit marker. The marker
@@ -294,6 +402,21 @@ mod tests {
         }
         assert_eq!(guest_status(Some("KILN-EXIT n0nce"), &mut outcome), Some(3));
         assert_eq!(outcome.last_line().as_deref(), Some("hello from the command"));
+    }
+
+    #[test]
+    fn a_pass_through_a_firmware_that_cannot_report_failure_carries_a_caveat() {
+        let judge = Judge { failure: None, success: None, success_statuses: vec![0], guest_reports_status: false };
+        let mut old = BootOutcome::new(Exit::Status(0));
+        old.observe("Platform Shutdown Device  : sifive_test", &judge);
+        old.finisher = Some(FinisherCommand::Pass);
+        assert_eq!(old.firmware_shutdown_device.as_deref(), Some("sifive_test"));
+        assert_eq!(old.pass_caveat(), None);
+        let mut new = BootOutcome::new(Exit::Status(0));
+        new.observe("Platform Shutdown Device    : syscon-poweroff", &judge);
+        assert_eq!(new.pass_caveat(), None, "no finisher write seen");
+        new.finisher = Some(FinisherCommand::Pass);
+        assert!(new.pass_caveat().is_some_and(|c| c.contains("`syscon-poweroff`")));
     }
 
     #[test]

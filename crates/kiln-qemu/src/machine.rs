@@ -24,12 +24,16 @@ pub enum Device {
     Other(String),
 }
 
+/// QEMU's isa-debug-exit port when `iobase` is not given.
+const DEBUG_EXIT_DEFAULT_IOBASE: u64 = 0x501;
+
 impl Device {
     fn render(&self, argv: &mut Argv) {
         match self {
             Self::DebugExit { iobase, iosize } => {
                 argv.pair("-device", format!("isa-debug-exit,iobase={iobase:#x},iosize={iosize:#04x}"));
             }
+            // Built into `virt`; `Machine::argv` traces its writes.
             Self::SifiveTest => {}
             Self::Semihosting => {
                 argv.pair("-semihosting-config", "enable=on,target=native");
@@ -37,6 +41,26 @@ impl Device {
             Self::Other(device) => {
                 argv.pair("-device", device);
             }
+        }
+    }
+
+    /// Whether the user's `-device` value (from a profile's `devices` or `args`) is this
+    /// device: the same driver and, for isa-debug-exit, the same I/O port (QEMU's default
+    /// 0x501 when the value names none).
+    pub fn is_given_by(&self, value: &str) -> bool {
+        let mut properties = value.split(',');
+        let driver = properties.next().unwrap_or_default().trim();
+        match self {
+            Self::DebugExit { iobase, .. } => {
+                let given = properties
+                    .filter_map(|property| property.trim().strip_prefix("iobase="))
+                    .next_back()
+                    .map_or(Some(DEBUG_EXIT_DEFAULT_IOBASE), parse_qemu_number);
+                driver == "isa-debug-exit" && given == Some(u64::from(*iobase))
+            }
+            Self::Other(own) => own == value,
+            // The board's own finisher and semihosting are not `-device`s.
+            Self::SifiveTest | Self::Semihosting => false,
         }
     }
 
@@ -52,6 +76,20 @@ impl Device {
             Self::DebugExit { .. } => &[33],
             Self::SifiveTest | Self::Semihosting | Self::Other(_) => &[0],
         }
+    }
+}
+
+/// A number as QEMU's integer properties take it: decimal, `0x` hex or `0` octal.
+fn parse_qemu_number(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).ok()
+    } else if text.len() > 1
+        && let Some(octal) = text.strip_prefix('0')
+    {
+        u64::from_str_radix(octal, 8).ok()
+    } else {
+        text.parse().ok()
     }
 }
 
@@ -255,7 +293,7 @@ impl Machine {
             argv.pair("-fsdev", fsdev);
             argv.pair("-device", format!("virtio-9p-pci,fsdev=kiln-share{index},mount_tag={}", share.tag));
         }
-        for device in &self.devices {
+        for device in self.devices_to_render() {
             device.render(&mut argv);
         }
         if let Some(socket) = boot.qmp_socket {
@@ -273,6 +311,44 @@ impl Machine {
         argv
     }
 
+    /// The `-device` values the user gave: the profile's `devices` beyond kiln's own, and
+    /// every `-device VALUE` in its `args`.
+    fn user_device_values(&self) -> impl Iterator<Item = &str> {
+        let listed = self.devices.iter().filter_map(|device| match device {
+            Device::Other(value) => Some(value.as_str()),
+            _ => None,
+        });
+        let in_args = self
+            .extra_args
+            .windows(2)
+            .filter(|pair| pair[0] == "-device" || pair[0] == "--device")
+            .map(|pair| pair[1].as_str());
+        listed.chain(in_args)
+    }
+
+    /// kiln's own devices (the profile's exit device) that the user's `devices` or `args`
+    /// already carry. They are rendered once, as the user wrote them: a bootimage-style
+    /// `test-args` line with `-device isa-debug-exit,iobase=0xf4,...` keeps working, and
+    /// kiln does not put a second device on the same port.
+    pub fn devices_given_by_user(&self) -> Vec<&Device> {
+        let semihosting_in_args =
+            self.extra_args.iter().any(|arg| arg == "-semihosting" || arg == "-semihosting-config");
+        self.devices
+            .iter()
+            .filter(|device| !matches!(device, Device::Other(_)))
+            .filter(|device| {
+                (**device == Device::Semihosting && semihosting_in_args)
+                    || self.user_device_values().any(|value| device.is_given_by(value))
+            })
+            .collect()
+    }
+
+    /// The devices kiln renders: all of the profile's, less kiln's own that the user gave.
+    fn devices_to_render(&self) -> impl Iterator<Item = &Device> {
+        let given = self.devices_given_by_user();
+        self.devices.iter().filter(move |device| !given.iter().any(|g| std::ptr::eq(*g, *device)))
+    }
+
     /// The device that reports the guest's result through QEMU's exit status, if any.
     pub fn exit_device(&self) -> Option<&Device> {
         self.devices.iter().find(|device| device.is_exit_device())
@@ -281,8 +357,15 @@ impl Machine {
     /// Renders the argument list that boots `kernel` headless with the given console.
     pub fn argv(&self, kernel: &Path, accel: Accel, console: Console) -> Argv {
         let mut argv = self.base_argv(accel, console);
-        for device in &self.devices {
+        for device in self.devices_to_render() {
             device.render(&mut argv);
+        }
+        // A sifive_test failure with code 0 exits QEMU with status 0, so kiln reads the
+        // finisher's command from QEMU's trace of MMIO writes on standard error. Only a
+        // captured kernel boot reads standard error (and judges by the exit device); Linux
+        // guests report their status through kiln's agent and run untraced.
+        if console == Console::Captured && self.exit_device() == Some(&Device::SifiveTest) {
+            argv.pair("-trace", crate::finisher::TRACE_EVENT);
         }
         match self.boot {
             BootMethod::Kernel => argv.pair("-kernel", kernel),
@@ -366,8 +449,68 @@ mod tests {
         assert_eq!(
             rendered(Arch::Riscv64),
             "-machine virt,accel=tcg -m 128M -smp 1 -bios default -nodefaults -display none -no-reboot \
-             -monitor none -serial stdio -kernel /k"
+             -monitor none -serial stdio -trace memory_region_ops_write -kernel /k"
         );
+    }
+
+    fn x86_with(devices: &[&str], args: &[&str]) -> Machine {
+        let mut machine = Machine::default_for(Arch::X86_64);
+        machine.devices.extend(devices.iter().map(|d| Device::Other((*d).to_owned())));
+        machine.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        machine
+    }
+
+    fn debug_exits(machine: &Machine) -> usize {
+        let argv = machine.argv(Path::new("/k"), Accel::Tcg, Console::Captured).display();
+        argv.matches("isa-debug-exit").count()
+    }
+
+    #[test]
+    fn an_exit_device_the_user_already_gives_is_rendered_once() {
+        // bootimage's `test-args`, translated into `args`.
+        let from_args = x86_with(&[], &["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-display", "none"]);
+        assert_eq!(from_args.devices_given_by_user(), vec![&Device::DebugExit { iobase: 0xf4, iosize: 4 }]);
+        assert_eq!(debug_exits(&from_args), 1);
+        let argv = from_args.argv(Path::new("/k"), Accel::Tcg, Console::Captured).display();
+        assert!(argv.ends_with("-kernel /k -device isa-debug-exit,iobase=0xf4,iosize=0x04 -display none"), "{argv}");
+        // Listed in `devices`, with the port in decimal and another width: the same port.
+        let listed = x86_with(&["isa-debug-exit,iosize=0x01,iobase=244"], &[]);
+        assert_eq!(debug_exits(&listed), 1);
+        assert_eq!(listed.exit_device(), Some(&Device::DebugExit { iobase: 0xf4, iosize: 4 }), "still the exit device");
+    }
+
+    #[test]
+    fn an_exit_device_on_another_port_is_a_second_device() {
+        for (devices, args) in [
+            (vec!["isa-debug-exit,iobase=0x501,iosize=2"], vec![]),
+            // No iobase: QEMU's default port 0x501.
+            (vec![], vec!["-device", "isa-debug-exit"]),
+            (vec!["virtio-rng-pci"], vec!["-device", "virtio-rng-pci"]),
+        ] {
+            let machine = x86_with(&devices, &args);
+            assert!(machine.devices_given_by_user().is_empty(), "{devices:?} {args:?}");
+            let expected = usize::from(devices.iter().chain(&args).any(|d| d.starts_with("isa-debug-exit"))) + 1;
+            assert_eq!(debug_exits(&machine), expected, "{devices:?} {args:?}");
+        }
+    }
+
+    #[test]
+    fn semihosting_in_args_replaces_kilns() {
+        let mut machine = Machine::default_for(Arch::Aarch64);
+        machine.extra_args = vec!["-semihosting-config".into(), "enable=on,target=native,chardev=serial0".into()];
+        assert_eq!(machine.devices_given_by_user(), vec![&Device::Semihosting]);
+        let argv = machine.argv(Path::new("/k"), Accel::Tcg, Console::Captured).display();
+        assert_eq!(argv.matches("-semihosting-config").count(), 1, "{argv}");
+    }
+
+    #[test]
+    fn qemu_numbers_read_like_qemu_reads_them() {
+        assert_eq!(parse_qemu_number("0xf4"), Some(0xf4));
+        assert_eq!(parse_qemu_number("0XF4"), Some(0xf4));
+        assert_eq!(parse_qemu_number("244"), Some(244));
+        assert_eq!(parse_qemu_number("0364"), Some(0xf4));
+        assert_eq!(parse_qemu_number("0"), Some(0));
+        assert_eq!(parse_qemu_number("port"), None);
     }
 
     #[test]
@@ -406,6 +549,12 @@ mod tests {
         assert!(argv.contains("-drive if=none,id=kiln-disk,format=qcow2,snapshot=on,file=/rootfs.qcow2"), "{argv}");
         assert!(argv.contains("-device virtio-blk-pci,drive=kiln-disk"), "{argv}");
         assert!(!argv.contains("isa-debug-exit"), "Linux guests report through kiln's init: {argv}");
+
+        // A long-running guest's every MMIO write would fill its log: Linux boots are not traced.
+        let mut riscv = Machine::linux_default_for(Arch::Riscv64);
+        riscv.devices.push(Device::SifiveTest);
+        let argv = riscv.linux_argv(&boot, Accel::Tcg, Console::Captured).display();
+        assert!(!argv.contains("-trace"), "{argv}");
     }
 
     #[test]
@@ -414,5 +563,6 @@ mod tests {
             Machine::default_for(Arch::Riscv64).argv(Path::new("/k"), Accel::Tcg, Console::Interactive).display();
         assert!(argv.contains("-serial mon:stdio"), "{argv}");
         assert!(!argv.contains("-monitor none"), "{argv}");
+        assert!(!argv.contains("-trace"), "trace lines would land on the user's terminal: {argv}");
     }
 }

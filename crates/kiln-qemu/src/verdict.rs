@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use crate::boot::{BootOutcome, Exit};
+use crate::{
+    FinisherCommand,
+    boot::{BootOutcome, Exit},
+};
 
 /// How a case decides pass or fail.
 #[derive(Clone, Debug)]
@@ -37,7 +40,8 @@ pub enum PassReason {
 pub enum FailReason {
     /// A serial line matched the failure pattern.
     FailureMarker {
-        /// The line.
+        /// The line, joined with the next one when it ends with `:` (Rust's `panicked at
+        /// FILE:LINE:COL:` followed by the message).
         line: String,
     },
     /// QEMU exited with a status that is not a success status.
@@ -46,6 +50,20 @@ pub enum FailReason {
         status: i32,
         /// The last line the guest printed, for context.
         last_line: Option<String>,
+        /// The first line that read like a panic, with its message: quoted instead of the
+        /// last line.
+        panic_line: Option<String>,
+    },
+    /// The guest told the sifive_test finisher it failed with code 0 (what OpenSBI up to
+    /// 1.2 writes for an SBI `system_reset(SHUTDOWN, SYSTEM_FAILURE)`), which QEMU reports
+    /// as exit status 0, the same as a pass.
+    FinisherFailure {
+        /// QEMU's status.
+        status: i32,
+        /// The last line the guest printed, for context.
+        last_line: Option<String>,
+        /// The first line that read like a panic, with its message.
+        panic_line: Option<String>,
     },
     /// QEMU exited with a success status, but the success marker never appeared.
     MissingSuccessMarker {
@@ -62,6 +80,8 @@ pub enum FailReason {
         qemu_status: i32,
         /// The last line the guest printed, for context.
         last_line: Option<String>,
+        /// The first line that read like a panic, with its message.
+        panic_line: Option<String>,
     },
 }
 
@@ -97,20 +117,34 @@ impl Verdict {
             Self::Passed(PassReason::ExitStatus(status)) => format!("exit status {status}"),
             Self::Passed(PassReason::SuccessMarker) => "success marker seen".to_owned(),
             Self::Failed(FailReason::FailureMarker { line }) => line.clone(),
-            Self::Failed(FailReason::ExitStatus { status, last_line }) => match last_line {
-                Some(line) => format!("exit status {status} after `{line}`"),
-                None => format!("exit status {status}, no output"),
-            },
+            Self::Failed(FailReason::ExitStatus { status, last_line, panic_line }) => {
+                match panic_line.as_ref().or(last_line.as_ref()) {
+                    Some(line) => format!("exit status {status} after `{line}`"),
+                    None => format!("exit status {status}, no output"),
+                }
+            }
+            Self::Failed(FailReason::FinisherFailure { status, last_line, panic_line }) => {
+                let failed = format!(
+                    "the guest reported failure to the sifive_test finisher (FINISHER_FAIL, code 0: an SBI \
+                     system-failure shutdown), which QEMU reports as exit status {status}"
+                );
+                match panic_line.as_ref().or(last_line.as_ref()) {
+                    Some(line) => format!("{failed}, after `{line}`"),
+                    None => format!("{failed}, without any output"),
+                }
+            }
             Self::Failed(FailReason::MissingSuccessMarker { status, pattern }) => {
                 format!("exit status {status} but `{pattern}` never appeared")
             }
             Self::Failed(FailReason::Signal(signal)) => format!("QEMU killed by signal {signal}"),
-            Self::Failed(FailReason::NoStatusReport { qemu_status, last_line }) => match last_line {
-                Some(line) => format!(
-                    "the guest stopped (QEMU status {qemu_status}) without reporting the command's exit status, after `{line}`"
-                ),
-                None => format!("the guest stopped (QEMU status {qemu_status}) without any output"),
-            },
+            Self::Failed(FailReason::NoStatusReport { qemu_status, last_line, panic_line }) => {
+                match panic_line.as_ref().or(last_line.as_ref()) {
+                    Some(line) => format!(
+                        "the guest stopped (QEMU status {qemu_status}) without reporting the command's exit status, after `{line}`"
+                    ),
+                    None => format!("the guest stopped (QEMU status {qemu_status}) without any output"),
+                }
+            }
             Self::TimedOut { after } => format!("timed out after {}s", after.as_secs_f64()),
             Self::Silent { after } => format!("no output for {}s", after.as_secs_f64()),
         }
@@ -138,12 +172,26 @@ impl Judge {
             Exit::Silent(after) => Verdict::Silent { after },
             Exit::Signal(signal) => Verdict::Failed(FailReason::Signal(signal)),
             Exit::StoppedOnSuccess => Verdict::Passed(PassReason::SuccessMarker),
-            Exit::Status(qemu_status) if self.guest_reports_status => {
-                Verdict::Failed(FailReason::NoStatusReport { qemu_status, last_line: outcome.last_line() })
+            Exit::Status(qemu_status) if self.guest_reports_status => Verdict::Failed(FailReason::NoStatusReport {
+                qemu_status,
+                last_line: outcome.last_line(),
+                panic_line: outcome.panic_line.clone(),
+            }),
+            // QEMU cannot tell this failure from a pass by its status: both are 0.
+            Exit::Status(status @ 0) if outcome.finisher == Some(FinisherCommand::Fail { code: 0 }) => {
+                Verdict::Failed(FailReason::FinisherFailure {
+                    status,
+                    last_line: outcome.last_line(),
+                    panic_line: outcome.panic_line.clone(),
+                })
             }
             Exit::Status(status) | Exit::GuestExited(status) => {
                 if !self.success_statuses.contains(&status) {
-                    return Verdict::Failed(FailReason::ExitStatus { status, last_line: outcome.last_line() });
+                    return Verdict::Failed(FailReason::ExitStatus {
+                        status,
+                        last_line: outcome.last_line(),
+                        panic_line: outcome.panic_line.clone(),
+                    });
                 }
                 match &self.success {
                     Some(pattern) if !outcome.success_seen => Verdict::Failed(FailReason::MissingSuccessMarker {
@@ -215,10 +263,83 @@ mod tests {
         assert_eq!(passes, Verdict::Passed(PassReason::ExitStatus(0)));
     }
 
+    fn plain(success_statuses: Vec<i32>) -> Judge {
+        Judge { failure: None, success: None, success_statuses, guest_reports_status: false }
+    }
+
+    #[test]
+    fn the_detail_quotes_the_panic_line_and_its_message_not_the_last_line() {
+        let judge = plain(vec![0]);
+        let lines = [
+            "booting",
+            "panicked at src/main.rs:12:5:",
+            "index out of bounds: the len is 3 but the index is 7",
+            "sepc=0x80200abc scause=0x2",
+            "shutting down",
+        ];
+        let verdict = judge.judge(&outcome(Exit::Status(1), &lines, &judge));
+        assert_eq!(
+            verdict.describe(),
+            "exit status 1 after `panicked at src/main.rs:12:5: index out of bounds: the len is 3 but the index is 7`"
+        );
+        let Verdict::Failed(FailReason::ExitStatus { last_line, .. }) = verdict else { panic!("{verdict:?}") };
+        assert_eq!(last_line.as_deref(), Some("shutting down"), "the last line is still there");
+    }
+
+    #[test]
+    fn recognised_panic_lines_and_only_the_first_one_is_quoted() {
+        for (line, quoted) in [
+            ("PANIC: kernel.c:42: out of memory", "PANIC: kernel.c:42: out of memory"),
+            (
+                "[kernel] Panicked at src/main.rs:40 Shutdown machine!",
+                "[kernel] Panicked at src/main.rs:40 Shutdown machine!",
+            ),
+            ("[    0.52] Kernel panic - not syncing: VFS", "[    0.52] Kernel panic - not syncing: VFS"),
+        ] {
+            let judge = plain(vec![33]);
+            let verdict = judge.judge(&outcome(Exit::Status(35), &["ok", line, "panicked at again", "halt"], &judge));
+            assert_eq!(verdict.describe(), format!("exit status 35 after `{quoted}`"));
+        }
+        let judge = plain(vec![33]);
+        let calm = judge.judge(&outcome(Exit::Status(35), &["no panic here", "last words"], &judge));
+        assert_eq!(calm.describe(), "exit status 35 after `last words`");
+    }
+
+    #[test]
+    fn a_failure_marker_ending_with_a_colon_takes_its_message_line() {
+        let judge = Judge { failure: Some(Regex::new("TEST FAILED").expect("regex")), ..plain(vec![0]) };
+        let verdict = judge.judge(&outcome(Exit::Status(0), &["TEST FAILED:", "  the sum is 54", "more"], &judge));
+        assert_eq!(verdict, Verdict::Failed(FailReason::FailureMarker { line: "TEST FAILED: the sum is 54".into() }));
+    }
+
+    #[test]
+    fn a_finisher_failure_with_code_zero_fails_although_qemu_says_zero() {
+        let judge = plain(vec![0]);
+        let lines = ["PANIC: panicked at src/main.rs:7:5:", "page allocator ran dry", "shutting down"];
+        let mut failed = outcome(Exit::Status(0), &lines, &judge);
+        failed.finisher = Some(FinisherCommand::Fail { code: 0 });
+        let verdict = judge.judge(&failed);
+        assert!(matches!(verdict, Verdict::Failed(FailReason::FinisherFailure { status: 0, .. })), "{verdict:?}");
+        assert!(verdict.describe().ends_with("after `PANIC: panicked at src/main.rs:7:5: page allocator ran dry`"));
+
+        let mut passed = outcome(Exit::Status(0), &["all good"], &judge);
+        passed.finisher = Some(FinisherCommand::Pass);
+        assert_eq!(judge.judge(&passed), Verdict::Passed(PassReason::ExitStatus(0)));
+        // A code QEMU does pass on is judged by the status as before.
+        let mut coded = outcome(Exit::Status(3), &["bad"], &judge);
+        coded.finisher = Some(FinisherCommand::Fail { code: 3 });
+        assert!(matches!(judge.judge(&coded), Verdict::Failed(FailReason::ExitStatus { status: 3, .. })));
+        // Without a trace (another exit device, or QEMU without the log trace backend) status 0 passes.
+        assert!(judge.judge(&outcome(Exit::Status(0), &["fine"], &judge)).is_pass());
+    }
+
     #[test]
     fn other_status_fails_with_the_last_line() {
         let judge = Judge { failure: None, success: None, success_statuses: vec![33], guest_reports_status: false };
         let verdict = judge.judge(&outcome(Exit::Status(3), &["a", "b"], &judge));
-        assert_eq!(verdict, Verdict::Failed(FailReason::ExitStatus { status: 3, last_line: Some("b".into()) }));
+        assert_eq!(
+            verdict,
+            Verdict::Failed(FailReason::ExitStatus { status: 3, last_line: Some("b".into()), panic_line: None })
+        );
     }
 }

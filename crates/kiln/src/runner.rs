@@ -166,6 +166,19 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> C
                     " after its success marker appeared: set `stop-on-success = true` for kernels that never exit",
                 );
             }
+            // A pass by exit status alone, through a firmware that reports failures as passes.
+            if verdict.is_pass()
+                && run.judge.success.is_none()
+                && let Some(caveat) = outcome.pass_caveat()
+            {
+                detail.push_str(&format!(" ({caveat})"));
+            }
+            // A kernel that panics and then idles ends on the timeout; say what it printed.
+            if matches!(verdict, kiln_qemu::Verdict::TimedOut { .. } | kiln_qemu::Verdict::Silent { .. })
+                && let Some(panic) = &outcome.panic_line
+            {
+                detail.push_str(&format!(", after `{panic}`"));
+            }
             CaseResult {
                 label: label.clone(),
                 case: run.case.clone(),
