@@ -46,17 +46,36 @@ fn a_user_xtask_adds_its_own_cached_verb_beside_kilns() {
 fn init_adopts_a_kernel_repository_and_test_passes_after_filling_the_todos() {
     let fixture = repo_root().join("tests/fixtures/bare-kernel");
     let project = Project::copy_of(&fixture);
+    let kernel_files = ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"]
+        .map(|file| std::fs::read_to_string(project.path().join(file)).expect("a fixture file"));
     let kiln_path = repo_root().join("crates/kiln");
     let init = project
         .command_in_dir(&["init", "--kiln-path", kiln_path.to_str().expect("utf-8")])
         .output()
         .expect("init runs");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    for file in
-        ["xtask/Cargo.toml", "xtask/src/main.rs", ".cargo/config.toml", "Kiln.toml", ".github/workflows/kiln.yml"]
-    {
+    let init_log = String::from_utf8_lossy(&init.stderr);
+    assert!(init.status.success(), "{init_log}");
+    for file in [
+        "xtask/Cargo.toml",
+        "xtask/Cargo.lock",
+        "xtask/src/main.rs",
+        "xtask/tool/Cargo.toml",
+        "xtask/tool/src/main.rs",
+        "xtask/tool/rust-toolchain.toml",
+        ".cargo/config.toml",
+        "Kiln.toml",
+        ".github/workflows/kiln.yml",
+    ] {
         assert!(project.path().join(file).is_file(), "init wrote {file}");
     }
+    assert!(init_log.contains("Checked"), "init built the bootstrap with the repository's toolchain: {init_log}");
+    // The kernel's manifest and lock file are untouched; its cargo config only gained the alias.
+    assert_eq!(std::fs::read_to_string(project.path().join("Cargo.toml")).expect("read"), kernel_files[0]);
+    assert_eq!(std::fs::read_to_string(project.path().join("Cargo.lock")).expect("read"), kernel_files[1]);
+    let config = std::fs::read_to_string(project.path().join(".cargo/config.toml")).expect("read");
+    assert!(config.starts_with(&kernel_files[2]) && config.contains("[alias]"), "{config}");
+    let bootstrap = std::fs::read_to_string(project.path().join("xtask/Cargo.toml")).expect("read");
+    assert!(bootstrap.contains("edition = \"2018\"") && bootstrap.contains("[workspace]"), "{bootstrap}");
     let again = project.command_in_dir(&["init"]).output().expect("init runs");
     assert!(String::from_utf8_lossy(&again.stderr).contains("Unchanged"), "a second init changes nothing");
 

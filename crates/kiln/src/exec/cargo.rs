@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use cargo_metadata::{DependencyKind, Message, Metadata, PackageId};
+use super::cargo_json::{DependencyKind, Message, Metadata, PackageId};
 use kiln_store::{Derivation, Entry, InputHash, SourceSet, StatCache, hash_file, hash_source_set};
 
 use super::tool::{tool_command, user_chose_toolchain};
@@ -78,7 +78,7 @@ pub(crate) fn derivation_for(
     stat_cache: &StatCache,
 ) -> anyhow::Result<Derivation> {
     let artifact = &step.artifact;
-    let workspace_root = metadata.workspace_root.clone().into_std_path_buf();
+    let workspace_root = metadata.workspace_root.clone();
     let package =
         metadata.packages.iter().find(|p| p.name.as_str() == artifact.package && p.source.is_none()).with_context(
             || {
@@ -121,7 +121,7 @@ pub(crate) fn derivation_for(
         let Some(local) = metadata.packages.iter().find(|p| p.id == id) else {
             continue;
         };
-        let dir = local.manifest_path.parent().map(|p| p.as_std_path().to_owned()).unwrap_or_default();
+        let dir = local.manifest_path.parent().map(Path::to_owned).unwrap_or_default();
         let set = SourceSet::package_dir_within(&dir, &step.project_root)?;
         let name = format!("source:{}", input_path_name(&dir, &step.project_root));
         drv.input(name, hash_source_set(&set, stat_cache)?);
@@ -340,7 +340,7 @@ pub(super) fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::
                 ArtifactKind::Tests => built.profile.test,
             };
             if wanted {
-                executables.push((built.target.name.clone(), executable.into_std_path_buf()));
+                executables.push((built.target.name.clone(), executable));
             }
         }
     }

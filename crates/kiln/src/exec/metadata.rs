@@ -8,6 +8,7 @@
 //! it: a later change within the same timestamp tick could otherwise go unnoticed.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     process::Stdio,
@@ -15,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use cargo_metadata::Metadata;
+use super::cargo_json::Metadata;
 use kiln_store::FileStamp;
 
 use super::tool::tool_command;
@@ -32,6 +33,18 @@ struct CacheFile {
     json: String,
 }
 
+/// One `cargo metadata` question: a package directory, a target, and the artifact's `env`
+/// (variables such as `CARGO_UNSTABLE_SPARSE_REGISTRY` can decide whether cargo can answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct MetadataQuery<'a> {
+    /// The package directory.
+    pub dir: &'a Path,
+    /// The target triple (or JSON target file).
+    pub triple: &'a str,
+    /// The artifact's environment for cargo.
+    pub env: &'a BTreeMap<String, String>,
+}
+
 /// `cargo metadata` answers for one package directory and target.
 #[derive(Debug)]
 pub(crate) struct MetadataAnswer {
@@ -44,14 +57,16 @@ pub(crate) struct MetadataAnswer {
 impl MetadataAnswer {
     /// Parses the JSON.
     pub fn parse(&self) -> anyhow::Result<Metadata> {
-        cargo_metadata::MetadataCommand::parse(&self.json).context("`cargo metadata` printed unexpected JSON")
+        Metadata::parse(&self.json).context("`cargo metadata` printed unexpected JSON")
     }
 }
 
-/// Runs `cargo metadata --filter-platform TRIPLE` in `dir`.
-pub(crate) fn run_cargo_metadata(dir: &Path, triple: &str) -> anyhow::Result<String> {
+/// Runs `cargo metadata --filter-platform TRIPLE` in the query's directory, with its `env`.
+pub(crate) fn run_cargo_metadata(query: MetadataQuery<'_>) -> anyhow::Result<String> {
+    let MetadataQuery { dir, triple, env } = query;
     let output = tool_command("cargo", dir)
         .args(["metadata", "--format-version", "1", "--filter-platform", triple])
+        .envs(env)
         .stderr(Stdio::piped())
         .output()
         .with_context(|| format!("failed to run `cargo metadata` in `{}`", dir.display()))?;
@@ -73,21 +88,25 @@ impl MetadataCache {
         Self { dir }
     }
 
-    fn file(&self, dir: &Path, triple: &str) -> PathBuf {
-        let key = blake3::hash(format!("{}\0{triple}", dir.display()).as_bytes());
+    fn file(&self, query: MetadataQuery<'_>) -> PathBuf {
+        let mut key = format!("{}\0{}", query.dir.display(), query.triple);
+        for (name, value) in query.env {
+            key.push_str(&format!("\0{name}={value}"));
+        }
+        let key = blake3::hash(key.as_bytes());
         self.dir.join(format!("{}.json", &key.to_hex()[..24]))
     }
 
     /// The cached answer when every watched file is as it was, else a fresh one.
-    pub fn get(&self, dir: &Path, triple: &str) -> anyhow::Result<MetadataAnswer> {
-        if let Some(cached) = self.load(dir, triple) {
+    pub fn get(&self, query: MetadataQuery<'_>) -> anyhow::Result<MetadataAnswer> {
+        if let Some(cached) = self.load(query) {
             return Ok(MetadataAnswer { json: cached.json, cached_with_rustc: Some(cached.rustc) });
         }
-        Ok(MetadataAnswer { json: run_cargo_metadata(dir, triple)?, cached_with_rustc: None })
+        Ok(MetadataAnswer { json: run_cargo_metadata(query)?, cached_with_rustc: None })
     }
 
-    fn load(&self, dir: &Path, triple: &str) -> Option<CacheFile> {
-        let text = fs::read_to_string(self.file(dir, triple)).ok()?;
+    fn load(&self, query: MetadataQuery<'_>) -> Option<CacheFile> {
+        let text = fs::read_to_string(self.file(query)).ok()?;
         let cached: CacheFile = serde_json::from_str(&text).ok()?;
         let unchanged = cached.version == CACHE_VERSION
             && cached.watched.iter().all(|(path, stamp)| FileStamp::of_path(path).as_ref() == stamp.as_ref());
@@ -96,9 +115,9 @@ impl MetadataCache {
 
     /// Remembers a fresh answer made with `rustc` (the `rustc -vV` text). Failures to write
     /// only cost speed, so they are ignored.
-    pub fn store(&self, dir: &Path, triple: &str, json: &str, rustc: &str) {
-        let Ok(metadata) = cargo_metadata::MetadataCommand::parse(json) else { return };
-        let watched_paths = watched_files(dir, &metadata);
+    pub fn store(&self, query: MetadataQuery<'_>, json: &str, rustc: &str) {
+        let Ok(metadata) = Metadata::parse(json) else { return };
+        let watched_paths = watched_files(query.dir, &metadata);
         let now = SystemTime::now();
         let mut watched = Vec::new();
         for path in watched_paths {
@@ -113,7 +132,7 @@ impl MetadataCache {
         if fs::create_dir_all(&self.dir).is_err() {
             return;
         }
-        let target = self.file(dir, triple);
+        let target = self.file(query);
         let temp = target.with_extension(format!("tmp{}", std::process::id()));
         if fs::write(&temp, text).is_ok() && fs::rename(&temp, &target).is_err() {
             let _ = fs::remove_file(&temp);
@@ -124,12 +143,12 @@ impl MetadataCache {
 /// Every file whose change can change the answer: local manifests, the workspace manifest
 /// and lock file, and cargo config and toolchain files where cargo would look (present or not).
 fn watched_files(dir: &Path, metadata: &Metadata) -> Vec<PathBuf> {
-    let root = metadata.workspace_root.as_std_path();
+    let root = metadata.workspace_root.as_path();
     let mut files: Vec<PathBuf> = metadata
         .packages
         .iter()
         .filter(|p| p.source.is_none())
-        .map(|p| p.manifest_path.clone().into_std_path_buf())
+        .map(|p| p.manifest_path.clone())
         .collect();
     files.push(root.join("Cargo.toml"));
     files.push(root.join("Cargo.lock"));
@@ -177,32 +196,33 @@ mod tests {
         fs::write(dir.join("Cargo.toml"), "[package]\nname = \"p\"\nedition = \"2021\"\n").expect("write");
         fs::write(dir.join("src/main.rs"), "fn main() {}\n").expect("write");
         let cache = MetadataCache::new(dir.join("cache"));
-        let triple = "x86_64-unknown-linux-gnu";
+        let env = BTreeMap::new();
+        let query = MetadataQuery { dir, triple: "x86_64-unknown-linux-gnu", env: &env };
 
-        let fresh = cache.get(dir, triple).expect("metadata");
+        let fresh = cache.get(query).expect("metadata");
         assert_eq!(fresh.cached_with_rustc, None);
         // Files changed moments ago are not trusted to a stamp: nothing is cached yet.
-        cache.store(dir, triple, &fresh.json, "rustc x");
-        assert_eq!(cache.get(dir, triple).expect("metadata").cached_with_rustc, None);
+        cache.store(query, &fresh.json, "rustc x");
+        assert_eq!(cache.get(query).expect("metadata").cached_with_rustc, None);
 
         age(&dir.join("Cargo.toml"));
         age(&dir.join("Cargo.lock"));
-        cache.store(dir, triple, &fresh.json, "rustc x");
-        let cached = cache.get(dir, triple).expect("metadata");
+        cache.store(query, &fresh.json, "rustc x");
+        let cached = cache.get(query).expect("metadata");
         assert_eq!(cached.cached_with_rustc.as_deref(), Some("rustc x"));
         assert_eq!(cached.parse().expect("parse").packages[0].name.as_str(), "p");
 
         fs::write(dir.join("Cargo.toml"), "[package]\nname = \"q\"\nedition = \"2021\"\n").expect("write");
         age(&dir.join("Cargo.toml"));
-        let changed = cache.get(dir, triple).expect("metadata");
+        let changed = cache.get(query).expect("metadata");
         assert_eq!(changed.cached_with_rustc, None, "an edited manifest invalidates the answer");
         assert_eq!(changed.parse().expect("parse").packages[0].name.as_str(), "q");
 
         fs::create_dir_all(dir.join(".cargo")).expect("mkdir");
         age(&dir.join("Cargo.lock"));
-        cache.store(dir, triple, &changed.json, "rustc x");
-        assert!(cache.get(dir, triple).expect("metadata").cached_with_rustc.is_some());
+        cache.store(query, &changed.json, "rustc x");
+        assert!(cache.get(query).expect("metadata").cached_with_rustc.is_some());
         fs::write(dir.join(".cargo/config.toml"), "").expect("write");
-        assert_eq!(cache.get(dir, triple).expect("metadata").cached_with_rustc, None, "a new config file counts");
+        assert_eq!(cache.get(query).expect("metadata").cached_with_rustc, None, "a new config file counts");
     }
 }

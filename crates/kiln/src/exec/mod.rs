@@ -9,6 +9,7 @@
 
 mod agent;
 mod cargo;
+pub(crate) mod cargo_json;
 mod fetch;
 mod image;
 mod kernel;
@@ -370,16 +371,19 @@ impl Executor {
     pub(crate) fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
         let dirs: BTreeSet<&PathBuf> = steps.iter().map(|s| &s.artifact.dir).collect();
         self.provision_toolchains(&dirs)?;
-        let queries: BTreeSet<(&PathBuf, &str)> = steps.iter().map(|s| (&s.artifact.dir, s.triple.as_str())).collect();
+        fn query(step: &BuildStep) -> metadata::MetadataQuery<'_> {
+            metadata::MetadataQuery { dir: step.artifact.dir.as_path(), triple: step.triple.as_str(), env: &step.artifact.env }
+        }
+        let queries: BTreeSet<metadata::MetadataQuery<'_>> = steps.iter().map(query).collect();
         let cache = metadata::MetadataCache::new(self.work_dir().join("cache/cargo-metadata"));
         let (hosts, answers) = std::thread::scope(|scope| {
             let hosts: Vec<_> =
                 dirs.iter().map(|dir| (*dir, scope.spawn(move || cargo::CargoHost::probe(dir)))).collect();
             let answers: Vec<_> = queries
                 .iter()
-                .map(|(dir, triple)| {
+                .map(|query| {
                     let cache = &cache;
-                    ((*dir, *triple), scope.spawn(move || cache.get(dir, triple)))
+                    (*query, scope.spawn(move || cache.get(*query)))
                 })
                 .collect();
             let hosts = hosts
@@ -393,32 +397,32 @@ impl Executor {
             anyhow::Ok((hosts?, answers?))
         })?;
         let mut parsed = BTreeMap::new();
-        for ((dir, triple), answer) in answers {
-            let rustc = &hosts[dir].rustc_version;
+        for (query, answer) in answers {
+            let rustc = &hosts[&query.dir.to_path_buf()].rustc_version;
             let json = match answer.cached_with_rustc {
                 Some(cached) if cached == *rustc => answer.json,
                 Some(_) => {
-                    let fresh = metadata::run_cargo_metadata(dir, triple)?;
-                    cache.store(dir, triple, &fresh, rustc);
+                    let fresh = metadata::run_cargo_metadata(query)?;
+                    cache.store(query, &fresh, rustc);
                     fresh
                 }
                 None => {
-                    cache.store(dir, triple, &answer.json, rustc);
+                    cache.store(query, &answer.json, rustc);
                     answer.json
                 }
             };
             let metadata = metadata::MetadataAnswer { json, cached_with_rustc: None }.parse()?;
-            parsed.insert((dir, triple), metadata);
+            parsed.insert(query, metadata);
         }
         for step in steps {
-            check_package(step, &parsed[&(&step.artifact.dir, step.triple.as_str())])?;
+            check_package(step, &parsed[&query(step)])?;
         }
         let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
         let derivations = steps
             .iter()
             .map(|step| {
                 let host = &hosts[&step.artifact.dir];
-                let metadata = &parsed[&(&step.artifact.dir, step.triple.as_str())];
+                let metadata = &parsed[&query(step)];
                 cargo::derivation_for(step, host, metadata, &stat_cache)
                     .with_context(|| format!("cannot compute the closure of {}", step.key))
             })
@@ -540,7 +544,7 @@ pub(crate) fn image_derivations(
 
 /// An [`UnknownPackage`] error when the artifact's package is not a local package of the
 /// cargo workspace.
-fn check_package(step: &BuildStep, metadata: &cargo_metadata::Metadata) -> anyhow::Result<()> {
+fn check_package(step: &BuildStep, metadata: &cargo_json::Metadata) -> anyhow::Result<()> {
     let artifact = &step.artifact;
     let local: Vec<String> =
         metadata.packages.iter().filter(|p| p.source.is_none()).map(|p| p.name.to_string()).collect();
@@ -550,7 +554,7 @@ fn check_package(step: &BuildStep, metadata: &cargo_metadata::Metadata) -> anyho
     Err(UnknownPackage {
         artifact: artifact.name.clone(),
         package: artifact.package.clone(),
-        workspace: metadata.workspace_root.to_string(),
+        workspace: metadata.workspace_root.display().to_string(),
         local,
     }
     .into())

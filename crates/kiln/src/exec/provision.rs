@@ -137,6 +137,19 @@ pub(crate) fn toolchain_file(dir: &Path) -> Option<(String, PathBuf)> {
     None
 }
 
+/// Whether a cargo config file that applies in `dir` sets `[unstable] build-std` (cargo then
+/// builds the standard library from source, which needs `rust-src`).
+pub(crate) fn cargo_config_builds_std(dir: &Path) -> bool {
+    dir.ancestors().any(|ancestor| {
+        ["config.toml", "config"].iter().any(|name| {
+            std::fs::read_to_string(ancestor.join(".cargo").join(name))
+                .ok()
+                .and_then(|text| text.parse::<toml::Table>().ok())
+                .is_some_and(|table| table.get("unstable").is_some_and(|u| u.get("build-std").is_some()))
+        })
+    })
+}
+
 /// Whether a channel floats (moves from day to day), so builds with it are not reproducible.
 pub(crate) fn is_floating(channel: &str) -> bool {
     matches!(channel, "nightly" | "beta") || channel.starts_with("nightly-x86") || channel.starts_with("beta-x86")
@@ -166,7 +179,9 @@ pub(crate) fn host_needs(runs: &[plan::CaseRun], builds: &[plan::BuildStep]) -> 
         let toolchain = check_toolchain(dir);
         if toolchain.is_empty() {
             missing.extend(check_targets(dir, triples));
-            if builds.iter().any(|s| s.artifact.dir == *dir && s.artifact.build_std.is_some()) {
+            if builds.iter().any(|s| s.artifact.dir == *dir && s.artifact.build_std.is_some())
+                || cargo_config_builds_std(dir)
+            {
                 missing.extend(check_rust_src(dir));
             }
         }

@@ -134,10 +134,10 @@ fn kernels(root: &Path) -> anyhow::Result<Vec<Kernel>> {
     if !output.status.success() {
         bail!("`cargo metadata` failed in `{}`: {}", root.display(), String::from_utf8_lossy(&output.stderr).trim());
     }
-    let metadata = cargo_metadata::MetadataCommand::parse(String::from_utf8_lossy(&output.stdout).as_ref())?;
+    let metadata = crate::exec::cargo_json::Metadata::parse(String::from_utf8_lossy(&output.stdout).as_ref())?;
     let mut kernels = Vec::new();
     for package in &metadata.packages {
-        let dir = package.manifest_path.parent().map(|p| p.as_std_path().to_owned()).unwrap_or_default();
+        let dir = package.manifest_path.parent().map(Path::to_owned).unwrap_or_default();
         if dir.starts_with(root.join(super::XTASK_DIR)) || !package.targets.iter().any(|t| t.is_bin() || t.is_test()) {
             continue;
         }
@@ -152,7 +152,7 @@ fn kernels(root: &Path) -> anyhow::Result<Vec<Kernel>> {
             .dependencies
             .iter()
             .find(|dep| dep.name == "bootloader")
-            .map(|dep| dep.req.to_string().trim_start_matches(['^', '=', '~']).to_owned());
+            .map(|dep| dep.req.trim_start_matches(['^', '=', '~']).to_owned());
         kernels.push(Kernel {
             package: package.name.to_string(),
             dir: if relative.is_empty() { ".".to_owned() } else { relative },
