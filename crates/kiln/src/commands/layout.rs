@@ -64,6 +64,8 @@ pub(crate) fn tool_manifest(kiln_path: Option<&Path>, features: &[&str]) -> Stri
          # first build takes about a fifth less time.\n\
          [profile.dev]\n\
          debug = false\n\
+         debug-assertions = false\n\
+         overflow-checks = false\n\
          incremental = false\n"
     )
 }
