@@ -67,6 +67,9 @@ pub(crate) fn lower(
                 let (built, substituted) = Realised::provenance([&artifact.outcome]);
                 for image in &artifact.images {
                     let mut run = run.clone();
+                    if artifact.disk {
+                        run.machine.boot = kiln_qemu::BootMethod::Disk;
+                    }
                     if *tests {
                         run.case = format!("{}[{}]", run.case, image.name);
                     }

@@ -206,7 +206,7 @@ pub(crate) fn images_in(entry: &Entry, format: ImageFormat) -> anyhow::Result<Ve
         let path = file?.path();
         let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let wanted = match format {
-            ImageFormat::Elf => (!file_name.ends_with(".bin")).then_some(file_name),
+            ImageFormat::Elf | ImageFormat::Bootimage => (!file_name.ends_with(".bin")).then_some(file_name),
             ImageFormat::Raw => file_name.strip_suffix(".bin"),
         };
         if let Some(name) = wanted {
