@@ -78,19 +78,17 @@ impl Bootloader {
         }
         let manifest = resolved.manifest_path.clone().into_std_path_buf();
         let root = manifest.parent().map(Path::to_owned).unwrap_or_default();
-        let target = resolved
-            .metadata
-            .get("bootloader")
-            .and_then(|b| b.get("target"))
-            .and_then(|t| t.as_str())
-            .with_context(|| {
-                format!(
-                    "bootloader {} has no `[package.metadata.bootloader] target` in `{}`; kiln needs bootloader \
+        let target =
+            resolved.metadata.get("bootloader").and_then(|b| b.get("target")).and_then(|t| t.as_str()).with_context(
+                || {
+                    format!(
+                        "bootloader {} has no `[package.metadata.bootloader] target` in `{}`; kiln needs bootloader \
                      0.5.1 or newer",
-                    resolved.version,
-                    manifest.display()
-                )
-            })?;
+                        resolved.version,
+                        manifest.display()
+                    )
+                },
+            )?;
         let mut features: Vec<String> = resolve
             .nodes
             .iter()
@@ -153,8 +151,7 @@ pub(crate) fn build(
     quiet: bool,
 ) -> anyhow::Result<()> {
     let target_dir = work_dir.join("bootimage").join(format!("bootloader-{}", bootloader.version));
-    let target_name =
-        bootloader.target_spec.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let target_name = bootloader.target_spec.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     for kernel in kernels {
         let mut command = tool_command("cargo", kernel_dir);
         command

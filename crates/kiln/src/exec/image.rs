@@ -184,9 +184,8 @@ mod tests {
         elf[60..62].copy_from_slice(&3u16.to_le_bytes()); // e_shnum
         let mut sections = vec![0u8; 3 * 64];
         let alloc = u64::from(object::elf::SHF_ALLOC);
-        for (i, (kind, offset, size)) in [(object::elf::SHT_PROGBITS, data, 4u64), (object::elf::SHT_NOBITS, data + 4, 64)]
-            .into_iter()
-            .enumerate()
+        for (i, (kind, offset, size)) in
+            [(object::elf::SHT_PROGBITS, data, 4u64), (object::elf::SHT_NOBITS, data + 4, 64)].into_iter().enumerate()
         {
             let sh = (i + 1) * 64;
             sections[sh + 4..sh + 8].copy_from_slice(&kind.to_le_bytes());

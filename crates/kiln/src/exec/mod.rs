@@ -379,17 +379,16 @@ impl Executor {
                     let what = format!("{} disk images", step.key);
                     let how = format!("with bootloader {}", bootloader.version);
                     let name = format!("{}-bootimage", step.key.store_name());
-                    let (disks, disk_outcome) =
-                        self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| {
-                            bootimage::build(
-                                bootloader,
-                                &kernels,
-                                &step.artifact.dir,
-                                self.work_dir(),
-                                out,
-                                self.settings.quiet_cargo,
-                            )
-                        })?;
+                    let (disks, disk_outcome) = self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| {
+                        bootimage::build(
+                            bootloader,
+                            &kernels,
+                            &step.artifact.dir,
+                            self.work_dir(),
+                            out,
+                            self.settings.quiet_cargo,
+                        )
+                    })?;
                     // Built now when either half was: the boots then count as fresh.
                     let outcome = if matches!(outcome, BuildOutcome::Built { .. }) { outcome } else { disk_outcome };
                     let images = bootimage::images_in(&disks.out_dir())?;
