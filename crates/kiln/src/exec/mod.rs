@@ -378,7 +378,7 @@ impl Executor {
                 Some((bootloader, drv)) => {
                     let what = format!("{} disk images", step.key);
                     let how = format!("with bootloader {}", bootloader.version);
-                    let name = format!("{}-bootimage", step.key.store_name());
+                    let name = disk_image_entry_name(step);
                     let (disks, disk_outcome) = self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| {
                         bootimage::build(
                             bootloader,
@@ -400,8 +400,9 @@ impl Executor {
         Ok(built)
     }
 
-    /// Each step's derivation: the cargo build's, and for `image = "bootimage"` the
-    /// bootloader's (whose closure holds the cargo build's).
+    /// Each step's final derivation: the cargo build's, or for `image = "bootimage"` the disk
+    /// images' (whose closure holds the cargo build's); its entry's name is
+    /// [`final_entry_name`].
     pub(crate) fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
         Ok(self.step_derivations(steps)?.into_iter().map(|d| d.disk.map_or(d.cargo, |(_, disk)| disk)).collect())
     }
@@ -490,7 +491,7 @@ impl Executor {
             closures.push((step.key.store_name(), drvs.cargo.closure_hash()));
             let last = match &drvs.disk {
                 Some((_, disk)) => {
-                    closures.push((format!("{}-bootimage", step.key.store_name()), disk.closure_hash()));
+                    closures.push((disk_image_entry_name(step), disk.closure_hash()));
                     disk
                 }
                 None => &drvs.cargo,
@@ -569,6 +570,22 @@ impl Executor {
             missing.extend(provision::check_toolchain(dir));
         }
         self.ensure(missing)
+    }
+}
+
+/// The name the store records the disk images of a `bootimage` step under (the cargo
+/// build's entry keeps the step's own name).
+fn disk_image_entry_name(step: &BuildStep) -> String {
+    format!("{}-bootimage", step.key.store_name())
+}
+
+/// The name the store records the entry of [`Executor::derivations`]'s derivation of `step`
+/// under: the disk images' for `image = "bootimage"`, else the cargo build's.
+pub(crate) fn final_entry_name(step: &BuildStep) -> String {
+    if step.artifact.image == crate::config::ImageFormat::Bootimage {
+        disk_image_entry_name(step)
+    } else {
+        step.key.store_name()
     }
 }
 
