@@ -72,4 +72,10 @@ fn blog_os_test_kernels_boot_from_bootloader_0_9_disk_images() {
     );
     let log = std::fs::read_to_string(&failed.log).expect("the case's log");
     assert!(log.contains("this test fails on purpose"), "the panic is in the log:\n{log}");
+
+    // Unchanged sources: the kernels and their disk images come from the store.
+    let again = project.test(&["-q", "--accel", "tcg", "boot"]);
+    assert_eq!(again.store.built, 0, "nothing is rebuilt: {:?}", again.store);
+    let result = again.get("boot[basic_boot]", Arch::X86_64).expect("boot[basic_boot] ran again");
+    assert_eq!(result.status, CaseStatus::Passed, "{}", result.detail);
 }
