@@ -4,6 +4,7 @@
 mod action;
 mod action_sim;
 mod adoption;
+mod bootloader;
 mod config_errors;
 mod example;
 mod fixtures;

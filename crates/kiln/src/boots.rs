@@ -67,6 +67,14 @@ pub(crate) fn lower(
                 let (built, substituted) = Realised::provenance([&artifact.outcome]);
                 for image in &artifact.images {
                     let mut run = run.clone();
+                    if artifact.disk {
+                        run.machine.boot = kiln_qemu::BootMethod::Disk;
+                        // bootloader 0.9 images hang before the kernel on q35 (kiln's x86_64
+                        // default) and boot on `pc`, the machine bootimage's QEMU command uses.
+                        if run.machine.name == Arch::X86_64.as_str() && run.machine.machine_type == "q35" {
+                            run.machine.machine_type = "pc".to_owned();
+                        }
+                    }
                     if *tests {
                         run.case = format!("{}[{}]", run.case, image.name);
                     }

@@ -214,6 +214,9 @@ pub enum ImageFormat {
     /// A flat binary of the ELF's loadable segments from the lowest physical address
     /// (`objcopy -O binary`), for boards that load raw images.
     Raw,
+    /// A BIOS disk image made with the `bootloader` crate 0.9 around the ELF, as the
+    /// `bootimage` tool makes it; booted as a disk.
+    Bootimage,
 }
 
 /// `[machine.NAME]`: overrides of a built-in QEMU profile.

@@ -70,7 +70,7 @@ fn local_closure(metadata: &Metadata, root: &PackageId, with_dev: bool) -> Vec<P
 }
 
 /// Computes the derivation of a build step: its settings and the hash of every input.
-/// `metadata` is [`cargo_metadata`] for the step's directory and triple.
+/// `metadata` is `cargo metadata` for the step's directory and triple.
 pub(crate) fn derivation_for(
     step: &BuildStep,
     host: &CargoHost,
@@ -206,7 +206,7 @@ pub(crate) fn images_in(entry: &Entry, format: ImageFormat) -> anyhow::Result<Ve
         let path = file?.path();
         let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let wanted = match format {
-            ImageFormat::Elf => (!file_name.ends_with(".bin")).then_some(file_name),
+            ImageFormat::Elf | ImageFormat::Bootimage => (!file_name.ends_with(".bin")).then_some(file_name),
             ImageFormat::Raw => file_name.strip_suffix(".bin"),
         };
         if let Some(name) = wanted {

@@ -44,6 +44,8 @@ impl Metadata {
 pub(crate) struct Package {
     /// Its name.
     pub name: String,
+    /// Its version.
+    pub version: String,
     /// Its id.
     pub id: PackageId,
     /// Where it comes from; `None` for a local (path) package.
@@ -60,6 +62,9 @@ pub(crate) struct Package {
     /// `[package.metadata]`.
     #[serde(default)]
     pub metadata: serde_json::Value,
+    /// Its `[features]`.
+    #[serde(default)]
+    pub features: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// A declared dependency.
@@ -67,6 +72,9 @@ pub(crate) struct Package {
 pub(crate) struct Dependency {
     /// The package it names.
     pub name: String,
+    /// The name it is used under, when renamed.
+    #[serde(default)]
+    pub rename: Option<String>,
     /// Its version requirement.
     pub req: String,
 }
@@ -108,11 +116,16 @@ pub(crate) struct Node {
     /// What it depends on.
     #[serde(default)]
     pub deps: Vec<NodeDep>,
+    /// Its enabled features.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// An edge of the graph.
 #[derive(Clone, Debug, Deserialize)]
 pub(crate) struct NodeDep {
+    /// The name the dependency is used under in code.
+    pub name: String,
     /// The package depended on.
     pub pkg: PackageId,
     /// How (normal, dev, build; per platform).

@@ -8,6 +8,7 @@
 //! (`Built`, `Cached`, `Substituted`, `Fetched`) through one event.
 
 mod agent;
+mod bootimage;
 mod cargo;
 pub(crate) mod cargo_json;
 mod fetch;
@@ -60,6 +61,8 @@ pub(crate) struct BuiltArtifact {
     pub images: Vec<BootImage>,
     /// How the store served it.
     pub outcome: BuildOutcome,
+    /// Whether its images are disk images (booted with `-drive`, not `-kernel`).
+    pub disk: bool,
 }
 
 impl BuiltArtifact {
@@ -334,41 +337,80 @@ impl Executor {
 
     /// Builds every step that the store lacks and returns all of them.
     pub(crate) fn realise_builds(&self, steps: &[BuildStep]) -> anyhow::Result<BTreeMap<BuildKey, BuiltArtifact>> {
-        let derivations = self.derivations(steps)?;
+        let derivations = self.step_derivations(steps)?;
         let mut missing_targets: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
-        for (step, drv) in steps.iter().zip(&derivations) {
-            if self.store.lookup(&drv.closure_hash())?.is_none() {
+        let mut missing_disks = BTreeSet::new();
+        for (step, drvs) in steps.iter().zip(&derivations) {
+            if self.store.lookup(&drvs.cargo.closure_hash())?.is_none() {
                 missing_targets.entry(step.artifact.dir.clone()).or_default().insert(step.triple.clone());
+            }
+            if let Some((_, disk)) = &drvs.disk
+                && self.store.lookup(&disk.closure_hash())?.is_none()
+            {
+                missing_disks.insert(step.artifact.dir.clone());
             }
         }
         let mut missing: Vec<Missing> =
             missing_targets.iter().flat_map(|(dir, targets)| provision::check_targets(dir, targets)).collect();
         for step in steps.iter().filter(|s| s.artifact.build_std.is_some()) {
             if missing_targets.contains_key(&step.artifact.dir) {
-                missing.extend(provision::check_rust_src(&step.artifact.dir));
+                missing.extend(provision::check_component(&step.artifact.dir, "rust-src"));
             }
+        }
+        for dir in &missing_disks {
+            missing.extend(provision::check_component(dir, "rust-src"));
+            missing.extend(provision::check_component(dir, "llvm-tools"));
         }
         self.ensure(missing)?;
         if !missing_targets.is_empty() {
             self.warn_environment_rustflags(missing_targets.keys());
         }
         let mut built = BTreeMap::new();
-        for (step, drv) in steps.iter().zip(&derivations) {
+        for (step, drvs) in steps.iter().zip(&derivations) {
             let what = step.key.to_string();
             let how = format!("for {}", step.triple);
             let (entry, outcome) =
-                self.entry(drv, &step.key.store_name(), &what, EntryKind::Build, Some(&how), |out| {
+                self.entry(&drvs.cargo, &step.key.store_name(), &what, EntryKind::Build, Some(&how), |out| {
                     cargo::cargo_build(step, out, self.settings.quiet_cargo)
                 })?;
-            let images = images_in(&entry, step.artifact.image)?;
-            built.insert(step.key.clone(), BuiltArtifact { closure: entry.closure, images, outcome });
+            let kernels = images_in(&entry, step.artifact.image)?;
+            let artifact = match &drvs.disk {
+                None => BuiltArtifact { closure: entry.closure, images: kernels, outcome, disk: false },
+                Some((bootloader, drv)) => {
+                    let what = format!("{} disk images", step.key);
+                    let how = format!("with bootloader {}", bootloader.version);
+                    let name = disk_image_entry_name(step);
+                    let (disks, disk_outcome) = self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| {
+                        bootimage::build(
+                            bootloader,
+                            &kernels,
+                            &step.artifact.dir,
+                            self.work_dir(),
+                            out,
+                            self.settings.quiet_cargo,
+                        )
+                    })?;
+                    // Built now when either half was: the boots then count as fresh.
+                    let outcome = if matches!(outcome, BuildOutcome::Built { .. }) { outcome } else { disk_outcome };
+                    let images = bootimage::images_in(&disks.out_dir())?;
+                    BuiltArtifact { closure: disks.closure, images, outcome, disk: true }
+                }
+            };
+            built.insert(step.key.clone(), artifact);
         }
         Ok(built)
     }
 
-    /// Computes each step's derivation. The cargo and rustc queries behind them run at once,
-    /// one per package directory and target, since they dominate a fully cached run.
+    /// Each step's final derivation: the cargo build's, or for `image = "bootimage"` the disk
+    /// images' (whose closure holds the cargo build's); its entry's name is
+    /// [`final_entry_name`].
     pub(crate) fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
+        Ok(self.step_derivations(steps)?.into_iter().map(|d| d.disk.map_or(d.cargo, |(_, disk)| disk)).collect())
+    }
+
+    /// Computes each step's derivations. The cargo and rustc queries behind them run at once,
+    /// one per package directory and target, since they dominate a fully cached run.
+    fn step_derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<StepDerivations>> {
         let dirs: BTreeSet<&PathBuf> = steps.iter().map(|s| &s.artifact.dir).collect();
         self.provision_toolchains(&dirs)?;
         fn query(step: &BuildStep) -> metadata::MetadataQuery<'_> {
@@ -423,8 +465,19 @@ impl Executor {
             .map(|step| {
                 let host = &hosts[&step.artifact.dir];
                 let metadata = &parsed[&query(step)];
-                cargo::derivation_for(step, host, metadata, &stat_cache)
-                    .with_context(|| format!("cannot compute the closure of {}", step.key))
+                let cargo = cargo::derivation_for(step, host, metadata, &stat_cache)
+                    .with_context(|| format!("cannot compute the closure of {}", step.key))?;
+                let disk = if step.artifact.image == crate::config::ImageFormat::Bootimage {
+                    let bootloader =
+                        bootimage::Bootloader::of_package(metadata, &step.artifact.package, &step.artifact.name)?;
+                    let drv =
+                        bootimage::derivation(cargo.closure_hash(), &bootloader, &host.rustc_version, &stat_cache)
+                            .with_context(|| format!("cannot compute the closure of {}'s disk images", step.key))?;
+                    Some((bootloader, drv))
+                } else {
+                    None
+                };
+                Ok(StepDerivations { cargo, disk })
             })
             .collect();
         if let Err(err) = stat_cache.save() {
@@ -435,12 +488,19 @@ impl Executor {
 
     /// Every closure a plan needs (builds, fetches, kernels, rootfs images), without building.
     pub(crate) fn closures(&self, plan: &Plan) -> anyhow::Result<Vec<(String, ClosureHash)>> {
-        let derivations = self.derivations(&plan.builds)?;
+        let derivations = self.step_derivations(&plan.builds)?;
         let mut closures = Vec::new();
         let mut artifacts = BTreeMap::new();
-        for (step, drv) in plan.builds.iter().zip(&derivations) {
-            artifacts.insert(step.key.clone(), drv.closure_hash());
-            closures.push((step.key.store_name(), drv.closure_hash()));
+        for (step, drvs) in plan.builds.iter().zip(&derivations) {
+            closures.push((step.key.store_name(), drvs.cargo.closure_hash()));
+            let last = match &drvs.disk {
+                Some((_, disk)) => {
+                    closures.push((disk_image_entry_name(step), disk.closure_hash()));
+                    disk
+                }
+                None => &drvs.cargo,
+            };
+            artifacts.insert(step.key.clone(), last.closure_hash());
         }
         for step in &plan.fetches {
             closures.push((format!("fetch-{}", step.fetch.name), fetch::derivation(&step.fetch).closure_hash()));
@@ -515,6 +575,30 @@ impl Executor {
         }
         self.ensure(missing)
     }
+}
+
+/// The name the store records the disk images of a `bootimage` step under (the cargo
+/// build's entry keeps the step's own name).
+fn disk_image_entry_name(step: &BuildStep) -> String {
+    format!("{}-bootimage", step.key.store_name())
+}
+
+/// The name the store records the entry of [`Executor::derivations`]'s derivation of `step`
+/// under: the disk images' for `image = "bootimage"`, else the cargo build's.
+pub(crate) fn final_entry_name(step: &BuildStep) -> String {
+    if step.artifact.image == crate::config::ImageFormat::Bootimage {
+        disk_image_entry_name(step)
+    } else {
+        step.key.store_name()
+    }
+}
+
+/// A build step's derivations: the cargo build, and the disk images made around it.
+struct StepDerivations {
+    /// The cargo build's.
+    cargo: Derivation,
+    /// For `image = "bootimage"`: the bootloader and the images' derivation.
+    disk: Option<(bootimage::Bootloader, Derivation)>,
 }
 
 /// The derivations of the images, given the fetches they read and the closures of the

@@ -168,7 +168,8 @@ pub(crate) fn floating_channel_warning(dir: &Path) -> Option<String> {
 }
 
 /// What the host lacks to build `builds` and boot `runs`: QEMU and firmware per machine; per
-/// package directory its toolchain, or, once that is there, its targets and `rust-src`.
+/// package directory its toolchain, or, once that is there, its targets, `rust-src` and for
+/// bootloader images `llvm-tools` (bootloader 0.9's build script runs its `llvm-objcopy`).
 pub(crate) fn host_needs(runs: &[plan::CaseRun], builds: &[plan::BuildStep]) -> Vec<Missing> {
     let mut missing: Vec<Missing> = runs.iter().flat_map(|run| check_machine(&run.machine)).collect();
     let mut targets: std::collections::BTreeMap<&Path, BTreeSet<String>> = std::collections::BTreeMap::new();
@@ -179,10 +180,13 @@ pub(crate) fn host_needs(runs: &[plan::CaseRun], builds: &[plan::BuildStep]) -> 
         let toolchain = check_toolchain(dir);
         if toolchain.is_empty() {
             missing.extend(check_targets(dir, triples));
-            if builds.iter().any(|s| s.artifact.dir == *dir && s.artifact.build_std.is_some())
-                || cargo_config_builds_std(dir)
-            {
-                missing.extend(check_rust_src(dir));
+            let here = || builds.iter().filter(|s| s.artifact.dir == *dir);
+            let disk_images = here().any(|s| s.artifact.image == crate::config::ImageFormat::Bootimage);
+            if disk_images || here().any(|s| s.artifact.build_std.is_some()) || cargo_config_builds_std(dir) {
+                missing.extend(check_component(dir, "rust-src"));
+            }
+            if disk_images {
+                missing.extend(check_component(dir, "llvm-tools"));
             }
         }
         missing.extend(toolchain);
@@ -206,15 +210,15 @@ pub(crate) fn check_toolchain(dir: &Path) -> Vec<Missing> {
     if installed { Vec::new() } else { vec![Missing::Toolchain { channel, dir: dir.to_owned() }] }
 }
 
-/// `rust-src`, when the toolchain in `dir` lacks it (needed by `build-std`).
-pub(crate) fn check_rust_src(dir: &Path) -> Vec<Missing> {
+/// `component` (`rust-src` for `build-std`, `llvm-tools`), when the toolchain in `dir` lacks it.
+pub(crate) fn check_component(dir: &Path, component: &str) -> Vec<Missing> {
     let output = tool_command("rustup", dir).args(["component", "list", "--installed"]).output();
     let Ok(output) = output else { return Vec::new() };
     if !output.status.success() {
         return Vec::new();
     }
-    let has = String::from_utf8_lossy(&output.stdout).lines().any(|l| l.starts_with("rust-src"));
-    if has { Vec::new() } else { vec![Missing::Component { component: "rust-src".to_owned(), dir: dir.to_owned() }] }
+    let has = String::from_utf8_lossy(&output.stdout).lines().any(|l| l.starts_with(component));
+    if has { Vec::new() } else { vec![Missing::Component { component: component.to_owned(), dir: dir.to_owned() }] }
 }
 
 /// One line per missing thing, then the commands that install them.

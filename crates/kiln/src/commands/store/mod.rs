@@ -153,7 +153,7 @@ fn why(cx: &Cx, arg: &ArtifactArg) -> anyhow::Result<u8> {
         for (name, hash) in &drv.inputs {
             writeln!(out, "  input {name} {}", hash.to_hex())?;
         }
-        let name = step.key.store_name();
+        let name = exec::final_entry_name(&step);
         match cx.store().recorded(&name) {
             Some(previous) if previous == closure => writeln!(out, "  unchanged since its last build")?,
             Some(_) => {
