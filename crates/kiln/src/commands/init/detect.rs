@@ -94,9 +94,14 @@ impl Repository {
         Ok(Repository { root: root.to_owned(), git_root, kernels, toolchain, cargo, linker_scripts })
     }
 
-    /// The architecture of `build.target`, when it names one.
+    /// The architecture of `build.target`, when it names one: from the triple, or from the
+    /// `arch` of a JSON target file.
     pub(super) fn build_arch(&self) -> Option<Arch> {
-        self.cargo.build_target.as_deref().and_then(arch_of)
+        let target = self.cargo.build_target.as_deref()?;
+        arch_of(target).or_else(|| {
+            let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(self.root.join(target)).ok()?).ok()?;
+            arch_of(spec.get("arch")?.as_str()?)
+        })
     }
 
     /// The root relative to the git root (`None` when they are the same or there is no git).

@@ -26,6 +26,40 @@ fn arches(repo: &Repository) -> Vec<(Arch, Option<String>)> {
     arches
 }
 
+/// Whether the kernel is built the bootimage way: bootloader 0.9, or a
+/// `[package.metadata.bootimage]` table.
+fn uses_bootimage(kernel: &Kernel) -> bool {
+    kernel.bootimage.is_some() || kernel.bootloader.as_deref().is_some_and(|version| version.starts_with("0."))
+}
+
+/// Whether its `cargo test` kernels are what the repository runs: it has test targets and
+/// runs kernels through a cargo runner (`bootimage runner`, a QEMU script) or bootimage.
+fn runs_test_kernels(repo: &Repository, kernel: &Kernel) -> bool {
+    kernel.has_tests && (repo.cargo.runner.is_some() || uses_bootimage(kernel))
+}
+
+/// The QEMU arguments of bootimage's `test-args` that kiln does not do itself: it owns the
+/// console (`-serial stdio`, `-display none`) and adds the x86 exit device at 0xf4.
+pub(super) fn extra_test_args(args: &[String]) -> Vec<String> {
+    let mut extra = Vec::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "-serial" | "-display" => {
+                words.next();
+            }
+            "-nographic" => {}
+            "-device" => match words.next() {
+                Some(device) if device.starts_with("isa-debug-exit") && device.contains("iobase=0xf4") => {}
+                Some(device) => extra.extend([word.clone(), device.clone()]),
+                None => extra.push(word.clone()),
+            },
+            _ => extra.push(word.clone()),
+        }
+    }
+    extra
+}
+
 fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
     let _ = writeln!(text, "[artifact.{}]", toml_key(name));
     let _ = writeln!(text, "package = \"{}\"", kernel.package);
@@ -54,10 +88,29 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
         }
     }
     if let Some(toolchain) = &repo.toolchain {
+        let mut parts = vec![format!("`{}`", toolchain.channel)];
+        if !toolchain.components.is_empty() {
+            parts.push(format!("components {}", toolchain.components.join(", ")));
+        }
         let _ = writeln!(
             text,
-            "# Built with `{}` from rust-toolchain; kiln installs it, its targets and components when missing.",
-            toolchain.channel
+            "# Built with {} from rust-toolchain.toml; kiln installs what is missing.",
+            parts.join(" and ")
+        );
+    }
+    if runs_test_kernels(repo, kernel) {
+        let runner = repo.cargo.runner.as_deref().unwrap_or("bootimage runner");
+        let _ = writeln!(text, "# `cargo test` kernels (runner `{runner}`): each test binary boots as its own run of the cases.");
+        let _ = writeln!(text, "kind = \"tests\"");
+    }
+    if uses_bootimage(kernel) {
+        let _ = writeln!(text, "# bootloader 0.9 (the bootimage way): each kernel becomes a BIOS disk image.");
+        let _ = writeln!(text, "image = \"bootimage\"");
+    } else if let Some(version) = &kernel.bootloader {
+        let _ = writeln!(
+            text,
+            "# TODO(bootloader {version}): kiln builds bootloader 0.9 images; for the newer bootloader's BIOS/UEFI images,\n\
+             # add a [step] that runs your image builder, and boot its output (see docs/kiln-toml.md)."
         );
     }
     if let Some(build_std) = &repo.cargo.build_std {
@@ -65,6 +118,30 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
             text,
             "# .cargo/config.toml builds `{}` from source (build-std): kiln installs rust-src for it.",
             build_std.join(",")
+        );
+    }
+    for script in &repo.cargo.linker_scripts_in_flags {
+        if repo.root.join(script).exists() {
+            continue;
+        }
+        let name = std::path::Path::new(script);
+        let stem = name.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let sources: Vec<&String> = repo
+            .linker_scripts
+            .iter()
+            .filter(|found| {
+                let found = std::path::Path::new(found.as_str());
+                found.parent() == name.parent()
+                    && found.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&format!("{stem}-")))
+            })
+            .collect();
+        let from = if sources.is_empty() { "a build step".to_owned() } else {
+            sources.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" or ")
+        };
+        let _ = writeln!(
+            text,
+            "# TODO: the rustflags name `{script}`, which is not in the repository: your build copies it from \
+             {from}\n# first (a Makefile step?). Commit the copy kiln should build with, or make it before `cargo xtask`."
         );
     }
     if !repo.cargo.linker_scripts_in_flags.is_empty() {
@@ -92,7 +169,10 @@ fn case(text: &mut String, kernel: &Kernel, name: &str) {
             let _ = writeln!(text, "# stop-on-success = true            # for kernels that never exit");
         }
     }
-    let _ = writeln!(text, "failure = \"(?i)panicked at|kernel panic\"");
+    if kernel.bootimage.as_ref().and_then(|b| b.test_success_exit_code).is_none() {
+        let _ = writeln!(text, "# A line that fails the case at once (case-insensitive).");
+        let _ = writeln!(text, "failure = \"(?i)panicked at|kernel panic\"");
+    }
     match kernel.bootimage.as_ref().and_then(|b| b.test_timeout) {
         Some(seconds) => {
             let _ = writeln!(text, "timeout = \"{seconds}s\"               # test-timeout in [package.metadata.bootimage]");
@@ -122,6 +202,17 @@ pub(super) fn text(repo: &Repository) -> String {
     }
     for kernel in &repo.kernels {
         case(&mut text, kernel, &kernel.package);
+    }
+    let extra: Vec<String> = repo
+        .kernels
+        .iter()
+        .filter_map(|k| k.bootimage.as_ref())
+        .flat_map(|b| extra_test_args(&b.test_args))
+        .collect();
+    if !extra.is_empty() {
+        let quoted: Vec<String> = extra.iter().map(|a| toml::Value::String(a.clone()).to_string()).collect();
+        let _ = writeln!(text, "# test-args in [package.metadata.bootimage], less what kiln does itself.");
+        let _ = writeln!(text, "[machine.x86_64]\nargs = [{}]\n", quoted.join(", "));
     }
     if repo.kernels.is_empty() {
         let _ = writeln!(text, "[case.boot]\nartifact = \"kernel\"");
