@@ -117,12 +117,13 @@ fn machine_overrides_apply_on_the_builtin_profile() {
 #[test]
 fn reference_documents_every_key() {
     let reference = include_str!("../../../../docs/kiln-toml.md");
-    let tables: [(&str, &[&str]); 10] = [
+    let tables: [(&str, &[&str]); 11] = [
         ("top level", fields::field_names::<raw::RawManifest>()),
         ("[store]", fields::field_names::<raw::RawStore>()),
         ("[artifact.NAME]", fields::field_names::<raw::RawArtifact>()),
         ("[machine.NAME]", fields::field_names::<raw::RawMachine>()),
         ("[case.NAME]", fields::field_names::<raw::RawCase>()),
+        ("[case.NAME.test.TEST]", fields::field_names::<raw::RawTestSettings>()),
         ("[fetch.NAME]", fields::field_names::<raw::RawFetch>()),
         ("[kernel.NAME]", fields::field_names::<raw::RawKernel>()),
         ("[rootfs.NAME]", fields::field_names::<raw::RawRootfs>()),

@@ -337,7 +337,12 @@ impl Executor {
         let mut missing_targets: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
         for (step, drv) in steps.iter().zip(&derivations) {
             if self.store.lookup(&drv.closure_hash())?.is_none() {
-                missing_targets.entry(step.artifact.dir.clone()).or_default().insert(step.triple.clone());
+                let targets = missing_targets.entry(step.artifact.dir.clone()).or_default();
+                // With `-Z build-std` cargo builds the standard library itself: the target's
+                // rustup component is not needed (dated nightlies often lack it).
+                if step.artifact.build_std.is_none() {
+                    targets.insert(step.triple.clone());
+                }
             }
         }
         let mut missing: Vec<Missing> =
@@ -359,7 +364,7 @@ impl Executor {
                 self.entry(drv, &step.key.store_name(), &what, EntryKind::Build, Some(&how), |out| {
                     cargo::cargo_build(step, out, self.settings.quiet_cargo)
                 })?;
-            let images = images_in(&entry, step.artifact.image)?;
+            let images = images_in(&entry, step.artifact.image, step.artifact.kind)?;
             built.insert(step.key.clone(), BuiltArtifact { closure: entry.closure, images, outcome });
         }
         Ok(built)

@@ -80,16 +80,15 @@ fn a_test_plan_carries_everything_its_boots_need() {
     let labels: Vec<String> = plan.runs.iter().map(CaseRun::label).collect();
     assert_eq!(labels, ["linux/linux-x86_64", "linux/linux-aarch64", "smoke/riscv64"]);
     let smoke = &plan.runs[2];
-    assert_eq!(
-        smoke.guest,
-        Guest::Artifact { build: BuildKey { artifact: "tests".into(), arch: Arch::Riscv64 }, tests: true }
-    );
+    let Guest::Artifact { build, tests: Some(tests) } = &smoke.guest else { panic!("a test artifact's case") };
+    assert_eq!(*build, BuildKey { artifact: "tests".into(), arch: Arch::Riscv64 });
+    assert!(tests.tables.is_empty() && tests.only.is_none(), "every test binary, with the case's rules");
     assert!(smoke.line.is_some(), "the case's line is known for annotations");
     let Guest::Linux { guest, command, snapshot } = &plan.runs[0].guest else { panic!("a Linux guest") };
     assert_eq!((command.as_str(), *snapshot), ("hello", false));
     assert_eq!(guest.format, RootfsFormat::Ext4);
     assert_eq!(guest.cmdline, ["loglevel=7"]);
-    assert!(plan.runs[0].judge.guest_reports_status);
+    assert!(plan.runs[0].rules.judge.guest_reports_status);
 
     // The rootfs's artifact layer makes a build; the test artifact its own.
     let builds: Vec<String> = plan.builds.iter().map(|step| step.key.to_string()).collect();
@@ -117,7 +116,7 @@ fn a_test_plan_carries_everything_its_boots_need() {
 #[test]
 fn selections_narrow_by_case_and_arch_and_unknown_cases_are_named() {
     let (_dir, config) = config(&linux_project());
-    let selection = Selection { arches: vec![Arch::Aarch64], names: vec!["linux".into()] };
+    let selection = Selection { arches: vec![Arch::Aarch64], names: vec!["linux".into()], ..Selection::default() };
     let plan = Plan::for_test(&config, &selection).expect("plan");
     assert_eq!(plan.runs.len(), 1);
     assert!(plan.builds.iter().all(|step| step.key.arch == Arch::Aarch64));

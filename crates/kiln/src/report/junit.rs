@@ -50,6 +50,7 @@ mod tests {
         CaseResult {
             label: format!("{case}/riscv64"),
             case: case.to_owned(),
+            test: None,
             line: None,
             machine: "riscv64".to_owned(),
             arch: Arch::Riscv64,
