@@ -15,5 +15,6 @@ mod remote;
 mod servers;
 mod store;
 mod support;
+mod test_binaries;
 mod timeouts;
 mod warm;
