@@ -398,9 +398,9 @@ mod tests {
 
     #[test]
     fn input_without_a_trigger_is_sent_at_boot() {
-        let input = SerialInput { text: "ping\r\n".to_owned(), after: None };
+        let input = SerialInput { text: "ping\n".to_owned(), after: None };
         let outcome = shell_boot("read word; echo \"got $word\"", Some(input));
-        assert_eq!(outcome.last_line().as_deref(), Some("got ping\r"));
+        assert_eq!(outcome.last_line().as_deref(), Some("got ping"));
         assert_eq!(outcome.exit, Exit::Status(0));
     }
 
