@@ -101,11 +101,11 @@ artifact = "failing"
 failure = "panicked at"
 "#,
     );
-    for test in ["boot[boot]", "boot[memory]", "boot[fmt]"] {
+    for test in ["boot[x86-tests::boot]", "boot[x86-tests::memory]", "boot[x86-tests::fmt]"] {
         assert_passed(&summary, test, Arch::X86_64);
     }
-    assert_passed(&summary, "fails[boot]", Arch::X86_64);
-    let line = failure_line(&summary, "fails[memory]", Arch::X86_64);
+    assert_passed(&summary, "fails[x86-tests::boot]", Arch::X86_64);
+    let line = failure_line(&summary, "fails[x86-tests::memory]", Arch::X86_64);
     assert!(line.starts_with("panicked at tests/memory.rs"), "{line}");
 }
 

@@ -16,6 +16,7 @@ mod remote;
 mod servers;
 mod store;
 mod support;
+mod test_binaries;
 mod timeouts;
 mod verdicts;
 mod warm;

@@ -52,6 +52,18 @@ pub struct BootRequest {
     /// A line starting with this, then a number, is the guest command's exit status (a
     /// Linux guest under kiln's init); kiln then stops QEMU at once.
     pub exit_marker: Option<String>,
+    /// Text typed on the guest's serial console (QEMU's standard input, `-serial stdio`).
+    pub input: Option<SerialInput>,
+}
+
+/// Text written to a guest's serial console once, at boot or when a line appears.
+#[derive(Clone, Debug)]
+pub struct SerialInput {
+    /// The bytes to send, as written (a terminal's Enter is `\r`).
+    pub text: String,
+    /// Send once a serial line matches this (ANSI escapes removed); `None`: at boot. The
+    /// guest reads what it is sent when it is ready, so input sent early is not lost.
+    pub after: Option<Regex>,
 }
 
 /// How the QEMU process ended.
@@ -222,12 +234,12 @@ pub async fn boot(
     let mut log = BufWriter::new(log_file);
 
     let started = Instant::now();
-    let mut qemu = Qemu::spawn(
-        &request.program,
-        &request.argv,
-        Terminal::Detached,
-        [Stdio::null(), Stdio::piped(), Stdio::piped()],
-    )?;
+    let stdin = if request.input.is_some() { Stdio::piped() } else { Stdio::null() };
+    let mut qemu =
+        Qemu::spawn(&request.program, &request.argv, Terminal::Detached, [stdin, Stdio::piped(), Stdio::piped()])?;
+    // Kept open until the boot ends, so the console never reads an end of input mid-boot.
+    let mut console_in = ConsoleInput::new(request.input.as_ref(), qemu.take_stdin());
+    console_in.at_boot();
     let mut stdout = qemu.take_stdout().ok_or(QemuError::Io {
         doing: "reading QEMU's serial output",
         source: std::io::Error::other("stdout was not captured"),
@@ -249,6 +261,7 @@ pub async fn boot(
             .map_err(|source| QemuError::Log { path: request.log_path.clone(), source })?;
         let clean = strip_ansi(text);
         outcome.observe(&clean, judge);
+        console_in.observe(&clean);
         on_line(&clean);
         Ok(())
     };
@@ -323,6 +336,7 @@ pub async fn boot(
     };
     // Reap QEMU, then drop it: the drop kills what is left of its process group.
     let reaped = qemu.wait().await?;
+    drop(console_in);
     outcome.exit = exit.unwrap_or(exit_of(reaped));
     outcome.duration = started.elapsed();
     drop(qemu);
@@ -368,6 +382,53 @@ async fn read_stderr(stderr: tokio::process::ChildStderr) -> (String, Option<Fin
     (String::from_utf8_lossy(&kept).into_owned(), finisher)
 }
 
+/// The console input of one boot: written once, by a task of its own (a guest that reads
+/// slowly must not stall the serial loop), when its trigger line appears or at boot.
+struct ConsoleInput<'a> {
+    input: Option<&'a SerialInput>,
+    stdin: Option<tokio::process::ChildStdin>,
+    writer: Option<tokio::task::JoinHandle<Option<tokio::process::ChildStdin>>>,
+}
+
+impl<'a> ConsoleInput<'a> {
+    fn new(input: Option<&'a SerialInput>, stdin: Option<tokio::process::ChildStdin>) -> Self {
+        Self { input, stdin, writer: None }
+    }
+
+    /// Sends input that waits for no line.
+    fn at_boot(&mut self) {
+        if self.input.is_some_and(|input| input.after.is_none()) {
+            self.send();
+        }
+    }
+
+    /// Sends the input when `line` is its trigger.
+    fn observe(&mut self, line: &str) {
+        if self.input.and_then(|input| input.after.as_ref()).is_some_and(|after| after.is_match(line)) {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let (Some(input), Some(mut stdin)) = (self.input.take(), self.stdin.take()) else { return };
+        let text = input.text.clone().into_bytes();
+        self.writer = Some(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            // A guest that ended first closed the pipe; its verdict says what happened.
+            let written = stdin.write_all(&text).await.and(stdin.flush().await);
+            written.ok().map(|()| stdin)
+        }));
+    }
+}
+
+impl Drop for ConsoleInput<'_> {
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.abort();
+        }
+    }
+}
+
 /// The exit status in the newest serial lines, when they carry the exit marker. The marker
 /// line and what came after it (the kernel powering off, read in the same chunk) leave the
 /// tail, so the last line shown is the command's own.
@@ -402,6 +463,53 @@ mod tests {
         }
         assert_eq!(guest_status(Some("KILN-EXIT n0nce"), &mut outcome), Some(3));
         assert_eq!(outcome.last_line().as_deref(), Some("hello from the command"));
+    }
+
+    /// A shell stands in for QEMU: what it reads on standard input is what a guest reads on
+    /// its serial console.
+    fn shell_boot(script: &str, input: Option<SerialInput>) -> BootOutcome {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut argv = Argv::default();
+        argv.arg("-c").arg(script);
+        let request = BootRequest {
+            program: "sh".to_owned(),
+            argv,
+            timeout: Duration::from_secs(10),
+            no_output_timeout: None,
+            stop_on_success: false,
+            log_path: dir.path().join("log"),
+            exit_marker: None,
+            input,
+        };
+        let judge = Judge { failure: None, success: None, success_statuses: vec![0], guest_reports_status: false };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(boot(&request, &judge, |_| {})).expect("boot")
+    }
+
+    #[test]
+    fn input_is_sent_once_when_its_line_appears() {
+        // Nothing to read before the prompt; after the second prompt nothing more comes, and
+        // the console is still open (a closed one would end the `read` at once).
+        let script = r#"
+            timeout 0.5 sh -c 'read x && echo early $x'
+            echo login:
+            read name
+            echo hello $name
+            echo login:
+            timeout 0.5 sh -c 'read y && echo again $y' || echo nothing more
+        "#;
+        let input = SerialInput { text: "kiln\n".to_owned(), after: Some(Regex::new("^login:$").expect("regex")) };
+        let outcome = shell_boot(script, Some(input));
+        let lines: Vec<&str> = outcome.tail.iter().map(String::as_str).collect();
+        assert_eq!(lines, ["login:", "hello kiln", "login:", "nothing more"]);
+    }
+
+    #[test]
+    fn input_without_a_trigger_is_sent_at_boot() {
+        let input = SerialInput { text: "ping\n".to_owned(), after: None };
+        let outcome = shell_boot("read word; echo \"got $word\"", Some(input));
+        assert_eq!(outcome.last_line().as_deref(), Some("got ping"));
+        assert_eq!(outcome.exit, Exit::Status(0));
     }
 
     #[test]

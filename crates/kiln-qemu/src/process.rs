@@ -70,6 +70,12 @@ impl Qemu {
         self.child.id()
     }
 
+    /// QEMU's standard input, when it was piped (once): with `-serial stdio`, what is written
+    /// there reaches the guest's serial console.
+    pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
     /// QEMU's standard output, when it was piped (once).
     pub fn take_stdout(&mut self) -> Option<tokio::process::ChildStdout> {
         self.child.stdout.take()

@@ -89,6 +89,7 @@ async fn boot(name: &str, exit: &[u32]) -> (BootOutcome, Verdict) {
         stop_on_success: false,
         log_path: dir.path().join(format!("{name}.log")),
         exit_marker: None,
+        input: None,
     };
     let judge = Judge {
         failure: None,

@@ -1,17 +1,22 @@
-//! Lowering a realised plan into boots: one [`ReadyRun`] per case and machine (and per test
-//! binary of a `kind = "tests"` artifact), with its kernel image, its Linux images or its
-//! booted snapshot (made once per kernel, rootfs and machine) and its accelerator. `test`,
-//! `bench` and the library's `Cx::test` share it.
+//! Lowering a realised plan into boots: one [`ReadyRun`] per case and machine (and per selected
+//! test binary of a `kind = "tests"` artifact, with its per-test rules), with its kernel image,
+//! its Linux images or its booted snapshot (made once per kernel, rootfs and machine) and its
+//! accelerator. `test`, `bench` and the library's `Cx::test` share it. A test name that finds
+//! no binary is a [`TestNameError`], raised before anything boots.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use kiln_qemu::accel::{Accel, AccelChoice};
 use kiln_types::Arch;
 
 use crate::{
-    exec::{Executor, Realised},
+    exec::{BootImage, Executor, Realised},
     guest::LinuxImages,
-    plan::{CaseRun, Guest, Plan},
+    plan::{CaseRun, Guest, Plan, TestBinary, TestNameError},
     vm::{LinuxTarget, SnapshotTarget},
 };
 
@@ -48,6 +53,17 @@ pub(crate) struct ReadyRun {
     pub accel: Accel,
 }
 
+/// A run of a bootloader disk image: booted as a disk, and on kiln's x86_64 default machine
+/// as `pc`: bootloader 0.9 images hang before the kernel on q35 and boot on `pc`, the
+/// machine bootimage's QEMU command uses.
+fn booted_from_disk(mut run: CaseRun) -> CaseRun {
+    run.machine.boot = kiln_qemu::BootMethod::Disk;
+    if run.machine.name == Arch::X86_64.as_str() && run.machine.machine_type == "q35" {
+        run.machine.machine_type = "pc".to_owned();
+    }
+    run
+}
+
 /// The boots of `plan`'s runs, from what `realised` holds; booted snapshots are made (or
 /// found) here, once per kernel, rootfs and machine, before any case boots.
 pub(crate) fn lower(
@@ -57,6 +73,9 @@ pub(crate) fn lower(
     accels: &BTreeMap<Arch, AccelChoice>,
 ) -> anyhow::Result<Vec<ReadyRun>> {
     let mut ready = Vec::new();
+    // `--test` names, those a case had, and every test binary seen (for the error).
+    let (mut asked_everywhere, mut matched_everywhere) = (BTreeSet::new(), BTreeSet::new());
+    let mut test_binaries: Vec<TestBinary> = Vec::new();
     let mut snapshots: BTreeMap<(String, String, String), (Arc<SnapshotTarget>, PathBuf)> = BTreeMap::new();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     for run in &plan.runs {
@@ -65,26 +84,38 @@ pub(crate) fn lower(
             Guest::Artifact { build, tests } => {
                 let Some(artifact) = realised.builds.get(build) else { continue };
                 let (built, substituted) = Realised::provenance([&artifact.outcome]);
-                for image in &artifact.images {
+                let disk_run;
+                let run = if artifact.disk {
+                    disk_run = booted_from_disk(run.clone());
+                    &disk_run
+                } else {
+                    run
+                };
+                let Some(tests) = tests else {
+                    for image in &artifact.images {
+                        let boot = ReadyBoot::Kernel(image.path.clone());
+                        ready.push(ReadyRun { run: run.clone(), boot, built, substituted, accel });
+                    }
+                    continue;
+                };
+                let (images, binaries): (Vec<&BootImage>, Vec<TestBinary>) =
+                    artifact.images.iter().filter_map(|image| Some((image, image.test.clone()?))).unzip();
+                for boot in tests.resolve(&run.case, &binaries, &mut matched_everywhere)? {
                     let mut run = run.clone();
-                    if artifact.disk {
-                        run.machine.boot = kiln_qemu::BootMethod::Disk;
-                        // bootloader 0.9 images hang before the kernel on q35 (kiln's x86_64
-                        // default) and boot on `pc`, the machine bootimage's QEMU command uses.
-                        if run.machine.name == Arch::X86_64.as_str() && run.machine.machine_type == "q35" {
-                            run.machine.machine_type = "pc".to_owned();
-                        }
+                    run.test = Some(binaries[boot.binary].clone());
+                    if let Some(rules) = boot.rules {
+                        run.rules = rules.clone();
                     }
-                    if *tests {
-                        run.case = format!("{}[{}]", run.case, image.name);
+                    let boot = ReadyBoot::Kernel(images[boot.binary].path.clone());
+                    ready.push(ReadyRun { run, boot, built, substituted, accel });
+                }
+                for pick in tests.only.iter().flatten().filter(|pick| pick.everywhere) {
+                    asked_everywhere.insert(pick.name.clone());
+                }
+                for binary in binaries {
+                    if !test_binaries.contains(&binary) {
+                        test_binaries.push(binary);
                     }
-                    ready.push(ReadyRun {
-                        run,
-                        boot: ReadyBoot::Kernel(image.path.clone()),
-                        built,
-                        substituted,
-                        accel,
-                    });
                 }
             }
             Guest::Linux { guest, command, snapshot } => {
@@ -114,6 +145,9 @@ pub(crate) fn lower(
                 ready.push(ReadyRun { run: run.clone(), boot, built, substituted, accel });
             }
         }
+    }
+    if let Some(unmatched) = asked_everywhere.difference(&matched_everywhere).next() {
+        return Err(TestNameError::unmatched(unmatched, &test_binaries).into());
     }
     Ok(ready)
 }

@@ -9,12 +9,17 @@ const TEST_AFTER_HELP: &str = "\
 Examples:
   cargo xtask test                      every case on every machine it names
   cargo xtask test smoke                one case
+  cargo xtask test 'tests[basic_boot]'  one test binary of a `kind = \"tests\"` case
+  cargo xtask test --test basic_boot    that test binary in every case that has it
   cargo xtask test --arch riscv64,x86_64  only these architectures
   cargo xtask -v test                   also show QEMU command lines and closure hashes
 
 A case passes when QEMU exits with the exit device's success status (x86_64 33, aarch64
 and riscv64 0) and its `success` pattern, if set, appeared; a `failure` line fails it at
-once. Serial logs: target/kiln/logs/CASE.MACHINE.log
+once. A `kind = \"tests\"` artifact boots each test binary of `cargo test --no-run` as
+`CASE[TEST]`, TEST its cargo-nextest binary id (`pkg` for the library's unit tests,
+`pkg::bin/NAME`, `pkg::NAME` for tests/NAME.rs). Serial logs:
+target/kiln/logs/CASE.MACHINE.log (CASE[TEST].MACHINE.log, `::` and `/` written `.`)
 
 Exit codes:
   0  every case passed (or failed as expected)
@@ -514,8 +519,15 @@ pub struct BuildArgs {
 /// `test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Only these cases (default: all).
+    /// Only these cases (default: all); `CASE[TEST]` runs one test binary of a case whose
+    /// artifact has `kind = "tests"` (by its id, such as `tinyos::basic_boot`, or a short
+    /// form: `basic_boot`, `bin/tinyos`).
+    #[arg(value_name = "CASE")]
     pub cases: Vec<String>,
+    /// Only these test binaries, in every case of a `kind = "tests"` artifact (an id or a short
+    /// form; comma-separated or repeated).
+    #[arg(long = "test", value_name = "TEST", value_delimiter = ',')]
+    pub tests: Vec<String>,
     /// Write a JUnit XML report here (in CI: `target/kiln/junit.xml` unless given).
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
@@ -527,7 +539,8 @@ pub struct TestArgs {
 /// `qemu`.
 #[derive(Debug, Args)]
 pub struct QemuArgs {
-    /// The case to boot (default: the only case, or the first one expected to pass).
+    /// The case to boot (default: the only case, or the first one expected to pass);
+    /// `CASE[TEST]` boots one test binary of a `kind = "tests"` case.
     pub case: Option<String>,
     /// The architecture (needed when the case runs on several).
     #[arg(long)]

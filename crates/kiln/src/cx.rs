@@ -23,7 +23,7 @@ use crate::{
     events::{EntryKind, Reporter},
     exec::{self, Executor, InstallMode, Realised, UnknownPackage},
     outcome::{CaseResult, RunSummary},
-    plan::{Plan, RunPlan, Selection, WarmthAsked},
+    plan::{Plan, RunPlan, Selection, TestNameError, WarmthAsked},
     report::{Printer, Verbosity, github},
     runner,
     vm::{
@@ -202,7 +202,7 @@ impl Cx {
     /// returns their results (the summary table is not printed).
     pub fn test(&self, args: &TestArgs) -> anyhow::Result<RunSummary> {
         let started = Instant::now();
-        let selection = Selection { arches: args.arch.clone(), names: args.cases.clone() };
+        let selection = Selection { arches: args.arch.clone(), names: args.cases.clone(), tests: args.tests.clone() };
         let plan = Plan::for_test(&self.config, &selection)?;
         if plan.runs.is_empty() {
             return Err(UsageError::with_help(
@@ -239,7 +239,11 @@ impl Cx {
                 return Err(UsageError::with_help(format!("no artifact named `{name}` in Kiln.toml"), help).into());
             }
         }
-        let selection = Selection { arches: arches.to_vec(), names: names.iter().map(|n| (*n).to_owned()).collect() };
+        let selection = Selection {
+            arches: arches.to_vec(),
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            ..Selection::default()
+        };
         Ok(Plan::for_build(&self.config, &selection))
     }
 
@@ -280,8 +284,17 @@ impl Cx {
         Ok(log_dir)
     }
 
-    /// Asks the artifact's `package` key when cargo found no such package: a Kiln.toml error.
-    fn with_config_errors<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    /// Turns what the layers below found wrong in Kiln.toml's values into Kiln.toml errors
+    /// pointing at the key: a `package` cargo does not know, a per-test table whose name finds
+    /// no test binary (a name from the command line is a usage error).
+    pub(crate) fn with_config_errors<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        let result = result.map_err(|err| match err.downcast::<TestNameError>() {
+            Ok(TestNameError { key: Some(key), message, help }) => {
+                anyhow::Error::from(self.config.error_at(&key, message).with_help(help))
+            }
+            Ok(TestNameError { key: None, message, help }) => UsageError::with_help(message, help).into(),
+            Err(other) => other,
+        });
         result.map_err(|err| match err.downcast::<UnknownPackage>() {
             Ok(unknown) => {
                 let error =
@@ -329,7 +342,7 @@ impl Cx {
         self.executor.provision_machines(plan.runs.iter().map(|run| &run.machine))?;
         let realised = self.realise(plan)?;
         let accels = self.accelerators(plan.runs.iter().map(|run| run.machine.arch));
-        let ready = boots::lower(&self.executor, plan, &realised, &accels)?;
+        let ready = self.with_config_errors(boots::lower(&self.executor, plan, &realised, &accels))?;
         Ok((ready, realised.store_use()))
     }
 

@@ -61,8 +61,12 @@ impl CaseStatus {
 pub struct CaseResult {
     /// `case/machine`.
     pub label: String,
-    /// The case (with `[TEST]` after it for each test binary of a `kind = "tests"` artifact).
+    /// The case (with `[TEST]` after it for each test binary of a `kind = "tests"` artifact:
+    /// its binary id, such as `tests[tinyos::bin/tinyos]`).
     pub case: String,
+    /// The test binary's id (`tinyos`, `tinyos::bin/tinyos`, `tinyos::basic_boot`), for a
+    /// `kind = "tests"` artifact.
+    pub test: Option<String>,
     /// The line of `[case.NAME]` in Kiln.toml.
     pub line: Option<usize>,
     /// The machine profile's name.

@@ -81,13 +81,14 @@ pub(crate) fn run_all(
 }
 
 fn log_path(run: &CaseRun, log_dir: &Path) -> PathBuf {
-    log_dir.join(format!("{}.{}.log", run.case, run.machine.name))
+    log_dir.join(run.log_file_name())
 }
 
 fn error_result(ready: &ReadyRun, log_dir: &Path, detail: String) -> CaseResult {
     CaseResult {
         label: ready.run.label(),
-        case: ready.run.case.clone(),
+        case: ready.run.name(),
+        test: ready.run.test.as_ref().map(|test| test.id.clone()),
         line: ready.run.line,
         machine: ready.run.machine.name.clone(),
         arch: ready.run.machine.arch,
@@ -143,32 +144,36 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> C
     let request = BootRequest {
         program: run.machine.arch.qemu_binary().to_owned(),
         argv,
-        timeout: run.timeout,
-        no_output_timeout: run.no_output_timeout,
-        stop_on_success: run.stop_on_success,
+        timeout: run.rules.timeout,
+        no_output_timeout: run.rules.no_output_timeout,
+        stop_on_success: run.rules.stop_on_success,
         log_path: log_path(run, log_dir),
         exit_marker,
+        input: run.rules.input.clone(),
     };
     let command = format!("{} {}", request.program, request.argv.display());
     reporter.report(Event::CaseStarted { label: &label, command: &command });
     let started = Instant::now();
-    let outcome = kiln_qemu::boot(&request, &run.judge, |line| {
+    let outcome = kiln_qemu::boot(&request, &run.rules.judge, |line| {
         reporter.report(Event::SerialLine { label: &label, line });
     })
     .await;
     let result = match outcome {
         Ok(outcome) => {
-            let verdict = run.judge.judge(&outcome);
-            let status = CaseStatus::from_verdict(&verdict, run.expect);
+            let verdict = run.rules.judge.judge(&outcome);
+            let status = CaseStatus::from_verdict(&verdict, run.rules.expect);
             let mut detail = verdict.describe();
-            if matches!(verdict, kiln_qemu::Verdict::TimedOut { .. }) && outcome.success_seen && !run.stop_on_success {
+            if matches!(verdict, kiln_qemu::Verdict::TimedOut { .. })
+                && outcome.success_seen
+                && !run.rules.stop_on_success
+            {
                 detail.push_str(
                     " after its success marker appeared: set `stop-on-success = true` for kernels that never exit",
                 );
             }
             // A pass by exit status alone, through a firmware that reports failures as passes.
             if verdict.is_pass()
-                && run.judge.success.is_none()
+                && run.rules.judge.success.is_none()
                 && let Some(caveat) = outcome.pass_caveat()
             {
                 detail.push_str(&format!(" ({caveat})"));
@@ -181,7 +186,8 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> C
             }
             CaseResult {
                 label: label.clone(),
-                case: run.case.clone(),
+                case: run.name(),
+                test: run.test.as_ref().map(|test| test.id.clone()),
                 line: run.line,
                 machine: run.machine.name.clone(),
                 arch: run.machine.arch,
@@ -237,7 +243,7 @@ async fn snapshot_case(
     let mut pending = [Vec::new(), Vec::new()];
     let mut on_line = |line: &str, outcome: &mut BootOutcome| {
         let _ = writeln!(log_file, "{line}");
-        outcome.observe(line, &run.judge);
+        outcome.observe(line, &run.rules.judge);
         reporter.report(Event::SerialLine { label: &label, line });
     };
     let exec = guest.agent.exec(argv, env, Some("/".to_owned()), |is_stderr, bytes| {
@@ -249,13 +255,13 @@ async fn snapshot_case(
             on_line(text.trim_end_matches(['\n', '\r']), &mut outcome);
         }
     });
-    let ended = tokio::time::timeout(run.timeout, exec).await;
+    let ended = tokio::time::timeout(run.rules.timeout, exec).await;
     for rest in pending.iter().filter(|rest| !rest.is_empty()) {
         on_line(String::from_utf8_lossy(rest).trim_end(), &mut outcome);
     }
     outcome.exit = match ended {
         Ok(Ok(status)) => Exit::GuestExited(status.shell_status()),
-        Err(_) => Exit::TimedOut(run.timeout),
+        Err(_) => Exit::TimedOut(run.rules.timeout),
         Ok(Err(err)) => {
             // The agent went away: the kernel's console says why (a panic is the case's failure).
             drop(guest.qemu);
@@ -276,16 +282,17 @@ async fn snapshot_case(
     };
     let _ = log_file.flush();
     outcome.duration = started.elapsed();
-    let verdict = run.judge.judge(&outcome);
+    let verdict = run.rules.judge.judge(&outcome);
     CaseResult {
         label: label.clone(),
-        case: run.case.clone(),
+        case: run.name(),
+        test: None,
         line: run.line,
         machine: run.machine.name.clone(),
         arch: run.machine.arch,
         detail: verdict.describe(),
         tail: outcome.tail.iter().rev().take(CaseResult::TAIL_LINES).rev().cloned().collect(),
-        status: CaseStatus::from_verdict(&verdict, run.expect),
+        status: CaseStatus::from_verdict(&verdict, run.rules.expect),
         verdict: Some(verdict),
         boot: outcome.duration,
         built: ready.built,

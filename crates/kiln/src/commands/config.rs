@@ -5,7 +5,7 @@ use std::{fmt::Write as _, io::Write as _, path::Path};
 use kiln_qemu::{BootMethod, Console, Device, Firmware, accel::Accel};
 
 use crate::{
-    config::{CaseGuest, Config, FetchSource, KernelSource, LayerSource, RootfsFormat, toml_key},
+    config::{CaseGuest, Config, FetchSource, KernelSource, LayerSource, RootfsFormat, TestSettings, toml_key},
     cx::Cx,
     exit_code,
 };
@@ -144,8 +144,52 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
             writeln!(out, "no-output-timeout = {}", quote(&humantime::format_duration(silent).to_string()))?;
         }
         writeln!(out, "stop-on-success = {}", case.stop_on_success)?;
+        if let Some(text) = &case.input.text {
+            writeln!(out, "input = {}", quote(text))?;
+        }
+        if let Some(after) = &case.input.after {
+            writeln!(out, "input-after = {}", quote(after.as_str()))?;
+        }
+        for test in &case.tests {
+            writeln!(out, "\n[case.{}.test.{}]", toml_key(&case.name), toml_key(&test.name))?;
+            render_test(test, &mut out)?;
+        }
     }
     Ok(out)
+}
+
+/// The keys a `[case.NAME.test.TEST]` table sets (`""` for a pattern or input it clears).
+fn render_test(test: &TestSettings, out: &mut String) -> anyhow::Result<()> {
+    let cleared = |value: &Option<regex::Regex>| value.as_ref().map_or_else(|| quote(""), |re| quote(re.as_str()));
+    if let Some(success) = &test.success {
+        writeln!(out, "success = {}", cleared(success))?;
+    }
+    if let Some(failure) = &test.failure {
+        writeln!(out, "failure = {}", cleared(failure))?;
+    }
+    if let Some(codes) = &test.success_exit_codes {
+        let codes: Vec<String> = codes.iter().map(i32::to_string).collect();
+        writeln!(out, "success-exit-codes = [{}]", codes.join(", "))?;
+    }
+    if let Some(expect) = test.expect {
+        writeln!(out, "expect = {}", quote(&format!("{expect:?}").to_lowercase()))?;
+    }
+    if let Some(timeout) = test.timeout {
+        writeln!(out, "timeout = {}", quote(&humantime::format_duration(timeout).to_string()))?;
+    }
+    if let Some(silent) = test.no_output_timeout {
+        writeln!(out, "no-output-timeout = {}", quote(&humantime::format_duration(silent).to_string()))?;
+    }
+    if let Some(stop) = test.stop_on_success {
+        writeln!(out, "stop-on-success = {stop}")?;
+    }
+    if let Some(input) = &test.input {
+        writeln!(out, "input = {}", quote(input.as_deref().unwrap_or_default()))?;
+    }
+    if let Some(after) = &test.input_after {
+        writeln!(out, "input-after = {}", quote(after.as_str()))?;
+    }
+    Ok(())
 }
 
 /// `[fetch]`, `[kernel]`, `[rootfs]` and `[run]`.
@@ -231,7 +275,11 @@ mod tests {
                     [machine.big]\narch = \"aarch64\"\ncpu = \"max\"\nmemory = \"1G\"\nargs = [\"-d\", \"int\"]\n\
                     [machine.pi]\narch = \"aarch64\"\nmachine = \"raspi3b\"\ndevices = [\"usb-kbd\"]\nboot = \"disk\"\n\
                     [case.c]\nartifact = \"a\"\nmachines = [\"big\", \"riscv64\"]\nsuccess = \"^ok \\\\d+$\"\n\
-                    no-output-timeout = \"1m 30s\"\nsuccess-exit-codes = [0, 33]\n";
+                    no-output-timeout = \"1m 30s\"\nsuccess-exit-codes = [0, 33]\ninput = \"go\\r\"\n\
+                    [artifact.t]\npackage = \"k\"\npath = \"k\"\nkind = \"tests\"\n\
+                    [case.t]\nartifact = \"t\"\nsuccess = \"ok\"\n\
+                    [case.t.test.\"k::bin/k\"]\nsuccess = \"\"\nexpect = \"fail\"\n\
+                    [case.t.test.idle]\nstop-on-success = true\ntimeout = \"5s\"\ninput = \"ping\\r\"\ninput-after = \"^> $\"\n";
         let file = dir.path().join("Kiln.toml");
         let read = |text: &str| {
             Config::parse(Source { path: "Kiln.toml".into(), text: text.to_owned() }, &file).expect("valid")
@@ -240,5 +288,7 @@ mod tests {
         let second = render(&read(&first), &dir.path().join("store")).expect("render");
         assert_eq!(first, second);
         assert!(first.contains("cpu = \"max\""), "{first}");
+        assert!(first.contains("[case.t.test.\"k::bin/k\"]\nsuccess = \"\"\nexpect = \"fail\"\n"), "{first}");
+        assert!(first.contains("input = \"ping\\r\"\ninput-after = \"^> $\"\n"), "{first}");
     }
 }

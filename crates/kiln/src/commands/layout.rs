@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 /// The bootstrap package's directory, relative to the repository root.
 pub(crate) const XTASK_DIR: &str = "xtask";
 /// The tool package's directory, relative to the bootstrap's.
@@ -78,4 +77,3 @@ fn main() -> std::process::ExitCode {
     kiln::xtask::main()
 }
 ";
-

@@ -6,8 +6,9 @@ use crate::{
     cli::QemuArgs,
     cx::Cx,
     error::UsageError,
+    exec::BuiltArtifact,
     exit_code, guest,
-    plan::{Guest, Plan, Selection},
+    plan::{Guest, Plan, Selection, TestBinary, TestPlan},
 };
 
 /// Builds the case's artifact, boots it interactively and reports how QEMU ended; the exit
@@ -30,7 +31,8 @@ pub(super) fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
             )?
         }
     };
-    let selection = Selection { arches: args.arch.into_iter().collect(), names: vec![case.clone()] };
+    let selection =
+        Selection { arches: args.arch.into_iter().collect(), names: vec![case.clone()], ..Selection::default() };
     let plan = Plan::for_test(config, &selection)?;
     let run = match plan.runs.as_slice() {
         [one] => one.clone(),
@@ -50,10 +52,19 @@ pub(super) fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
     let realised = cx.realise(&plan)?;
     let accel = cx.executor().accelerator(run.machine.arch, cx.options().accel);
     let scratch = tempfile::tempdir()?;
+    let mut label = run.label();
     let argv = match &run.guest {
-        Guest::Artifact { build, .. } => {
+        Guest::Artifact { build, tests } => {
             let artifact = realised.builds.get(build).ok_or_else(|| anyhow::anyhow!("{build} was not built"))?;
-            run.machine.argv(artifact.image(), accel, Console::Interactive)
+            let image = match tests {
+                None => artifact.image().to_owned(),
+                Some(tests) => {
+                    let (image, name) = one_test_binary(cx, &run.case, tests, artifact)?;
+                    label = format!("{}[{name}]/{}", run.case, run.machine.name);
+                    image
+                }
+            };
+            run.machine.argv(&image, accel, Console::Interactive)
         }
         Guest::Linux { guest, command, .. } => {
             let images = realised.linux_images(guest, command)?;
@@ -64,20 +75,43 @@ pub(super) fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
         }
     };
     let program = run.machine.arch.qemu_binary();
-    cx.printer().status("Booting", &format!("{} (Ctrl-A X quits, Ctrl-A C switches to the monitor)", run.label()));
+    cx.printer().status("Booting", &format!("{label} (Ctrl-A X quits, Ctrl-A C switches to the monitor)"));
     cx.printer().verbose("Running", &format!("{program} {}", argv.display()));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let exit = runtime.block_on(kiln_qemu::interactive(program, &argv))?;
     // Ctrl-A X also ends QEMU with status 0, so an interactive session judges nothing: it
     // says how QEMU ended and what that status would mean.
     let how = match exit {
-        Exit::Status(status) if run.judge.success_statuses.contains(&status) => {
+        Exit::Status(status) if run.rules.judge.success_statuses.contains(&status) => {
             format!("QEMU exited with status {status}: the guest's success status, or Ctrl-A X")
         }
         Exit::Status(status) => format!("QEMU exited with status {status}: a failure status for this case"),
         Exit::Signal(signal) => format!("QEMU was killed by signal {signal}"),
         _ => "QEMU stopped".to_owned(),
     };
-    cx.printer().status("Finished", &format!("{} ({how})", run.label()));
+    cx.printer().status("Finished", &format!("{label} ({how})"));
     Ok(exit_code::SUCCESS)
+}
+
+/// The one test binary of a `kind = "tests"` case that `CASE[TEST]` picked (or the only one
+/// the artifact has), with its id.
+fn one_test_binary(
+    cx: &Cx,
+    case: &str,
+    tests: &TestPlan,
+    artifact: &BuiltArtifact,
+) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let binaries: Vec<TestBinary> = artifact.images.iter().filter_map(|image| image.test.clone()).collect();
+    let picked = cx.with_config_errors(tests.resolve(case, &binaries, &mut Default::default()).map_err(Into::into))?;
+    match picked.as_slice() {
+        [one] => Ok((artifact.images[one.binary].path.clone(), binaries[one.binary].id.clone())),
+        _ => Err(UsageError::new(
+            format!("case `{case}` has {} test binaries, and `qemu` boots one", binaries.len()),
+            Some(format!(
+                "pick one with `cargo xtask qemu '{case}[TEST]'`; the test binaries are: {}",
+                binaries.iter().map(|b| format!("`{}`", b.id)).collect::<Vec<_>>().join(", ")
+            )),
+        )
+        .into()),
+    }
 }

@@ -49,7 +49,7 @@ fn check_names(cx: &Cx, names: &[String]) -> anyhow::Result<()> {
 
 fn build(cx: &Cx, names: &[String], arches: &[Arch]) -> anyhow::Result<u8> {
     check_names(cx, names)?;
-    let selection = Selection { arches: arches.to_vec(), names: names.to_vec() };
+    let selection = Selection { arches: arches.to_vec(), names: names.to_vec(), ..Selection::default() };
     let plan = Plan::for_images(cx.config(), &selection, Some(ImageKind::Rootfs));
     if plan.images.is_empty() {
         return Err(UsageError::new("no rootfs matches the selection", None).into());
@@ -123,7 +123,7 @@ fn realise_one(cx: &Cx, arg: &RootfsArg) -> anyhow::Result<(ImageKey, RealisedIm
 }
 
 fn realise_key(cx: &Cx, key: ImageKey) -> anyhow::Result<(ImageKey, RealisedImage)> {
-    let selection = Selection { arches: vec![key.arch], names: vec![key.name.clone()] };
+    let selection = Selection { arches: vec![key.arch], names: vec![key.name.clone()], ..Selection::default() };
     let plan = Plan::for_images(cx.config(), &selection, Some(ImageKind::Rootfs));
     let mut realised = cx.realise(&plan)?;
     let image = realised.images.remove(&key).ok_or_else(|| anyhow::anyhow!("{key} was not built"))?;

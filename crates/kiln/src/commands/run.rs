@@ -151,6 +151,7 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
         timeout: run.settings.timeout,
         no_output_timeout: None,
         stop_on_success: false,
+        input: None,
         log_path: scratch.path().join("console.log"),
         exit_marker: Some(guest::exit_marker(&nonce)),
     };

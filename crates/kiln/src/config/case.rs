@@ -8,7 +8,9 @@ use regex::Regex;
 use toml::Spanned;
 
 use super::{
-    Artifact, ConfigError, Kernel, Rootfs, RunSettings, diagnostic,
+    Artifact, ArtifactKind, ConfigError, Kernel, Rootfs, RunSettings,
+    case_tests::{CaseInput, TestSettings},
+    diagnostic,
     raw::{Expect, RawCase},
     resolve::{Resolver, dedup},
 };
@@ -39,6 +41,10 @@ pub(crate) struct Case {
     pub no_output_timeout: Option<Duration>,
     /// Stop the guest once the success marker appears.
     pub stop_on_success: bool,
+    /// What is typed on the guest's serial console.
+    pub input: CaseInput,
+    /// `[case.NAME.test.TEST]`: per-test settings (cases of a `kind = "tests"` artifact).
+    pub tests: Vec<TestSettings>,
 }
 
 /// What a case boots.
@@ -128,6 +134,12 @@ impl Resolver<'_> {
                     .with_help("its command runs through kiln's agent and ends with its exit status; use `timeout`"));
             }
         }
+        let boots_tests = match &guest {
+            CaseGuest::Artifact(artifact) => artifacts.get(artifact).is_some_and(|a| a.kind == ArtifactKind::Tests),
+            CaseGuest::Linux { .. } => false,
+        };
+        let input = self.case_input(name, &raw, !linux)?;
+        let tests = self.case_tests(name, &raw, boots_tests, &input)?;
         if raw.stop_on_success && raw.success.is_none() {
             return Err(self
                 .error(None, key("stop-on-success"), "`stop-on-success` needs a `success` pattern to stop on")
@@ -144,6 +156,8 @@ impl Resolver<'_> {
             timeout: self.positive_duration(raw.timeout.as_ref(), key("timeout"))?.unwrap_or(DEFAULT_TIMEOUT),
             no_output_timeout: self.positive_duration(raw.no_output_timeout.as_ref(), key("no-output-timeout"))?,
             stop_on_success: raw.stop_on_success,
+            input,
+            tests,
         })
     }
 

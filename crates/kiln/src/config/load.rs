@@ -94,6 +94,9 @@ fn unknown_key_error(source: &Source, path: &[String]) -> ConfigError {
         Some("store") => fields::field_names::<raw::RawStore>(),
         Some("artifact") => fields::field_names::<RawArtifact>(),
         Some("machine") => fields::field_names::<RawMachine>(),
+        Some("case") if parents.get(2).is_some_and(|t| t == "test") && parents.len() == 4 => {
+            fields::field_names::<raw::RawTestSettings>()
+        }
         Some("case") => fields::field_names::<RawCase>(),
         Some("fetch") => fields::field_names::<raw::RawFetch>(),
         Some("kernel") => fields::field_names::<raw::RawKernel>(),

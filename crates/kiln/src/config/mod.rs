@@ -9,6 +9,7 @@
 
 mod artifact;
 mod case;
+mod case_tests;
 mod diagnostic;
 mod fetch;
 mod fields;
@@ -34,6 +35,7 @@ use kiln_qemu::Machine;
 
 pub(crate) use artifact::Artifact;
 pub(crate) use case::{Case, CaseGuest};
+pub(crate) use case_tests::TestSettings;
 pub(crate) use diagnostic::{ConfigError, Source, closest as closest_name};
 pub(crate) use fetch::{Fetch, FetchSource, HashAlgorithm, NameTemplate};
 pub(crate) use kernel::{Kernel, KernelSource};

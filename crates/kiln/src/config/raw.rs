@@ -271,6 +271,26 @@ pub(crate) struct RawCase {
     #[serde(default)]
     pub stop_on_success: bool,
     pub snapshot: Option<Spanned<bool>>,
+    pub input: Option<Spanned<String>>,
+    pub input_after: Option<Spanned<String>>,
+    /// `[case.NAME.test.TEST]`: settings of one test binary of a `kind = "tests"` artifact.
+    #[serde(default)]
+    pub test: BTreeMap<String, RawTestSettings>,
+}
+
+/// `[case.NAME.test.TEST]`: what one test binary changes of its case's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", expecting = "a `[case.NAME.test.TEST]` table")]
+pub(crate) struct RawTestSettings {
+    pub success: Option<Spanned<String>>,
+    pub failure: Option<Spanned<String>>,
+    pub success_exit_codes: Option<Vec<i32>>,
+    pub expect: Option<Expect>,
+    pub timeout: Option<Spanned<String>>,
+    pub no_output_timeout: Option<Spanned<String>>,
+    pub stop_on_success: Option<bool>,
+    pub input: Option<Spanned<String>>,
+    pub input_after: Option<Spanned<String>>,
 }
 
 /// What a case is expected to do.

@@ -117,12 +117,13 @@ fn machine_overrides_apply_on_the_builtin_profile() {
 #[test]
 fn reference_documents_every_key() {
     let reference = include_str!("../../../../docs/kiln-toml.md");
-    let tables: [(&str, &[&str]); 10] = [
+    let tables: [(&str, &[&str]); 11] = [
         ("top level", fields::field_names::<raw::RawManifest>()),
         ("[store]", fields::field_names::<raw::RawStore>()),
         ("[artifact.NAME]", fields::field_names::<raw::RawArtifact>()),
         ("[machine.NAME]", fields::field_names::<raw::RawMachine>()),
         ("[case.NAME]", fields::field_names::<raw::RawCase>()),
+        ("[case.NAME.test.TEST]", fields::field_names::<raw::RawTestSettings>()),
         ("[fetch.NAME]", fields::field_names::<raw::RawFetch>()),
         ("[kernel.NAME]", fields::field_names::<raw::RawKernel>()),
         ("[rootfs.NAME]", fields::field_names::<raw::RawRootfs>()),
@@ -182,4 +183,42 @@ fn remotes_resolve_and_bad_ones_name_their_key() {
     assert!(err.message.contains("not base64 of 32 bytes"), "{err}");
     let (_dir, err) = project(&format!("{VALID}{}", store.replace("push = true", "pushh = true")));
     assert!(err.expect_err("unknown key").to_string().contains("pushh"));
+}
+
+/// A `kind = "tests"` artifact and its case, for per-test tables.
+const TESTS: &str = r#"
+[artifact.tinyos]
+package = "k"
+path = "kernel"
+kind = "tests"
+
+[case.tests]
+artifact = "tinyos"
+"#;
+
+#[test]
+fn per_test_tables_are_checked_against_their_case() {
+    let (_dir, config) =
+        project(&format!("{TESTS}[case.tests.test.idle]\nsuccess = \"idle\"\nstop-on-success = true\n"));
+    let case = &config.expect("valid").cases["tests"];
+    assert_eq!(case.tests.len(), 1);
+    assert_eq!((case.tests[0].name.as_str(), case.tests[0].stop_on_success), ("idle", Some(true)));
+
+    let (_dir, err) = project(&format!("{TESTS}[case.tests.test.idle]\nstop-on-success = true\n"));
+    let err = err.expect_err("nothing to stop on");
+    assert_eq!(err.key.as_deref(), Some("case.tests.test.idle.stop-on-success"));
+    assert_eq!(err.message, "test `idle` stops on success but has no `success` pattern");
+
+    let (_dir, err) = project(&format!("{TESTS}[case.tests.test.echo]\ninput-after = \"> \"\n"));
+    assert_eq!(err.expect_err("no input").key.as_deref(), Some("case.tests.test.echo.input-after"));
+
+    let (_dir, err) = project(&format!("{TESTS}[case.tests.test.idle]\nsucess = \"idle\"\n"));
+    let err = err.expect_err("typo");
+    assert!(err.message.contains("unknown key `sucess`"), "{}", err.message);
+    assert_eq!(err.help.as_deref(), Some("a key with a similar name exists: `success`"));
+
+    let (_dir, err) = project(&format!("{VALID}[case.smoke.test.idle]\nexpect = \"fail\"\n"));
+    let err = err.expect_err("not a tests artifact");
+    assert_eq!(err.key.as_deref(), Some("case.smoke.test.idle"));
+    assert!(err.message.contains("case `smoke` boots no test binaries"), "{}", err.message);
 }

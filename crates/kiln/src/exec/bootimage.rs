@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use super::cargo_json::Metadata;
+use anyhow::{Context, bail};
 use kiln_store::{ClosureHash, Derivation, InputHash, SourceSet, StatCache, hash_source_set};
 
 use super::{BootImage, tool::tool_command};
@@ -192,7 +192,7 @@ pub(crate) fn build(
             );
         }
         let elf = target_dir.join(&target_name).join("release").join("bootloader");
-        let image = out.join(format!("{}{IMAGE_SUFFIX}", kernel.name));
+        let image = out.join(image_file(kernel));
         write_disk_image(&elf, &image).with_context(|| format!("cannot make the disk image of `{}`", kernel.name))?;
     }
     Ok(())
@@ -213,21 +213,30 @@ fn padded_to_sectors(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// The disk images in an entry made by [`build`], sorted by kernel name.
-pub(crate) fn images_in(dir: &Path) -> anyhow::Result<Vec<BootImage>> {
-    let mut images = Vec::new();
-    for file in std::fs::read_dir(dir).with_context(|| format!("cannot read `{}`", dir.display()))? {
-        let path = file?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(IMAGE_SUFFIX)) else {
-            continue;
-        };
-        images.push(BootImage { name: name.to_owned(), path: path.clone() });
-    }
-    images.sort_by(|a, b| a.name.cmp(&b.name));
-    if images.is_empty() {
-        bail!("the bootloader entry `{}` holds no disk image", dir.display());
-    }
-    Ok(images)
+/// The file name of `kernel`'s disk image: its file in the cargo entry (already safe as a
+/// file name, whatever the test binary's id) with [`IMAGE_SUFFIX`].
+fn image_file(kernel: &BootImage) -> String {
+    let file = kernel.path.file_name().map_or_else(|| kernel.name.clone(), |f| f.to_string_lossy().into_owned());
+    format!("{file}{IMAGE_SUFFIX}")
+}
+
+/// The disk images in an entry made by [`build`] from `kernels`, one per kernel, named and
+/// (for test kernels) identified as the kernel is.
+pub(crate) fn images_in(dir: &Path, kernels: &[BootImage]) -> anyhow::Result<Vec<BootImage>> {
+    kernels
+        .iter()
+        .map(|kernel| {
+            let path = dir.join(image_file(kernel));
+            if !path.is_file() {
+                bail!(
+                    "the bootloader entry `{}` has no disk image of `{}`; remove it with `cargo xtask store verify --repair`",
+                    dir.display(),
+                    kernel.name
+                );
+            }
+            Ok(BootImage { name: kernel.name.clone(), path, test: kernel.test.clone() })
+        })
+        .collect()
 }
 
 #[cfg(test)]

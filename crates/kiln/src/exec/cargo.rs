@@ -7,19 +7,23 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{Context, bail};
 use super::cargo_json::{DependencyKind, Message, Metadata, PackageId};
+use anyhow::{Context, bail};
 use kiln_store::{Derivation, Entry, InputHash, SourceSet, StatCache, hash_file, hash_source_set};
 
 use super::tool::{tool_command, user_chose_toolchain};
 use crate::{
     config::{ArtifactKind, ImageFormat},
     env,
-    plan::BuildStep,
+    plan::{BuildStep, TestBinary, check_test_binaries},
 };
 
 /// Bumped whenever the way kiln builds cargo artifacts changes their output.
-const BUILDER_VERSION: &str = "kiln-cargo-build-1";
+/// 2: test binaries are stored under their binary ids, listed in [`TEST_BINARIES_FILE`].
+const BUILDER_VERSION: &str = "kiln-cargo-build-2";
+
+/// The list of a `kind = "tests"` entry's binaries (id, kind, target, file), as JSON.
+const TEST_BINARIES_FILE: &str = "test-binaries.json";
 
 /// Facts about the host toolchain for one package directory.
 #[derive(Clone, Debug)]
@@ -190,15 +194,47 @@ fn build_environment(triple: &str) -> BTreeMap<String, String> {
 /// A binary to boot, inside a store entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BootImage {
-    /// The cargo target it was built from (the test file's name for test binaries).
+    /// The cargo target it was built from, or the test binary's id.
     pub name: String,
     /// Its path in the store.
     pub path: PathBuf,
+    /// The test binary it is, for a `kind = "tests"` artifact.
+    pub test: Option<TestBinary>,
 }
 
-/// The images of `format` in a store entry, sorted by name.
-pub(crate) fn images_in(entry: &Entry, format: ImageFormat) -> anyhow::Result<Vec<BootImage>> {
+/// One line of [`TEST_BINARIES_FILE`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredTestBinary {
+    /// Who it is.
+    #[serde(flatten)]
+    binary: TestBinary,
+    /// Its file in the entry's output (the raw image adds `.bin`).
+    file: String,
+}
+
+/// The images of `format` in a store entry: a `kind = "tests"` entry's test binaries in the
+/// order of its list, else every image, sorted by name.
+pub(crate) fn images_in(entry: &Entry, format: ImageFormat, kind: ArtifactKind) -> anyhow::Result<Vec<BootImage>> {
     let out = entry.out_dir();
+    let repair = "remove it with `cargo xtask store verify --repair` or `store gc`";
+    if kind == ArtifactKind::Tests {
+        let list = out.join(TEST_BINARIES_FILE);
+        let text = std::fs::read_to_string(&list)
+            .with_context(|| format!("store entry `{}` has no list of test binaries; {repair}", entry.closure))?;
+        let stored: Vec<StoredTestBinary> = serde_json::from_str(&text).with_context(|| {
+            format!("store entry `{}` has an unreadable `{TEST_BINARIES_FILE}`; {repair}", entry.closure)
+        })?;
+        return Ok(stored
+            .into_iter()
+            .map(|stored| {
+                let file = match format {
+                    ImageFormat::Elf | ImageFormat::Bootimage => stored.file,
+                    ImageFormat::Raw => format!("{}.bin", stored.file),
+                };
+                BootImage { name: stored.binary.id.clone(), path: out.join(file), test: Some(stored.binary) }
+            })
+            .collect());
+    }
     let mut images = Vec::new();
     for file in
         std::fs::read_dir(&out).with_context(|| format!("store entry `{}` has no output directory", entry.closure))?
@@ -210,15 +246,12 @@ pub(crate) fn images_in(entry: &Entry, format: ImageFormat) -> anyhow::Result<Ve
             ImageFormat::Raw => file_name.strip_suffix(".bin"),
         };
         if let Some(name) = wanted {
-            images.push(BootImage { name: name.to_owned(), path: path.clone() });
+            images.push(BootImage { name: name.to_owned(), path: path.clone(), test: None });
         }
     }
     images.sort_by(|a, b| a.name.cmp(&b.name));
     if images.is_empty() {
-        bail!(
-            "store entry `{}` holds no {format:?} image; remove it with `cargo xtask store verify --repair` or `store gc`",
-            entry.closure
-        );
+        bail!("store entry `{}` holds no {format:?} image; {repair}", entry.closure);
     }
     Ok(images)
 }
@@ -340,7 +373,9 @@ pub(super) fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::
                 ArtifactKind::Tests => built.profile.test,
             };
             if wanted {
-                executables.push((built.target.name.clone(), executable));
+                let kinds: Vec<String> = built.target.kind.iter().map(ToString::to_string).collect();
+                let binary = TestBinary::new(&artifact.package, &kinds, &built.target.name);
+                executables.push((binary, executable));
             }
         }
     }
@@ -349,7 +384,7 @@ pub(super) fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::
         let verb = if artifact.kind == ArtifactKind::Tests { "test --no-run" } else { "build" };
         bail!("`cargo {verb}` for {} (target {}) failed with {status}", step.key, step.triple);
     }
-    let chosen = match (artifact.kind, executables.as_slice()) {
+    match (artifact.kind, executables.as_slice()) {
         (_, []) => bail!(
             "cargo built no {} for {}; does `{}` have {}?",
             if artifact.kind == ArtifactKind::Tests { "test binary" } else { "binary" },
@@ -357,24 +392,47 @@ pub(super) fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::
             artifact.package,
             if artifact.kind == ArtifactKind::Tests { "test targets (tests/*.rs)" } else { "a [[bin]] target" }
         ),
-        (ArtifactKind::Bin, [one]) => vec![one.clone()],
+        (ArtifactKind::Bin, [(binary, executable)]) => {
+            store_image(executable, &out.join(&binary.target), artifact.image)
+        }
         (ArtifactKind::Bin, many) => bail!(
             "package `{}` has several binaries ({}); choose one with `bin = \"NAME\"` in `[artifact.{}]`",
             artifact.package,
-            many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+            many.iter().map(|(binary, _)| binary.target.as_str()).collect::<Vec<_>>().join(", "),
             artifact.name
         ),
-        (ArtifactKind::Tests, all) => all.to_vec(),
-    };
-    for (name, executable) in chosen {
-        let target = out.join(&name);
-        std::fs::copy(&executable, &target)
-            .with_context(|| format!("failed to copy `{}` into the store", executable.display()))?;
-        if artifact.image == ImageFormat::Raw {
-            super::image::write_raw_beside(&target)?;
-        }
+        (ArtifactKind::Tests, all) => store_test_binaries(all, out, artifact.image)
+            .with_context(|| format!("cannot store the test binaries of {}", step.key)),
+    }
+}
+
+/// Copies one executable into the store entry (and its raw image beside it).
+fn store_image(executable: &Path, target: &Path, image: ImageFormat) -> anyhow::Result<()> {
+    std::fs::copy(executable, target)
+        .with_context(|| format!("failed to copy `{}` into the store", executable.display()))?;
+    if image == ImageFormat::Raw {
+        super::image::write_raw_beside(target)?;
     }
     Ok(())
+}
+
+/// Copies every test binary into the entry under its file-safe id, and lists them in
+/// [`TEST_BINARIES_FILE`]; two binaries of one name are an error naming both.
+fn store_test_binaries(all: &[(TestBinary, PathBuf)], out: &Path, image: ImageFormat) -> anyhow::Result<()> {
+    let mut binaries: Vec<&(TestBinary, PathBuf)> = all.iter().collect();
+    binaries.sort_by(|a, b| a.0.cmp(&b.0));
+    let ids: Vec<TestBinary> = binaries.iter().map(|(binary, _)| binary.clone()).collect();
+    check_test_binaries(&ids)
+        .map_err(|collision| anyhow::anyhow!("{collision}; kiln boots each under its own name"))?;
+    let mut stored = Vec::new();
+    for (binary, executable) in binaries {
+        let file = binary.file_name();
+        store_image(executable, &out.join(&file), image)?;
+        stored.push(StoredTestBinary { binary: binary.clone(), file });
+    }
+    let list = serde_json::to_string_pretty(&stored)?;
+    std::fs::write(out.join(TEST_BINARIES_FILE), list + "\n")
+        .with_context(|| format!("cannot write `{TEST_BINARIES_FILE}` into the store"))
 }
 
 /// The cargo workspace root around `dir`: the outermost ancestor whose Cargo.toml has a

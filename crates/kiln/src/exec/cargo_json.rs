@@ -225,7 +225,8 @@ mod tests {
         let package = &metadata.packages[0];
         assert!(package.targets[0].is_bin() && package.source.is_none());
         assert_eq!(package.metadata["bootimage"]["test-success-exit-code"], 33);
-        let kinds: Vec<_> = metadata.resolve.expect("resolve").nodes[0].deps[0].dep_kinds.iter().map(|k| k.kind).collect();
+        let kinds: Vec<_> =
+            metadata.resolve.expect("resolve").nodes[0].deps[0].dep_kinds.iter().map(|k| k.kind).collect();
         assert_eq!(kinds, [DependencyKind::Normal, DependencyKind::Development]);
         let stream = concat!(
             "not json\n",

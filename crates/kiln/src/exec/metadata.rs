@@ -15,8 +15,8 @@ use std::{
     time::SystemTime,
 };
 
-use anyhow::{Context, bail};
 use super::cargo_json::Metadata;
+use anyhow::{Context, bail};
 use kiln_store::FileStamp;
 
 use super::tool::tool_command;
@@ -144,12 +144,8 @@ impl MetadataCache {
 /// and lock file, and cargo config and toolchain files where cargo would look (present or not).
 fn watched_files(dir: &Path, metadata: &Metadata) -> Vec<PathBuf> {
     let root = metadata.workspace_root.as_path();
-    let mut files: Vec<PathBuf> = metadata
-        .packages
-        .iter()
-        .filter(|p| p.source.is_none())
-        .map(|p| p.manifest_path.clone())
-        .collect();
+    let mut files: Vec<PathBuf> =
+        metadata.packages.iter().filter(|p| p.source.is_none()).map(|p| p.manifest_path.clone()).collect();
     files.push(root.join("Cargo.toml"));
     files.push(root.join("Cargo.lock"));
     for ancestor in dir.ancestors() {

@@ -342,7 +342,13 @@ impl Executor {
         let mut missing_disks = BTreeSet::new();
         for (step, drvs) in steps.iter().zip(&derivations) {
             if self.store.lookup(&drvs.cargo.closure_hash())?.is_none() {
-                missing_targets.entry(step.artifact.dir.clone()).or_default().insert(step.triple.clone());
+                let targets = missing_targets.entry(step.artifact.dir.clone()).or_default();
+                // With `-Z build-std` (from Kiln.toml or the package's cargo config) cargo
+                // builds the standard library itself: the target's rustup component is not
+                // needed (dated nightlies often lack it).
+                if step.artifact.build_std.is_none() && !provision::cargo_config_builds_std(&step.artifact.dir) {
+                    targets.insert(step.triple.clone());
+                }
             }
             if let Some((_, disk)) = &drvs.disk
                 && self.store.lookup(&disk.closure_hash())?.is_none()
@@ -373,7 +379,7 @@ impl Executor {
                 self.entry(&drvs.cargo, &step.key.store_name(), &what, EntryKind::Build, Some(&how), |out| {
                     cargo::cargo_build(step, out, self.settings.quiet_cargo)
                 })?;
-            let kernels = images_in(&entry, step.artifact.image)?;
+            let kernels = images_in(&entry, step.artifact.image, step.artifact.kind)?;
             let artifact = match &drvs.disk {
                 None => BuiltArtifact { closure: entry.closure, images: kernels, outcome, disk: false },
                 Some((bootloader, drv)) => {
@@ -392,7 +398,7 @@ impl Executor {
                     })?;
                     // Built now when either half was: the boots then count as fresh.
                     let outcome = if matches!(outcome, BuildOutcome::Built { .. }) { outcome } else { disk_outcome };
-                    let images = bootimage::images_in(&disks.out_dir())?;
+                    let images = bootimage::images_in(&disks.out_dir(), &kernels)?;
                     BuiltArtifact { closure: disks.closure, images, outcome, disk: true }
                 }
             };
@@ -414,7 +420,11 @@ impl Executor {
         let dirs: BTreeSet<&PathBuf> = steps.iter().map(|s| &s.artifact.dir).collect();
         self.provision_toolchains(&dirs)?;
         fn query(step: &BuildStep) -> metadata::MetadataQuery<'_> {
-            metadata::MetadataQuery { dir: step.artifact.dir.as_path(), triple: step.triple.as_str(), env: &step.artifact.env }
+            metadata::MetadataQuery {
+                dir: step.artifact.dir.as_path(),
+                triple: step.triple.as_str(),
+                env: &step.artifact.env,
+            }
         }
         let queries: BTreeSet<metadata::MetadataQuery<'_>> = steps.iter().map(query).collect();
         let cache = metadata::MetadataCache::new(self.work_dir().join("cache/cargo-metadata"));

@@ -8,18 +8,22 @@
 //! `exec` realises the first three through the store; `boots` lowers the realised plan into
 //! boots.
 
+mod binaries;
 mod cases;
 mod images;
 mod run;
+mod test_runs;
 #[cfg(test)]
 mod tests;
 
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
-use kiln_qemu::{Judge, Machine};
+use kiln_qemu::{Judge, Machine, SerialInput};
 use kiln_types::Arch;
 
+pub(crate) use binaries::{TestBinary, check_unique as check_test_binaries};
 pub(crate) use run::{RunPlan, Warmth, WarmthAsked};
+pub(crate) use test_runs::{TestNameError, TestPick, TestPlan, TestTable};
 
 use crate::config::{Artifact, Config, ConfigError, Expect, Fetch, RootfsFormat};
 
@@ -220,14 +224,14 @@ pub(crate) struct LinuxGuest {
 }
 
 /// What a case boots.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum Guest {
     /// An artifact's binary as the kernel (one boot per test binary for `kind = "tests"`).
     Artifact {
         /// The build.
         build: BuildKey,
-        /// Whether the build holds a test binary per test target.
-        tests: bool,
+        /// For a `kind = "tests"` artifact: the per-test settings and the selection.
+        tests: Option<TestPlan>,
     },
     /// A Linux kernel and rootfs, running a command under kiln's init.
     Linux {
@@ -240,17 +244,10 @@ pub(crate) enum Guest {
     },
 }
 
-/// One boot of one case on one machine.
+/// How one boot is driven and judged: markers and exit statuses, the expectation, the limits
+/// and what is typed on its console. A case has one; each of its per-test tables another.
 #[derive(Clone, Debug)]
-pub(crate) struct CaseRun {
-    /// The case's name.
-    pub case: String,
-    /// The line of `[case.NAME]` in Kiln.toml, for annotations.
-    pub line: Option<usize>,
-    /// The machine profile.
-    pub machine: Machine,
-    /// What it boots.
-    pub guest: Guest,
+pub(crate) struct BootRules {
     /// How it is judged.
     pub judge: Judge,
     /// Whether it is expected to pass.
@@ -261,12 +258,48 @@ pub(crate) struct CaseRun {
     pub no_output_timeout: Option<Duration>,
     /// Stop once the success marker appears.
     pub stop_on_success: bool,
+    /// Text typed on the serial console.
+    pub input: Option<SerialInput>,
+}
+
+/// One boot of one case on one machine.
+#[derive(Clone, Debug)]
+pub(crate) struct CaseRun {
+    /// The case's name.
+    pub case: String,
+    /// The test binary it boots, for a `kind = "tests"` artifact (set when lowered).
+    pub test: Option<TestBinary>,
+    /// The line of `[case.NAME]` in Kiln.toml, for annotations.
+    pub line: Option<usize>,
+    /// The machine profile.
+    pub machine: Machine,
+    /// What it boots.
+    pub guest: Guest,
+    /// How it is driven and judged.
+    pub rules: BootRules,
 }
 
 impl CaseRun {
-    /// `case/machine`, the name reports and log files use.
+    /// The case's name, with `[TEST]` (the binary id) after it for a test binary.
+    pub(crate) fn name(&self) -> String {
+        match &self.test {
+            Some(test) => format!("{}[{}]", self.case, test.id),
+            None => self.case.clone(),
+        }
+    }
+
+    /// `case/machine` (`case[test]/machine`), the name reports use.
     pub(crate) fn label(&self) -> String {
-        format!("{}/{}", self.case, self.machine.name)
+        format!("{}/{}", self.name(), self.machine.name)
+    }
+
+    /// The serial log's file name: `CASE.MACHINE.log`, or `CASE[TEST].MACHINE.log` with the
+    /// test binary's file-safe name.
+    pub(crate) fn log_file_name(&self) -> String {
+        match &self.test {
+            Some(test) => format!("{}[{}].{}.log", self.case, test.file_name(), self.machine.name),
+            None => format!("{}.{}.log", self.case, self.machine.name),
+        }
     }
 }
 
@@ -275,14 +308,17 @@ impl CaseRun {
 pub(crate) struct Selection {
     /// Only these architectures (all when empty).
     pub arches: Vec<Arch>,
-    /// Only these cases or artifacts (all when empty).
+    /// Only these cases or artifacts (all when empty); for `test`, `CASE[TEST]` selects one
+    /// test binary of a case.
     pub names: Vec<String>,
+    /// For `test`: only these test binaries, in every case (`--test`).
+    pub tests: Vec<String>,
 }
 
 impl Selection {
     /// Everything on these architectures.
     pub(crate) fn arches(arches: &[Arch]) -> Self {
-        Self { arches: arches.to_vec(), names: Vec::new() }
+        Self { arches: arches.to_vec(), ..Self::default() }
     }
 
     fn wants_arch(&self, arch: Arch) -> bool {
@@ -343,27 +379,17 @@ impl Plan {
         Self::assemble(config, builds, images, Vec::new())
     }
 
-    /// Every selected case × machine (`selection.names`: case names), and what they need.
+    /// Every selected case × machine (`selection.names`: case names, or `CASE[TEST]`; and
+    /// `selection.tests`), and what they need.
     pub(crate) fn for_test(config: &Config, selection: &Selection) -> Result<Self, ConfigError> {
-        for wanted in &selection.names {
-            if !config.cases.contains_key(wanted) {
-                let err = ConfigError::whole_file(&config.file, format!("no case named `{wanted}`"));
-                let known = config.cases.keys().map(String::as_str);
-                return Err(match crate::config::closest_name(wanted, known) {
-                    Some(near) => err.with_help(format!("a case with a similar name exists: `{near}`")),
-                    None => err.with_help(format!(
-                        "cases in this project: {}",
-                        config.cases.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )),
-                });
-            }
-        }
+        let wanted = test_runs::CaseSelection::parse(config, selection)?;
         let mut runs = Vec::new();
-        for case in config.cases.values().filter(|case| selection.wants_name(&case.name)) {
+        for case in config.cases.values() {
+            let test_runs::CaseWanted::Run { only } = wanted.wanted(config, case)? else { continue };
             for machine_name in &case.machines {
                 let Some(machine) = config.machines.get(machine_name) else { continue };
                 if selection.wants_arch(machine.arch) {
-                    runs.push(cases::case_run(config, case, machine));
+                    runs.push(cases::case_run(config, case, machine, only.clone()));
                 }
             }
         }

@@ -80,16 +80,15 @@ fn a_test_plan_carries_everything_its_boots_need() {
     let labels: Vec<String> = plan.runs.iter().map(CaseRun::label).collect();
     assert_eq!(labels, ["linux/linux-x86_64", "linux/linux-aarch64", "smoke/riscv64"]);
     let smoke = &plan.runs[2];
-    assert_eq!(
-        smoke.guest,
-        Guest::Artifact { build: BuildKey { artifact: "tests".into(), arch: Arch::Riscv64 }, tests: true }
-    );
+    let Guest::Artifact { build, tests: Some(tests) } = &smoke.guest else { panic!("a test artifact's case") };
+    assert_eq!(*build, BuildKey { artifact: "tests".into(), arch: Arch::Riscv64 });
+    assert!(tests.tables.is_empty() && tests.only.is_none(), "every test binary, with the case's rules");
     assert!(smoke.line.is_some(), "the case's line is known for annotations");
     let Guest::Linux { guest, command, snapshot } = &plan.runs[0].guest else { panic!("a Linux guest") };
     assert_eq!((command.as_str(), *snapshot), ("hello", false));
     assert_eq!(guest.format, RootfsFormat::Ext4);
     assert_eq!(guest.cmdline, ["loglevel=7"]);
-    assert!(plan.runs[0].judge.guest_reports_status);
+    assert!(plan.runs[0].rules.judge.guest_reports_status);
 
     // The rootfs's artifact layer makes a build; the test artifact its own.
     let builds: Vec<String> = plan.builds.iter().map(|step| step.key.to_string()).collect();
@@ -117,7 +116,7 @@ fn a_test_plan_carries_everything_its_boots_need() {
 #[test]
 fn selections_narrow_by_case_and_arch_and_unknown_cases_are_named() {
     let (_dir, config) = config(&linux_project());
-    let selection = Selection { arches: vec![Arch::Aarch64], names: vec!["linux".into()] };
+    let selection = Selection { arches: vec![Arch::Aarch64], names: vec!["linux".into()], ..Selection::default() };
     let plan = Plan::for_test(&config, &selection).expect("plan");
     assert_eq!(plan.runs.len(), 1);
     assert!(plan.builds.iter().all(|step| step.key.arch == Arch::Aarch64));
@@ -169,4 +168,161 @@ fn a_run_plan_picks_its_images_machine_and_warmth() {
     let err = RunPlan::new(&config, Arch::Riscv64, None, None, WarmthAsked::default(), None)
         .expect_err("no kernel for riscv64");
     assert!(err.to_string().contains("kernel `debian` is not built for riscv64"), "{err}");
+}
+
+/// A `kind = "tests"` artifact whose case sets three of its test binaries apart.
+const TESTS_PROJECT: &str = r#"
+[artifact.tinyos]
+package = "k"
+path = "kernel"
+arches = ["riscv64"]
+kind = "tests"
+
+[case.tests]
+artifact = "tinyos"
+failure = '\[failed\]$'
+timeout = "60s"
+
+[case.tests.test.idle]
+success = "^tinyos: idle$"
+stop-on-success = true
+timeout = "10s"
+
+[case.tests.test."tinyos::should_panic"]
+expect = "fail"
+failure = ""
+
+[case.tests.test.console_echo]
+input = "ping\r"
+input-after = "^console_echo: type"
+"#;
+
+/// The test binaries cargo would list for a package `tinyos` with a lib, a bin and three tests.
+fn tinyos_binaries() -> Vec<TestBinary> {
+    let binary = |kind: &str, target: &str| TestBinary::new("tinyos", &[kind.to_owned()], target);
+    vec![
+        binary("lib", "tinyos"),
+        binary("bin", "tinyos"),
+        binary("test", "idle"),
+        binary("test", "should_panic"),
+        binary("test", "console_echo"),
+    ]
+}
+
+/// The test plan of the only run of `selection` in `kiln_toml`.
+fn test_plan(kiln_toml: &str, selection: &Selection) -> (CaseRun, TestPlan) {
+    let (_dir, config) = config(kiln_toml);
+    let plan = Plan::for_test(&config, selection).expect("plan");
+    let [run] = plan.runs.as_slice() else { panic!("one run, got {}", plan.runs.len()) };
+    let Guest::Artifact { tests: Some(tests), .. } = &run.guest else { panic!("a test artifact's case") };
+    (run.clone(), tests.clone())
+}
+
+#[test]
+fn per_test_tables_replace_only_the_keys_they_set() {
+    let (run, tests) = test_plan(TESTS_PROJECT, &Selection::default());
+    let binaries = tinyos_binaries();
+    let boots = tests.resolve("tests", &binaries, &mut BTreeSet::new()).expect("every table names one binary");
+    let ids: Vec<&str> = boots.iter().map(|boot| binaries[boot.binary].id.as_str()).collect();
+    assert_eq!(ids, ["tinyos", "tinyos::bin/tinyos", "tinyos::idle", "tinyos::should_panic", "tinyos::console_echo"]);
+    let rules = |id: &str| {
+        let boot = boots.iter().find(|boot| binaries[boot.binary].id == id).expect("booted");
+        boot.rules.unwrap_or(&run.rules)
+    };
+    // Binaries without a table keep the case's rules.
+    assert!(boots[0].rules.is_none() && boots[1].rules.is_none());
+    assert_eq!(rules("tinyos").timeout, Duration::from_secs(60));
+
+    let idle = rules("tinyos::idle");
+    assert!(idle.stop_on_success);
+    assert_eq!(idle.timeout, Duration::from_secs(10));
+    assert_eq!(idle.judge.success.as_ref().map(regex::Regex::as_str), Some("^tinyos: idle$"));
+    assert_eq!(idle.judge.failure.as_ref().map(regex::Regex::as_str), Some(r"\[failed\]$"), "the case's");
+    assert_eq!(idle.judge.success_statuses, [0], "riscv64's exit device");
+
+    let should_panic = rules("tinyos::should_panic");
+    assert_eq!(should_panic.expect, Expect::Fail);
+    assert!(should_panic.judge.failure.is_none(), "`failure = \"\"` removes the case's pattern");
+    assert_eq!(should_panic.timeout, Duration::from_secs(60));
+    assert!(should_panic.input.is_none());
+
+    let echo = rules("tinyos::console_echo").input.as_ref().expect("input");
+    assert_eq!(echo.text, "ping\r");
+    assert_eq!(echo.after.as_ref().map(regex::Regex::as_str), Some("^console_echo: type"));
+}
+
+#[test]
+fn a_table_that_names_no_single_binary_is_an_error_at_its_key() {
+    let binaries = tinyos_binaries();
+    let (_, tests) =
+        test_plan(&format!("{TESTS_PROJECT}\n[case.tests.test.idel]\nexpect = \"fail\"\n"), &Selection::default());
+    let err = tests.resolve("tests", &binaries, &mut BTreeSet::new()).expect_err("no binary `idel`");
+    assert_eq!(err.key.as_deref(), Some("case.tests.test.idel"));
+    assert_eq!(err.message, "case `tests`: no test binary is named `idel` (`[case.tests.test.idel]`)");
+    assert!(err.help.starts_with("a test binary with a similar name exists: `tinyos::idle`; all of them: `tinyos`, "));
+
+    // `tinyos` is the library's id; `bin/tinyos` the binary's short form; both may have tables.
+    let both = format!(
+        "{TESTS_PROJECT}\n[case.tests.test.tinyos]\ntimeout = \"5s\"\n[case.tests.test.\"bin/tinyos\"]\ntimeout = \"6s\"\n"
+    );
+    let (_, tests) = test_plan(&both, &Selection::default());
+    let boots = tests.resolve("tests", &binaries, &mut BTreeSet::new()).expect("distinct binaries");
+    let timeouts: Vec<Option<Duration>> = boots[..2].iter().map(|boot| boot.rules.map(|r| r.timeout)).collect();
+    assert_eq!(timeouts, [Some(Duration::from_secs(5)), Some(Duration::from_secs(6))]);
+
+    // Two tables for one binary (its id and a short form).
+    let twice = format!("{TESTS_PROJECT}\n[case.tests.test.\"tinyos::idle\"]\ntimeout = \"5s\"\n");
+    let (_, tests) = test_plan(&twice, &Selection::default());
+    let err = tests.resolve("tests", &binaries, &mut BTreeSet::new()).expect_err("two tables");
+    assert_eq!(
+        err.message,
+        "`[case.tests.test.idle]` and `[case.tests.test.\"tinyos::idle\"]` both set test binary `tinyos::idle`"
+    );
+}
+
+#[test]
+fn command_line_picks_select_test_binaries() {
+    let binaries = tinyos_binaries();
+    let ids = |tests: &TestPlan| -> Vec<String> {
+        let boots = tests.resolve("tests", &binaries, &mut BTreeSet::new()).expect("resolves");
+        boots.iter().map(|boot| binaries[boot.binary].id.clone()).collect()
+    };
+    let pick = |names: &[&str], tests: &[&str]| Selection {
+        names: names.iter().map(|n| (*n).to_owned()).collect(),
+        tests: tests.iter().map(|n| (*n).to_owned()).collect(),
+        ..Selection::default()
+    };
+    let (_, tests) = test_plan(TESTS_PROJECT, &pick(&["tests[bin/tinyos]", "tests[idle]"], &[]));
+    assert_eq!(ids(&tests), ["tinyos::bin/tinyos", "tinyos::idle"]);
+    let (_, tests) = test_plan(TESTS_PROJECT, &pick(&[], &["tinyos", "console_echo"]));
+    assert_eq!(ids(&tests), ["tinyos", "tinyos::console_echo"]);
+
+    // An ambiguous short form names its binaries.
+    let (_, tests) = test_plan(TESTS_PROJECT, &pick(&["tests[lib/tinyos]"], &[]));
+    assert_eq!(ids(&tests), ["tinyos"]);
+    let mut two = binaries.clone();
+    two.push(TestBinary::new("tinyos", &["bench".to_owned()], "should_panic"));
+    let (_, tests) = test_plan(TESTS_PROJECT, &pick(&["tests[should_panic]"], &[]));
+    let err = tests.resolve("tests", &two, &mut BTreeSet::new()).expect_err("ambiguous");
+    assert_eq!(err.message, "`tests[should_panic]`: case `tests`: `should_panic` names 2 test binaries");
+    assert_eq!(err.help, "name one of them in full: `tinyos::should_panic`, `tinyos::bench/should_panic`");
+    assert!(err.key.is_none(), "a command-line name is no Kiln.toml error");
+
+    // `--test` names may be absent from one case; the boots check that some case had them.
+    let (_, tests) = test_plan(TESTS_PROJECT, &pick(&[], &["nothing"]));
+    let mut matched = BTreeSet::new();
+    assert!(tests.resolve("tests", &binaries, &mut matched).expect("resolves").is_empty());
+    assert!(matched.is_empty());
+    let err = TestNameError::unmatched("nothing", &binaries);
+    assert_eq!(err.message, "`--test nothing`: no test binary of the selected cases is named `nothing`");
+
+    let (_dir, config) = config(TESTS_PROJECT);
+    for (bad, message) in [
+        ("tests[idle", "cannot read `tests[idle` as CASE[TEST]"),
+        ("tests[]", "cannot read `tests[]` as CASE[TEST]"),
+        ("tsts[idle]", "no case named `tsts`"),
+    ] {
+        let err = Plan::for_test(&config, &pick(&[bad], &[])).expect_err(bad);
+        assert_eq!(err.message, message);
+    }
 }

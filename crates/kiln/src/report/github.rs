@@ -179,6 +179,7 @@ mod tests {
         summary.results.push(crate::outcome::CaseResult {
             label: "a/b".into(),
             case: "a|b".into(),
+            test: None,
             line: None,
             machine: "m".into(),
             arch: kiln_types::Arch::X86_64,

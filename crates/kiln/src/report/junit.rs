@@ -48,8 +48,11 @@ struct Counts {
 
 impl Counts {
     fn of(summary: &RunSummary) -> Self {
-        let failures =
-            summary.results.iter().filter(|r| matches!(r.status, CaseStatus::Failed | CaseStatus::UnexpectedPass)).count();
+        let failures = summary
+            .results
+            .iter()
+            .filter(|r| matches!(r.status, CaseStatus::Failed | CaseStatus::UnexpectedPass))
+            .count();
         let errors =
             summary.results.iter().filter(|r| matches!(r.status, CaseStatus::Error | CaseStatus::Interrupted)).count();
         Counts { tests: summary.results.len(), failures, errors }
@@ -138,6 +141,7 @@ mod tests {
         CaseResult {
             label: format!("{case}/riscv64"),
             case: case.to_owned(),
+            test: None,
             line: None,
             machine: "riscv64".to_owned(),
             arch: Arch::Riscv64,

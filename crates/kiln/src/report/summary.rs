@@ -75,6 +75,7 @@ mod tests {
         CaseResult {
             label: format!("{case}/{arch}"),
             case: case.to_owned(),
+            test: None,
             line: None,
             machine: arch.to_string(),
             arch,

@@ -77,7 +77,8 @@ pub(super) fn run() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<8} {:<46} {:>9} {:>9}", "", "cold build of the xtask `init` writes", "time", "crates")?;
-    for (name, features) in [("default features", &[][..]), ("all features (remote, github)", &["remote", "github"][..])]
+    for (name, features) in
+        [("default features", &[][..]), ("all features (remote, github)", &["remote", "github"][..])]
     {
         let build = cold_build(&scratch.path().join(name.replace([' ', '(', ')', ','], "-")), kiln, features)?;
         writeln!(out, "{:<8} {:<46} {:>8.1}s {:>9}", "host", name, build.time.as_secs_f64(), build.crates)?;

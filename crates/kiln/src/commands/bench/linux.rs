@@ -34,7 +34,10 @@ pub(super) fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
         cx.printer().status("Skipping", "the linux suite: Kiln.toml has no Linux case expected to pass");
         return Ok(());
     };
-    let plan = Plan::for_test(config, &Selection { arches: args.arch.clone(), names: vec![case.clone()] })?;
+    let plan = Plan::for_test(
+        config,
+        &Selection { arches: args.arch.clone(), names: vec![case.clone()], ..Selection::default() },
+    )?;
     cx.executor().provision_machines(plan.runs.iter().map(|run| &run.machine))?;
     let realised = cx.realise(&plan)?;
     let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
@@ -96,6 +99,7 @@ pub(super) fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
                     timeout: Duration::from_secs(120),
                     no_output_timeout: None,
                     stop_on_success: false,
+                    input: None,
                     log_path: scratch.path().join(format!("{arch}-{i}.log")),
                     exit_marker: Some(guest::exit_marker(&nonce)),
                 };

@@ -119,7 +119,10 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
             .map(|c| c.name.clone())
             .ok_or_else(|| UsageError::new("no bare-metal case is expected to pass; name one with `--case`", None))?,
     };
-    let plan = Plan::for_test(config, &Selection { arches: args.arch.clone(), names: vec![case.clone()] })?;
+    let plan = Plan::for_test(
+        config,
+        &Selection { arches: args.arch.clone(), names: vec![case.clone()], ..Selection::default() },
+    )?;
     cx.executor().provision_machines(plan.runs.iter().map(|run| &run.machine))?;
     let built = cx.realise_builds(&plan)?;
     let accels = cx.accelerators(plan.runs.iter().map(|r| r.machine.arch));
@@ -147,13 +150,14 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
                 let request = BootRequest {
                     program: arch.qemu_binary().to_owned(),
                     argv: argv.clone(),
-                    timeout: run.timeout,
-                    no_output_timeout: run.no_output_timeout,
-                    stop_on_success: run.stop_on_success,
+                    timeout: run.rules.timeout,
+                    no_output_timeout: run.rules.no_output_timeout,
+                    stop_on_success: run.rules.stop_on_success,
                     log_path: scratch.path().join(format!("{arch}-{i}.log")),
                     exit_marker: None,
+                    input: run.rules.input.clone(),
                 };
-                let judge = Judge { ..run.judge.clone() };
+                let judge = Judge { ..run.rules.judge.clone() };
                 let outcome = runtime.block_on(kiln_qemu::boot(&request, &judge, |_| {}))?;
                 if judge.judge(&outcome).is_pass() {
                     measured.times.push(outcome.duration);
@@ -197,8 +201,9 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
 /// same boots alone, to show what kiln adds when nothing needs building.
 fn warm_run_overhead(cx: &Cx, args: &BenchArgs, runs: usize, cases: Vec<String>) -> anyhow::Result<()> {
     let quiet = Cx::open(Some(&cx.config().file), Printer::new(Verbosity::Quiet), cx.options().clone())?;
-    let test_args = TestArgs { cases: cases.clone(), arch: args.arch.clone(), junit: None };
-    let plan = Plan::for_test(quiet.config(), &Selection { arches: args.arch.clone(), names: cases })?;
+    let test_args = TestArgs { cases: cases.clone(), arch: args.arch.clone(), junit: None, tests: Vec::new() };
+    let plan =
+        Plan::for_test(quiet.config(), &Selection { arches: args.arch.clone(), names: cases, ..Selection::default() })?;
     let (ready, _) = quiet.prepare_boots(&plan)?;
     let log_dir = quiet.log_dir()?;
     let boots = ready.len();

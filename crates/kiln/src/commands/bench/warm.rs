@@ -177,7 +177,8 @@ fn trivial_program(cx: &Cx, arch: Arch) -> anyhow::Result<Option<PathBuf>> {
     else {
         return Ok(None);
     };
-    let plan = Plan::for_build(cx.config(), &Selection { arches: vec![arch], names: vec![name] });
+    let plan =
+        Plan::for_build(cx.config(), &Selection { arches: vec![arch], names: vec![name], ..Selection::default() });
     let built = cx.realise_builds(&plan)?;
     Ok(built.values().next().map(|b| b.image().to_owned()))
 }

@@ -99,7 +99,8 @@ impl Repository {
     pub(super) fn build_arch(&self) -> Option<Arch> {
         let target = self.cargo.build_target.as_deref()?;
         arch_of(target).or_else(|| {
-            let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(self.root.join(target)).ok()?).ok()?;
+            let spec: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(self.root.join(target)).ok()?).ok()?;
             arch_of(spec.get("arch")?.as_str()?)
         })
     }
@@ -197,7 +198,9 @@ fn config_files(root: &Path, git_root: Option<&Path>) -> Vec<toml::Table> {
     let mut tables = Vec::new();
     for dir in root.ancestors() {
         for name in ["config.toml", "config"] {
-            if let Some(table) = std::fs::read_to_string(dir.join(".cargo").join(name)).ok().and_then(|t| t.parse().ok()) {
+            if let Some(table) =
+                std::fs::read_to_string(dir.join(".cargo").join(name)).ok().and_then(|t| t.parse().ok())
+            {
                 tables.push(table);
                 break;
             }

@@ -76,8 +76,11 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
         }
         let _ = writeln!(text, "arches = [\"TODO: x86_64, aarch64 or riscv64\"]");
     } else {
-        let source =
-            if repo.cargo.build_target.is_some() { "build.target in .cargo/config.toml" } else { "rust-toolchain.toml targets" };
+        let source = if repo.cargo.build_target.is_some() {
+            "build.target in .cargo/config.toml"
+        } else {
+            "rust-toolchain.toml targets"
+        };
         let _ = writeln!(text, "# From {source}.");
         let list: Vec<String> = arches.iter().map(|(arch, _)| format!("\"{arch}\"")).collect();
         let _ = writeln!(text, "arches = [{}]", list.join(", "));
@@ -100,7 +103,10 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
     }
     if runs_test_kernels(repo, kernel) {
         let runner = repo.cargo.runner.as_deref().unwrap_or("bootimage runner");
-        let _ = writeln!(text, "# `cargo test` kernels (runner `{runner}`): each test binary boots as its own run of the cases.");
+        let _ = writeln!(
+            text,
+            "# `cargo test` kernels (runner `{runner}`): each test binary boots as its own run of the cases."
+        );
         let _ = writeln!(text, "kind = \"tests\"");
     }
     if uses_bootimage(kernel) {
@@ -135,7 +141,9 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
                     && found.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&format!("{stem}-")))
             })
             .collect();
-        let from = if sources.is_empty() { "a build step".to_owned() } else {
+        let from = if sources.is_empty() {
+            "a build step".to_owned()
+        } else {
             sources.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" or ")
         };
         let _ = writeln!(
@@ -175,7 +183,8 @@ fn case(text: &mut String, kernel: &Kernel, name: &str) {
     }
     match kernel.bootimage.as_ref().and_then(|b| b.test_timeout) {
         Some(seconds) => {
-            let _ = writeln!(text, "timeout = \"{seconds}s\"               # test-timeout in [package.metadata.bootimage]");
+            let _ =
+                writeln!(text, "timeout = \"{seconds}s\"               # test-timeout in [package.metadata.bootimage]");
         }
         None => {
             let _ = writeln!(text, "timeout = \"60s\"");
@@ -203,12 +212,8 @@ pub(super) fn text(repo: &Repository) -> String {
     for kernel in &repo.kernels {
         case(&mut text, kernel, &kernel.package);
     }
-    let extra: Vec<String> = repo
-        .kernels
-        .iter()
-        .filter_map(|k| k.bootimage.as_ref())
-        .flat_map(|b| extra_test_args(&b.test_args))
-        .collect();
+    let extra: Vec<String> =
+        repo.kernels.iter().filter_map(|k| k.bootimage.as_ref()).flat_map(|b| extra_test_args(&b.test_args)).collect();
     if !extra.is_empty() {
         let quoted: Vec<String> = extra.iter().map(|a| toml::Value::String(a.clone()).to_string()).collect();
         let _ = writeln!(text, "# test-args in [package.metadata.bootimage], less what kiln does itself.");

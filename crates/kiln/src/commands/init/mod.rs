@@ -236,9 +236,10 @@ fn alias_change(root: &Path, host_target: Option<&str>) -> anyhow::Result<Option
     }
     let path = root.join(".cargo/config.toml");
     let (mut doc, existed) = match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            (text.parse::<toml_edit::DocumentMut>().with_context(|| format!("cannot parse `{}`", path.display()))?, true)
-        }
+        Ok(text) => (
+            text.parse::<toml_edit::DocumentMut>().with_context(|| format!("cannot parse `{}`", path.display()))?,
+            true,
+        ),
         Err(_) if !root.join(".cargo/config").exists() => (toml_edit::DocumentMut::new(), false),
         Err(_) => bail!(
             "`{}` uses the old name `.cargo/config`: rename it to `.cargo/config.toml` (cargo reads both) and run init again",

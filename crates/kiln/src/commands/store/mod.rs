@@ -63,7 +63,8 @@ fn steps_of(cx: &Cx, arg: &ArtifactArg) -> anyhow::Result<Vec<BuildStep>> {
     {
         return Err(UsageError::new(format!("artifact `{}` is not built for {arch}", arg.name), None).into());
     }
-    let selection = Selection { arches: arg.arch.into_iter().collect(), names: vec![arg.name.clone()] };
+    let selection =
+        Selection { arches: arg.arch.into_iter().collect(), names: vec![arg.name.clone()], ..Selection::default() };
     Ok(Plan::for_build(config, &selection).builds)
 }
 
@@ -129,7 +130,7 @@ fn path(cx: &Cx, arg: &ArtifactArg) -> anyhow::Result<u8> {
             )
             .into());
         };
-        for image in exec::images_in(&entry, step.artifact.image)? {
+        for image in exec::images_in(&entry, step.artifact.image, step.artifact.kind)? {
             if several {
                 writeln!(out, "{} {}", step.key.arch, image.path.display())?;
             } else {
