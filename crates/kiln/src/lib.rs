@@ -28,6 +28,7 @@ mod explain;
 mod github;
 mod guest;
 mod host;
+mod layout;
 mod outcome;
 mod plan;
 mod report;

@@ -24,7 +24,7 @@ use proc_macro2::{Delimiter, TokenStream, TokenTree};
 const LAYERS: &[&[&str]] = &[
     // Foundations: no imports from the crate but each other's lower ones.
     &["env", "error", "exit_code", "units"],
-    &["host"],
+    &["host", "layout"],
     // What the user declared.
     &["config"],
     // What to do, what came of it, how it was asked for.

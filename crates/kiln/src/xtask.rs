@@ -222,7 +222,7 @@ fn delegate_root(global: &GlobalArgs) -> Option<std::path::PathBuf> {
         None => std::env::current_dir().ok()?,
     };
     start.ancestors().find_map(|dir| {
-        let depends = crate::commands::kiln_manifest(dir).is_some();
+        let depends = crate::layout::kiln_manifest(dir).is_some();
         let config = std::fs::read_to_string(dir.join(".cargo/config.toml")).ok()?;
         let aliased = config.parse::<toml::Table>().ok()?.get("alias").and_then(|a| a.get("xtask")).is_some();
         (depends && aliased).then(|| dir.to_owned())

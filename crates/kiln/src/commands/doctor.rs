@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::layout::{TOOL_DIR, XTASK_DIR};
+use crate::layout::{TOOL_DIR, XTASK_DIR};
 use crate::{
     cli::GlobalArgs,
     config::{self, Config},

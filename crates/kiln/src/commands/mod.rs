@@ -9,7 +9,6 @@ mod config;
 mod doctor;
 #[cfg(feature = "init")]
 mod init;
-mod layout;
 mod qemu;
 #[cfg(feature = "github")]
 mod release;
@@ -24,7 +23,6 @@ mod vm;
 pub(crate) use bench::synthetic_crate;
 #[cfg(feature = "init")]
 pub(crate) use init::run as init;
-pub(crate) use layout::kiln_manifest;
 
 /// `init` in a kiln built without it (a repository's own xtask): where to find it.
 #[cfg(not(feature = "init"))]

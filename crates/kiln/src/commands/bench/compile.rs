@@ -14,8 +14,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    commands::layout::{TOOL_MAIN, TOOL_PACKAGE, tool_manifest},
     exec::tool_command,
+    layout::{TOOL_MAIN, TOOL_PACKAGE, tool_manifest},
 };
 
 /// One cold build of a generated tool: how long, and how many crates cargo compiled.

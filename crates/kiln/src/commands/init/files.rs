@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use super::{TOOL_DIR, XTASK_DIR};
-use crate::commands::layout::{TOOL_MAIN, tool_manifest};
+use crate::layout::{TOOL_MAIN, tool_manifest};
 
 /// The bootstrap's `main.rs`, with kiln's minimum Rust filled in.
 pub(super) fn bootstrap_main() -> String {

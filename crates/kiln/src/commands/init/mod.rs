@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 use self::detect::Repository;
-use super::layout::{TOOL_DIR, XTASK_DIR, depends_on_kiln};
+use crate::layout::{TOOL_DIR, XTASK_DIR, depends_on_kiln};
 use crate::{cli::InitArgs, error::UsageError, exec::tool_command, exit_code, report::Printer};
 
 /// One change `init` makes.
@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn the_bootstrap_names_the_tool_and_kilns_minimum_rust() {
         let main = files::bootstrap_main();
-        assert!(main.contains(&format!("const TOOL: &str = \"{}\"", crate::commands::layout::TOOL_PACKAGE)));
+        assert!(main.contains(&format!("const TOOL: &str = \"{}\"", crate::layout::TOOL_PACKAGE)));
         assert!(!main.contains('@'), "every placeholder is filled");
     }
 }
