@@ -120,3 +120,95 @@ fn cargo_kiln_hands_over_to_a_repository_xtask_that_depends_on_kiln() {
     assert!(here.status.success());
     assert!(String::from_utf8_lossy(&here.stdout).contains("[artifact.hello]"), "--no-delegate runs kiln itself");
 }
+
+/// Variables that `cargo test` sets for this test process and that would decide, for the
+/// commands a user types in the fixture, which toolchain and target directory they use.
+const TEST_RUNNER_VARIABLES: &[&str] = &[
+    "RUSTUP_TOOLCHAIN",
+    "RUSTUP_TOOLCHAIN_SOURCE",
+    "CARGO",
+    "RUSTC",
+    "RUSTDOC",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET_DIR",
+    "CARGO_MANIFEST_DIR",
+];
+
+/// A command as a user types it in `dir`: the repository's own toolchain file decides.
+fn user_command(program: &str, dir: &std::path::Path) -> Command {
+    let mut command = Command::new(program);
+    command.current_dir(dir).env_remove("CI");
+    for name in TEST_RUNNER_VARIABLES {
+        command.env_remove(name);
+    }
+    // This machine reaches crates.io only through the sparse index, which cargo 1.66 uses
+    // only when asked (its build-std fetches the standard library's dependencies).
+    command.env("CARGO_UNSTABLE_SPARSE_REGISTRY", "true");
+    command
+}
+
+/// The failing variant this test adds: the kernel's self-test fails and it panics.
+const RPI_FAILING_VARIANT: &str = r#"
+[artifact.mingo-fail]
+package = "mingo"
+path = "."
+arches = ["aarch64"]
+target.aarch64 = "aarch64-unknown-none-softfloat"
+features = ["test_fail"]
+
+[case.self-test-fails]
+artifact = "mingo-fail"
+success = "Kernel tests: all passed"
+failure = "(?i)kernel panic"
+"#;
+
+/// (e) A repository pinned to a 2022 nightly (cargo 1.66, which predates edition 2024 and
+/// lock file version 4) adopts kiln: init leaves its manifests and lock file alone, its own
+/// build still works, and `cargo xtask test` runs through the bootstrap on that cargo while
+/// kiln's tool builds with a current stable.
+#[test]
+fn a_repository_pinned_to_a_2022_nightly_adopts_kiln_and_its_own_build_still_works() {
+    let project = Project::copy_of(&repo_root().join("tests/fixtures/rpi-2022"));
+    let dir = project.path();
+    let cargo_version = user_command("cargo", dir).arg("--version").output().expect("cargo runs");
+    let cargo_version = String::from_utf8_lossy(&cargo_version.stdout).into_owned();
+    assert!(cargo_version.starts_with("cargo 1.66"), "the fixture's pinned cargo: {cargo_version}");
+    let kernel_files = ["Cargo.toml", "Cargo.lock", "rust-toolchain.toml"]
+        .map(|file| std::fs::read_to_string(dir.join(file)).expect("a fixture file"));
+
+    let kiln_path = repo_root().join("crates/kiln");
+    let mut init = project.command_in_dir(&["init", "--kiln-path", kiln_path.to_str().expect("utf-8")]);
+    for name in TEST_RUNNER_VARIABLES {
+        init.env_remove(name);
+    }
+    let init = init.env("CARGO_UNSTABLE_SPARSE_REGISTRY", "true").output().expect("init runs");
+    let init_log = String::from_utf8_lossy(&init.stderr);
+    assert!(init.status.success(), "{init_log}");
+    assert!(init_log.contains("Checked"), "the bootstrap builds with nightly-2022-10-01: {init_log}");
+    for (file, before) in ["Cargo.toml", "Cargo.lock", "rust-toolchain.toml"].iter().zip(&kernel_files) {
+        assert_eq!(&std::fs::read_to_string(dir.join(file)).expect("read"), before, "init left {file} alone");
+    }
+    let config = std::fs::read_to_string(dir.join(".cargo/config.toml")).expect("read");
+    assert!(config.contains("x86_64-unknown-linux-gnu"), "cargo 1.66 knows no host-tuple: {config}");
+    let kiln_toml = std::fs::read_to_string(dir.join("Kiln.toml")).expect("Kiln.toml");
+    assert!(kiln_toml.contains("arches = [\"aarch64\"]"), "{kiln_toml}");
+
+    // The repository's own build, as its Makefile runs it, still works.
+    let build = user_command("cargo", dir).args(["build", "--release"]).output().expect("cargo runs");
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+
+    let filled =
+        kiln_toml.replace("\"TODO: the line your kernel prints when it passes\"", "\"Kernel tests: all passed\"");
+    std::fs::write(dir.join("Kiln.toml"), format!("{filled}{RPI_FAILING_VARIANT}")).expect("fill the TODO");
+    let test = user_command("cargo", dir).args(["xtask", "--accel", "tcg", "test"]).output().expect("cargo xtask runs");
+    let log = String::from_utf8_lossy(&test.stderr);
+    assert_eq!(test.status.code(), Some(1), "one case fails on purpose:\n{log}");
+    assert!(log.contains("1 passed, 1 failed"), "{log}");
+    assert!(log.contains("self-test-fails") && log.to_lowercase().contains("kernel panic"), "{log}");
+
+    let doctor = user_command("cargo", dir).args(["xtask", "doctor"]).output().expect("cargo xtask runs");
+    let doctor_log = String::from_utf8_lossy(&doctor.stderr);
+    assert!(!doctor_log.contains("xtask:"), "doctor finds nothing wrong with the xtask: {doctor_log}");
+}

@@ -162,9 +162,9 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
     text.push('\n');
 }
 
-fn case(text: &mut String, kernel: &Kernel, name: &str) {
+fn case(text: &mut String, kernel: &Kernel, name: &str, artifact: &str) {
     let _ = writeln!(text, "[case.{}]", toml_key(name));
-    let _ = writeln!(text, "artifact = \"{}\"", toml_key(name));
+    let _ = writeln!(text, "artifact = \"{}\"", toml_key(artifact));
     match kernel.bootimage.as_ref().and_then(|b| b.test_success_exit_code) {
         Some(code) => {
             let _ = writeln!(text, "# test-success-exit-code in [package.metadata.bootimage].");
@@ -209,8 +209,10 @@ pub(super) fn text(repo: &Repository) -> String {
     for kernel in &repo.kernels {
         artifact(&mut text, repo, kernel, &kernel.package);
     }
+    // One kernel: its case is `boot`; several: one case each, named after the package.
     for kernel in &repo.kernels {
-        case(&mut text, kernel, &kernel.package);
+        let name = if repo.kernels.len() == 1 { "boot" } else { kernel.package.as_str() };
+        case(&mut text, kernel, name, &kernel.package);
     }
     let extra: Vec<String> =
         repo.kernels.iter().filter_map(|k| k.bootimage.as_ref()).flat_map(|b| extra_test_args(&b.test_args)).collect();
