@@ -5,6 +5,7 @@ mod action;
 mod action_sim;
 mod adoption;
 mod bootloader;
+mod closures;
 mod config_errors;
 mod example;
 mod fixtures;

@@ -325,8 +325,41 @@ fn extra_rustflags(command: &mut Command, flags: &[String], dir: &Path, workspac
     }
 }
 
+/// Removes what cargo built of the artifact's own package for this target and profile, so
+/// the build that follows compiles and links it again. kiln builds only on a store miss: its
+/// closure saw an input change, and it may be one cargo does not track (a linker script or
+/// other file named in rustflags), after which cargo would call the old binary fresh.
+fn forget_own_package(step: &BuildStep) -> anyhow::Result<()> {
+    let artifact = &step.artifact;
+    let output = tool_command("cargo", &artifact.dir)
+        .args([
+            "clean",
+            "--quiet",
+            "--package",
+            &artifact.package,
+            "--target",
+            &step.triple,
+            "--profile",
+            &artifact.profile,
+        ])
+        .envs(&artifact.env)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("failed to run cargo in `{}`; is cargo on PATH?", artifact.dir.display()))?;
+    if !output.status.success() {
+        bail!(
+            "`cargo clean --package {}` before rebuilding {} failed: {}",
+            artifact.package,
+            step.key,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 pub(super) fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::Result<()> {
     let artifact = &step.artifact;
+    forget_own_package(step)?;
     let mut command = tool_command("cargo", &artifact.dir);
     match artifact.kind {
         ArtifactKind::Bin => command.arg("build"),
