@@ -160,6 +160,7 @@ features = ["test_fail"]
 
 [case.self-test-fails]
 artifact = "mingo-fail"
+machines = ["raspi3b"]
 success = "Kernel tests: all passed"
 failure = "(?i)kernel panic"
 "#;
@@ -194,6 +195,7 @@ fn a_repository_pinned_to_a_2022_nightly_adopts_kiln_and_its_own_build_still_wor
     assert!(config.contains("x86_64-unknown-linux-gnu"), "cargo 1.66 knows no host-tuple: {config}");
     let kiln_toml = std::fs::read_to_string(dir.join("Kiln.toml")).expect("Kiln.toml");
     assert!(kiln_toml.contains("arches = [\"aarch64\"]"), "{kiln_toml}");
+    assert!(kiln_toml.contains("machine = \"raspi3b\"") && kiln_toml.contains("semihosting = true"), "{kiln_toml}");
 
     // The repository's own build, as its Makefile runs it, still works.
     let build = user_command("cargo", dir).args(["build", "--release"]).output().expect("cargo runs");

@@ -53,6 +53,7 @@ pub(crate) struct Package {
     pub source: Option<String>,
     /// Its `Cargo.toml`.
     pub manifest_path: PathBuf,
+    #[cfg_attr(not(feature = "init"), allow(dead_code, reason = "read by init"))]
     /// Its targets.
     #[serde(default)]
     pub targets: Vec<Target>,
@@ -75,6 +76,7 @@ pub(crate) struct Dependency {
     /// The name it is used under, when renamed.
     #[serde(default)]
     pub rename: Option<String>,
+    #[cfg_attr(not(feature = "init"), allow(dead_code, reason = "read by init"))]
     /// Its version requirement.
     pub req: String,
 }
@@ -95,6 +97,7 @@ impl Target {
         self.kind.iter().any(|k| k == "bin")
     }
 
+    #[cfg_attr(not(feature = "init"), allow(dead_code, reason = "read by init"))]
     /// Whether it is an integration test (`tests/*.rs`, `[[test]]`).
     pub(crate) fn is_test(&self) -> bool {
         self.kind.iter().any(|k| k == "test")

@@ -22,6 +22,118 @@ pub(super) struct Repository {
     pub cargo: CargoConfig,
     /// Linker scripts in the repository, relative to `root`.
     pub linker_scripts: Vec<String>,
+    /// The QEMU board the repository boots on, from a `qemu-system-*` command in its cargo
+    /// runner, Makefile or shell scripts, when it is not kiln's default for the arch.
+    pub board: Option<Board>,
+}
+
+/// A QEMU board read from the repository's own QEMU command.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Board {
+    /// The guest architecture (from `qemu-system-ARCH`).
+    pub arch: Arch,
+    /// `-M`/`-machine`, without its options.
+    pub machine: String,
+    /// Whether the command enables semihosting.
+    pub semihosting: bool,
+    /// Where the command was found.
+    pub found_in: String,
+}
+
+impl Board {
+    fn clone_board(&self) -> Board {
+        Board {
+            arch: self.arch,
+            machine: self.machine.clone(),
+            semihosting: self.semihosting,
+            found_in: self.found_in.clone(),
+        }
+    }
+}
+
+/// The board of one `qemu-system-ARCH ...` command line, when it names one.
+pub(super) fn board_in(line: &str, found_in: &str) -> Option<Board> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // A Makefile recipe may start with `@`, `-` or `+`.
+    let program_of = |word: &str| word.trim_start_matches(['@', '-', '+']).rsplit('/').next().map(str::to_owned);
+    let start = words.iter().position(|w| program_of(w).is_some_and(|p| p.starts_with("qemu-system-")))?;
+    let program = program_of(words[start])?;
+    let arch = match program.trim_start_matches("qemu-system-") {
+        "x86_64" => Arch::X86_64,
+        "aarch64" => Arch::Aarch64,
+        "riscv64" => Arch::Riscv64,
+        _ => return None,
+    };
+    let args = &words[start + 1..];
+    let machine = args
+        .windows(2)
+        .find(|pair| pair[0] == "-M" || pair[0] == "-machine")
+        .map(|pair| pair[1].split(',').next().unwrap_or_default().to_owned())?;
+    let semihosting = args.iter().any(|w| w.starts_with("-semihosting"));
+    Some(Board { arch, machine, semihosting, found_in: found_in.to_owned() })
+}
+
+/// A Makefile with its simple variables (`NAME = value`, `:=`, `?=`, `+=`) substituted into
+/// `$(NAME)` and `${NAME}`, the way the tutorials' Makefiles spell their QEMU command
+/// (`$(QEMU_BINARY) -M $(QEMU_MACHINE_TYPE)`). Conditionals are ignored: the first value
+/// assigned wins.
+pub(super) fn expand_make_variables(text: &str) -> String {
+    let mut variables: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        for operator in [":=", "?=", "+=", "="] {
+            if let Some((name, value)) = line.split_once(operator)
+                && !name.trim().is_empty()
+                && name.trim().chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                let name = name.trim().to_owned();
+                if !variables.iter().any(|(known, _)| *known == name) {
+                    variables.push((name, value.trim().to_owned()));
+                }
+                break;
+            }
+        }
+    }
+    let mut expanded = text.to_owned();
+    // Values may name other variables: a few rounds resolve the usual nesting.
+    for _ in 0..4 {
+        for (name, value) in &variables {
+            expanded = expanded.replace(&format!("$({name})"), value).replace(&format!("${{{name}}}"), value);
+        }
+    }
+    expanded
+}
+
+/// The first board named by a QEMU command in the runner, a Makefile or a shell script at the
+/// root, unless it is kiln's default machine for its arch.
+fn board(root: &Path, runner: Option<&str>) -> Option<Board> {
+    let mut sources: Vec<(String, String)> =
+        runner.map(|r| (".cargo/config.toml runner".to_owned(), r.to_owned())).into_iter().collect();
+    if let Ok(entries) = std::fs::read_dir(root) {
+        let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        for name in
+            names.into_iter().filter(|n| n == "Makefile" || n == "makefile" || n.ends_with(".mk") || n.ends_with(".sh"))
+        {
+            if let Ok(text) = std::fs::read_to_string(root.join(&name)) {
+                let text = text.replace("\\\n", " ");
+                let text = if name.ends_with(".sh") { text } else { expand_make_variables(&text) };
+                sources.push((name, text));
+            }
+        }
+    }
+    let default = |arch: Arch| match arch {
+        Arch::X86_64 => ["q35", "pc"].as_slice(),
+        Arch::Aarch64 | Arch::Riscv64 => ["virt"].as_slice(),
+    };
+    let boards: Vec<Board> = sources
+        .iter()
+        .flat_map(|(found_in, text)| text.lines().filter_map(move |line| board_in(line, found_in)))
+        .collect();
+    let mut first = boards.iter().find(|board| !default(board.arch).contains(&board.machine.as_str()))?.clone_board();
+    // A variable's definition names the board; the recipe that uses it adds the options.
+    first.semihosting = boards.iter().any(|b| b.arch == first.arch && b.machine == first.machine && b.semihosting);
+    Some(first)
 }
 
 /// One kernel package.
@@ -43,8 +155,6 @@ pub(super) struct Kernel {
 pub(super) struct Bootimage {
     /// `test-args`: QEMU arguments for test kernels.
     pub test_args: Vec<String>,
-    /// `run-args`: QEMU arguments for the kernel.
-    pub run_args: Vec<String>,
     /// `test-success-exit-code`: QEMU's exit status that means a test kernel passed.
     pub test_success_exit_code: Option<i64>,
     /// `test-timeout`: seconds.
@@ -91,7 +201,8 @@ impl Repository {
             }
         }
         linker_scripts.sort();
-        Ok(Repository { root: root.to_owned(), git_root, kernels, toolchain, cargo, linker_scripts })
+        let board = board(root, cargo.runner.as_deref());
+        Ok(Repository { root: root.to_owned(), git_root, kernels, toolchain, cargo, linker_scripts, board })
     }
 
     /// The architecture of `build.target`, when it names one: from the triple, or from the
@@ -150,7 +261,6 @@ fn kernels(root: &Path) -> anyhow::Result<Vec<Kernel>> {
         let relative = dir.strip_prefix(root).map(|p| p.display().to_string()).unwrap_or_default();
         let bootimage = package.metadata.get("bootimage").map(|table| Bootimage {
             test_args: strings(table.get("test-args")),
-            run_args: strings(table.get("run-args")),
             test_success_exit_code: table.get("test-success-exit-code").and_then(serde_json::Value::as_i64),
             test_timeout: table.get("test-timeout").and_then(serde_json::Value::as_i64),
         });
@@ -279,6 +389,30 @@ mod tests {
         assert_eq!(arch_of("targets/x86_64-kernel.json"), Some(Arch::X86_64));
         assert_eq!(arch_of("aarch64-unknown-none-softfloat"), Some(Arch::Aarch64));
         assert_eq!(arch_of("thumbv7em-none-eabihf"), None);
+    }
+
+    #[test]
+    fn the_board_comes_from_a_qemu_command_line() {
+        let make = "\t$(QEMU_BINARY) qemu-system-aarch64 -M raspi3b -serial stdio -display none -semihosting -kernel $(KERNEL_BIN)";
+        assert_eq!(
+            board_in(make, "Makefile"),
+            Some(Board {
+                arch: Arch::Aarch64,
+                machine: "raspi3b".into(),
+                semihosting: true,
+                found_in: "Makefile".into()
+            })
+        );
+        let runner = "qemu-system-riscv64 -machine virt,aclint=on -bios default -kernel";
+        assert_eq!(board_in(runner, "runner").map(|b| b.machine), Some("virt".to_owned()));
+        assert_eq!(board_in("cargo build --release", "Makefile"), None);
+        let makefile = "QEMU_BINARY = qemu-system-aarch64\nQEMU_MACHINE_TYPE = raspi3b\n\
+                        EXEC_QEMU = $(QEMU_BINARY) -M $(QEMU_MACHINE_TYPE)\nqemu:\n\t@$(EXEC_QEMU) -semihosting -kernel k\n";
+        let expanded = expand_make_variables(makefile);
+        assert!(
+            expanded.lines().any(|line| board_in(line, "Makefile").is_some_and(|b| b.machine == "raspi3b")),
+            "{expanded}"
+        );
     }
 
     #[test]

@@ -162,9 +162,12 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
     text.push('\n');
 }
 
-fn case(text: &mut String, kernel: &Kernel, name: &str, artifact: &str) {
+fn case(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str, artifact: &str) {
     let _ = writeln!(text, "[case.{}]", toml_key(name));
     let _ = writeln!(text, "artifact = \"{}\"", toml_key(artifact));
+    if let Some(board) = &repo.board {
+        let _ = writeln!(text, "machines = [\"{}\"]", toml_key(&board.machine));
+    }
     match kernel.bootimage.as_ref().and_then(|b| b.test_success_exit_code) {
         Some(code) => {
             let _ = writeln!(text, "# test-success-exit-code in [package.metadata.bootimage].");
@@ -212,7 +215,17 @@ pub(super) fn text(repo: &Repository) -> String {
     // One kernel: its case is `boot`; several: one case each, named after the package.
     for kernel in &repo.kernels {
         let name = if repo.kernels.len() == 1 { "boot" } else { kernel.package.as_str() };
-        case(&mut text, kernel, name, &kernel.package);
+        case(&mut text, repo, kernel, name, &kernel.package);
+    }
+    if let Some(board) = &repo.board {
+        let _ = writeln!(text, "# The board the repository's own QEMU command boots ({}).", board.found_in);
+        let _ = writeln!(text, "[machine.{}]", toml_key(&board.machine));
+        let _ = writeln!(text, "arch = \"{}\"", board.arch);
+        let _ = writeln!(text, "machine = \"{}\"", board.machine);
+        if board.semihosting {
+            let _ = writeln!(text, "semihosting = true");
+        }
+        text.push('\n');
     }
     let extra: Vec<String> =
         repo.kernels.iter().filter_map(|k| k.bootimage.as_ref()).flat_map(|b| extra_test_args(&b.test_args)).collect();
