@@ -19,7 +19,19 @@ const OTHER_HTTP_CLIENTS: &[&str] = &["ureq", "isahc", "attohttpc", "curl", "sur
 fn crates(features: &[&str]) -> BTreeSet<String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
-        .args(["tree", "-p", "kiln-xtask", "-e", "normal,build", "--target", "host-tuple", "--prefix", "none", "-f", "{p}"])
+        .args([
+            "tree",
+            "-p",
+            "kiln-xtask",
+            "-e",
+            "normal,build",
+            "--target",
+            "host-tuple",
+            "--prefix",
+            "none",
+            "-f",
+            "{p}",
+        ])
         .args(features)
         .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .output()
