@@ -163,8 +163,20 @@ impl SnapshotTarget {
         Ok(entry.out_dir())
     }
 
-    /// Restores a fresh guest from the snapshot in `entry`.
+    /// Restores a fresh guest from the snapshot in `entry`. A guest that does not come back
+    /// (under a loaded host its agent can miss the first handshake) is restored once more
+    /// from the same state, in a fresh QEMU, before the error is given.
     pub(crate) async fn restore(&self, entry: &std::path::Path) -> anyhow::Result<Guest> {
+        match self.restore_once(entry).await {
+            Ok(guest) => Ok(guest),
+            Err(first) => self
+                .restore_once(entry)
+                .await
+                .with_context(|| format!("restored twice; the first attempt failed too: {first:#}")),
+        }
+    }
+
+    async fn restore_once(&self, entry: &std::path::Path) -> anyhow::Result<Guest> {
         let scratch = tempfile::Builder::new().prefix("kiln-vm-").tempdir().context("cannot create a temp dir")?;
         let (qemu, agent) = snapshot::restore(&self.inputs(), entry, scratch.path()).await?;
         let inbox = self.linux.can_share().then(|| scratch.path().join(snapshot::INBOX_DIR));
