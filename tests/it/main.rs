@@ -19,5 +19,6 @@ mod store;
 mod support;
 mod test_binaries;
 mod timeouts;
+mod trust;
 mod verdicts;
 mod warm;

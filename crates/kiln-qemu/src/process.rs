@@ -43,6 +43,7 @@ impl Qemu {
         let [stdin, stdout, stderr] = stdio;
         let mut command = std::process::Command::new(program);
         command.args(argv.as_slice()).stdin(stdin).stdout(stdout).stderr(stderr);
+        kiln_types::withhold_secrets(&mut command);
         if terminal == Terminal::Detached {
             command.process_group(0);
         }

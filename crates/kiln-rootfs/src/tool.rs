@@ -37,6 +37,7 @@ impl Tool {
         let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let mut command = Command::new(self.program);
         command.args(&args).stdin(Stdio::null()).env("LC_ALL", "C");
+        kiln_types::withhold_secrets(&mut command);
         for (key, value) in env {
             command.env(key, value);
         }

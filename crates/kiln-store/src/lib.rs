@@ -25,5 +25,7 @@ pub use errors::StoreError;
 pub use hash::{ClosureHash, OutputHash, ParseHashError};
 pub use source::{SourceSet, hash_file, hash_source_set};
 pub use stat_cache::{FileStamp, RACY_WINDOW, StatCache};
-pub use store::{BuildOutcome, Entry, EntryMeta, GcReport, STORE_FORMAT, Store, Substituter, Substitution, tree_size};
+pub use store::{
+    BuildOutcome, Damage, Entry, EntryMeta, GcReport, STORE_FORMAT, Store, Substituter, Substitution, tree_size,
+};
 pub use tree::hash_tree;

@@ -5,6 +5,7 @@
 //! <root>/entries/<closure>/meta.toml  derivation, output hash, build time, host, kiln version
 //! <root>/tmp/<closure>.<pid>.<n>/      entries being built (never visible as entries)
 //! <root>/locks/<closure>.lock         one builder per closure at a time
+//! <root>/temproots/<pid>.<n>          closures a live process uses (locked while it runs)
 //! ```
 //! An entry becomes visible with one `rename` after its files, its metadata and their
 //! directories were synced, so a crash at any instant leaves either no entry or a whole one.
@@ -64,6 +65,8 @@ pub struct GcReport {
     pub freed_bytes: u64,
     /// Entries kept.
     pub kept: usize,
+    /// Entries kept because a running kiln process uses them.
+    pub in_use: usize,
 }
 
 /// A name as a file name: characters other than ASCII letters, digits, `-`, `_` and `.` become `_`.
@@ -90,10 +93,39 @@ pub enum BuildOutcome {
     Built {
         /// How long the builder took.
         duration: Duration,
-        /// Whether a corrupt entry (its output no longer matching its recorded hash) was
-        /// removed first.
-        replaced_corrupt: bool,
+        /// What was wrong with an entry of the same name that was removed first.
+        replaced: Option<Damage>,
     },
+}
+
+/// Why a published entry cannot be used as it is; the store removes it and builds again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Damage {
+    /// The recorded derivation hashes to another closure: the entry holds another build's
+    /// output and metadata (a swapped or forged cache).
+    WrongName {
+        /// The closure the recorded derivation hashes to.
+        recorded: ClosureHash,
+    },
+    /// The output directory is gone.
+    MissingOutput,
+    /// The output no longer has the hash recorded when it was built.
+    ChangedOutput,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::WrongName { recorded } => write!(
+                f,
+                "its recorded derivation hashes to {}, not to the entry's name (another build's entry under this name)",
+                recorded.short()
+            ),
+            Self::MissingOutput => f.write_str("its output directory is missing"),
+            Self::ChangedOutput => f.write_str("its output no longer has the hash recorded when it was built"),
+        }
+    }
 }
 
 /// An entry a [`Substituter`] fetched: its output is in the directory it was given.
@@ -125,6 +157,9 @@ pub trait Substituter: Send + Sync + std::fmt::Debug {
 /// matched the recorded output hash: a hit whose stamps are unchanged is not rehashed.
 const VERIFIED_FILE: &str = "verified";
 
+/// The directory of the temporary roots of live processes.
+const TEMP_ROOTS_DIR: &str = "temproots";
+
 /// The version of the store's on-disk layout (entries, metadata, locks); CI cache keys carry
 /// it, so a cache written by an incompatible kiln is never restored.
 pub const STORE_FORMAT: u32 = 1;
@@ -134,6 +169,17 @@ pub const STORE_FORMAT: u32 = 1;
 pub struct Store {
     root: PathBuf,
     substituter: Option<std::sync::Arc<dyn Substituter>>,
+    temp_roots: std::sync::Arc<TempRoots>,
+}
+
+/// The closures this process has looked up or made, written to a file of its own under
+/// `temproots/` that it holds locked while it lives: garbage collection keeps every closure
+/// named in a locked file, and removes the files of processes that are gone (Nix's
+/// temporary roots). A closure is added before it is looked up, under the shared store
+/// lock, so a collection either sees it or finishes before the lookup.
+#[derive(Debug, Default)]
+struct TempRoots {
+    file: std::sync::Mutex<Option<File>>,
 }
 
 impl Store {
@@ -141,11 +187,11 @@ impl Store {
     /// left in its temp directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        for sub in ["entries", "tmp", "locks", "uses", "pins", "names"] {
+        for sub in ["entries", "tmp", "locks", "uses", "pins", "names", TEMP_ROOTS_DIR] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
         }
-        let store = Self { root, substituter: None };
+        let store = Self { root, substituter: None, temp_roots: Default::default() };
         store.remove_dead_temp_dirs()?;
         Ok(store)
     }
@@ -252,27 +298,28 @@ impl Store {
         F: FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
     {
         let closure = derivation.closure_hash();
+        self.add_temp_root(&closure)?;
         if let Ok(Some(entry)) = self.lookup(&closure)
-            && self.intact(&entry)?
+            && self.damage(&entry)?.is_none()
         {
             return Ok((entry, BuildOutcome::Cached));
         }
         let _gc_guard = self.lock_shared_gc()?;
         let _lock = self.lock_closure(&closure, on_wait)?;
-        let mut replaced_corrupt = false;
+        let mut replaced = None;
         match self.lookup(&closure) {
             Ok(Some(entry)) => {
-                if self.intact(&entry)? {
+                let Some(damage) = self.damage(&entry)? else {
                     return Ok((entry, BuildOutcome::Cached));
-                }
+                };
                 self.remove_entry(&closure)?;
-                replaced_corrupt = true;
+                replaced = Some(damage);
             }
             Ok(None) => {}
             // Unreadable metadata is corruption like any other: rebuild the entry.
             Err(StoreError::CorruptMeta { .. }) => {
                 self.remove_entry(&closure)?;
-                replaced_corrupt = true;
+                replaced = Some(Damage::ChangedOutput);
             }
             Err(err) => return Err(err),
         }
@@ -294,14 +341,15 @@ impl Store {
         if published.is_err() {
             let _ = remove_tree(&temp);
         }
-        Ok((published?, BuildOutcome::Built { duration, replaced_corrupt }))
+        Ok((published?, BuildOutcome::Built { duration, replaced }))
     }
 
     /// Fetches `closure` from the substituter unless the store has it intact; `None` when no
     /// remote has a verified copy.
     pub fn pull(&self, closure: &ClosureHash) -> Result<Option<(Entry, BuildOutcome)>, StoreError> {
+        self.add_temp_root(closure)?;
         if let Some(entry) = self.lookup(closure)?
-            && self.intact(&entry)?
+            && self.damage(&entry)?.is_none()
         {
             return Ok(Some((entry, BuildOutcome::Cached)));
         }
@@ -311,7 +359,7 @@ impl Store {
         let _gc_guard = self.lock_shared_gc()?;
         let _lock = self.lock_closure(closure, || {})?;
         if let Some(entry) = self.lookup(closure)? {
-            if self.intact(&entry)? {
+            if self.damage(&entry)?.is_none() {
                 return Ok(Some((entry, BuildOutcome::Cached)));
             }
             self.remove_entry(closure)?;
@@ -347,25 +395,32 @@ impl Store {
         Ok(Some((published?, outcome)))
     }
 
-    /// Whether the entry's output still has its recorded hash. Every hit is checked: the
-    /// output is rehashed unless the stamps of its files (inode, size, times) are those
-    /// recorded when it last matched, so a changed file is always caught, and an unchanged
-    /// entry of any size costs a walk of its directory.
-    fn intact(&self, entry: &Entry) -> Result<bool, StoreError> {
+    /// What is wrong with an entry found under its name, checked on every hit: its recorded
+    /// derivation must hash to the name (a microsecond: the derivation is a few hundred
+    /// bytes), and its output must have the recorded hash. The output is rehashed unless the
+    /// stamps of its files (inode, size, times) are those recorded, with the name, when it
+    /// last matched, so a changed file is always caught and an unchanged entry of any size
+    /// costs a walk of its directory. An entry restored by a CI cache has new inodes and is
+    /// rehashed once.
+    fn damage(&self, entry: &Entry) -> Result<Option<Damage>, StoreError> {
+        if let Some(damage) = Self::name_damage(entry) {
+            return Ok(Some(damage));
+        }
         let out = entry.out_dir();
         if !out.is_dir() {
-            return Ok(false);
+            return Ok(Some(Damage::MissingOutput));
         }
         let record = entry.dir.join(VERIFIED_FILE);
         let stamps = crate::tree::stamp_tree(&out)?;
-        let expected = stamps.map(|stamps| format!("{} {}\n", entry.meta.output_hash, stamps.to_hex()));
+        let expected =
+            stamps.map(|stamps| format!("{} {} {}\n", entry.closure, entry.meta.output_hash, stamps.to_hex()));
         if let Some(expected) = &expected
             && fs::read_to_string(&record).is_ok_and(|recorded| &recorded == expected)
         {
-            return Ok(true);
+            return Ok(None);
         }
-        if !self.verify(entry)? {
-            return Ok(false);
+        if hash_tree(&out)?.to_string() != entry.meta.output_hash {
+            return Ok(Some(Damage::ChangedOutput));
         }
         if let Some(expected) = expected {
             // Best effort: without the record the next hit rehashes again.
@@ -374,16 +429,26 @@ impl Store {
                 let _ = fs::remove_file(&temp);
             }
         }
-        Ok(true)
+        Ok(None)
     }
 
-    /// Rehashes an entry's output and compares it with the hash recorded when it was built.
-    pub fn verify(&self, entry: &Entry) -> Result<bool, StoreError> {
+    /// Whether the recorded derivation names another closure.
+    fn name_damage(entry: &Entry) -> Option<Damage> {
+        let recorded = entry.meta.derivation.closure_hash();
+        (recorded != entry.closure).then_some(Damage::WrongName { recorded })
+    }
+
+    /// Checks an entry in full, whatever was recorded before: its recorded derivation hashes
+    /// to its name and its output, rehashed now, has the recorded hash.
+    pub fn check(&self, entry: &Entry) -> Result<Option<Damage>, StoreError> {
+        if let Some(damage) = Self::name_damage(entry) {
+            return Ok(Some(damage));
+        }
         let out = entry.out_dir();
         if !out.is_dir() {
-            return Ok(false);
+            return Ok(Some(Damage::MissingOutput));
         }
-        Ok(hash_tree(&out)?.to_string() == entry.meta.output_hash)
+        Ok((hash_tree(&out)?.to_string() != entry.meta.output_hash).then_some(Damage::ChangedOutput))
     }
 
     /// Removes an entry: it disappears with one rename, then its files are deleted.
@@ -498,10 +563,18 @@ impl Store {
         let lock = File::create(&path).map_err(|e| StoreError::io("create lock", &path, e))?;
         lock.lock().map_err(|e| StoreError::io("lock", &path, e))?;
         let pinned: std::collections::HashSet<ClosureHash> = self.pins()?.into_iter().map(|(c, _)| c).collect();
+        let in_use = self.live_temp_roots(dry_run)?;
         let mut report = GcReport::default();
         for entry in self.entries()?.into_iter().flatten() {
             let recent = keep_since.is_some_and(|since| self.last_used(&entry) >= since);
-            if roots.contains(&entry.closure) || pinned.contains(&entry.closure) || recent {
+            if in_use.contains(&entry.closure) {
+                report.in_use += 1;
+            }
+            if roots.contains(&entry.closure)
+                || pinned.contains(&entry.closure)
+                || in_use.contains(&entry.closure)
+                || recent
+            {
                 report.kept += 1;
                 continue;
             }
@@ -539,6 +612,48 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Adds `closure` to this process's temporary roots (once per closure).
+    fn add_temp_root(&self, closure: &ClosureHash) -> Result<(), StoreError> {
+        let mut file = self.temp_roots.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if file.is_none() {
+            let path = self.root.join(TEMP_ROOTS_DIR).join(format!("{}.{}", std::process::id(), unique_suffix()));
+            let created = File::create_new(&path).map_err(|e| StoreError::io("create", &path, e))?;
+            created.lock().map_err(|e| StoreError::io("lock", &path, e))?;
+            *file = Some(created);
+        }
+        let Some(file) = file.as_mut() else { return Ok(()) };
+        // Under the shared store lock: a collection running now finishes first.
+        let _gc_guard = self.lock_shared_gc()?;
+        use std::io::Write as _;
+        file.write_all(format!("{closure}\n").as_bytes())
+            .map_err(|e| StoreError::io("record a temporary root in", &self.root.join(TEMP_ROOTS_DIR), e))
+    }
+
+    /// The closures live processes use; the files of dead ones are removed (unless
+    /// `dry_run`). Called under the exclusive store lock.
+    fn live_temp_roots(&self, dry_run: bool) -> Result<std::collections::HashSet<ClosureHash>, StoreError> {
+        let dir = self.root.join(TEMP_ROOTS_DIR);
+        let mut live = std::collections::HashSet::new();
+        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io("read directory", &dir, e))?.flatten() {
+            let path = entry.path();
+            let Ok(file) = File::open(&path) else { continue };
+            match file.try_lock_shared() {
+                // Nobody holds it: its process is gone.
+                Ok(()) => {
+                    if !dry_run {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    let text = fs::read_to_string(&path).map_err(|e| StoreError::io("read", &path, e))?;
+                    live.extend(text.lines().filter_map(|line| line.parse::<ClosureHash>().ok()));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &path, e)),
+            }
+        }
+        Ok(live)
     }
 
     /// Removes every pin labelled `label`; returns how many there were.
@@ -739,7 +854,7 @@ mod tests {
         let drv = derivation("a");
         let (entry, outcome) =
             store.build(&drv, "a", || {}, |out| Ok(fs::write(out.join("file"), "data")?)).expect("build");
-        assert!(matches!(outcome, BuildOutcome::Built { replaced_corrupt: false, .. }));
+        assert!(matches!(outcome, BuildOutcome::Built { replaced: None, .. }));
         assert_eq!(fs::read_to_string(entry.out_dir().join("file")).expect("read"), "data");
         let (_, again) = store.build(&drv, "a", || {}, |_| Err("must not run".into())).expect("hit");
         assert_eq!(again, BuildOutcome::Cached);
@@ -754,17 +869,48 @@ mod tests {
             store.build(&drv, "d", || {}, |out| Ok(fs::write(out.join("kernel"), "good")?)).expect("build");
         let kernel = entry.out_dir().join("kernel");
         assert_eq!(fs::metadata(&kernel).expect("stat").permissions().mode() & 0o222, 0);
-        assert!(store.verify(&entry).expect("verify"));
+        assert_eq!(store.check(&entry).expect("check"), None);
 
         fs::set_permissions(&kernel, fs::Permissions::from_mode(0o644)).expect("chmod");
         fs::write(&kernel, "evil").expect("corrupt");
-        assert!(!store.verify(&entry).expect("verify"));
+        assert_eq!(store.check(&entry).expect("check"), Some(Damage::ChangedOutput));
         let (entry, outcome) =
             store.build(&drv, "d", || {}, |out| Ok(fs::write(out.join("kernel"), "good")?)).expect("rebuild");
-        assert!(matches!(outcome, BuildOutcome::Built { replaced_corrupt: true, .. }), "{outcome:?}");
+        assert!(matches!(outcome, BuildOutcome::Built { replaced: Some(Damage::ChangedOutput), .. }), "{outcome:?}");
         assert_eq!(fs::read_to_string(entry.out_dir().join("kernel")).expect("read"), "good");
         store.remove_entry(&entry.closure).expect("remove");
         assert!(store.lookup(&entry.closure).expect("lookup").is_none());
+    }
+
+    /// A CI cache restore that put one kernel's entry (output, metadata and verified record)
+    /// under another's closure: both hits are refused, named, and rebuilt.
+    #[test]
+    fn an_entry_swapped_under_another_name_is_refused_and_rebuilt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (good, bad) = (derivation("good"), derivation("bad"));
+        let build = |drv: &Derivation, content: &'static str| {
+            store.build(drv, content, || {}, move |out| Ok(fs::write(out.join("kernel"), content)?)).expect("build")
+        };
+        let (good_entry, _) = build(&good, "good");
+        let (bad_entry, _) = build(&bad, "bad");
+        // Hit both once so each has its verified record, then swap the whole directories.
+        build(&good, "good");
+        build(&bad, "bad");
+        let parked = dir.path().join("parked");
+        fs::rename(&good_entry.dir, &parked).expect("park");
+        fs::rename(&bad_entry.dir, &good_entry.dir).expect("swap");
+        fs::rename(&parked, &bad_entry.dir).expect("swap");
+
+        let swapped = store.lookup(&good.closure_hash()).expect("lookup").expect("entry");
+        assert_eq!(store.check(&swapped).expect("check"), Some(Damage::WrongName { recorded: bad.closure_hash() }));
+        let (entry, outcome) = build(&good, "good");
+        assert!(
+            matches!(&outcome, BuildOutcome::Built { replaced: Some(Damage::WrongName { .. }), .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(fs::read_to_string(entry.out_dir().join("kernel")).expect("read"), "good");
+        assert_eq!(store.check(&entry).expect("check"), None);
     }
 
     #[test]
@@ -789,13 +935,16 @@ mod tests {
     #[test]
     fn gc_keeps_roots_pins_and_recent_entries() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let builder = Store::open(dir.path()).expect("open");
         let mut closures = Vec::new();
         for tag in ["root", "pinned", "garbage"] {
             let (entry, _) =
-                store.build(&derivation(tag), tag, || {}, |out| Ok(fs::write(out.join("f"), tag)?)).expect("build");
+                builder.build(&derivation(tag), tag, || {}, |out| Ok(fs::write(out.join("f"), tag)?)).expect("build");
             closures.push(entry.closure);
         }
+        // The builder is done: its temporary roots no longer keep anything.
+        drop(builder);
+        let store = Store::open(dir.path()).expect("open");
         store.pin(&closures[1], "pinned").expect("pin");
         let roots = std::collections::HashSet::from([closures[0]]);
         let dry = store.gc(&roots, None, true).expect("dry run");
@@ -809,6 +958,27 @@ mod tests {
         store.mark_used(&closures[1]).expect("use");
         let keep_since = SystemTime::now() - Duration::from_secs(60);
         assert!(store.gc(&roots, Some(keep_since), false).expect("gc").removed.is_empty(), "recently used");
+    }
+
+    /// A running command's entries survive a collection made meanwhile by another process
+    /// (another handle here: each holds its own locked root file), and go once it is done.
+    #[test]
+    fn gc_keeps_what_a_live_store_handle_uses_and_forgets_it_when_it_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = Store::open(dir.path()).expect("open");
+        let (entry, _) = running
+            .build(&derivation("in-use"), "in-use", || {}, |out| Ok(fs::write(out.join("f"), "x")?))
+            .expect("build");
+        let collector = Store::open(dir.path()).expect("open");
+        let report = collector.gc(&Default::default(), None, false).expect("gc");
+        assert!(report.removed.is_empty(), "{:?}", report.removed);
+        assert_eq!((report.kept, report.in_use), (1, 1));
+        assert!(collector.lookup(&entry.closure).expect("lookup").is_some());
+
+        drop(running);
+        let report = collector.gc(&Default::default(), None, false).expect("gc");
+        assert_eq!(report.removed.iter().map(|r| r.0).collect::<Vec<_>>(), [entry.closure]);
+        assert_eq!(fs::read_dir(dir.path().join(TEMP_ROOTS_DIR)).expect("temproots").count(), 0, "dead roots swept");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 mod arch;
 mod program;
 mod repo;
+mod secrets;
 
 pub use arch::{Arch, ParseArchError};
 pub use program::find_program;
 pub use repo::{ParseRepoError, Repo};
+pub use secrets::{SECRET_VARIABLES, withhold_secrets};

@@ -152,10 +152,16 @@ impl Cx {
     }
 
     /// An xshell `Shell` whose working directory is the project root (the process's own
-    /// working directory is left alone).
+    /// working directory is left alone). The secrets kiln withholds from every child
+    /// ([`kiln_types::SECRET_VARIABLES`]) are set empty in it (xshell cannot unset).
     pub fn shell(&self) -> anyhow::Result<xshell::Shell> {
         let shell = xshell::Shell::new()?;
         shell.change_dir(&self.config.root);
+        for name in kiln_types::SECRET_VARIABLES {
+            if crate::env::var_os(name).is_some() {
+                shell.set_var(name, "");
+            }
+        }
         Ok(shell)
     }
 

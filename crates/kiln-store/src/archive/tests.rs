@@ -235,7 +235,7 @@ fn round_trip_keeps_entries_identical() {
         let hash = hash_tree(&to.out_dir()).expect("hash");
         assert_eq!(hash, hash_tree(&from.out_dir()).expect("hash"));
         assert_eq!(hash.to_string(), to.meta.output_hash);
-        assert!(b.store.verify(&to).expect("verify"));
+        assert_eq!(b.store.check(&to).expect("check"), None);
         assert_eq!(mode(&to.dir.join("meta.toml")) & 0o222, 0);
     }
     let rich = b.store.lookup(&closures[0]).expect("lookup").expect("rich").out_dir();
@@ -361,7 +361,7 @@ fn importing_existing_entries_is_idempotent() {
         assert_eq!(fs::read_dir(store.store.root().join("tmp")).expect("tmp").count(), 0);
         for closure in &closures {
             let entry = store.store.lookup(closure).expect("lookup").expect("present");
-            assert!(store.store.verify(&entry).expect("verify"));
+            assert_eq!(store.store.check(&entry).expect("check"), None);
         }
     }
 }
@@ -707,7 +707,7 @@ fn one_bad_entry_keeps_the_good_one_out() {
     craft.entry(&good_one, GOOD_CONTENT);
     assert_eq!(store.import(&craft.finish()).expect("import").entries, 1);
     let entry = store.store.lookup(&good_one.closure).expect("lookup").expect("published");
-    assert!(store.store.verify(&entry).expect("verify"));
+    assert_eq!(store.store.check(&entry).expect("check"), None);
 }
 
 #[test]

@@ -517,7 +517,7 @@ mod tests {
         let (got, outcome) = store_b.build(&drv, "thing", || {}, |_| Err("must not build".into())).expect("substitute");
         assert!(matches!(outcome, BuildOutcome::Substituted { .. }), "{outcome:?}");
         assert_eq!(got.meta.output_hash, entry.meta.output_hash);
-        assert!(store_b.verify(&got).expect("verify"));
+        assert_eq!(store_b.check(&got).expect("check"), None);
         let tool = got.out_dir().join("bin/tool");
         assert_ne!(fs::metadata(&tool).expect("tool").permissions().mode() & 0o100, 0, "still executable");
         assert_eq!(fs::read_link(got.out_dir().join("current")).expect("link"), Path::new("bin/tool"));

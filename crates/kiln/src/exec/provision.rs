@@ -5,7 +5,6 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, IsTerminal, Write},
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use anyhow::{Context, bail};
@@ -282,7 +281,7 @@ pub(crate) fn ensure(missing: Vec<Missing>, mode: InstallMode, reporter: &dyn Re
     // Debian's qemu-system packages can replace a newer qemu-utils; put qemu-img back.
     if had_qemu_img && crate::host::find_program("qemu-img").is_none() {
         for command in apt_commands(&["qemu-utils"], false) {
-            let _ = Command::new(&command.program).args(&command.args).status();
+            let _ = tool_command(&command.program, &command.dir).args(&command.args).status();
         }
     }
     Ok(())

@@ -10,6 +10,7 @@ use crate::env;
 pub(crate) fn tool_command(program: &str, dir: &Path) -> Command {
     let mut command = Command::new(program);
     command.current_dir(dir);
+    kiln_types::withhold_secrets(&mut command);
     for name in env::CARGO_RUN_VARIABLES {
         command.env_remove(name);
     }

@@ -205,11 +205,12 @@ impl Printer {
                 "Substituted",
                 &format!("{what} {} from {from} ({} in {})", closure.short(), human_size(*bytes), seconds(*duration)),
             ),
-            BuildOutcome::Built { duration, replaced_corrupt } => {
-                if *replaced_corrupt {
+            BuildOutcome::Built { duration, replaced } => {
+                if let Some(damage) = replaced {
                     // Said even with `-q`: a store entry changed under kiln.
                     self.always(&format!(
-                        "warning: the store entry of {what} no longer matched its recorded hash; it was made again"
+                        "warning: refused the store entry {} of {what}: {damage}; it was made again",
+                        closure.short()
                     ));
                 }
                 match kind {

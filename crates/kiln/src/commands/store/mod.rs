@@ -175,15 +175,13 @@ fn verify(cx: &Cx, repair: bool) -> anyhow::Result<u8> {
     for entry in cx.store().entries()? {
         checked += 1;
         match entry {
-            Ok(entry) if cx.store().verify(&entry)? => {
-                cx.printer().verbose("Ok", &format!("{} {}", entry.meta.name, entry.closure.short()));
-            }
             Ok(entry) => {
+                let Some(damage) = cx.store().check(&entry)? else {
+                    cx.printer().verbose("Ok", &format!("{} {}", entry.meta.name, entry.closure.short()));
+                    continue;
+                };
                 corrupt += 1;
-                cx.printer().always(&format!(
-                    "corrupt: {} {} (its output no longer has the hash recorded when it was built)",
-                    entry.meta.name, entry.closure
-                ));
+                cx.printer().always(&format!("corrupt: {} {} ({damage})", entry.meta.name, entry.closure));
                 if repair {
                     cx.store().remove_entry(&entry.closure)?;
                     cx.printer().status("Removed", &format!("{} {}", entry.meta.name, entry.closure.short()));
@@ -256,8 +254,12 @@ fn gc(cx: &Cx, keep_days: Option<u32>, dry_run: bool, command: Option<KeyFor>, a
     for (closure, name, bytes) in &report.removed {
         cx.printer().status(verb, &format!("{name} {} ({})", closure.short(), human_size(*bytes)));
     }
+    let in_use = match report.in_use {
+        0 => String::new(),
+        n => format!(" ({n} in use by a running kiln)"),
+    };
     cx.printer().always(&format!(
-        "{} {} entries, {}; kept {}",
+        "{} {} entries, {}; kept {}{in_use}",
         if dry_run { "would free" } else { "freed" },
         report.removed.len(),
         human_size(report.freed_bytes),

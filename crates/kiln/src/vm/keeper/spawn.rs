@@ -79,7 +79,9 @@ impl KeeperSpec {
             .open(log)
             .with_context(|| format!("cannot open `{}`", log.display()))?;
         let exe = std::env::current_exe().context("cannot find kiln's own executable")?;
-        Command::new(exe)
+        let mut command = Command::new(exe);
+        kiln_types::withhold_secrets(&mut command);
+        command
             .args(["vm", "keep", "--spec"])
             .arg(serde_json::to_string(self)?)
             .stdin(Stdio::null())
