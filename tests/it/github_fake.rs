@@ -300,6 +300,10 @@ fn handle(state: &Mutex<State>, url: &str, token: &str, request: &tiny_http::Req
             let Some(release) = state.releases.iter_mut().find(|r| r.id.to_string() == *id) else {
                 return message(404, "Not Found");
             };
+            // Immutable releases: once published, its assets are fixed.
+            if !release.draft {
+                return message(422, "Validation Failed: Cannot upload assets to an immutable release.");
+            }
             if release.assets.iter().any(|a| a.name == name) {
                 return message(422, "Validation Failed: name already_exists");
             }
@@ -311,6 +315,9 @@ fn handle(state: &Mutex<State>, url: &str, token: &str, request: &tiny_http::Req
         ("DELETE", ["releases", "assets", id]) => {
             for release in &mut state.releases {
                 if let Some(at) = release.assets.iter().position(|a| a.id.to_string() == *id) {
+                    if !release.draft {
+                        return message(422, "Validation Failed: Cannot delete assets of an immutable release.");
+                    }
                     release.assets.remove(at);
                     return tiny_http::Response::from_data(Vec::new()).with_status_code(204);
                 }

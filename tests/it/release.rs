@@ -117,6 +117,74 @@ fn a_release_is_published_once_retried_through_failures_and_only_changes_are_rep
     assert_eq!(replaced, ["BLAKE3SUMS", "SHA256SUMS", "hello-riscv64", "provenance.json"]);
     let deleted = fake.requests().iter().filter(|s| s.method == "DELETE").count();
     assert_eq!(deleted, 4, "each replaced asset was deleted first");
+    let published_last = fake.requests().iter().rposition(|s| s.method == "PATCH");
+    let last_upload = fake.requests().iter().rposition(|s| s.method == "POST");
+    assert!(published_last > last_upload, "published after every upload: {:?}", fake.requests());
+
+    // Published (and, as on GitHub with immutable releases, fixed): the same assets again
+    // are nothing to do; other assets are refused before anything is sent.
+    fake.clear_requests();
+    let again = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0"]);
+    assert!(again.status.success(), "{}", stderr_of(&again));
+    assert!(stderr_of(&again).contains("already published with these assets; nothing to do"), "{}", stderr_of(&again));
+    assert_eq!(changes(&fake.requests()), 0, "{:?}", fake.requests());
+    project
+        .touch_source("examples/boards/riscv64-virt/src/lib.rs", "#[used]\nstatic SECOND_MARK: [u8; 4] = *b\"two!\";");
+    let changed = kiln(&project, &fake, TOKEN, &["release", "--tag", "v1.0"]);
+    let err = stderr_of(&changed);
+    assert_eq!(changed.status.code(), Some(2), "{err}");
+    assert!(err.contains("release v1.0 is already published") && err.contains("hello-riscv64"), "{err}");
+    assert!(err.contains("publish under a new tag"), "{err}");
+    assert_eq!(changes(&fake.requests()), 0, "nothing sent to a published release: {:?}", fake.requests());
+}
+
+/// The release workflow's two steps: the files are built from source and staged without a
+/// token, then published from the staged directory (checked against its SHA256SUMS) by a
+/// step that has one. With the store built first, every asset is proven reproducible.
+#[test]
+fn a_release_is_staged_from_source_without_a_token_then_published_from_its_files() {
+    let project = Project::example(KILN_TOML);
+    let fake = FakeGitHub::start(TOKEN);
+    let built = project.command(&["build"]).output().expect("kiln");
+    assert!(built.status.success(), "{}", stderr_of(&built));
+
+    let staged = project.path().join("staged");
+    let out = staged.to_str().expect("utf-8");
+    let stage = kiln(&project, &fake, "", &["release", "--tag", "v2.0", "--verify-reproducible", "--out", out]);
+    let err = stderr_of(&stage);
+    assert!(stage.status.success(), "{err}");
+    assert!(err.contains("from source in an empty store") && err.contains("Built hello (riscv64)"), "{err}");
+    assert!(fake.requests().is_empty(), "staging does not talk to GitHub: {:?}", fake.requests());
+    let provenance: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(staged.join("provenance.json")).expect("provenance")).expect("json");
+    assert_eq!(provenance["built_from_source"], true, "{provenance}");
+    let assets = provenance["assets"].as_array().expect("assets");
+    assert_eq!(assets.len(), 3, "{provenance}");
+    assert!(assets.iter().all(|a| a["reproduced"] == "matches"), "{provenance}");
+
+    // A staged file changed after staging is refused.
+    let kernel = staged.join("hello-x86_64");
+    let original = std::fs::read(&kernel).expect("read");
+    std::fs::write(&kernel, b"not the kernel").expect("tamper");
+    let refused = kiln(&project, &fake, TOKEN, &["release", "--tag", "v2.0", "--publish", out]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr_of(&refused));
+    assert!(
+        stderr_of(&refused).contains("does not have the SHA-256 its SHA256SUMS records"),
+        "{}",
+        stderr_of(&refused)
+    );
+    assert!(fake.release("v2.0").is_none());
+    std::fs::write(&kernel, original).expect("restore");
+
+    let published = kiln(&project, &fake, TOKEN, &["release", "--tag", "v2.0", "--publish", out]);
+    assert!(published.status.success(), "{}", stderr_of(&published));
+    assert!(!stderr_of(&published).contains("Building"), "publishing builds nothing: {}", stderr_of(&published));
+    let release = fake.release("v2.0").expect("published");
+    assert!(!release.draft);
+    for asset in &release.assets {
+        assert_eq!(asset.bytes, std::fs::read(staged.join(&asset.name)).expect("staged"), "{}", asset.name);
+    }
+    assert_eq!(release.assets.len(), 6);
 }
 
 #[test]

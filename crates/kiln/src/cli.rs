@@ -143,6 +143,22 @@ pub struct ReleaseArgs {
     /// Print what would be uploaded, replaced and kept; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Only build and write the release's files (assets, checksums, provenance) into DIR;
+    /// publish them later with `--publish DIR`. Needs no token.
+    #[arg(long, value_name = "DIR", conflicts_with = "publish")]
+    pub out: Option<PathBuf>,
+    /// Publish the files an earlier `--out DIR` wrote (checked against its SHA256SUMS);
+    /// builds nothing.
+    #[arg(long, value_name = "DIR")]
+    pub publish: Option<PathBuf>,
+    /// Take what the store holds instead of building every asset from source in an empty
+    /// store (the default: a cached or restored store is not trusted for a release).
+    #[arg(long, conflicts_with = "publish")]
+    pub from_cache: bool,
+    /// Fail unless every asset built from source has the output hash of the store's entry
+    /// for the same closure (the store must hold them: run `build` or `test` first).
+    #[arg(long, conflicts_with_all = ["publish", "from_cache"])]
+    pub verify_reproducible: bool,
 }
 
 /// `ci`.

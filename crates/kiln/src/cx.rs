@@ -146,6 +146,17 @@ impl Cx {
         Ok(Self { config, printer, options, executor })
     }
 
+    /// The same context over another store, without remote stores (`release` builds in an
+    /// empty one).
+    pub(crate) fn with_store(&self, store: Store) -> Self {
+        Self {
+            config: self.config.clone(),
+            printer: self.printer.clone(),
+            options: self.options.clone(),
+            executor: self.executor.with_store(store),
+        }
+    }
+
     /// The project root: the directory holding Kiln.toml.
     pub fn root(&self) -> &Path {
         &self.config.root

@@ -38,6 +38,26 @@ pub const GH_TOKEN: &str = "GH_TOKEN";
 #[cfg_attr(not(feature = "github"), allow(dead_code))]
 pub const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
 
+/// The commit a GitHub Actions run builds (release provenance).
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
+pub const GITHUB_SHA: &str = "GITHUB_SHA";
+
+/// The workflow file and ref of a GitHub Actions run (release provenance).
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
+pub const GITHUB_WORKFLOW_REF: &str = "GITHUB_WORKFLOW_REF";
+
+/// A GitHub Actions run's id (release provenance).
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
+pub const GITHUB_RUN_ID: &str = "GITHUB_RUN_ID";
+
+/// A GitHub Actions run's attempt (release provenance).
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
+pub const GITHUB_RUN_ATTEMPT: &str = "GITHUB_RUN_ATTEMPT";
+
+/// The GitHub server of a run, e.g. `https://github.com` (release provenance).
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
+pub const GITHUB_SERVER_URL: &str = "GITHUB_SERVER_URL";
+
 /// `true` inside GitHub Actions: kiln then writes workflow commands, groups and a job summary.
 pub const GITHUB_ACTIONS: &str = "GITHUB_ACTIONS";
 

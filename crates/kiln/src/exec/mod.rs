@@ -225,6 +225,11 @@ impl Executor {
         }
     }
 
+    /// An executor like this one over another store, without remote stores.
+    pub(crate) fn with_store(&self, store: Store) -> Self {
+        Self::new(store, self.reporter.clone(), self.settings.clone())
+    }
+
     /// The same executor, substituting from and pushing to `remotes`.
     #[cfg(feature = "remote")]
     pub(crate) fn with_remotes(mut self, remotes: Arc<kiln_store::remote::Remotes>) -> Self {
