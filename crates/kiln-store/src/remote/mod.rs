@@ -84,6 +84,15 @@ pub enum RemoteNotice {
         /// Why.
         reason: String,
     },
+    /// An entry on a remote is unsigned or signed by no trusted key, and was not used.
+    Untrusted {
+        /// The remote's URL.
+        remote: String,
+        /// The entry.
+        closure: ClosureHash,
+        /// Who signed it, if anyone.
+        reason: String,
+    },
     /// A remote answered, but holds no kiln store (no layout marker): a wrong bucket, prefix
     /// or endpoint, or nothing pushed yet. It is not asked again in this process.
     NotAStore {
@@ -120,6 +129,12 @@ impl fmt::Display for RemoteNotice {
                 f,
                 "refused entry {} from {remote}: {reason}; building it locally (whoever pushed it can mend the \
                  remote with `cargo xtask store push --repair`)",
+                closure.short()
+            ),
+            Self::Untrusted { remote, closure, reason } => write!(
+                f,
+                "refused entry {} from {remote}: {reason}; building it locally (if you trust its signer, add \
+                 the signer's public key to `[store] trusted-keys`)",
                 closure.short()
             ),
             Self::NotAStore { remote } => write!(
@@ -348,6 +363,9 @@ impl Remotes {
                 Ok(Err(transfer::FetchError::Refused(reason))) => {
                     (self.notice)(RemoteNotice::Refused { remote: remote.url.clone(), closure: *closure, reason })
                 }
+                Ok(Err(transfer::FetchError::Untrusted(reason))) => {
+                    (self.notice)(RemoteNotice::Untrusted { remote: remote.url.clone(), closure: *closure, reason })
+                }
                 Ok(Err(transfer::FetchError::Local(message))) => {
                     (self.notice)(RemoteNotice::WriteFailed { remote: remote.url.clone(), closure: *closure, message })
                 }
@@ -531,7 +549,7 @@ mod tests {
         assert!(matches!(outcome, BuildOutcome::Built { .. }));
         let notices = notices.lock().expect("notices");
         assert!(
-            matches!(&notices[..], [RemoteNotice::Refused { reason, .. }] if reason.contains("signed only by `ci-1`")),
+            matches!(&notices[..], [RemoteNotice::Untrusted { reason, .. }] if reason.contains("signed only by `ci-1`")),
             "{notices:?}"
         );
         assert_eq!(fs::read_dir(dir.path().join("c/tmp")).expect("tmp").count(), 0, "nothing left behind");

@@ -18,7 +18,8 @@ use crate::{
     remote::{
         CONCURRENT_REQUESTS, NoticeSink, Remote, RemoteNotice,
         manifest::{
-            Blob, MAX_MANIFEST_BYTES, Manifest, ManifestKind, REMOTE_LAYOUT, blob_path, layout_path, manifest_path,
+            Blob, MAX_MANIFEST_BYTES, Manifest, ManifestError, ManifestKind, REMOTE_LAYOUT, blob_path, layout_path,
+            manifest_path,
         },
         signing::{PublicKey, SecretKey},
     },
@@ -35,6 +36,9 @@ pub(crate) enum FetchError {
     Remote(object_store::Error),
     /// What the remote holds failed verification.
     Refused(String),
+    /// The entry is unsigned, or signed by no trusted key: a question of trust, which no
+    /// repair answers.
+    Untrusted(String),
     /// Writing the files here failed.
     Local(String),
 }
@@ -105,8 +109,10 @@ async fn fetch_staged(
             Err(error) => return Err(FetchError::Remote(error)),
         }
     };
-    let (manifest, meta) = Manifest::verified(&manifest, closure, trusted)
-        .map_err(|e| FetchError::Refused(format!("its manifest: {e}")))?;
+    let (manifest, meta) = Manifest::verified(&manifest, closure, trusted).map_err(|e| match e {
+        ManifestError::Unsigned | ManifestError::Untrusted { .. } => FetchError::Untrusted(e.to_string()),
+        e => FetchError::Refused(format!("its manifest: {e}")),
+    })?;
     let local =
         |what: &str, path: &Path, e: std::io::Error| FetchError::Local(format!("{what} `{}`: {e}", path.display()));
     for file in &manifest.files {

@@ -64,6 +64,15 @@ pub(crate) fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<
     if matches!(command, Command::Run(_) | Command::Vm(_)) && !global.push {
         cx.stop_background_pushes();
     }
+    // In GitHub Actions nothing kiln relays (guest output, archive member and file names)
+    // may be read as a workflow command: every command but `test`, which guards its boots
+    // itself and writes its annotations after them, runs inside a stop-commands guard.
+    let guard = (crate::report::github::active() && !matches!(command, Command::Test(_)))
+        .then(crate::report::github::CommandGuard::new)
+        .transpose()?;
+    if let Some(guard) = &guard {
+        cx.printer().always(&guard.start());
+    }
     let result = match command {
         Command::Build(args) => build::run(&cx, &args),
         Command::Test(args) => test::run(&cx, &args),
@@ -88,5 +97,8 @@ pub(crate) fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<
         Command::Doctor => Ok(crate::exit_code::SUCCESS),
     };
     cx.finish_pushes();
+    if let Some(guard) = &guard {
+        cx.printer().always(&guard.end());
+    }
     result
 }

@@ -48,12 +48,23 @@ impl Resolver<'_> {
             machine.cpu = Some(cpu);
         }
         if let Some(memory) = raw.memory {
-            machine.memory_mib = Some(parse_size(memory.get_ref()).ok_or_else(|| {
+            let mib = parse_size(memory.get_ref()).ok_or_else(|| {
                 self.error(Some(memory.span()), key("memory"), "memory must be MiB or a size like \"256M\" or \"1G\"")
-            })?);
+            })?;
+            if mib == 0 {
+                return Err(self
+                    .error(Some(memory.span()), key("memory"), "a guest needs memory: 0 MiB is not a size")
+                    .with_help("e.g. `memory = \"512M\"`, or leave it out for the machine's default"));
+            }
+            machine.memory_mib = Some(mib);
         }
         if let Some(smp) = raw.smp {
-            machine.smp = Some(smp.max(1));
+            if *smp.get_ref() == 0 {
+                return Err(self
+                    .error(Some(smp.span()), key("smp"), "a guest needs at least one CPU: `smp = 0`")
+                    .with_help("e.g. `smp = 2`, or leave it out for the machine's default"));
+            }
+            machine.smp = Some(*smp.get_ref());
         }
         if let Some(firmware) = raw.firmware {
             machine.firmware = match firmware.as_str() {

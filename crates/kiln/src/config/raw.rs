@@ -227,7 +227,7 @@ pub(crate) struct RawMachine {
     pub machine: Option<String>,
     pub cpu: Option<String>,
     pub memory: Option<Spanned<RawSize>>,
-    pub smp: Option<u32>,
+    pub smp: Option<Spanned<u32>>,
     pub firmware: Option<String>,
     pub args: Option<Vec<String>>,
     pub semihosting: Option<bool>,

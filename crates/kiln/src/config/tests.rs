@@ -115,6 +115,19 @@ fn machine_overrides_apply_on_the_builtin_profile() {
 }
 
 #[test]
+fn zero_cpus_and_zero_memory_are_refused_at_their_line() {
+    for (line, said) in
+        [("smp = 0", "at least one CPU"), ("memory = 0", "0 MiB is not a size"), ("memory = \"0G\"", "0 MiB")]
+    {
+        let text = format!("{VALID}[machine.aarch64]\n{line}\n");
+        let (_dir, config) = project(&text);
+        let err = config.expect_err(line);
+        assert!(err.message.contains(said), "{line}: {err}");
+        assert!(err.to_string().contains(&format!("| {line}")), "{line}: the error shows the line: {err}");
+    }
+}
+
+#[test]
 fn reference_documents_every_key() {
     let reference = include_str!("../../../../docs/kiln-toml.md");
     let tables: [(&str, &[&str]); 11] = [
