@@ -162,3 +162,62 @@ fn tarballs_that_escape_the_rootfs_are_rejected_with_the_member_named() {
     let (ok, stderr) = build_with_tarball(&tarball(&[("usr/bin/tool", None), ("bin/sh", Some("/bin/busybox"))]));
     assert!(ok, "ordinary members and absolute symlinks inside the rootfs are fine: {stderr}");
 }
+
+/// A zstd-compressed tar whose one member, `zero`, is 16 GiB of zeros: one compressed frame
+/// of 64 MiB of zeros repeated (concatenated frames decode as one stream), about 0.5 MB.
+fn zstd_bomb() -> Vec<u8> {
+    const BOMB: u64 = 16 << 30;
+    const CHUNK: usize = 64 << 20;
+    let mut header = tar::Header::new_gnu();
+    header.set_path("zero").expect("path");
+    header.set_mode(0o644);
+    header.set_size(BOMB);
+    header.set_cksum();
+    let mut out = zstd::encode_all(header.as_bytes().as_slice(), 1).expect("zstd");
+    let frame = zstd::encode_all(vec![0u8; CHUNK].as_slice(), 1).expect("zstd");
+    for _ in 0..BOMB / CHUNK as u64 {
+        out.extend_from_slice(&frame);
+    }
+    out.extend(zstd::encode_all([0u8; 1024].as_slice(), 1).expect("zstd"));
+    out
+}
+
+#[test]
+fn hostile_archive_layers_are_refused_naming_the_fetch_and_the_escaped_member() {
+    // A member name that would clear the screen, set the title and start a workflow command.
+    let name = "etc/\u{1b}[2J\u{1b}]0;owned\u{7}\n::error::pwned/../../x";
+    let (ok, stderr) = build_with_tarball(&tarball(&[(name, None)]));
+    assert!(!ok, "a `..` path is refused");
+    assert!(
+        stderr.contains(r"`[fetch.layer]`: member etc/\x1b[2J\x1b]0;owned\x07\n::error::pwned/../../x: path leaves"),
+        "the fetch and the escaped member are named: {stderr}"
+    );
+    assert!(!stderr.contains(['\u{1b}', '\u{7}']), "no raw control bytes reach the terminal: {stderr:?}");
+    assert!(!stderr.lines().any(|line| line.starts_with("::error::pwned")), "no workflow command: {stderr}");
+    assert!(!stderr.contains("store"), "the fetch's name, not its store path: {stderr}");
+
+    let (ok, stderr) = build_with_tarball(&tarball(&[("etc/motd", None), ("./etc/motd", None)]));
+    assert!(!ok, "a path twice in one archive is refused");
+    assert!(
+        stderr.contains("`[fetch.layer]`: member ./etc/motd: `/etc/motd` appears twice in this archive"),
+        "{stderr}"
+    );
+
+    let (ok, stderr) = build_with_tarball(b"");
+    assert!(!ok, "an empty archive is refused");
+    assert!(stderr.contains("`[fetch.layer]`: the archive is empty (no members)"), "{stderr}");
+
+    let started = std::time::Instant::now();
+    let (ok, stderr) = build_with_tarball(&zstd_bomb());
+    let elapsed = started.elapsed();
+    assert!(!ok, "a 16 GiB member is refused");
+    assert!(
+        stderr.contains(
+            "`[fetch.layer]`: member zero: unpacks to 16.0 GiB (17179869184 bytes), more than the 1.0 GiB \
+             (1073741824 bytes) allowed for one member"
+        ),
+        "{stderr}"
+    );
+    // Generous: the refusal reads one header; before the cap, this member took 25 s and 6 GB.
+    assert!(elapsed < std::time::Duration::from_secs(20), "refused after {elapsed:?}");
+}

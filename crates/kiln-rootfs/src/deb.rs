@@ -1,5 +1,6 @@
 //! Debian packages: the `ar` container, `control.tar.*` for the package's name, version and
-//! architecture, and `data.tar.*` into a tree (in Rust; no dpkg needed).
+//! architecture, and `data.tar.*` into a tree (in Rust; no dpkg needed), under the same caps
+//! and layer policy as tarballs.
 
 use std::{
     fs,
@@ -12,7 +13,12 @@ use crate::{
     decompress,
     errors::{Error, Result},
     tree::Tree,
+    unpack::{LayerReport, Meter, UnpackBudget},
 };
+
+/// The most bytes read of `debian-binary`, of `./control`, and of any member of
+/// `control.tar.*` (maintainer scripts are small): a bomb there is refused like one in data.
+const CONTROL_MEMBER_CAP: u64 = 16 << 20;
 
 /// What a package's control file says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,51 +33,75 @@ pub struct DebInfo {
 
 impl Tree {
     /// Adds the contents (`data.tar.xz`, `.zst`, `.gz` or uncompressed) of the .deb at `path`
-    /// under `dest`, with the checks of [`Tree::add_tar`]. Maintainer scripts are not run.
-    pub fn add_deb(&mut self, path: &Path, dest: &str) -> Result<DebInfo> {
-        read_deb(path, &mut |data, origin| add_tar_filtered(self, data, dest, origin, &mut |_| true))
+    /// under `dest`, with the checks, caps and policy of [`Tree::add_tar`]. Maintainer scripts
+    /// are not run. `origin` names the package in errors.
+    pub fn add_deb(
+        &mut self,
+        path: &Path,
+        dest: &str,
+        origin: &str,
+        budget: &mut UnpackBudget,
+    ) -> Result<(DebInfo, LayerReport)> {
+        let mut report = LayerReport::default();
+        let info = read_deb(path, origin, &mut |data, member_origin| {
+            report.merge(add_tar_filtered(self, data, dest, member_origin, budget, &mut |_| true)?);
+            Ok(())
+        })?;
+        Ok((info, report))
     }
 }
 
 /// Pulls the members of a .deb whose rootfs path (`/boot/vmlinuz-...`) `want` accepts into a
 /// new tree, with their parent directories, without keeping the rest in memory. For taking a
-/// kernel and its modules out of a `linux-image-*` package.
-pub fn deb_files(path: &Path, mut want: impl FnMut(&str) -> bool) -> Result<Tree> {
+/// kernel and its modules out of a `linux-image-*` package. `origin` names the package in
+/// errors; every member counts against `budget`'s per-member cap, kept ones against its total.
+pub fn deb_files(
+    path: &Path,
+    origin: &str,
+    budget: &mut UnpackBudget,
+    mut want: impl FnMut(&str) -> bool,
+) -> Result<Tree> {
     let mut tree = Tree::new();
-    read_deb(path, &mut |data, origin| add_tar_filtered(&mut tree, data, "/", origin, &mut want))?;
+    read_deb(path, origin, &mut |data, member_origin| {
+        add_tar_filtered(&mut tree, data, "/", member_origin, budget, &mut want).map(drop)
+    })?;
     Ok(tree)
 }
 
 /// Walks the ar members of a .deb: checks `debian-binary`, parses the control file, and
-/// hands the decompressed `data.tar` stream with its error name to `on_data`.
-fn read_deb(path: &Path, on_data: &mut dyn FnMut(&mut dyn Read, &str) -> Result<()>) -> Result<DebInfo> {
-    let not_deb = |problem: String| Error::NotADeb { path: path.to_path_buf(), problem };
+/// hands the decompressed `data.tar` stream with its error name (`ORIGIN (data.tar.xz)`) to
+/// `on_data`.
+fn read_deb(path: &Path, origin: &str, on_data: &mut dyn FnMut(&mut dyn Read, &str) -> Result<()>) -> Result<DebInfo> {
+    let not_deb = |problem: String| Error::NotADeb { archive: origin.to_owned(), problem };
     let file = fs::File::open(path).map_err(|source| Error::Io { action: "open", path: path.to_path_buf(), source })?;
     let mut ar = ar::Archive::new(BufReader::new(file));
     let (mut version_seen, mut info, mut data_seen) = (false, None, false);
+    let mut last: Option<String> = None;
     while let Some(member) = ar.next_entry() {
-        let mut member = member.map_err(|source| Error::ReadArchive { archive: path.display().to_string(), source })?;
+        let mut member =
+            member.map_err(|source| Error::ReadArchive { archive: origin.to_owned(), after: last.clone(), source })?;
         let name = String::from_utf8_lossy(member.header().identifier()).trim_end_matches('/').to_owned();
-        let origin = format!("{name} in {}", path.display());
-        let read_err = |source| Error::ReadArchive { archive: origin.clone(), source };
+        let member_origin = format!("{origin} ({name})");
+        let read_err = |source| Error::ReadArchive { archive: member_origin.clone(), after: None, source };
         if name == "debian-binary" {
             let mut text = String::new();
-            member.read_to_string(&mut text).map_err(read_err)?;
+            (&mut member).take(64).read_to_string(&mut text).map_err(read_err)?;
             if !text.starts_with("2.") {
                 return Err(not_deb(format!("format version `{}` in debian-binary is not 2.x", text.trim())));
             }
             version_seen = true;
         } else if name.starts_with("control.tar") {
             let decoded = decompress::decoder(&mut member).map_err(read_err)?;
-            info = Some(control_info(decoded, &origin).and_then(|text| parse_control(&text).map_err(&not_deb))?);
+            info = Some(control_info(decoded, &member_origin).and_then(|text| parse_control(&text).map_err(&not_deb))?);
         } else if name.starts_with("data.tar") {
             if data_seen {
                 return Err(not_deb("it has two data.tar members".into()));
             }
             data_seen = true;
             let mut decoded = decompress::decoder(&mut member).map_err(read_err)?;
-            on_data(&mut decoded, &origin)?;
+            on_data(&mut decoded, &member_origin)?;
         }
+        last = Some(name);
     }
     if !version_seen {
         return Err(not_deb("it has no debian-binary member; is it a .deb at all?".into()));
@@ -82,21 +112,32 @@ fn read_deb(path: &Path, on_data: &mut dyn FnMut(&mut dyn Read, &str) -> Result<
     info.ok_or_else(|| not_deb("it has no control.tar.* member".into()))
 }
 
-/// The text of `./control` in a control tarball.
+/// The text of `./control` in a control tarball; no member may be larger than
+/// [`CONTROL_MEMBER_CAP`].
 fn control_info(r: impl Read, origin: &str) -> Result<String> {
-    let read_err = |source| Error::ReadArchive { archive: origin.to_owned(), source };
-    let mut archive = tar::Archive::new(r);
+    let read_err = |source| Error::ReadArchive { archive: origin.to_owned(), after: None, source };
+    let meter = Meter::new();
+    let mut archive = tar::Archive::new(meter.reader(r));
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
-        let path = entry.path_bytes();
-        if matches!(&*path, b"./control" | b"control") {
+        let member = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        meter.grant(entry.size().min(CONTROL_MEMBER_CAP));
+        if entry.size() > CONTROL_MEMBER_CAP {
+            return Err(Error::Member {
+                archive: origin.to_owned(),
+                member,
+                problem: crate::errors::MemberProblem::TooLarge { size: entry.size(), limit: CONTROL_MEMBER_CAP },
+            });
+        }
+        if matches!(member.as_str(), "./control" | "control") {
             let mut text = String::new();
-            entry.read_to_string(&mut text).map_err(read_err)?;
+            (&mut entry).take(CONTROL_MEMBER_CAP).read_to_string(&mut text).map_err(read_err)?;
             return Ok(text);
         }
     }
     Err(Error::ReadArchive {
         archive: origin.to_owned(),
+        after: None,
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "no ./control member"),
     })
 }
@@ -123,7 +164,10 @@ pub(crate) mod tests {
     use tar::EntryType;
 
     use super::*;
-    use crate::{archive::tests::tar_of, tree::Node};
+    use crate::{
+        archive::tests::{budget, tar_of},
+        tree::Node,
+    };
 
     const CONTROL: &str = "Package: hello\nVersion: 1:2.3-4\nArchitecture: arm64\nDescription: a test\n more text\n";
 
@@ -157,7 +201,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let deb = write_deb(dir.path(), &[("./usr/bin/hello", EntryType::Regular, "hi", 0o755)]);
         let mut tree = Tree::new();
-        let info = tree.add_deb(&deb, "/")?;
+        let (info, report) = tree.add_deb(&deb, "/", "`[fetch.hello]`", &mut budget())?;
+        assert!(report.is_empty(), "{report}");
         assert_eq!(info, DebInfo { package: "hello".into(), version: "1:2.3-4".into(), architecture: "arm64".into() });
         assert!(matches!(tree.get("/usr/bin/hello"), Some(Node::File { mode: 0o755, .. })));
         Ok(())
@@ -167,10 +212,11 @@ pub(crate) mod tests {
     fn hostile_deb_member_is_named_with_archive_and_package() {
         let dir = tempfile::tempdir().expect("tempdir");
         let deb = write_deb(dir.path(), &[("./../etc/passwd", EntryType::Regular, "x", 0o644)]);
-        let err = Tree::new().add_deb(&deb, "/").expect_err("must be rejected");
+        let err = Tree::new().add_deb(&deb, "/", "`[fetch.evil]`", &mut budget()).expect_err("must be rejected");
         assert_eq!(
             err.to_string(),
-            format!("data.tar.xz in {}: member ./../etc/passwd: path leaves the rootfs (`..`)", deb.display())
+            "`[fetch.evil]` (data.tar.xz): member ./../etc/passwd: path leaves the rootfs (`..`)",
+            "the layer's name, not the store path"
         );
     }
 
@@ -187,7 +233,9 @@ pub(crate) mod tests {
                 ("./usr/share/doc/x", EntryType::Regular, "doc", 0o644),
             ],
         );
-        let tree = deb_files(&deb, |p| p.starts_with("/boot/vmlinuz-") || p.starts_with("/lib/modules/"))?;
+        let tree = deb_files(&deb, "`[fetch.kernel]`", &mut budget(), |p| {
+            p.starts_with("/boot/vmlinuz-") || p.starts_with("/lib/modules/")
+        })?;
         let paths: Vec<&str> = tree.entries().map(|(p, _)| p).collect();
         assert_eq!(
             paths,
@@ -209,8 +257,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("x.deb");
         fs::write(&path, "not an ar archive").expect("write");
-        let err = Tree::new().add_deb(&path, "/").expect_err("not a deb");
-        assert!(err.to_string().starts_with(&format!("failed to read {}", path.display())), "{err}");
+        let err = Tree::new().add_deb(&path, "/", "`[fetch.x]`", &mut budget()).expect_err("not a deb");
+        assert!(err.to_string().starts_with("`[fetch.x]`: cannot read its first member"), "{err}");
         let control = parse_control("Package: a\nVersion: 1\n").expect_err("no Architecture");
         assert_eq!(control, "its control file has no `Architecture` field");
     }

@@ -1,4 +1,7 @@
-//! Decompression chosen by magic bytes: gzip, xz, zstd or none.
+//! Decompression chosen by magic bytes: gzip, xz, zstd or none. Each decoder's own memory
+//! is bounded: gzip's window is 32 KiB, zstd's decoder refuses windows over 128 MiB (its
+//! default `windowLogMax`), and xz is given [`XZ_MEMLIMIT`] (a stream asking for a larger
+//! dictionary is refused rather than allocated).
 
 use std::io::{self, Read};
 
@@ -6,6 +9,9 @@ const GZIP: &[u8] = &[0x1f, 0x8b];
 const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
 const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 const BZIP2: &[u8] = b"BZh";
+
+/// The most memory the xz decoder may use: `xz -9` needs 65 MiB, LZMA2 allows 1.5 GiB.
+const XZ_MEMLIMIT: u64 = 256 << 20;
 
 /// Wraps `r` in the decoder its first bytes call for; uncompressed data passes through.
 pub(crate) fn decoder<'a>(mut r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
@@ -24,7 +30,9 @@ pub(crate) fn decoder<'a>(mut r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a
     Ok(if head.starts_with(GZIP) {
         Box::new(flate2::read::MultiGzDecoder::new(whole))
     } else if head.starts_with(XZ) {
-        Box::new(liblzma::read::XzDecoder::new_multi_decoder(whole))
+        let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, liblzma::stream::CONCATENATED)
+            .map_err(io::Error::other)?;
+        Box::new(liblzma::read::XzDecoder::new_stream(whole, stream))
     } else if head.starts_with(ZSTD) {
         Box::new(zstd::stream::read::Decoder::new(whole)?)
     } else if head.starts_with(BZIP2) {

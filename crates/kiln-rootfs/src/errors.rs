@@ -1,11 +1,15 @@
 //! Errors of the rootfs crate: each names the file, archive member or rootfs path involved
-//! and, where there is one, what to do about it.
+//! and, where there is one, what to do about it. Text that came from an archive (member
+//! names, link targets, the rootfs paths made from them) is shown with control characters
+//! escaped.
 
 use std::{
     io,
     path::{Path, PathBuf},
     process::ExitStatus,
 };
+
+use crate::display::escape_untrusted;
 
 /// A `map_err` adapter for a failed host operation `action` on `path`.
 pub(crate) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error + use<> {
@@ -41,7 +45,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A rootfs path given to the API cannot be used.
-    #[error("invalid rootfs path `{path}`: {problem}")]
+    #[error("invalid rootfs path `{}`: {problem}", escape_untrusted(.path))]
     InvalidPath {
         /// The path as given.
         path: String,
@@ -49,15 +53,16 @@ pub enum Error {
         problem: PathProblem,
     },
     /// A symlink target that no file system can hold.
-    #[error("cannot put a symlink at `{path}`: its target is empty or contains a NUL byte")]
+    #[error("cannot put a symlink at `{}`: its target is empty or contains a NUL byte", escape_untrusted(.path))]
     InvalidSymlinkTarget {
         /// The rootfs path of the link.
         path: String,
     },
     /// A non-directory would replace a directory.
     #[error(
-        "cannot put a {new} at `{path}`: the tree already has a directory there; \
-         remove the directory first if it should be replaced"
+        "cannot put a {new} at `{}`: the tree already has a directory there; \
+         remove the directory first if it should be replaced",
+        escape_untrusted(.path)
     )]
     ReplacesDirectory {
         /// The rootfs path.
@@ -67,8 +72,10 @@ pub enum Error {
     },
     /// A node would be written through a symlink, which kiln never follows.
     #[error(
-        "cannot put a {new} at `{path}`: `{symlink}` is a symlink and kiln never writes through \
-         symlinks; put it under the symlink's target instead"
+        "cannot put a {new} at `{}`: `{}` is a symlink and kiln never writes through \
+         symlinks; put it under the symlink's target instead",
+        escape_untrusted(.path),
+        escape_untrusted(.symlink)
     )]
     ThroughSymlink {
         /// The rootfs path.
@@ -79,7 +86,11 @@ pub enum Error {
         symlink: String,
     },
     /// A node's parent exists but is neither a directory nor a symlink.
-    #[error("cannot put a {new} at `{path}`: `{parent}` is a {parent_kind}, not a directory")]
+    #[error(
+        "cannot put a {new} at `{}`: `{}` is a {parent_kind}, not a directory",
+        escape_untrusted(.path),
+        escape_untrusted(.parent)
+    )]
     ParentNotDirectory {
         /// The rootfs path.
         path: String,
@@ -99,9 +110,9 @@ pub enum Error {
         problem: &'static str,
     },
     /// One member of an archive was rejected.
-    #[error("{archive}: member {member}: {problem}")]
+    #[error("{}: member {}: {problem}", escape_untrusted(.archive), escape_untrusted(.member))]
     Member {
-        /// The archive, e.g. "data.tar.xz in /x/evil.deb".
+        /// The archive as the caller names it, e.g. "`[fetch.libc6]` (data.tar.xz)".
         archive: String,
         /// The member's path as stored in the archive.
         member: String,
@@ -109,19 +120,35 @@ pub enum Error {
         problem: MemberProblem,
     },
     /// An archive could not be read or decompressed.
-    #[error("failed to read {archive}; is it a complete archive in a supported format?")]
+    #[error(
+        "{}: cannot read {}; is it a complete archive in a supported format?",
+        escape_untrusted(.archive),
+        match .after { Some(member) => format!("the member after {}", escape_untrusted(member)), None => "its first member".to_owned() }
+    )]
     ReadArchive {
-        /// The archive.
+        /// The archive as the caller names it.
         archive: String,
+        /// The last member read whole before the failure, if any.
+        after: Option<String>,
         /// The underlying error.
         #[source]
         source: io::Error,
     },
+    /// An archive holds no members (a 0-byte file, or only the end-of-archive blocks).
+    #[error(
+        "{}: the archive is empty (no members); an empty layer is refused: check that the fetch \
+         names the archive you meant",
+        escape_untrusted(.archive)
+    )]
+    EmptyArchive {
+        /// The archive as the caller names it.
+        archive: String,
+    },
     /// A file handed to `add_deb` or `deb_files` is not a usable Debian package.
-    #[error("`{path}` is not a usable Debian package: {problem}")]
+    #[error("{}: not a usable Debian package: {problem}", escape_untrusted(.archive))]
     NotADeb {
-        /// The .deb file.
-        path: PathBuf,
+        /// The package as the caller names it.
+        archive: String,
         /// What is missing or wrong.
         problem: String,
     },
@@ -163,7 +190,7 @@ pub enum Error {
         dir: PathBuf,
     },
     /// A rootfs path cannot be expressed in the tool's command language.
-    #[error("`{path}` cannot be written into an ext4 image: {problem}")]
+    #[error("`{}` cannot be written into an ext4 image: {problem}", escape_untrusted(.path))]
     UnsupportedName {
         /// The rootfs path.
         path: String,
@@ -203,6 +230,17 @@ pub enum Error {
     },
 }
 
+/// A byte count for messages: `512 bytes`, `3.0 MiB (3145728 bytes)`, `16.0 GiB (...)`.
+fn bytes(n: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    match n {
+        n if n >= GIB => format!("{:.1} GiB ({n} bytes)", n as f64 / GIB as f64),
+        n if n >= MIB => format!("{:.1} MiB ({n} bytes)", n as f64 / MIB as f64),
+        n => format!("{n} bytes"),
+    }
+}
+
 /// What is wrong with a rootfs path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -232,13 +270,13 @@ pub enum MemberProblem {
     #[error("path is not valid UTF-8")]
     NotUtf8,
     /// A symlink's target climbs above the rootfs root.
-    #[error("symlink target `{target}` leaves the rootfs (`..` above `/`)")]
+    #[error("symlink target `{}` leaves the rootfs (`..` above `/`)", escape_untrusted(.target))]
     SymlinkEscapes {
         /// The link target.
         target: String,
     },
     /// A hard link's target is unusable.
-    #[error("hard link to `{target}`: {problem}")]
+    #[error("hard link to `{}`: {problem}", escape_untrusted(.target))]
     HardLink {
         /// The link target as stored in the archive.
         target: String,
@@ -254,6 +292,50 @@ pub enum MemberProblem {
     /// The member could not be read.
     #[error("could not read its header or contents: {0}")]
     Read(io::Error),
+    /// The archive ends (or its compressed stream breaks off) inside the member's contents.
+    #[error("the archive is truncated: the member has {got} of its {size} bytes{}", match .cause { Some(e) => format!(" ({e})"), None => String::new() })]
+    Truncated {
+        /// The size its header declares.
+        size: u64,
+        /// The bytes there were.
+        got: u64,
+        /// The decompressor's error, when it reported one.
+        cause: Option<io::Error>,
+    },
+    /// A path appears twice in one archive.
+    #[error(
+        "`{}` appears twice in this archive; a layer may give each path once (later layers \
+         replace earlier ones, but within one archive a repeat is ambiguous): rebuild the \
+         archive without the repeat",
+        escape_untrusted(.path)
+    )]
+    Duplicate {
+        /// The rootfs path both members name.
+        path: String,
+    },
+    /// The member unpacks to more than the per-member cap.
+    #[error("unpacks to {}, more than the {} allowed for one member", bytes(*.size), bytes(*.limit))]
+    TooLarge {
+        /// Its unpacked size (from its header).
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// The member would take the tree's archive layers over the total cap.
+    #[error(
+        "unpacks to {}, which would make {} in all, more than the {} the rootfs's archive layers may unpack",
+        bytes(*.size),
+        bytes(.unpacked.saturating_add(*.size)),
+        bytes(*.limit)
+    )]
+    TotalTooLarge {
+        /// Its unpacked size.
+        size: u64,
+        /// What earlier members and layers unpacked.
+        unpacked: u64,
+        /// The cap.
+        limit: u64,
+    },
     /// Putting the member into the tree failed.
     #[error("{0}")]
     Tree(Box<Error>),

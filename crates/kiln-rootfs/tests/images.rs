@@ -8,7 +8,9 @@ use std::{
     process::Command,
 };
 
-use kiln_rootfs::{Compression, Data, Ext4Options, Node, Tree, busybox_applets, convert_qcow2, write_ext4};
+use kiln_rootfs::{
+    Compression, Data, Ext4Options, Node, Tree, UnpackBudget, UnpackLimits, busybox_applets, convert_qcow2, write_ext4,
+};
 
 /// Fails the test, saying how to install it, unless `program` runs here.
 fn require(program: &str, package: &str) {
@@ -168,7 +170,9 @@ fn real_busybox_static_debs() {
 
 fn check_busybox_deb(deb: &Path, arch: &str) {
     let mut tree = Tree::new();
-    let info = tree.add_deb(deb, "/").expect("add_deb");
+    let mut budget = UnpackBudget::new(UnpackLimits::default());
+    let (info, report) = tree.add_deb(deb, "/", "`[fetch.busybox]`", &mut budget).expect("add_deb");
+    assert!(report.is_empty(), "busybox-static has no special entries: {report}");
     assert_eq!((info.package.as_str(), info.architecture.as_str()), ("busybox-static", arch));
     let Some(Node::File { data, mode }) = tree.get("/bin/busybox").cloned() else {
         panic!("no /bin/busybox in {}", deb.display());

@@ -79,7 +79,9 @@ pub(crate) fn build_kernel(
             write_modules(&Tree::new(), out)
         }
         KernelFrom::Deb => {
-            let tree = kiln_rootfs::deb_files(fetched, |path| {
+            let origin = format!("`[fetch.{}]`", kernel.fetch);
+            let mut budget = kiln_rootfs::UnpackBudget::new(kiln_rootfs::UnpackLimits::default());
+            let tree = kiln_rootfs::deb_files(fetched, &origin, &mut budget, |path| {
                 path.starts_with("/boot/vmlinuz-")
                     || path.starts_with("/lib/modules/")
                     || path.starts_with("/usr/lib/modules/")

@@ -318,8 +318,11 @@ impl Executor {
                     }
                     ImageRecipe::Rootfs(rootfs) => {
                         let files = rootfs::RootfsFiles { fetched: &fetched, binaries: &binaries };
-                        let tree = rootfs::assemble(&key.name, rootfs, key.arch, &files)?;
-                        rootfs::write_rootfs(&key.name, rootfs, &tree, out)
+                        let assembled = rootfs::assemble(&key.name, rootfs, key.arch, &files)?;
+                        for note in &assembled.notes {
+                            self.reporter.status("Unpacked", note);
+                        }
+                        rootfs::write_rootfs(&key.name, rootfs, &assembled.tree, out)
                     }
                 })?;
             images.insert(key.clone(), RealisedImage { closure: entry.closure, dir: entry.out_dir(), outcome });

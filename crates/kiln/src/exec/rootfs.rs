@@ -113,9 +113,28 @@ pub(crate) struct RootfsFiles<'a> {
     pub binaries: &'a BTreeMap<BuildKey, PathBuf>,
 }
 
-/// Assembles the tree of rootfs `name`.
-pub(crate) fn assemble(name: &str, rootfs: &RootfsRecipe, arch: Arch, files: &RootfsFiles<'_>) -> anyhow::Result<Tree> {
+/// A rootfs tree and what the layer policy did on the way (one line per archive layer that
+/// had special entries, for people to read).
+pub(crate) struct Assembled {
+    /// The tree.
+    pub tree: Tree,
+    /// `rootfs `base` (x86_64), layer 2: `[fetch.NAME]`: dropped 1 fifo (/run/x)`.
+    pub notes: Vec<String>,
+}
+
+/// Assembles the tree of rootfs `name`. Archive layers are named by their `[fetch.NAME]` in
+/// errors and notes, and unpack under caps: 1 GiB per member, and in all the image's `size`
+/// when it declares one, else 4 GiB.
+pub(crate) fn assemble(
+    name: &str,
+    rootfs: &RootfsRecipe,
+    arch: Arch,
+    files: &RootfsFiles<'_>,
+) -> anyhow::Result<Assembled> {
     let mut tree = Tree::new();
+    let mut notes = Vec::new();
+    let limits = kiln_rootfs::UnpackLimits::for_image(rootfs.size_mib.map(|mib| u64::from(mib) << 20));
+    let mut budget = kiln_rootfs::UnpackBudget::new(limits);
     if rootfs.init {
         guest::add_skeleton(&mut tree)?;
     }
@@ -123,29 +142,36 @@ pub(crate) fn assemble(name: &str, rootfs: &RootfsRecipe, arch: Arch, files: &Ro
         let fetched = |fetch: &String| -> anyhow::Result<&Path> {
             files.fetched.get(fetch).map(PathBuf::as_path).ok_or_else(|| anyhow::anyhow!("`{fetch}` was not fetched"))
         };
+        let origin = |fetch: &String| format!("`[fetch.{fetch}]`");
         let what = format!("rootfs `{name}` ({arch}), layer {}", index + 1);
+        let mut note = |fetch: &String, report: kiln_rootfs::LayerReport| {
+            if !report.is_empty() {
+                notes.push(format!("{what}: {}: {report}", origin(fetch)));
+            }
+        };
         let applied: anyhow::Result<()> = (|| {
             match &layer.source {
                 LayerInput::Busybox(fetch) => {
                     let path = fetched(fetch)?;
                     let binary = if is_deb(path)? {
-                        let found = kiln_rootfs::deb_files(path, |p| p == "/bin/busybox")?;
+                        let found = kiln_rootfs::deb_files(path, &origin(fetch), &mut budget, |p| p == "/bin/busybox")?;
                         match found.get("/bin/busybox") {
                             Some(kiln_rootfs::Node::File { data, .. }) => data.clone(),
-                            _ => anyhow::bail!(
-                                "`{}` has no /bin/busybox: use the busybox-static package",
-                                path.display()
-                            ),
+                            _ => anyhow::bail!("{} has no /bin/busybox: use the busybox-static package", origin(fetch)),
                         }
                     } else {
                         Data::Host(path.to_owned())
                     };
-                    tree.add_busybox(binary, &path.display().to_string())?;
+                    tree.add_busybox(binary, &origin(fetch))?;
                 }
                 LayerInput::Deb(fetch) => {
-                    tree.add_deb(fetched(fetch)?, &layer.dest)?;
+                    let (_, report) = tree.add_deb(fetched(fetch)?, &layer.dest, &origin(fetch), &mut budget)?;
+                    note(fetch, report);
                 }
-                LayerInput::Tarball(fetch) => tree.add_tarball(fetched(fetch)?, &layer.dest)?,
+                LayerInput::Tarball(fetch) => {
+                    let report = tree.add_tarball(fetched(fetch)?, &layer.dest, &origin(fetch), &mut budget)?;
+                    note(fetch, report);
+                }
                 LayerInput::Dir(dir) => tree.add_host_dir(dir, &layer.dest)?,
                 LayerInput::File(file) => tree.add_host_file(file, &layer.dest, layer.mode)?,
                 LayerInput::Artifact(build) => {
@@ -163,7 +189,7 @@ pub(crate) fn assemble(name: &str, rootfs: &RootfsRecipe, arch: Arch, files: &Ro
     if rootfs.init {
         guest::add_init(&mut tree)?;
     }
-    Ok(tree)
+    Ok(Assembled { tree, notes })
 }
 
 fn is_deb(path: &Path) -> anyhow::Result<bool> {
@@ -293,6 +319,57 @@ mod tests {
         assert!(err.to_string().contains("libc6-x86_64"), "{err}");
     }
 
+    /// A tar archive of (path, type, contents) members, written as the fetch `name` under `dir`.
+    fn fetched_tarball(dir: &Path, name: &str, members: &[(&str, tar::EntryType, &str)]) -> PathBuf {
+        let mut builder = tar::Builder::new(Vec::new());
+        for &(path, kind, body) in members {
+            let mut header = tar::Header::new_gnu();
+            header.set_path(path).expect("path");
+            header.set_entry_type(kind);
+            header.set_mode(0o644);
+            header.set_size(body.len() as u64);
+            header.set_cksum();
+            builder.append(&header, body.as_bytes()).expect("append");
+        }
+        let file = dir.join(name);
+        std::fs::write(&file, builder.into_inner().expect("tar")).expect("write");
+        file
+    }
+
+    #[test]
+    fn archive_layers_are_named_by_their_fetch_and_say_what_the_policy_did() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tarball =
+            |fetch: &str| LayerStep { source: LayerInput::Tarball(fetch.into()), dest: "/".into(), mode: None };
+        let fetched: BTreeMap<String, PathBuf> = [
+            ("tools".to_owned(), fetched_tarball(dir.path(), "t.tar", &[("run/pipe", tar::EntryType::Fifo, "")])),
+            (
+                "evil".to_owned(),
+                fetched_tarball(
+                    dir.path(),
+                    "e.tar",
+                    &[("etc/motd", tar::EntryType::Regular, "a"), ("./etc/motd", tar::EntryType::Regular, "b")],
+                ),
+            ),
+        ]
+        .into();
+        let files = RootfsFiles { fetched: &fetched, binaries: &BTreeMap::new() };
+
+        let assembled = assemble("base", &recipe(vec![tarball("tools")]), Arch::X86_64, &files).expect("assembled");
+        assert_eq!(assembled.notes, ["rootfs `base` (x86_64), layer 1: `[fetch.tools]`: dropped 1 fifo (/run/pipe)"]);
+
+        let err = assemble("base", &recipe(vec![tarball("tools"), tarball("evil")]), Arch::X86_64, &files)
+            .err()
+            .expect("a duplicate in one layer");
+        assert_eq!(
+            format!("{err:#}"),
+            "rootfs `base` (x86_64), layer 2: `[fetch.evil]`: member etc/motd: `/etc/motd` appears twice in this \
+             archive; a layer may give each path once (later layers replace earlier ones, but within one archive \
+             a repeat is ambiguous): rebuild the archive without the repeat"
+        );
+        assert!(!format!("{err:#}").contains(&dir.path().display().to_string()), "the fetch, not the store path");
+    }
+
     #[test]
     fn a_built_rootfs_has_kiln_init_its_layers_and_a_listing_and_is_reproducible() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -306,7 +383,7 @@ mod tests {
         let write = |name: &str| {
             let out = dir.path().join(name);
             std::fs::create_dir(&out).expect("mkdir");
-            let tree = assemble("base", &recipe, Arch::X86_64, &files).expect("tree");
+            let tree = assemble("base", &recipe, Arch::X86_64, &files).expect("tree").tree;
             write_rootfs("base", &recipe, &tree, &out).expect("image");
             out
         };

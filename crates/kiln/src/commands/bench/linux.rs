@@ -61,13 +61,13 @@ pub(super) fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
         let mut ours = Measured { times: Vec::new(), failures: 0 };
         for _ in 0..runs {
             let started = Instant::now();
-            let tree = exec::assemble_rootfs(&linux.rootfs.name, recipe, arch, &files)?;
+            let tree = exec::assemble_rootfs(&linux.rootfs.name, recipe, arch, &files)?.tree;
             let file = std::fs::File::create(&image)?;
             tree.write_cpio(std::io::BufWriter::new(file), kiln_rootfs::Compression::Gzip, 0)?;
             ours.times.push(started.elapsed());
         }
         let staging = scratch.path().join(format!("{arch}-tree"));
-        exec::assemble_rootfs(&linux.rootfs.name, recipe, arch, &files)?.write_dir(&staging, 0)?;
+        exec::assemble_rootfs(&linux.rootfs.name, recipe, arch, &files)?.tree.write_dir(&staging, 0)?;
         let mut shell = Measured { times: Vec::new(), failures: 0 };
         for _ in 0..runs {
             let started = Instant::now();
