@@ -182,3 +182,140 @@ fn gc_during_a_test_after_a_source_edit_keeps_what_the_test_uses() {
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("Removed rootfs-base-x86_64"), "{text}");
 }
+
+/// Sixteen GiB: the decompressed size of the bombs below.
+const BOMB_BYTES: u64 = 16 << 30;
+
+/// A zstd stream of `len` zeros (a multiple of 64 MiB): one small frame repeated, so it
+/// takes milliseconds to build and a few hundred KB to hold.
+fn zero_frames(len: u64) -> Vec<u8> {
+    let piece: u64 = 64 << 20;
+    let frame = zstd::encode_all(std::io::Read::take(std::io::repeat(0), piece), 1).expect("compress zeros");
+    frame.repeat((len / piece) as usize)
+}
+
+/// The tar stream of an archive exported by kiln holding one entry named `bomb`, whose
+/// `out/file` holds a few bytes; and that member's path.
+fn exported_entry(dir: &std::path::Path) -> (Vec<u8>, String) {
+    let store = Store::open(dir.join("source-store")).expect("open store");
+    let mut drv = kiln_store::Derivation::new("import-bomb");
+    drv.setting("content", "a few bytes");
+    let (entry, _) =
+        store.build(&drv, "bomb", || {}, |out| Ok(fs::write(out.join("file"), b"a few bytes")?)).expect("build");
+    let archive = dir.join("good.tar.zst");
+    kiln_store::export_to_file(&store, &[entry.closure], &archive).expect("export");
+    let tar = zstd::decode_all(&fs::read(&archive).expect("read archive")[..]).expect("decompress");
+    (tar, format!("{}/out/file", entry.closure))
+}
+
+/// Where `member`'s header starts and where the stream resumes after its data.
+fn locate(tar: &[u8], member: &str) -> (usize, usize) {
+    for entry in tar::Archive::new(tar).entries().expect("entries") {
+        let entry = entry.expect("member");
+        if entry.path_bytes().as_ref() == member.as_bytes() {
+            let header = usize::try_from(entry.raw_header_position()).expect("fits");
+            let data = usize::try_from(entry.raw_file_position()).expect("fits");
+            return (header, data + usize::try_from(entry.size()).expect("fits").div_ceil(512) * 512);
+        }
+    }
+    panic!("no member {member}");
+}
+
+/// What one `store import` run did: exit code, stderr, seconds, peak RSS in KiB.
+struct Import {
+    code: i32,
+    stderr: String,
+    seconds: f64,
+    peak_kib: u64,
+}
+
+fn run_import(project: &Project, archive: &[u8], name: &str) -> Import {
+    let path = project.path().join(name);
+    fs::write(&path, archive).expect("write archive");
+    let peak_file = project.path().join(format!("{name}.peak"));
+    let started = std::time::Instant::now();
+    let output = project
+        .command(&["store", "import", path.to_str().expect("utf-8")])
+        .env("KILN_IT_PEAK_RSS_FILE", &peak_file)
+        .env("GITHUB_ACTIONS", "true")
+        .output()
+        .expect("kiln runs");
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = fs::read_to_string(&peak_file).expect("kiln-it wrote its peak RSS");
+    let peak_kib = peak
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable peak RSS: {peak}"));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    eprintln!("{name}: exit {:?} after {seconds:.2} s, peak RSS {peak_kib} KiB", output.status.code());
+    Import { code: output.status.code().unwrap_or(-1), stderr, seconds, peak_kib }
+}
+
+/// Nothing was published, and nothing is left in the store's `tmp/`.
+fn assert_nothing_staged(project: &Project) {
+    let store = project.path().join("target/kiln/store");
+    for sub in ["entries", "tmp"] {
+        let left: Vec<_> = fs::read_dir(store.join(sub))
+            .map(|dir| dir.map(|e| e.expect("entry").file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "store/{sub} holds {left:?}");
+    }
+}
+
+#[test]
+fn store_import_refuses_a_16_gib_bomb_in_a_valid_entry_fast_in_bounded_memory() {
+    let project = Project::example(ONE_ARTIFACT);
+    let (tar, member) = exported_entry(project.path());
+    let (header_at, resume) = locate(&tar, &member);
+
+    // The file member replaced by 16 GiB of zeros, its header claiming them.
+    let mut header = tar::Header::from_byte_slice(&tar[header_at..header_at + 512]).clone();
+    header.set_size(BOMB_BYTES);
+    header.set_cksum();
+    let mut head = tar[..header_at].to_vec();
+    head.extend_from_slice(header.as_bytes());
+    let mut claiming = zstd::encode_all(&head[..], 3).expect("compress");
+    claiming.extend(zero_frames(BOMB_BYTES));
+    claiming.extend(zstd::encode_all(&tar[resume..], 3).expect("compress"));
+    // The member as recorded, then 16 GiB of zeros before the rest of the stream.
+    let mut trailing = zstd::encode_all(&tar[..resume], 3).expect("compress");
+    trailing.extend(zero_frames(BOMB_BYTES));
+    trailing.extend(zstd::encode_all(&tar[resume..], 3).expect("compress"));
+
+    for (name, bomb, says) in [
+        (
+            "claiming.tar.zst",
+            claiming,
+            format!("member `{member}` of entry `bomb`: the member claims {BOMB_BYTES} bytes"),
+        ),
+        ("trailing.tar.zst", trailing, "zeros follow the end-of-archive marker".to_owned()),
+    ] {
+        assert!(bomb.len() < 1 << 20, "{name} is {} bytes", bomb.len());
+        let run = run_import(&project, &bomb, name);
+        assert_eq!(run.code, 2, "{name}: hostile input is a usage error, not infrastructure\n{}", run.stderr);
+        assert!(run.stderr.contains(&says), "{name}: {}", run.stderr);
+        assert!(run.stderr.contains("export it again from a store you trust"), "{name}: {}", run.stderr);
+        assert!(run.seconds < 10.0, "{name}: took {:.1} s", run.seconds);
+        assert!(run.peak_kib < 500 * 1024, "{name}: peak RSS {} KiB", run.peak_kib);
+        assert_nothing_staged(&project);
+    }
+
+    // A member whose name would start a workflow command on its own line.
+    let mut hostile = tar[..tar.len() - 1024].to_vec();
+    let mut header = tar::Header::new_gnu();
+    let name = format!("{}\n::error::pwned\x1b[31m", member.trim_end_matches("file"));
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_cksum();
+    hostile.extend_from_slice(header.as_bytes());
+    hostile.extend_from_slice(&[0; 1024]);
+    let run = run_import(&project, &zstd::encode_all(&hostile[..], 3).expect("compress"), "hostile.tar.zst");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("\\n::error::pwned\\x1b[31m"), "{}", run.stderr);
+    assert!(!run.stderr.lines().any(|line| line.starts_with("::error::pwned")), "{}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "{}", run.stderr);
+    assert_nothing_staged(&project);
+}

@@ -17,8 +17,8 @@ mod store;
 mod tree;
 
 pub use archive::{
-    ArchiveSummary, MAX_FILE_BYTES, MAX_META_BYTES, MAX_PATH_BYTES, MAX_PATH_COMPONENTS, Rejection, export,
-    export_to_file, import, import_from_file,
+    ArchiveSummary, ImportLimits, MAX_FILE_BYTES, MAX_LISTING_BYTES, MAX_META_BYTES, MAX_PATH_BYTES,
+    MAX_PATH_COMPONENTS, Rejection, export, export_to_file, import, import_from_file, import_with_limits,
 };
 pub use derivation::{Derivation, InputHash};
 pub use errors::StoreError;

@@ -1,25 +1,34 @@
 //! Export and import of store entries as one zstd-compressed tar stream.
 //!
-//! An archive holds, for each exported entry in closure order, `<closure>/meta.toml`, then the
-//! directory `<closure>/out` and everything below it, depth first with names sorted bytewise
-//! (the order [`hash_tree`] walks a tree in). Headers are normalised: GNU format, modification
-//! time 0, owner and group 0 without names, mode 0o644 or 0o755 for files (only the executable
-//! bit survives), 0o755 for directories and 0o777 for symlinks. Exporting the same entries
-//! twice therefore gives the same bytes. The tar stream is compressed with zstd at level 3,
-//! one worker per core, with a content checksum.
+//! An archive holds, for each exported entry in closure order, `<closure>/meta.toml`, then
+//! `<closure>/listing` (every path of the output tree with its type, content hash and size;
+//! see `listing.rs`), then the directory `<closure>/out` and everything below it, depth first
+//! with names sorted bytewise (the order [`hash_tree`] walks a tree in). Headers are
+//! normalised: GNU format, modification time 0, owner and group 0 without names, mode 0o644 or
+//! 0o755 for files (only the executable bit survives), 0o755 for directories and 0o777 for
+//! symlinks. Exporting the same entries twice therefore gives the same bytes. The tar stream
+//! is compressed with zstd at level 3, one worker per core, with a content checksum.
 //!
-//! Import treats the stream as hostile. Every member must be `<closure>/meta.toml` (a file),
-//! `<closure>/out` (a directory) or a file, directory or symlink below `<closure>/out/`, where
-//! `<closure>` is a canonical closure hash; see [`Rejection`] for everything else that is
-//! refused. Members are extracted into a fresh staging directory under `<root>/tmp/`, creating
-//! every directory itself and never writing through a symlink. When an entry's last member
-//! has been read, a second thread checks that its recorded derivation has the entry's closure
-//! hash and that its output tree has the recorded output hash, and syncs its files, while the
-//! next entry is being extracted. Only when the whole stream has been read and every entry
-//! verified are the entries published, each with one `rename`; an entry already in the store
-//! is left alone. Anything else removes the staging directory, so a rejected archive leaves no
-//! trace in the store.
+//! Import treats the stream as hostile and bounds what it stages. Every member must be
+//! `<closure>/meta.toml`, `<closure>/listing` (files, in that order, first) or a file,
+//! directory or symlink at `<closure>/out/` or below, where `<closure>` is a canonical closure
+//! hash; see [`Rejection`] for everything else that is refused. `meta.toml` is read into
+//! memory and its derivation must have the entry's closure hash; the listing is read into
+//! memory and must hash to the output hash `meta.toml` records, and what it promises must fit
+//! in the import's byte budget (the free space of the store's file system less a margin, and
+//! a limit: [`ImportLimits`]). Every member below `out/` is then held to the listing before
+//! its data is read: one not listed, listed as another type, or claiming another size is
+//! refused, so no byte past what the listing records is ever written. Files are hashed as
+//! they are written. Members are extracted into a fresh staging directory under `<root>/tmp/`,
+//! creating every directory itself and never writing through a symlink. When an entry's last
+//! member has been read, a second thread syncs its files while the next entry is extracted.
+//! Only when the whole stream has been read and every entry checked are the entries
+//! published, each with one `rename`; an entry already in the store is left alone. Anything
+//! else removes the staging directory, so a rejected archive leaves no trace in the store.
+//!
+//! [`hash_tree`]: crate::hash_tree
 
+mod listing;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -37,7 +46,7 @@ use std::{
     thread,
 };
 
-pub use read::{import, import_from_file};
+pub use read::{import, import_from_file, import_with_limits};
 pub use verify::Rejection;
 #[cfg(feature = "remote")]
 pub(crate) use verify::{check_components, check_link_target};
@@ -53,6 +62,14 @@ pub const MAX_PATH_COMPONENTS: usize = 256;
 pub const MAX_FILE_BYTES: u64 = 64 << 30;
 /// The largest `meta.toml` an archive may hold.
 pub const MAX_META_BYTES: u64 = 1 << 20;
+/// The largest entry listing an archive may hold (some hundred thousand paths).
+pub const MAX_LISTING_BYTES: u64 = 64 << 20;
+/// How many zero bytes may follow the end-of-archive marker (tar tools pad to their record
+/// size, 10 KiB for GNU tar); more is refused rather than read.
+const MAX_TRAILING_ZEROS: u64 = 1 << 20;
+/// What a file, directory or symlink costs the import's byte budget beyond its data: about
+/// one block and one inode, so an archive of countless empty files is bounded too.
+const NODE_COST: u64 = 4096;
 /// How many symlinks resolving one symlink may pass through (Linux's own limit).
 const MAX_LINK_HOPS: usize = 40;
 /// Path components resolving an entry's symlinks may look at: this many...
@@ -102,11 +119,50 @@ fn corrupt_msg(message: &str) -> StoreError {
 }
 
 fn reject(member: &[u8], reason: Rejection) -> StoreError {
-    StoreError::ArchiveRejected { member: lossy(member), reason }
+    StoreError::ArchiveRejected { member: shown(member), reason, entry: None }
 }
 
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Bytes from an archive as text for a message: control characters, backslashes and bytes
+/// that are not UTF-8 are escaped (`\x1b`, `\n`, `\\`, `\xff`), so a member name can
+/// neither drive the terminal nor start a line of its own (a GitHub Actions `::error`
+/// command, say).
+pub(crate) fn shown(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() && u32::from(c) < 0x80 => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+                c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// Bounds on what one import may stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// The most bytes the archive's entries may take on disk (their files' sizes plus
+    /// 4 KiB per path).
+    pub max_bytes: u64,
+    /// Bytes of the store's file system that must stay free: the entries may take at most
+    /// the free space at the start of the import less this.
+    pub keep_free: u64,
+}
+
+impl Default for ImportLimits {
+    /// At most [`MAX_FILE_BYTES`] (64 GiB), and 256 MiB kept free.
+    fn default() -> Self {
+        Self { max_bytes: MAX_FILE_BYTES, keep_free: 256 << 20 }
+    }
 }
 
 fn compression_workers() -> u32 {
@@ -171,6 +227,13 @@ enum Kind {
 struct StagedEntry {
     closure: ClosureHash,
     hex: String,
+    /// Its `meta.toml`, once read and checked.
+    meta: Option<crate::EntryMeta>,
+    /// Its listing, by path relative to the entry directory (`out/...`), once read.
+    listing: Option<HashMap<Vec<u8>, listing::Listed>>,
+    /// Paths that came as members of their own (directories may also be made as parents),
+    /// so that no member comes twice.
+    explicit: std::collections::HashSet<Vec<u8>>,
     /// Everything in the entry, by path relative to the entry directory (`meta.toml`, `out`,
     /// `out/...`).
     nodes: HashMap<Vec<u8>, Node>,

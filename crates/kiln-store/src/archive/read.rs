@@ -14,7 +14,7 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
@@ -27,21 +27,39 @@ use tar::{EntryType, Header};
 use crate::{ClosureHash, Store, StoreError, store::sync_dir};
 
 use super::{
-    ArchiveSummary, BLOCK, CHUNKS_IN_FLIGHT, Failure, IO_BUFFER, Kind, LINK_STEPS_BASE, LINK_STEPS_PER_NODE,
-    MAX_FILE_BYTES, MAX_PATH_BYTES, Node, PIECE, PIECES_IN_FLIGHT, StagedEntry, corrupt, corrupt_msg, join, lossy,
-    reject, stopped,
+    ArchiveSummary, BLOCK, CHUNKS_IN_FLIGHT, Failure, IO_BUFFER, ImportLimits, Kind, LINK_STEPS_BASE,
+    LINK_STEPS_PER_NODE, MAX_FILE_BYTES, MAX_PATH_BYTES, MAX_TRAILING_ZEROS, NODE_COST, Node, PIECE, PIECES_IN_FLIGHT,
+    StagedEntry, corrupt, corrupt_msg, join,
+    listing::{self, Listed},
+    reject, shown, stopped,
     verify::{
-        Rejection, bad_header, check_layout, check_link_target, member_kind, resolve_link, split_member, verify_all,
+        Rejection, bad_header, check_layout, check_link_target, check_meta, member_kind, resolve_link, split_member,
+        verify_all,
     },
 };
 
-/// Reads an archive made by [`export`] and publishes its entries.
+/// Reads an archive made by [`export`] and publishes its entries, within the default
+/// [`ImportLimits`].
 ///
 /// Nothing is published unless every member is acceptable, the stream is complete and every
 /// entry verifies; entries already in the store are skipped and count as imported.
+///
+/// [`export`]: crate::export
 pub fn import(store: &Store, reader: impl Read) -> Result<ArchiveSummary, StoreError> {
+    import_with_limits(store, reader, &ImportLimits::default())
+}
+
+/// [`import`] within the given limits: the archive's entries may take at most
+/// `limits.max_bytes`, and at most the free space of the store's file system less
+/// `limits.keep_free`. An archive promising more is refused before its files are written.
+pub fn import_with_limits(
+    store: &Store,
+    reader: impl Read,
+    limits: &ImportLimits,
+) -> Result<ArchiveSummary, StoreError> {
     let _gc_guard = store.lock_shared_gc()?;
     let staging = Staging::create(store)?;
+    let budget = Budget::measure(store.root().join("tmp"), limits)?;
     let mut decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(IO_BUFFER, reader))
         .map_err(|e| corrupt(&e))?;
     let root = staging.path.as_path();
@@ -62,7 +80,7 @@ pub fn import(store: &Store, reader: impl Read) -> Result<ArchiveSummary, StoreE
         let verifier = s.spawn(move || verify_all(root, entry_rx, failure));
         let extractor = s.spawn(move || {
             let mut source = ChunkReader { chunks: chunk_rx, spare: spare_tx, chunk: Vec::new(), len: 0, pos: 0 };
-            let extractor = Extractor::new(root, entry_tx, writers_queues, failure);
+            let extractor = Extractor::new(root, entry_tx, writers_queues, failure, budget);
             extractor.run(&mut source).map_err(|err| failure.record(err)).unwrap_or(0)
         });
         pump(&mut decoder, &chunk_tx, &spare_rx);
@@ -143,13 +161,41 @@ fn writer_threads() -> usize {
     thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(2, 8)
 }
 
-/// Part of a regular file, written by one of the writer threads: page-cache writes are what
-/// extraction spends its time on, and they scale with threads.
+/// Part of a regular file, written by one of the writer threads: page-cache writes (and
+/// hashing) are what extraction spends its time on, and they scale with threads.
 struct Piece {
     target: PieceTarget,
     data: Vec<u8>,
+    /// The hash the file must have, when it is an output file; its pieces arrive in order at
+    /// one writer, which hashes them as it writes.
+    check: Option<Arc<ContentCheck>>,
+    /// Whether this is the file's last piece, after which its hash is compared.
+    last: bool,
     /// Dropped once the piece is written; the verifier waits for all of an entry's.
     _written: Option<mpsc::Sender<()>>,
+}
+
+/// A file's listed content hash and the hash of what was written of it so far.
+struct ContentCheck {
+    member: Vec<u8>,
+    expected: [u8; 32],
+    hasher: Mutex<blake3::Hasher>,
+}
+
+impl ContentCheck {
+    fn new(member: &[u8], expected: [u8; 32]) -> Arc<Self> {
+        Arc::new(Self { member: member.to_vec(), expected, hasher: Mutex::new(blake3::Hasher::new()) })
+    }
+
+    /// Hashes the next piece; after the last one, fails unless the file has its listed hash.
+    fn update(&self, data: &[u8], last: bool) -> Result<(), StoreError> {
+        let mut hasher = self.hasher.lock().unwrap_or_else(PoisonError::into_inner);
+        hasher.update(data);
+        if last && hasher.finalize().as_bytes() != &self.expected {
+            return Err(reject(&self.member, Rejection::ContentMismatch));
+        }
+        Ok(())
+    }
 }
 
 enum PieceTarget {
@@ -170,6 +216,9 @@ impl Piece {
     }
 
     fn write(&self) -> Result<(), StoreError> {
+        if let Some(check) = &self.check {
+            check.update(&self.data, self.last)?;
+        }
         match &self.target {
             PieceTarget::NewFile { path, executable } => {
                 create_file(path, *executable)?.write_all(&self.data).map_err(|e| StoreError::io("write", path, e))
@@ -310,11 +359,62 @@ impl BufRead for ChunkReader {
 // ---------------------------------------------------------------------------------------------
 // Import: reading tar members into the staging directory.
 
+/// How many bytes the entries of one import may still take on disk.
+pub(super) struct Budget {
+    /// `ImportLimits::max_bytes`.
+    limit: u64,
+    /// Free bytes of the store's file system when the import started.
+    free: u64,
+    /// `ImportLimits::keep_free`.
+    keep_free: u64,
+    /// Where `free` was measured.
+    dir: PathBuf,
+    /// What the entries so far take.
+    spent: u64,
+}
+
+impl Budget {
+    /// Measures the free space of the file system holding `dir` (the store's `tmp/`).
+    fn measure(dir: PathBuf, limits: &ImportLimits) -> Result<Self, StoreError> {
+        let stat =
+            rustix::fs::statvfs(&dir).map_err(|e| StoreError::io("measure the free space of", &dir, e.into()))?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        Ok(Self { limit: limits.max_bytes, free, keep_free: limits.keep_free, dir, spent: 0 })
+    }
+
+    /// Takes `cost` bytes for the entry `closure` named `name`, or fails naming the bound it
+    /// would cross.
+    fn spend(&mut self, closure: ClosureHash, name: &str, cost: u64) -> Result<(), StoreError> {
+        let needed = self.spent.saturating_add(cost);
+        if needed > self.limit {
+            return Err(StoreError::ArchiveTooLarge {
+                closure,
+                name: shown(name.as_bytes()),
+                needed,
+                limit: self.limit,
+            });
+        }
+        if needed > self.free.saturating_sub(self.keep_free) {
+            return Err(StoreError::ArchiveNoSpace {
+                closure,
+                name: shown(name.as_bytes()),
+                needed,
+                free: self.free,
+                keep_free: self.keep_free,
+                dir: self.dir.clone(),
+            });
+        }
+        self.spent = needed;
+        Ok(())
+    }
+}
+
 struct Extractor<'a> {
     root: &'a Path,
     finished_tx: mpsc::Sender<StagedEntry>,
     writers: WriterQueues<'a>,
     failure: &'a Failure,
+    budget: Budget,
     current: Option<StagedEntry>,
     /// Cloned into every piece of the current entry.
     current_written: Option<mpsc::Sender<()>>,
@@ -328,12 +428,14 @@ impl<'a> Extractor<'a> {
         finished_tx: mpsc::Sender<StagedEntry>,
         writers: WriterQueues<'a>,
         failure: &'a Failure,
+        budget: Budget,
     ) -> Self {
         Self {
             root,
             finished_tx,
             writers,
             failure,
+            budget,
             current: None,
             current_written: None,
             finished: HashSet::new(),
@@ -341,11 +443,19 @@ impl<'a> Extractor<'a> {
         }
     }
 
-    fn send(&self, writer: usize, target: PieceTarget, data: Vec<u8>) -> Result<(), StoreError> {
+    fn send(
+        &self,
+        writer: usize,
+        target: PieceTarget,
+        data: Vec<u8>,
+        check: Option<&Arc<ContentCheck>>,
+        last: bool,
+    ) -> Result<(), StoreError> {
         if self.failure.failed() {
             return Err(stopped());
         }
-        self.writers.send(writer, Piece { target, data, _written: self.current_written.clone() })
+        let piece = Piece { target, data, check: check.cloned(), last, _written: self.current_written.clone() };
+        self.writers.send(writer, piece)
     }
 
     /// Extracts every member; returns the bytes of regular files read.
@@ -370,7 +480,7 @@ impl<'a> Extractor<'a> {
             let name = header.path_bytes().into_owned();
             if !checksum_matches(&block) {
                 return Err(StoreError::ArchiveCorrupt {
-                    message: format!("the header of `{}` has a wrong checksum", lossy(&name)),
+                    message: format!("the header of `{}` has a wrong checksum", shown(&name)),
                 });
             }
             if header.as_gnu().is_none() && header.as_ustar().is_none() {
@@ -400,11 +510,23 @@ impl<'a> Extractor<'a> {
             let path = long_name.take().unwrap_or(name);
             let link = long_link.take().or_else(|| header.link_name_bytes().map(Cow::into_owned));
             let mode = header.mode().map_err(|e| reject(&path, bad_header(&e.to_string())))?;
-            self.member(src, &path, kind, size, mode, link)?;
+            self.member(src, &path, kind, size, mode, link).map_err(|err| self.naming_entry(err))?;
         }
         drain(src)?;
         self.finish_current()?;
         Ok(self.bytes)
+    }
+
+    /// Adds the human name of the entry being extracted to a rejection, once its metadata
+    /// was read.
+    fn naming_entry(&self, err: StoreError) -> StoreError {
+        match err {
+            StoreError::ArchiveRejected { member, reason, entry: None } => {
+                let entry = self.current.as_ref().and_then(|e| e.meta.as_ref()).map(|meta| shown(meta.name.as_bytes()));
+                StoreError::ArchiveRejected { member, reason, entry }
+            }
+            other => other,
+        }
     }
 
     fn member(
@@ -434,30 +556,62 @@ impl<'a> Extractor<'a> {
             Kind::File | Kind::Dir => None,
         };
         self.enter(closure)?;
+        match rest {
+            b"meta.toml" => return self.meta(src, path, size),
+            b"listing" => return self.listing(src, path, size),
+            _ => {}
+        }
         let Some(entry) = self.current.as_mut() else {
             return Err(stopped());
         };
-        let entry_dir = self.root.join(&entry.hex);
+        // The entry directory and `out` once each; anything else once, and only as listed.
+        if !entry.explicit.insert(rest.to_vec()) {
+            return Err(reject(path, Rejection::Duplicate));
+        }
         if rest.is_empty() {
             return Ok(()); // The entry directory itself, which `enter` made.
         }
-        // Parents, made here unless the archive made them.
+        if entry.meta.is_none() {
+            return Err(reject(path, Rejection::Incomplete { missing: "meta.toml" }));
+        }
+        let Some(listing) = &entry.listing else {
+            return Err(reject(path, Rejection::Incomplete { missing: "listing" }));
+        };
+        let entry_dir = self.root.join(&entry.hex);
+        // Parents, made here unless the archive made them, and listed as directories.
         for (i, _) in rest.iter().enumerate().filter(|(_, b)| **b == b'/') {
             let parent = &rest[..i];
             match entry.nodes.get(parent) {
                 Some(Node::Dir) => {}
-                Some(_) => return Err(reject(path, Rejection::ParentNotDirectory { parent: lossy(parent) })),
+                Some(_) => return Err(reject(path, Rejection::ParentNotDirectory { parent: shown(parent) })),
                 None => {
+                    let parent_member = [entry.hex.as_bytes(), b"/", parent].concat();
+                    match listing.get(parent) {
+                        Some(Listed::Dir) => {}
+                        Some(other) => {
+                            return Err(reject(&parent_member, Rejection::ListedAs { listed: other.describe() }));
+                        }
+                        None => return Err(reject(&parent_member, Rejection::NotListed)),
+                    }
                     make_dir(&entry_dir.join(OsStr::from_bytes(parent)))?;
                     entry.nodes.insert(parent.to_vec(), Node::Dir);
                 }
             }
         }
         match entry.nodes.get(rest) {
-            Some(Node::Dir) if kind == Kind::Dir => return Ok(()),
+            Some(Node::Dir) if kind == Kind::Dir => return Ok(()), // Made as a parent before.
             Some(_) => return Err(reject(path, Rejection::Duplicate)),
             None => {}
         }
+        let executable = mode & 0o100 != 0;
+        let content = if rest == b"out" {
+            None
+        } else {
+            Some(
+                held_to_listing(listing, rest, kind, size, executable, target.as_deref())
+                    .map_err(|r| reject(path, r))?,
+            )
+        };
         let dest = entry_dir.join(OsStr::from_bytes(rest));
         let node = match (kind, target) {
             (Kind::Dir, _) => {
@@ -474,8 +628,65 @@ impl<'a> Extractor<'a> {
         };
         entry.nodes.insert(rest.to_vec(), node);
         if kind == Kind::File {
-            self.file(src, path, dest, size, mode & 0o100 != 0)?;
+            let check = content.flatten().map(|hash| ContentCheck::new(path, hash));
+            self.file(src, path, dest, size, executable, check)?;
         }
+        Ok(())
+    }
+
+    /// Reads `meta.toml` into memory, checks it names the entry's derivation, and writes it.
+    fn meta(&mut self, src: &mut impl BufRead, path: &[u8], size: u64) -> Result<(), StoreError> {
+        let Some(entry) = self.current.as_mut() else {
+            return Err(stopped());
+        };
+        if entry.meta.is_some() {
+            return Err(reject(path, Rejection::Duplicate));
+        }
+        if !entry.explicit.iter().all(|rest| rest.is_empty()) {
+            return Err(reject(path, bad_header("`meta.toml` must be the entry's first member")));
+        }
+        // At most MAX_META_BYTES (check_layout).
+        let text = read_vec(src, size as usize, path)?;
+        skip_padding(src, size, path)?;
+        let meta = check_meta(entry.closure, &entry.hex, &text)?;
+        let dest = self.root.join(&entry.hex).join("meta.toml");
+        entry.nodes.insert(b"meta.toml".to_vec(), Node::File);
+        entry.meta = Some(meta);
+        let writer = self.writers.least_busy();
+        self.send(writer, PieceTarget::NewFile { path: dest, executable: false }, text, None, true)?;
+        self.bytes += size;
+        Ok(())
+    }
+
+    /// Reads the entry's listing into memory, checks it hashes to the output hash `meta.toml`
+    /// records, and takes what it promises from the budget. It is not written.
+    fn listing(&mut self, src: &mut impl BufRead, path: &[u8], size: u64) -> Result<(), StoreError> {
+        let Some(entry) = self.current.as_mut() else {
+            return Err(stopped());
+        };
+        let Some(meta) = &entry.meta else {
+            return Err(reject(path, Rejection::OutOfOrder { expected: "meta.toml" }));
+        };
+        if entry.listing.is_some() {
+            return Err(reject(path, Rejection::Duplicate));
+        }
+        // At most MAX_LISTING_BYTES (check_layout).
+        let bytes = read_vec(src, size as usize, path)?;
+        skip_padding(src, size, path)?;
+        let listing = listing::decode(&bytes).map_err(|reason| reject(path, reason))?;
+        if listing.output_hash.to_string() != meta.output_hash {
+            return Err(StoreError::ArchiveOutputMismatch {
+                closure: entry.closure,
+                recorded: meta.output_hash.clone(),
+                actual: listing.output_hash,
+            });
+        }
+        // meta.toml, the entry directory and `out`, and every listed path.
+        let nodes = listing.nodes.len() as u64 + 3;
+        let cost = listing.file_bytes.saturating_add(NODE_COST.saturating_mul(nodes)).saturating_add(size);
+        self.budget.spend(entry.closure, &meta.name, cost)?;
+        let by_path = listing.nodes.into_iter().map(|(path, listed)| ([b"out/", &path[..]].concat(), listed)).collect();
+        entry.listing = Some(by_path);
         Ok(())
     }
 
@@ -488,19 +699,22 @@ impl<'a> Extractor<'a> {
         dest: PathBuf,
         size: u64,
         executable: bool,
+        check: Option<Arc<ContentCheck>>,
     ) -> Result<(), StoreError> {
         let piece_len = |left: u64| usize::try_from(left).map_or(PIECE, |left| left.min(PIECE));
         let writer = self.writers.least_busy();
+        let check = check.as_ref();
         if size <= PIECE as u64 {
             let data = read_vec(src, piece_len(size), member)?;
-            self.send(writer, PieceTarget::NewFile { path: dest, executable }, data)?;
+            self.send(writer, PieceTarget::NewFile { path: dest, executable }, data, check, true)?;
         } else {
             let file = Arc::new((create_file(&dest, executable)?, dest));
             let mut offset = 0;
             while offset < size {
                 let data = read_vec(src, piece_len(size - offset), member)?;
                 let len = data.len() as u64;
-                self.send(writer, PieceTarget::At { file: Arc::clone(&file), offset }, data)?;
+                let last = offset + len == size;
+                self.send(writer, PieceTarget::At { file: Arc::clone(&file), offset }, data, check, last)?;
                 offset += len;
             }
         }
@@ -523,21 +737,40 @@ impl<'a> Extractor<'a> {
         DirBuilder::new().mode(0o755).create(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
         let (written_tx, written) = mpsc::channel();
         self.current_written = Some(written_tx);
-        self.current = Some(StagedEntry { closure, hex, nodes: HashMap::new(), written });
+        self.current = Some(StagedEntry {
+            closure,
+            hex,
+            nodes: HashMap::new(),
+            written,
+            meta: None,
+            listing: None,
+            explicit: HashSet::new(),
+        });
         Ok(())
     }
 
-    /// Checks that the entry being extracted is whole and its symlinks stay inside it, and
-    /// hands it to the verifier.
+    /// Checks that the entry being extracted is whole (everything listed is there) and its
+    /// symlinks stay inside it, and hands it to the verifier.
     fn finish_current(&mut self) -> Result<(), StoreError> {
         let Some(entry) = self.current.take() else { return Ok(()) };
         self.current_written = None;
         let member = |rest: &[u8]| [entry.hex.as_bytes(), b"/", rest].concat();
-        if !matches!(entry.nodes.get(&b"meta.toml"[..]), Some(Node::File)) {
+        if entry.meta.is_none() {
             return Err(reject(&member(b""), Rejection::Incomplete { missing: "meta.toml" }));
         }
+        let Some(listing) = &entry.listing else {
+            return Err(reject(&member(b""), Rejection::Incomplete { missing: "listing" }));
+        };
         if !matches!(entry.nodes.get(&b"out"[..]), Some(Node::Dir)) {
             return Err(reject(&member(b""), Rejection::Incomplete { missing: "out/" }));
+        }
+        // Every extracted path below `out/` was listed, so equal counts mean all were there.
+        let below_out = entry.nodes.keys().filter(|key| key.starts_with(b"out/")).count();
+        if below_out != listing.len() {
+            let mut missing: Vec<&Vec<u8>> = listing.keys().filter(|key| !entry.nodes.contains_key(*key)).collect();
+            missing.sort();
+            let first = missing.first().map(|key| key.as_slice()).unwrap_or(b"out/");
+            return Err(reject(&member(first), Rejection::MissingListed));
         }
         let mut links: Vec<_> = entry
             .nodes
@@ -555,6 +788,41 @@ impl<'a> Extractor<'a> {
         self.finished.insert(entry.closure);
         // Only fails when the verifier stopped, after an error that import reports instead.
         self.finished_tx.send(entry).map_err(|_| stopped())
+    }
+}
+
+/// Holds a member below `out/` to its entry's listing before any of its data is read: listed,
+/// as the same type, with the same executable bit, target or size. Returns a file's listed
+/// content hash.
+fn held_to_listing(
+    listing: &HashMap<Vec<u8>, Listed>,
+    rest: &[u8],
+    kind: Kind,
+    size: u64,
+    executable: bool,
+    target: Option<&[u8]>,
+) -> Result<Option<[u8; 32]>, Rejection> {
+    let listed = listing.get(rest).ok_or(Rejection::NotListed)?;
+    let mismatch = || Rejection::ListedAs { listed: listed.describe() };
+    match (listed, kind) {
+        (Listed::Dir, Kind::Dir) => Ok(None),
+        (Listed::Symlink { target: listed }, Kind::Symlink) => {
+            if target == Some(listed.as_slice()) {
+                Ok(None)
+            } else {
+                Err(Rejection::LinkMismatch { listed: shown(listed) })
+            }
+        }
+        (Listed::File { executable: listed_exec, content, size: listed_size }, Kind::File) => {
+            if *listed_exec != executable {
+                return Err(mismatch());
+            }
+            if *listed_size != size {
+                return Err(Rejection::SizeMismatch { size, listed: *listed_size });
+            }
+            Ok(Some(*content))
+        }
+        _ => Err(mismatch()),
     }
 }
 
@@ -588,7 +856,7 @@ fn read_block(src: &mut impl BufRead, block: &mut [u8; BLOCK]) -> Result<bool, S
 }
 
 fn truncated_in(member: &[u8]) -> StoreError {
-    StoreError::ArchiveCorrupt { message: format!("the tar stream ends inside `{}`", lossy(member)) }
+    StoreError::ArchiveCorrupt { message: format!("the tar stream ends inside `{}`", shown(member)) }
 }
 
 fn read_exact(src: &mut impl BufRead, buf: &mut [u8], member: &[u8]) -> Result<(), StoreError> {
@@ -631,8 +899,10 @@ fn skip_padding(src: &mut impl BufRead, size: u64, member: &[u8]) -> Result<(), 
 }
 
 /// Reads the stream to its end, so a truncated or corrupt compressed stream is noticed even
-/// after the end-of-archive marker; only zeros may follow the marker.
+/// after the end-of-archive marker; only zeros may follow the marker, and at most
+/// [`MAX_TRAILING_ZEROS`] of them (a stream of zeros is a cheap way to keep import busy).
 fn drain(src: &mut impl BufRead) -> Result<(), StoreError> {
+    let mut seen: u64 = 0;
     loop {
         let available = src.fill_buf().map_err(|e| corrupt(&e))?;
         if available.is_empty() {
@@ -643,6 +913,13 @@ fn drain(src: &mut impl BufRead) -> Result<(), StoreError> {
         }
         let n = available.len();
         src.consume(n);
+        seen += n as u64;
+        if seen > MAX_TRAILING_ZEROS {
+            return Err(corrupt_msg(&format!(
+                "more than {} KiB of zeros follow the end-of-archive marker",
+                MAX_TRAILING_ZEROS >> 10
+            )));
+        }
     }
 }
 

@@ -4,14 +4,17 @@ use std::{
     collections::HashMap,
     fs, io,
     os::unix::fs::{PermissionsExt as _, symlink},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use tar::{EntryType, Header};
 
 use super::{read::*, verify::*, write::*, *};
 use crate::Derivation;
-use crate::{ClosureHash, Entry, Store, hash_tree};
+use crate::{
+    ClosureHash, Entry, Store, hash_tree,
+    tree::{Node as TreeNode, hash_nodes, list_tree},
+};
 
 /// A temporary store, removed (read-only directories included) when dropped.
 struct TestStore {
@@ -130,6 +133,7 @@ struct Good {
     hex: String,
     meta: Vec<u8>,
     output_hash: String,
+    listing: Vec<u8>,
 }
 
 const GOOD_CONTENT: &[u8] = b"good content";
@@ -138,7 +142,40 @@ fn good(tag: &str) -> Good {
     let source = TestStore::new();
     let entry = source.build(tag, |out| fs::write(out.join("file"), GOOD_CONTENT));
     let meta = fs::read(entry.dir.join("meta.toml")).expect("read meta");
-    Good { closure: entry.closure, hex: entry.closure.to_string(), meta, output_hash: entry.meta.output_hash }
+    let listing = listing::encode(&list_tree(&entry.out_dir()).expect("list"));
+    Good { closure: entry.closure, hex: entry.closure.to_string(), meta, output_hash: entry.meta.output_hash, listing }
+}
+
+/// A node of a crafted listing.
+enum Crafted<'a> {
+    Dir,
+    File(&'a [u8]),
+    Link(&'a str),
+}
+
+impl Good {
+    /// `meta.toml` and a listing of `nodes` (sorted bytewise) that agree with each other: the
+    /// derivation is the good one, the recorded output hash is the crafted listing's.
+    fn listing_of(&self, nodes: &[(&str, Crafted<'_>)]) -> (Vec<u8>, Vec<u8>) {
+        let tree: Vec<(PathBuf, TreeNode)> = nodes
+            .iter()
+            .map(|(path, node)| {
+                let node = match node {
+                    Crafted::Dir => TreeNode::Dir,
+                    Crafted::File(data) => TreeNode::File {
+                        executable: false,
+                        content: *blake3::hash(data).as_bytes(),
+                        size: data.len() as u64,
+                    },
+                    Crafted::Link(target) => TreeNode::Symlink { target: target.as_bytes().to_vec() },
+                };
+                (PathBuf::from(path), node)
+            })
+            .collect();
+        let hash = hash_nodes(&tree).to_string();
+        let meta = String::from_utf8(self.meta.clone()).expect("utf-8").replace(&self.output_hash, &hash);
+        (meta.into_bytes(), listing::encode(&tree))
+    }
 }
 
 /// Builds tar streams member by member with the `tar` crate, bypassing its path checks.
@@ -186,12 +223,23 @@ impl Craft {
         self.raw(path.as_bytes(), EntryType::Symlink, 0o777, 0, target.as_bytes(), b"")
     }
 
-    /// A whole entry whose `out/file` holds `content`.
+    /// A whole entry whose `out/file` holds `content` (and is listed with the good content).
     fn entry(&mut self, good: &Good, content: &[u8]) -> &mut Self {
         let hex = &good.hex;
         self.file(&format!("{hex}/meta.toml"), &good.meta)
+            .file(&format!("{hex}/listing"), &good.listing)
             .dir(&format!("{hex}/out"))
             .file(&format!("{hex}/out/file"), content)
+    }
+
+    /// The head of an entry whose `meta.toml` and listing agree on `nodes`; its `out/`
+    /// members are up to the caller.
+    fn listed(&mut self, good: &Good, nodes: &[(&str, Crafted<'_>)]) -> &mut Self {
+        let hex = &good.hex;
+        let (meta, listing) = good.listing_of(nodes);
+        self.file(&format!("{hex}/meta.toml"), &meta)
+            .file(&format!("{hex}/listing"), &listing)
+            .dir(&format!("{hex}/out"))
     }
 
     fn finish(self) -> Vec<u8> {
@@ -293,6 +341,7 @@ fn export_headers_are_normalised_and_ordered() {
     let long_dir = format!("out/{LONG_NAME}");
     let expected = [
         ("meta.toml".to_owned(), EntryType::Regular, 0o644),
+        ("listing".to_owned(), EntryType::Regular, 0o644),
         ("out/".to_owned(), EntryType::Directory, 0o755),
         ("out/README".to_owned(), EntryType::Regular, 0o644),
         ("out/a/".to_owned(), EntryType::Directory, 0o755),
@@ -422,8 +471,9 @@ fn rejects_symlinks_leaving_out() {
     let mut craft = Craft::new();
     craft.entry(&g, GOOD_CONTENT).link(&format!("{}/out/d/e/l", g.hex), "../../file");
     let err = store.expect_refused(&craft.finish());
-    // (It only fails verification: the link is not part of the recorded output.)
-    assert!(matches!(err, StoreError::ArchiveOutputMismatch { .. }), "{err:?}");
+    // (It is only refused because the listing does not have it.)
+    assert_eq!(rejection(&err), &Rejection::NotListed);
+    assert_eq!(rejected_member(&err), format!("{}/out/d", g.hex));
 }
 
 #[test]
@@ -435,7 +485,7 @@ fn rejects_symlink_chains_that_leave_out_once_followed() {
     // is the entry directory.
     let mut craft = Craft::new();
     craft
-        .entry(&g, GOOD_CONTENT)
+        .listed(&g, &[("a", Crafted::Dir), ("a/b", Crafted::Link("..")), ("c", Crafted::Link("a/b/.."))])
         .dir(&format!("{hex}/out/a"))
         .link(&format!("{hex}/out/a/b"), "..")
         .link(&format!("{hex}/out/c"), "a/b/..");
@@ -444,7 +494,10 @@ fn rejects_symlink_chains_that_leave_out_once_followed() {
     assert_eq!(rejected_member(&err), format!("{hex}/out/c"));
     // A loop is refused too.
     let mut craft = Craft::new();
-    craft.entry(&g, GOOD_CONTENT).link(&format!("{hex}/out/x"), "y").link(&format!("{hex}/out/y"), "x");
+    craft
+        .listed(&g, &[("x", Crafted::Link("y")), ("y", Crafted::Link("x"))])
+        .link(&format!("{hex}/out/x"), "y")
+        .link(&format!("{hex}/out/y"), "x");
     let err = store.expect_refused(&craft.finish());
     assert!(matches!(rejection(&err), Rejection::TooManyLinks { .. }), "{err:?}");
 }
@@ -507,13 +560,20 @@ fn rejects_writing_through_symlinks_and_duplicates() {
     let g = good("through");
     let store = TestStore::new();
     let hex = &g.hex;
+    // Even when the listing has them (it cannot describe a real tree then).
     let mut craft = Craft::new();
-    craft.entry(&g, GOOD_CONTENT).link(&format!("{hex}/out/link"), ".").file(&format!("{hex}/out/link/planted"), b"x");
+    craft
+        .listed(&g, &[("link", Crafted::Link(".")), ("link/planted", Crafted::File(b"x"))])
+        .link(&format!("{hex}/out/link"), ".")
+        .file(&format!("{hex}/out/link/planted"), b"x");
     let err = store.expect_refused(&craft.finish());
     assert_eq!(rejection(&err), &Rejection::ParentNotDirectory { parent: "out/link".to_owned() });
     // A file where a directory should be.
     let mut craft = Craft::new();
-    craft.entry(&g, GOOD_CONTENT).file(&format!("{hex}/out/file/below"), b"x");
+    craft
+        .listed(&g, &[("file", Crafted::File(GOOD_CONTENT)), ("file/below", Crafted::File(b"x"))])
+        .file(&format!("{hex}/out/file"), GOOD_CONTENT)
+        .file(&format!("{hex}/out/file/below"), b"x");
     let err = store.expect_refused(&craft.finish());
     assert_eq!(rejection(&err), &Rejection::ParentNotDirectory { parent: "out/file".to_owned() });
     // The same path twice, whatever the types.
@@ -556,11 +616,11 @@ fn rejects_oversized_headers() {
         assert_eq!(rejection(&err), &Rejection::PathTooLong { len });
         assert_eq!(rejected_member(&err), "././@LongLink");
     }
-    // A long path under the limit is fine (it only fails verification). (Near the limit,
-    // the path in the staging directory would exceed the kernel's own limit.)
+    // A long path under the limit is fine (it is only refused for not being listed). (Near
+    // the limit, the path in the staging directory would exceed the kernel's own limit.)
     let mut craft = Craft::new();
     craft.entry(&g, GOOD_CONTENT).file(&format!("{hex}/out/{}z", format!("{}/", "y".repeat(199)).repeat(10)), b"x");
-    assert!(matches!(store.expect_refused(&craft.finish()), StoreError::ArchiveOutputMismatch { .. }));
+    assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::NotListed);
     // Symlink targets have the same limit.
     let mut craft = Craft::new();
     craft.entry(&g, GOOD_CONTENT).link(&format!("{hex}/out/l"), &"t".repeat(MAX_PATH_BYTES + 1));
@@ -585,18 +645,81 @@ fn rejects_incomplete_entries() {
     craft.dir(&format!("{}/out", g.hex)).file(&format!("{}/out/file", g.hex), GOOD_CONTENT);
     let err = store.expect_refused(&craft.finish());
     assert_eq!(rejection(&err), &Rejection::Incomplete { missing: "meta.toml" });
+    // An archive of an older kiln, without listings.
+    let mut craft = Craft::new();
+    craft
+        .file(&format!("{}/meta.toml", g.hex), &g.meta)
+        .dir(&format!("{}/out", g.hex))
+        .file(&format!("{}/out/file", g.hex), GOOD_CONTENT);
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::Incomplete { missing: "listing" });
     let mut craft = Craft::new();
     craft.file(&format!("{}/meta.toml", g.hex), &g.meta);
     let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::Incomplete { missing: "listing" });
+    let mut craft = Craft::new();
+    craft.file(&format!("{}/meta.toml", g.hex), &g.meta).file(&format!("{}/listing", g.hex), &g.listing);
+    let err = store.expect_refused(&craft.finish());
     assert_eq!(rejection(&err), &Rejection::Incomplete { missing: "out/" });
+    // A listed file the archive does not hold.
+    let mut craft = Craft::new();
+    craft
+        .file(&format!("{}/meta.toml", g.hex), &g.meta)
+        .file(&format!("{}/listing", g.hex), &g.listing)
+        .dir(&format!("{}/out", g.hex));
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::MissingListed);
+    assert_eq!(rejected_member(&err), format!("{}/out/file", g.hex));
 }
 
 #[test]
-fn rejects_tampered_content_naming_both_hashes() {
+fn rejects_tampered_content_as_it_streams() {
     let g = good("tampered");
     let store = TestStore::new();
+    let hex = &g.hex;
+    // Same length, other bytes: hashed as written, refused at the file's end.
     let mut craft = Craft::new();
     craft.entry(&g, b"evil content");
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::ContentMismatch);
+    assert_eq!(rejected_member(&err), format!("{hex}/out/file"));
+    // Longer or shorter than listed: refused at the header, before any data is read.
+    for content in [&b"good content and more"[..], b"good"] {
+        let mut craft = Craft::new();
+        craft.entry(&g, content);
+        let err = store.expect_refused(&craft.finish());
+        let size = content.len() as u64;
+        assert_eq!(rejection(&err), &Rejection::SizeMismatch { size, listed: GOOD_CONTENT.len() as u64 });
+    }
+    // The executable bit is part of the output too.
+    let mut craft = Craft::new();
+    craft
+        .file(&format!("{hex}/meta.toml"), &g.meta)
+        .file(&format!("{hex}/listing"), &g.listing)
+        .dir(&format!("{hex}/out"))
+        .raw(
+            format!("{hex}/out/file").as_bytes(),
+            EntryType::Regular,
+            0o755,
+            GOOD_CONTENT.len() as u64,
+            b"",
+            GOOD_CONTENT,
+        );
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::ListedAs { listed: "a non-executable file" });
+    // Another type than listed.
+    let mut craft = Craft::new();
+    craft
+        .file(&format!("{hex}/meta.toml"), &g.meta)
+        .file(&format!("{hex}/listing"), &g.listing)
+        .dir(&format!("{hex}/out"))
+        .dir(&format!("{hex}/out/file"));
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::ListedAs { listed: "a non-executable file" });
+    // A listing that is not the output meta.toml records names both hashes.
+    let (_, other_listing) = g.listing_of(&[("file", Crafted::File(b"evil content"))]);
+    let mut craft = Craft::new();
+    craft.file(&format!("{hex}/meta.toml"), &g.meta).file(&format!("{hex}/listing"), &other_listing);
     let err = store.expect_refused(&craft.finish());
     let tampered = tempfile::tempdir().expect("tempdir");
     fs::write(tampered.path().join("file"), b"evil content").expect("write");
@@ -611,18 +734,50 @@ fn rejects_tampered_content_naming_both_hashes() {
     }
     let message = err.to_string();
     assert!(message.contains(&g.output_hash) && message.contains(&actual_hash.to_string()), "{message}");
-    // The executable bit is part of the output too.
-    let mut craft = Craft::new();
+}
+
+#[test]
+fn rejects_malformed_listings_and_members_out_of_order() {
+    let g = good("listing");
+    let store = TestStore::new();
     let hex = &g.hex;
-    craft.file(&format!("{hex}/meta.toml"), &g.meta).dir(&format!("{hex}/out")).raw(
-        format!("{hex}/out/file").as_bytes(),
-        EntryType::Regular,
-        0o755,
-        GOOD_CONTENT.len() as u64,
-        b"",
-        GOOD_CONTENT,
-    );
-    assert!(matches!(store.expect_refused(&craft.finish()), StoreError::ArchiveOutputMismatch { .. }));
+    let listing_member = format!("{hex}/listing");
+    let refuse = |listing: &[u8]| {
+        let mut craft = Craft::new();
+        craft.file(&format!("{hex}/meta.toml"), &g.meta).file(&listing_member, listing).dir(&format!("{hex}/out"));
+        let err = store.expect_refused(&craft.finish());
+        assert_eq!(rejected_member(&err), listing_member);
+        rejection(&err).clone()
+    };
+    assert!(matches!(refuse(b"not a listing"), Rejection::BadListing { .. }));
+    assert!(matches!(refuse(&g.listing[..g.listing.len() - 1]), Rejection::BadListing { .. }));
+    let mut trailing = g.listing.clone();
+    trailing.push(0);
+    assert!(matches!(refuse(&trailing), Rejection::BadListing { .. }));
+    let (_, unsorted) = g.listing_of(&[("b", Crafted::Dir), ("a", Crafted::Dir)]);
+    assert!(matches!(refuse(&unsorted), Rejection::BadListing { .. }));
+    let (_, twice) = g.listing_of(&[("a", Crafted::Dir), ("a", Crafted::Dir)]);
+    assert!(matches!(refuse(&twice), Rejection::BadListing { .. }));
+    let (_, climbing) = g.listing_of(&[("a", Crafted::Link("../.."))]);
+    assert!(matches!(refuse(&climbing), Rejection::EscapingLink { .. }));
+    let (_, dotdot) = g.listing_of(&[("a/../../x", Crafted::Dir)]);
+    assert_eq!(refuse(&dotdot), Rejection::ParentComponent);
+    // A count far beyond the listing's length is refused without allocating for it.
+    let mut huge_count = b"kiln-listing-v1\n".to_vec();
+    huge_count.extend_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(refuse(&huge_count), Rejection::BadListing { .. }));
+    // The listing comes after meta.toml; meta.toml first.
+    let mut craft = Craft::new();
+    craft.file(&listing_member, &g.listing).file(&format!("{hex}/meta.toml"), &g.meta);
+    let err = store.expect_refused(&craft.finish());
+    assert_eq!(rejection(&err), &Rejection::OutOfOrder { expected: "meta.toml" });
+    // The same directory twice would let an archive repeat headers forever.
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).dir(&format!("{hex}/out"));
+    assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::Duplicate);
+    let mut craft = Craft::new();
+    craft.dir(&format!("{hex}/")).entry(&g, GOOD_CONTENT).dir(&format!("{hex}/"));
+    assert_eq!(rejection(&store.expect_refused(&craft.finish())), &Rejection::Duplicate);
 }
 
 #[test]
@@ -696,7 +851,8 @@ fn one_bad_entry_keeps_the_good_one_out() {
     let mut craft = Craft::new();
     craft.entry(&good_one, GOOD_CONTENT).entry(&bad_one, b"spoilt content");
     let err = store.expect_refused(&craft.finish());
-    assert!(matches!(err, StoreError::ArchiveOutputMismatch { closure, .. } if closure == bad_one.closure));
+    assert_eq!(rejection(&err), &Rejection::SizeMismatch { size: 14, listed: GOOD_CONTENT.len() as u64 });
+    assert_eq!(rejected_member(&err), format!("{}/out/file", bad_one.hex));
     assert!(store.store.lookup(&good_one.closure).expect("lookup").is_none());
     // And a structural rejection after the good entry.
     let mut craft = Craft::new();
@@ -738,7 +894,7 @@ fn symlink_resolution_follows_links_and_is_bounded() {
 #[test]
 fn member_paths_are_checked_component_by_component() {
     let hex = derivation("x").closure_hash().to_string();
-    let ok = |path: &str, dir| split_member(path.as_bytes(), dir).map(|(_, rest)| lossy(rest));
+    let ok = |path: &str, dir| split_member(path.as_bytes(), dir).map(|(_, rest)| shown(rest));
     assert_eq!(ok(&format!("{hex}/out/a/b"), false), Ok("out/a/b".to_owned()));
     assert_eq!(ok(&format!("{hex}/out/"), true), Ok("out".to_owned()));
     assert_eq!(ok(&format!("{hex}/"), true), Ok(String::new()));
@@ -753,4 +909,131 @@ fn member_paths_are_checked_component_by_component() {
         Err(Rejection::EscapingLink { target: "a/../../b".to_owned() })
     );
     assert_eq!(check_link_target(b"out/l", b""), Err(bad_header("a symlink without a target")));
+}
+
+/// Sixteen GiB.
+const BOMB_BYTES: u64 = 16 << 30;
+
+/// A zstd stream of `len` zeros (a multiple of 64 MiB) made of one small frame repeated, so
+/// it takes milliseconds to build and a few hundred KB to hold.
+fn zero_frames(len: u64) -> Vec<u8> {
+    let piece: u64 = 64 << 20;
+    let frame = zstd::encode_all(io::Read::take(io::repeat(0), piece), 1).expect("compress zeros");
+    frame.repeat((len / piece) as usize)
+}
+
+/// Where the header and the data of `member` are in a tar stream, and its size.
+fn locate(tar: &[u8], member: &str) -> (usize, usize, u64) {
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().expect("entries") {
+        let entry = entry.expect("member");
+        if entry.path_bytes().as_ref() == member.as_bytes() {
+            let header = usize::try_from(entry.raw_header_position()).expect("fits");
+            let data = usize::try_from(entry.raw_file_position()).expect("fits");
+            return (header, data, entry.size());
+        }
+    }
+    panic!("no member {member}");
+}
+
+/// An exported archive whose `member` is replaced by 16 GiB of zeros (its header claiming
+/// them), the rest of the stream unchanged.
+fn claiming_bomb(archive: &[u8], member: &str) -> Vec<u8> {
+    let tar = zstd::decode_all(archive).expect("decompress");
+    let (header_at, data_at, size) = locate(&tar, member);
+    let mut header = Header::from_byte_slice(&tar[header_at..header_at + BLOCK]).clone();
+    header.set_size(BOMB_BYTES);
+    header.set_cksum();
+    let resume = data_at + (size as usize).div_ceil(BLOCK) * BLOCK;
+    let mut head = tar[..header_at].to_vec();
+    head.extend_from_slice(header.as_bytes());
+    let mut out = zstd::encode_all(&head[..], 3).expect("compress");
+    out.extend(zero_frames(BOMB_BYTES));
+    out.extend(zstd::encode_all(&tar[resume..], 3).expect("compress"));
+    out
+}
+
+/// An exported archive whose `member` keeps its recorded size and content but is followed by
+/// 16 GiB of zeros before the rest of the stream.
+fn trailing_bomb(archive: &[u8], member: &str) -> Vec<u8> {
+    let tar = zstd::decode_all(archive).expect("decompress");
+    let (_, data_at, size) = locate(&tar, member);
+    let resume = data_at + (size as usize).div_ceil(BLOCK) * BLOCK;
+    let mut out = zstd::encode_all(&tar[..resume], 3).expect("compress");
+    out.extend(zero_frames(BOMB_BYTES));
+    out.extend(zstd::encode_all(&tar[resume..], 3).expect("compress"));
+    out
+}
+
+#[test]
+fn a_sixteen_gib_bomb_inside_a_valid_entry_is_refused_before_it_is_written() {
+    let source = TestStore::new();
+    let entry = source.build("bomb", |out| fs::write(out.join("file"), GOOD_CONTENT));
+    let archive = export_bytes(&source.store, &[entry.closure]);
+    let member = format!("{}/out/file", entry.closure);
+    let store = TestStore::new();
+
+    let bomb = claiming_bomb(&archive, &member);
+    assert!(bomb.len() < 1 << 20, "the bomb is small: {} bytes", bomb.len());
+    let err = store.expect_refused(&bomb);
+    assert_eq!(rejection(&err), &Rejection::SizeMismatch { size: BOMB_BYTES, listed: GOOD_CONTENT.len() as u64 });
+    assert_eq!(rejected_member(&err), member);
+    let message = err.to_string();
+    assert!(message.contains(&member) && message.contains("of entry `bomb`"), "{message}");
+
+    let err = store.expect_refused(&trailing_bomb(&archive, &member));
+    assert!(matches!(err, StoreError::ArchiveCorrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("zeros follow the end-of-archive marker"), "{err}");
+
+    // The untouched archive still imports.
+    assert_eq!(store.import(&archive).expect("import").entries, 1);
+}
+
+#[test]
+fn import_stages_no_more_than_its_limit_and_the_free_space() {
+    let (a, closures) = sample();
+    let archive = export_bytes(&a.store, &closures);
+    let store = TestStore::new();
+    let tight = ImportLimits { max_bytes: 1 << 20, ..ImportLimits::default() };
+    let err = import_with_limits(&store.store, &archive[..], &tight).expect_err("over the limit");
+    store.assert_untouched();
+    assert!(matches!(err, StoreError::ArchiveTooLarge { limit, .. } if limit == 1 << 20), "{err:?}");
+    assert!(err.to_string().contains("more than the import limit of 1.0 MiB"), "{err}");
+    // A file system that must keep more free than it has.
+    let full = ImportLimits { keep_free: u64::MAX, ..ImportLimits::default() };
+    let err = import_with_limits(&store.store, &archive[..], &full).expect_err("no space");
+    store.assert_untouched();
+    assert!(matches!(err, StoreError::ArchiveNoSpace { .. }), "{err:?}");
+    assert!(err.to_string().contains("free some space"), "{err}");
+    // Both are bounds on the host or the caller's choice, not on the archive's honesty.
+    assert!(!err.is_bad_archive());
+    let roomy = ImportLimits { max_bytes: 64 << 20, ..ImportLimits::default() };
+    assert_eq!(import_with_limits(&store.store, &archive[..], &roomy).expect("import").entries, 3);
+}
+
+#[test]
+fn member_names_in_messages_have_control_characters_escaped() {
+    let g = good("escape-names");
+    let store = TestStore::new();
+    let hostile = format!("{}/out/x\n::error::pwned\x1b[31m\x07\\", g.hex);
+    let mut craft = Craft::new();
+    craft.entry(&g, GOOD_CONTENT).file(&hostile, b"x");
+    let err = store.expect_refused(&craft.finish());
+    let message = err.to_string();
+    assert!(!message.chars().any(char::is_control), "{message:?}");
+    assert!(message.contains("x\\n::error::pwned\\x1b[31m\\x07\\\\"), "{message}");
+    assert_eq!(shown(b"a\xff\xc3"), "a\\xff\\xc3");
+    assert_eq!(shown("\u{9b}é".as_bytes()), "\\u{009b}é");
+}
+
+#[test]
+fn export_refuses_an_entry_whose_output_changed() {
+    let (a, closures) = sample();
+    let entry = a.store.lookup(&closures[1]).expect("lookup").expect("big");
+    let small = entry.out_dir().join("small");
+    fs::set_permissions(&small, fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::write(&small, "changed").expect("write");
+    let err = export(&a.store, &closures, io::sink()).expect_err("corrupt entry");
+    assert!(matches!(err, StoreError::ExportCorrupt { closure, .. } if closure == closures[1]), "{err:?}");
+    assert!(err.to_string().contains("store verify --repair"), "{err}");
 }

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     ffi::OsStr,
-    fs::{self, File},
+    fs::File,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     sync::{
@@ -16,11 +16,11 @@ use std::{
 
 use tar::EntryType;
 
-use crate::{ClosureHash, EntryMeta, StoreError, hash_tree};
+use crate::{ClosureHash, EntryMeta, StoreError};
 
 use super::{
-    Failure, Kind, MAX_LINK_HOPS, MAX_META_BYTES, MAX_PATH_BYTES, MAX_PATH_COMPONENTS, Node, SYNC_THREADS, StagedEntry,
-    join, lossy,
+    Failure, Kind, MAX_LINK_HOPS, MAX_LISTING_BYTES, MAX_META_BYTES, MAX_PATH_BYTES, MAX_PATH_COMPONENTS, Node,
+    SYNC_THREADS, StagedEntry, join, shown,
 };
 
 /// Why an import refused an archive member.
@@ -39,8 +39,9 @@ pub enum Rejection {
     /// The first path component is not a closure hash.
     #[error("paths must start with a closure hash (64 lowercase hexadecimal digits)")]
     NotAClosure,
-    /// The path is neither `<closure>/meta.toml` nor `<closure>/out` or below it.
-    #[error("only `<closure>/meta.toml` and `<closure>/out/...` may be in an archive")]
+    /// The path is neither `<closure>/meta.toml`, `<closure>/listing` nor `<closure>/out` or
+    /// below it.
+    #[error("only `<closure>/meta.toml`, `<closure>/listing` and `<closure>/out/...` may be in an archive")]
     UnexpectedPath,
     /// The member is not a regular file, a directory or a symlink.
     #[error("{kind} members are not allowed, only files, directories and symlinks")]
@@ -119,6 +120,47 @@ pub enum Rejection {
         /// What is wrong with it.
         problem: String,
     },
+    /// The entry's `listing` cannot be read.
+    #[error("the entry's listing is malformed: {problem}")]
+    BadListing {
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// An entry's members are not in the order export writes them.
+    #[error("this member must come after the entry's `{expected}`")]
+    OutOfOrder {
+        /// What must come first.
+        expected: &'static str,
+    },
+    /// The member is not in its entry's listing.
+    #[error("the member is not in its entry's listing")]
+    NotListed,
+    /// The listing records the member as something else.
+    #[error("the entry's listing records this member as {listed}")]
+    ListedAs {
+        /// What the listing says it is, e.g. "a directory".
+        listed: &'static str,
+    },
+    /// A symlink's target is not the one listed.
+    #[error("the entry's listing records the symlink target `{listed}`")]
+    LinkMismatch {
+        /// The listed target.
+        listed: String,
+    },
+    /// A file member is longer or shorter than listed; none of its data was written.
+    #[error("the member claims {size} bytes, but its entry's listing records {listed}")]
+    SizeMismatch {
+        /// The size in the member's header.
+        size: u64,
+        /// The size the listing records.
+        listed: u64,
+    },
+    /// The listing records a path the archive does not hold.
+    #[error("the entry's listing records this path, but the archive does not hold it")]
+    MissingListed,
+    /// A file's content does not have the hash its entry's listing records.
+    #[error("its content does not have the hash its entry's listing records")]
+    ContentMismatch,
 }
 
 pub(super) fn bad_header(problem: &str) -> Rejection {
@@ -200,6 +242,12 @@ pub(super) fn check_layout(rest: &[u8], kind: Kind, size: u64) -> Result<(), Rej
             return Err(Rejection::Oversized { size, limit: MAX_META_BYTES });
         }
         Ok(())
+    } else if rest == b"listing" {
+        expect(Kind::File, "a regular file")?;
+        if size > MAX_LISTING_BYTES {
+            return Err(Rejection::Oversized { size, limit: MAX_LISTING_BYTES });
+        }
+        Ok(())
     } else if rest.starts_with(b"out/") {
         Ok(())
     } else {
@@ -210,7 +258,7 @@ pub(super) fn check_layout(rest: &[u8], kind: Kind, size: u64) -> Result<(), Rej
 /// Checks a symlink's target by itself: relative, bounded, and not leaving `out/` when
 /// resolved lexically from the link's own directory. (`rest` is `out/.../name`.)
 pub(crate) fn check_link_target(rest: &[u8], target: &[u8]) -> Result<(), Rejection> {
-    let shown = || lossy(target);
+    let printed = || shown(target);
     if target.is_empty() {
         return Err(bad_header("a symlink without a target"));
     }
@@ -221,7 +269,7 @@ pub(crate) fn check_link_target(rest: &[u8], target: &[u8]) -> Result<(), Reject
         return Err(bad_header("the symlink target holds a NUL byte"));
     }
     if target.first() == Some(&b'/') {
-        return Err(Rejection::AbsoluteLink { target: shown() });
+        return Err(Rejection::AbsoluteLink { target: printed() });
     }
     let count = target.split(|&b| b == b'/').count();
     if count > MAX_PATH_COMPONENTS {
@@ -232,7 +280,7 @@ pub(crate) fn check_link_target(rest: &[u8], target: &[u8]) -> Result<(), Reject
     for component in target.split(|&b| b == b'/') {
         match component {
             b"" | b"." => {}
-            b".." if depth == 0 => return Err(Rejection::EscapingLink { target: shown() }),
+            b".." if depth == 0 => return Err(Rejection::EscapingLink { target: printed() }),
             b".." => depth -= 1,
             _ => depth += 1,
         }
@@ -250,7 +298,7 @@ pub(super) fn resolve_link(
     target: &[u8],
     budget: &mut usize,
 ) -> Result<(), Rejection> {
-    let escaping = || Rejection::EscapingLink { target: lossy(target) };
+    let escaping = || Rejection::EscapingLink { target: shown(target) };
     // The directory reached so far, `out/...`, and where each of its components starts.
     let mut dir = key.to_vec();
     let mut starts: Vec<usize> = Vec::new();
@@ -288,7 +336,7 @@ pub(super) fn resolve_link(
                         }
                         hops += 1;
                         if hops > MAX_LINK_HOPS {
-                            return Err(Rejection::TooManyLinks { target: lossy(target) });
+                            return Err(Rejection::TooManyLinks { target: shown(target) });
                         }
                         if next.first() == Some(&b'/') {
                             return Err(escaping());
@@ -302,8 +350,9 @@ pub(super) fn resolve_link(
     Ok(())
 }
 
-/// Verifies and syncs staged entries as the extractor finishes them, once their files are
-/// written; stops at the first failure.
+/// Syncs staged entries as the extractor finishes them, once their files are written (and
+/// hashed by the writers); stops at the first failure. Everything else was checked as the
+/// entry streamed: its listing against `meta.toml`, each member against its listing.
 pub(super) fn verify_all(root: &Path, entries: mpsc::Receiver<StagedEntry>, failure: &Failure) -> Vec<ClosureHash> {
     let mut verified = Vec::new();
     for entry in entries {
@@ -334,37 +383,22 @@ fn verify_entry(root: &Path, entry: &StagedEntry) -> Result<(), StoreError> {
             Node::Symlink(_) => {}
         }
     }
-    to_sync.push(dir.clone());
-    thread::scope(|s| {
-        let syncing = s.spawn(|| sync_all(&to_sync));
-        let checked = check_entry(&dir, entry);
-        let synced = join(syncing);
-        checked.and(synced)
-    })
+    to_sync.push(dir);
+    sync_all(&to_sync)
 }
 
-/// Checks a staged entry against its `meta.toml`.
-fn check_entry(dir: &Path, entry: &StagedEntry) -> Result<(), StoreError> {
-    let meta_member = PathBuf::from(format!("{}/meta.toml", entry.hex));
-    let text = fs::read_to_string(dir.join("meta.toml")).map_err(|e| StoreError::CorruptMeta {
-        closure: entry.closure,
-        path: meta_member.clone(),
-        message: e.to_string(),
-    })?;
-    let meta: EntryMeta = toml::from_str(&text).map_err(|e| StoreError::CorruptMeta {
-        closure: entry.closure,
-        path: meta_member,
-        message: e.to_string(),
-    })?;
+/// Reads an entry's `meta.toml` (held in memory, at most [`MAX_META_BYTES`]) and checks that
+/// its derivation has the entry's closure hash, before anything below `out/` is read.
+pub(super) fn check_meta(closure: ClosureHash, hex: &str, text: &[u8]) -> Result<EntryMeta, StoreError> {
+    let corrupt =
+        |message: String| StoreError::CorruptMeta { closure, path: PathBuf::from(format!("{hex}/meta.toml")), message };
+    let text = std::str::from_utf8(text).map_err(|e| corrupt(e.to_string()))?;
+    let meta: EntryMeta = toml::from_str(text).map_err(|e| corrupt(e.to_string()))?;
     let described = meta.derivation.closure_hash();
-    if described != entry.closure {
-        return Err(StoreError::ArchiveClosureMismatch { dir: entry.closure, derivation: described });
+    if described != closure {
+        return Err(StoreError::ArchiveClosureMismatch { dir: closure, derivation: described });
     }
-    let actual = hash_tree(&dir.join("out"))?;
-    if actual.to_string() != meta.output_hash {
-        return Err(StoreError::ArchiveOutputMismatch { closure: entry.closure, recorded: meta.output_hash, actual });
-    }
-    Ok(())
+    Ok(meta)
 }
 
 /// Syncs files and directories, several at a time.

@@ -12,9 +12,15 @@ use std::{
 
 use tar::{EntryType, Header};
 
-use crate::{ClosureHash, Entry, Store, StoreError, store::sync_dir};
+use crate::{
+    ClosureHash, Entry, Store, StoreError,
+    store::sync_dir,
+    tree::{hash_nodes, list_tree},
+};
 
-use super::{ArchiveSummary, BLOCK, IO_BUFFER, SYNC_EVERY, ZEROS, ZSTD_LEVEL, compression_workers, join, write_error};
+use super::{
+    ArchiveSummary, BLOCK, IO_BUFFER, SYNC_EVERY, ZEROS, ZSTD_LEVEL, compression_workers, join, listing, write_error,
+};
 
 /// Writes the given entries (all must be in the store) into `writer` as a zstd-compressed tar
 /// stream. Closures are written sorted and once each.
@@ -105,6 +111,20 @@ impl<W: Write> TarWriter<W> {
         if !meta.is_dir() {
             return Err(StoreError::UnsupportedFileType { path: out });
         }
+        // The listing import holds every member to; it is the tree the output hash covers.
+        let nodes = list_tree(&out)?;
+        let actual = hash_nodes(&nodes);
+        if actual.to_string() != entry.meta.output_hash {
+            return Err(StoreError::ExportCorrupt {
+                closure: entry.closure,
+                recorded: entry.meta.output_hash.clone(),
+                actual,
+            });
+        }
+        let listing = listing::encode(&nodes);
+        self.header(format!("{hex}/listing").as_bytes(), EntryType::Regular, listing.len() as u64, 0o644, None)?;
+        self.put(&listing)?;
+        self.pad(listing.len() as u64)?;
         let mut member = format!("{hex}/out").into_bytes();
         self.dir(&member)?;
         self.tree(&out, &mut member)

@@ -6,7 +6,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::Context as _;
 use kiln_store::{ClosureHash, Derivation};
 use kiln_types::Arch;
 
@@ -328,8 +327,17 @@ fn export(cx: &Cx, file: &std::path::Path, artifacts: &[String]) -> anyhow::Resu
 }
 
 fn import(cx: &Cx, file: &std::path::Path) -> anyhow::Result<u8> {
-    let summary = kiln_store::import_from_file(cx.store(), file)
-        .with_context(|| format!("cannot import `{}`", file.display()))?;
+    let context = format!("cannot import `{}`", file.display());
+    let summary = kiln_store::import_from_file(cx.store(), file).map_err(|err| {
+        if err.is_bad_archive() {
+            // The file is to blame, not the host: exit 2, with what to do.
+            let help = "nothing was imported. The archive was not written by `store export`, or it was changed \
+                        or cut short since: export it again from a store you trust";
+            UsageError::with_help(format!("{context}: {err}"), help).into()
+        } else {
+            anyhow::Error::new(err).context(context)
+        }
+    })?;
     cx.printer().status(
         "Imported",
         &format!("{} ({}) from {}", units::entries(summary.entries), human_size(summary.bytes), file.display()),
