@@ -331,7 +331,9 @@ fn run_on_a_snapshot_restores_a_fresh_guest_each_time() {
     assert_eq!(third.status.code(), Some(0), "{}", stderr_of(&third));
     assert_eq!(stdout_of(&third), "aarch64\n");
     assert!(
-        stderr_of(&third).contains("the aarch64 snapshot no longer matched its recorded hash; it was made again"),
+        stderr_of(&third).contains(
+            "of the aarch64 snapshot: its output no longer has the hash recorded when it was built; it was made again"
+        ),
         "{}",
         stderr_of(&third)
     );
