@@ -232,6 +232,11 @@ impl Resolver<'_> {
         };
         let needs_dest = matches!(source, LayerSource::File(_) | LayerSource::Artifact(_) | LayerSource::Text(_));
         let dest = match (raw.dest, needs_dest) {
+            (Some(dest), _) if dest.starts_with('/') && dest.split('/').any(|part| part == "..") => {
+                return Err(self
+                    .error(Some(span), key, format!("layer destination `{}` climbs out with `..`", dest.escape_debug()))
+                    .with_help("name the path in the guest without `..`, such as \"/etc/motd\""));
+            }
             (Some(dest), _) if dest.starts_with('/') => dest,
             (Some(dest), _) => {
                 return Err(self

@@ -115,6 +115,15 @@ fn machine_overrides_apply_on_the_builtin_profile() {
 }
 
 #[test]
+fn a_layer_destination_with_dot_dot_is_a_config_error() {
+    let text = format!("{VALID}[rootfs.evil]\nlayers = [\n  {{ text = \"x\", dest = \"/../etc/passwd\" }},\n]\n");
+    let (_dir, config) = project(&text);
+    let err = config.expect_err("dest with ..");
+    assert!(err.message.contains("climbs out with `..`"), "{err}");
+    assert!(err.to_string().contains("/../etc/passwd"), "the error shows the line: {err}");
+}
+
+#[test]
 fn zero_cpus_and_zero_memory_are_refused_at_their_line() {
     for (line, said) in
         [("smp = 0", "at least one CPU"), ("memory = 0", "0 MiB is not a size"), ("memory = \"0G\"", "0 MiB")]
