@@ -179,7 +179,14 @@ pub struct Store {
 /// lock, so a collection either sees it or finishes before the lookup.
 #[derive(Debug, Default)]
 struct TempRoots {
-    file: std::sync::Mutex<Option<File>>,
+    state: std::sync::Mutex<TempRootsFile>,
+}
+
+/// The locked file of [`TempRoots`], made at the first root, and the closures it names.
+#[derive(Debug, Default)]
+struct TempRootsFile {
+    file: Option<File>,
+    added: std::collections::HashSet<ClosureHash>,
 }
 
 impl Store {
@@ -403,13 +410,10 @@ impl Store {
     /// costs a walk of its directory. An entry restored by a CI cache has new inodes and is
     /// rehashed once.
     fn damage(&self, entry: &Entry) -> Result<Option<Damage>, StoreError> {
-        if let Some(damage) = Self::name_damage(entry) {
+        if let Some(damage) = Self::cheap_damage(entry) {
             return Ok(Some(damage));
         }
         let out = entry.out_dir();
-        if !out.is_dir() {
-            return Ok(Some(Damage::MissingOutput));
-        }
         let record = entry.dir.join(VERIFIED_FILE);
         let stamps = crate::tree::stamp_tree(&out)?;
         let expected =
@@ -419,7 +423,7 @@ impl Store {
         {
             return Ok(None);
         }
-        if hash_tree(&out)?.to_string() != entry.meta.output_hash {
+        if Self::output_changed(entry)? {
             return Ok(Some(Damage::ChangedOutput));
         }
         if let Some(expected) = expected {
@@ -432,23 +436,28 @@ impl Store {
         Ok(None)
     }
 
-    /// Whether the recorded derivation names another closure.
-    fn name_damage(entry: &Entry) -> Option<Damage> {
+    /// What is wrong with an entry without reading its files: a recorded derivation that
+    /// names another closure, or no output directory.
+    fn cheap_damage(entry: &Entry) -> Option<Damage> {
         let recorded = entry.meta.derivation.closure_hash();
-        (recorded != entry.closure).then_some(Damage::WrongName { recorded })
+        if recorded != entry.closure {
+            return Some(Damage::WrongName { recorded });
+        }
+        (!entry.out_dir().is_dir()).then_some(Damage::MissingOutput)
+    }
+
+    /// Whether the output, rehashed now, differs from the recorded output hash.
+    fn output_changed(entry: &Entry) -> Result<bool, StoreError> {
+        Ok(hash_tree(&entry.out_dir())?.to_string() != entry.meta.output_hash)
     }
 
     /// Checks an entry in full, whatever was recorded before: its recorded derivation hashes
     /// to its name and its output, rehashed now, has the recorded hash.
     pub fn check(&self, entry: &Entry) -> Result<Option<Damage>, StoreError> {
-        if let Some(damage) = Self::name_damage(entry) {
+        if let Some(damage) = Self::cheap_damage(entry) {
             return Ok(Some(damage));
         }
-        let out = entry.out_dir();
-        if !out.is_dir() {
-            return Ok(Some(Damage::MissingOutput));
-        }
-        Ok((hash_tree(&out)?.to_string() != entry.meta.output_hash).then_some(Damage::ChangedOutput))
+        Ok(Self::output_changed(entry)?.then_some(Damage::ChangedOutput))
     }
 
     /// Removes an entry: it disappears with one rename, then its files are deleted.
@@ -616,19 +625,26 @@ impl Store {
 
     /// Adds `closure` to this process's temporary roots (once per closure).
     fn add_temp_root(&self, closure: &ClosureHash) -> Result<(), StoreError> {
-        let mut file = self.temp_roots.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if file.is_none() {
-            let path = self.root.join(TEMP_ROOTS_DIR).join(format!("{}.{}", std::process::id(), unique_suffix()));
-            let created = File::create_new(&path).map_err(|e| StoreError::io("create", &path, e))?;
-            created.lock().map_err(|e| StoreError::io("lock", &path, e))?;
-            *file = Some(created);
+        let mut state = self.temp_roots.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.added.contains(closure) {
+            return Ok(());
         }
-        let Some(file) = file.as_mut() else { return Ok(()) };
+        let file = match &mut state.file {
+            Some(file) => file,
+            none => {
+                let path = self.root.join(TEMP_ROOTS_DIR).join(format!("{}.{}", std::process::id(), unique_suffix()));
+                let created = File::create_new(&path).map_err(|e| StoreError::io("create", &path, e))?;
+                created.lock().map_err(|e| StoreError::io("lock", &path, e))?;
+                none.insert(created)
+            }
+        };
         // Under the shared store lock: a collection running now finishes first.
         let _gc_guard = self.lock_shared_gc()?;
         use std::io::Write as _;
         file.write_all(format!("{closure}\n").as_bytes())
-            .map_err(|e| StoreError::io("record a temporary root in", &self.root.join(TEMP_ROOTS_DIR), e))
+            .map_err(|e| StoreError::io("record a temporary root in", &self.root.join(TEMP_ROOTS_DIR), e))?;
+        state.added.insert(*closure);
+        Ok(())
     }
 
     /// The closures live processes use; the files of dead ones are removed (unless
