@@ -18,7 +18,7 @@ use crate::{
     decompress,
     errors::{Error, MemberProblem, PathProblem, Result},
     path,
-    tree::{Data, Node, Tree},
+    tree::{Data, Node, SpilledFile, Tree},
     unpack::{LayerReport, Meter, UnpackBudget},
 };
 
@@ -149,7 +149,12 @@ fn member_node<R: Read>(
             let mode = set_id_policy(header, mode, full, report)?;
             let size = entry.size();
             budget.take(size)?;
-            Node::File { mode, data: Data::from(read_contents(entry, size)?) }
+            let data = if budget.hold_in_memory(size) {
+                Data::from(read_contents(entry, size)?)
+            } else {
+                Data::Spilled(spill_contents(entry, size)?)
+            };
+            Node::File { mode, data }
         }
         EntryType::Symlink => {
             let target = link_target(entry)?;
@@ -206,27 +211,45 @@ fn set_id_policy(header: &tar::Header, mode: u32, full: &str, report: &mut Layer
     Ok(kept)
 }
 
-/// Reads a member's `size` bytes in chunks (the caps were checked against `size` already);
-/// fewer bytes than declared is a truncated archive.
+/// Reads a member's `size` bytes into memory (the caps were checked against `size` already,
+/// and the budget said it is small); fewer bytes than declared is a truncated archive.
 fn read_contents(entry: &mut impl Read, size: u64) -> Result<Vec<u8>, MemberProblem> {
-    let expected = usize::try_from(size).map_err(|_| MemberProblem::Truncated { size, got: 0, cause: None })?;
     let mut bytes = Vec::new();
-    bytes.try_reserve_exact(expected.min(CHUNK * 16)).map_err(|e| MemberProblem::Read(io::Error::other(e)))?;
+    bytes
+        .try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX).min(CHUNK * 16))
+        .map_err(|e| MemberProblem::Read(io::Error::other(e)))?;
+    copy_contents(entry, size, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Streams a member's `size` bytes to a temporary file, in chunks: a large member never sits
+/// in memory whole.
+fn spill_contents(entry: &mut impl Read, size: u64) -> Result<SpilledFile, MemberProblem> {
+    let file = tempfile::Builder::new().prefix("kiln-rootfs-member-").tempfile().map_err(MemberProblem::Read)?;
+    let mut out = io::BufWriter::with_capacity(CHUNK, file);
+    copy_contents(entry, size, &mut out)?;
+    let file = out.into_inner().map_err(|e| MemberProblem::Read(e.into_error()))?;
+    Ok(SpilledFile::new(file.into_temp_path()))
+}
+
+/// Copies exactly a member's `size` bytes to `out`; fewer is a truncated archive.
+fn copy_contents(entry: &mut impl Read, size: u64, out: &mut impl io::Write) -> Result<(), MemberProblem> {
     let mut chunk = vec![0u8; CHUNK];
+    let mut got = 0u64;
     loop {
         let n = match entry.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(truncated_or_read(size, bytes.len() as u64, e)),
+            Err(e) => return Err(truncated_or_read(size, got, e)),
         };
-        bytes.try_reserve(n).map_err(|e| MemberProblem::Read(io::Error::other(e)))?;
-        bytes.extend_from_slice(&chunk[..n]);
+        out.write_all(&chunk[..n]).map_err(MemberProblem::Read)?;
+        got += n as u64;
     }
-    if bytes.len() != expected {
-        return Err(MemberProblem::Truncated { size, got: bytes.len() as u64, cause: None });
+    if got != size {
+        return Err(MemberProblem::Truncated { size, got, cause: None });
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Reads past a member's contents without keeping them, so that a truncated archive names

@@ -9,7 +9,7 @@ use std::{
     process::ExitStatus,
 };
 
-use crate::display::escape_untrusted;
+use kiln_types::escape_untrusted;
 
 /// A `map_err` adapter for a failed host operation `action` on `path`.
 pub(crate) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error + use<> {

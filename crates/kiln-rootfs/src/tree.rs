@@ -85,6 +85,37 @@ pub enum Data {
     Bytes(Arc<[u8]>),
     /// A host file, read only when the image is written (or listed).
     Host(PathBuf),
+    /// An archive member too large to hold in memory, streamed to a temporary file that is
+    /// deleted when the last tree holding it is dropped.
+    Spilled(SpilledFile),
+}
+
+/// A temporary file holding one archive member's contents (see [`Data::Spilled`]).
+#[derive(Clone)]
+pub struct SpilledFile(Arc<tempfile::TempPath>);
+
+impl SpilledFile {
+    /// Takes over `file`: it is deleted when the last clone of this handle is dropped.
+    pub(crate) fn new(file: tempfile::TempPath) -> Self {
+        SpilledFile(Arc::new(file))
+    }
+
+    /// Where the contents are.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl PartialEq for SpilledFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.path() == other.path()
+    }
+}
+
+impl fmt::Debug for SpilledFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SpilledFile").field(&self.path()).finish()
+    }
 }
 
 impl fmt::Debug for Data {
@@ -92,6 +123,7 @@ impl fmt::Debug for Data {
         match self {
             Data::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
             Data::Host(path) => f.debug_tuple("Host").field(path).finish(),
+            Data::Spilled(file) => file.fmt(f),
         }
     }
 }
@@ -119,9 +151,10 @@ impl Data {
     pub(crate) fn open(&self) -> Result<(u64, Box<dyn Read + '_>)> {
         match self {
             Data::Bytes(bytes) => Ok((bytes.len() as u64, Box::new(&bytes[..]))),
-            Data::Host(path) => {
+            Data::Host(_) | Data::Spilled(_) => {
+                let path = self.file_path();
                 let io = |source| Error::Io { action: "read", path: path.clone(), source };
-                let file = fs::File::open(path).map_err(io)?;
+                let file = fs::File::open(&path).map_err(io)?;
                 let len = file.metadata().map_err(io)?.len();
                 Ok((len, Box::new(file)))
             }
@@ -132,9 +165,19 @@ impl Data {
     pub(crate) fn read_all(&self) -> Result<Arc<[u8]>> {
         match self {
             Data::Bytes(bytes) => Ok(bytes.clone()),
-            Data::Host(path) => {
-                fs::read(path).map(Arc::from).map_err(|source| Error::Io { action: "read", path: path.clone(), source })
+            Data::Host(_) | Data::Spilled(_) => {
+                let path = self.file_path();
+                fs::read(&path).map(Arc::from).map_err(|source| Error::Io { action: "read", path, source })
             }
+        }
+    }
+
+    /// The file holding the contents (`<memory>` for bytes held in memory), for messages.
+    fn file_path(&self) -> PathBuf {
+        match self {
+            Data::Bytes(_) => PathBuf::from("<memory>"),
+            Data::Host(path) => path.clone(),
+            Data::Spilled(file) => file.path().to_owned(),
         }
     }
 }
@@ -148,10 +191,7 @@ pub(crate) fn copy_exact(
     out: &mut dyn io::Write,
     what: &'static str,
 ) -> Result<()> {
-    let host_path = || match data {
-        Data::Host(path) => path.clone(),
-        Data::Bytes(_) => PathBuf::from("<memory>"),
-    };
+    let host_path = || data.file_path();
     let mut buf = vec![0u8; 256 * 1024];
     let mut left = len;
     loop {

@@ -8,7 +8,9 @@
 
 use std::{cell::Cell, fmt, io};
 
-use crate::{display::escape_untrusted, errors::MemberProblem};
+use kiln_types::escape_untrusted;
+
+use crate::errors::MemberProblem;
 
 const MIB: u64 = 1 << 20;
 
@@ -48,12 +50,19 @@ impl Default for UnpackLimits {
 pub struct UnpackBudget {
     limits: UnpackLimits,
     unpacked: u64,
+    in_memory: u64,
 }
+
+/// Members smaller than this are held in memory while the budget's [`MEMORY_BYTES`] last;
+/// every other member is streamed to a temporary file.
+const SPILL_AT: u64 = MIB;
+/// The most member bytes one tree holds in memory.
+const MEMORY_BYTES: u64 = 64 * MIB;
 
 impl UnpackBudget {
     /// A budget with nothing unpacked yet.
     pub fn new(limits: UnpackLimits) -> Self {
-        UnpackBudget { limits, unpacked: 0 }
+        UnpackBudget { limits, unpacked: 0, in_memory: 0 }
     }
 
     /// Bytes unpacked so far.
@@ -68,6 +77,16 @@ impl UnpackBudget {
             return Err(MemberProblem::TooLarge { size, limit: self.limits.member_bytes });
         }
         Ok(())
+    }
+
+    /// Whether a kept member of `size` bytes is held in memory (small, and memory left in the
+    /// budget) rather than streamed to a temporary file.
+    pub(crate) fn hold_in_memory(&mut self, size: u64) -> bool {
+        let fits = size < SPILL_AT && self.in_memory + size <= MEMORY_BYTES;
+        if fits {
+            self.in_memory += size;
+        }
+        fits
     }
 
     /// Takes `size` bytes of a kept member from the total.

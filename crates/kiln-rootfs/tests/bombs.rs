@@ -168,3 +168,58 @@ fn decompression_bombs_are_refused_at_once_with_bounded_memory() {
     let kb: u64 = rss.trim_end_matches(" kB").trim().parse().unwrap_or_else(|_| panic!("VmHWM `{rss}`"));
     assert!(kb < RSS_BOUND_KB, "peak RSS {kb} kB reading the bombs");
 }
+
+/// Set (to the layer's path) in the child that unpacks the large legitimate member.
+const LARGE_CHILD_ENV: &str = "KILN_ROOTFS_LARGE_LAYER";
+/// A member under the 1 GiB cap, large enough that holding it would show in the peak RSS.
+const LARGE_BYTES: usize = 768 << 20;
+
+/// A tar.zst whose one member `large` is `LARGE_BYTES` of zeros.
+fn large_layer() -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("./large").expect("path");
+    header.set_mode(0o644);
+    header.set_size(LARGE_BYTES as u64);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let chunk = 64 << 20;
+    let mut out = zstd::encode_all(&header.as_bytes()[..], 1).expect("zstd");
+    let frame = zstd::encode_all(&vec![0u8; chunk][..], 1).expect("zstd");
+    for _ in 0..LARGE_BYTES / chunk {
+        out.extend_from_slice(&frame);
+    }
+    out.extend(zstd::encode_all(&[0u8; 1024][..], 1).expect("zstd"));
+    out
+}
+
+#[test]
+fn a_large_member_within_the_caps_is_streamed_not_held_in_memory() {
+    if let Some(layer) = std::env::var_os(LARGE_CHILD_ENV) {
+        let mut tree = Tree::new();
+        let mut budget = UnpackBudget::new(UnpackLimits::default());
+        tree.add_tarball(Path::new(&layer), "/", "`[fetch.large]`", &mut budget).expect("a member under the caps");
+        let Some(kiln_rootfs::Node::File { data, .. }) = tree.get("/large") else { panic!("no /large") };
+        let kiln_rootfs::Data::Spilled(file) = data else { panic!("held in memory: {data:?}") };
+        println!("LARGE-SIZE {}", fs::metadata(file.path()).expect("spilled file").len());
+        let status = fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM").trim().to_owned();
+        println!("LARGE-RSS {hwm}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layer = dir.path().join("large.tar.zst");
+    fs::write(&layer, large_layer()).expect("write");
+    let output = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "a_large_member_within_the_caps_is_streamed_not_held_in_memory", "--nocapture"])
+        .env(LARGE_CHILD_ENV, &layer)
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "child failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let size = stdout.lines().find_map(|l| l.strip_prefix("LARGE-SIZE ")).expect("size line");
+    assert_eq!(size, LARGE_BYTES.to_string(), "the spilled file holds the whole member");
+    let rss = stdout.lines().find_map(|l| l.strip_prefix("LARGE-RSS ")).expect("peak RSS line");
+    let kb: u64 = rss.trim_end_matches(" kB").trim().parse().unwrap_or_else(|_| panic!("VmHWM `{rss}`"));
+    println!("unpacking a {} MiB member: peak RSS {kb} kB", LARGE_BYTES >> 20);
+    assert!(kb < RSS_BOUND_KB, "peak RSS {kb} kB unpacking a {} MiB member", LARGE_BYTES >> 20);
+}

@@ -4,8 +4,10 @@ mod arch;
 mod program;
 mod repo;
 mod secrets;
+mod text;
 
 pub use arch::{Arch, ParseArchError};
 pub use program::find_program;
 pub use repo::{ParseRepoError, Repo};
 pub use secrets::{SECRET_VARIABLES, withhold_secrets};
+pub use text::{cut, escape_untrusted, escape_untrusted_bytes};

@@ -247,11 +247,21 @@ fn run_to_code(cli: Cli) -> u8 {
 fn error_exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|e| e.is::<ConfigError>() || e.is::<UsageError>()) {
         exit_code::USAGE
+    } else if err.chain().any(is_out_of_space) {
+        exit_code::INFRASTRUCTURE
     } else if err.chain().any(|e| matches!(e.downcast_ref(), Some(kiln_store::StoreError::Build { .. }))) {
         exit_code::CASES_FAILED
     } else {
         exit_code::INFRASTRUCTURE
     }
+}
+
+/// Whether an error says a disk is full: the host's problem even inside a build step.
+fn is_out_of_space(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.is::<crate::exec::space::OutOfSpace>()
+        || err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
 }
 
 /// `error: …`, one `Caused by:` line per cause, then `help:` when known.
@@ -266,4 +276,24 @@ fn render_error(err: &anyhow::Error) -> String {
         text.push_str(&format!("\nCaused by: {cause}"));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_failure(source: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
+        kiln_store::StoreError::Build { name: "hello (x86_64)".into(), source }.into()
+    }
+
+    #[test]
+    fn a_full_disk_inside_a_build_is_the_hosts_problem() {
+        let full = crate::exec::space::OutOfSpace { path: "/t".into(), free: 0, what: "cargo's target directory" };
+        let cargo_failed = anyhow::Error::new(full).context("`cargo build` for hello failed with exit status: 101");
+        assert_eq!(error_exit_code(&build_failure(cargo_failed.into())), exit_code::INFRASTRUCTURE);
+        let write_failed = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(error_exit_code(&build_failure(Box::new(write_failed))), exit_code::INFRASTRUCTURE);
+        let compile_error = anyhow::anyhow!("`cargo build` for hello failed with exit status: 101");
+        assert_eq!(error_exit_code(&build_failure(compile_error.into())), exit_code::CASES_FAILED);
+    }
 }

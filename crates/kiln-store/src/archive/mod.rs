@@ -122,29 +122,11 @@ fn reject(member: &[u8], reason: Rejection) -> StoreError {
     StoreError::ArchiveRejected { member: shown(member), reason, entry: None }
 }
 
-/// Bytes from an archive as text for a message: control characters, backslashes and bytes
-/// that are not UTF-8 are escaped (`\x1b`, `\n`, `\\`, `\xff`), so a member name can
-/// neither drive the terminal nor start a line of its own (a GitHub Actions `::error`
-/// command, say).
+/// Bytes from an archive as text for a message, escaped by kiln's one rule for untrusted
+/// text ([`kiln_types::escape_untrusted_bytes`]): a member name can neither drive the
+/// terminal nor start a line of its own (a GitHub Actions `::error` command, say).
 pub(crate) fn shown(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if c.is_control() && u32::from(c) < 0x80 => out.push_str(&format!("\\x{:02x}", u32::from(c))),
-                c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
-                c => out.push(c),
-            }
-        }
-        for byte in chunk.invalid() {
-            out.push_str(&format!("\\x{byte:02x}"));
-        }
-    }
-    out
+    kiln_types::escape_untrusted_bytes(bytes).into_owned()
 }
 
 /// Bounds on what one import may stage.

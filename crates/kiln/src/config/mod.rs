@@ -95,10 +95,8 @@ impl Config {
     /// Reads and resolves `file`.
     pub(crate) fn load(file: &Path) -> Result<Self, ConfigError> {
         let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| ConfigError::whole_file(&file, format!("cannot read {FILE_NAME}: {e}")))?;
-        let shown = display_path(&file);
-        Self::parse(Source { path: shown, text }, &file)
+        let source = Source::read(&file, display_path(&file))?;
+        Self::parse(source, &file)
     }
 
     /// Resolves the text of a Kiln.toml whose absolute path is `file`.

@@ -2,7 +2,7 @@
 
 use std::{ops::Range, path::Path};
 
-use super::{ConfigError, FILE_NAME, Source};
+use super::{ConfigError, Source};
 
 /// A value still to be filled in: a string starting with `TODO` (as `cargo kiln init` writes).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,9 +44,7 @@ pub(super) fn todos(table: &toml::de::DeTable<'_>) -> Vec<Todo> {
 
 /// Every TODO value in a Kiln.toml, with its line, for `doctor` and `init`.
 pub(crate) fn todos_in_file(file: &Path) -> Result<Vec<(Todo, usize)>, ConfigError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError::whole_file(file, format!("cannot read {FILE_NAME}: {e}")))?;
-    let source = Source { path: file.to_owned(), text };
+    let source = Source::read(file, file.to_owned())?;
     let table = toml::de::DeTable::parse(&source.text)
         .map_err(|e| ConfigError::at(&source, e.span(), None, e.message().trim().to_owned()))?;
     Ok(todos(table.get_ref())

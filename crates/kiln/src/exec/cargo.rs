@@ -415,7 +415,14 @@ pub(super) fn cargo_build(step: &BuildStep, out: &Path, quiet: bool) -> anyhow::
     let status = child.wait().context("failed to wait for cargo")?;
     if !status.success() {
         let verb = if artifact.kind == ArtifactKind::Tests { "test --no-run" } else { "build" };
-        bail!("`cargo {verb}` for {} (target {}) failed with {status}", step.key, step.triple);
+        let failed = format!("`cargo {verb}` for {} (target {}) failed with {status}", step.key, step.triple);
+        let target_dir = workspace_root.join("target");
+        if let Some(full) =
+            super::space::full_file_system(&[(&target_dir, "cargo's target directory"), (out, "the store")])
+        {
+            return Err(anyhow::Error::new(full).context(failed));
+        }
+        bail!(failed);
     }
     match (artifact.kind, executables.as_slice()) {
         (_, []) => bail!(

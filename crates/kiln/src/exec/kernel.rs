@@ -247,6 +247,7 @@ fn read_data(data: &Data) -> anyhow::Result<Vec<u8>> {
     Ok(match data {
         Data::Bytes(bytes) => bytes.to_vec(),
         Data::Host(path) => std::fs::read(path)?,
+        Data::Spilled(file) => std::fs::read(file.path())?,
     })
 }
 

@@ -19,6 +19,7 @@ mod provision;
 #[cfg(feature = "remote")]
 pub(crate) mod remotes;
 mod rootfs;
+pub(crate) mod space;
 mod tool;
 
 use std::{
@@ -286,8 +287,8 @@ impl Executor {
                     self.reporter.report(Event::BuildReason { line: &line });
                 }
             }
-            // `{:#}`: the whole chain, since the store keeps only the message.
-            build(out).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { format!("{e:#}").into() })
+            // The whole chain, typed: the exit code tells a full disk from a failed build by it.
+            build(out).map_err(Into::into)
         })?;
         self.reporter.report(Event::BuildFinished { what, kind, closure: entry.closure, outcome: &outcome });
         self.store.mark_used(&entry.closure)?;

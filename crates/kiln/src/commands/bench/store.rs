@@ -174,9 +174,11 @@ pub(super) fn run(cx: &Cx) -> anyhow::Result<()> {
     // Export + import of a store holding the tree, against tar with multithreaded zstd.
     let store = Store::open(scratch.path().join("store-a"))?;
     let mut closures = Vec::new();
+    let mut derivations = Vec::new();
     for part in 0..10 {
         let mut drv = Derivation::new("bench");
         drv.setting("part", part.to_string());
+        derivations.push(drv.clone());
         let (entry, _) = store.build(
             &drv,
             &format!("part-{part}"),
@@ -243,6 +245,75 @@ pub(super) fn run(cx: &Cx) -> anyhow::Result<()> {
     } else {
         writeln!(out, "{:<34} {:>8.2}s {:>12}", "export+import", kiln_total.as_secs_f64(), "no zstd/tar")?;
     }
+    hit_rows(&mut out, &store, &derivations, bytes, scratch.path())?;
     writeln!(out, "ratios: baseline time / kiln time (above 1 means kiln is faster); size: kiln / baseline")?;
+    Ok(())
+}
+
+/// What a store hit costs now that every hit is checked against its name (the recorded
+/// derivation hashes to the entry's closure, the output to its recorded hash): per hit,
+/// against reading the entry's metadata alone. A hit whose files kiln has seen is checked
+/// from their stamps; the first hit after a CI cache restore (new inodes) rehashes the output.
+fn hit_rows(
+    out: &mut impl std::io::Write,
+    store: &Store,
+    derivations: &[Derivation],
+    bytes: u64,
+    scratch: &Path,
+) -> anyhow::Result<()> {
+    let hits = |store: &Store| -> anyhow::Result<Duration> {
+        let (took, ()) = time(|| {
+            for drv in derivations {
+                let (_, outcome) = store.build(drv, "bench", || {}, |_| Err("a bench hit must not build".into()))?;
+                if !matches!(outcome, kiln_store::BuildOutcome::Cached) {
+                    bail!("the bench entry was not a hit: {outcome:?}");
+                }
+            }
+            Ok(())
+        })?;
+        Ok(took / derivations.len() as u32)
+    };
+    let lookups = |store: &Store| -> anyhow::Result<Duration> {
+        let (took, ()) = time(|| {
+            for drv in derivations {
+                store.lookup(&drv.closure_hash())?.context("the bench entry is missing")?;
+            }
+            Ok(())
+        })?;
+        Ok(took / derivations.len() as u32)
+    };
+    hits(store)?;
+    let checked = hits(store)?;
+    let unchecked = lookups(store)?;
+    let files = (SHAPE.small_files + SHAPE.large_files) / derivations.len();
+    writeln!(
+        out,
+        "{:<34} {:>7.0}us {:>10.0}us {:>8.2}x",
+        "store hit, checked (vs lookup)",
+        checked.as_secs_f64() * 1e6,
+        unchecked.as_secs_f64() * 1e6,
+        unchecked.as_secs_f64() / checked.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>7.1}us",
+        format!("  per output file ({files} a hit)"),
+        checked.as_secs_f64() * 1e6 / files as f64
+    )?;
+    let restored_root = scratch.join("store-restored");
+    run_shell(&format!("cp -r {} {}", store.root().display(), restored_root.display()), scratch)?;
+    let restored = Store::open(&restored_root)?;
+    let first = hits(&restored)?;
+    let per_entry = bytes / derivations.len() as u64;
+    writeln!(
+        out,
+        "{:<34} {:>8.2}s {:>11} {:>9}",
+        format!("  first hit after a restore ({} MiB)", per_entry >> 20),
+        first.as_secs_f64(),
+        "",
+        ""
+    )?;
+    let again = hits(&restored)?;
+    writeln!(out, "{:<34} {:>7.0}us", "  and every hit after it", again.as_secs_f64() * 1e6)?;
     Ok(())
 }

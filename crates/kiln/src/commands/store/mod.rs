@@ -72,12 +72,6 @@ fn with_derivations(cx: &Cx, steps: Vec<BuildStep>) -> anyhow::Result<Vec<(Build
     Ok(steps.into_iter().zip(derivations).collect())
 }
 
-/// A name from the store with control characters escaped, so an imported entry cannot
-/// send escape sequences to the terminal.
-fn printable(name: &str) -> String {
-    name.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
-}
-
 fn human_age(since: SystemTime) -> String {
     let secs = SystemTime::now().duration_since(since).unwrap_or(Duration::ZERO).as_secs();
     match secs {
@@ -102,7 +96,7 @@ fn ls(cx: &Cx) -> anyhow::Result<u8> {
                 writeln!(
                     out,
                     "{:<24} {:<12} {:>10} {:>6} {:>9}  {}",
-                    printable(&entry.meta.name),
+                    kiln_types::cut(&kiln_types::escape_untrusted(&entry.meta.name), 80),
                     entry.closure.short(),
                     human_size(size),
                     human_age(created),
