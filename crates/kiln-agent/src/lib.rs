@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The protocol version both sides must speak.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A request from kiln.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,10 @@ pub enum Op {
         /// Keep standard input open for [`Op::Input`] requests (ignores `stdin`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         interactive: bool,
+        /// Standard error goes where standard output goes: one pipe, one ordered `stdout`
+        /// stream (the host's stdout and stderr are one file, as under `2>&1`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        merge_output: bool,
     },
     /// More standard input for an interactive `exec`; answered only on error.
     Input {
@@ -224,6 +228,7 @@ mod tests {
                 cwd: None,
                 stdin: None,
                 interactive: false,
+                merge_output: false,
             },
         };
         let line = serde_json::to_string(&request).expect("json");

@@ -17,6 +17,10 @@ use kiln_agent::{Body, ExitStatus, Op, PROTOCOL_VERSION, Reply, Request, Respons
 
 /// The virtio-serial port name kiln gives the agent's channel.
 const PORT_NAME: &str = "kiln-agent";
+/// The argument that makes the agent a session's leader for one program: `kiln-agent
+/// --session-leader PROGRAM ARGS...`.
+const SESSION_LEADER: &str = "--session-leader";
+
 /// The largest chunk of output one response carries.
 const CHUNK: usize = 64 * 1024;
 
@@ -29,7 +33,11 @@ type Leaders = Arc<Mutex<std::collections::HashMap<u64, i32>>>;
 type Channel = (Box<dyn Read>, Box<dyn Write + Send>);
 
 fn main() -> ExitCode {
-    if std::env::args().any(|arg| arg == "--stdio") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(SESSION_LEADER) {
+        return session_leader(&args[2..]);
+    }
+    if args.iter().any(|arg| arg == "--stdio") {
         let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
         serve(BufReader::new(std::io::stdin()), &sink, false);
         return ExitCode::SUCCESS;
@@ -125,7 +133,7 @@ fn serve(mut input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
             ),
             _ if !greeted => send(sink, id, Body::Error("say hello (with the protocol version) first".to_owned())),
             Op::Ping => send(sink, id, Body::Ok(Reply::default())),
-            Op::Exec { argv, env, cwd, stdin, interactive } => {
+            Op::Exec { argv, env, cwd, stdin, interactive, merge_output } => {
                 let sink = sink.clone();
                 let input = if interactive {
                     let (sender, receiver) = std::sync::mpsc::channel();
@@ -136,7 +144,7 @@ fn serve(mut input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
                 };
                 let leaders = leaders.clone();
                 running.push(std::thread::spawn(move || {
-                    exec(id, &argv, &env, cwd.as_deref(), input, &sink, &leaders);
+                    exec(id, &argv, &env, cwd.as_deref(), input, merge_output, &sink, &leaders);
                 }));
             }
             Op::Input { exec, data, eof } => {
@@ -232,15 +240,19 @@ fn encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Runs `argv` under `sh` as the leader of a new session, so the program itself is a child
-/// (a session leader would get SIGHUP from a pty it opens), streams its output, and ends
-/// with its status; the session's process group is killed afterwards.
+/// Runs `argv` as the child of a new session's leader (the agent itself, re-run as
+/// [`session_leader`]), so the program is not the leader (a session leader would get SIGHUP
+/// from a pty it opens, and could not call `setsid` itself), streams its output, and ends
+/// with its status, a death by signal included; the session's process group is killed
+/// afterwards.
+#[allow(clippy::too_many_arguments)]
 fn exec(
     id: u64,
     argv: &[String],
     env: &std::collections::BTreeMap<String, String>,
     cwd: Option<&str>,
     input: Input,
+    merge_output: bool,
     sink: &Sink,
     leaders: &Leaders,
 ) {
@@ -258,22 +270,37 @@ fn exec(
         },
         other => other,
     };
-    // `; exit $?` keeps the shell from exec'ing the program in its place.
-    let mut command = if Path::new("/bin/sh").exists() {
-        let mut command = Command::new("/bin/sh");
-        command.args(["-c", "\"$@\"; exit $?", "kiln-agent"]).args(argv);
-        command
-    } else {
-        let mut command = Command::new(program);
-        command.args(&argv[1..]);
-        command
+    let mut command = match std::env::current_exe() {
+        Ok(agent) => {
+            let mut command = Command::new(agent);
+            command.arg(SESSION_LEADER).args(argv);
+            command
+        }
+        Err(err) => {
+            send(sink, id, Body::Error(format!("cannot find the agent's own executable: {err}")));
+            return;
+        }
     };
-    command
-        .env_clear()
-        .envs(env)
-        .stdin(if matches!(input, Input::Once(None)) { Stdio::null() } else { Stdio::piped() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.env_clear().envs(env).stdin(if matches!(input, Input::Once(None)) {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    });
+    let merged = if merge_output {
+        match std::io::pipe().and_then(|(reader, writer)| Ok((reader, writer.try_clone()?, writer))) {
+            Ok((reader, out, err)) => {
+                command.stdout(out).stderr(err);
+                Some(reader)
+            }
+            Err(err) => {
+                send(sink, id, Body::Error(format!("cannot create a pipe: {err}")));
+                return;
+            }
+        }
+    } else {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        None
+    };
     if let Some(cwd) = cwd {
         // The working directory kiln asks for may hold no files it copied in.
         if let Err(err) = std::fs::create_dir_all(cwd) {
@@ -286,7 +313,11 @@ fn exec(
     unsafe {
         command.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
     }
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    // The pipe's write ends are the child's now: the relay sees the end of the output when
+    // the session's last writer is gone.
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(err) => {
             send(sink, id, Body::Error(format!("cannot run `{program}`: {err}")));
@@ -313,6 +344,7 @@ fn exec(
         })
     });
     let relays: Vec<_> = [
+        merged.map(|pipe| relay(pipe, id, sink.clone(), Body::Stdout)),
         child.stdout.take().map(|pipe| relay(pipe, id, sink.clone(), Body::Stdout)),
         child.stderr.take().map(|pipe| relay(pipe, id, sink.clone(), Body::Stderr)),
     ]
@@ -348,6 +380,37 @@ fn exec(
         Err(err) => Body::Error(format!("cannot wait for `{program}`: {err}")),
     };
     send(sink, id, body);
+}
+
+/// `kiln-agent --session-leader PROGRAM ARGS...`: leads a new session whose one child is the
+/// program (found on `PATH`), and ends the way the program ended: with its exit code, or by
+/// the same signal (default action restored, then raised), so the agent's `wait` reports it.
+fn session_leader(argv: &[String]) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt as _;
+    let Some((program, args)) = argv.split_first() else {
+        eprintln!("kiln-agent: {SESSION_LEADER} needs a program");
+        return ExitCode::from(127);
+    };
+    // SAFETY: setsid touches no memory; this process was just started, so it is no
+    // process group's leader and the call succeeds.
+    unsafe {
+        libc::setsid();
+    }
+    let status = match Command::new(program).args(args).status() {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("kiln-agent: cannot run `{program}`: {err}");
+            return ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+        }
+    };
+    if let Some(signal) = status.signal() {
+        // SAFETY: restoring a signal's default action and raising it only ends this process.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
+    ExitCode::from(status.code().map_or(1, |code| code.clamp(0, 255) as u8))
 }
 
 /// Where an `exec`'s standard input comes from.

@@ -90,6 +90,7 @@ fn exec_streams_output_passes_stdin_env_and_cwd_and_reports_the_status() {
             cwd: Some(dir.display().to_string()),
             stdin: Some(base64::engine::general_purpose::STANDARD.encode("a line\n")),
             interactive: false,
+            merge_output: false,
         },
     );
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
@@ -110,6 +111,33 @@ fn exec_streams_output_passes_stdin_env_and_cwd_and_reports_the_status() {
 }
 
 #[test]
+fn merged_output_keeps_the_order_and_a_death_by_signal_is_reported_as_one() {
+    let mut agent = Agent::start();
+    agent.hello();
+    agent.send(
+        3,
+        Op::Exec {
+            argv: vec!["sh".into(), "-c".into(), "echo a; echo b >&2; echo c; echo d >&2; kill -ABRT $$".into()],
+            env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
+            cwd: None,
+            stdin: None,
+            interactive: false,
+            merge_output: true,
+        },
+    );
+    let mut stdout = Vec::new();
+    let exit = loop {
+        match agent.next().body {
+            Body::Stdout(chunk) => stdout.extend(decode(&chunk)),
+            Body::Exit(status) => break status,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(String::from_utf8_lossy(&stdout), "a\nb\nc\nd\n", "one stream, in the order written");
+    assert_eq!(exit, ExitStatus::Signal(6), "the program died by SIGABRT, not with status 134");
+}
+
+#[test]
 fn leftovers_are_killed_so_exec_ends_with_its_program() {
     let mut agent = Agent::start();
     agent.hello();
@@ -122,6 +150,7 @@ fn leftovers_are_killed_so_exec_ends_with_its_program() {
             cwd: None,
             stdin: None,
             interactive: false,
+            merge_output: false,
         },
     );
     let started = std::time::Instant::now();
@@ -172,6 +201,7 @@ fn interactive_exec_reads_input_as_it_is_sent_until_its_end() {
         cwd: None,
         stdin: None,
         interactive: true,
+        merge_output: false,
     };
     agent.send(2, exec);
     agent.send(3, Op::Input { exec: 2, data: encode("one\n"), eof: false });

@@ -109,6 +109,9 @@ pub struct BootOutcome {
     pub finisher: Option<FinisherCommand>,
     /// The shutdown device OpenSBI's banner named (`Platform Shutdown Device : ...`).
     pub firmware_shutdown_device: Option<String>,
+    /// The signal that killed the guest's command, when its exit marker said so
+    /// (`KILN-EXIT nonce 134 signal 6`); [`Exit::GuestExited`] then holds 128 + the signal.
+    pub guest_signal: Option<i32>,
     /// `failure_line` ends with `:` and waits for its message line.
     failure_open: bool,
     /// `panic_line` ends with `:` and waits for its message line.
@@ -155,6 +158,7 @@ impl BootOutcome {
             line_count: 0,
             finisher: None,
             firmware_shutdown_device: None,
+            guest_signal: None,
             failure_open: false,
             panic_open: false,
         }
@@ -435,11 +439,26 @@ impl Drop for ConsoleInput<'_> {
 fn guest_status(marker: Option<&str>, outcome: &mut BootOutcome) -> Option<i32> {
     let marker = marker?;
     let len = outcome.tail.len();
-    let (index, status) = outcome.tail.iter().enumerate().skip(len.saturating_sub(4)).find_map(|(index, line)| {
-        line.trim_start().strip_prefix(marker)?.trim().parse().ok().map(|status| (index, status))
-    })?;
+    let (index, status, signal) =
+        outcome.tail.iter().enumerate().skip(len.saturating_sub(4)).find_map(|(index, line)| {
+            let (status, signal) = parse_status(line.trim_start().strip_prefix(marker)?)?;
+            Some((index, status, signal))
+        })?;
     outcome.tail.truncate(index);
+    outcome.guest_signal = signal;
     Some(status)
+}
+
+/// `STATUS` or `STATUS signal N` after an exit marker.
+fn parse_status(text: &str) -> Option<(i32, Option<i32>)> {
+    let mut words = text.split_whitespace();
+    let status = words.next()?.parse().ok()?;
+    let signal = match (words.next(), words.next()) {
+        (Some("signal"), Some(number)) => Some(number.parse().ok()?),
+        (None, _) => None,
+        _ => return None,
+    };
+    words.next().is_none().then_some((status, signal))
 }
 
 /// Runs QEMU with the terminal attached (serial and monitor multiplexed; Ctrl-A X quits)
@@ -453,6 +472,20 @@ pub async fn interactive(program: &str, argv: &Argv) -> Result<Exit, QemuError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exit_marker_may_name_the_signal_that_killed_the_command() {
+        assert_eq!(parse_status("3"), Some((3, None)));
+        assert_eq!(parse_status(" 134 signal 6 "), Some((134, Some(6))));
+        assert_eq!(parse_status("134 signal"), None);
+        assert_eq!(parse_status("134 signal 6 more"), None);
+        assert_eq!(parse_status("x"), None);
+        let mut outcome = BootOutcome::new(Exit::Status(0));
+        outcome.tail.extend(["hello".to_owned(), "KILN-EXIT n 139 signal 11".to_owned()]);
+        assert_eq!(guest_status(Some("KILN-EXIT n "), &mut outcome), Some(139));
+        assert_eq!(outcome.guest_signal, Some(11));
+        assert_eq!(outcome.tail, ["hello"]);
+    }
 
     #[test]
     fn the_last_line_is_the_commands_even_when_shutdown_lines_follow_the_exit_marker() {

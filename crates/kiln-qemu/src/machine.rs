@@ -150,6 +150,10 @@ pub struct LinuxBoot<'a> {
     /// Host files that receive the guest program's standard output and error, through two
     /// virtio consoles (`/dev/hvc0`, `/dev/hvc1`); `None` leaves everything on the serial line.
     pub program_output: Option<(&'a Path, &'a Path)>,
+    /// A Unix socket (QEMU listens, and waits for one connection before the guest starts)
+    /// behind the virtio port `kiln-stdin`: what the host writes there is the guest program's
+    /// standard input, and closing the connection is its end of file.
+    pub program_input: Option<&'a Path>,
     /// Host directories shared into the guest.
     pub shares: Vec<Share<'a>>,
     /// A disk image (`/dev/vda`) and its format (`raw`, `qcow2`); writes go to a temporary
@@ -267,7 +271,7 @@ impl Machine {
             drive.push(image);
             argv.pair("-drive", drive).pair("-device", "virtio-blk-pci,drive=kiln-disk");
         }
-        if boot.program_output.is_some() || boot.agent_socket.is_some() {
+        if boot.program_output.is_some() || boot.program_input.is_some() || boot.agent_socket.is_some() {
             argv.pair("-device", "virtio-serial-pci,id=kiln-serial");
         }
         if let Some(socket) = boot.agent_socket {
@@ -283,6 +287,12 @@ impl Machine {
                 argv.pair("-chardev", chardev);
                 argv.pair("-device", format!("virtconsole,chardev={id},name={id}"));
             }
+        }
+        if let Some(socket) = boot.program_input {
+            let mut chardev = std::ffi::OsString::from("socket,id=kiln-stdin,server=on,wait=on,path=");
+            chardev.push(socket);
+            argv.pair("-chardev", chardev);
+            argv.pair("-device", "virtserialport,chardev=kiln-stdin,name=kiln-stdin");
         }
         for (index, share) in boot.shares.iter().enumerate() {
             let mut fsdev = std::ffi::OsString::from(format!(
@@ -532,6 +542,7 @@ mod tests {
             initrd: Path::new("/i"),
             cmdline: "console=ttyS0 quiet",
             program_output: Some((Path::new("/proc/1/fd/1"), Path::new("/proc/1/fd/2"))),
+            program_input: Some(Path::new("/tmp/stdin.sock")),
             shares: vec![Share { host: Path::new("/pkg"), tag: "kiln0".into(), readonly: true }],
             disk: Some((Path::new("/rootfs.qcow2"), "qcow2")),
             agent_socket: None,
@@ -544,6 +555,8 @@ mod tests {
         assert!(argv.contains("-kernel /k -initrd /i -append console=ttyS0 quiet"), "{argv}");
         assert!(argv.contains("-chardev file,id=kiln-stdout,append=on,path=/proc/1/fd/1"), "{argv}");
         assert!(argv.contains("-device virtconsole,chardev=kiln-stderr,name=kiln-stderr"), "{argv}");
+        assert!(argv.contains("-chardev socket,id=kiln-stdin,server=on,wait=on,path=/tmp/stdin.sock"), "{argv}");
+        assert!(argv.contains("-device virtserialport,chardev=kiln-stdin,name=kiln-stdin"), "{argv}");
         assert!(argv.contains("-fsdev local,id=kiln-share0,security_model=none,readonly=on,path=/pkg"), "{argv}");
         assert!(argv.contains("-device virtio-9p-pci,fsdev=kiln-share0,mount_tag=kiln0"), "{argv}");
         assert!(argv.contains("-drive if=none,id=kiln-disk,format=qcow2,snapshot=on,file=/rootfs.qcow2"), "{argv}");

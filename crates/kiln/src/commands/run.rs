@@ -25,6 +25,7 @@ use crate::{
     error::UsageError,
     exec, exit_code,
     guest::{self, CopyKind, GuestIo},
+    host,
     plan::{KERNEL_FAILURE, RunPlan, Warmth, WarmthAsked},
     vm::{
         LinuxTarget, SnapshotTarget,
@@ -64,6 +65,7 @@ pub(super) fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     };
     match ended {
         Ended::Exited(status) => Ok(status),
+        Ended::Signaled(signal) => Ok(host::exit_by_signal(signal)),
         Ended::GuestFailed(message) => {
             cx.printer().always(&format!("error: {message}"));
             Ok(exit_code::INFRASTRUCTURE)
@@ -91,7 +93,10 @@ fn warm(
     let spec = |role| cx.keeper_spec(&linux, role);
     let target = SnapshotTarget::new(cx.executor(), linux.clone())?;
     let timeout = run.settings.timeout;
-    program::run(cx.executor(), target, pool, spec, Program { path: program, args, cwd, copies, env, timeout })
+    let forward_stdin = !host::stdin_is_null();
+    let merge_output = host::stdout_and_stderr_are_one_file();
+    let program = Program { path: program, args, cwd, copies, env, timeout, forward_stdin, merge_output };
+    program::run(cx.executor(), target, pool, spec, program)
 }
 
 /// The program in a freshly booted guest.
@@ -100,34 +105,37 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
     let LinuxTarget { images, machine, accel, .. } = linux;
     let arch = machine.arch;
     let (cwd, dirs) = package_dirs()?;
-    // The package directory appears at the same path in the guest: shared read-only over 9p,
-    // or, for a kernel without 9p, copied in (writes then stay in the guest).
+    // The package directory appears at the same path in the guest, writable there and never
+    // written back: shared read-only over 9p under an overlay, or, for a kernel without 9p,
+    // copied in.
     let mut shares = Vec::new();
     let mut copies = Vec::new();
-    let mut readonly = Vec::new();
     for (index, dir) in dirs.iter().enumerate() {
         if can_share {
             shares.push((format!("kiln{index}"), dir.as_path()));
         } else {
             copies.extend(guest::package_copies(dir)?);
-            readonly.push(dir.clone());
         }
     }
     copies.extend(declared_files(&run.settings.files)?);
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
     let guest_program = format!("/kiln/bin/{name}");
     let command = command_script(&cwd, &guest_program, args, &run.settings.env);
+    let merged_output = host::stdout_and_stderr_are_one_file();
+    let forward_stdin = !host::stdin_is_null();
     let files = guest::BootFiles {
         command,
         shares: shares.clone(),
         program: Some((program, guest_program)),
         copies,
-        readonly,
         separate_stdio: true,
+        merged_output,
+        stdin: forward_stdin,
         agent: false,
     };
-    let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir().context("cannot create a temp dir")?;
+    let scratch = host::scratch_dir("run")?;
     let initrd = scratch.path().join("initrd");
+    let stdin_socket = scratch.path().join("stdin.sock");
     images.compose_initrd(&files, &initrd)?;
     let nonce = guest::nonce()?;
     // The program's output reaches kiln through two pipes that kiln copies to its own stdout
@@ -139,8 +147,10 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
     let pid = std::process::id();
     let stdout = PathBuf::from(format!("/proc/{pid}/fd/{}", out_write.as_raw_fd()));
     let stderr = PathBuf::from(format!("/proc/{pid}/fd/{}", err_write.as_raw_fd()));
+    let _stdin_relay = forward_stdin.then(|| relay_stdin(stdin_socket.clone()));
     let io = GuestIo {
         program_output: Some((&stdout, &stderr)),
+        program_input: forward_stdin.then_some(stdin_socket.as_path()),
         shares: shares.iter().map(|(tag, host)| Share { host, tag: tag.clone(), readonly: true }).collect(),
         ..GuestIo::default()
     };
@@ -167,24 +177,41 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
     let output_marker = guest::output_marker(&nonce);
     let exit_marker = guest::exit_marker(&nonce);
     let mut forwarding = false;
-    let outcome = runtime.block_on(kiln_qemu::boot(&request, &judge, |line| {
-        if line.trim_end() == output_marker {
-            forwarding = true;
-        } else if line.starts_with(&exit_marker) {
-            forwarding = false;
-        } else if forwarding {
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stdout().lock(), "{line}");
-        }
-        printer.verbose("Console", line);
-    }));
+    let booted = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut interrupt, mut terminate) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+        let boot = kiln_qemu::boot(&request, &judge, |line| {
+            if line.trim_end() == output_marker {
+                forwarding = true;
+            } else if line.starts_with(&exit_marker) {
+                forwarding = false;
+            } else if forwarding {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+            printer.verbose("Console", line);
+        });
+        // Interrupted, kiln stops QEMU (dropping the boot kills it) and its scratch directory
+        // goes with this function, before kiln dies by the same signal.
+        anyhow::Ok(tokio::select! {
+            outcome = boot => Booted::Ended(outcome?),
+            _ = interrupt.recv() => Booted::Interrupted(libc::SIGINT),
+            _ = terminate.recv() => Booted::Interrupted(libc::SIGTERM),
+        })
+    });
     // QEMU is gone; with kiln's write ends closed the relays see the end of the output.
     drop((out_write, err_write));
     for relay in relays {
         let _ = relay.join();
     }
-    let outcome = outcome?;
+    let outcome = match booted? {
+        Booted::Ended(outcome) => outcome,
+        Booted::Interrupted(signal) => return Ok(Ended::Signaled(signal)),
+    };
     Ok(match outcome.exit {
+        Exit::GuestExited(_) if outcome.guest_signal.is_some() => {
+            Ended::Signaled(outcome.guest_signal.unwrap_or_default())
+        }
         Exit::GuestExited(status) => Ended::Exited(u8::try_from(status.clamp(0, 255)).unwrap_or(u8::MAX)),
         _ => {
             let saved = keep_log(cx, &request.log_path);
@@ -212,6 +239,39 @@ fn declared_files(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, CopyKind)>>
         }
     }
     Ok(copies)
+}
+
+/// How a cold run's boot ended: on its own, or interrupted by kiln's SIGINT or SIGTERM.
+enum Booted {
+    Ended(kiln_qemu::BootOutcome),
+    Interrupted(i32),
+}
+
+/// Forwards kiln's stdin to the guest through `socket` (QEMU listens there and starts the
+/// guest once connected): copied as it comes; its end closes the connection, which the
+/// guest's program reads as the end of file. Gives up when QEMU never listens.
+fn relay_stdin(socket: PathBuf) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut stream = loop {
+            match std::os::unix::net::UnixStream::connect(&socket) {
+                Ok(stream) => break stream,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        };
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut stream);
+        // QEMU reads the socket only while the guest has the port open, and closing it is
+        // the guest's end of file: close once QEMU has read everything, and a moment later,
+        // so the last bytes reach the guest before the news of the close.
+        while host::unread_bytes(&stream).is_some_and(|unread| unread > 0) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    })
 }
 
 /// Copies a pipe to one of kiln's own outputs until the pipe ends.
@@ -315,6 +375,9 @@ fn command_script(cwd: &Path, program: &str, args: &[String], extra_env: &[Strin
     for (name, value) in passed_env(extra_env) {
         script.push_str(&format!("export {name}={}\n", guest::shell_quote(&value)));
     }
+    // `exec`: the program is the process whose end the init reports (a signal's death
+    // included), and no shell stays behind to print "Aborted" of its own.
+    script.push_str("exec ");
     script.push_str(&guest::shell_quote(program));
     for arg in args {
         script.push(' ');

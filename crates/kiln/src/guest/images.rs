@@ -30,6 +30,8 @@ pub(crate) struct LinuxImages {
 pub(crate) struct GuestIo<'a> {
     /// Host files for the program's stdout and stderr.
     pub program_output: Option<(&'a Path, &'a Path)>,
+    /// The socket the program's stdin comes through (kiln connects and writes).
+    pub program_input: Option<&'a Path>,
     /// Host directories shared read-only.
     pub shares: Vec<kiln_qemu::Share<'a>>,
     /// The guest agent's socket.
@@ -63,6 +65,7 @@ impl LinuxImages {
             initrd,
             cmdline: &cmdline,
             program_output: io.program_output,
+            program_input: io.program_input,
             shares: io.shares,
             disk: self.disk.as_ref().map(|(path, format)| (path.as_path(), *format)),
             agent_socket: io.agent_socket,

@@ -21,13 +21,12 @@ ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 hostname kiln
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null
+# A default route, as a host on a network has: a send to an address that is not local then
+# leaves (into the loopback, where nothing answers) instead of failing with ENETUNREACH.
+ip route add default dev lo 2>/dev/null || route add default dev lo 2>/dev/null
+ip -6 route add default dev lo 2>/dev/null
 # Files this boot copied in (a package directory without a 9p share, `[run] files`).
 [ -d /kiln/root ] && cp -a /kiln/root/. /
-if [ -f /kiln/readonly ]; then
-    while read -r dir; do
-        mount --bind "$dir" "$dir" && mount -o remount,ro,bind "$dir"
-    done </kiln/readonly
-fi
 nonce=
 for word in $(cat /proc/cmdline); do
     case "$word" in kiln.nonce=*) nonce="${word#kiln.nonce=}" ;; esac
@@ -37,10 +36,19 @@ if [ -f /lib/modules/kiln-load-order ]; then
     for module in $(cat /lib/modules/kiln-load-order); do insmod "$module" 2>/dev/null; done
 fi
 if [ -f /kiln/shares ]; then
+    # Each share is read-only; an overlay on tmpfs over it makes its path writable in the
+    # guest, and what the guest writes never reaches the host.
+    mkdir -p /run/kiln-lower /run/kiln-upper
+    mount -t tmpfs -o mode=755 tmpfs /run/kiln-upper
     while read -r tag path; do
         [ -n "$tag" ] || continue
-        mkdir -p "$path"
-        mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose "$tag" "$path" ||
+        mkdir -p "$path" "/run/kiln-lower/$tag" "/run/kiln-upper/$tag/upper" "/run/kiln-upper/$tag/work"
+        if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose "$tag" "/run/kiln-lower/$tag"; then
+            echo "kiln-init: cannot mount the host share $tag at $path" >/dev/console
+            continue
+        fi
+        mount -t overlay -o "lowerdir=/run/kiln-lower/$tag,upperdir=/run/kiln-upper/$tag/upper,workdir=/run/kiln-upper/$tag/work" overlay "$path" 2>/dev/null ||
+            mount --bind "/run/kiln-lower/$tag" "$path" ||
             echo "kiln-init: cannot mount the host share $tag at $path" >/dev/console
     done </kiln/shares
 fi
@@ -67,25 +75,56 @@ if [ -f /kiln/stdio ]; then
         echo "KILN-OUTPUT $nonce" >/dev/console
     fi
 fi
+# The program's standard input: the host's, through the virtio port `kiln-stdin` (the host
+# closing it is the end of file), or nothing.
+in=/dev/null
+if [ -f /kiln/stdin ]; then
+    tries=0
+    while [ "$in" = /dev/null ] && [ "$tries" -lt 250 ]; do
+        for port in /sys/class/virtio-ports/*; do
+            [ "$(cat "$port/name" 2>/dev/null)" = kiln-stdin ] && [ -c "/dev/${port##*/}" ] && in="/dev/${port##*/}"
+        done
+        [ "$in" = /dev/null ] && usleep 20000
+        tries=$((tries + 1))
+    done
+fi
 if [ -f /kiln/command ]; then
-    # The command's stdout and stderr are pipes (as under CI); cat relays them.
-    mkfifo /run/kiln-out /run/kiln-err
+    # busybox's `time -o` records whether the command died by a signal, which a shell's
+    # status cannot tell from an exit status of 128 + N.
+    timed=
+    time -o /run/kiln-status true 2>/dev/null && timed="time -o /run/kiln-status"
+    # The command's stdout and stderr are pipes (as under CI); cat relays them. One pipe for
+    # both when the host's stdout and stderr are one file, so their order is kept.
+    mkfifo /run/kiln-out
     cat /run/kiln-out >"$out" &
     relay_out=$!
-    cat /run/kiln-err >"$err" &
-    relay_err=$!
-    # The command is a child of the new session's leader, never the leader itself.
-    setsid sh -c 'sh /kiln/command & wait $!' </dev/null >/run/kiln-out 2>/run/kiln-err &
+    relay_err=
+    # The command is a child of the new session's leader, never the leader itself (an
+    # asynchronous list's stdin is /dev/null: it gets the session's through fd 3).
+    if [ -f /kiln/merged ]; then
+        setsid sh -c 'exec 3<&0; '"$timed"' sh /kiln/command <&3 3<&- & wait $!' <"$in" >/run/kiln-out 2>&1 &
+    else
+        mkfifo /run/kiln-err
+        cat /run/kiln-err >"$err" &
+        relay_err=$!
+        setsid sh -c 'exec 3<&0; '"$timed"' sh /kiln/command <&3 3<&- & wait $!' <"$in" >/run/kiln-out 2>/run/kiln-err &
+    fi
     leader=$!
     wait "$leader"
     status=$?
+    signal=
+    if [ -n "$timed" ] && [ -f /run/kiln-status ]; then
+        signal=$(sed -n 's/^Command terminated by signal \([0-9]*\).*/\1/p' /run/kiln-status)
+        [ -n "$signal" ] && status=$((128 + signal))
+    fi
     # What the command left running would hold the pipes open: end the whole session.
     kill -s KILL -- "-$leader" 2>/dev/null
-    wait "$relay_out" "$relay_err"
+    wait $relay_out $relay_err
 else
     echo "kiln-init: no /kiln/command in this image" >/dev/console
     status=127
+    signal=
 fi
 exec 3>&- 4>&-
-echo "KILN-EXIT $nonce $status" >/dev/console
+echo "KILN-EXIT $nonce $status${signal:+ signal $signal}" >/dev/console
 poweroff -f

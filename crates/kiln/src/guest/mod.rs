@@ -85,15 +85,16 @@ pub(crate) const INIT_SCRIPT: &str = include_str!("init.sh");
 pub(crate) const DISK_INIT_SCRIPT: &str = include_str!("disk-init.sh");
 
 /// The version of the skeleton and init; part of every rootfs derivation with `init`.
-pub(crate) const INIT_VERSION: &str = "2";
+pub(crate) const INIT_VERSION: &str = "3";
 
 /// Modules kiln's init loads when the kernel has them as modules: the virtio consoles
-/// (separate stdout and stderr for `kiln run`) and 9p over virtio (the package share).
+/// (separate stdout and stderr for `kiln run`), 9p over virtio (the package share) and
+/// overlayfs (the share made writable in the guest).
 /// `virtio_pci` first: on Debian's arm64 cloud kernel even the PCI transport is a module;
 /// `virtio_blk`, `ext4` and the crc32c it loads by alias (not a listed dependency) for disk
 /// rootfs images.
 pub(crate) const INIT_MODULES: &[&str] =
-    &["virtio_pci", "virtio_console", "9pnet_virtio", "9p", "virtio_blk", "crc32c_generic", "ext4"];
+    &["virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay", "virtio_blk", "crc32c_generic", "ext4"];
 
 /// Adds the skeleton every kiln guest has: directories, `/etc/passwd` with root and
 /// nobody, `/etc/group`, `/etc/hosts`, and the console and null devices.
@@ -133,10 +134,13 @@ pub(crate) struct BootFiles<'a> {
     pub program: Option<(&'a Path, String)>,
     /// Host files copied in at the same path (for kernels that cannot mount 9p).
     pub copies: Vec<(PathBuf, CopyKind)>,
-    /// Directories among the copies that the guest makes read-only, as a share would be.
-    pub readonly: Vec<PathBuf>,
     /// Whether the program's stdout and stderr go to the virtio consoles.
     pub separate_stdio: bool,
+    /// Whether the program's stderr goes where its stdout goes, one pipe for both (the
+    /// host's stdout and stderr are one file, as under `2>&1`), so their order is kept.
+    pub merged_output: bool,
+    /// Whether the program's stdin comes from the host, through the virtio port `kiln-stdin`.
+    pub stdin: bool,
     /// Run kiln's agent (the `program`, at `/kiln/bin/kiln-agent`) instead of a command.
     pub agent: bool,
 }
@@ -168,15 +172,17 @@ pub(crate) fn write_boot_archive(files: &BootFiles<'_>, out: impl std::io::Write
         let lines: String = files.shares.iter().map(|(tag, path)| format!("{tag} {}\n", path.display())).collect();
         tree.insert_file("/kiln/shares", 0o644, Data::from(lines.as_str()))?;
     }
-    if !files.readonly.is_empty() {
-        let lines: String = files.readonly.iter().map(|dir| format!("{}\n", dir.display())).collect();
-        tree.insert_file("/kiln/readonly", 0o644, Data::from(lines.as_str()))?;
-    }
     if files.agent {
         tree.insert_file("/kiln/agent", 0o644, Data::from(""))?;
     }
     if files.separate_stdio {
         tree.insert_file("/kiln/stdio", 0o644, Data::from(""))?;
+    }
+    if files.merged_output {
+        tree.insert_file("/kiln/merged", 0o644, Data::from(""))?;
+    }
+    if files.stdin {
+        tree.insert_file("/kiln/stdin", 0o644, Data::from(""))?;
     }
     // Copies wait under /kiln/root until kiln's init puts them in place, so a disk rootfs's
     // boot stub carries them over with the rest of /kiln.

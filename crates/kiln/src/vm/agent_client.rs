@@ -149,8 +149,29 @@ impl AgentClient {
         cwd: Option<String>,
         on_output: impl FnMut(bool, &[u8]),
     ) -> anyhow::Result<ExitStatus> {
-        let id = self.send(Op::Exec { argv, env, cwd, stdin: None, interactive: false }).await?;
+        let id = self.send(Op::Exec { argv, env, cwd, stdin: None, interactive: false, merge_output: false }).await?;
         self.finish_exec(id, on_output, None, None).await
+    }
+
+    /// Runs a program as `kiln run` does: its standard input is `input` (sent as it comes
+    /// until it ends) or empty, its stderr joins its stdout in one ordered stream when
+    /// `merge_output`, and kiln's SIGINT and SIGTERM are passed on as in
+    /// [`exec_interactive`](Self::exec_interactive).
+    pub(crate) async fn exec_program<R: tokio::io::AsyncRead + Unpin + Send>(
+        &mut self,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+        input: Option<R>,
+        merge_output: bool,
+        on_output: impl FnMut(bool, &[u8]),
+    ) -> anyhow::Result<ExitStatus> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+        let interactive = input.is_some();
+        let id = self.send(Op::Exec { argv, env, cwd, stdin: None, interactive, merge_output }).await?;
+        let input = input.map(|input| -> Box<dyn tokio::io::AsyncRead + Unpin + Send> { Box::new(input) });
+        self.finish_exec(id, on_output, input, Some(signals)).await
     }
 
     /// Runs a program whose standard input is `input`, sent as it comes until it ends. kiln's
@@ -166,7 +187,7 @@ impl AgentClient {
     ) -> anyhow::Result<ExitStatus> {
         use tokio::signal::unix::{SignalKind, signal};
         let signals = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
-        let id = self.send(Op::Exec { argv, env, cwd, stdin: None, interactive: true }).await?;
+        let id = self.send(Op::Exec { argv, env, cwd, stdin: None, interactive: true, merge_output: false }).await?;
         self.finish_exec(id, on_output, Some(Box::new(input)), Some(signals)).await
     }
 

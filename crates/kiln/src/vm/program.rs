@@ -35,13 +35,20 @@ pub(crate) struct Program<'a> {
     pub env: BTreeMap<String, String>,
     /// How long it may run.
     pub timeout: Duration,
+    /// Whether kiln's stdin is forwarded to it (else it reads an empty stdin).
+    pub forward_stdin: bool,
+    /// Whether its stderr joins its stdout in one ordered stream (kiln's stdout and stderr
+    /// are one file).
+    pub merge_output: bool,
 }
 
 /// How a program's run ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Ended {
-    /// It exited with this status (a signal's death as the shell reports it, 128 + N).
+    /// It exited with this status.
     Exited(u8),
+    /// A signal killed it.
+    Signaled(i32),
     /// It did not finish: the guest died or the time ran out; the message says why.
     GuestFailed(String),
 }
@@ -113,8 +120,10 @@ pub(crate) fn run(
         }
         let mut stdout = std::io::stdout();
         let mut stderr = std::io::stderr();
+        let input = program.forward_stdin.then(tokio::io::stdin);
+        let cwd = Some(program.cwd.to_string_lossy().into_owned());
         let status = agent
-            .exec(argv, program.env.clone(), Some(program.cwd.to_string_lossy().into_owned()), |is_stderr, bytes| {
+            .exec_program(argv, program.env.clone(), cwd, input, program.merge_output, |is_stderr, bytes| {
                 let _ = if is_stderr { stderr.write_all(bytes) } else { stdout.write_all(bytes) };
             })
             .await?;
@@ -122,7 +131,10 @@ pub(crate) fn run(
         anyhow::Ok(status)
     };
     Ok(match runtime.block_on(async { tokio::time::timeout(program.timeout, work).await }) {
-        Ok(Ok(status)) => Ended::Exited(u8::try_from(status.shell_status().clamp(0, 255)).unwrap_or(u8::MAX)),
+        Ok(Ok(kiln_agent::ExitStatus::Signal(signal))) => Ended::Signaled(signal),
+        Ok(Ok(kiln_agent::ExitStatus::Code(code))) => {
+            Ended::Exited(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
+        }
         Ok(Err(err)) => {
             // The agent went away: what the guest's console said last is the likely why.
             let text = std::fs::read_to_string(&console).unwrap_or_default();

@@ -140,7 +140,7 @@ pub(crate) fn spawn(program: &str, argv: &kiln_qemu::Argv, log: &Path) -> anyhow
 /// state and its initramfs into `out`.
 pub(crate) async fn create(inputs: &SnapshotInputs<'_>, agent_binary: &Path, out: &Path) -> anyhow::Result<()> {
     let initrd = out.join(INITRD_FILE);
-    let sockets = tempfile::Builder::new().prefix("kiln-snap-").tempdir()?;
+    let sockets = crate::host::scratch_dir("snap")?;
     let (_qemu, client) = boot_to_agent(inputs, agent_binary, &initrd, sockets.path()).await?;
     let mut monitor = Qmp::connect(&sockets.path().join("qmp"), Duration::from_secs(10)).await?;
     // The agent's connection stays open until the machine is stopped and saved: the guest

@@ -177,7 +177,7 @@ impl SnapshotTarget {
     }
 
     async fn restore_once(&self, entry: &std::path::Path) -> anyhow::Result<Guest> {
-        let scratch = tempfile::Builder::new().prefix("kiln-vm-").tempdir().context("cannot create a temp dir")?;
+        let scratch = crate::host::scratch_dir("vm")?;
         let (qemu, agent) = snapshot::restore(&self.inputs(), entry, scratch.path()).await?;
         let inbox = self.linux.can_share().then(|| scratch.path().join(snapshot::INBOX_DIR));
         Ok(Guest { qemu, agent, scratch, inbox })

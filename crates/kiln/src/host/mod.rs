@@ -1,5 +1,12 @@
 //! What kiln asks of the machine it runs on: where its per-user cache is, which programs are on
-//! `PATH`, unpredictable tokens, and lock files.
+//! `PATH`, unpredictable tokens, lock files, scratch directories that do not outlive their
+//! owner, and what kiln's own standard streams are.
+
+mod scratch;
+mod stdio;
+
+pub(crate) use scratch::scratch_dir;
+pub(crate) use stdio::{exit_by_signal, stdin_is_null, stdout_and_stderr_are_one_file, unread_bytes};
 
 use std::{
     fs::File,

@@ -1,0 +1,189 @@
+//! `kiln run` keeps a program's process semantics. `tests/fixtures/linecount` (a small CLI
+//! crate: reads stdin, interleaves stdout and stderr lines, aborts on empty input with
+//! `--check`, sends a statsd datagram to an unroutable address, and has doctests that write
+//! into `.`) is built for x86_64-unknown-linux-musl, so the same binary runs natively here
+//! and in x86_64 guests: under `kiln run` in each mode (plain, snapshot, pool) every run must
+//! match the native run: status (a death by SIGABRT included), stdout, stderr, and their
+//! order when they are one file. `cargo test` of the crate with kiln as its runner passes in
+//! each mode, and what the doctests write into the package directory never reaches the host.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::process::ExitStatusExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    linux::{linux_kiln_toml, stderr_of, stdout_of},
+    support::{Project, copy_tree, repo_root},
+};
+
+const TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The fixture crate in a temp dir, with its release binary built for [`TARGET`].
+fn linecount() -> (tempfile::TempDir, PathBuf) {
+    let krate = tempfile::Builder::new().prefix("kiln-linecount-").tempdir().expect("tempdir");
+    copy_tree(&repo_root().join("tests/fixtures/linecount"), krate.path());
+    let built = cargo(krate.path()).args(["build", "--release", "--target", TARGET]).output().expect("cargo");
+    assert!(built.status.success(), "{}", stderr_of(&built));
+    let binary = krate.path().join("target").join(TARGET).join("release/linecount");
+    (krate, binary)
+}
+
+fn cargo(dir: &Path) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    command
+}
+
+/// How one run ended and what it wrote.
+#[derive(Debug, PartialEq, Eq)]
+struct Ran {
+    code: Option<i32>,
+    signal: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `command` with `input` on stdin (`None`: /dev/null); `merged` gives it one pipe for
+/// stdout and stderr, as `2>&1` does.
+fn ran(mut command: Command, input: Option<&str>, merged: bool) -> Ran {
+    command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut merged_reader = None;
+    if merged {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        command.stdout(writer.try_clone().expect("dup")).stderr(writer);
+        merged_reader = Some(reader);
+    } else {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    let mut child = command.spawn().expect("spawn");
+    drop(command);
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut reader) = merged_reader {
+        reader.read_to_string(&mut stdout).expect("read");
+    } else {
+        child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("read");
+        child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+    }
+    let status = child.wait().expect("wait");
+    Ran { code: status.code(), signal: status.signal(), stdout, stderr }
+}
+
+#[test]
+fn a_program_behaves_under_kiln_run_as_it_does_natively() {
+    let project = Project::example(&linux_kiln_toml());
+    let (krate, binary) = linecount();
+    let runs: [(&[&str], Option<&str>, bool); 5] = [
+        (&["--verbose"], Some("one two\nthree\n\nfour five six\n"), true),
+        (&["--verbose"], Some("one two\nthree\n"), false),
+        (&["--check"], None, false),
+        (&["--check"], None, true),
+        (&["--statsd", "192.0.2.1:8125"], Some("x y\n"), false),
+    ];
+    for mode in [&[][..], &["--snapshot"][..], &["--pool", "1"][..]] {
+        for (args, input, merged) in runs {
+            let mut native = Command::new(&binary);
+            native.args(args).current_dir(krate.path());
+            let native = ran(native, input, merged);
+            let mut kiln = project.command(&["-q", "--accel", "tcg", "run"]);
+            kiln.args(mode).arg("--").arg(&binary).args(args).current_dir(krate.path());
+            let guest = ran(kiln, input, merged);
+            assert_eq!(
+                guest, native,
+                "linecount {args:?} (stdin {input:?}, merged {merged}) under `kiln run {mode:?}`"
+            );
+        }
+    }
+    let mut check = Command::new(&binary);
+    check.arg("--check");
+    assert_eq!(ran(check, None, false).signal, Some(6), "the native run the guest's is compared with dies by SIGABRT");
+
+    // The crate's own tests with kiln as the runner: the doctests write `.linecount-cache`
+    // into the package directory, which is writable in the guest and unchanged on the host.
+    let kiln = env!("CARGO_BIN_EXE_kiln-it");
+    let config = project.path().join("Kiln.toml");
+    for mode in ["", "--snapshot", "--pool 1"] {
+        let output = cargo(krate.path())
+            .args(["test", "--target", TARGET])
+            .env(
+                "CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUNNER",
+                format!("{kiln} --config {} --accel tcg run {mode} --", config.display()),
+            )
+            .output()
+            .expect("cargo");
+        let out = stdout_of(&output);
+        assert!(output.status.success(), "`kiln run {mode}`: stdout:\n{out}\nstderr:\n{}", stderr_of(&output));
+        assert_eq!(out.matches("test result: ok. 2 passed").count(), 2, "the unit tests and doctests ran: {out}");
+        assert!(!krate.path().join(".linecount-cache").exists(), "`kiln run {mode}` wrote to the host's package dir");
+    }
+    let stop = project.command(&["vm", "stop", "--pools"]).output().expect("kiln");
+    assert!(stop.status.success(), "{}", stderr_of(&stop));
+}
+
+/// The scratch directories of `kiln run` processes with this pid.
+fn scratch_of(pid: u32) -> Vec<PathBuf> {
+    let base = std::env::temp_dir().join(format!("kiln-{}", nix::unistd::getuid())).join("scratch");
+    let prefix = format!("run-{pid}-");
+    std::fs::read_dir(&base)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_run_stopped_by_a_signal_leaves_no_scratch_directory() {
+    let project = Project::example(&linux_kiln_toml());
+    let (krate, binary) = linecount();
+    use nix::sys::signal::Signal;
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGKILL] {
+        // linecount reads stdin until it ends: a pipe kept open keeps it running.
+        let mut kiln = project.command(&["-q", "--accel", "tcg", "run", "--", &binary.display().to_string()]);
+        let mut child = kiln
+            .current_dir(krate.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kiln");
+        let started = Instant::now();
+        while scratch_of(child.id()).is_empty() && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!scratch_of(child.id()).is_empty(), "the run made its scratch directory");
+        // Let the guest boot, so the signal lands while QEMU runs.
+        std::thread::sleep(Duration::from_secs(2));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("kill");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.signal(), Some(signal as i32), "kiln dies by the signal it got");
+        if signal != Signal::SIGKILL {
+            assert!(scratch_of(child.id()).is_empty(), "{signal}: the scratch directory is removed");
+            continue;
+        }
+        assert!(!scratch_of(child.id()).is_empty(), "SIGKILL leaves it, until the next run");
+        let next = project
+            .command(&["-q", "--accel", "tcg", "run", "--", &binary.display().to_string()])
+            .current_dir(krate.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("kiln");
+        assert!(next.status.success(), "{}", stderr_of(&next));
+        assert!(scratch_of(child.id()).is_empty(), "the next run swept the killed run's scratch directory");
+    }
+}
