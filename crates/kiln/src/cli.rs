@@ -550,6 +550,12 @@ pub struct TestArgs {
     /// Only these architectures (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub arch: Vec<Arch>,
+    /// Only one shard of the selected case runs (`case/machine`), for spreading them over
+    /// several CI jobs, written as cargo-nextest's: `count:K/N` deals the runs out in name
+    /// order; `hash:K/N` keeps each run in its shard whatever cases are added. The test
+    /// binaries of one `kind = "tests"` case run stay together.
+    #[arg(long, value_name = "KIND:K/N")]
+    pub partition: Option<kiln_types::Partition>,
 }
 
 /// `qemu`.

@@ -219,8 +219,27 @@ impl Cx {
     /// returns their results (the summary table is not printed).
     pub fn test(&self, args: &TestArgs) -> anyhow::Result<RunSummary> {
         let started = Instant::now();
-        let selection = Selection { arches: args.arch.clone(), names: args.cases.clone(), tests: args.tests.clone() };
+        let selection = Selection {
+            arches: args.arch.clone(),
+            names: args.cases.clone(),
+            tests: args.tests.clone(),
+            partition: args.partition,
+        };
         let plan = Plan::for_test(&self.config, &selection)?;
+        if let Some(partition) = args.partition {
+            let all = Plan::for_test(&self.config, &Selection { partition: None, ..selection.clone() })?.runs.len();
+            self.printer.status("Partition", &format!("{partition}: {} of {all} case runs", plan.runs.len()));
+            if plan.runs.is_empty() && all > 0 {
+                // With more shards than runs, some shards are empty: nothing to do is no error.
+                let log_dir = self.log_dir()?;
+                return Ok(RunSummary {
+                    results: Vec::new(),
+                    store: Default::default(),
+                    total: started.elapsed(),
+                    log_dir,
+                });
+            }
+        }
         if plan.runs.is_empty() {
             return Err(UsageError::with_help(
                 "no case matches the selection",

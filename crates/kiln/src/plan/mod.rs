@@ -313,6 +313,8 @@ pub(crate) struct Selection {
     pub names: Vec<String>,
     /// For `test`: only these test binaries, in every case (`--test`).
     pub tests: Vec<String>,
+    /// For `test`: only this shard of the case runs (`--partition`).
+    pub partition: Option<kiln_types::Partition>,
 }
 
 impl Selection {
@@ -392,6 +394,10 @@ impl Plan {
                     runs.push(cases::case_run(config, case, machine, only.clone()));
                 }
             }
+        }
+        // Before the builds are gathered: a shard builds only what its own runs boot.
+        if let Some(partition) = &selection.partition {
+            runs = partition.select(runs, CaseRun::label);
         }
         let mut builds = BTreeSet::new();
         let mut images = BTreeSet::new();

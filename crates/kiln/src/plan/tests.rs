@@ -128,6 +128,43 @@ fn selections_narrow_by_case_and_arch_and_unknown_cases_are_named() {
 }
 
 #[test]
+fn partitions_split_the_case_runs_and_each_shard_plans_only_its_own_builds() {
+    let (_dir, config) = config(&linux_project());
+    let all = Plan::for_test(&config, &Selection::default()).expect("plan");
+    let mut labels: Vec<String> = all.runs.iter().map(CaseRun::label).collect();
+    labels.sort();
+    assert!(labels.len() >= 3, "{labels:?}");
+    for kind in ["count", "hash"] {
+        let mut seen = Vec::new();
+        for shard in 1..=2 {
+            let partition = format!("{kind}:{shard}/2").parse().expect("partition");
+            let plan = Plan::for_test(&config, &Selection { partition: Some(partition), ..Selection::default() })
+                .expect("plan");
+            let needed: BTreeSet<&BuildKey> = plan
+                .runs
+                .iter()
+                .filter_map(|run| match &run.guest {
+                    Guest::Artifact { build, .. } => Some(build),
+                    Guest::Linux { .. } => None,
+                })
+                .collect();
+            for step in &plan.builds {
+                let in_rootfs = plan.images.iter().any(|image| match &image.recipe {
+                    ImageRecipe::Rootfs(rootfs) => {
+                        rootfs.layers.iter().any(|layer| layer.source == LayerInput::Artifact(step.key.clone()))
+                    }
+                    ImageRecipe::Kernel(_) => false,
+                });
+                assert!(needed.contains(&step.key) || in_rootfs, "{kind}:{shard}/2 builds {:?} for nothing", step.key);
+            }
+            seen.extend(plan.runs.iter().map(CaseRun::label));
+        }
+        seen.sort();
+        assert_eq!(seen, labels, "the {kind} shards hold every run once");
+    }
+}
+
+#[test]
 fn build_and_image_plans_hold_only_what_they_name() {
     let (_dir, config) = config(&linux_project());
     let builds = Plan::for_build(&config, &Selection { names: vec!["tests".into()], ..Selection::default() });

@@ -201,7 +201,8 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
 /// same boots alone, to show what kiln adds when nothing needs building.
 fn warm_run_overhead(cx: &Cx, args: &BenchArgs, runs: usize, cases: Vec<String>) -> anyhow::Result<()> {
     let quiet = Cx::open(Some(&cx.config().file), Printer::new(Verbosity::Quiet), cx.options().clone())?;
-    let test_args = TestArgs { cases: cases.clone(), arch: args.arch.clone(), junit: None, tests: Vec::new() };
+    let test_args =
+        TestArgs { cases: cases.clone(), arch: args.arch.clone(), junit: None, tests: Vec::new(), partition: None };
     let plan =
         Plan::for_test(quiet.config(), &Selection { arches: args.arch.clone(), names: cases, ..Selection::default() })?;
     let (ready, _) = quiet.prepare_boots(&plan)?;

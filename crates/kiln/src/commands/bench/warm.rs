@@ -184,6 +184,13 @@ fn trivial_program(cx: &Cx, arch: Arch) -> anyhow::Result<Option<PathBuf>> {
 }
 
 fn doctest_rows(cx: &Cx, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    // The baseline is part of the benchmark: installed (or named) like any host tool.
+    if crate::host::find_program("qemu-aarch64").is_none() {
+        cx.executor().ensure(vec![crate::exec::Missing::Package {
+            package: "qemu-user",
+            needed_for: "`qemu-aarch64`, the user-mode baseline of `bench --suite warm`".to_owned(),
+        }])?;
+    }
     let dir = tempfile::Builder::new().prefix("kiln-doctests-").tempdir()?;
     synthetic_crate(dir.path(), 100, 10)?;
     let target_dir = dir.path().join("target");
