@@ -119,7 +119,7 @@ impl Verdict {
             Self::Failed(FailReason::FailureMarker { line }) => line.clone(),
             Self::Failed(FailReason::ExitStatus { status, last_line, panic_line }) => {
                 match panic_line.as_ref().or(last_line.as_ref()) {
-                    Some(line) => format!("exit status {status} after `{line}`"),
+                    Some(line) => format!("exit status {status} after {}", quoted(line)),
                     None => format!("exit status {status}, no output"),
                 }
             }
@@ -129,18 +129,19 @@ impl Verdict {
                      system-failure shutdown), which QEMU reports as exit status {status}"
                 );
                 match panic_line.as_ref().or(last_line.as_ref()) {
-                    Some(line) => format!("{failed}, after `{line}`"),
+                    Some(line) => format!("{failed}, after {}", quoted(line)),
                     None => format!("{failed}, without any output"),
                 }
             }
             Self::Failed(FailReason::MissingSuccessMarker { status, pattern }) => {
-                format!("exit status {status} but `{pattern}` never appeared")
+                format!("exit status {status} but {} never appeared", quoted(pattern))
             }
             Self::Failed(FailReason::Signal(signal)) => format!("QEMU killed by signal {signal}"),
             Self::Failed(FailReason::NoStatusReport { qemu_status, last_line, panic_line }) => {
                 match panic_line.as_ref().or(last_line.as_ref()) {
                     Some(line) => format!(
-                        "the guest stopped (QEMU status {qemu_status}) without reporting the command's exit status, after `{line}`"
+                        "the guest stopped (QEMU status {qemu_status}) without reporting the command's exit status, after {}",
+                        quoted(line)
                     ),
                     None => format!("the guest stopped (QEMU status {qemu_status}) without any output"),
                 }
@@ -149,6 +150,14 @@ impl Verdict {
             Self::Silent { after } => format!("no output for {}s", after.as_secs_f64()),
         }
     }
+}
+
+/// Guest text quoted in a verdict: control characters escaped, a long line cut, and in a
+/// code span that its own backticks cannot end (Markdown's double backticks when it has any).
+fn quoted(text: &str) -> String {
+    let shown = kiln_types::escape_untrusted(text);
+    let shown = kiln_types::cut(&shown, 300);
+    if shown.contains('`') { format!("`` {shown} ``") } else { format!("`{shown}`") }
 }
 
 impl Judge {
@@ -300,6 +309,12 @@ mod tests {
             let verdict = judge.judge(&outcome(Exit::Status(35), &["ok", line, "panicked at again", "halt"], &judge));
             assert_eq!(verdict.describe(), format!("exit status 35 after `{quoted}`"));
         }
+        let ticks = Verdict::Failed(FailReason::ExitStatus {
+            status: 1,
+            last_line: Some("error: `foo` failed\x1b[0m".to_owned()),
+            panic_line: None,
+        });
+        assert_eq!(ticks.describe(), "exit status 1 after `` error: `foo` failed\\x1b[0m ``");
         let judge = plain(vec![33]);
         let calm = judge.judge(&outcome(Exit::Status(35), &["no panic here", "last words"], &judge));
         assert_eq!(calm.describe(), "exit status 35 after `last words`");

@@ -49,9 +49,9 @@ pub(super) fn run(global: &GlobalArgs, printer: &Printer) -> anyhow::Result<u8> 
     }
     if missing.is_empty() && problems == 0 {
         printer.always(&format!(
-            "ok: {} is complete and this host has everything its {} cases need",
+            "ok: {} is complete and this host has everything its {} need",
             file.display(),
-            plan.runs.len()
+            crate::units::plural(plan.runs.len(), "case run", "case runs")
         ));
         return Ok(exit_code::SUCCESS);
     }
