@@ -15,6 +15,7 @@ mod linux_fetch;
 mod process;
 mod release;
 mod remote;
+mod retries;
 mod servers;
 mod store;
 mod support;

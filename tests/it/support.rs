@@ -126,17 +126,22 @@ impl Project {
 
     /// PIDs of QEMU processes whose command line mentions this project.
     pub fn live_qemu_pids(&self) -> Vec<u32> {
-        let needle = self.path().display().to_string();
-        let mut pids = Vec::new();
-        for entry in fs::read_dir("/proc").expect("/proc") {
-            let Ok(entry) = entry else { continue };
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
-                pids.push(pid);
-            }
-        }
-        pids
+        qemu_pids_mentioning(self.path())
     }
+}
+
+/// PIDs of QEMU processes whose command line mentions `dir`.
+pub fn qemu_pids_mentioning(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
 }

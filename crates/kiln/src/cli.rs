@@ -556,6 +556,14 @@ pub struct TestArgs {
     /// binaries of one `kind = "tests"` case run stay together.
     #[arg(long, value_name = "KIND:K/N")]
     pub partition: Option<kiln_types::Partition>,
+    /// Boot a run again, up to N more times, when its machine failed rather than its guest
+    /// (QEMU killed by a signal from outside, a guest that could not start or be restored);
+    /// a run green after a failed attempt is reported flaky.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+    /// With `--retries`: retry a guest's own failure (a panic, a bad exit status) too.
+    #[arg(long, requires = "retries")]
+    pub retry_guest_failures: bool,
 }
 
 /// `qemu`.

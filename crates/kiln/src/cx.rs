@@ -254,7 +254,8 @@ impl Cx {
         if let Some(guard) = &guard {
             self.printer.always(&guard.start());
         }
-        let results = self.boot(ready, &log_dir);
+        let retry = runner::RetryPolicy { retries: args.retries, guest_failures: args.retry_guest_failures };
+        let results = self.boot(ready, retry, &log_dir);
         if let Some(guard) = &guard {
             self.printer.always(&guard.end());
         }
@@ -383,13 +384,13 @@ impl Cx {
     }
 
     /// Boots prepared runs, `-j` at a time, with their events shown.
-    pub(crate) fn boot(&self, ready: Vec<ReadyRun>, log_dir: &Path) -> Vec<CaseResult> {
+    pub(crate) fn boot(&self, ready: Vec<ReadyRun>, retry: runner::RetryPolicy, log_dir: &Path) -> Vec<CaseResult> {
         let mut printer = self.printer.clone_settings();
         printer.set_prefix_serial(ready.len() > 1);
         printer.set_stream_serial(!github::active());
         printer.start_progress(ready.len());
         let printer = Arc::new(printer);
-        let results = runner::run_all(ready, self.options.jobs, log_dir, printer.clone());
+        let results = runner::run_all(ready, self.options.jobs, retry, log_dir, printer.clone());
         printer.finish_progress();
         results
     }

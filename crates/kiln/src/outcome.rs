@@ -89,11 +89,19 @@ pub struct CaseResult {
     pub detail: String,
     /// The last serial lines (at most [`CaseResult::TAIL_LINES`]).
     pub tail: Vec<String>,
+    /// Why each earlier attempt failed, when the run was retried (`test --retries`); a
+    /// result that is green after failed attempts is flaky.
+    pub failed_attempts: Vec<String>,
 }
 
 impl CaseResult {
     /// How many of the last serial lines a result keeps for reports.
     pub const TAIL_LINES: usize = 20;
+
+    /// Green, but only after failed attempts.
+    pub fn is_flaky(&self) -> bool {
+        self.status.is_ok() && !self.failed_attempts.is_empty()
+    }
 
     /// Where what it booted came from: `built`, `substituted` (from a remote) or `cached`.
     pub fn provenance(&self) -> &'static str {

@@ -19,10 +19,40 @@ use crate::{
     vm::SnapshotTarget,
 };
 
-/// Boots every run, at most `jobs` at a time; serial logs go to `log_dir`.
+/// When a run that went wrong is booted again (`test --retries N`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RetryPolicy {
+    /// How many more attempts a run gets.
+    pub retries: u32,
+    /// Whether a guest's own failure is retried too (else only the machine's: QEMU killed
+    /// by a signal from outside, or a guest that could not be started or restored).
+    pub guest_failures: bool,
+}
+
+impl RetryPolicy {
+    /// Whether `result` (after `failed` earlier attempts) gets another attempt.
+    fn retries(&self, result: &CaseResult, failed: usize) -> bool {
+        if failed as u64 >= u64::from(self.retries) {
+            return false;
+        }
+        match result.status {
+            CaseStatus::Error => true,
+            CaseStatus::Failed => {
+                let machine_died =
+                    matches!(result.verdict, Some(kiln_qemu::Verdict::Failed(kiln_qemu::FailReason::Signal(_))));
+                machine_died || self.guest_failures
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Boots every run, at most `jobs` at a time, each retried as `retry` says; serial logs go
+/// to `log_dir`.
 pub(crate) fn run_all(
     runs: Vec<ReadyRun>,
     jobs: usize,
+    retry: RetryPolicy,
     log_dir: &Path,
     reporter: Arc<dyn Reporter>,
 ) -> Vec<CaseResult> {
@@ -46,7 +76,7 @@ pub(crate) fn run_all(
             let log_dir = log_dir.to_owned();
             set.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                (index, boot_one(ready, &log_dir, reporter.as_ref()).await)
+                (index, boot_with_retries(ready, &log_dir, retry, reporter.as_ref()).await)
             });
         }
         let interrupt = tokio::signal::ctrl_c();
@@ -100,6 +130,7 @@ fn error_result(ready: &ReadyRun, log_dir: &Path, detail: String) -> CaseResult 
         log: log_path(&ready.run, log_dir),
         detail,
         tail: Vec::new(),
+        failed_attempts: Vec::new(),
     }
 }
 
@@ -125,20 +156,37 @@ fn render(
     }
 }
 
+/// One run, attempted again while `retry` allows; the finished case is reported once.
+async fn boot_with_retries(ready: ReadyRun, log_dir: &Path, retry: RetryPolicy, reporter: &dyn Reporter) -> CaseResult {
+    let mut failed_attempts = Vec::new();
+    let mut result = loop {
+        let result = boot_one(ready.clone(), log_dir, reporter).await;
+        if !retry.retries(&result, failed_attempts.len()) {
+            break result;
+        }
+        reporter.warn(&format!(
+            "{}: attempt {} failed ({}); trying again",
+            result.label,
+            failed_attempts.len() + 1,
+            result.detail
+        ));
+        failed_attempts.push(result.detail);
+    };
+    result.failed_attempts = failed_attempts;
+    reporter.report(Event::CaseFinished(&result));
+    result
+}
+
 async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> CaseResult {
     if let ReadyBoot::Snapshot { target, entry, command } = &ready.boot {
-        let result = snapshot_case(&ready, target, entry, command, log_dir, reporter).await;
-        reporter.report(Event::CaseFinished(&result));
-        return result;
+        return snapshot_case(&ready, target, entry, command, log_dir, reporter).await;
     }
     let run = &ready.run;
     let label = run.label();
     let (argv, exit_marker, _scratch) = match render(&ready, log_dir) {
         Ok(rendered) => rendered,
         Err(err) => {
-            let result = error_result(&ready, log_dir, format!("cannot prepare the boot: {err:#}"));
-            reporter.report(Event::CaseFinished(&result));
-            return result;
+            return error_result(&ready, log_dir, format!("cannot prepare the boot: {err:#}"));
         }
     };
     let request = BootRequest {
@@ -199,6 +247,7 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> C
                 built: ready.built,
                 substituted: ready.substituted,
                 log: request.log_path.clone(),
+                failed_attempts: Vec::new(),
             }
         }
         Err(err) => {
@@ -207,7 +256,6 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> C
             result
         }
     };
-    reporter.report(Event::CaseFinished(&result));
     result
 }
 
@@ -298,6 +346,7 @@ async fn snapshot_case(
         built: ready.built,
         substituted: ready.substituted,
         log,
+        failed_attempts: Vec::new(),
     }
 }
 

@@ -191,6 +191,7 @@ mod tests {
             log: "l".into(),
             detail: "line1\nline2 `x`".into(),
             tail: Vec::new(),
+            failed_attempts: Vec::new(),
         });
         let md = job_summary(&summary);
         assert!(md.contains("| a\\|b | m | x86_64 | ❌ failed | 0.00s | built | line1 line2 'x' |"), "{md}");

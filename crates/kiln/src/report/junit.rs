@@ -94,6 +94,12 @@ fn testcase(writer: &mut XmlWriter, result: &CaseResult) -> std::io::Result<()> 
     let detail = xml_text(&result.detail);
     match result.status {
         CaseStatus::Passed | CaseStatus::FailedAsExpected => {
+            // A green run after failed attempts: each attempt as Maven Surefire's (and
+            // cargo-nextest's) `flakyFailure`.
+            for failed in &result.failed_attempts {
+                let flaky = BytesStart::new("flakyFailure").with_attributes([("message", xml_text(failed).as_str())]);
+                writer.write_event(Event::Empty(flaky))?;
+            }
             element_with_text(writer, BytesStart::new("system-out"), &tail)?;
         }
         CaseStatus::Failed | CaseStatus::UnexpectedPass => {
@@ -153,6 +159,7 @@ mod tests {
             log: "log".into(),
             detail: detail.to_owned(),
             tail: vec!["a <b> & \"c\"".to_owned(), "\u{1b}[0mdone".to_owned()],
+            failed_attempts: Vec::new(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The table that ends a `test` run: a row per case and machine, then the counts.
 
 use crate::{
-    outcome::{CaseStatus, RunSummary},
+    outcome::{CaseResult, CaseStatus, RunSummary},
     units::seconds,
 };
 
@@ -16,10 +16,10 @@ pub(crate) fn render(summary: &RunSummary) -> String {
                 r.case.clone(),
                 r.machine.clone(),
                 r.arch.to_string(),
-                r.status.label().to_owned(),
+                if r.is_flaky() { format!("{} (flaky)", r.status.label()) } else { r.status.label().to_owned() },
                 seconds(r.boot),
                 r.provenance().to_owned(),
-                r.detail.clone(),
+                attempts_detail(r),
             ]
         })
         .collect();
@@ -50,7 +50,11 @@ pub(crate) fn render(summary: &RunSummary) -> String {
     let passed = summary.results.iter().filter(|r| r.status.is_ok()).count();
     let failed = summary.results.len() - passed;
     let expected = summary.results.iter().filter(|r| r.status == CaseStatus::FailedAsExpected).count();
+    let flaky = summary.results.iter().filter(|r| r.is_flaky()).count();
     out.push_str(&format!("summary: {passed} passed, {failed} failed"));
+    if flaky > 0 {
+        out.push_str(&format!(", {flaky} flaky"));
+    }
     if expected > 0 {
         out.push_str(&format!(" ({expected} of the passed failed as expected)"));
     }
@@ -62,6 +66,15 @@ pub(crate) fn render(summary: &RunSummary) -> String {
     out
 }
 
+/// A result's detail, with why each earlier attempt failed when it was retried.
+fn attempts_detail(result: &CaseResult) -> String {
+    let mut detail = result.detail.clone();
+    for (number, failed) in result.failed_attempts.iter().enumerate() {
+        detail.push_str(&format!("; attempt {} of {}: {failed}", number + 1, result.failed_attempts.len() + 1));
+    }
+    detail
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -69,7 +82,7 @@ mod tests {
     use kiln_types::Arch;
 
     use super::*;
-    use crate::outcome::{CaseResult, StoreUse};
+    use crate::outcome::StoreUse;
 
     fn result(case: &str, arch: Arch, status: CaseStatus, built: bool, detail: &str) -> CaseResult {
         CaseResult {
@@ -87,6 +100,7 @@ mod tests {
             log: "log".into(),
             detail: detail.to_owned(),
             tail: Vec::new(),
+            failed_attempts: Vec::new(),
         }
     }
 
@@ -113,6 +127,18 @@ mod tests {
         smoke  riscv64  riscv64  passed              0.11s  built   exit status 0
         hang   aarch64  aarch64  FAILED              0.11s  cached  timed out after 3s
         summary: 2 passed, 1 failed (1 of the passed failed as expected) in 2.35s
+        ");
+    }
+
+    #[test]
+    fn a_run_green_after_a_failed_attempt_is_flaky_and_says_why_it_was_retried() {
+        let mut flaky = result("smoke", Arch::X86_64, CaseStatus::Passed, false, "exit status 33");
+        flaky.failed_attempts.push("QEMU killed by signal 9".to_owned());
+        let summary = RunSummary { results: vec![flaky], total: Duration::from_millis(1000), ..RunSummary::default() };
+        insta::assert_snapshot!(render(&summary), @r"
+        case   machine  arch    result          boot   build   detail
+        smoke  x86_64   x86_64  passed (flaky)  0.11s  cached  exit status 33; attempt 1 of 2: QEMU killed by signal 9
+        summary: 1 passed, 0 failed, 1 flaky in 1.00s
         ");
     }
 

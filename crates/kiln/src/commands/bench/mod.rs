@@ -201,8 +201,15 @@ fn boot_rows(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
 /// same boots alone, to show what kiln adds when nothing needs building.
 fn warm_run_overhead(cx: &Cx, args: &BenchArgs, runs: usize, cases: Vec<String>) -> anyhow::Result<()> {
     let quiet = Cx::open(Some(&cx.config().file), Printer::new(Verbosity::Quiet), cx.options().clone())?;
-    let test_args =
-        TestArgs { cases: cases.clone(), arch: args.arch.clone(), junit: None, tests: Vec::new(), partition: None };
+    let test_args = TestArgs {
+        cases: cases.clone(),
+        arch: args.arch.clone(),
+        junit: None,
+        tests: Vec::new(),
+        partition: None,
+        retries: 0,
+        retry_guest_failures: false,
+    };
     let plan =
         Plan::for_test(quiet.config(), &Selection { arches: args.arch.clone(), names: cases, ..Selection::default() })?;
     let (ready, _) = quiet.prepare_boots(&plan)?;
@@ -215,7 +222,7 @@ fn warm_run_overhead(cx: &Cx, args: &BenchArgs, runs: usize, cases: Vec<String>)
         quiet.test(&test_args)?;
         whole.push(started.elapsed());
         let started = Instant::now();
-        quiet.boot(ready.clone(), &log_dir);
+        quiet.boot(ready.clone(), crate::runner::RetryPolicy::default(), &log_dir);
         alone.push(started.elapsed());
     }
     let median = |mut times: Vec<Duration>| {
