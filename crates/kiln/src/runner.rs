@@ -206,7 +206,7 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> C
         reporter.report(Event::SerialLine { label: &label, line });
     })
     .await;
-    let result = match outcome {
+    match outcome {
         Ok(outcome) => {
             let verdict = run.rules.judge.judge(&outcome);
             let status = CaseStatus::from_verdict(&verdict, run.rules.expect);
@@ -255,8 +255,7 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> C
             result.boot = started.elapsed();
             result
         }
-    };
-    result
+    }
 }
 
 /// A Linux case on a restored snapshot: the command runs through the agent, its output
