@@ -69,6 +69,15 @@ impl Resolver<'_> {
             Some(list) => dedup(list.get_ref().clone()),
             None => Arch::ALL.to_vec(),
         };
+        if raw.image.is_disk()
+            && let Some(other) = arches.iter().find(|arch| **arch != Arch::X86_64)
+        {
+            let image = format!("{:?}", raw.image).to_lowercase();
+            let span = raw.arches.as_ref().map(Spanned::span);
+            return Err(self
+                .error(span, key("arches"), format!("`image = \"{image}\"` makes x86_64 disk images, not {other} ones"))
+                .with_help("set `arches = [\"x86_64\"]` (the bootloader crate boots x86_64 kernels only)"));
+        }
         let mut targets = BTreeMap::new();
         for arch in &arches {
             let triple = raw.target.get(arch).cloned().unwrap_or_else(|| arch.bare_metal_triple().to_owned());
