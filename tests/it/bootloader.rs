@@ -167,7 +167,10 @@ fn bootloader_0_11_kernels_boot_from_bios_and_uefi_disk_images() {
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let written = std::fs::read_to_string(project.path().join("Kiln.toml")).expect("init wrote Kiln.toml");
     for line in BOOTLOADER_011_KILN_TOML.lines().filter(|line| !line.is_empty()) {
-        assert!(written.lines().any(|l| l.trim_start().starts_with(line)), "init's Kiln.toml lacks `{line}`:\n{written}");
+        assert!(
+            written.lines().any(|l| l.trim_start().starts_with(line)),
+            "init's Kiln.toml lacks `{line}`:\n{written}"
+        );
     }
     assert!(!written.contains("[artifact.os]"), "the host package is no kernel:\n{written}");
     let (todo, filled) = BOOTLOADER_011_SUCCESS_TODO;

@@ -159,7 +159,10 @@ mod tests {
         let absent = dir.path().join("absent.fd").display().to_string();
         let pairs = [(lone_code.as_str(), absent.as_str()), (code.as_str(), vars.as_str())];
         let ovmf = find_ovmf_in(&pairs, "artifact `os`").expect("the second pair is complete");
-        assert_eq!((ovmf.code.display().to_string(), ovmf.vars_template.display().to_string()), (code, vars));
+        assert_eq!(
+            (ovmf.code.display().to_string(), ovmf.vars_template.display().to_string()),
+            (code.clone(), vars.clone())
+        );
         assert_eq!(ovmf.vars, None, "no boot's copy yet");
 
         let err = find_ovmf_in(&pairs[..1], "artifact `os`").expect_err("no complete pair");

@@ -140,7 +140,8 @@ impl Builder {
              [toolchain]\nchannel = \"{BUILDER_TOOLCHAIN}\"\ncomponents = [\"rust-src\", \"llvm-tools\"]\nprofile = \"minimal\"\n"
         );
         std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create `{}`", self.dir.display()))?;
-        for (name, text) in [("Cargo.toml", manifest.as_str()), ("rust-toolchain.toml", &toolchain), ("main.rs", BUILDER_MAIN)]
+        for (name, text) in
+            [("Cargo.toml", manifest.as_str()), ("rust-toolchain.toml", &toolchain), ("main.rs", BUILDER_MAIN)]
         {
             let path = self.dir.join(name);
             if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
@@ -196,7 +197,11 @@ impl Builder {
             .env_remove(env::CARGO_BUILD_TARGET)
             .stdin(std::process::Stdio::null());
         let status = command.status().with_context(|| {
-            format!("failed to run cargo for kiln's bootloader {} image builder in `{}`", self.version, self.dir.display())
+            format!(
+                "failed to run cargo for kiln's bootloader {} image builder in `{}`",
+                self.version,
+                self.dir.display()
+            )
         })?;
         if !status.success() {
             bail!(
@@ -302,8 +307,8 @@ mod tests {
         assert!(message.contains("add `bootloader_api = \"0.11\"`"), "{message}");
         assert!(message.contains("`image = \"bootimage\"`"), "bootloader 0.9 is pointed at bootimage: {message}");
 
-        let err = bootloader_api_version(&metadata(API, "0.10.13"), "kernel", "os", DiskFirmware::Bios)
-            .expect_err("too old");
+        let err =
+            bootloader_api_version(&metadata(API, "0.10.13"), "kernel", "os", DiskFirmware::Bios).expect_err("too old");
         assert!(format!("{err:#}").contains("needs bootloader_api 0.11 or newer"), "{err:#}");
     }
 
@@ -339,7 +344,8 @@ mod tests {
         let toolchain = std::fs::read_to_string(builder.dir.join("rust-toolchain.toml")).expect("toolchain");
         assert!(toolchain.contains(&format!("channel = \"{BUILDER_TOOLCHAIN}\"")), "{toolchain}");
         assert_eq!(std::fs::read_to_string(builder.dir.join("main.rs")).expect("main.rs"), BUILDER_MAIN);
-        let modified = |name: &str| std::fs::metadata(builder.dir.join(name)).and_then(|m| m.modified()).expect("mtime");
+        let modified =
+            |name: &str| std::fs::metadata(builder.dir.join(name)).and_then(|m| m.modified()).expect("mtime");
         let before = modified("Cargo.toml");
         std::thread::sleep(std::time::Duration::from_millis(20));
         builder.write_project().expect("written again");

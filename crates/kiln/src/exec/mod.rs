@@ -407,8 +407,8 @@ impl Executor {
                     };
                     let how = format!("with bootloader {}", maker.version());
                     let name = disk_image_entry_name(step);
-                    let (disks, disk_outcome) = self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| {
-                        match maker {
+                    let (disks, disk_outcome) =
+                        self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| match maker {
                             DiskMaker::Bootimage(bootloader) => bootimage::build(
                                 bootloader,
                                 &kernels,
@@ -428,8 +428,7 @@ impl Executor {
                                 };
                                 bootloader::make_images(&program, &builder.version, *firmware, &kernels, out)
                             }
-                        }
-                    })?;
+                        })?;
                     // Built now when either half was: the boots then count as fresh.
                     let outcome = if matches!(outcome, BuildOutcome::Built { .. }) { outcome } else { disk_outcome };
                     let images = bootimage::images_in(&disks.out_dir(), &kernels)?;
@@ -510,8 +509,12 @@ impl Executor {
             .map(|step| {
                 let Some(firmware) = bootloader::DiskFirmware::of(step.artifact.image) else { return Ok(None) };
                 let artifact = &step.artifact;
-                let version =
-                    bootloader::bootloader_api_version(&parsed[&query(step)], &artifact.package, &artifact.name, firmware)?;
+                let version = bootloader::bootloader_api_version(
+                    &parsed[&query(step)],
+                    &artifact.package,
+                    &artifact.name,
+                    firmware,
+                )?;
                 Ok(Some((bootloader::Builder::new(version, &self.builders_cache()), firmware)))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

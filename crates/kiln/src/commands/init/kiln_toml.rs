@@ -40,7 +40,10 @@ const BOOTLOADER_FIRMWARES: [&str; 2] = ["bios", "uefi"];
 /// disk image kind of each (`NAME-bios`, `NAME-uefi`).
 fn artifacts_of(kernel: &Kernel) -> Vec<(String, Option<&'static str>)> {
     if kernel.bootloader_api.is_some() {
-        BOOTLOADER_FIRMWARES.iter().map(|firmware| (format!("{}-{firmware}", kernel.package), Some(*firmware))).collect()
+        BOOTLOADER_FIRMWARES
+            .iter()
+            .map(|firmware| (format!("{}-{firmware}", kernel.package), Some(*firmware)))
+            .collect()
     } else {
         vec![(kernel.package.clone(), None)]
     }
