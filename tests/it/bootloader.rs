@@ -100,8 +100,10 @@ fn blog_os_test_kernels_boot_from_bootloader_0_9_disk_images() {
 
 /// What `cargo kiln init` writes for tests/fixtures/bootloader-011 (the current bootloader's
 /// template): the kernel package `kernel` depends on `bootloader_api`, so it gets a BIOS and a
-/// UEFI artifact and a case for each; rust-toolchain.toml's `targets` give the target; the
-/// host package `os` (bootloader as a build-dependency, QEMU in its `main`) is no kernel.
+/// UEFI artifact and a case for each, and, since it has a test target (`tests/boot_info.rs`,
+/// `harness = false`), an artifact of its `cargo test` kernels; rust-toolchain.toml's
+/// `targets` give the target; the host package `os` (bootloader as a build-dependency, QEMU in
+/// its `main`) is no kernel.
 const BOOTLOADER_011_KILN_TOML: &str = r#"
 [artifact.kernel-bios]
 package = "kernel"
@@ -117,11 +119,22 @@ arches = ["x86_64"]
 target.x86_64 = "x86_64-unknown-none"
 image = "uefi"
 
+[artifact.kernel-tests]
+package = "kernel"
+path = "kernel"
+arches = ["x86_64"]
+target.x86_64 = "x86_64-unknown-none"
+kind = "tests"
+image = "bios"
+
 [case.bios]
 artifact = "kernel-bios"
 
 [case.uefi]
 artifact = "kernel-uefi"
+
+[case.tests]
+artifact = "kernel-tests"
 "#;
 
 /// The one TODO init leaves, as its user fills it: the kernel says it passed by writing 0x10
@@ -174,7 +187,7 @@ fn bootloader_0_11_kernels_boot_from_bios_and_uefi_disk_images() {
     }
     assert!(!written.contains("[artifact.os]"), "the host package is no kernel:\n{written}");
     let (todo, filled) = BOOTLOADER_011_SUCCESS_TODO;
-    assert_eq!(written.matches(todo).count(), 2, "one TODO per case:\n{written}");
+    assert_eq!(written.matches(todo).count(), 3, "one TODO per case:\n{written}");
     let filled = written.replace(todo, filled);
     assert!(!filled.contains("\"TODO"), "nothing else is left to fill:\n{filled}");
     std::fs::write(project.path().join("Kiln.toml"), format!("{filled}{BOOTLOADER_011_FAILING}"))
@@ -189,6 +202,11 @@ fn bootloader_0_11_kernels_boot_from_bios_and_uefi_disk_images() {
         let log = std::fs::read_to_string(&result.log).expect("the case's log");
         assert!(log.contains("Hello World!") && log.contains("kernel: all done"), "{case}'s kernel ran:\n{log}");
     }
+    // The test kernel boots from a disk image of its own, as its own run of the case.
+    let test_kernel = summary.get("tests[kernel::boot_info]", Arch::X86_64).expect("tests[kernel::boot_info] ran");
+    assert_eq!(test_kernel.status, CaseStatus::Passed, "{}", test_kernel.detail);
+    let log = std::fs::read_to_string(&test_kernel.log).expect("the test kernel's log");
+    assert!(log.contains("boot_info::kernel_image...\t[ok]"), "the test kernel ran:\n{log}");
     for case in ["failing-bios", "failing-uefi"] {
         let result = summary.get(case, Arch::X86_64).unwrap_or_else(|| panic!("{case} ran"));
         assert_eq!(result.status, CaseStatus::Failed, "{case}: {}", result.detail);

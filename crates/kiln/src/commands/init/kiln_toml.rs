@@ -36,17 +36,52 @@ fn uses_bootimage(kernel: &Kernel) -> bool {
 /// artifact per firmware, as the bootloader's template makes both `bios.img` and `uefi.img`.
 const BOOTLOADER_FIRMWARES: [&str; 2] = ["bios", "uefi"];
 
-/// The artifacts `init` writes for `kernel`: its name and, for a `bootloader_api` kernel, the
-/// disk image kind of each (`NAME-bios`, `NAME-uefi`).
-fn artifacts_of(kernel: &Kernel) -> Vec<(String, Option<&'static str>)> {
-    if kernel.bootloader_api.is_some() {
-        BOOTLOADER_FIRMWARES
-            .iter()
-            .map(|firmware| (format!("{}-{firmware}", kernel.package), Some(*firmware)))
-            .collect()
-    } else {
-        vec![(kernel.package.clone(), None)]
+/// The firmware the `cargo test` kernels of a `bootloader_api` kernel boot with: BIOS, which
+/// reaches the kernel sooner than OVMF under emulation.
+const BOOTLOADER_TESTS_FIRMWARE: &str = "bios";
+
+/// One artifact `init` writes for a kernel.
+struct ArtifactSpec {
+    /// Its name in Kiln.toml (and its case's, when the repository has one kernel).
+    name: String,
+    /// The case's name when the repository has one kernel.
+    single_case: String,
+    /// `image = "bios"` / `"uefi"`, for a `bootloader_api` kernel.
+    firmware: Option<&'static str>,
+    /// Its `cargo test` kernels (`kind = "tests"`) rather than its binary.
+    tests: bool,
+}
+
+/// The artifacts `init` writes for `kernel`: one, or for a `bootloader_api` kernel a BIOS and
+/// a UEFI artifact (`NAME-bios`, `NAME-uefi`) and, when it has test targets, its test kernels
+/// (`NAME-tests`, each a disk image of its own).
+fn artifacts_of(kernel: &Kernel) -> Vec<ArtifactSpec> {
+    if kernel.bootloader_api.is_none() {
+        return vec![ArtifactSpec {
+            name: kernel.package.clone(),
+            single_case: "boot".to_owned(),
+            firmware: None,
+            tests: false,
+        }];
     }
+    let mut specs: Vec<ArtifactSpec> = BOOTLOADER_FIRMWARES
+        .iter()
+        .map(|firmware| ArtifactSpec {
+            name: format!("{}-{firmware}", kernel.package),
+            single_case: (*firmware).to_owned(),
+            firmware: Some(*firmware),
+            tests: false,
+        })
+        .collect();
+    if kernel.has_tests {
+        specs.push(ArtifactSpec {
+            name: format!("{}-tests", kernel.package),
+            single_case: "tests".to_owned(),
+            firmware: Some(BOOTLOADER_TESTS_FIRMWARE),
+            tests: true,
+        });
+    }
+    specs
 }
 
 /// Whether its `cargo test` kernels are what the repository runs: it has test targets and
@@ -77,8 +112,9 @@ pub(super) fn extra_test_args(args: &[String]) -> Vec<String> {
     extra
 }
 
-fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str, firmware: Option<&str>) {
-    let _ = writeln!(text, "[artifact.{}]", toml_key(name));
+fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, spec: &ArtifactSpec) {
+    let firmware = spec.firmware;
+    let _ = writeln!(text, "[artifact.{}]", toml_key(&spec.name));
     let _ = writeln!(text, "package = \"{}\"", kernel.package);
     let _ = writeln!(text, "path = \"{}\"", kernel.dir);
     let arches = arches(repo);
@@ -122,7 +158,13 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str, f
             parts.join(" and ")
         );
     }
-    if runs_test_kernels(repo, kernel) {
+    if spec.tests {
+        let _ = writeln!(
+            text,
+            "# `cargo test` kernels (tests/*.rs with their own entry_point!): each boots from its own disk image."
+        );
+        let _ = writeln!(text, "kind = \"tests\"");
+    } else if firmware.is_none() && runs_test_kernels(repo, kernel) {
         let runner = repo.cargo.runner.as_deref().unwrap_or("bootimage runner");
         let _ = writeln!(
             text,
@@ -239,20 +281,16 @@ pub(super) fn text(repo: &Repository) -> String {
         let _ = writeln!(text, "path = \"TODO: its directory, relative to this file\"\n");
     }
     for kernel in &repo.kernels {
-        for (name, firmware) in artifacts_of(kernel) {
-            artifact(&mut text, repo, kernel, &name, firmware);
+        for spec in artifacts_of(kernel) {
+            artifact(&mut text, repo, kernel, &spec);
         }
     }
     // One kernel: its case is `boot`; several: one case each, named after the package. A
     // kernel with BIOS and UEFI images has a case for each (`bios`, `uefi`, or `NAME-bios`...).
     for kernel in &repo.kernels {
-        for (artifact, firmware) in artifacts_of(kernel) {
-            let name = match (repo.kernels.len(), firmware) {
-                (1, None) => "boot".to_owned(),
-                (1, Some(firmware)) => firmware.to_owned(),
-                _ => artifact.clone(),
-            };
-            case(&mut text, repo, kernel, &name, &artifact);
+        for spec in artifacts_of(kernel) {
+            let name = if repo.kernels.len() == 1 { &spec.single_case } else { &spec.name };
+            case(&mut text, repo, kernel, name, &spec.name);
         }
     }
     if let Some(board) = &repo.board {
