@@ -191,6 +191,7 @@ pub(crate) struct RawArtifact {
     pub rustflags: Vec<String>,
     #[serde(default)]
     pub image: ImageFormat,
+    pub bootloader_toolchain: Option<Spanned<String>>,
 }
 
 /// What cargo builds for an artifact.

@@ -4,7 +4,8 @@
 //! The images are made on the host, by a small program that depends on the `bootloader` crate
 //! of the version the kernel's `bootloader_api` resolves to (the two crates share version
 //! numbers): kiln writes it into its per-user cache (`bootloader-builder/VERSION-TOOLCHAIN/`,
-//! with its own workspace and lock file), builds it once with [`BUILDER_TOOLCHAIN`] and runs it
+//! with its own workspace and lock file), builds it once with a nightly of the bootloader
+//! release's time ([`default_toolchain`], or the artifact's `bootloader-toolchain`) and runs it
 //! on each kernel ELF. The images live in their own store entry, beside the kernels' entry:
 //! its closure holds the kernels' closure, the bootloader's version, the firmware, the
 //! builder's toolchain and source, and [`BUILDER_VERSION`].
@@ -20,11 +21,33 @@ use crate::{config::ImageFormat, env};
 /// Bumped whenever the way kiln makes these images changes their output.
 const BUILDER_VERSION: &str = "kiln-bootloader-builder-1";
 
-/// The toolchain the builder is built with. The `bootloader` crate's build script builds its
-/// BIOS stages and its UEFI program with `cargo install -Z build-std` and JSON target
-/// specifications, so it needs a nightly with `rust-src` and `llvm-tools`; bootloader 0.11.16
-/// and newer need `nightly-2026-07-06` or later (its changelog names each release's nightly).
+/// The toolchain the builder of bootloader 0.11.16 and newer is built with (the one kiln's
+/// tests build 0.11.17 with). The `bootloader` crate's build script builds its BIOS stages and
+/// its UEFI program with `cargo install -Z build-std` and JSON target specifications, so it
+/// needs a nightly with `rust-src` and `llvm-tools`, and each release works with the nightlies
+/// of its time.
 pub(crate) const BUILDER_TOOLCHAIN: &str = "nightly-2026-08-01";
+
+/// The nightly each bootloader release needs at least, as its changelog says ("compatible with
+/// Rust nightlies starting with ..."), newest first; a release inherits the line above it.
+/// Releases before 0.11.9 name none and get 0.11.9's.
+const TOOLCHAINS: &[((u64, u64, u64), &str)] = &[
+    ((0, 11, 16), BUILDER_TOOLCHAIN),
+    ((0, 11, 15), "nightly-2026-02-01"),
+    ((0, 11, 13), "nightly-2025-11-21"),
+    ((0, 11, 12), "nightly-2025-08-28"),
+    ((0, 11, 11), "nightly-2025-07-24"),
+    ((0, 11, 0), "nightly-2024-11-23"),
+];
+
+/// The toolchain kiln builds the builder of bootloader `version` with, unless the artifact
+/// names one (`bootloader-toolchain`).
+pub(crate) fn default_toolchain(version: &semver::Version) -> &'static str {
+    TOOLCHAINS
+        .iter()
+        .find(|((major, minor, patch), _)| (version.major, version.minor, version.patch) >= (*major, *minor, *patch))
+        .map_or(BUILDER_TOOLCHAIN, |(_, toolchain)| toolchain)
+}
 
 /// The builder's `main.rs`.
 const BUILDER_MAIN: &str = include_str!("../../templates/bootloader-builder.rs");
@@ -113,15 +136,19 @@ pub(crate) fn bootloader_api_version(
 pub(crate) struct Builder {
     /// The `bootloader` version it pins (`=VERSION`).
     pub version: semver::Version,
+    /// The toolchain it is built with.
+    pub toolchain: String,
     /// The project's directory.
     pub dir: PathBuf,
 }
 
 impl Builder {
-    /// The builder of `version`, under `cache` (kiln's per-user cache directory).
-    pub(crate) fn new(version: semver::Version, cache: &Path) -> Self {
-        let dir = cache.join("bootloader-builder").join(format!("{version}-{BUILDER_TOOLCHAIN}"));
-        Self { version, dir }
+    /// The builder of `version` built with `toolchain` (by default [`default_toolchain`]),
+    /// under `cache` (kiln's per-user cache directory).
+    pub(crate) fn new(version: semver::Version, toolchain: Option<&str>, cache: &Path) -> Self {
+        let toolchain = toolchain.unwrap_or_else(|| default_toolchain(&version)).to_owned();
+        let dir = cache.join("bootloader-builder").join(format!("{version}-{toolchain}"));
+        Self { version, toolchain, dir }
     }
 
     /// Writes the project (manifest, toolchain file, source) where a file differs from what
@@ -137,7 +164,8 @@ impl Builder {
         );
         let toolchain = format!(
             "# Written by kiln: bootloader's build script needs a nightly with rust-src and llvm-tools.\n\
-             [toolchain]\nchannel = \"{BUILDER_TOOLCHAIN}\"\ncomponents = [\"rust-src\", \"llvm-tools\"]\nprofile = \"minimal\"\n"
+             [toolchain]\nchannel = \"{}\"\ncomponents = [\"rust-src\", \"llvm-tools\"]\nprofile = \"minimal\"\n",
+            self.toolchain
         );
         std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create `{}`", self.dir.display()))?;
         for (name, text) in
@@ -157,11 +185,11 @@ impl Builder {
         Ok(())
     }
 
-    /// A cargo or rustc command in the builder's directory, on [`BUILDER_TOOLCHAIN`] whatever
+    /// A cargo or rustc command in the builder's directory, on its toolchain whatever
     /// toolchain the user chose for their kernels.
     fn command(&self, program: &str) -> std::process::Command {
         let mut command = tool_command(program, &self.dir);
-        command.env(env::RUSTUP_TOOLCHAIN, BUILDER_TOOLCHAIN).env_remove(env::RUSTUP_TOOLCHAIN_SOURCE);
+        command.env(env::RUSTUP_TOOLCHAIN, &self.toolchain).env_remove(env::RUSTUP_TOOLCHAIN_SOURCE);
         command
     }
 
@@ -174,8 +202,9 @@ impl Builder {
             .with_context(|| format!("failed to run `rustc -vV` in `{}`", self.dir.display()))?;
         if !output.status.success() {
             bail!(
-                "`rustc -vV` of the `{BUILDER_TOOLCHAIN}` toolchain (kiln's bootloader image builder) failed: {}; \
+                "`rustc -vV` of the `{}` toolchain (kiln's bootloader image builder) failed: {}; \
                  install it with `cd {} && rustup toolchain install`",
+                self.toolchain,
                 String::from_utf8_lossy(&output.stderr).trim(),
                 self.dir.display()
             );
@@ -207,10 +236,12 @@ impl Builder {
             bail!(
                 "building kiln's disk image builder with bootloader {} failed with {status} (in `{}`); bootloader's \
                  build script builds its BIOS stages and UEFI program with `cargo install` from crates.io, so it \
-                 needs crates.io and the `{BUILDER_TOOLCHAIN}` toolchain with rust-src and llvm-tools \
-                 (`cd {} && rustup toolchain install`)",
+                 needs crates.io and the `{}` toolchain with rust-src and llvm-tools \
+                 (`cd {} && rustup toolchain install`); a bootloader release builds with the nightlies of its \
+                 time: name another with `bootloader-toolchain` in the artifact",
                 self.version,
                 self.dir.display(),
+                self.toolchain,
                 self.dir.display()
             );
         }
@@ -234,7 +265,7 @@ pub(crate) fn derivation(
     drv.setting("builder", BUILDER_VERSION)
         .setting("bootloader-version", builder.version.to_string())
         .setting("firmware", firmware.as_str())
-        .setting("toolchain", BUILDER_TOOLCHAIN);
+        .setting("toolchain", &builder.toolchain);
     drv.input("kernels", InputHash::of_closure(kernels));
     drv.input("tool:rustc", InputHash::of_bytes(rustc_version.as_bytes()));
     drv.input("builder:main.rs", InputHash::of_bytes(BUILDER_MAIN.as_bytes()));
@@ -316,7 +347,7 @@ mod tests {
     fn the_closure_changes_with_every_input() {
         let kernels = Derivation::new("k").closure_hash();
         let cache = Path::new("/cache");
-        let builder = Builder::new(semver::Version::new(0, 11, 17), cache);
+        let builder = Builder::new(semver::Version::new(0, 11, 17), None, cache);
         let closure = |kernels, builder: &Builder, firmware, rustc: &str| {
             derivation(kernels, builder, firmware, rustc).closure_hash()
         };
@@ -327,16 +358,31 @@ mod tests {
         assert_ne!(first, closure(other.closure_hash(), &builder, DiskFirmware::Bios, "rustc 1.0"), "the kernels");
         assert_ne!(first, closure(kernels, &builder, DiskFirmware::Uefi, "rustc 1.0"), "the firmware");
         assert_ne!(first, closure(kernels, &builder, DiskFirmware::Bios, "rustc 2.0"), "the toolchain");
-        let newer = Builder::new(semver::Version::new(0, 11, 18), cache);
+        let newer = Builder::new(semver::Version::new(0, 11, 18), None, cache);
         assert_ne!(first, closure(kernels, &newer, DiskFirmware::Bios, "rustc 1.0"), "the version");
-        let elsewhere = Builder::new(semver::Version::new(0, 11, 17), Path::new("/other"));
+        let elsewhere = Builder::new(semver::Version::new(0, 11, 17), None, Path::new("/other"));
         assert_eq!(first, closure(kernels, &elsewhere, DiskFirmware::Bios, "rustc 1.0"), "not where it is built");
+        let pinned = Builder::new(semver::Version::new(0, 11, 17), Some("nightly-2026-09-01"), cache);
+        assert_ne!(first, closure(kernels, &pinned, DiskFirmware::Bios, "rustc 1.0"), "the toolchain's name");
+        assert_ne!(pinned.dir, builder.dir, "each toolchain builds in a directory of its own");
+    }
+
+    #[test]
+    fn each_release_builds_with_a_nightly_of_its_time() {
+        let toolchain = |minor, patch| default_toolchain(&semver::Version::new(0, minor, patch));
+        assert_eq!(toolchain(11, 17), BUILDER_TOOLCHAIN);
+        assert_eq!(toolchain(11, 16), BUILDER_TOOLCHAIN);
+        assert_eq!(toolchain(11, 15), "nightly-2026-02-01");
+        assert_eq!(toolchain(11, 14), "nightly-2025-11-21");
+        assert_eq!(toolchain(11, 9), "nightly-2024-11-23");
+        assert_eq!(toolchain(11, 0), "nightly-2024-11-23");
+        assert_eq!(default_toolchain(&semver::Version::new(0, 12, 0)), BUILDER_TOOLCHAIN, "newer: the newest");
     }
 
     #[test]
     fn the_builder_project_pins_the_version_and_is_written_once() {
         let cache = tempfile::tempdir().expect("tempdir");
-        let builder = Builder::new(semver::Version::new(0, 11, 17), cache.path());
+        let builder = Builder::new(semver::Version::new(0, 11, 17), None, cache.path());
         builder.write_project().expect("written");
         let manifest = std::fs::read_to_string(builder.dir.join("Cargo.toml")).expect("manifest");
         assert!(manifest.contains("bootloader = \"=0.11.17\""), "{manifest}");

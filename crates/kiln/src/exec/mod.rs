@@ -515,7 +515,8 @@ impl Executor {
                     &artifact.name,
                     firmware,
                 )?;
-                Ok(Some((bootloader::Builder::new(version, &self.builders_cache()), firmware)))
+                let toolchain = artifact.bootloader_toolchain.as_deref();
+                Ok(Some((bootloader::Builder::new(version, toolchain, &self.builders_cache()), firmware)))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let builder_dirs: BTreeSet<&PathBuf> = builders.iter().flatten().map(|(builder, _)| &builder.dir).collect();
