@@ -106,6 +106,50 @@ pub enum Firmware {
     File(PathBuf),
     /// A firmware file QEMU finds by name in its data directory (`-bios qboot.rom`).
     Named(String),
+    /// UEFI (OVMF) in two pflash units: its code, read-only, and a variable store.
+    Uefi(Ovmf),
+}
+
+/// OVMF, the UEFI firmware for x86_64 QEMU guests, as the host has it: see
+/// [`crate::firmware::find_ovmf`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ovmf {
+    /// The firmware code (`OVMF_CODE.fd`), mapped read-only.
+    pub code: PathBuf,
+    /// The host's variable store template (`OVMF_VARS.fd`): never written.
+    pub vars_template: PathBuf,
+    /// This boot's writable copy of the variable store (see [`Ovmf::copy_vars_into`]); without
+    /// one the template is mapped with `snapshot=on`, so writes go to a temporary overlay.
+    pub vars: Option<PathBuf>,
+}
+
+impl Ovmf {
+    /// File name of a boot's copy of the variable store.
+    const VARS_COPY: &'static str = "OVMF_VARS.fd";
+
+    /// Copies the variable store template into `dir` (a boot's scratch directory) and
+    /// returns the firmware that uses the copy, so the guest may write its variables.
+    pub fn copy_vars_into(&self, dir: &Path) -> std::io::Result<Self> {
+        let copy = dir.join(Self::VARS_COPY);
+        std::fs::copy(&self.vars_template, &copy)?;
+        let mut permissions = std::fs::metadata(&copy)?.permissions();
+        #[allow(clippy::permissions_set_readonly_false, reason = "the copy is this boot's own file")]
+        permissions.set_readonly(false);
+        std::fs::set_permissions(&copy, permissions)?;
+        Ok(Self { vars: Some(copy), ..self.clone() })
+    }
+
+    fn render(&self, argv: &mut Argv) {
+        let mut code = std::ffi::OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
+        code.push(&self.code);
+        argv.pair("-drive", code);
+        let mut vars = std::ffi::OsString::from(match &self.vars {
+            Some(_) => "if=pflash,format=raw,unit=1,file=",
+            None => "if=pflash,format=raw,unit=1,snapshot=on,file=",
+        });
+        vars.push(self.vars.as_ref().unwrap_or(&self.vars_template));
+        argv.pair("-drive", vars);
+    }
 }
 
 /// Where the guest's serial console goes.
@@ -323,7 +367,7 @@ impl Machine {
 
     /// The `-device` values the user gave: the profile's `devices` beyond kiln's own, and
     /// every `-device VALUE` in its `args`.
-    fn user_device_values(&self) -> impl Iterator<Item = &str> {
+    pub fn user_device_values(&self) -> impl Iterator<Item = &str> {
         let listed = self.devices.iter().filter_map(|device| match device {
             Device::Other(value) => Some(value.as_str()),
             _ => None,
@@ -418,6 +462,7 @@ impl Machine {
             Firmware::Named(name) => {
                 argv.pair("-bios", name);
             }
+            Firmware::Uefi(ovmf) => ovmf.render(&mut argv),
         }
         argv.arg("-nodefaults").pair("-display", "none").arg("-no-reboot");
         match console {

@@ -14,6 +14,7 @@ use kiln_qemu::accel::{Accel, AccelChoice};
 use kiln_types::Arch;
 
 use crate::{
+    config::ImageFormat,
     exec::{BootImage, Executor, Realised},
     guest::LinuxImages,
     plan::{CaseRun, Guest, Plan, TestBinary, TestNameError},
@@ -53,16 +54,42 @@ pub(crate) struct ReadyRun {
     pub accel: Accel,
 }
 
-/// A run of a bootloader disk image: booted as a disk, and on kiln's x86_64 default machine
-/// as `pc`: bootloader 0.9 images hang before the kernel on q35 and boot on `pc`, the
-/// machine bootimage's QEMU command uses.
-fn booted_from_disk(mut run: CaseRun) -> CaseRun {
+/// A run of a bootloader disk image of kind `image`, booted as a disk:
+/// - bootloader 0.9 (`bootimage`), on kiln's x86_64 default machine, as `pc`: its images hang
+///   before the kernel on q35 and boot on `pc`, the machine bootimage's QEMU command uses;
+/// - the current bootloader's BIOS images with a VGA card: its second stage sets a VESA mode
+///   for the kernel's framebuffer and hangs, silent, without one;
+/// - its UEFI images with OVMF from the host (unless the machine names its own firmware).
+pub(crate) fn booted_from_disk(mut run: CaseRun, image: ImageFormat) -> anyhow::Result<CaseRun> {
     run.machine.boot = kiln_qemu::BootMethod::Disk;
-    if run.machine.name == Arch::X86_64.as_str() && run.machine.machine_type == "q35" {
-        run.machine.machine_type = "pc".to_owned();
+    match image {
+        ImageFormat::Bootimage => {
+            if run.machine.name == Arch::X86_64.as_str() && run.machine.machine_type == "q35" {
+                run.machine.machine_type = "pc".to_owned();
+            }
+        }
+        ImageFormat::Bios => {
+            let vga = kiln_qemu::Device::Other(BIOS_DISPLAY.to_owned());
+            if !run.machine.user_device_values().any(|value| vga.is_given_by(value)) {
+                run.machine.devices.push(vga);
+            }
+        }
+        ImageFormat::Uefi => {
+            if run.machine.firmware == kiln_qemu::Firmware::MachineDefault {
+                let ovmf = kiln_qemu::firmware::find_ovmf(&format!("the UEFI disk images of case `{}`", run.case))
+                    .map_err(|err| {
+                        anyhow::anyhow!("{err}; install the `{}` package", kiln_qemu::firmware::OVMF_PACKAGE)
+                    })?;
+                run.machine.firmware = kiln_qemu::Firmware::Uefi(ovmf);
+            }
+        }
+        ImageFormat::Elf | ImageFormat::Raw => {}
     }
-    run
+    Ok(run)
 }
+
+/// The display device a BIOS disk image of the current bootloader boots with.
+const BIOS_DISPLAY: &str = "VGA";
 
 /// The boots of `plan`'s runs, from what `realised` holds; booted snapshots are made (or
 /// found) here, once per kernel, rootfs and machine, before any case boots.
@@ -85,8 +112,8 @@ pub(crate) fn lower(
                 let Some(artifact) = realised.builds.get(build) else { continue };
                 let (built, substituted) = Realised::provenance([&artifact.outcome]);
                 let disk_run;
-                let run = if artifact.disk {
-                    disk_run = booted_from_disk(run.clone());
+                let run = if let Some(image) = artifact.disk {
+                    disk_run = booted_from_disk(run.clone(), image)?;
                     &disk_run
                 } else {
                     run

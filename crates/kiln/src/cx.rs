@@ -377,6 +377,7 @@ impl Cx {
     /// chosen, booted snapshots made; with how the store served the derivations.
     pub(crate) fn prepare_boots(&self, plan: &Plan) -> anyhow::Result<(Vec<ReadyRun>, crate::outcome::StoreUse)> {
         self.executor.provision_machines(plan.runs.iter().map(|run| &run.machine))?;
+        self.executor.provision_disk_firmware(&plan.builds)?;
         let realised = self.realise(plan)?;
         let accels = self.accelerators(plan.runs.iter().map(|run| run.machine.arch));
         let ready = self.with_config_errors(boots::lower(&self.executor, plan, &realised, &accels))?;

@@ -123,6 +123,9 @@ pub const RUSTFLAGS: &str = "RUSTFLAGS";
 /// `RUSTFLAGS` separated by `\x1f`, which cargo prefers over `RUSTFLAGS`.
 pub const CARGO_ENCODED_RUSTFLAGS: &str = "CARGO_ENCODED_RUSTFLAGS";
 
+/// cargo's default `--target`; kiln removes it for the host programs it builds.
+pub const CARGO_BUILD_TARGET: &str = "CARGO_BUILD_TARGET";
+
 /// Variables `cargo run` and rustup set for `cargo xtask` itself. They describe kiln's own
 /// build, not the project's, so kiln removes them before it runs cargo for an artifact.
 pub const CARGO_RUN_VARIABLES: &[&str] = &[

@@ -134,15 +134,21 @@ fn error_result(ready: &ReadyRun, log_dir: &Path, detail: String) -> CaseResult 
     }
 }
 
-/// The argument list of a ready run, and for a Linux guest its exit marker and the scratch
-/// directory holding its initramfs (kept until the boot ends).
+/// The argument list of a ready run, and for a Linux guest its exit marker; the scratch
+/// directory holding a Linux guest's initramfs or a UEFI boot's variable store is kept until
+/// the boot ends.
 fn render(
     ready: &ReadyRun,
     log_dir: &Path,
 ) -> anyhow::Result<(kiln_qemu::Argv, Option<String>, Option<tempfile::TempDir>)> {
     let machine = &ready.run.machine;
     match &ready.boot {
-        ReadyBoot::Kernel(kernel) => Ok((machine.argv(kernel, ready.accel, Console::Captured), None, None)),
+        ReadyBoot::Kernel(kernel) => {
+            let Some((machine, scratch)) = with_private_firmware(machine, log_dir)? else {
+                return Ok((machine.argv(kernel, ready.accel, Console::Captured), None, None));
+            };
+            Ok((machine.argv(kernel, ready.accel, Console::Captured), None, Some(scratch)))
+        }
         ReadyBoot::Snapshot { .. } => anyhow::bail!("a snapshot boot has no command line"),
         ReadyBoot::Linux(images) => {
             let scratch = tempfile::Builder::new().prefix("boot-").tempdir_in(log_dir)?;
@@ -175,6 +181,22 @@ async fn boot_with_retries(ready: ReadyRun, log_dir: &Path, retry: RetryPolicy, 
     result.failed_attempts = failed_attempts;
     reporter.report(Event::CaseFinished(&result));
     result
+}
+
+/// For a machine with UEFI firmware: the machine with its own writable copy of the firmware's
+/// variable store, in a scratch directory under `dir` that lives as long as the boot.
+pub(crate) fn with_private_firmware(
+    machine: &kiln_qemu::Machine,
+    dir: &Path,
+) -> anyhow::Result<Option<(kiln_qemu::Machine, tempfile::TempDir)>> {
+    let kiln_qemu::Firmware::Uefi(ovmf) = &machine.firmware else { return Ok(None) };
+    let scratch = tempfile::Builder::new().prefix("boot-").tempdir_in(dir)?;
+    let private = ovmf.copy_vars_into(scratch.path()).map_err(|err| {
+        anyhow::anyhow!("cannot copy the UEFI variable store `{}`: {err}", ovmf.vars_template.display())
+    })?;
+    let mut machine = machine.clone();
+    machine.firmware = kiln_qemu::Firmware::Uefi(private);
+    Ok(Some((machine, scratch)))
 }
 
 async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> CaseResult {

@@ -42,6 +42,10 @@ fn every_published_crate_packages_with_what_it_includes() {
         cargo().args(["package", "--list", "--allow-dirty", "--package", "kiln-xtask"]).output().expect("cargo runs");
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.lines().any(|l| l == "templates/xtask-bootstrap.rs"), "init's template is packaged:\n{listing}");
+    assert!(
+        listing.lines().any(|l| l == "templates/bootloader-builder.rs"),
+        "the bootloader image builder's source is packaged:\n{listing}"
+    );
     for manifest in PUBLISHED {
         let dir = if *manifest == "kiln-xtask" { "kiln".to_owned() } else { manifest.to_string() };
         let text =

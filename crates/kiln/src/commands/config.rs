@@ -98,6 +98,8 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
             Firmware::None => quote("none"),
             Firmware::File(file) => path(file),
             Firmware::Named(name) => quote(&format!("qemu:{name}")),
+            // Only the boots of `image = "uefi"` artifacts get OVMF, never a profile.
+            Firmware::Uefi(ovmf) => path(&ovmf.code),
         };
         writeln!(out, "firmware = {firmware}")?;
         writeln!(out, "args = {}", list(machine.extra_args.iter().map(String::as_str)))?;

@@ -53,6 +53,8 @@ pub(super) fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
     let accel = cx.executor().accelerator(run.machine.arch, cx.options().accel);
     let scratch = tempfile::tempdir()?;
     let mut label = run.label();
+    // A UEFI boot's variable store, kept until QEMU ends.
+    let mut private_firmware = None;
     let argv = match &run.guest {
         Guest::Artifact { build, tests } => {
             let artifact = realised.builds.get(build).ok_or_else(|| anyhow::anyhow!("{build} was not built"))?;
@@ -64,7 +66,20 @@ pub(super) fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
                     image
                 }
             };
-            run.machine.argv(&image, accel, Console::Interactive)
+            // Disk images boot as `test` boots them: as a disk, with their firmware (a UEFI
+            // image with its own copy of OVMF's variable store in the scratch directory).
+            let machine = match artifact.disk {
+                Some(kind) => crate::boots::booted_from_disk(run.clone(), kind)?.machine,
+                None => run.machine.clone(),
+            };
+            let machine = match crate::runner::with_private_firmware(&machine, scratch.path())? {
+                Some((private, dir)) => {
+                    private_firmware = Some(dir);
+                    private
+                }
+                None => machine,
+            };
+            machine.argv(&image, accel, Console::Interactive)
         }
         Guest::Linux { guest, command, .. } => {
             let images = realised.linux_images(guest, command)?;
@@ -79,6 +94,7 @@ pub(super) fn run(cx: &Cx, args: &QemuArgs) -> anyhow::Result<u8> {
     cx.printer().verbose("Running", &format!("{program} {}", argv.display()));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let exit = runtime.block_on(kiln_qemu::interactive(program, &argv))?;
+    drop(private_firmware);
     // Ctrl-A X also ends QEMU with status 0, so an interactive session judges nothing: it
     // says how QEMU ended and what that status would mean.
     let how = match exit {

@@ -44,6 +44,9 @@ pub(crate) struct Artifact {
     pub rustflags: Vec<String>,
     /// ELF or raw binary.
     pub image: ImageFormat,
+    /// For `image = "bios"` / `"uefi"`: the toolchain kiln's image builder is built with,
+    /// instead of the one it picks for the bootloader's version.
+    pub bootloader_toolchain: Option<String>,
 }
 
 impl Resolver<'_> {
@@ -69,6 +72,33 @@ impl Resolver<'_> {
             Some(list) => dedup(list.get_ref().clone()),
             None => Arch::ALL.to_vec(),
         };
+        if raw.image.is_disk()
+            && let Some(other) = arches.iter().find(|arch| **arch != Arch::X86_64)
+        {
+            let image = format!("{:?}", raw.image).to_lowercase();
+            let span = raw.arches.as_ref().map(Spanned::span);
+            return Err(self
+                .error(span, key("arches"), format!("`image = \"{image}\"` makes x86_64 disk images, not {other} ones"))
+                .with_help("set `arches = [\"x86_64\"]` (the bootloader crate boots x86_64 kernels only)"));
+        }
+        if let Some(toolchain) = &raw.bootloader_toolchain {
+            let span = Some(toolchain.span());
+            if !matches!(raw.image, ImageFormat::Bios | ImageFormat::Uefi) {
+                return Err(self
+                    .error(
+                        span,
+                        key("bootloader-toolchain"),
+                        "`bootloader-toolchain` is for bootloader 0.11+ disk images",
+                    )
+                    .with_help("set `image = \"bios\"` or `image = \"uefi\"`, or remove the key"));
+            }
+            let name = toolchain.get_ref();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+                return Err(self
+                    .error(span, key("bootloader-toolchain"), format!("`{name}` is not a rustup toolchain name"))
+                    .with_help("name a dated nightly such as `nightly-2026-08-01`"));
+            }
+        }
         let mut targets = BTreeMap::new();
         for arch in &arches {
             let triple = raw.target.get(arch).cloned().unwrap_or_else(|| arch.bare_metal_triple().to_owned());
@@ -100,6 +130,7 @@ impl Resolver<'_> {
             env: raw.env,
             rustflags: raw.rustflags,
             image: raw.image,
+            bootloader_toolchain: raw.bootloader_toolchain.map(Spanned::into_inner),
         })
     }
 }

@@ -191,6 +191,7 @@ pub(crate) struct RawArtifact {
     pub rustflags: Vec<String>,
     #[serde(default)]
     pub image: ImageFormat,
+    pub bootloader_toolchain: Option<Spanned<String>>,
 }
 
 /// What cargo builds for an artifact.
@@ -217,6 +218,28 @@ pub enum ImageFormat {
     /// A BIOS disk image made with the `bootloader` crate 0.9 around the ELF, as the
     /// `bootimage` tool makes it; booted as a disk.
     Bootimage,
+    /// A BIOS disk image made with the current `bootloader` crate (0.11 and newer) for a
+    /// kernel that uses `bootloader_api`; booted as a disk.
+    Bios,
+    /// A UEFI disk image made with the current `bootloader` crate (0.11 and newer) for a
+    /// kernel that uses `bootloader_api`; booted as a disk with OVMF.
+    Uefi,
+}
+
+impl ImageFormat {
+    /// Whether the images are disk images made around the kernel ELF by a bootloader.
+    pub fn is_disk(self) -> bool {
+        matches!(self, Self::Bootimage | Self::Bios | Self::Uefi)
+    }
+
+    /// The form cargo's own output is stored in before any disk image is made: disk images
+    /// are made from the ELF, so `bios` and `uefi` artifacts of one kernel share one build.
+    pub fn cargo_output(self) -> Self {
+        match self {
+            Self::Bios | Self::Uefi => Self::Elf,
+            other => other,
+        }
+    }
 }
 
 /// `[machine.NAME]`: overrides of a built-in QEMU profile.

@@ -137,6 +137,35 @@ fn zero_cpus_and_zero_memory_are_refused_at_their_line() {
 }
 
 #[test]
+fn bootloader_disk_images_are_x86_64_and_take_a_toolchain_name() {
+    let artifact = |lines: &str| format!("[artifact.os]\npackage = \"k\"\npath = \"kernel\"\n{lines}\n");
+    let (_dir, config) =
+        project(&artifact("arches = [\"x86_64\"]\nimage = \"uefi\"\nbootloader-toolchain = \"nightly-2026-09-01\""));
+    let config = config.expect("valid");
+    assert_eq!(config.artifacts["os"].image, ImageFormat::Uefi);
+    assert_eq!(config.artifacts["os"].bootloader_toolchain.as_deref(), Some("nightly-2026-09-01"));
+    for (lines, key, said) in [
+        ("image = \"bios\"", "artifact.os.arches", "makes x86_64 disk images, not aarch64 ones"),
+        ("arches = [\"riscv64\"]\nimage = \"uefi\"", "artifact.os.arches", "not riscv64 ones"),
+        (
+            "arches = [\"x86_64\"]\nbootloader-toolchain = \"nightly\"",
+            "artifact.os.bootloader-toolchain",
+            "disk images",
+        ),
+        (
+            "arches = [\"x86_64\"]\nimage = \"bios\"\nbootloader-toolchain = \"../nightly\"",
+            "artifact.os.bootloader-toolchain",
+            "not a rustup toolchain name",
+        ),
+    ] {
+        let (_dir, config) = project(&artifact(lines));
+        let err = config.expect_err(lines);
+        assert_eq!(err.key.as_deref(), Some(key), "{lines}: {err}");
+        assert!(err.message.contains(said), "{lines}: {err}");
+    }
+}
+
+#[test]
 fn reference_documents_every_key() {
     let reference = include_str!("../../../../docs/kiln-toml.md");
     let tables: [(&str, &[&str]); 11] = [

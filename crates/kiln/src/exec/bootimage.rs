@@ -74,7 +74,8 @@ impl Bootloader {
         if version.major != 0 || version.minor > 9 {
             bail!(
                 "artifact `{artifact}`: `image = \"bootimage\"` builds bootloader 0.9 images, but `{package}` uses \
-                 bootloader {}; bootloader 0.10 and newer make their images from a host program instead",
+                 bootloader {}; for a kernel that uses bootloader_api 0.11 or newer, use `image = \"bios\"` or \
+                 `image = \"uefi\"`",
                 resolved.version
             );
         }
@@ -215,7 +216,7 @@ fn padded_to_sectors(mut bytes: Vec<u8>) -> Vec<u8> {
 
 /// The file name of `kernel`'s disk image: its file in the cargo entry (already safe as a
 /// file name, whatever the test binary's id) with [`IMAGE_SUFFIX`].
-fn image_file(kernel: &BootImage) -> String {
+pub(super) fn image_file(kernel: &BootImage) -> String {
     let file = kernel.path.file_name().map_or_else(|| kernel.name.clone(), |f| f.to_string_lossy().into_owned());
     format!("{file}{IMAGE_SUFFIX}")
 }

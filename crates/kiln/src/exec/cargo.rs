@@ -104,7 +104,7 @@ pub(crate) fn derivation_for(
         .setting("no-default-features", artifact.no_default_features.to_string())
         .setting("bin", artifact.bin.clone().unwrap_or_default())
         .setting("kind", format!("{:?}", artifact.kind).to_lowercase())
-        .setting("image", format!("{:?}", artifact.image).to_lowercase())
+        .setting("image", format!("{:?}", artifact.image.cargo_output()).to_lowercase())
         .setting("rustflags", artifact.rustflags.join("\u{1f}"));
     if let Some(crates) = &artifact.build_std {
         drv.setting("build-std", crates.join(","));
@@ -228,8 +228,8 @@ pub(crate) fn images_in(entry: &Entry, format: ImageFormat, kind: ArtifactKind) 
             .into_iter()
             .map(|stored| {
                 let file = match format {
-                    ImageFormat::Elf | ImageFormat::Bootimage => stored.file,
                     ImageFormat::Raw => format!("{}.bin", stored.file),
+                    ImageFormat::Elf | ImageFormat::Bootimage | ImageFormat::Bios | ImageFormat::Uefi => stored.file,
                 };
                 BootImage { name: stored.binary.id.clone(), path: out.join(file), test: Some(stored.binary) }
             })
@@ -242,8 +242,10 @@ pub(crate) fn images_in(entry: &Entry, format: ImageFormat, kind: ArtifactKind) 
         let path = file?.path();
         let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let wanted = match format {
-            ImageFormat::Elf | ImageFormat::Bootimage => (!file_name.ends_with(".bin")).then_some(file_name),
             ImageFormat::Raw => file_name.strip_suffix(".bin"),
+            ImageFormat::Elf | ImageFormat::Bootimage | ImageFormat::Bios | ImageFormat::Uefi => {
+                (!file_name.ends_with(".bin")).then_some(file_name)
+            }
         };
         if let Some(name) = wanted {
             images.push(BootImage { name: name.to_owned(), path: path.clone(), test: None });

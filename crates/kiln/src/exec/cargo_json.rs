@@ -79,6 +79,10 @@ pub(crate) struct Dependency {
     #[cfg_attr(not(feature = "init"), allow(dead_code, reason = "read by init"))]
     /// Its version requirement.
     pub req: String,
+    #[cfg_attr(not(feature = "init"), allow(dead_code, reason = "read by init"))]
+    /// `null` (normal), `"dev"` or `"build"`.
+    #[serde(default, deserialize_with = "normal_when_null")]
+    pub kind: DependencyKind,
 }
 
 /// A build target of a package.

@@ -9,6 +9,7 @@
 
 mod agent;
 mod bootimage;
+mod bootloader;
 mod cargo;
 pub(crate) mod cargo_json;
 mod fetch;
@@ -46,7 +47,7 @@ pub(crate) use rootfs::{RootfsFiles, assemble as assemble_rootfs, read_listing};
 pub(crate) use tool::tool_command;
 
 use crate::{
-    config::RootfsFormat,
+    config::{ImageFormat, RootfsFormat},
     events::{EntryKind, Event, Reporter},
     explain,
     guest::LinuxImages,
@@ -62,8 +63,8 @@ pub(crate) struct BuiltArtifact {
     pub images: Vec<BootImage>,
     /// How the store served it.
     pub outcome: BuildOutcome,
-    /// Whether its images are disk images (booted with `-drive`, not `-kernel`).
-    pub disk: bool,
+    /// The kind of disk image its images are (booted with `-drive`, not `-kernel`), if any.
+    pub disk: Option<ImageFormat>,
 }
 
 impl BuiltArtifact {
@@ -348,6 +349,8 @@ impl Executor {
     pub(crate) fn realise_builds(&self, steps: &[BuildStep]) -> anyhow::Result<BTreeMap<BuildKey, BuiltArtifact>> {
         let derivations = self.step_derivations(steps)?;
         let mut missing_targets: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
+        // Directories whose toolchain builds disk images: a package's (bootloader 0.9) or a
+        // bootloader image builder's.
         let mut missing_disks = BTreeSet::new();
         for (step, drvs) in steps.iter().zip(&derivations) {
             if self.store.lookup(&drvs.cargo.closure_hash())?.is_none() {
@@ -359,10 +362,13 @@ impl Executor {
                     targets.insert(step.triple.clone());
                 }
             }
-            if let Some((_, disk)) = &drvs.disk
+            if let Some((maker, disk)) = &drvs.disk
                 && self.store.lookup(&disk.closure_hash())?.is_none()
             {
-                missing_disks.insert(step.artifact.dir.clone());
+                missing_disks.insert(match maker {
+                    DiskMaker::Bootimage(_) => step.artifact.dir.clone(),
+                    DiskMaker::Bootloader { builder, .. } => builder.dir.clone(),
+                });
             }
         }
         let mut missing: Vec<Missing> =
@@ -381,6 +387,8 @@ impl Executor {
             self.warn_environment_rustflags(missing_targets.keys());
         }
         let mut built = BTreeMap::new();
+        // Each image builder's program, built (or found up to date) once per run.
+        let mut builder_programs: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
         for (step, drvs) in steps.iter().zip(&derivations) {
             let what = step.key.to_string();
             let how = format!("for {}", step.triple);
@@ -390,25 +398,42 @@ impl Executor {
                 })?;
             let kernels = images_in(&entry, step.artifact.image, step.artifact.kind)?;
             let artifact = match &drvs.disk {
-                None => BuiltArtifact { closure: entry.closure, images: kernels, outcome, disk: false },
-                Some((bootloader, drv)) => {
-                    let what = format!("{} disk images", step.key);
-                    let how = format!("with bootloader {}", bootloader.version);
+                None => BuiltArtifact { closure: entry.closure, images: kernels, outcome, disk: None },
+                Some((maker, drv)) => {
+                    let what = match maker {
+                        DiskMaker::Bootimage(_) => format!("{} disk images", step.key),
+                        DiskMaker::Bootloader { firmware, .. } => {
+                            format!("{} {} disk images", step.key, firmware.as_str().to_uppercase())
+                        }
+                    };
+                    let how = format!("with bootloader {}", maker.version());
                     let name = disk_image_entry_name(step);
-                    let (disks, disk_outcome) = self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| {
-                        bootimage::build(
-                            bootloader,
-                            &kernels,
-                            &step.artifact.dir,
-                            self.work_dir(),
-                            out,
-                            self.settings.quiet_cargo,
-                        )
-                    })?;
+                    let (disks, disk_outcome) =
+                        self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| match maker {
+                            DiskMaker::Bootimage(bootloader) => bootimage::build(
+                                bootloader,
+                                &kernels,
+                                &step.artifact.dir,
+                                self.work_dir(),
+                                out,
+                                self.settings.quiet_cargo,
+                            ),
+                            DiskMaker::Bootloader { builder, firmware } => {
+                                let program = match builder_programs.get(&builder.dir) {
+                                    Some(program) => program.clone(),
+                                    None => {
+                                        let program = builder.build(self.settings.quiet_cargo)?;
+                                        builder_programs.insert(builder.dir.clone(), program.clone());
+                                        program
+                                    }
+                                };
+                                bootloader::make_images(&program, &builder.version, *firmware, &kernels, out)
+                            }
+                        })?;
                     // Built now when either half was: the boots then count as fresh.
                     let outcome = if matches!(outcome, BuildOutcome::Built { .. }) { outcome } else { disk_outcome };
                     let images = bootimage::images_in(&disks.out_dir(), &kernels)?;
-                    BuiltArtifact { closure: disks.closure, images, outcome, disk: true }
+                    BuiltArtifact { closure: disks.closure, images, outcome, disk: Some(step.artifact.image) }
                 }
             };
             built.insert(step.key.clone(), artifact);
@@ -416,9 +441,9 @@ impl Executor {
         Ok(built)
     }
 
-    /// Each step's final derivation: the cargo build's, or for `image = "bootimage"` the disk
-    /// images' (whose closure holds the cargo build's); its entry's name is
-    /// [`final_entry_name`].
+    /// Each step's final derivation: the cargo build's, or for disk images (`image =
+    /// "bootimage"`, `"bios"`, `"uefi"`) the images' (whose closure holds the cargo build's);
+    /// its entry's name is [`final_entry_name`].
     pub(crate) fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
         Ok(self.step_derivations(steps)?.into_iter().map(|d| d.disk.map_or(d.cargo, |(_, disk)| disk)).collect())
     }
@@ -478,21 +503,56 @@ impl Executor {
         for step in steps {
             check_package(step, &parsed[&query(step)])?;
         }
+        // The bootloader image builders (`image = "bios"` / `"uefi"`): written, their
+        // toolchain installed and asked for its version before any closure is computed.
+        let builders = steps
+            .iter()
+            .map(|step| {
+                let Some(firmware) = bootloader::DiskFirmware::of(step.artifact.image) else { return Ok(None) };
+                let artifact = &step.artifact;
+                let version = bootloader::bootloader_api_version(
+                    &parsed[&query(step)],
+                    &artifact.package,
+                    &artifact.name,
+                    firmware,
+                )?;
+                let toolchain = artifact.bootloader_toolchain.as_deref();
+                Ok(Some((bootloader::Builder::new(version, toolchain, &self.builders_cache()), firmware)))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let builder_dirs: BTreeSet<&PathBuf> = builders.iter().flatten().map(|(builder, _)| &builder.dir).collect();
+        let mut builder_rustc = BTreeMap::new();
+        if !builder_dirs.is_empty() {
+            for (builder, _) in builders.iter().flatten() {
+                builder.write_project()?;
+            }
+            self.provision_toolchains(&builder_dirs)?;
+            for (builder, _) in builders.iter().flatten() {
+                if !builder_rustc.contains_key(&builder.dir) {
+                    builder_rustc.insert(builder.dir.clone(), builder.rustc_version()?);
+                }
+            }
+        }
         let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
         let derivations = steps
             .iter()
-            .map(|step| {
+            .zip(builders)
+            .map(|(step, builder)| {
                 let host = &hosts[&step.artifact.dir];
                 let metadata = &parsed[&query(step)];
                 let cargo = cargo::derivation_for(step, host, metadata, &stat_cache)
                     .with_context(|| format!("cannot compute the closure of {}", step.key))?;
-                let disk = if step.artifact.image == crate::config::ImageFormat::Bootimage {
+                let disk = if let Some((builder, firmware)) = builder {
+                    let rustc = builder_rustc.get(&builder.dir).map_or("", String::as_str);
+                    let drv = bootloader::derivation(cargo.closure_hash(), &builder, firmware, rustc);
+                    Some((DiskMaker::Bootloader { builder, firmware }, drv))
+                } else if step.artifact.image == ImageFormat::Bootimage {
                     let bootloader =
                         bootimage::Bootloader::of_package(metadata, &step.artifact.package, &step.artifact.name)?;
                     let drv =
                         bootimage::derivation(cargo.closure_hash(), &bootloader, &host.rustc_version, &stat_cache)
                             .with_context(|| format!("cannot compute the closure of {}'s disk images", step.key))?;
-                    Some((bootloader, drv))
+                    Some((DiskMaker::Bootimage(bootloader), drv))
                 } else {
                     None
                 };
@@ -535,6 +595,12 @@ impl Executor {
         self.ensure(machines.into_iter().flat_map(provision::check_machine).collect())
     }
 
+    /// Checks (and, when allowed, installs) the firmware the disk images of `builds` boot
+    /// with: OVMF for UEFI images.
+    pub(crate) fn provision_disk_firmware(&self, builds: &[BuildStep]) -> anyhow::Result<()> {
+        self.ensure(provision::check_disk_firmware(builds))
+    }
+
     /// Chooses the accelerator for each architecture and says why, once per arch.
     pub(crate) fn accelerators(
         &self,
@@ -556,6 +622,12 @@ impl Executor {
     /// The accelerator for one architecture.
     pub(crate) fn accelerator(&self, arch: Arch, policy: AccelPolicy) -> Accel {
         self.accelerators([arch], policy).get(&arch).map_or(Accel::Tcg, |choice| choice.accel)
+    }
+
+    /// Where the bootloader image builders live: kiln's per-user cache (so each is built once
+    /// per machine), else the project's work directory.
+    fn builders_cache(&self) -> PathBuf {
+        crate::host::user_cache_dir().unwrap_or_else(|| self.work_dir().join("cache"))
     }
 
     /// Warns when `RUSTFLAGS` is set while the project's cargo config has rustflags: cargo
@@ -596,28 +668,48 @@ impl Executor {
     }
 }
 
-/// The name the store records the disk images of a `bootimage` step under (the cargo
-/// build's entry keeps the step's own name).
+/// The name the store records the disk images of a disk image step under (`NAME-bootimage`,
+/// `NAME-bios`, `NAME-uefi`; the cargo build's entry keeps the step's own name).
 fn disk_image_entry_name(step: &BuildStep) -> String {
-    format!("{}-bootimage", step.key.store_name())
+    format!("{}-{}", step.key.store_name(), format!("{:?}", step.artifact.image).to_lowercase())
 }
 
 /// The name the store records the entry of [`Executor::derivations`]'s derivation of `step`
-/// under: the disk images' for `image = "bootimage"`, else the cargo build's.
+/// under: the disk images' for a disk image kind, else the cargo build's.
 pub(crate) fn final_entry_name(step: &BuildStep) -> String {
-    if step.artifact.image == crate::config::ImageFormat::Bootimage {
-        disk_image_entry_name(step)
-    } else {
-        step.key.store_name()
-    }
+    if step.artifact.image.is_disk() { disk_image_entry_name(step) } else { step.key.store_name() }
 }
 
 /// A build step's derivations: the cargo build, and the disk images made around it.
 struct StepDerivations {
     /// The cargo build's.
     cargo: Derivation,
-    /// For `image = "bootimage"`: the bootloader and the images' derivation.
-    disk: Option<(bootimage::Bootloader, Derivation)>,
+    /// For a disk image kind: what makes the images, and their derivation.
+    disk: Option<(DiskMaker, Derivation)>,
+}
+
+/// What makes a step's disk images.
+enum DiskMaker {
+    /// bootloader 0.9, built around each kernel (`image = "bootimage"`).
+    Bootimage(bootimage::Bootloader),
+    /// The current bootloader crate's images, made by kiln's builder (`image = "bios"`,
+    /// `"uefi"`).
+    Bootloader {
+        /// The builder of the kernel's bootloader version.
+        builder: bootloader::Builder,
+        /// Which images it makes.
+        firmware: bootloader::DiskFirmware,
+    },
+}
+
+impl DiskMaker {
+    /// The bootloader's version.
+    fn version(&self) -> String {
+        match self {
+            Self::Bootimage(bootloader) => bootloader.version.clone(),
+            Self::Bootloader { builder, .. } => builder.version.to_string(),
+        }
+    }
 }
 
 /// The derivations of the images, given the fetches they read and the closures of the

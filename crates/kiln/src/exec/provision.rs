@@ -95,6 +95,18 @@ pub(crate) fn check_machine(machine: &Machine) -> Vec<Missing> {
     }
 }
 
+/// OVMF, when one of `builds` makes UEFI disk images and the host lacks it.
+pub(crate) fn check_disk_firmware(builds: &[plan::BuildStep]) -> Vec<Missing> {
+    let Some(step) = builds.iter().find(|step| step.artifact.image == crate::config::ImageFormat::Uefi) else {
+        return Vec::new();
+    };
+    let needed_for = format!("the UEFI disk images of artifact `{}`", step.artifact.name);
+    match firmware::find_ovmf(&needed_for) {
+        Ok(_) => Vec::new(),
+        Err(_) => vec![Missing::Package { package: firmware::OVMF_PACKAGE, needed_for }],
+    }
+}
+
 /// The rustup targets among `targets` that the toolchain in `dir` lacks. Without rustup,
 /// nothing is reported (cargo then names the problem itself).
 pub(crate) fn check_targets(dir: &Path, targets: &BTreeSet<String>) -> Vec<Missing> {
@@ -171,6 +183,7 @@ pub(crate) fn floating_channel_warning(dir: &Path) -> Option<String> {
 /// bootloader images `llvm-tools` (bootloader 0.9's build script runs its `llvm-objcopy`).
 pub(crate) fn host_needs(runs: &[plan::CaseRun], builds: &[plan::BuildStep]) -> Vec<Missing> {
     let mut missing: Vec<Missing> = runs.iter().flat_map(|run| check_machine(&run.machine)).collect();
+    missing.extend(check_disk_firmware(builds));
     let mut targets: std::collections::BTreeMap<&Path, BTreeSet<String>> = std::collections::BTreeMap::new();
     for step in builds {
         targets.entry(step.artifact.dir.as_path()).or_default().insert(step.triple.clone());

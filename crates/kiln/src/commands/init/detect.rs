@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use kiln_types::Arch;
 
-use crate::exec::tool_command;
+use crate::exec::{cargo_json::DependencyKind, tool_command};
 
 /// A repository, as `init` reads it.
 pub(super) struct Repository {
@@ -148,6 +148,9 @@ pub(super) struct Kernel {
     pub bootimage: Option<Bootimage>,
     /// Whether it depends on the `bootloader` crate (and which major version).
     pub bootloader: Option<String>,
+    /// Whether it depends on `bootloader_api` (the current bootloader's kernel side), and its
+    /// version requirement.
+    pub bootloader_api: Option<String>,
 }
 
 /// `[package.metadata.bootimage]`, as `cargo bootimage` reads it.
@@ -258,26 +261,49 @@ fn kernels(root: &Path) -> anyhow::Result<Vec<Kernel>> {
         if dir.starts_with(root.join(super::XTASK_DIR)) || !package.targets.iter().any(|t| t.is_bin() || t.is_test()) {
             continue;
         }
+        // The host package of the bootloader's template (its `build.rs` makes the disk images
+        // with `bootloader` as a build-dependency, its `main` runs QEMU) is no kernel.
+        if package.dependencies.iter().any(|dep| {
+            dep.name == "bootloader" && dep.kind == DependencyKind::Build && !is_bootloader_0_9(requirement(&dep.req))
+        }) {
+            continue;
+        }
         let relative = dir.strip_prefix(root).map(|p| p.display().to_string()).unwrap_or_default();
         let bootimage = package.metadata.get("bootimage").map(|table| Bootimage {
             test_args: strings(table.get("test-args")),
             test_success_exit_code: table.get("test-success-exit-code").and_then(serde_json::Value::as_i64),
             test_timeout: table.get("test-timeout").and_then(serde_json::Value::as_i64),
         });
-        let bootloader = package
-            .dependencies
-            .iter()
-            .find(|dep| dep.name == "bootloader")
-            .map(|dep| dep.req.trim_start_matches(['^', '=', '~']).to_owned());
+        let dependency = |name: &str| {
+            package
+                .dependencies
+                .iter()
+                .find(|dep| dep.name == name && dep.kind != DependencyKind::Development)
+                .map(|dep| requirement(&dep.req).to_owned())
+        };
+        let (bootloader, bootloader_api) = (dependency("bootloader"), dependency("bootloader_api"));
         kernels.push(Kernel {
             package: package.name.to_string(),
             dir: if relative.is_empty() { ".".to_owned() } else { relative },
             has_tests: package.targets.iter().any(|t| t.is_test()) || bootimage.is_some(),
             bootimage,
             bootloader,
+            bootloader_api,
         });
     }
     Ok(kernels)
+}
+
+/// A version requirement without its operator (`^0.9` → `0.9`).
+fn requirement(req: &str) -> &str {
+    req.trim_start_matches(['^', '=', '~', ' '])
+}
+
+/// Whether a `bootloader` version (requirement) is 0.9 or older: the bootimage way.
+pub(super) fn is_bootloader_0_9(version: &str) -> bool {
+    let mut parts = version.split('.');
+    let (major, minor) = (parts.next(), parts.next().and_then(|minor| minor.parse::<u64>().ok()));
+    major == Some("0") && minor.is_some_and(|minor| minor <= 9)
 }
 
 fn strings(value: Option<&serde_json::Value>) -> Vec<String> {
@@ -382,6 +408,18 @@ fn linker_scripts_in(flags: &toml::Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bootloader_0_9_and_older_is_the_bootimage_way() {
+        for old in ["0.9", "0.9.35", "0.8.0", "0.4"] {
+            assert!(is_bootloader_0_9(old), "{old}");
+        }
+        for new in ["0.10", "0.11.17", "0.11", "1.0", "*"] {
+            assert!(!is_bootloader_0_9(new), "{new}");
+        }
+        assert_eq!(requirement("^0.11.17"), "0.11.17");
+        assert_eq!(requirement("=0.9.35"), "0.9.35");
+    }
 
     #[test]
     fn arch_comes_from_triples_and_json_targets() {

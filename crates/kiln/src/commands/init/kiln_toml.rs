@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use kiln_types::Arch;
 
-use super::detect::{Kernel, Repository, arch_of};
+use super::detect::{Kernel, Repository, arch_of, is_bootloader_0_9};
 use crate::config::toml_key;
 
 /// The architectures a kernel is built for, with the target each uses when it is not the
@@ -29,7 +29,59 @@ fn arches(repo: &Repository) -> Vec<(Arch, Option<String>)> {
 /// Whether the kernel is built the bootimage way: bootloader 0.9, or a
 /// `[package.metadata.bootimage]` table.
 fn uses_bootimage(kernel: &Kernel) -> bool {
-    kernel.bootimage.is_some() || kernel.bootloader.as_deref().is_some_and(|version| version.starts_with("0."))
+    kernel.bootimage.is_some() || kernel.bootloader.as_deref().is_some_and(is_bootloader_0_9)
+}
+
+/// The disk images of a kernel that uses `bootloader_api` (the current bootloader): one
+/// artifact per firmware, as the bootloader's template makes both `bios.img` and `uefi.img`.
+const BOOTLOADER_FIRMWARES: [&str; 2] = ["bios", "uefi"];
+
+/// The firmware the `cargo test` kernels of a `bootloader_api` kernel boot with: BIOS, which
+/// reaches the kernel sooner than OVMF under emulation.
+const BOOTLOADER_TESTS_FIRMWARE: &str = "bios";
+
+/// One artifact `init` writes for a kernel.
+struct ArtifactSpec {
+    /// Its name in Kiln.toml (and its case's, when the repository has one kernel).
+    name: String,
+    /// The case's name when the repository has one kernel.
+    single_case: String,
+    /// `image = "bios"` / `"uefi"`, for a `bootloader_api` kernel.
+    firmware: Option<&'static str>,
+    /// Its `cargo test` kernels (`kind = "tests"`) rather than its binary.
+    tests: bool,
+}
+
+/// The artifacts `init` writes for `kernel`: one, or for a `bootloader_api` kernel a BIOS and
+/// a UEFI artifact (`NAME-bios`, `NAME-uefi`) and, when it has test targets, its test kernels
+/// (`NAME-tests`, each a disk image of its own).
+fn artifacts_of(kernel: &Kernel) -> Vec<ArtifactSpec> {
+    if kernel.bootloader_api.is_none() {
+        return vec![ArtifactSpec {
+            name: kernel.package.clone(),
+            single_case: "boot".to_owned(),
+            firmware: None,
+            tests: false,
+        }];
+    }
+    let mut specs: Vec<ArtifactSpec> = BOOTLOADER_FIRMWARES
+        .iter()
+        .map(|firmware| ArtifactSpec {
+            name: format!("{}-{firmware}", kernel.package),
+            single_case: (*firmware).to_owned(),
+            firmware: Some(*firmware),
+            tests: false,
+        })
+        .collect();
+    if kernel.has_tests {
+        specs.push(ArtifactSpec {
+            name: format!("{}-tests", kernel.package),
+            single_case: "tests".to_owned(),
+            firmware: Some(BOOTLOADER_TESTS_FIRMWARE),
+            tests: true,
+        });
+    }
+    specs
 }
 
 /// Whether its `cargo test` kernels are what the repository runs: it has test targets and
@@ -60,12 +112,17 @@ pub(super) fn extra_test_args(args: &[String]) -> Vec<String> {
     extra
 }
 
-fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
-    let _ = writeln!(text, "[artifact.{}]", toml_key(name));
+fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, spec: &ArtifactSpec) {
+    let firmware = spec.firmware;
+    let _ = writeln!(text, "[artifact.{}]", toml_key(&spec.name));
     let _ = writeln!(text, "package = \"{}\"", kernel.package);
     let _ = writeln!(text, "path = \"{}\"", kernel.dir);
     let arches = arches(repo);
-    if arches.is_empty() {
+    if arches.is_empty() && firmware.is_some() {
+        let _ = writeln!(text, "# bootloader_api kernels are x86_64 kernels, built for x86_64-unknown-none.");
+        let _ = writeln!(text, "arches = [\"x86_64\"]");
+        let _ = writeln!(text, "target.x86_64 = \"x86_64-unknown-none\"");
+    } else if arches.is_empty() {
         match &repo.cargo.build_target {
             Some(target) => {
                 let _ = writeln!(text, "# build.target is `{target}`: kiln could not tell its architecture.");
@@ -101,7 +158,13 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
             parts.join(" and ")
         );
     }
-    if runs_test_kernels(repo, kernel) {
+    if spec.tests {
+        let _ = writeln!(
+            text,
+            "# `cargo test` kernels (tests/*.rs with their own entry_point!): each boots from its own disk image."
+        );
+        let _ = writeln!(text, "kind = \"tests\"");
+    } else if firmware.is_none() && runs_test_kernels(repo, kernel) {
         let runner = repo.cargo.runner.as_deref().unwrap_or("bootimage runner");
         let _ = writeln!(
             text,
@@ -109,14 +172,22 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
         );
         let _ = writeln!(text, "kind = \"tests\"");
     }
-    if uses_bootimage(kernel) {
+    if let (Some(firmware), Some(version)) = (firmware, &kernel.bootloader_api) {
+        let _ = writeln!(
+            text,
+            "# bootloader_api {version}: a {} disk image, made with the bootloader crate of the same version.",
+            firmware.to_uppercase()
+        );
+        let _ = writeln!(text, "image = \"{firmware}\"");
+    } else if uses_bootimage(kernel) {
         let _ = writeln!(text, "# bootloader 0.9 (the bootimage way): each kernel becomes a BIOS disk image.");
         let _ = writeln!(text, "image = \"bootimage\"");
     } else if let Some(version) = &kernel.bootloader {
         let _ = writeln!(
             text,
-            "# TODO(bootloader {version}): kiln builds bootloader 0.9 images; for the newer bootloader's BIOS/UEFI images,\n\
-             # add a [step] that runs your image builder, and boot its output (see docs/kiln-toml.md)."
+            "# TODO(bootloader {version}): kiln makes bootloader 0.9 images (`image = \"bootimage\"`) and, for kernels\n\
+             # that use bootloader_api 0.11 or newer, BIOS and UEFI images (`image = \"bios\"`, `\"uefi\"`); for this\n\
+             # bootloader, add a [step] that runs your image builder, and boot its output (see docs/kiln-toml.md)."
         );
     }
     if let Some(build_std) = &repo.cargo.build_std {
@@ -210,12 +281,17 @@ pub(super) fn text(repo: &Repository) -> String {
         let _ = writeln!(text, "path = \"TODO: its directory, relative to this file\"\n");
     }
     for kernel in &repo.kernels {
-        artifact(&mut text, repo, kernel, &kernel.package);
+        for spec in artifacts_of(kernel) {
+            artifact(&mut text, repo, kernel, &spec);
+        }
     }
-    // One kernel: its case is `boot`; several: one case each, named after the package.
+    // One kernel: its case is `boot`; several: one case each, named after the package. A
+    // kernel with BIOS and UEFI images has a case for each (`bios`, `uefi`, or `NAME-bios`...).
     for kernel in &repo.kernels {
-        let name = if repo.kernels.len() == 1 { "boot" } else { kernel.package.as_str() };
-        case(&mut text, repo, kernel, name, &kernel.package);
+        for spec in artifacts_of(kernel) {
+            let name = if repo.kernels.len() == 1 { &spec.single_case } else { &spec.name };
+            case(&mut text, repo, kernel, name, &spec.name);
+        }
     }
     if let Some(board) = &repo.board {
         let _ = writeln!(text, "# The board the repository's own QEMU command boots ({}).", board.found_in);
