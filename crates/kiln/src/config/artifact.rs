@@ -7,6 +7,7 @@ use toml::Spanned;
 
 use super::{
     ConfigError,
+    step::CommandStep,
     raw::{ArtifactKind, ImageFormat, RawArtifact},
     resolve::{Resolver, dedup},
 };
@@ -44,10 +45,18 @@ pub(crate) struct Artifact {
     pub rustflags: Vec<String>,
     /// ELF or raw binary.
     pub image: ImageFormat,
+    /// The `[step.NAME]`s that run before it is built, in the order they run (the steps they
+    /// need included); their closures are part of its own.
+    pub steps: Vec<CommandStep>,
 }
 
 impl Resolver<'_> {
-    pub(super) fn artifact(&self, name: &str, raw: RawArtifact) -> Result<Artifact, ConfigError> {
+    pub(super) fn artifact(
+        &self,
+        name: &str,
+        raw: RawArtifact,
+        steps: &BTreeMap<String, CommandStep>,
+    ) -> Result<Artifact, ConfigError> {
         let key = |k: &str| format!("artifact.{name}.{k}");
         let dir = match &raw.path {
             Some(path) if path.get_ref() == "." || path.get_ref().is_empty() => self.root.to_owned(),
@@ -84,6 +93,7 @@ impl Resolver<'_> {
             }
             targets.insert(*arch, triple);
         }
+        let steps = self.artifact_steps(name, &raw.steps, steps)?;
         Ok(Artifact {
             name: name.to_owned(),
             package: raw.package.into_inner(),
@@ -100,6 +110,7 @@ impl Resolver<'_> {
             env: raw.env,
             rustflags: raw.rustflags,
             image: raw.image,
+            steps,
         })
     }
 }

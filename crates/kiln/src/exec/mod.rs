@@ -19,12 +19,13 @@ mod provision;
 #[cfg(feature = "remote")]
 pub(crate) mod remotes;
 mod rootfs;
+mod step;
 mod tool;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use anyhow::Context as _;
@@ -45,7 +46,7 @@ pub(crate) use rootfs::{RootfsFiles, assemble as assemble_rootfs, read_listing};
 pub(crate) use tool::tool_command;
 
 use crate::{
-    config::RootfsFormat,
+    config::{CommandStep, RootfsFormat},
     events::{EntryKind, Event, Reporter},
     explain,
     guest::LinuxImages,
@@ -92,9 +93,20 @@ pub(crate) struct FetchedFile {
     pub outcome: BuildOutcome,
 }
 
+/// A declared command step's outputs, in the store and put in place in the working tree.
+#[derive(Clone, Debug)]
+pub(crate) struct RealisedStep {
+    /// Its closure hash.
+    pub closure: ClosureHash,
+    /// How the store served it.
+    pub outcome: BuildOutcome,
+}
+
 /// Everything a plan needs, in the store.
 #[derive(Debug, Default)]
 pub(crate) struct Realised {
+    /// Declared command steps by name.
+    pub steps: BTreeMap<String, RealisedStep>,
     /// Artifacts by build.
     pub builds: BTreeMap<BuildKey, BuiltArtifact>,
     /// Fetched files by fetch name.
@@ -107,9 +119,10 @@ impl Realised {
     /// How many derivations were built now, found, and substituted from remotes.
     pub(crate) fn store_use(&self) -> crate::outcome::StoreUse {
         let outcomes: Vec<&BuildOutcome> = self
-            .builds
+            .steps
             .values()
-            .map(|b| &b.outcome)
+            .map(|s| &s.outcome)
+            .chain(self.builds.values().map(|b| &b.outcome))
             .chain(self.images.values().map(|i| &i.outcome))
             .chain(self.fetches.values().map(|f| &f.outcome))
             .collect();
@@ -209,6 +222,8 @@ pub(crate) struct Executor {
     store: Store,
     reporter: Arc<dyn Reporter>,
     settings: Settings,
+    /// The command steps realised by this executor (each runs or is put in place once).
+    steps: Mutex<BTreeMap<String, RealisedStep>>,
     #[cfg(feature = "remote")]
     remotes: Option<Arc<kiln_store::remote::Remotes>>,
 }
@@ -220,6 +235,7 @@ impl Executor {
             store,
             reporter,
             settings,
+            steps: Mutex::new(BTreeMap::new()),
             #[cfg(feature = "remote")]
             remotes: None,
         }
@@ -301,7 +317,9 @@ impl Executor {
             builds: self.realise_builds(&plan.builds)?,
             fetches: self.realise_fetches(&plan.fetches)?,
             images: BTreeMap::new(),
+            steps: BTreeMap::new(),
         };
+        realised.steps = self.realised_steps();
         let artifact_closures = realised.builds.iter().map(|(key, built)| (key.clone(), built.closure)).collect();
         let (fetched, binaries) = rootfs_files(&realised);
         let mut images = BTreeMap::new();
@@ -345,6 +363,7 @@ impl Executor {
 
     /// Builds every step that the store lacks and returns all of them.
     pub(crate) fn realise_builds(&self, steps: &[BuildStep]) -> anyhow::Result<BTreeMap<BuildKey, BuiltArtifact>> {
+        self.realise_command_steps(steps)?;
         let derivations = self.step_derivations(steps)?;
         let mut missing_targets: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
         let mut missing_disks = BTreeSet::new();
@@ -478,12 +497,13 @@ impl Executor {
             check_package(step, &parsed[&query(step)])?;
         }
         let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
+        let command_steps = self.command_step_closures(steps, &stat_cache)?;
         let derivations = steps
             .iter()
             .map(|step| {
                 let host = &hosts[&step.artifact.dir];
                 let metadata = &parsed[&query(step)];
-                let cargo = cargo::derivation_for(step, host, metadata, &stat_cache)
+                let cargo = cargo::derivation_for(step, host, metadata, &command_steps, &stat_cache)
                     .with_context(|| format!("cannot compute the closure of {}", step.key))?;
                 let disk = if step.artifact.image == crate::config::ImageFormat::Bootimage {
                     let bootloader =
@@ -508,6 +528,10 @@ impl Executor {
     pub(crate) fn closures(&self, plan: &Plan) -> anyhow::Result<Vec<(String, ClosureHash)>> {
         let derivations = self.step_derivations(&plan.builds)?;
         let mut closures = Vec::new();
+        let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
+        for (name, (closure, _)) in self.command_step_closures(&plan.builds, &stat_cache)? {
+            closures.push((format!("step-{name}"), closure));
+        }
         let mut artifacts = BTreeMap::new();
         for (step, drvs) in plan.builds.iter().zip(&derivations) {
             closures.push((step.key.store_name(), drvs.cargo.closure_hash()));
@@ -527,6 +551,61 @@ impl Executor {
             closures.push((step.key.store_name(), drv.closure_hash()));
         }
         Ok(closures)
+    }
+
+    /// Runs (or finds in the store and puts in place) every command step the builds need,
+    /// each once, each after the steps it names.
+    fn realise_command_steps(&self, builds: &[BuildStep]) -> anyhow::Result<()> {
+        let Some(root) = builds.first().map(|b| b.project_root.clone()) else { return Ok(()) };
+        let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
+        let mut closures: BTreeMap<String, (ClosureHash, Vec<PathBuf>)> = BTreeMap::new();
+        for command in command_steps_of(builds) {
+            let known = self.steps.lock().map_err(|_| anyhow::anyhow!("a step panicked"))?.get(&command.name).cloned();
+            if let Some(done) = known {
+                closures.insert(command.name.clone(), (done.closure, command.outputs.clone()));
+                continue;
+            }
+            let drv = step::derivation(&command, &root, &closures, &stat_cache)?;
+            let what = format!("step {}", command.name);
+            let how = match &command.command {
+                crate::config::StepCommand::Argv(argv) => format!("`{}`", argv.join(" ")),
+                crate::config::StepCommand::Script(_) => "its script".to_owned(),
+            };
+            let (entry, outcome) =
+                self.entry(&drv, &command.store_name(), &what, EntryKind::Build, Some(&how), |out| {
+                    step::run(&command, &root, out)
+                })?;
+            step::place_outputs(&command, &root, &entry.out_dir())?;
+            closures.insert(command.name.clone(), (entry.closure, command.outputs.clone()));
+            self.steps
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a step panicked"))?
+                .insert(command.name.clone(), RealisedStep { closure: entry.closure, outcome });
+        }
+        if let Err(err) = stat_cache.save() {
+            self.reporter.detail("Warning", &format!("the stat cache was not saved: {err}"));
+        }
+        Ok(())
+    }
+
+    /// The closure (and outputs) of every command step the builds need, without running any.
+    fn command_step_closures(
+        &self,
+        builds: &[BuildStep],
+        stat_cache: &StatCache,
+    ) -> anyhow::Result<BTreeMap<String, (ClosureHash, Vec<PathBuf>)>> {
+        let mut closures = BTreeMap::new();
+        let Some(root) = builds.first().map(|b| b.project_root.clone()) else { return Ok(closures) };
+        for command in command_steps_of(builds) {
+            let closure = step::derivation(&command, &root, &closures, stat_cache)?.closure_hash();
+            closures.insert(command.name.clone(), (closure, command.outputs.clone()));
+        }
+        Ok(closures)
+    }
+
+    /// The command steps this executor has realised, by name.
+    pub(crate) fn realised_steps(&self) -> BTreeMap<String, RealisedStep> {
+        self.steps.lock().map(|steps| steps.clone()).unwrap_or_default()
     }
 
     /// Checks (and, when allowed, installs) what these machines need on this host.
@@ -593,6 +672,19 @@ impl Executor {
         }
         self.ensure(missing)
     }
+}
+
+/// The command steps of `builds`, each once, each after the steps it names.
+fn command_steps_of(builds: &[BuildStep]) -> Vec<CommandStep> {
+    let mut ordered: Vec<CommandStep> = Vec::new();
+    for build in builds {
+        for command in &build.artifact.steps {
+            if !ordered.iter().any(|known| known.name == command.name) {
+                ordered.push(command.clone());
+            }
+        }
+    }
+    ordered
 }
 
 /// The name the store records the disk images of a `bootimage` step under (the cargo
