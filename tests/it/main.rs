@@ -15,6 +15,7 @@ mod linux_fetch;
 mod release;
 mod remote;
 mod servers;
+mod steps;
 mod store;
 mod support;
 mod test_binaries;

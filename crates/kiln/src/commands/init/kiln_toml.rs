@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use kiln_types::Arch;
 
-use super::detect::{Kernel, Repository, arch_of};
+use super::detect::{Kernel, MakeCopy, Repository, arch_of};
 use crate::config::toml_key;
 
 /// The architectures a kernel is built for, with the target each uses when it is not the
@@ -60,7 +60,51 @@ pub(super) fn extra_test_args(args: &[String]) -> Vec<String> {
     extra
 }
 
-fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
+/// A `[step.NAME]` init writes: the Makefile's `cp` that makes a linker script the rustflags
+/// name but the repository does not hold.
+struct CopyStep<'a> {
+    /// The step's name.
+    name: String,
+    /// The copy, as the Makefile spells it.
+    copy: &'a MakeCopy,
+}
+
+/// The linker scripts named in rustflags (as written) that are not in the repository.
+fn missing_linker_scripts(repo: &Repository) -> Vec<&String> {
+    repo.cargo.linker_scripts_in_flags.iter().filter(|script| !repo.root.join(script.as_str()).exists()).collect()
+}
+
+/// A step per missing linker script that a Makefile line copies from a file that exists.
+fn copy_steps(repo: &Repository) -> Vec<CopyStep<'_>> {
+    let mut steps = Vec::new();
+    for script in missing_linker_scripts(repo) {
+        let wanted = script.trim_start_matches("./");
+        let Some(copy) = repo.copies.iter().find(|c| c.to == wanted && repo.root.join(&c.from).is_file()) else {
+            continue;
+        };
+        let name = if steps.is_empty() { "linker-script".to_owned() } else { format!("linker-script-{}", steps.len() + 1) };
+        steps.push(CopyStep { name, copy });
+    }
+    steps
+}
+
+/// The `[step.NAME]` tables of `steps`, each with where it comes from.
+fn step_tables(text: &mut String, steps: &[CopyStep<'_>]) {
+    for step in steps {
+        let copy = step.copy;
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let values: Vec<String> = copy.variables.iter().map(|(name, value)| format!("{name} = {value}")).collect();
+        let with = if values.is_empty() { String::new() } else { format!(" with {}", values.join(", ")) };
+        let _ = writeln!(text, "# From `{}` in {}{with}: kiln runs it before building and caches", copy.written, copy.found_in);
+        let _ = writeln!(text, "# its output (`cargo xtask` then needs no `make`). Another board: copy its script instead.");
+        let _ = writeln!(text, "[step.{}]", toml_key(&step.name));
+        let _ = writeln!(text, "command = [\"cp\", {}, {}]", quote(&copy.from), quote(&copy.to));
+        let _ = writeln!(text, "inputs = [{}]", quote(&copy.from));
+        let _ = writeln!(text, "outputs = [{}]\n", quote(&copy.to));
+    }
+}
+
+fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str, steps: &[CopyStep<'_>]) {
     let _ = writeln!(text, "[artifact.{}]", toml_key(name));
     let _ = writeln!(text, "package = \"{}\"", kernel.package);
     let _ = writeln!(text, "path = \"{}\"", kernel.dir);
@@ -126,8 +170,14 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
             build_std.join(",")
         );
     }
-    for script in &repo.cargo.linker_scripts_in_flags {
-        if repo.root.join(script).exists() {
+    if !steps.is_empty() {
+        let names: Vec<String> = steps.iter().map(|s| format!("\"{}\"", s.name)).collect();
+        let made: Vec<&str> = steps.iter().map(|s| s.copy.to.as_str()).collect();
+        let _ = writeln!(text, "# {} (named in rustflags) is made by the step(s) below, before every build.", made.join(", "));
+        let _ = writeln!(text, "steps = [{}]", names.join(", "));
+    }
+    for script in missing_linker_scripts(repo) {
+        if steps.iter().any(|s| s.copy.to == script.trim_start_matches("./")) {
             continue;
         }
         let name = std::path::Path::new(script);
@@ -146,10 +196,13 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str) {
         } else {
             sources.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" or ")
         };
+        let source = sources.first().map_or("TODO: the file it is made from", |s| s.as_str());
         let _ = writeln!(
             text,
-            "# TODO: the rustflags name `{script}`, which is not in the repository: your build copies it from \
-             {from}\n# first (a Makefile step?). Commit the copy kiln should build with, or make it before `cargo xtask`."
+            "# TODO: the rustflags name `{script}`, which is not in the repository: your build makes it from \
+             {from}\n# first. Declare that as a step and name it here (see `[step.NAME]` in docs/kiln-toml.md):\n\
+             # steps = [\"linker-script\"]\n# [step.linker-script]\n# command = [\"cp\", \"{source}\", \"{script}\"]\n\
+             # inputs = [\"{source}\"]\n# outputs = [\"{script}\"]"
         );
     }
     if !repo.cargo.linker_scripts_in_flags.is_empty() {
@@ -209,8 +262,9 @@ pub(super) fn text(repo: &Repository) -> String {
         let _ = writeln!(text, "package = \"TODO: the cargo package of your kernel\"");
         let _ = writeln!(text, "path = \"TODO: its directory, relative to this file\"\n");
     }
+    let steps = copy_steps(repo);
     for kernel in &repo.kernels {
-        artifact(&mut text, repo, kernel, &kernel.package);
+        artifact(&mut text, repo, kernel, &kernel.package, &steps);
     }
     // One kernel: its case is `boot`; several: one case each, named after the package.
     for kernel in &repo.kernels {
@@ -234,6 +288,7 @@ pub(super) fn text(repo: &Repository) -> String {
         let _ = writeln!(text, "# test-args in [package.metadata.bootimage], less what kiln does itself.");
         let _ = writeln!(text, "[machine.x86_64]\nargs = [{}]\n", quoted.join(", "));
     }
+    step_tables(&mut text, &steps);
     if repo.kernels.is_empty() {
         let _ = writeln!(text, "[case.boot]\nartifact = \"kernel\"");
         let _ = writeln!(text, "success = \"TODO: the line your kernel prints when it passes\"\ntimeout = \"60s\"");
