@@ -128,10 +128,7 @@ fn a_makefile_linker_script_copy_becomes_a_cached_step_that_relinks_the_kernel_w
     let (code, stderr) = build_with(&project, &scripted);
     assert_eq!(code, 1, "a failed step fails the build: {stderr}");
     let line = line_of(&scripted, "[step.linker-script]");
-    assert!(
-        stderr.contains(&format!("Kiln.toml:{line}): `its script` failed with exit status: 1")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("Kiln.toml:{line}): `its script` failed with exit status: 1")), "{stderr}");
     assert!(stderr.contains("step `linker-script` ("), "{stderr}");
     assert!(stderr.contains("cp: cannot stat 'src/linker-k999.ld'"), "the command's own output: {stderr}");
 }

@@ -314,6 +314,9 @@ mod tests {
         assert!(first.contains("[case.t.test.\"k::bin/k\"]\nsuccess = \"\"\nexpect = \"fail\"\n"), "{first}");
         assert!(first.contains("input = \"ping\\r\"\ninput-after = \"^> $\"\n"), "{first}");
         assert!(first.contains("image = \"raw\"\nsteps = [\"pre\", \"ld\"]\n"), "steps in run order: {first}");
-        assert!(first.contains("[step.pre]\nscript = \"touch k/pre\"\ninputs = []\noutputs = [\"k/pre\"]\nenv.BOARD"), "{first}");
+        assert!(
+            first.contains("[step.pre]\nscript = \"touch k/pre\"\ninputs = []\noutputs = [\"k/pre\"]\nenv.BOARD"),
+            "{first}"
+        );
     }
 }

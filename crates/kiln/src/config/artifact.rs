@@ -7,9 +7,9 @@ use toml::Spanned;
 
 use super::{
     ConfigError,
-    step::CommandStep,
     raw::{ArtifactKind, ImageFormat, RawArtifact},
     resolve::{Resolver, dedup},
+    step::CommandStep,
 };
 
 /// A cargo package built for one target per architecture.

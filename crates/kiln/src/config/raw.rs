@@ -33,7 +33,10 @@ pub(crate) struct RawManifest {
 
 /// `[step.NAME]`: a command kiln runs (and caches) before the artifacts that name it.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case", expecting = "a `[step.NAME]` table with `command` or `script`, `inputs` and `outputs`")]
+#[serde(
+    rename_all = "kebab-case",
+    expecting = "a `[step.NAME]` table with `command` or `script`, `inputs` and `outputs`"
+)]
 pub(crate) struct RawStep {
     pub command: Option<Spanned<Vec<String>>>,
     pub script: Option<Spanned<String>>,

@@ -9,7 +9,14 @@ use std::{
 
 use toml::Spanned;
 
-use super::{ConfigError, diagnostic::closest, raw::RawStep, resolve::Resolver, spans::key_span};
+use super::{
+    ConfigError,
+    diagnostic::closest,
+    raw::RawStep,
+    resolve::Resolver,
+    spans::key_span,
+    step_inputs::{expand, is_glob},
+};
 
 /// What a step runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,11 +59,6 @@ impl CommandStep {
     pub(crate) fn produces(&self, relative: &Path) -> bool {
         self.outputs.iter().any(|output| relative.starts_with(output))
     }
-}
-
-/// Whether an input pattern is a glob rather than a path.
-pub(crate) fn is_glob(pattern: &str) -> bool {
-    pattern.contains(['*', '?', '['])
 }
 
 /// A relative path with `.` removed, or `None` when it is absolute or climbs out with `..`.
@@ -117,7 +119,9 @@ impl Resolver<'_> {
             (Some(_), Some(script)) => {
                 return Err(self
                     .error(Some(script.span()), key("script"), "a step has either `command` or `script`, not both")
-                    .with_help("keep `command` (a program and its arguments, no shell) or `script` (run by `sh -eu`)"));
+                    .with_help(
+                        "keep `command` (a program and its arguments, no shell) or `script` (run by `sh -eu`)",
+                    ));
             }
             (None, None) => {
                 return Err(self
@@ -143,7 +147,11 @@ impl Resolver<'_> {
             };
             if path.starts_with("target/kiln") {
                 return Err(self
-                    .error(Some(output.span()), key("outputs"), format!("output `{}` is kiln's own directory", output.get_ref()))
+                    .error(
+                        Some(output.span()),
+                        key("outputs"),
+                        format!("output `{}` is kiln's own directory", output.get_ref()),
+                    )
                     .with_help("write the step's outputs elsewhere in the project"));
             }
             outputs.push(path);
@@ -154,12 +162,20 @@ impl Resolver<'_> {
             Some(cwd) => {
                 let Some(path) = inside_project(cwd.get_ref()) else {
                     return Err(self
-                        .error(Some(cwd.span()), key("cwd"), format!("`{}` is not a directory inside the project", cwd.get_ref()))
+                        .error(
+                            Some(cwd.span()),
+                            key("cwd"),
+                            format!("`{}` is not a directory inside the project", cwd.get_ref()),
+                        )
                         .with_help("`cwd` is relative to Kiln.toml's directory, without `..` and not absolute"));
                 };
                 if !self.root.join(&path).is_dir() {
                     return Err(self
-                        .error(Some(cwd.span()), key("cwd"), format!("no directory `{}`", self.root.join(&path).display()))
+                        .error(
+                            Some(cwd.span()),
+                            key("cwd"),
+                            format!("no directory `{}`", self.root.join(&path).display()),
+                        )
                         .with_help("set `cwd` to an existing directory, relative to Kiln.toml"));
                 }
                 path
@@ -201,9 +217,8 @@ impl Resolver<'_> {
         let err = self.error(Some(name.span()), key, format!("no step named `{}`", name.get_ref()));
         Err(match closest(name.get_ref(), steps.keys().map(String::as_str)) {
             Some(near) => err.with_help(format!("a step with a similar name exists: `{near}`")),
-            None if steps.is_empty() => {
-                err.with_help(format!("declare it as `[step.{}]` with `command`, `inputs` and `outputs`", name.get_ref()))
-            }
+            None if steps.is_empty() => err
+                .with_help(format!("declare it as `[step.{}]` with `command`, `inputs` and `outputs`", name.get_ref())),
             None => err.with_help(format!("steps: {}", steps.keys().cloned().collect::<Vec<_>>().join(", "))),
         })
     }
@@ -248,7 +263,7 @@ impl Resolver<'_> {
             }
             let span = || self.input_span(&step.name, index);
             if is_glob(input) {
-                let found = crate::config::step_inputs::expand(self.root, input, &step.outputs)
+                let found = expand(self.root, input, &step.outputs)
                     .map_err(|e| self.error(span(), key.clone(), e).with_help("fix the glob (gitignore syntax)"))?;
                 if found.is_empty() {
                     return Err(self

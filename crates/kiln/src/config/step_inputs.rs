@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use kiln_store::SourceSet;
 
-use super::step::is_glob;
+/// Whether an input pattern is a glob rather than a path.
+pub(crate) fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
 
 /// The files `pattern` names, relative to `root` and sorted, leaving out any inside one of
 /// `outputs` (a step's own outputs are never its inputs). A missing path gives no files.

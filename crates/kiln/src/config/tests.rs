@@ -282,7 +282,7 @@ fn a_step_resolves_and_its_artifact_carries_it() {
     assert_eq!(step.outputs, [std::path::PathBuf::from("kernel/linker.ld")]);
     assert_eq!(step.env["BOARD"], "qemu");
     assert_eq!(step.declared_at, "Kiln.toml:7");
-    assert_eq!(config.artifacts["hello"].steps, [step.clone()]);
+    assert_eq!(config.artifacts["hello"].steps, std::slice::from_ref(step));
 }
 
 #[test]
@@ -297,7 +297,8 @@ fn steps_run_after_the_steps_they_name() {
 
 #[test]
 fn an_unknown_step_names_the_key_line_and_the_closest_step() {
-    let (_dir, err) = project_with_step(&WITH_STEP.replace("steps = [\"linker-script\"]", "steps = [\"linker-scrip\"]"));
+    let (_dir, err) =
+        project_with_step(&WITH_STEP.replace("steps = [\"linker-script\"]", "steps = [\"linker-scrip\"]"));
     let err = err.expect_err("unknown step");
     assert_eq!(err.key.as_deref(), Some("artifact.hello.steps"));
     assert_eq!(err.position, Some((5, 10)));
@@ -307,7 +308,9 @@ fn an_unknown_step_names_the_key_line_and_the_closest_step() {
 
 #[test]
 fn a_circle_of_steps_is_named() {
-    let text = format!("{WITH_STEP}steps = [\"other\"]\n[step.other]\nscript = \"true\"\noutputs = [\"o\"]\nsteps = [\"linker-script\"]\n");
+    let text = format!(
+        "{WITH_STEP}steps = [\"other\"]\n[step.other]\nscript = \"true\"\noutputs = [\"o\"]\nsteps = [\"linker-script\"]\n"
+    );
     let (_dir, err) = project_with_step(&text);
     let err = err.expect_err("a circle");
     assert_eq!(err.message, "the steps form a circle: linker-script -> other -> linker-script");
@@ -317,12 +320,15 @@ fn a_circle_of_steps_is_named() {
 
 #[test]
 fn a_missing_input_is_an_error_at_its_line() {
-    let (_dir, err) = project_with_step(&WITH_STEP.replace("inputs = [\"kernel/linker-qemu.ld\"]", "inputs = [\"kernel/linker-k210.ld\"]"));
+    let (_dir, err) = project_with_step(
+        &WITH_STEP.replace("inputs = [\"kernel/linker-qemu.ld\"]", "inputs = [\"kernel/linker-k210.ld\"]"),
+    );
     let err = err.expect_err("missing input");
     assert_eq!(err.key.as_deref(), Some("step.linker-script.inputs"));
     assert_eq!(err.position, Some((9, 11)));
     assert!(err.message.starts_with("input `kernel/linker-k210.ld` does not exist"), "{err}");
-    let (_dir, err) = project_with_step(&WITH_STEP.replace("inputs = [\"kernel/linker-qemu.ld\"]", "inputs = [\"kernel/*.lds\"]"));
+    let (_dir, err) =
+        project_with_step(&WITH_STEP.replace("inputs = [\"kernel/linker-qemu.ld\"]", "inputs = [\"kernel/*.lds\"]"));
     assert_eq!(err.expect_err("an empty glob").message, "input `kernel/*.lds` matches no file");
 }
 
@@ -342,7 +348,9 @@ fn outputs_must_stay_inside_the_project() {
 
 #[test]
 fn a_step_has_a_command_or_a_script() {
-    let (_dir, err) = project_with_step(&WITH_STEP.replace("command = [\"cp\", \"kernel/linker-qemu.ld\", \"kernel/linker.ld\"]\n", ""));
+    let (_dir, err) = project_with_step(
+        &WITH_STEP.replace("command = [\"cp\", \"kernel/linker-qemu.ld\", \"kernel/linker.ld\"]\n", ""),
+    );
     let err = err.expect_err("no command");
     assert_eq!(err.message, "step `linker-script` has no `command` or `script`");
     assert_eq!(err.position.map(|p| p.0), Some(7));

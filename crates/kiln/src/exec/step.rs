@@ -78,9 +78,9 @@ pub(crate) fn derivation(
         made_first.extend(outputs.iter().cloned());
     }
     for input in &step.inputs {
-        let files = expand_step_input(root, input, &made_first).map_err(|e| anyhow::anyhow!(e)).with_context(|| {
-            format!("step `{}` ({}): cannot list input `{input}`", step.name, step.declared_at)
-        })?;
+        let files = expand_step_input(root, input, &made_first)
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("step `{}` ({}): cannot list input `{input}`", step.name, step.declared_at))?;
         let produced_first = files.is_empty() && made_first.iter().any(|o| Path::new(input).starts_with(o));
         if files.is_empty() && !produced_first {
             bail!(
@@ -114,7 +114,8 @@ pub(crate) fn run(step: &CommandStep, root: &Path, out: &Path) -> anyhow::Result
     kiln_types::withhold_secrets(&mut command);
     let (mut reader, writer) = std::io::pipe().context("cannot make a pipe for the step's output")?;
     command.stdout(writer.try_clone().context("cannot share the step's output pipe")?).stderr(writer);
-    let mut child = command.spawn().with_context(|| format!("cannot run `{}` for step `{}`", program.display(), step.name))?;
+    let mut child =
+        command.spawn().with_context(|| format!("cannot run `{}` for step `{}`", program.display(), step.name))?;
     // The command holds the pipe's write ends: drop it so the read ends when the child does.
     drop(command);
     let mut output = Vec::new();
@@ -127,7 +128,10 @@ pub(crate) fn run(step: &CommandStep, root: &Path, out: &Path) -> anyhow::Result
         let quoted = if tail.is_empty() {
             "it printed nothing".to_owned()
         } else {
-            format!("its last lines of output:\n{}", tail.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"))
+            format!(
+                "its last lines of output:\n{}",
+                tail.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+            )
         };
         bail!("step `{}` ({}): `{shown}` failed with {status}; {quoted}", step.name, step.declared_at);
     }
@@ -193,7 +197,10 @@ fn place(stored: &Path, dest: &Path) -> anyhow::Result<()> {
     if dest.is_dir() {
         bail!("`{}` is a directory where the step made a file; remove it", dest.display());
     }
-    let mode = std::fs::metadata(stored).with_context(|| format!("cannot inspect `{}`", stored.display()))?.permissions().mode();
+    let mode = std::fs::metadata(stored)
+        .with_context(|| format!("cannot inspect `{}`", stored.display()))?
+        .permissions()
+        .mode();
     let wanted_mode = (mode & 0o7777) | 0o200;
     if dest.is_file() && same_content(stored, dest)? {
         let current = std::fs::metadata(dest)?.permissions().mode() & 0o7777;
@@ -293,10 +300,14 @@ mod tests {
     #[test]
     fn a_failing_command_names_the_step_its_status_and_last_lines() {
         let dir = project();
-        let failing = step(StepCommand::Script("echo making the linker script\necho 'no board k210' >&2\nexit 3".into()));
+        let failing =
+            step(StepCommand::Script("echo making the linker script\necho 'no board k210' >&2\nexit 3".into()));
         let err = run(&failing, dir.path(), dir.path()).expect_err("exit 3");
         let text = format!("{err:#}");
-        assert!(text.starts_with("step `linker-script` (Kiln.toml:3): `its script` failed with exit status: 3"), "{text}");
+        assert!(
+            text.starts_with("step `linker-script` (Kiln.toml:3): `its script` failed with exit status: 3"),
+            "{text}"
+        );
         assert!(text.contains("    making the linker script\n    no board k210"), "{text}");
     }
 

@@ -69,7 +69,13 @@ pub(super) fn copies_in(text: &str, found_in: &str) -> Vec<MakeCopy> {
             .cloned()
             .collect();
         let clean = |p: &str| p.trim_start_matches("./").to_owned();
-        copies.push(MakeCopy { from: clean(from), to: clean(to), written, variables: used, found_in: found_in.to_owned() });
+        copies.push(MakeCopy {
+            from: clean(from),
+            to: clean(to),
+            written,
+            variables: used,
+            found_in: found_in.to_owned(),
+        });
     }
     copies
 }

@@ -82,7 +82,8 @@ fn copy_steps(repo: &Repository) -> Vec<CopyStep<'_>> {
         let Some(copy) = repo.copies.iter().find(|c| c.to == wanted && repo.root.join(&c.from).is_file()) else {
             continue;
         };
-        let name = if steps.is_empty() { "linker-script".to_owned() } else { format!("linker-script-{}", steps.len() + 1) };
+        let name =
+            if steps.is_empty() { "linker-script".to_owned() } else { format!("linker-script-{}", steps.len() + 1) };
         steps.push(CopyStep { name, copy });
     }
     steps
@@ -95,8 +96,15 @@ fn step_tables(text: &mut String, steps: &[CopyStep<'_>]) {
         let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
         let values: Vec<String> = copy.variables.iter().map(|(name, value)| format!("{name} = {value}")).collect();
         let with = if values.is_empty() { String::new() } else { format!(" with {}", values.join(", ")) };
-        let _ = writeln!(text, "# From `{}` in {}{with}: kiln runs it before building and caches", copy.written, copy.found_in);
-        let _ = writeln!(text, "# its output (`cargo xtask` then needs no `make`). Another board: copy its script instead.");
+        let _ = writeln!(
+            text,
+            "# From `{}` in {}{with}: kiln runs it before building and caches",
+            copy.written, copy.found_in
+        );
+        let _ = writeln!(
+            text,
+            "# its output (`cargo xtask` then needs no `make`). Another board: copy its script instead."
+        );
         let _ = writeln!(text, "[step.{}]", toml_key(&step.name));
         let _ = writeln!(text, "command = [\"cp\", {}, {}]", quote(&copy.from), quote(&copy.to));
         let _ = writeln!(text, "inputs = [{}]", quote(&copy.from));
@@ -173,7 +181,11 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str, s
     if !steps.is_empty() {
         let names: Vec<String> = steps.iter().map(|s| format!("\"{}\"", s.name)).collect();
         let made: Vec<&str> = steps.iter().map(|s| s.copy.to.as_str()).collect();
-        let _ = writeln!(text, "# {} (named in rustflags) is made by the step(s) below, before every build.", made.join(", "));
+        let _ = writeln!(
+            text,
+            "# {} (named in rustflags) is made by the step(s) below, before every build.",
+            made.join(", ")
+        );
         let _ = writeln!(text, "steps = [{}]", names.join(", "));
     }
     for script in missing_linker_scripts(repo) {
