@@ -1,7 +1,8 @@
 //! Declared command steps (`[step.NAME]`) on the rCore-Tutorial `os/` fixture, whose Makefile
 //! copies `src/linker-$(BOARD).ld` to `src/linker.ld` before `cargo build`: `init` writes the
 //! step, the step runs before the kernel and is cached like it (a hit puts the output back
-//! without running the command), and editing the board's linker script rebuilds and relinks.
+//! without running the command), editing the board's linker script rebuilds and relinks, and a
+//! step after the build (`artifact:NAME` input, `image-step`) makes the flat binary a case boots.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,27 @@ use crate::support::{Project, repo_root};
 const SUCCESS_TODO: &str = "\"TODO: the line your kernel prints when it passes\"";
 const SUCCESS_LINE: &str = "'^\\[kernel\\] Hello, world!$'";
 
+/// An artifact booted from what a step makes of its binary, as the Makefile's
+/// `$(OBJCOPY) $(KERNEL_ELF) --strip-all -O binary $@` makes `os.bin`; added by the test.
+const FLAT_BINARY: &str = r#"
+[artifact.os-bin]
+package = "os"
+path = "."
+arches = ["riscv64"]
+steps = ["linker-script"]
+image-step = "kernel-bin"
+
+[step.kernel-bin]
+script = '"$(rustc --print sysroot)"/lib/rustlib/*/bin/llvm-objcopy --strip-all -O binary "{artifact:os-bin}" target/os.bin'
+inputs = ["artifact:os-bin"]
+outputs = ["target/os.bin"]
+
+[case.flat]
+artifact = "os-bin"
+success = '^\[kernel\] Hello, world!$'
+timeout = "60s"
+"#;
+
 /// The entry point of an ELF64 little-endian file (`e_entry`, at offset 24).
 fn entry_point(elf: &Path) -> u64 {
     let bytes = std::fs::read(elf).unwrap_or_else(|err| panic!("read {}: {err}", elf.display()));
@@ -23,7 +45,12 @@ fn entry_point(elf: &Path) -> u64 {
 
 /// `store path os`: the kernel in its current store entry.
 fn kernel_in_store(project: &Project) -> PathBuf {
-    let output = project.command(&["--no-delegate", "store", "path", "os"]).output().expect("kiln runs");
+    image_in_store(project, "os")
+}
+
+/// `store path ARTIFACT`: what boots, in its current store entry.
+fn image_in_store(project: &Project, artifact: &str) -> PathBuf {
+    let output = project.command(&["--no-delegate", "store", "path", artifact]).output().expect("kiln runs");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
@@ -131,4 +158,25 @@ fn a_makefile_linker_script_copy_becomes_a_cached_step_that_relinks_the_kernel_w
     assert!(stderr.contains(&format!("Kiln.toml:{line}): `its script` failed with exit status: 1")), "{stderr}");
     assert!(stderr.contains("step `linker-script` ("), "{stderr}");
     assert!(stderr.contains("cp: cannot stat 'src/linker-k999.ld'"), "the command's own output: {stderr}");
+
+    // A step after the build: the kernel's flat binary, made by the toolchain's llvm-objcopy
+    // from the ELF in the store, is what the `flat` case boots.
+    std::fs::write(&script, &text).expect("back to 0x80200000, where QEMU loads a flat binary");
+    std::fs::write(&kiln_toml, format!("{filled}{FLAT_BINARY}")).expect("write Kiln.toml");
+    let fifth = project.test(&["-q", "--accel", "tcg"]);
+    for case in ["boot", "flat"] {
+        let run = fifth.get(case, Arch::Riscv64).expect("ran");
+        assert_eq!(run.status, CaseStatus::Passed, "{case}: {}", run.detail);
+        assert!(run.tail.iter().any(|line| line.starts_with("[kernel] .text [0x80200000")), "{case}: {:?}", run.tail);
+    }
+    assert_eq!(fifth.store.built, 1, "only the flat binary is new: the step and both builds of `os` are cached");
+    let flat = image_in_store(&project, "os-bin");
+    assert!(flat.ends_with("target/os.bin"), "{}", flat.display());
+    let bytes = std::fs::read(&flat).expect("the flat binary");
+    assert_ne!(&bytes[..4], b"\x7fELF", "a flat binary, not the ELF");
+    assert_eq!(std::fs::read(project.path().join("target/os.bin")).expect("put in place"), bytes);
+    let elf_size = std::fs::metadata(kernel_in_store(&project)).expect("the ELF").len();
+    assert!((bytes.len() as u64) < elf_size, "stripped: {} bytes against {elf_size}", bytes.len());
+    let sixth = project.test(&["-q", "--accel", "tcg"]);
+    assert_eq!((sixth.store.built, sixth.get("flat", Arch::Riscv64).map(|r| r.status)), (0, Some(CaseStatus::Passed)));
 }

@@ -48,6 +48,9 @@ pub(crate) struct Artifact {
     /// The `[step.NAME]`s that run before it is built, in the order they run (the steps they
     /// need included); their closures are part of its own.
     pub steps: Vec<CommandStep>,
+    /// The `[step.NAME]` that makes the image kiln boots from the built binary (a step whose
+    /// inputs name `artifact:NAME`), run per arch after the build.
+    pub image_step: Option<CommandStep>,
 }
 
 impl Resolver<'_> {
@@ -93,7 +96,12 @@ impl Resolver<'_> {
             }
             targets.insert(*arch, triple);
         }
-        let steps = self.artifact_steps(name, &raw.steps, steps)?;
+        let image_step = self.image_step(name, &raw, steps)?;
+        let mut wanted = raw.steps.clone();
+        if let Some(step) = &image_step {
+            wanted.extend(step.needs.iter().map(|n| Spanned::new(0..0, n.clone())));
+        }
+        let steps = self.artifact_steps(name, &wanted, steps)?;
         Ok(Artifact {
             name: name.to_owned(),
             package: raw.package.into_inner(),
@@ -111,6 +119,7 @@ impl Resolver<'_> {
             rustflags: raw.rustflags,
             image: raw.image,
             steps,
+            image_step,
         })
     }
 }

@@ -215,6 +215,7 @@ pub(crate) struct RawArtifact {
     pub image: ImageFormat,
     #[serde(default)]
     pub steps: Vec<Spanned<String>>,
+    pub image_step: Option<Spanned<String>>,
 }
 
 /// What cargo builds for an artifact.

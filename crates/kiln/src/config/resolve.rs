@@ -41,6 +41,7 @@ impl Resolver<'_> {
         };
         let (remotes, trusted_keys) = self.store_remotes(&raw.store)?;
         let steps = self.steps(raw.step)?;
+        self.check_step_artifacts(&steps, &raw.artifact.keys().cloned().collect())?;
         let mut artifacts = BTreeMap::new();
         for (name, artifact) in raw.artifact {
             let resolved = self.artifact(&name, artifact, &steps)?;

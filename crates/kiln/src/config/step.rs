@@ -18,6 +18,9 @@ use super::{
     step_inputs::{expand, is_glob},
 };
 
+/// How an input names an artifact's built binary: `artifact:NAME`.
+pub(crate) const ARTIFACT_INPUT: &str = "artifact:";
+
 /// What a step runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum StepCommand {
@@ -44,6 +47,9 @@ pub(crate) struct CommandStep {
     pub cwd: PathBuf,
     /// The steps it runs after (their closures are part of its own).
     pub needs: Vec<String>,
+    /// The artifacts whose built binary it reads (`artifact:NAME` inputs): it runs after their
+    /// build, once per arch, with `{artifact:NAME}` in its command replaced by the binary's path.
+    pub artifacts: Vec<String>,
     /// Where it is declared (`Kiln.toml:12`), for errors found while it runs.
     pub declared_at: String,
 }
@@ -192,10 +198,14 @@ impl Resolver<'_> {
             Some(span) => format!("{}:{}", self.source.path.display(), self.source.line_col(span.start).0),
             None => self.source.path.display().to_string(),
         };
+        let (artifacts, inputs): (Vec<String>, Vec<String>) =
+            raw.inputs.into_iter().map(Spanned::into_inner).partition(|input| input.starts_with(ARTIFACT_INPUT));
+        let artifacts = artifacts.into_iter().map(|a| a[ARTIFACT_INPUT.len()..].to_owned()).collect();
         Ok(CommandStep {
             name: name.to_owned(),
             command,
-            inputs: raw.inputs.into_iter().map(Spanned::into_inner).collect(),
+            artifacts,
+            inputs,
             outputs,
             env: raw.env,
             cwd,
@@ -254,7 +264,11 @@ impl Resolver<'_> {
     /// Every input of `step` exists, or lies in an output of a step it runs after.
     fn check_inputs_exist(&self, step: &CommandStep, steps: &BTreeMap<String, CommandStep>) -> Result<(), ConfigError> {
         let before = run_order(std::slice::from_ref(&step.name), steps);
-        for (index, input) in step.inputs.iter().enumerate() {
+        let written = self.written_inputs(&step.name);
+        for (index, input) in written.iter().enumerate() {
+            if input.starts_with(ARTIFACT_INPUT) {
+                continue;
+            }
             let key = format!("step.{}.inputs", step.name);
             let made_first = inside_project(input)
                 .is_some_and(|path| before.iter().any(|b| b.name != step.name && b.produces(&path)));
@@ -277,6 +291,90 @@ impl Resolver<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `step.NAME.inputs` as written (`artifact:` references included).
+    fn written_inputs(&self, name: &str) -> Vec<String> {
+        let Ok(doc) = toml::de::DeTable::parse(&self.source.text) else { return Vec::new() };
+        let items = doc
+            .get_ref()
+            .get("step")
+            .and_then(|steps| match steps.get_ref() {
+                toml::de::DeValue::Table(steps) => steps.get(name),
+                _ => None,
+            })
+            .and_then(|step| match step.get_ref() {
+                toml::de::DeValue::Table(step) => step.get("inputs"),
+                _ => None,
+            });
+        let Some(toml::de::DeValue::Array(items)) = items.map(|i| i.get_ref()) else { return Vec::new() };
+        items.iter().filter_map(|item| item.get_ref().as_str().map(str::to_owned)).collect()
+    }
+
+    /// Every `artifact:NAME` input names an artifact.
+    pub(super) fn check_step_artifacts(
+        &self,
+        steps: &BTreeMap<String, CommandStep>,
+        artifacts: &BTreeSet<String>,
+    ) -> Result<(), ConfigError> {
+        for step in steps.values() {
+            for artifact in &step.artifacts {
+                if artifacts.contains(artifact) {
+                    continue;
+                }
+                let written = format!("{ARTIFACT_INPUT}{artifact}");
+                let index = self.written_inputs(&step.name).iter().position(|i| *i == written).unwrap_or_default();
+                let err = self.error(
+                    self.input_span(&step.name, index),
+                    format!("step.{}.inputs", step.name),
+                    format!("no artifact named `{artifact}`"),
+                );
+                return Err(match closest(artifact, artifacts.iter().map(String::as_str)) {
+                    Some(near) => err.with_help(format!("an artifact with a similar name exists: `{near}`")),
+                    None => err.with_help("write `artifact:NAME` with the name of an `[artifact.NAME]`"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The step an artifact's `image-step` names: it exists and reads this artifact's binary.
+    pub(super) fn image_step(
+        &self,
+        artifact: &str,
+        raw: &super::raw::RawArtifact,
+        steps: &BTreeMap<String, CommandStep>,
+    ) -> Result<Option<CommandStep>, ConfigError> {
+        let Some(name) = &raw.image_step else { return Ok(None) };
+        let key = format!("artifact.{artifact}.image-step");
+        self.known_step(name, steps, key.clone())?;
+        let step = &steps[name.get_ref()];
+        if step.artifacts != [artifact] {
+            return Err(self
+                .error(
+                    Some(name.span()),
+                    key,
+                    format!("step `{}` does not read this artifact's binary alone", step.name),
+                )
+                .with_help(format!(
+                    "its inputs must name `{ARTIFACT_INPUT}{artifact}` (and no other artifact); its command finds the binary as `{{{ARTIFACT_INPUT}{artifact}}}`"
+                )));
+        }
+        if raw.kind != super::ArtifactKind::Bin || raw.image != super::ImageFormat::Elf {
+            return Err(self
+                .error(Some(name.span()), key, "`image-step` makes the image of one ELF binary")
+                .with_help("remove `kind` and `image` from this artifact, or the `image-step`"));
+        }
+        if let Some(later) = run_order(&step.needs, steps).iter().find(|s| !s.artifacts.is_empty()) {
+            return Err(self
+                .error(
+                    Some(name.span()),
+                    key,
+                    format!("step `{}` runs after step `{}`, which needs a build itself", step.name, later.name),
+                )
+                .with_help("a step that reads an artifact may only name steps that run before builds"));
+        }
+        Ok(Some(step.clone()))
     }
 
     /// The span of the `index`th item of `step.NAME.inputs`.
@@ -303,7 +401,22 @@ impl Resolver<'_> {
             self.known_step(name, steps, format!("artifact.{artifact}.steps"))?;
         }
         let wanted: Vec<String> = names.iter().map(|n| n.get_ref().clone()).collect();
-        Ok(run_order(&wanted, steps))
+        let order = run_order(&wanted, steps);
+        if let Some(after) = order.iter().find(|step| !step.artifacts.is_empty()) {
+            let span = names.iter().find(|n| n.get_ref() == &after.name).map(Spanned::span).filter(|s| !s.is_empty());
+            return Err(self
+                .error(
+                    span,
+                    format!("artifact.{artifact}.steps"),
+                    format!(
+                        "step `{}` reads a built artifact (`{ARTIFACT_INPUT}{}`), so it cannot run before a build",
+                        after.name,
+                        after.artifacts.join("`, `artifact:")
+                    ),
+                )
+                .with_help("boot its output with `image-step` instead, or remove it from `steps`"));
+        }
+        Ok(order)
     }
 }
 

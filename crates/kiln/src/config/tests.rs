@@ -361,3 +361,46 @@ fn a_step_has_a_command_or_a_script() {
     assert_eq!(err.key.as_deref(), Some("step.linker-script.comand"));
     assert_eq!(err.help.as_deref(), Some("a key with a similar name exists: `command`"));
 }
+
+/// [`WITH_STEP`] and a second artifact booted from what a step makes of its binary.
+fn with_image_step() -> String {
+    format!(
+        "{WITH_STEP}\n[artifact.bin]\npackage = \"k\"\npath = \"kernel\"\nimage-step = \"flat\"\n\n\
+         [step.flat]\ncommand = [\"objcopy\", \"-O\", \"binary\", \"{{artifact:bin}}\", \"kernel.bin\"]\n\
+         inputs = [\"artifact:bin\"]\noutputs = [\"kernel.bin\"]\nsteps = [\"linker-script\"]\n"
+    )
+}
+
+#[test]
+fn an_image_step_reads_its_artifact_and_its_steps_run_before_the_build() {
+    let (_dir, config) = project_with_step(&with_image_step());
+    let config = config.expect("valid");
+    let artifact = &config.artifacts["bin"];
+    let step = artifact.image_step.as_ref().expect("the image step");
+    assert_eq!(step.artifacts, ["bin"]);
+    assert!(step.inputs.is_empty(), "`artifact:` inputs are not paths: {:?}", step.inputs);
+    let before: Vec<&str> = artifact.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(before, ["linker-script"], "the steps the image step names run before the build");
+}
+
+#[test]
+fn artifact_inputs_are_checked() {
+    let (_dir, err) =
+        project_with_step(&with_image_step().replace("inputs = [\"artifact:bin\"]", "inputs = [\"artifact:bim\"]"));
+    let err = err.expect_err("unknown artifact");
+    assert_eq!(err.message, "no artifact named `bim`");
+    assert_eq!(err.key.as_deref(), Some("step.flat.inputs"));
+    assert_eq!(err.help.as_deref(), Some("an artifact with a similar name exists: `bin`"));
+
+    let (_dir, err) =
+        project_with_step(&with_image_step().replace("inputs = [\"artifact:bin\"]", "inputs = [\"artifact:hello\"]"));
+    let err = err.expect_err("another artifact");
+    assert_eq!(err.key.as_deref(), Some("artifact.bin.image-step"));
+    assert_eq!(err.message, "step `flat` does not read this artifact's binary alone");
+
+    let before_build = with_image_step().replace("steps = [\"linker-script\"]\n\n[step", "steps = [\"flat\"]\n\n[step");
+    let (_dir, err) = project_with_step(&before_build);
+    let err = err.expect_err("a step that needs a build, before the build");
+    assert_eq!(err.key.as_deref(), Some("artifact.hello.steps"));
+    assert_eq!(err.message, "step `flat` reads a built artifact (`artifact:bin`), so it cannot run before a build");
+}

@@ -398,7 +398,7 @@ impl Executor {
         if !missing_targets.is_empty() {
             self.warn_environment_rustflags(missing_targets.keys());
         }
-        let mut built = BTreeMap::new();
+        let mut built_artifacts = BTreeMap::new();
         for (step, drvs) in steps.iter().zip(&derivations) {
             let what = step.key.to_string();
             let how = format!("for {}", step.triple);
@@ -407,6 +407,11 @@ impl Executor {
                     cargo::cargo_build(step, out, self.settings.quiet_cargo)
                 })?;
             let kernels = images_in(&entry, step.artifact.image, step.artifact.kind)?;
+            if let (Some(image_step), Some(drv)) = (&step.artifact.image_step, &drvs.image) {
+                let built = self.realise_image_step(step, image_step, drv, &kernels, &outcome)?;
+                built_artifacts.insert(step.key.clone(), built);
+                continue;
+            }
             let artifact = match &drvs.disk {
                 None => BuiltArtifact { closure: entry.closure, images: kernels, outcome, disk: false },
                 Some((bootloader, drv)) => {
@@ -429,16 +434,42 @@ impl Executor {
                     BuiltArtifact { closure: disks.closure, images, outcome, disk: true }
                 }
             };
-            built.insert(step.key.clone(), artifact);
+            built_artifacts.insert(step.key.clone(), artifact);
         }
-        Ok(built)
+        Ok(built_artifacts)
+    }
+
+    /// Runs (or finds) the `image-step` of a build on its binary; its first output is what boots.
+    fn realise_image_step(
+        &self,
+        build: &BuildStep,
+        image_step: &CommandStep,
+        drv: &Derivation,
+        kernels: &[BootImage],
+        cargo_outcome: &BuildOutcome,
+    ) -> anyhow::Result<BuiltArtifact> {
+        let binary = kernels.first().with_context(|| format!("{} built no binary", build.key))?;
+        let substitutions = vec![
+            (format!("artifact:{}", build.artifact.name), binary.path.display().to_string()),
+            ("arch".to_owned(), build.key.arch.as_str().to_owned()),
+        ];
+        let what = format!("step {} ({})", image_step.name, build.key.arch);
+        let name = format!("{}-{}", image_step.store_name(), build.key.arch);
+        let how = format!("on {}", build.key);
+        let root = &build.project_root;
+        let (entry, outcome) = self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| {
+            step::run_with(image_step, root, out, &substitutions)
+        })?;
+        step::place_outputs(image_step, root, &entry.out_dir())?;
+        let outcome = if matches!(cargo_outcome, BuildOutcome::Built { .. }) { cargo_outcome.clone() } else { outcome };
+        Ok(BuiltArtifact { closure: entry.closure, images: step_images(&entry, image_step)?, outcome, disk: false })
     }
 
     /// Each step's final derivation: the cargo build's, or for `image = "bootimage"` the disk
     /// images' (whose closure holds the cargo build's); its entry's name is
     /// [`final_entry_name`].
     pub(crate) fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
-        Ok(self.step_derivations(steps)?.into_iter().map(|d| d.disk.map_or(d.cargo, |(_, disk)| disk)).collect())
+        Ok(self.step_derivations(steps)?.iter().map(|d| d.last().clone()).collect())
     }
 
     /// Computes each step's derivations. The cargo and rustc queries behind them run at once,
@@ -515,7 +546,18 @@ impl Executor {
                 } else {
                     None
                 };
-                Ok(StepDerivations { cargo, disk })
+                let image = match &step.artifact.image_step {
+                    Some(image_step) => Some(step::image_derivation(
+                        image_step,
+                        &step.project_root,
+                        &command_steps,
+                        (&step.artifact.name, cargo.closure_hash()),
+                        step.key.arch,
+                        &stat_cache,
+                    )?),
+                    None => None,
+                };
+                Ok(StepDerivations { cargo, disk, image })
             })
             .collect();
         if let Err(err) = stat_cache.save() {
@@ -535,14 +577,13 @@ impl Executor {
         let mut artifacts = BTreeMap::new();
         for (step, drvs) in plan.builds.iter().zip(&derivations) {
             closures.push((step.key.store_name(), drvs.cargo.closure_hash()));
-            let last = match &drvs.disk {
-                Some((_, disk)) => {
-                    closures.push((disk_image_entry_name(step), disk.closure_hash()));
-                    disk
-                }
-                None => &drvs.cargo,
-            };
-            artifacts.insert(step.key.clone(), last.closure_hash());
+            if let Some((_, disk)) = &drvs.disk {
+                closures.push((disk_image_entry_name(step), disk.closure_hash()));
+            }
+            if let Some(image) = &drvs.image {
+                closures.push((final_entry_name(step), image.closure_hash()));
+            }
+            artifacts.insert(step.key.clone(), drvs.last().closure_hash());
         }
         for step in &plan.fetches {
             closures.push((format!("fetch-{}", step.fetch.name), fetch::derivation(&step.fetch).closure_hash()));
@@ -674,6 +715,22 @@ impl Executor {
     }
 }
 
+/// What boots from an `image-step`'s entry: its first output.
+fn step_images(entry: &Entry, image_step: &CommandStep) -> anyhow::Result<Vec<BootImage>> {
+    let output = image_step.outputs.first().context("a step without outputs")?;
+    let path = entry.out_dir().join(output);
+    let name = output.file_name().map_or_else(|| output.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(vec![BootImage { name, path, test: None }])
+}
+
+/// The images to boot in the entry of [`Executor::derivations`]'s derivation of `step`.
+pub(crate) fn final_images(entry: &Entry, step: &BuildStep) -> anyhow::Result<Vec<BootImage>> {
+    match &step.artifact.image_step {
+        Some(image_step) => step_images(entry, image_step),
+        None => images_in(entry, step.artifact.image, step.artifact.kind),
+    }
+}
+
 /// The command steps of `builds`, each once, each after the steps it names.
 fn command_steps_of(builds: &[BuildStep]) -> Vec<CommandStep> {
     let mut ordered: Vec<CommandStep> = Vec::new();
@@ -696,7 +753,9 @@ fn disk_image_entry_name(step: &BuildStep) -> String {
 /// The name the store records the entry of [`Executor::derivations`]'s derivation of `step`
 /// under: the disk images' for `image = "bootimage"`, else the cargo build's.
 pub(crate) fn final_entry_name(step: &BuildStep) -> String {
-    if step.artifact.image == crate::config::ImageFormat::Bootimage {
+    if let Some(image_step) = &step.artifact.image_step {
+        format!("{}-{}", image_step.store_name(), step.key.arch)
+    } else if step.artifact.image == crate::config::ImageFormat::Bootimage {
         disk_image_entry_name(step)
     } else {
         step.key.store_name()
@@ -709,6 +768,15 @@ struct StepDerivations {
     cargo: Derivation,
     /// For `image = "bootimage"`: the bootloader and the images' derivation.
     disk: Option<(bootimage::Bootloader, Derivation)>,
+    /// For an `image-step`: the step's derivation for this build.
+    image: Option<Derivation>,
+}
+
+impl StepDerivations {
+    /// The derivation whose entry holds what boots.
+    fn last(&self) -> &Derivation {
+        self.image.as_ref().or(self.disk.as_ref().map(|(_, disk)| disk)).unwrap_or(&self.cargo)
+    }
 }
 
 /// The derivations of the images, given the fetches they read and the closures of the

@@ -8,7 +8,7 @@ use std::{
     io::Read as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
 };
 
 use anyhow::{Context as _, bail};
@@ -96,22 +96,55 @@ pub(crate) fn derivation(
     Ok(drv)
 }
 
+/// The derivation of a step that makes an artifact's boot image: the step's own, with the
+/// arch and the closure of the artifact's build (which stands for its binary) added.
+pub(crate) fn image_derivation(
+    step: &CommandStep,
+    root: &Path,
+    needs: &BTreeMap<String, (ClosureHash, Vec<PathBuf>)>,
+    built: (&str, ClosureHash),
+    arch: kiln_types::Arch,
+    stat_cache: &StatCache,
+) -> anyhow::Result<Derivation> {
+    let mut drv = derivation(step, root, needs, stat_cache)?;
+    drv.setting("arch", arch.as_str());
+    drv.input(format!("artifact:{}", built.0), InputHash::of_closure(built.1));
+    Ok(drv)
+}
+
+/// What `{artifact:NAME}` and `{arch}` in a step's command stand for in one run.
+pub(crate) type Substitutions = Vec<(String, String)>;
+
 /// Runs `step` in the working tree and copies its outputs into `out` (the new entry).
 pub(crate) fn run(step: &CommandStep, root: &Path, out: &Path) -> anyhow::Result<()> {
+    run_with(step, root, out, &Vec::new())
+}
+
+/// [`run`], with `{NAME}` placeholders in the command (each argument, or the script) replaced.
+pub(crate) fn run_with(
+    step: &CommandStep,
+    root: &Path,
+    out: &Path,
+    substitutions: &Substitutions,
+) -> anyhow::Result<()> {
+    let substitute = |text: &str| {
+        substitutions.iter().fold(text.to_owned(), |text, (name, value)| text.replace(&format!("{{{name}}}"), value))
+    };
     let program = program(step, root)?;
-    let mut command = Command::new(&program);
+    // kiln's one constructor of project commands: secrets withheld, and what `cargo xtask`
+    // set for kiln itself removed, so a step's `cargo` or `rustc` uses the project's toolchain.
+    let mut command = super::tool_command(&program.display().to_string(), &root.join(&step.cwd));
     let shown = match &step.command {
         StepCommand::Argv(argv) => {
-            command.args(&argv[1..]);
+            command.args(argv[1..].iter().map(|arg| substitute(arg)));
             argv.join(" ")
         }
         StepCommand::Script(script) => {
-            command.args(["-eu", "-c", script]);
+            command.args(["-eu", "-c", &substitute(script)]);
             "its script".to_owned()
         }
     };
-    command.current_dir(root.join(&step.cwd)).envs(&step.env).stdin(Stdio::null());
-    kiln_types::withhold_secrets(&mut command);
+    command.envs(&step.env).stdin(Stdio::null());
     let (mut reader, writer) = std::io::pipe().context("cannot make a pipe for the step's output")?;
     command.stdout(writer.try_clone().context("cannot share the step's output pipe")?).stderr(writer);
     let mut child =
@@ -242,6 +275,7 @@ mod tests {
             env: BTreeMap::new(),
             cwd: PathBuf::new(),
             needs: Vec::new(),
+            artifacts: Vec::new(),
             declared_at: "Kiln.toml:3".into(),
         }
     }
