@@ -307,3 +307,57 @@ pub(super) fn text(repo: &Repository) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel whose rustflags name `src/linker.ld`, which only a copy of
+    /// `src/linker-qemu.ld` makes; with `makefile`, the copy is a Makefile line.
+    fn repository(makefile: Option<&str>) -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("src")).expect("mkdir");
+        std::fs::create_dir_all(root.join(".cargo")).expect("mkdir");
+        std::fs::write(root.join("Cargo.toml"), "[package]\nname = \"os\"\nversion = \"0.1.0\"\nedition = \"2021\"\n")
+            .expect("write");
+        std::fs::write(root.join("src/main.rs"), "fn main() {}\n").expect("write");
+        std::fs::write(root.join("src/linker-qemu.ld"), "BASE_ADDRESS = 0x80200000;\n").expect("write");
+        std::fs::write(
+            root.join(".cargo/config.toml"),
+            "[build]\ntarget = \"riscv64gc-unknown-none-elf\"\n[target.riscv64gc-unknown-none-elf]\n\
+             rustflags = [\"-Clink-arg=-Tsrc/linker.ld\", \"-Cforce-frame-pointers=yes\"]\n",
+        )
+        .expect("write");
+        if let Some(makefile) = makefile {
+            std::fs::write(root.join("Makefile"), makefile).expect("write");
+        }
+        let repo = Repository::read(root).expect("read");
+        (dir, repo)
+    }
+
+    #[test]
+    fn a_makefile_copy_of_the_linker_script_becomes_a_step() {
+        let make = "BOARD ?= qemu\nkernel:\n\t@cp src/linker-$(BOARD).ld src/linker.ld\n\t@cargo build --release\n";
+        let (_dir, repo) = repository(Some(make));
+        let text = text(&repo);
+        assert!(text.contains("steps = [\"linker-script\"]\n"), "{text}");
+        assert!(
+            text.contains(
+                "[step.linker-script]\ncommand = [\"cp\", \"src/linker-qemu.ld\", \"src/linker.ld\"]\n\
+                 inputs = [\"src/linker-qemu.ld\"]\noutputs = [\"src/linker.ld\"]\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("TODO: the rustflags name"), "{text}");
+    }
+
+    #[test]
+    fn without_a_makefile_line_a_todo_names_the_step_to_write() {
+        let (_dir, repo) = repository(None);
+        let text = text(&repo);
+        assert!(!text.contains("\n[step."), "only a comment: {text}");
+        assert!(text.contains("# TODO: the rustflags name `src/linker.ld`, which is not in the repository"), "{text}");
+        assert!(text.contains("# command = [\"cp\", \"src/linker-qemu.ld\", \"src/linker.ld\"]"), "{text}");
+    }
+}
