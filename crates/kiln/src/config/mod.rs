@@ -25,6 +25,7 @@ mod run;
 mod spans;
 mod step;
 mod step_inputs;
+mod step_refs;
 mod store;
 mod todo;
 mod version;

@@ -215,7 +215,7 @@ impl Resolver<'_> {
     }
 
     /// An error at `key` when `name` is no `[step.NAME]`, with the closest one.
-    fn known_step(
+    pub(super) fn known_step(
         &self,
         name: &Spanned<String>,
         steps: &BTreeMap<String, CommandStep>,
@@ -294,7 +294,7 @@ impl Resolver<'_> {
     }
 
     /// `step.NAME.inputs` as written (`artifact:` references included).
-    fn written_inputs(&self, name: &str) -> Vec<String> {
+    pub(super) fn written_inputs(&self, name: &str) -> Vec<String> {
         let Ok(doc) = toml::de::DeTable::parse(&self.source.text) else { return Vec::new() };
         let items = doc
             .get_ref()
@@ -311,74 +311,8 @@ impl Resolver<'_> {
         items.iter().filter_map(|item| item.get_ref().as_str().map(str::to_owned)).collect()
     }
 
-    /// Every `artifact:NAME` input names an artifact.
-    pub(super) fn check_step_artifacts(
-        &self,
-        steps: &BTreeMap<String, CommandStep>,
-        artifacts: &BTreeSet<String>,
-    ) -> Result<(), ConfigError> {
-        for step in steps.values() {
-            for artifact in &step.artifacts {
-                if artifacts.contains(artifact) {
-                    continue;
-                }
-                let written = format!("{ARTIFACT_INPUT}{artifact}");
-                let index = self.written_inputs(&step.name).iter().position(|i| *i == written).unwrap_or_default();
-                let err = self.error(
-                    self.input_span(&step.name, index),
-                    format!("step.{}.inputs", step.name),
-                    format!("no artifact named `{artifact}`"),
-                );
-                return Err(match closest(artifact, artifacts.iter().map(String::as_str)) {
-                    Some(near) => err.with_help(format!("an artifact with a similar name exists: `{near}`")),
-                    None => err.with_help("write `artifact:NAME` with the name of an `[artifact.NAME]`"),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// The step an artifact's `image-step` names: it exists and reads this artifact's binary.
-    pub(super) fn image_step(
-        &self,
-        artifact: &str,
-        raw: &super::raw::RawArtifact,
-        steps: &BTreeMap<String, CommandStep>,
-    ) -> Result<Option<CommandStep>, ConfigError> {
-        let Some(name) = &raw.image_step else { return Ok(None) };
-        let key = format!("artifact.{artifact}.image-step");
-        self.known_step(name, steps, key.clone())?;
-        let step = &steps[name.get_ref()];
-        if step.artifacts != [artifact] {
-            return Err(self
-                .error(
-                    Some(name.span()),
-                    key,
-                    format!("step `{}` does not read this artifact's binary alone", step.name),
-                )
-                .with_help(format!(
-                    "its inputs must name `{ARTIFACT_INPUT}{artifact}` (and no other artifact); its command finds the binary as `{{{ARTIFACT_INPUT}{artifact}}}`"
-                )));
-        }
-        if raw.kind != super::ArtifactKind::Bin || raw.image != super::ImageFormat::Elf {
-            return Err(self
-                .error(Some(name.span()), key, "`image-step` makes the image of one ELF binary")
-                .with_help("remove `kind` and `image` from this artifact, or the `image-step`"));
-        }
-        if let Some(later) = run_order(&step.needs, steps).iter().find(|s| !s.artifacts.is_empty()) {
-            return Err(self
-                .error(
-                    Some(name.span()),
-                    key,
-                    format!("step `{}` runs after step `{}`, which needs a build itself", step.name, later.name),
-                )
-                .with_help("a step that reads an artifact may only name steps that run before builds"));
-        }
-        Ok(Some(step.clone()))
-    }
-
     /// The span of the `index`th item of `step.NAME.inputs`.
-    fn input_span(&self, name: &str, index: usize) -> Option<std::ops::Range<usize>> {
+    pub(super) fn input_span(&self, name: &str, index: usize) -> Option<std::ops::Range<usize>> {
         let doc = toml::de::DeTable::parse(&self.source.text).ok()?;
         let steps = doc.get_ref().get("step")?;
         let toml::de::DeValue::Table(steps) = steps.get_ref() else { return None };
@@ -387,36 +321,6 @@ impl Resolver<'_> {
         let inputs = step.get("inputs")?;
         let toml::de::DeValue::Array(items) = inputs.get_ref() else { return None };
         items.get(index).map(Spanned::span)
-    }
-
-    /// Checks the names in an artifact's `steps` and returns the steps it needs, in the order
-    /// they run (each after the steps it names).
-    pub(super) fn artifact_steps(
-        &self,
-        artifact: &str,
-        names: &[Spanned<String>],
-        steps: &BTreeMap<String, CommandStep>,
-    ) -> Result<Vec<CommandStep>, ConfigError> {
-        for name in names {
-            self.known_step(name, steps, format!("artifact.{artifact}.steps"))?;
-        }
-        let wanted: Vec<String> = names.iter().map(|n| n.get_ref().clone()).collect();
-        let order = run_order(&wanted, steps);
-        if let Some(after) = order.iter().find(|step| !step.artifacts.is_empty()) {
-            let span = names.iter().find(|n| n.get_ref() == &after.name).map(Spanned::span).filter(|s| !s.is_empty());
-            return Err(self
-                .error(
-                    span,
-                    format!("artifact.{artifact}.steps"),
-                    format!(
-                        "step `{}` reads a built artifact (`{ARTIFACT_INPUT}{}`), so it cannot run before a build",
-                        after.name,
-                        after.artifacts.join("`, `artifact:")
-                    ),
-                )
-                .with_help("boot its output with `image-step` instead, or remove it from `steps`"));
-        }
-        Ok(order)
     }
 }
 
