@@ -68,7 +68,12 @@ pub(crate) fn derivation(
     }
     let program = program(step, root)?;
     let program_hash = hash_file(&program).with_context(|| format!("cannot read `{}`", program.display()))?;
-    drv.input(format!("tool:{}", program.display()), InputHash(*program_hash.as_bytes()));
+    // Named as written (`cp`, `sh`), so hosts that keep it in another directory agree.
+    let written = match &step.command {
+        StepCommand::Script(_) => "sh",
+        StepCommand::Argv(argv) => argv.first().map_or("", String::as_str),
+    };
+    drv.input(format!("tool:{written}"), InputHash(*program_hash.as_bytes()));
     let mut made_first: Vec<PathBuf> = step.outputs.clone();
     for needed in &step.needs {
         let (closure, outputs) = needs
