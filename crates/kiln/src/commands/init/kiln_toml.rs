@@ -217,12 +217,22 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, name: &str, s
              # inputs = [\"{source}\"]\n# outputs = [\"{script}\"]"
         );
     }
-    if !repo.cargo.linker_scripts_in_flags.is_empty() {
+    let hashed: Vec<&str> = repo
+        .cargo
+        .linker_scripts_in_flags
+        .iter()
+        .map(String::as_str)
+        .filter(|script| !steps.iter().any(|s| s.copy.to == script.trim_start_matches("./")))
+        .collect();
+    if !hashed.is_empty() {
         let _ = writeln!(
             text,
             "# Linker scripts in your rustflags ({}) are hashed with every build, and a change relinks.",
-            repo.cargo.linker_scripts_in_flags.join(", ")
+            hashed.join(", ")
         );
+    }
+    if !steps.is_empty() {
+        let _ = writeln!(text, "# A change to a step's inputs runs it again and relinks the kernel.");
     }
     text.push('\n');
 }
