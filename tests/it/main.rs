@@ -17,6 +17,7 @@ mod release;
 mod remote;
 mod retries;
 mod servers;
+mod steps;
 mod store;
 mod support;
 mod test_binaries;

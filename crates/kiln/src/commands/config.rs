@@ -5,7 +5,9 @@ use std::{fmt::Write as _, io::Write as _, path::Path};
 use kiln_qemu::{BootMethod, Console, Device, Firmware, accel::Accel};
 
 use crate::{
-    config::{CaseGuest, Config, FetchSource, KernelSource, LayerSource, RootfsFormat, TestSettings, toml_key},
+    config::{
+        CaseGuest, Config, FetchSource, KernelSource, LayerSource, RootfsFormat, StepCommand, TestSettings, toml_key,
+    },
     cx::Cx,
     exit_code,
 };
@@ -78,6 +80,24 @@ pub fn render(config: &Config, store: &Path) -> anyhow::Result<String> {
         }
         writeln!(out, "rustflags = {}", list(artifact.rustflags.iter().map(String::as_str)))?;
         writeln!(out, "image = {}", quote(&format!("{:?}", artifact.image).to_lowercase()))?;
+        writeln!(out, "steps = {}", list(artifact.steps.iter().map(|step| step.name.as_str())))?;
+    }
+    for step in config.steps.values() {
+        writeln!(out, "\n[step.{}]", toml_key(&step.name))?;
+        match &step.command {
+            StepCommand::Argv(argv) => writeln!(out, "command = {}", list(argv.iter().map(String::as_str)))?,
+            StepCommand::Script(script) => writeln!(out, "script = {}", quote(script))?,
+        }
+        writeln!(out, "inputs = {}", list(step.inputs.iter().map(String::as_str)))?;
+        let outputs: Vec<String> = step.outputs.iter().map(|o| o.display().to_string()).collect();
+        writeln!(out, "outputs = {}", list(outputs.iter().map(String::as_str)))?;
+        for (name, value) in &step.env {
+            writeln!(out, "env.{} = {}", toml_key(name), quote(value))?;
+        }
+        if !step.cwd.as_os_str().is_empty() {
+            writeln!(out, "cwd = {}", path(&step.cwd))?;
+        }
+        writeln!(out, "steps = {}", list(step.needs.iter().map(String::as_str)))?;
     }
     for machine in config.machines.values() {
         writeln!(out, "\n[machine.{}]", toml_key(&machine.name))?;
@@ -273,7 +293,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("k")).expect("mkdir");
         std::fs::write(dir.path().join("k/Cargo.toml"), "[package]\nname = \"k\"\n").expect("write");
-        let text = "[artifact.a]\npackage = \"k\"\npath = \"k\"\nfeatures = [\"x\"]\nbuild-std = [\"core\"]\nenv.A = \"1\"\nimage = \"raw\"\n\
+        let text = "[artifact.a]\npackage = \"k\"\npath = \"k\"\nfeatures = [\"x\"]\nbuild-std = [\"core\"]\nenv.A = \"1\"\nimage = \"raw\"\nsteps = [\"ld\"]\n\
                     [machine.big]\narch = \"aarch64\"\ncpu = \"max\"\nmemory = \"1G\"\nargs = [\"-d\", \"int\"]\n\
                     [machine.pi]\narch = \"aarch64\"\nmachine = \"raspi3b\"\ndevices = [\"usb-kbd\"]\nboot = \"disk\"\n\
                     [case.c]\nartifact = \"a\"\nmachines = [\"big\", \"riscv64\"]\nsuccess = \"^ok \\\\d+$\"\n\
@@ -281,7 +301,10 @@ mod tests {
                     [artifact.t]\npackage = \"k\"\npath = \"k\"\nkind = \"tests\"\n\
                     [case.t]\nartifact = \"t\"\nsuccess = \"ok\"\n\
                     [case.t.test.\"k::bin/k\"]\nsuccess = \"\"\nexpect = \"fail\"\n\
-                    [case.t.test.idle]\nstop-on-success = true\ntimeout = \"5s\"\ninput = \"ping\\r\"\ninput-after = \"^> $\"\n";
+                    [case.t.test.idle]\nstop-on-success = true\ntimeout = \"5s\"\ninput = \"ping\\r\"\ninput-after = \"^> $\"\n\
+                    [step.ld]\ncommand = [\"cp\", \"k/a.ld\", \"k/b.ld\"]\ninputs = [\"k/*.ld\"]\noutputs = [\"k/b.ld\"]\nsteps = [\"pre\"]\n\
+                    [step.pre]\nscript = \"touch k/pre\"\noutputs = [\"k/pre\"]\nenv.BOARD = \"qemu\"\ncwd = \".\"\n";
+        std::fs::write(dir.path().join("k/a.ld"), "SECTIONS {}").expect("write");
         let file = dir.path().join("Kiln.toml");
         let read = |text: &str| {
             Config::parse(Source { path: "Kiln.toml".into(), text: text.to_owned() }, &file).expect("valid")
@@ -292,5 +315,10 @@ mod tests {
         assert!(first.contains("cpu = \"max\""), "{first}");
         assert!(first.contains("[case.t.test.\"k::bin/k\"]\nsuccess = \"\"\nexpect = \"fail\"\n"), "{first}");
         assert!(first.contains("input = \"ping\\r\"\ninput-after = \"^> $\"\n"), "{first}");
+        assert!(first.contains("image = \"raw\"\nsteps = [\"pre\", \"ld\"]\n"), "steps in run order: {first}");
+        assert!(
+            first.contains("[step.pre]\nscript = \"touch k/pre\"\ninputs = []\noutputs = [\"k/pre\"]\nenv.BOARD"),
+            "{first}"
+        );
     }
 }

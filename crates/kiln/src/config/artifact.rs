@@ -9,6 +9,7 @@ use super::{
     ConfigError,
     raw::{ArtifactKind, ImageFormat, RawArtifact},
     resolve::{Resolver, dedup},
+    step::CommandStep,
 };
 
 /// A cargo package built for one target per architecture.
@@ -47,10 +48,21 @@ pub(crate) struct Artifact {
     /// For `image = "bios"` / `"uefi"`: the toolchain kiln's image builder is built with,
     /// instead of the one it picks for the bootloader's version.
     pub bootloader_toolchain: Option<String>,
+    /// The `[step.NAME]`s that run before it is built, in the order they run (the steps they
+    /// need included); their closures are part of its own.
+    pub steps: Vec<CommandStep>,
+    /// The `[step.NAME]` that makes the image kiln boots from the built binary (a step whose
+    /// inputs name `artifact:NAME`), run per arch after the build.
+    pub image_step: Option<CommandStep>,
 }
 
 impl Resolver<'_> {
-    pub(super) fn artifact(&self, name: &str, raw: RawArtifact) -> Result<Artifact, ConfigError> {
+    pub(super) fn artifact(
+        &self,
+        name: &str,
+        raw: RawArtifact,
+        steps: &BTreeMap<String, CommandStep>,
+    ) -> Result<Artifact, ConfigError> {
         let key = |k: &str| format!("artifact.{name}.{k}");
         let dir = match &raw.path {
             Some(path) if path.get_ref() == "." || path.get_ref().is_empty() => self.root.to_owned(),
@@ -114,6 +126,12 @@ impl Resolver<'_> {
             }
             targets.insert(*arch, triple);
         }
+        let image_step = self.image_step(name, &raw, steps)?;
+        let mut wanted = raw.steps.clone();
+        if let Some(step) = &image_step {
+            wanted.extend(step.needs.iter().map(|n| Spanned::new(0..0, n.clone())));
+        }
+        let steps = self.artifact_steps(name, &wanted, steps)?;
         Ok(Artifact {
             name: name.to_owned(),
             package: raw.package.into_inner(),
@@ -131,6 +149,8 @@ impl Resolver<'_> {
             rustflags: raw.rustflags,
             image: raw.image,
             bootloader_toolchain: raw.bootloader_toolchain.map(Spanned::into_inner),
+            steps,
+            image_step,
         })
     }
 }

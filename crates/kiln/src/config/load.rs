@@ -103,6 +103,7 @@ fn unknown_key_error(source: &Source, path: &[String]) -> ConfigError {
         Some("rootfs") if parents.iter().any(|p| p == "layers") => fields::field_names::<raw::RawLayer>(),
         Some("rootfs") => fields::field_names::<raw::RawRootfs>(),
         Some("run") => fields::field_names::<raw::RawRun>(),
+        Some("step") => fields::field_names::<raw::RawStep>(),
         Some(_) => &[],
     };
     let table = match parents {

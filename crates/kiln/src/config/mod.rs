@@ -2,7 +2,8 @@
 //!
 //! Reading goes raw → resolved: [`raw`] mirrors the file (with spans), [`Config`] holds
 //! checked, typed values with defaults applied. One module per table resolves it
-//! (`artifact`, `machine`, `case`, `fetch`, `kernel`, `rootfs`, `run`, `store`, `release`);
+//! (`artifact`, `machine`, `case`, `fetch`, `kernel`, `rootfs`, `run`, `store`, `release`,
+//! `step`);
 //! `load` parses and collects unknown keys and TODOs, `spans` finds keys in the text.
 //! Unknown keys are errors with the closest valid key, and every error names file, line,
 //! column and key.
@@ -22,6 +23,9 @@ mod resolve;
 mod rootfs;
 mod run;
 mod spans;
+mod step;
+mod step_inputs;
+mod step_refs;
 mod store;
 mod todo;
 mod version;
@@ -43,6 +47,8 @@ pub(crate) use raw::{ArtifactKind, Expect, ImageFormat};
 pub(crate) use release::ReleaseSettings;
 pub(crate) use rootfs::{Compression, LayerSource, Rootfs, RootfsFormat};
 pub(crate) use run::RunSettings;
+pub(crate) use step::{CommandStep, StepCommand};
+pub(crate) use step_inputs::expand as expand_step_input;
 pub(crate) use store::Remote;
 pub(crate) use todo::todos_in_file;
 
@@ -74,6 +80,8 @@ pub(crate) struct Config {
     pub kernels: BTreeMap<String, Kernel>,
     /// Rootfs recipes by name.
     pub rootfses: BTreeMap<String, Rootfs>,
+    /// Declared command steps by name.
+    pub steps: BTreeMap<String, CommandStep>,
     /// What `kiln run` boots.
     pub run: RunSettings,
     /// What `release` publishes.

@@ -25,8 +25,30 @@ pub(crate) struct RawManifest {
     pub kernel: BTreeMap<String, RawKernel>,
     #[serde(default)]
     pub rootfs: BTreeMap<String, RawRootfs>,
+    #[serde(default)]
+    pub step: BTreeMap<String, RawStep>,
     pub run: Option<RawRun>,
     pub release: Option<RawRelease>,
+}
+
+/// `[step.NAME]`: a command kiln runs (and caches) before the artifacts that name it.
+#[derive(Debug, Deserialize)]
+#[serde(
+    rename_all = "kebab-case",
+    expecting = "a `[step.NAME]` table with `command` or `script`, `inputs` and `outputs`"
+)]
+pub(crate) struct RawStep {
+    pub command: Option<Spanned<Vec<String>>>,
+    pub script: Option<Spanned<String>>,
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub outputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<Spanned<String>>,
+    #[serde(default)]
+    pub steps: Vec<Spanned<String>>,
 }
 
 /// `[release]`: what `release` publishes.
@@ -192,6 +214,9 @@ pub(crate) struct RawArtifact {
     #[serde(default)]
     pub image: ImageFormat,
     pub bootloader_toolchain: Option<Spanned<String>>,
+    #[serde(default)]
+    pub steps: Vec<Spanned<String>>,
+    pub image_step: Option<Spanned<String>>,
 }
 
 /// What cargo builds for an artifact.

@@ -40,9 +40,11 @@ impl Resolver<'_> {
             None => self.root.join("target/kiln/store"),
         };
         let (remotes, trusted_keys) = self.store_remotes(&raw.store)?;
+        let steps = self.steps(raw.step)?;
+        self.check_step_artifacts(&steps, &raw.artifact.keys().cloned().collect())?;
         let mut artifacts = BTreeMap::new();
         for (name, artifact) in raw.artifact {
-            let resolved = self.artifact(&name, artifact)?;
+            let resolved = self.artifact(&name, artifact, &steps)?;
             artifacts.insert(name, resolved);
         }
         let mut machines: BTreeMap<String, Machine> =
@@ -90,6 +92,7 @@ impl Resolver<'_> {
             fetches,
             kernels,
             rootfses,
+            steps,
             run,
             release,
             source: self.source.clone(),

@@ -168,7 +168,7 @@ fn bootloader_disk_images_are_x86_64_and_take_a_toolchain_name() {
 #[test]
 fn reference_documents_every_key() {
     let reference = include_str!("../../../../docs/kiln-toml.md");
-    let tables: [(&str, &[&str]); 11] = [
+    let tables: [(&str, &[&str]); 12] = [
         ("top level", fields::field_names::<raw::RawManifest>()),
         ("[store]", fields::field_names::<raw::RawStore>()),
         ("[artifact.NAME]", fields::field_names::<raw::RawArtifact>()),
@@ -180,6 +180,7 @@ fn reference_documents_every_key() {
         ("[rootfs.NAME]", fields::field_names::<raw::RawRootfs>()),
         ("rootfs layers", fields::field_names::<raw::RawLayer>()),
         ("[run]", fields::field_names::<raw::RawRun>()),
+        ("[step.NAME]", fields::field_names::<raw::RawStep>()),
     ];
     for (table, keys) in tables {
         assert!(!keys.is_empty(), "{table}: no keys read");
@@ -272,4 +273,163 @@ fn per_test_tables_are_checked_against_their_case() {
     let err = err.expect_err("not a tests artifact");
     assert_eq!(err.key.as_deref(), Some("case.smoke.test.idle"));
     assert!(err.message.contains("case `smoke` boots no test binaries"), "{}", err.message);
+}
+
+/// An artifact that needs a linker-script copy, as the rCore-Tutorial kernel's Makefile makes it.
+const WITH_STEP: &str = r#"
+[artifact.hello]
+package = "k"
+path = "kernel"
+steps = ["linker-script"]
+
+[step.linker-script]
+command = ["cp", "kernel/linker-qemu.ld", "kernel/linker.ld"]
+inputs = ["kernel/linker-qemu.ld"]
+outputs = ["kernel/linker.ld"]
+env = { BOARD = "qemu" }
+"#;
+
+fn project_with_step(kiln_toml: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("kernel")).expect("mkdir");
+    std::fs::write(dir.path().join("kernel/Cargo.toml"), "[package]\nname = \"k\"\n").expect("write");
+    std::fs::write(dir.path().join("kernel/linker-qemu.ld"), "BASE_ADDRESS = 0x80200000;\n").expect("write");
+    let file = dir.path().join(FILE_NAME);
+    let result = Config::parse(Source { path: FILE_NAME.into(), text: kiln_toml.to_owned() }, &file);
+    (dir, result)
+}
+
+#[test]
+fn a_step_resolves_and_its_artifact_carries_it() {
+    let (_dir, config) = project_with_step(WITH_STEP);
+    let config = config.expect("valid");
+    let step = &config.steps["linker-script"];
+    assert_eq!(
+        step.command,
+        StepCommand::Argv(vec!["cp".into(), "kernel/linker-qemu.ld".into(), "kernel/linker.ld".into()])
+    );
+    assert_eq!(step.outputs, [std::path::PathBuf::from("kernel/linker.ld")]);
+    assert_eq!(step.env["BOARD"], "qemu");
+    assert_eq!(step.declared_at, "Kiln.toml:7");
+    assert_eq!(config.artifacts["hello"].steps, std::slice::from_ref(step));
+}
+
+#[test]
+fn steps_run_after_the_steps_they_name() {
+    let text = WITH_STEP.replace("steps = [\"linker-script\"]", "steps = [\"image\"]")
+        + "[step.image]\nscript = \"cat kernel/linker.ld > kernel/image\"\ninputs = [\"kernel/linker.ld\"]\noutputs = [\"kernel/image\"]\nsteps = [\"linker-script\"]\n";
+    let (_dir, config) = project_with_step(&text);
+    let config = config.expect("an input another step makes need not exist yet");
+    let order: Vec<&str> = config.artifacts["hello"].steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(order, ["linker-script", "image"]);
+}
+
+#[test]
+fn an_unknown_step_names_the_key_line_and_the_closest_step() {
+    let (_dir, err) =
+        project_with_step(&WITH_STEP.replace("steps = [\"linker-script\"]", "steps = [\"linker-scrip\"]"));
+    let err = err.expect_err("unknown step");
+    assert_eq!(err.key.as_deref(), Some("artifact.hello.steps"));
+    assert_eq!(err.position, Some((5, 10)));
+    assert_eq!(err.message, "no step named `linker-scrip`");
+    assert_eq!(err.help.as_deref(), Some("a step with a similar name exists: `linker-script`"));
+}
+
+#[test]
+fn a_circle_of_steps_is_named() {
+    let text = format!(
+        "{WITH_STEP}steps = [\"other\"]\n[step.other]\nscript = \"true\"\noutputs = [\"o\"]\nsteps = [\"linker-script\"]\n"
+    );
+    let (_dir, err) = project_with_step(&text);
+    let err = err.expect_err("a circle");
+    assert_eq!(err.message, "the steps form a circle: linker-script -> other -> linker-script");
+    assert_eq!(err.key.as_deref(), Some("step.linker-script.steps"));
+    assert_eq!(err.position.map(|p| p.0), Some(12));
+}
+
+#[test]
+fn a_missing_input_is_an_error_at_its_line() {
+    let (_dir, err) = project_with_step(
+        &WITH_STEP.replace("inputs = [\"kernel/linker-qemu.ld\"]", "inputs = [\"kernel/linker-k210.ld\"]"),
+    );
+    let err = err.expect_err("missing input");
+    assert_eq!(err.key.as_deref(), Some("step.linker-script.inputs"));
+    assert_eq!(err.position, Some((9, 11)));
+    assert!(err.message.starts_with("input `kernel/linker-k210.ld` does not exist"), "{err}");
+    let (_dir, err) =
+        project_with_step(&WITH_STEP.replace("inputs = [\"kernel/linker-qemu.ld\"]", "inputs = [\"kernel/*.lds\"]"));
+    assert_eq!(err.expect_err("an empty glob").message, "input `kernel/*.lds` matches no file");
+}
+
+#[test]
+fn outputs_must_stay_inside_the_project() {
+    for output in ["../linker.ld", "/tmp/linker.ld", "kernel/../../x"] {
+        let text = WITH_STEP.replace("outputs = [\"kernel/linker.ld\"]", &format!("outputs = [\"{output}\"]"));
+        let (_dir, err) = project_with_step(&text);
+        let err = err.expect_err("outside");
+        assert_eq!(err.key.as_deref(), Some("step.linker-script.outputs"), "{output}");
+        assert_eq!(err.position.map(|p| p.0), Some(10), "{output}");
+        assert_eq!(err.message, format!("output `{output}` is not a path inside the project"));
+    }
+    let (_dir, err) = project_with_step(&WITH_STEP.replace("outputs = [\"kernel/linker.ld\"]\n", ""));
+    assert_eq!(err.expect_err("no outputs").message, "step `linker-script` declares no `outputs`");
+}
+
+#[test]
+fn a_step_has_a_command_or_a_script() {
+    let (_dir, err) = project_with_step(
+        &WITH_STEP.replace("command = [\"cp\", \"kernel/linker-qemu.ld\", \"kernel/linker.ld\"]\n", ""),
+    );
+    let err = err.expect_err("no command");
+    assert_eq!(err.message, "step `linker-script` has no `command` or `script`");
+    assert_eq!(err.position.map(|p| p.0), Some(7));
+    let (_dir, err) = project_with_step(&WITH_STEP.replace("outputs =", "script = \"cp a b\"\noutputs ="));
+    assert_eq!(err.expect_err("both").message, "a step has either `command` or `script`, not both");
+    let (_dir, err) = project_with_step(&WITH_STEP.replace("command = [\"cp\",", "comand = [\"cp\","));
+    let err = err.expect_err("typo");
+    assert_eq!(err.key.as_deref(), Some("step.linker-script.comand"));
+    assert_eq!(err.help.as_deref(), Some("a key with a similar name exists: `command`"));
+}
+
+/// [`WITH_STEP`] and a second artifact booted from what a step makes of its binary.
+fn with_image_step() -> String {
+    format!(
+        "{WITH_STEP}\n[artifact.bin]\npackage = \"k\"\npath = \"kernel\"\nimage-step = \"flat\"\n\n\
+         [step.flat]\ncommand = [\"objcopy\", \"-O\", \"binary\", \"{{artifact:bin}}\", \"kernel.bin\"]\n\
+         inputs = [\"artifact:bin\"]\noutputs = [\"kernel.bin\"]\nsteps = [\"linker-script\"]\n"
+    )
+}
+
+#[test]
+fn an_image_step_reads_its_artifact_and_its_steps_run_before_the_build() {
+    let (_dir, config) = project_with_step(&with_image_step());
+    let config = config.expect("valid");
+    let artifact = &config.artifacts["bin"];
+    let step = artifact.image_step.as_ref().expect("the image step");
+    assert_eq!(step.artifacts, ["bin"]);
+    assert!(step.inputs.is_empty(), "`artifact:` inputs are not paths: {:?}", step.inputs);
+    let before: Vec<&str> = artifact.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(before, ["linker-script"], "the steps the image step names run before the build");
+}
+
+#[test]
+fn artifact_inputs_are_checked() {
+    let (_dir, err) =
+        project_with_step(&with_image_step().replace("inputs = [\"artifact:bin\"]", "inputs = [\"artifact:bim\"]"));
+    let err = err.expect_err("unknown artifact");
+    assert_eq!(err.message, "no artifact named `bim`");
+    assert_eq!(err.key.as_deref(), Some("step.flat.inputs"));
+    assert_eq!(err.help.as_deref(), Some("an artifact with a similar name exists: `bin`"));
+
+    let (_dir, err) =
+        project_with_step(&with_image_step().replace("inputs = [\"artifact:bin\"]", "inputs = [\"artifact:hello\"]"));
+    let err = err.expect_err("another artifact");
+    assert_eq!(err.key.as_deref(), Some("artifact.bin.image-step"));
+    assert_eq!(err.message, "step `flat` does not read this artifact's binary alone");
+
+    let before_build = with_image_step().replace("steps = [\"linker-script\"]\n\n[step", "steps = [\"flat\"]\n\n[step");
+    let (_dir, err) = project_with_step(&before_build);
+    let err = err.expect_err("a step that needs a build, before the build");
+    assert_eq!(err.key.as_deref(), Some("artifact.hello.steps"));
+    assert_eq!(err.message, "step `flat` reads a built artifact (`artifact:bin`), so it cannot run before a build");
 }

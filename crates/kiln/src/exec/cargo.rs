@@ -79,6 +79,7 @@ pub(crate) fn derivation_for(
     step: &BuildStep,
     host: &CargoHost,
     metadata: &Metadata,
+    command_steps: &BTreeMap<String, (kiln_store::ClosureHash, Vec<PathBuf>)>,
     stat_cache: &StatCache,
 ) -> anyhow::Result<Derivation> {
     let artifact = &step.artifact;
@@ -114,6 +115,14 @@ pub(crate) fn derivation_for(
         drv.setting(format!("env:{name}"), value);
     }
     drv.input("tool:rustc", InputHash::of_bytes(host.rustc_version.as_bytes()));
+    // A step's closure stands for its outputs, which cargo reads from the working tree (and
+    // which are left out of the package sources below).
+    for command in &artifact.steps {
+        let (closure, _) = command_steps
+            .get(&command.name)
+            .with_context(|| format!("{} needs step `{}`, which has no closure", step.key, command.name))?;
+        drv.input(format!("step:{}", command.name), InputHash::of_closure(*closure));
+    }
     if step.triple.ends_with(".json") {
         let spec = artifact.dir.join(&step.triple);
         let name = format!("file:{}", input_path_name(&spec, &step.project_root));
@@ -126,7 +135,12 @@ pub(crate) fn derivation_for(
             continue;
         };
         let dir = local.manifest_path.parent().map(Path::to_owned).unwrap_or_default();
-        let set = SourceSet::package_dir_within(&dir, &step.project_root)?;
+        let mut set = SourceSet::package_dir_within(&dir, &step.project_root)?;
+        set.files.retain(|file| {
+            let in_project = dir.join(file);
+            let relative = in_project.strip_prefix(&step.project_root).unwrap_or(&in_project);
+            !artifact.steps.iter().any(|command| command.produces(relative))
+        });
         let name = format!("source:{}", input_path_name(&dir, &step.project_root));
         drv.input(name, hash_source_set(&set, stat_cache)?);
     }

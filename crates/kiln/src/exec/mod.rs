@@ -21,12 +21,13 @@ mod provision;
 pub(crate) mod remotes;
 mod rootfs;
 pub(crate) mod space;
+mod step;
 mod tool;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use anyhow::Context as _;
@@ -47,7 +48,7 @@ pub(crate) use rootfs::{RootfsFiles, assemble as assemble_rootfs, read_listing};
 pub(crate) use tool::tool_command;
 
 use crate::{
-    config::{ImageFormat, RootfsFormat},
+    config::{CommandStep, ImageFormat, RootfsFormat},
     events::{EntryKind, Event, Reporter},
     explain,
     guest::LinuxImages,
@@ -94,9 +95,20 @@ pub(crate) struct FetchedFile {
     pub outcome: BuildOutcome,
 }
 
+/// A declared command step's outputs, in the store and put in place in the working tree.
+#[derive(Clone, Debug)]
+pub(crate) struct RealisedStep {
+    /// Its closure hash.
+    pub closure: ClosureHash,
+    /// How the store served it.
+    pub outcome: BuildOutcome,
+}
+
 /// Everything a plan needs, in the store.
 #[derive(Debug, Default)]
 pub(crate) struct Realised {
+    /// Declared command steps by name.
+    pub steps: BTreeMap<String, RealisedStep>,
     /// Artifacts by build.
     pub builds: BTreeMap<BuildKey, BuiltArtifact>,
     /// Fetched files by fetch name.
@@ -109,9 +121,10 @@ impl Realised {
     /// How many derivations were built now, found, and substituted from remotes.
     pub(crate) fn store_use(&self) -> crate::outcome::StoreUse {
         let outcomes: Vec<&BuildOutcome> = self
-            .builds
+            .steps
             .values()
-            .map(|b| &b.outcome)
+            .map(|s| &s.outcome)
+            .chain(self.builds.values().map(|b| &b.outcome))
             .chain(self.images.values().map(|i| &i.outcome))
             .chain(self.fetches.values().map(|f| &f.outcome))
             .collect();
@@ -211,6 +224,8 @@ pub(crate) struct Executor {
     store: Store,
     reporter: Arc<dyn Reporter>,
     settings: Settings,
+    /// The command steps realised by this executor (each runs or is put in place once).
+    steps: Mutex<BTreeMap<String, RealisedStep>>,
     #[cfg(feature = "remote")]
     remotes: Option<Arc<kiln_store::remote::Remotes>>,
 }
@@ -222,6 +237,7 @@ impl Executor {
             store,
             reporter,
             settings,
+            steps: Mutex::new(BTreeMap::new()),
             #[cfg(feature = "remote")]
             remotes: None,
         }
@@ -303,7 +319,9 @@ impl Executor {
             builds: self.realise_builds(&plan.builds)?,
             fetches: self.realise_fetches(&plan.fetches)?,
             images: BTreeMap::new(),
+            steps: BTreeMap::new(),
         };
+        realised.steps = self.realised_steps();
         let artifact_closures = realised.builds.iter().map(|(key, built)| (key.clone(), built.closure)).collect();
         let (fetched, binaries) = rootfs_files(&realised);
         let mut images = BTreeMap::new();
@@ -347,6 +365,7 @@ impl Executor {
 
     /// Builds every step that the store lacks and returns all of them.
     pub(crate) fn realise_builds(&self, steps: &[BuildStep]) -> anyhow::Result<BTreeMap<BuildKey, BuiltArtifact>> {
+        self.realise_command_steps(steps)?;
         let derivations = self.step_derivations(steps)?;
         let mut missing_targets: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
         // Directories whose toolchain builds disk images: a package's (bootloader 0.9) or a
@@ -397,6 +416,11 @@ impl Executor {
                     cargo::cargo_build(step, out, self.settings.quiet_cargo)
                 })?;
             let kernels = images_in(&entry, step.artifact.image, step.artifact.kind)?;
+            if let (Some(image_step), Some(drv)) = (&step.artifact.image_step, &drvs.image) {
+                let image = self.realise_image_step(step, image_step, drv, &kernels, &outcome)?;
+                built.insert(step.key.clone(), image);
+                continue;
+            }
             let artifact = match &drvs.disk {
                 None => BuiltArtifact { closure: entry.closure, images: kernels, outcome, disk: None },
                 Some((maker, drv)) => {
@@ -441,11 +465,37 @@ impl Executor {
         Ok(built)
     }
 
+    /// Runs (or finds) the `image-step` of a build on its binary; its first output is what boots.
+    fn realise_image_step(
+        &self,
+        build: &BuildStep,
+        image_step: &CommandStep,
+        drv: &Derivation,
+        kernels: &[BootImage],
+        cargo_outcome: &BuildOutcome,
+    ) -> anyhow::Result<BuiltArtifact> {
+        let binary = kernels.first().with_context(|| format!("{} built no binary", build.key))?;
+        let substitutions = vec![
+            (format!("artifact:{}", build.artifact.name), binary.path.display().to_string()),
+            ("arch".to_owned(), build.key.arch.as_str().to_owned()),
+        ];
+        let what = format!("step {} ({})", image_step.name, build.key.arch);
+        let name = format!("{}-{}", image_step.store_name(), build.key.arch);
+        let how = format!("on {}", build.key);
+        let root = &build.project_root;
+        let (entry, outcome) = self.entry(drv, &name, &what, EntryKind::Build, Some(&how), |out| {
+            step::run_with(image_step, root, out, &substitutions)
+        })?;
+        step::place_outputs(image_step, root, &entry.out_dir())?;
+        let outcome = if matches!(cargo_outcome, BuildOutcome::Built { .. }) { cargo_outcome.clone() } else { outcome };
+        Ok(BuiltArtifact { closure: entry.closure, images: step_images(&entry, image_step)?, outcome, disk: None })
+    }
+
     /// Each step's final derivation: the cargo build's, or for disk images (`image =
     /// "bootimage"`, `"bios"`, `"uefi"`) the images' (whose closure holds the cargo build's);
     /// its entry's name is [`final_entry_name`].
     pub(crate) fn derivations(&self, steps: &[BuildStep]) -> anyhow::Result<Vec<Derivation>> {
-        Ok(self.step_derivations(steps)?.into_iter().map(|d| d.disk.map_or(d.cargo, |(_, disk)| disk)).collect())
+        Ok(self.step_derivations(steps)?.iter().map(|d| d.last().clone()).collect())
     }
 
     /// Computes each step's derivations. The cargo and rustc queries behind them run at once,
@@ -534,13 +584,14 @@ impl Executor {
             }
         }
         let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
+        let command_steps = self.command_step_closures(steps, &stat_cache)?;
         let derivations = steps
             .iter()
             .zip(builders)
             .map(|(step, builder)| {
                 let host = &hosts[&step.artifact.dir];
                 let metadata = &parsed[&query(step)];
-                let cargo = cargo::derivation_for(step, host, metadata, &stat_cache)
+                let cargo = cargo::derivation_for(step, host, metadata, &command_steps, &stat_cache)
                     .with_context(|| format!("cannot compute the closure of {}", step.key))?;
                 let disk = if let Some((builder, firmware)) = builder {
                     let rustc = builder_rustc.get(&builder.dir).map_or("", String::as_str);
@@ -556,7 +607,18 @@ impl Executor {
                 } else {
                     None
                 };
-                Ok(StepDerivations { cargo, disk })
+                let image = match &step.artifact.image_step {
+                    Some(image_step) => Some(step::image_derivation(
+                        image_step,
+                        &step.project_root,
+                        &command_steps,
+                        (&step.artifact.name, cargo.closure_hash()),
+                        step.key.arch,
+                        &stat_cache,
+                    )?),
+                    None => None,
+                };
+                Ok(StepDerivations { cargo, disk, image })
             })
             .collect();
         if let Err(err) = stat_cache.save() {
@@ -569,17 +631,20 @@ impl Executor {
     pub(crate) fn closures(&self, plan: &Plan) -> anyhow::Result<Vec<(String, ClosureHash)>> {
         let derivations = self.step_derivations(&plan.builds)?;
         let mut closures = Vec::new();
+        let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
+        for (name, (closure, _)) in self.command_step_closures(&plan.builds, &stat_cache)? {
+            closures.push((format!("step-{name}"), closure));
+        }
         let mut artifacts = BTreeMap::new();
         for (step, drvs) in plan.builds.iter().zip(&derivations) {
             closures.push((step.key.store_name(), drvs.cargo.closure_hash()));
-            let last = match &drvs.disk {
-                Some((_, disk)) => {
-                    closures.push((disk_image_entry_name(step), disk.closure_hash()));
-                    disk
-                }
-                None => &drvs.cargo,
-            };
-            artifacts.insert(step.key.clone(), last.closure_hash());
+            if let Some((_, disk)) = &drvs.disk {
+                closures.push((disk_image_entry_name(step), disk.closure_hash()));
+            }
+            if let Some(image) = &drvs.image {
+                closures.push((final_entry_name(step), image.closure_hash()));
+            }
+            artifacts.insert(step.key.clone(), drvs.last().closure_hash());
         }
         for step in &plan.fetches {
             closures.push((format!("fetch-{}", step.fetch.name), fetch::derivation(&step.fetch).closure_hash()));
@@ -588,6 +653,61 @@ impl Executor {
             closures.push((step.key.store_name(), drv.closure_hash()));
         }
         Ok(closures)
+    }
+
+    /// Runs (or finds in the store and puts in place) every command step the builds need,
+    /// each once, each after the steps it names.
+    fn realise_command_steps(&self, builds: &[BuildStep]) -> anyhow::Result<()> {
+        let Some(root) = builds.first().map(|b| b.project_root.clone()) else { return Ok(()) };
+        let stat_cache = StatCache::load(self.work_dir().join("cache/stat-cache"));
+        let mut closures: BTreeMap<String, (ClosureHash, Vec<PathBuf>)> = BTreeMap::new();
+        for command in command_steps_of(builds) {
+            let known = self.steps.lock().map_err(|_| anyhow::anyhow!("a step panicked"))?.get(&command.name).cloned();
+            if let Some(done) = known {
+                closures.insert(command.name.clone(), (done.closure, command.outputs.clone()));
+                continue;
+            }
+            let drv = step::derivation(&command, &root, &closures, &stat_cache)?;
+            let what = format!("step {}", command.name);
+            let how = match &command.command {
+                crate::config::StepCommand::Argv(argv) => format!("`{}`", argv.join(" ")),
+                crate::config::StepCommand::Script(_) => "its script".to_owned(),
+            };
+            let (entry, outcome) =
+                self.entry(&drv, &command.store_name(), &what, EntryKind::Build, Some(&how), |out| {
+                    step::run(&command, &root, out)
+                })?;
+            step::place_outputs(&command, &root, &entry.out_dir())?;
+            closures.insert(command.name.clone(), (entry.closure, command.outputs.clone()));
+            self.steps
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a step panicked"))?
+                .insert(command.name.clone(), RealisedStep { closure: entry.closure, outcome });
+        }
+        if let Err(err) = stat_cache.save() {
+            self.reporter.detail("Warning", &format!("the stat cache was not saved: {err}"));
+        }
+        Ok(())
+    }
+
+    /// The closure (and outputs) of every command step the builds need, without running any.
+    fn command_step_closures(
+        &self,
+        builds: &[BuildStep],
+        stat_cache: &StatCache,
+    ) -> anyhow::Result<BTreeMap<String, (ClosureHash, Vec<PathBuf>)>> {
+        let mut closures = BTreeMap::new();
+        let Some(root) = builds.first().map(|b| b.project_root.clone()) else { return Ok(closures) };
+        for command in command_steps_of(builds) {
+            let closure = step::derivation(&command, &root, &closures, stat_cache)?.closure_hash();
+            closures.insert(command.name.clone(), (closure, command.outputs.clone()));
+        }
+        Ok(closures)
+    }
+
+    /// The command steps this executor has realised, by name.
+    pub(crate) fn realised_steps(&self) -> BTreeMap<String, RealisedStep> {
+        self.steps.lock().map(|steps| steps.clone()).unwrap_or_default()
     }
 
     /// Checks (and, when allowed, installs) what these machines need on this host.
@@ -668,6 +788,35 @@ impl Executor {
     }
 }
 
+/// What boots from an `image-step`'s entry: its first output.
+fn step_images(entry: &Entry, image_step: &CommandStep) -> anyhow::Result<Vec<BootImage>> {
+    let output = image_step.outputs.first().context("a step without outputs")?;
+    let path = entry.out_dir().join(output);
+    let name = output.file_name().map_or_else(|| output.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(vec![BootImage { name, path, test: None }])
+}
+
+/// The images to boot in the entry of [`Executor::derivations`]'s derivation of `step`.
+pub(crate) fn final_images(entry: &Entry, step: &BuildStep) -> anyhow::Result<Vec<BootImage>> {
+    match &step.artifact.image_step {
+        Some(image_step) => step_images(entry, image_step),
+        None => images_in(entry, step.artifact.image, step.artifact.kind),
+    }
+}
+
+/// The command steps of `builds`, each once, each after the steps it names.
+fn command_steps_of(builds: &[BuildStep]) -> Vec<CommandStep> {
+    let mut ordered: Vec<CommandStep> = Vec::new();
+    for build in builds {
+        for command in &build.artifact.steps {
+            if !ordered.iter().any(|known| known.name == command.name) {
+                ordered.push(command.clone());
+            }
+        }
+    }
+    ordered
+}
+
 /// The name the store records the disk images of a disk image step under (`NAME-bootimage`,
 /// `NAME-bios`, `NAME-uefi`; the cargo build's entry keeps the step's own name).
 fn disk_image_entry_name(step: &BuildStep) -> String {
@@ -677,7 +826,13 @@ fn disk_image_entry_name(step: &BuildStep) -> String {
 /// The name the store records the entry of [`Executor::derivations`]'s derivation of `step`
 /// under: the disk images' for a disk image kind, else the cargo build's.
 pub(crate) fn final_entry_name(step: &BuildStep) -> String {
-    if step.artifact.image.is_disk() { disk_image_entry_name(step) } else { step.key.store_name() }
+    if let Some(image_step) = &step.artifact.image_step {
+        format!("{}-{}", image_step.store_name(), step.key.arch)
+    } else if step.artifact.image.is_disk() {
+        disk_image_entry_name(step)
+    } else {
+        step.key.store_name()
+    }
 }
 
 /// A build step's derivations: the cargo build, and the disk images made around it.
@@ -686,6 +841,15 @@ struct StepDerivations {
     cargo: Derivation,
     /// For a disk image kind: what makes the images, and their derivation.
     disk: Option<(DiskMaker, Derivation)>,
+    /// For an `image-step`: the step's derivation for this build.
+    image: Option<Derivation>,
+}
+
+impl StepDerivations {
+    /// The derivation whose entry holds what boots.
+    fn last(&self) -> &Derivation {
+        self.image.as_ref().or(self.disk.as_ref().map(|(_, disk)| disk)).unwrap_or(&self.cargo)
+    }
 }
 
 /// What makes a step's disk images.

@@ -25,6 +25,59 @@ pub(super) struct Repository {
     /// The QEMU board the repository boots on, from a `qemu-system-*` command in its cargo
     /// runner, Makefile or shell scripts, when it is not kiln's default for the arch.
     pub board: Option<Board>,
+    /// `cp FROM TO` lines in the Makefiles at the root, with their variables substituted.
+    pub copies: Vec<MakeCopy>,
+}
+
+/// A `cp FROM TO` line of a Makefile recipe (a linker script made for the chosen board).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct MakeCopy {
+    /// The source, variables substituted (`src/linker-qemu.ld`).
+    pub from: String,
+    /// The destination, variables substituted (`src/linker.ld`).
+    pub to: String,
+    /// The line as written, without the recipe's `@`, `-` or `+` (`cp src/linker-$(BOARD).ld src/linker.ld`).
+    pub written: String,
+    /// The variables the line uses, with the values kiln substituted (`BOARD = qemu`).
+    pub variables: Vec<(String, String)>,
+    /// The Makefile.
+    pub found_in: String,
+}
+
+/// The `cp FROM TO` lines of a Makefile's text (one file to one path; options such as `-f`
+/// allowed, several sources not).
+pub(super) fn copies_in(text: &str, found_in: &str) -> Vec<MakeCopy> {
+    let joined = text.replace("\\\n", " ");
+    let variables = make_variables(&joined);
+    let expanded = expand_make_variables(&joined);
+    let mut copies = Vec::new();
+    for (written, line) in joined.lines().zip(expanded.lines()) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(first) = words.first() else { continue };
+        if first.trim_start_matches(['@', '-', '+']) != "cp" {
+            continue;
+        }
+        let paths: Vec<&str> = words[1..].iter().copied().filter(|w| !w.starts_with('-')).collect();
+        let [from, to] = paths.as_slice() else { continue };
+        if [from, to].iter().any(|p| p.contains('$') || p.contains('*')) {
+            continue;
+        }
+        let written = written.trim().trim_start_matches(['@', '-', '+']).to_owned();
+        let used = variables
+            .iter()
+            .filter(|(name, _)| written.contains(&format!("$({name})")) || written.contains(&format!("${{{name}}}")))
+            .cloned()
+            .collect();
+        let clean = |p: &str| p.trim_start_matches("./").to_owned();
+        copies.push(MakeCopy {
+            from: clean(from),
+            to: clean(to),
+            written,
+            variables: used,
+            found_in: found_in.to_owned(),
+        });
+    }
+    copies
 }
 
 /// A QEMU board read from the repository's own QEMU command.
@@ -78,6 +131,19 @@ pub(super) fn board_in(line: &str, found_in: &str) -> Option<Board> {
 /// (`$(QEMU_BINARY) -M $(QEMU_MACHINE_TYPE)`). Conditionals are ignored: the first value
 /// assigned wins.
 pub(super) fn expand_make_variables(text: &str) -> String {
+    let variables = make_variables(text);
+    let mut expanded = text.to_owned();
+    // Values may name other variables: a few rounds resolve the usual nesting.
+    for _ in 0..4 {
+        for (name, value) in &variables {
+            expanded = expanded.replace(&format!("$({name})"), value).replace(&format!("${{{name}}}"), value);
+        }
+    }
+    expanded
+}
+
+/// A Makefile's simple variables with the first value each is given (`BOARD ?= qemu`).
+fn make_variables(text: &str) -> Vec<(String, String)> {
     let mut variables: Vec<(String, String)> = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -94,14 +160,7 @@ pub(super) fn expand_make_variables(text: &str) -> String {
             }
         }
     }
-    let mut expanded = text.to_owned();
-    // Values may name other variables: a few rounds resolve the usual nesting.
-    for _ in 0..4 {
-        for (name, value) in &variables {
-            expanded = expanded.replace(&format!("$({name})"), value).replace(&format!("${{{name}}}"), value);
-        }
-    }
-    expanded
+    variables
 }
 
 /// The first board named by a QEMU command in the runner, a Makefile or a shell script at the
@@ -134,6 +193,18 @@ fn board(root: &Path, runner: Option<&str>) -> Option<Board> {
     // A variable's definition names the board; the recipe that uses it adds the options.
     first.semihosting = boards.iter().any(|b| b.arch == first.arch && b.machine == first.machine && b.semihosting);
     Some(first)
+}
+
+/// The Makefiles at the root (`Makefile`, `makefile`, `*.mk`), by name, sorted.
+fn makefiles(root: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+        .into_iter()
+        .filter(|n| n == "Makefile" || n == "makefile" || n.ends_with(".mk"))
+        .filter_map(|name| std::fs::read_to_string(root.join(&name)).ok().map(|text| (name, text)))
+        .collect()
 }
 
 /// One kernel package.
@@ -205,7 +276,8 @@ impl Repository {
         }
         linker_scripts.sort();
         let board = board(root, cargo.runner.as_deref());
-        Ok(Repository { root: root.to_owned(), git_root, kernels, toolchain, cargo, linker_scripts, board })
+        let copies = makefiles(root).iter().flat_map(|(name, text)| copies_in(text, name)).collect();
+        Ok(Repository { root: root.to_owned(), git_root, kernels, toolchain, cargo, linker_scripts, board, copies })
     }
 
     /// The architecture of `build.target`, when it names one: from the triple, or from the
@@ -419,6 +491,25 @@ mod tests {
         }
         assert_eq!(requirement("^0.11.17"), "0.11.17");
         assert_eq!(requirement("=0.9.35"), "0.9.35");
+    }
+
+    #[test]
+    fn a_makefile_cp_line_is_read_with_the_board_it_copies_for() {
+        let make = "BOARD ?= qemu\nSBI ?= opensbi\n\nkernel:\n\t@echo Platform: $(BOARD)\n\t@cp src/linker-$(BOARD).ld src/linker.ld\n\
+                    \t@cargo build --release\n\t@rm src/linker.ld\n\ninstall:\n\tcp a b c/\n\tcp -r ./out ./dist\n";
+        let copies = copies_in(make, "Makefile");
+        assert_eq!(
+            copies[0],
+            MakeCopy {
+                from: "src/linker-qemu.ld".into(),
+                to: "src/linker.ld".into(),
+                written: "cp src/linker-$(BOARD).ld src/linker.ld".into(),
+                variables: vec![("BOARD".into(), "qemu".into())],
+                found_in: "Makefile".into(),
+            }
+        );
+        assert_eq!(copies.len(), 2, "several sources are not one copy: {copies:?}");
+        assert_eq!((copies[1].from.as_str(), copies[1].to.as_str()), ("out", "dist"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use kiln_types::Arch;
 
-use super::detect::{Kernel, Repository, arch_of, is_bootloader_0_9};
+use super::detect::{Kernel, MakeCopy, Repository, arch_of, is_bootloader_0_9};
 use crate::config::toml_key;
 
 /// The architectures a kernel is built for, with the target each uses when it is not the
@@ -112,7 +112,59 @@ pub(super) fn extra_test_args(args: &[String]) -> Vec<String> {
     extra
 }
 
-fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, spec: &ArtifactSpec) {
+/// A `[step.NAME]` init writes: the Makefile's `cp` that makes a linker script the rustflags
+/// name but the repository does not hold.
+struct CopyStep<'a> {
+    /// The step's name.
+    name: String,
+    /// The copy, as the Makefile spells it.
+    copy: &'a MakeCopy,
+}
+
+/// The linker scripts named in rustflags (as written) that are not in the repository.
+fn missing_linker_scripts(repo: &Repository) -> Vec<&String> {
+    repo.cargo.linker_scripts_in_flags.iter().filter(|script| !repo.root.join(script.as_str()).exists()).collect()
+}
+
+/// A step per missing linker script that a Makefile line copies from a file that exists.
+fn copy_steps(repo: &Repository) -> Vec<CopyStep<'_>> {
+    let mut steps = Vec::new();
+    for script in missing_linker_scripts(repo) {
+        let wanted = script.trim_start_matches("./");
+        let Some(copy) = repo.copies.iter().find(|c| c.to == wanted && repo.root.join(&c.from).is_file()) else {
+            continue;
+        };
+        let name =
+            if steps.is_empty() { "linker-script".to_owned() } else { format!("linker-script-{}", steps.len() + 1) };
+        steps.push(CopyStep { name, copy });
+    }
+    steps
+}
+
+/// The `[step.NAME]` tables of `steps`, each with where it comes from.
+fn step_tables(text: &mut String, steps: &[CopyStep<'_>]) {
+    for step in steps {
+        let copy = step.copy;
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let values: Vec<String> = copy.variables.iter().map(|(name, value)| format!("{name} = {value}")).collect();
+        let with = if values.is_empty() { String::new() } else { format!(" with {}", values.join(", ")) };
+        let _ = writeln!(
+            text,
+            "# From `{}` in {}{with}: kiln runs it before building and caches",
+            copy.written, copy.found_in
+        );
+        let _ = writeln!(
+            text,
+            "# its output (`cargo xtask` then needs no `make`). Another board: copy its script instead."
+        );
+        let _ = writeln!(text, "[step.{}]", toml_key(&step.name));
+        let _ = writeln!(text, "command = [\"cp\", {}, {}]", quote(&copy.from), quote(&copy.to));
+        let _ = writeln!(text, "inputs = [{}]", quote(&copy.from));
+        let _ = writeln!(text, "outputs = [{}]\n", quote(&copy.to));
+    }
+}
+
+fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, spec: &ArtifactSpec, steps: &[CopyStep<'_>]) {
     let firmware = spec.firmware;
     let _ = writeln!(text, "[artifact.{}]", toml_key(&spec.name));
     let _ = writeln!(text, "package = \"{}\"", kernel.package);
@@ -197,8 +249,18 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, spec: &Artifa
             build_std.join(",")
         );
     }
-    for script in &repo.cargo.linker_scripts_in_flags {
-        if repo.root.join(script).exists() {
+    if !steps.is_empty() {
+        let names: Vec<String> = steps.iter().map(|s| format!("\"{}\"", s.name)).collect();
+        let made: Vec<&str> = steps.iter().map(|s| s.copy.to.as_str()).collect();
+        let _ = writeln!(
+            text,
+            "# {} (named in rustflags) is made by the step(s) below, before every build.",
+            made.join(", ")
+        );
+        let _ = writeln!(text, "steps = [{}]", names.join(", "));
+    }
+    for script in missing_linker_scripts(repo) {
+        if steps.iter().any(|s| s.copy.to == script.trim_start_matches("./")) {
             continue;
         }
         let name = std::path::Path::new(script);
@@ -217,18 +279,31 @@ fn artifact(text: &mut String, repo: &Repository, kernel: &Kernel, spec: &Artifa
         } else {
             sources.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" or ")
         };
+        let source = sources.first().map_or("TODO: the file it is made from", |s| s.as_str());
         let _ = writeln!(
             text,
-            "# TODO: the rustflags name `{script}`, which is not in the repository: your build copies it from \
-             {from}\n# first (a Makefile step?). Commit the copy kiln should build with, or make it before `cargo xtask`."
+            "# TODO: the rustflags name `{script}`, which is not in the repository: your build makes it from \
+             {from}\n# first. Declare that as a step and name it here (see `[step.NAME]` in docs/kiln-toml.md):\n\
+             # steps = [\"linker-script\"]\n# [step.linker-script]\n# command = [\"cp\", \"{source}\", \"{script}\"]\n\
+             # inputs = [\"{source}\"]\n# outputs = [\"{script}\"]"
         );
     }
-    if !repo.cargo.linker_scripts_in_flags.is_empty() {
+    let hashed: Vec<&str> = repo
+        .cargo
+        .linker_scripts_in_flags
+        .iter()
+        .map(String::as_str)
+        .filter(|script| !steps.iter().any(|s| s.copy.to == script.trim_start_matches("./")))
+        .collect();
+    if !hashed.is_empty() {
         let _ = writeln!(
             text,
             "# Linker scripts in your rustflags ({}) are hashed with every build, and a change relinks.",
-            repo.cargo.linker_scripts_in_flags.join(", ")
+            hashed.join(", ")
         );
+    }
+    if !steps.is_empty() {
+        let _ = writeln!(text, "# A change to a step's inputs runs it again and relinks the kernel.");
     }
     text.push('\n');
 }
@@ -280,9 +355,10 @@ pub(super) fn text(repo: &Repository) -> String {
         let _ = writeln!(text, "package = \"TODO: the cargo package of your kernel\"");
         let _ = writeln!(text, "path = \"TODO: its directory, relative to this file\"\n");
     }
+    let steps = copy_steps(repo);
     for kernel in &repo.kernels {
         for spec in artifacts_of(kernel) {
-            artifact(&mut text, repo, kernel, &spec);
+            artifact(&mut text, repo, kernel, &spec, &steps);
         }
     }
     // One kernel: its case is `boot`; several: one case each, named after the package. A
@@ -310,9 +386,64 @@ pub(super) fn text(repo: &Repository) -> String {
         let _ = writeln!(text, "# test-args in [package.metadata.bootimage], less what kiln does itself.");
         let _ = writeln!(text, "[machine.x86_64]\nargs = [{}]\n", quoted.join(", "));
     }
+    step_tables(&mut text, &steps);
     if repo.kernels.is_empty() {
         let _ = writeln!(text, "[case.boot]\nartifact = \"kernel\"");
         let _ = writeln!(text, "success = \"TODO: the line your kernel prints when it passes\"\ntimeout = \"60s\"");
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel whose rustflags name `src/linker.ld`, which only a copy of
+    /// `src/linker-qemu.ld` makes; with `makefile`, the copy is a Makefile line.
+    fn repository(makefile: Option<&str>) -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("src")).expect("mkdir");
+        std::fs::create_dir_all(root.join(".cargo")).expect("mkdir");
+        std::fs::write(root.join("Cargo.toml"), "[package]\nname = \"os\"\nversion = \"0.1.0\"\nedition = \"2021\"\n")
+            .expect("write");
+        std::fs::write(root.join("src/main.rs"), "fn main() {}\n").expect("write");
+        std::fs::write(root.join("src/linker-qemu.ld"), "BASE_ADDRESS = 0x80200000;\n").expect("write");
+        std::fs::write(
+            root.join(".cargo/config.toml"),
+            "[build]\ntarget = \"riscv64gc-unknown-none-elf\"\n[target.riscv64gc-unknown-none-elf]\n\
+             rustflags = [\"-Clink-arg=-Tsrc/linker.ld\", \"-Cforce-frame-pointers=yes\"]\n",
+        )
+        .expect("write");
+        if let Some(makefile) = makefile {
+            std::fs::write(root.join("Makefile"), makefile).expect("write");
+        }
+        let repo = Repository::read(root).expect("read");
+        (dir, repo)
+    }
+
+    #[test]
+    fn a_makefile_copy_of_the_linker_script_becomes_a_step() {
+        let make = "BOARD ?= qemu\nkernel:\n\t@cp src/linker-$(BOARD).ld src/linker.ld\n\t@cargo build --release\n";
+        let (_dir, repo) = repository(Some(make));
+        let text = text(&repo);
+        assert!(text.contains("steps = [\"linker-script\"]\n"), "{text}");
+        assert!(
+            text.contains(
+                "[step.linker-script]\ncommand = [\"cp\", \"src/linker-qemu.ld\", \"src/linker.ld\"]\n\
+                 inputs = [\"src/linker-qemu.ld\"]\noutputs = [\"src/linker.ld\"]\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("TODO: the rustflags name"), "{text}");
+    }
+
+    #[test]
+    fn without_a_makefile_line_a_todo_names_the_step_to_write() {
+        let (_dir, repo) = repository(None);
+        let text = text(&repo);
+        assert!(!text.contains("\n[step."), "only a comment: {text}");
+        assert!(text.contains("# TODO: the rustflags name `src/linker.ld`, which is not in the repository"), "{text}");
+        assert!(text.contains("# command = [\"cp\", \"src/linker-qemu.ld\", \"src/linker.ld\"]"), "{text}");
+    }
 }

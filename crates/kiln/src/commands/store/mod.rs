@@ -123,7 +123,7 @@ fn path(cx: &Cx, arg: &ArtifactArg) -> anyhow::Result<u8> {
             )
             .into());
         };
-        for image in exec::images_in(&entry, step.artifact.image, step.artifact.kind)? {
+        for image in exec::final_images(&entry, step)? {
             if several {
                 writeln!(out, "{} {}", step.key.arch, image.path.display())?;
             } else {
