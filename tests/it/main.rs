@@ -14,6 +14,7 @@ mod linux;
 mod linux_fetch;
 mod release;
 mod remote;
+mod runner;
 mod servers;
 mod store;
 mod support;
