@@ -13,7 +13,7 @@ use kiln_types::Arch;
 use crate::support::{Project, repo_root};
 
 /// (fetch name, file name, sha256) of the packages `.ci/fetch-debs` downloads.
-const DEBS: [(&str, &str, &str); 4] = [
+pub(crate) const DEBS: [(&str, &str, &str); 4] = [
     (
         "linux-x86_64",
         "linux-image-6.1.0-50-cloud-amd64_6.1.176-1_amd64.deb",

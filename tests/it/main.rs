@@ -16,6 +16,7 @@ mod process;
 mod release;
 mod remote;
 mod retries;
+mod runner;
 mod servers;
 mod steps;
 mod store;

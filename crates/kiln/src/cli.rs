@@ -58,7 +58,8 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Path to Kiln.toml (default: found in the current directory or a parent).
+    /// Path to Kiln.toml (default: KILN_CONFIG, else found in the current directory or a parent;
+    /// `run` and `vm` fall back to kiln's built-in guests).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Say more (QEMU command lines, closure hashes).
@@ -191,11 +192,17 @@ pub enum CiCommand {
 }
 
 const RUN_AFTER_HELP: &str = "\
-As cargo's runner, in .cargo/config.toml:
+As cargo's runner, in .cargo/config.toml (`cargo kiln init --runner` writes it):
   [target.aarch64-unknown-linux-musl]
-  runner = [\"cargo\", \"xtask\", \"run\", \"--\"]
+  runner = \"kiln run --\"
   linker = \"rust-lld\"
 then `cargo test --target aarch64-unknown-linux-musl` runs every test binary in an aarch64 VM.
+(In a repository with a kiln xtask: runner = [\"cargo\", \"xtask\", \"run\", \"--\"].)
+
+The guest: `--config`, else the Kiln.toml KILN_CONFIG names, else the nearest Kiln.toml's `[run]`,
+else kiln's built-in x86_64 and aarch64 guests (Debian's kernel and busybox, pinned by hash,
+fetched once into ~/.cache/kiln/runner). The built-in Linux machines get min(host CPUs, 4) CPUs
+and 1 GiB unless `[machine.linux-ARCH]` sets `smp` or `memory`.
 
 The package directory (CARGO_MANIFEST_DIR, else the current directory) is shared read-only at
 the same path; the program runs there with cargo's CARGO_*/RUST_* variables and those listed in
@@ -382,7 +389,8 @@ so one version of kiln acts on the project (`--no-delegate` overrides).";
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum StandaloneCommand {
-    /// Adopt kiln in this repository (never overwrites a file).
+    /// Adopt kiln in this repository (never overwrites a file); `--runner`: only make kiln
+    /// cargo's target runner for a crate.
     Init(InitArgs),
     /// kiln's commands.
     #[command(flatten)]
@@ -402,6 +410,12 @@ pub struct InitArgs {
     /// and for trying an unreleased kiln).
     #[arg(long, value_name = "PATH")]
     pub kiln_path: Option<PathBuf>,
+    /// Only make kiln cargo's target runner: add `runner = "kiln run --"` for the Linux musl
+    /// targets to the crate's .cargo/config.toml (kept as it is otherwise), so `cargo test
+    /// --target aarch64-unknown-linux-musl` runs in a VM on kiln's built-in guest. No xtask,
+    /// no Kiln.toml, no workspace change.
+    #[arg(long, conflicts_with = "kiln_path")]
+    pub runner: bool,
 }
 
 /// `store`.

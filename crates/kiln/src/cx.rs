@@ -17,13 +17,13 @@ use kiln_types::Arch;
 use crate::{
     boots::{self, ReadyRun},
     cli::{AccelArg, GlobalArgs, TestArgs},
-    config::{Config, ConfigError},
+    config::{BUILTIN_ARCHES, Config, ConfigChoice, ConfigError},
     env,
     error::UsageError,
     events::{EntryKind, Reporter},
     exec::{self, Executor, InstallMode, Realised, UnknownPackage},
     outcome::{CaseResult, RunSummary},
-    plan::{Plan, RunPlan, Selection, TestNameError, WarmthAsked},
+    plan::{GuestSize, Plan, RunPlan, Selection, TestNameError, WarmthAsked},
     report::{Printer, Verbosity, github},
     runner,
     vm::{
@@ -78,6 +78,8 @@ pub struct Cx {
     printer: Arc<Printer>,
     options: Options,
     executor: Executor,
+    /// Whether the configuration is kiln's built-in runner guests (no project named one).
+    builtin_runner: bool,
 }
 
 /// An artifact built for one architecture, or found in the store.
@@ -102,16 +104,33 @@ impl Cx {
         Self::open(global.config.as_deref(), Printer::new(verbosity(global)), Options::from_args(global))
     }
 
-    /// The context for the Kiln.toml at `file` (found from the current directory when `None`).
+    /// The context for the Kiln.toml at `file`, else the one `KILN_CONFIG` names, else the
+    /// one found from the current directory up.
     pub(crate) fn open(file: Option<&Path>, printer: Printer, options: Options) -> anyhow::Result<Self> {
-        let file = match file {
-            Some(path) => path.to_owned(),
-            None => {
-                let cwd = std::env::current_dir().context("cannot read the current directory")?;
-                Config::discover(&cwd)?
-            }
+        Self::open_choosing(file, false, printer, options)
+    }
+
+    /// As [`Cx::open`], on kiln's built-in runner guests when no Kiln.toml is named or found
+    /// (`run` and `vm`: cargo's runner in a crate that is not a kiln project).
+    pub(crate) fn open_or_builtin(file: Option<&Path>, printer: Printer, options: Options) -> anyhow::Result<Self> {
+        Self::open_choosing(file, true, printer, options)
+    }
+
+    fn open_choosing(file: Option<&Path>, builtin: bool, printer: Printer, options: Options) -> anyhow::Result<Self> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let named = env::var_os(env::KILN_CONFIG);
+        let (file, builtin_runner) = match ConfigChoice::choose(file, named.as_deref(), &cwd, builtin)? {
+            ConfigChoice::File(file) => (file, false),
+            ConfigChoice::BuiltinRunner => (crate::config::write_runner_config()?, true),
         };
-        let config = Config::load(&file)?;
+        let mut cx = Self::open_file(&file, printer, options)?;
+        cx.builtin_runner = builtin_runner;
+        Ok(cx)
+    }
+
+    /// The context for the Kiln.toml at `file`.
+    fn open_file(file: &Path, printer: Printer, options: Options) -> anyhow::Result<Self> {
+        let config = Config::load(file)?;
         let store_dir = env::var_os(env::KILN_STORE).map_or_else(|| config.store_dir.clone(), PathBuf::from);
         let store =
             Store::open(&store_dir).with_context(|| format!("cannot open the store at `{}`", store_dir.display()))?;
@@ -143,7 +162,7 @@ impl Cx {
                 );
             }
         }
-        Ok(Self { config, printer, options, executor })
+        Ok(Self { config, printer, options, executor, builtin_runner: false })
     }
 
     /// The same context over another store, without remote stores (`release` builds in an
@@ -154,6 +173,7 @@ impl Cx {
             printer: self.printer.clone(),
             options: self.options.clone(),
             executor: self.executor.with_store(store),
+            builtin_runner: self.builtin_runner,
         }
     }
 
@@ -405,12 +425,42 @@ impl Cx {
         asked: WarmthAsked,
         timeout: Option<std::time::Duration>,
     ) -> anyhow::Result<(RunPlan, LinuxTarget)> {
-        let run = RunPlan::new(&self.config, arch, kernel, rootfs, asked, timeout)?;
+        if self.builtin_runner {
+            self.builtin_guest_for(arch)?;
+        }
+        let size = GuestSize::of_this_host();
+        let run = RunPlan::new(&self.config, arch, kernel, rootfs, asked, timeout, size)?;
         self.executor.provision_machines([&run.machine])?;
         let realised = self.realise(&run.plan)?;
         let accel = self.executor.accelerator(arch, self.options.accel);
         let target = LinuxTarget::of(&run, &realised, accel)?;
         Ok((run, target))
+    }
+
+    /// Says which built-in guest runs a program of `arch`, or that there is none.
+    fn builtin_guest_for(&self, arch: Arch) -> anyhow::Result<()> {
+        if !BUILTIN_ARCHES.contains(&arch) {
+            let builtin = BUILTIN_ARCHES.map(|arch| arch.as_str()).join(" and ");
+            return Err(UsageError::with_help(
+                format!("no Kiln.toml here, and kiln has no built-in {arch} guest (it has {builtin} guests)"),
+                format!(
+                    "write a Kiln.toml with a {arch} `[fetch]` kernel and busybox, a `[kernel.NAME]`, a \
+                     `[rootfs.NAME]` and a `[run]` table (docs/kiln-toml.md; `{}` is the built-in one to start \
+                     from), and point KILN_CONFIG at it or pass `--config PATH`",
+                    self.config.file.display()
+                ),
+            )
+            .into());
+        }
+        self.printer.status(
+            "Guest",
+            &format!(
+                "kiln's built-in {arch} guest (Debian's kernel and busybox; no Kiln.toml here or above, no \
+                 KILN_CONFIG): {}",
+                self.config.file.display()
+            ),
+        );
+        Ok(())
     }
 
     /// The spec of a keeper for `target`: this project, and every setting that enters the

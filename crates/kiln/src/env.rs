@@ -6,6 +6,10 @@
 
 use std::ffi::OsString;
 
+/// The Kiln.toml to use when `--config` names none, before kiln looks in the current directory
+/// and its parents (a project's own guests for `kiln run` as cargo's runner, from anywhere).
+pub const KILN_CONFIG: &str = "KILN_CONFIG";
+
 /// Overrides the store directory (`[store] path` in Kiln.toml).
 pub const KILN_STORE: &str = "KILN_STORE";
 

@@ -59,7 +59,14 @@ pub(crate) fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<
         Command::Run(_) if global.verbose == 0 => Verbosity::Quiet,
         _ => verbosity(global),
     };
-    let cx = Cx::open(global.config.as_deref(), Printer::new(verbosity), options)?;
+    // `run` and `vm` run programs: without a Kiln.toml they use kiln's built-in guests, so
+    // `runner = "kiln run --"` is all a crate needs. The other commands need a project.
+    let printer = Printer::new(verbosity);
+    let cx = if matches!(command, Command::Run(_) | Command::Vm(_)) {
+        Cx::open_or_builtin(global.config.as_deref(), printer, options)?
+    } else {
+        Cx::open(global.config.as_deref(), printer, options)?
+    };
     // cargo's runner and warm guests run programs; they must not wait for uploads.
     if matches!(command, Command::Run(_) | Command::Vm(_)) && !global.push {
         cx.stop_background_pushes();

@@ -9,11 +9,28 @@ use super::{
     resolve::{Resolver, parse_size},
 };
 
+/// Which guest-size keys a `[machine.NAME]` table set itself. `run` sizes the others of a
+/// built-in Linux profile (`linux-ARCH`) from the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SizeKeys {
+    /// `smp` (or another board, which keeps its own CPU count).
+    pub smp: bool,
+    /// `memory` (or another board, which keeps its own memory size).
+    pub memory: bool,
+}
+
+/// The architecture a built-in profile's name says: `x86_64` or `linux-x86_64`.
+fn builtin_arch(name: &str) -> Option<Arch> {
+    name.strip_prefix("linux-").unwrap_or(name).parse::<Arch>().ok()
+}
+
 impl Resolver<'_> {
-    pub(super) fn machine(&self, name: &str, raw: RawMachine) -> Result<Machine, ConfigError> {
+    /// A `[machine.NAME]` table over its base profile, and which size keys it set.
+    pub(super) fn machine(&self, name: &str, raw: RawMachine) -> Result<(Machine, SizeKeys), ConfigError> {
         let key = |k: &str| format!("machine.{name}.{k}");
-        let arch = match (&raw.arch, name.parse::<Arch>()) {
-            (Some(arch), Ok(named)) if *arch.get_ref() != named => {
+        let mut size_keys = SizeKeys { smp: raw.smp.is_some(), memory: raw.memory.is_some() };
+        let arch = match (&raw.arch, builtin_arch(name)) {
+            (Some(arch), Some(named)) if *arch.get_ref() != named => {
                 return Err(self.error(
                     Some(arch.span()),
                     key("arch"),
@@ -21,8 +38,8 @@ impl Resolver<'_> {
                 ));
             }
             (Some(arch), _) => *arch.get_ref(),
-            (None, Ok(named)) => named,
-            (None, Err(_)) => {
+            (None, Some(named)) => named,
+            (None, None) => {
                 return Err(self
                     .error(None, format!("machine.{name}"), format!("machine `{name}` does not say its architecture"))
                     .with_help("add `arch = \"x86_64\"` (or aarch64, riscv64) to the table"));
@@ -40,6 +57,7 @@ impl Resolver<'_> {
         {
             // Another board fixes its own CPU and memory size: keep QEMU's defaults for it.
             machine.machine_type = machine_type;
+            size_keys = SizeKeys { smp: true, memory: true };
             machine.cpu = None;
             machine.memory_mib = None;
             machine.smp = None;
@@ -103,6 +121,6 @@ impl Resolver<'_> {
                 raw::RawBoot::Disk => BootMethod::Disk,
             };
         }
-        Ok(machine)
+        Ok((machine, size_keys))
     }
 }

@@ -9,6 +9,7 @@
 //! column and key.
 
 mod artifact;
+mod builtin;
 mod case;
 mod case_tests;
 mod diagnostic;
@@ -37,12 +38,15 @@ use std::{
 
 use kiln_qemu::Machine;
 
+pub(crate) use builtin::{BUILTIN_ARCHES, write_runner_config};
+
 pub(crate) use artifact::Artifact;
 pub(crate) use case::{Case, CaseGuest};
 pub(crate) use case_tests::TestSettings;
 pub(crate) use diagnostic::{ConfigError, Source, closest as closest_name};
 pub(crate) use fetch::{Fetch, FetchSource, HashAlgorithm, NameTemplate};
 pub(crate) use kernel::{Kernel, KernelSource};
+pub(crate) use machine::SizeKeys;
 pub(crate) use raw::{ArtifactKind, Expect, ImageFormat};
 pub(crate) use release::ReleaseSettings;
 pub(crate) use rootfs::{Compression, LayerSource, Rootfs, RootfsFormat};
@@ -72,6 +76,9 @@ pub(crate) struct Config {
     pub artifacts: BTreeMap<String, Artifact>,
     /// Machine profiles by name, the built-in one per architecture included.
     pub machines: BTreeMap<String, Machine>,
+    /// Which guest-size keys each `[machine.NAME]` table set itself (the built-in Linux
+    /// profiles' other sizes are chosen from the host for `run`).
+    pub size_keys: BTreeMap<String, SizeKeys>,
     /// Test cases by name.
     pub cases: BTreeMap<String, Case>,
     /// Pinned downloads and local files by name.
@@ -91,12 +98,53 @@ pub(crate) struct Config {
     pub source: Source,
 }
 
+/// Which Kiln.toml a command reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ConfigChoice {
+    /// A file: named by `--config` or `KILN_CONFIG`, or found from the working directory.
+    File(PathBuf),
+    /// None anywhere, and the command may run on kiln's built-in runner guests.
+    BuiltinRunner,
+}
+
+impl ConfigChoice {
+    /// `--config` (`given`), else `KILN_CONFIG` (`from_env`, relative to `start`), else the
+    /// nearest Kiln.toml from `start` up, else the built-in runner guests when
+    /// `builtin_allowed` (`run`, `vm`). A file named but missing is an error naming who named it.
+    pub(crate) fn choose(
+        given: Option<&Path>,
+        from_env: Option<&std::ffi::OsStr>,
+        start: &Path,
+        builtin_allowed: bool,
+    ) -> Result<Self, ConfigError> {
+        if let Some(given) = given {
+            return Ok(Self::File(given.to_owned()));
+        }
+        if let Some(named) = from_env.filter(|value| !value.is_empty()) {
+            let file = start.join(named);
+            if !file.is_file() {
+                return Err(ConfigError::whole_file(
+                    &file,
+                    format!("KILN_CONFIG names `{}`, which is not a file", file.display()),
+                )
+                .with_help("point KILN_CONFIG at a project's Kiln.toml, or unset it"));
+            }
+            return Ok(Self::File(file));
+        }
+        match Config::discover(start) {
+            Ok(file) => Ok(Self::File(file)),
+            Err(_) if builtin_allowed => Ok(Self::BuiltinRunner),
+            Err(err) => Err(err),
+        }
+    }
+}
+
 impl Config {
     /// Finds Kiln.toml in `start` or its ancestors.
     pub(crate) fn discover(start: &Path) -> Result<PathBuf, ConfigError> {
         start.ancestors().map(|dir| dir.join(FILE_NAME)).find(|candidate| candidate.is_file()).ok_or_else(|| {
             ConfigError::whole_file(start.join(FILE_NAME), format!("no {FILE_NAME} in this directory or any parent"))
-                .with_help("run kiln inside a project that has a Kiln.toml, pass `--config PATH`, or adopt kiln here with `cargo kiln init`")
+                .with_help("run kiln inside a project that has a Kiln.toml, pass `--config PATH` (or set KILN_CONFIG), or adopt kiln here with `cargo kiln init`")
         })
     }
 

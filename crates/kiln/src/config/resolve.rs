@@ -71,8 +71,10 @@ impl Resolver<'_> {
         let run = self.run_settings(raw.run)?;
         let release = self.release_settings(raw.release, &artifacts, &kernels, &rootfses)?;
         self.check_run_names(&run, &kernels, &rootfses)?;
+        let mut size_keys = BTreeMap::new();
         for (name, machine) in raw.machine {
-            let resolved = self.machine(&name, machine)?;
+            let (resolved, keys) = self.machine(&name, machine)?;
+            size_keys.insert(name.clone(), keys);
             machines.insert(name, resolved);
         }
         let mut cases = BTreeMap::new();
@@ -88,6 +90,7 @@ impl Resolver<'_> {
             trusted_keys,
             artifacts,
             machines,
+            size_keys,
             cases,
             fetches,
             kernels,

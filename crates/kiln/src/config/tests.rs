@@ -115,6 +115,66 @@ fn machine_overrides_apply_on_the_builtin_profile() {
 }
 
 #[test]
+fn a_builtin_linux_profile_is_overridden_key_by_key_without_arch() {
+    let text = format!("{VALID}[machine.linux-aarch64]\nsmp = 4\n\n[machine.linux-x86_64]\nmemory = \"2G\"\n");
+    let (_dir, config) = project(&text);
+    let config = config.expect("an override of a built-in Linux profile needs no `arch`");
+    let aarch64 = &config.machines["linux-aarch64"];
+    let builtin = Machine::linux_default_for(Arch::Aarch64);
+    assert_eq!(aarch64.arch, Arch::Aarch64);
+    assert_eq!(aarch64.smp, Some(4));
+    assert_eq!((&aarch64.machine_type, &aarch64.cpu, aarch64.memory_mib), (&builtin.machine_type, &builtin.cpu, builtin.memory_mib));
+    assert!(aarch64.devices.is_empty(), "the Linux profile's base, not the bare-metal one's semihosting");
+    assert_eq!(config.size_keys["linux-aarch64"], SizeKeys { smp: true, memory: false });
+    assert_eq!(config.machines["linux-x86_64"].memory_mib, Some(2048));
+    assert_eq!(config.size_keys["linux-x86_64"], SizeKeys { smp: false, memory: true });
+
+    let wrong = format!("{VALID}[machine.linux-aarch64]\narch = \"x86_64\"\n");
+    let err = project(&wrong).1.expect_err("a built-in profile of another arch");
+    assert!(err.message.contains("is the built-in aarch64 profile"), "{err}");
+    let unnamed = project(&format!("{VALID}[machine.linux-sparc]\nsmp = 2\n")).1.expect_err("no such arch");
+    assert!(unnamed.message.contains("does not say its architecture"), "{unnamed}");
+}
+
+#[test]
+fn another_board_sets_every_size_key() {
+    let (_dir, config) = project(&format!("{VALID}[machine.linux-aarch64]\nmachine = \"sbsa-ref\"\n"));
+    assert_eq!(config.expect("valid").size_keys["linux-aarch64"], SizeKeys { smp: true, memory: true });
+}
+
+#[test]
+fn config_is_chosen_from_the_command_line_then_kiln_config_then_the_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("project");
+    let crate_dir = dir.path().join("elsewhere/crate");
+    std::fs::create_dir_all(project.join("sub")).expect("mkdir");
+    std::fs::create_dir_all(&crate_dir).expect("mkdir");
+    std::fs::write(project.join(FILE_NAME), VALID).expect("write");
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, VALID).expect("write");
+    let file = |path: &std::path::Path| ConfigChoice::File(path.to_owned());
+    let env = Some(std::ffi::OsStr::new("../../other.toml"));
+
+    // --config wins over KILN_CONFIG and the directory.
+    let chosen = ConfigChoice::choose(Some(&other), env, &project.join("sub"), false).expect("given");
+    assert_eq!(chosen, file(&other));
+    // KILN_CONFIG (relative to the working directory) wins over a Kiln.toml found above.
+    let chosen = ConfigChoice::choose(None, env, &project.join("sub"), false).expect("from the environment");
+    assert_eq!(chosen, file(&project.join("sub/../../other.toml")));
+    // An empty KILN_CONFIG is unset; then the nearest Kiln.toml.
+    let chosen = ConfigChoice::choose(None, Some(std::ffi::OsStr::new("")), &project.join("sub"), true).expect("found");
+    assert_eq!(chosen, file(&project.join(FILE_NAME)));
+    // Nothing anywhere: the built-in runner where allowed, else the usual error.
+    assert_eq!(ConfigChoice::choose(None, None, &crate_dir, true).expect("built-in"), ConfigChoice::BuiltinRunner);
+    let err = ConfigChoice::choose(None, None, &crate_dir, false).expect_err("no Kiln.toml");
+    assert!(err.message.contains("no Kiln.toml in this directory or any parent"), "{err}");
+    // A KILN_CONFIG naming nothing is an error that says so, even where the built-in could run.
+    let missing = Some(std::ffi::OsStr::new("/nonexistent/Kiln.toml"));
+    let err = ConfigChoice::choose(None, missing, &crate_dir, true).expect_err("missing file");
+    assert!(err.message.contains("KILN_CONFIG names `/nonexistent/Kiln.toml`"), "{err}");
+}
+
+#[test]
 fn a_layer_destination_with_dot_dot_is_a_config_error() {
     let text = format!("{VALID}[rootfs.evil]\nlayers = [\n  {{ text = \"x\", dest = \"/../etc/passwd\" }},\n]\n");
     let (_dir, config) = project(&text);

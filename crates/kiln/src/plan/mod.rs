@@ -22,7 +22,7 @@ use kiln_qemu::{Judge, Machine, SerialInput};
 use kiln_types::Arch;
 
 pub(crate) use binaries::{TestBinary, check_unique as check_test_binaries};
-pub(crate) use run::{RunPlan, Warmth, WarmthAsked};
+pub(crate) use run::{GuestSize, RunPlan, Warmth, WarmthAsked};
 pub(crate) use test_runs::{TestNameError, TestPick, TestPlan, TestTable};
 
 use crate::config::{Artifact, Config, ConfigError, Expect, Fetch, RootfsFormat};

@@ -8,9 +8,55 @@ use kiln_types::Arch;
 
 use super::{LinuxGuest, Plan, images::linux_guest};
 use crate::{
-    config::{Config, RootfsFormat},
+    config::{Config, RootfsFormat, SizeKeys},
     error::UsageError,
 };
+
+/// The size of the guest `run` boots on the built-in Linux profiles, from the host: as many
+/// CPUs as the host has, up to [`GuestSize::MAX_CPUS`], and [`GuestSize::MEMORY_MIB`].
+///
+/// The guests `run` starts at once are bounded by `-j` (one guest slot each), not by CPUs: a
+/// TCG vCPU with nothing to run halts and costs the host nothing, so a guest's CPUs only load
+/// the host while its program keeps that many threads busy (a test binary running its tests
+/// in parallel). On a 2-core host with `-j 2` the worst case is 4 busy vCPUs on 2 cores; a
+/// single `cargo test` (one binary at a time) gets the whole host. Memory is reserved, not
+/// touched: QEMU allocates a page when the guest first writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GuestSize {
+    /// `-smp`.
+    pub cpus: u32,
+    /// `-m`, in MiB.
+    pub memory_mib: u32,
+}
+
+impl GuestSize {
+    /// The most CPUs a default guest gets (more rarely pay off under TCG).
+    pub(crate) const MAX_CPUS: u32 = 4;
+    /// A default guest's memory: room for a test binary, its threads and a tmpfs of output.
+    pub(crate) const MEMORY_MIB: u32 = 1024;
+
+    /// The default guest on a host with `host_cpus` CPUs.
+    pub(crate) fn for_host(host_cpus: usize) -> Self {
+        let cpus = u32::try_from(host_cpus).unwrap_or(u32::MAX).clamp(1, Self::MAX_CPUS);
+        Self { cpus, memory_mib: Self::MEMORY_MIB }
+    }
+
+    /// The default guest on this host.
+    pub(crate) fn of_this_host() -> Self {
+        Self::for_host(std::thread::available_parallelism().map_or(1, usize::from))
+    }
+
+    /// Sizes `machine` where its table (`set`) left the size to kiln: the CPU count, and at
+    /// least this much memory.
+    fn apply(self, machine: &mut Machine, set: SizeKeys) {
+        if !set.smp {
+            machine.smp = Some(self.cpus);
+        }
+        if !set.memory {
+            machine.memory_mib = Some(machine.memory_mib.unwrap_or(0).max(self.memory_mib));
+        }
+    }
+}
 
 /// How a program's guest starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +98,8 @@ pub(crate) struct RunPlan {
     pub plan: Plan,
     /// The guest they make.
     pub guest: LinuxGuest,
-    /// `[machine.linux-ARCH]`, or kiln's built-in Linux profile.
+    /// `[machine.linux-ARCH]`, or kiln's built-in Linux profile, sized for the host where
+    /// the table leaves the size open.
     pub machine: Machine,
     /// `[run]`, with the command line's choices applied.
     pub settings: RunSettings,
@@ -60,7 +107,7 @@ pub(crate) struct RunPlan {
 
 impl RunPlan {
     /// The plan for a program of `arch`: the kernel and rootfs named here, else in `[run]`,
-    /// else the only ones declared for the arch.
+    /// else the only ones declared for the arch; on a guest of `size` unless Kiln.toml says.
     pub(crate) fn new(
         config: &Config,
         arch: Arch,
@@ -68,13 +115,15 @@ impl RunPlan {
         rootfs: Option<&str>,
         asked: WarmthAsked,
         timeout: Option<Duration>,
+        size: GuestSize,
     ) -> anyhow::Result<Self> {
         let (kernel, rootfs) = choose_images(config, kernel, rootfs, arch)?;
         let guest = linux_guest(config, &kernel, &rootfs, arch);
         let images = [guest.kernel.clone(), guest.rootfs.clone()].into();
         let plan = Plan::assemble(config, std::collections::BTreeSet::new(), images, Vec::new());
-        let machine =
-            config.machines.get(&format!("linux-{arch}")).cloned().unwrap_or_else(|| Machine::linux_default_for(arch));
+        let name = format!("linux-{arch}");
+        let mut machine = config.machines.get(&name).cloned().unwrap_or_else(|| Machine::linux_default_for(arch));
+        size.apply(&mut machine, config.size_keys.get(&name).copied().unwrap_or_default());
         let warmth = warmth(config, &guest, asked)?;
         let mut files = Vec::new();
         for file in &config.run.files {

@@ -181,30 +181,57 @@ fn build_and_image_plans_hold_only_what_they_name() {
     assert_eq!(everything.images.len(), 6);
 }
 
+/// A 2-CPU host's guest.
+const SIZE: GuestSize = GuestSize { cpus: 2, memory_mib: 1024 };
+
 #[test]
 fn a_run_plan_picks_its_images_machine_and_warmth() {
     let (_dir, config) = config(&linux_project());
-    let run = RunPlan::new(&config, Arch::X86_64, None, None, WarmthAsked::default(), None).expect("run plan");
+    let run = RunPlan::new(&config, Arch::X86_64, None, None, WarmthAsked::default(), None, SIZE).expect("run plan");
     assert_eq!(run.guest.kernel, ImageKey::kernel("debian", Arch::X86_64));
     assert_eq!(run.guest.rootfs, ImageKey::rootfs("small", Arch::X86_64));
     assert_eq!(run.guest.format, RootfsFormat::Initramfs(Compression::Gzip));
     assert_eq!(run.machine.name, "linux-x86_64");
+    assert_eq!((run.machine.smp, run.machine.memory_mib), (Some(2), Some(1024)), "sized for the host");
     assert_eq!(run.settings.warmth, Warmth::Snapshot, "`[run] snapshot = true`");
     let images: Vec<String> = run.plan.images.iter().map(|step| step.key.store_name()).collect();
     assert_eq!(images, ["kernel-debian-x86_64", "rootfs-small-x86_64"]);
 
-    let pooled = RunPlan::new(&config, Arch::X86_64, None, None, WarmthAsked { snapshot: false, pool: Some(2) }, None)
+    let pooled = RunPlan::new(&config, Arch::X86_64, None, None, WarmthAsked { snapshot: false, pool: Some(2) }, None, SIZE)
         .expect("run plan");
     assert_eq!(pooled.settings.warmth, Warmth::Pool(2));
 
     // A disk rootfs cannot be snapshotted: the flag's error says what to do.
-    let err = RunPlan::new(&config, Arch::X86_64, None, Some("base"), WarmthAsked::default(), None)
+    let err = RunPlan::new(&config, Arch::X86_64, None, Some("base"), WarmthAsked::default(), None, SIZE)
         .expect_err("`[run] snapshot` with a disk rootfs");
     let err = err.downcast::<ConfigError>().expect("a Kiln.toml error");
     assert_eq!(err.key.as_deref(), Some("run.snapshot"));
-    let err = RunPlan::new(&config, Arch::Riscv64, None, None, WarmthAsked::default(), None)
+    let err = RunPlan::new(&config, Arch::Riscv64, None, None, WarmthAsked::default(), None, SIZE)
         .expect_err("no kernel for riscv64");
     assert!(err.to_string().contains("kernel `debian` is not built for riscv64"), "{err}");
+}
+
+#[test]
+fn default_guests_get_the_hosts_cpus_up_to_four_and_a_gib() {
+    assert_eq!(GuestSize::for_host(0), GuestSize { cpus: 1, memory_mib: 1024 });
+    assert_eq!(GuestSize::for_host(1).cpus, 1);
+    assert_eq!(GuestSize::for_host(2).cpus, 2);
+    assert_eq!(GuestSize::for_host(4).cpus, 4);
+    assert_eq!(GuestSize::for_host(64).cpus, 4);
+    assert!(GuestSize::of_this_host().cpus >= 1);
+}
+
+#[test]
+fn a_machine_table_keeps_the_sizes_it_sets_and_kiln_sizes_the_rest() {
+    let text = format!("{}\n[machine.linux-x86_64]\nsmp = 1\n\n[machine.linux-aarch64]\nmemory = \"256M\"\n", linux_project());
+    let (_dir, config) = config(&text);
+    let big = GuestSize { cpus: 4, memory_mib: 1024 };
+    let plan = |arch| RunPlan::new(&config, arch, None, Some("small"), WarmthAsked::default(), None, big).expect("plan");
+    let x86 = plan(Arch::X86_64).machine;
+    assert_eq!((x86.smp, x86.memory_mib), (Some(1), Some(1024)), "smp from Kiln.toml, memory from the host");
+    let arm = plan(Arch::Aarch64).machine;
+    assert_eq!((arm.smp, arm.memory_mib), (Some(4), Some(256)), "memory from Kiln.toml, CPUs from the host");
+    assert_eq!(arm.cpu.as_deref(), Some("cortex-a57"), "the rest of the built-in profile stays");
 }
 
 /// A `kind = "tests"` artifact whose case sets three of its test binaries apart.

@@ -10,6 +10,7 @@
 mod detect;
 mod files;
 mod kiln_toml;
+mod runner;
 mod workflow;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,9 @@ pub(crate) fn run(args: &InitArgs, printer: &Printer) -> anyhow::Result<u8> {
             Some("run `cargo kiln init` at the root of a cargo project, or pass `--dir DIR`".to_owned()),
         )
         .into());
+    }
+    if args.runner {
+        return runner::run(&root, args.dry_run, printer);
     }
     let repo = Repository::read(&root)?;
     let write_xtask = match xtask_state(&root) {
