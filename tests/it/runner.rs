@@ -272,7 +272,8 @@ fn a_crate_with_only_the_runner_line_runs_cargo_test_in_an_aarch64_vm() {
             name.starts_with("tally-") && !name.contains('.')
         })
         .expect("the lib's test binary");
-    let listed = outside.command("kiln").args(["-v", "run", "--"]).arg(&lib_tests).arg("--list").output().expect("kiln");
+    let listed =
+        outside.command("kiln").args(["-v", "run", "--"]).arg(&lib_tests).arg("--list").output().expect("kiln");
     let (out, err) = (stdout_of(&listed), stderr_of(&listed));
     assert!(listed.status.success(), "{err}");
     assert!(out.contains("tests::threads_work: test"), "{out}");

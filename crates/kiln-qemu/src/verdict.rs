@@ -134,7 +134,8 @@ impl Verdict {
                 }
             }
             Self::Failed(FailReason::MissingSuccessMarker { status, pattern }) => {
-                format!("exit status {status} but {} never appeared", quoted(pattern))
+                // The pattern is the project's own (Kiln.toml), quoted as written.
+                format!("exit status {status} but {} never appeared", code_span(pattern))
             }
             Self::Failed(FailReason::Signal(signal)) => format!("QEMU killed by signal {signal}"),
             Self::Failed(FailReason::NoStatusReport { qemu_status, last_line, panic_line }) => {
@@ -156,8 +157,12 @@ impl Verdict {
 /// code span that its own backticks cannot end (Markdown's double backticks when it has any).
 fn quoted(text: &str) -> String {
     let shown = kiln_types::escape_untrusted(text);
-    let shown = kiln_types::cut(&shown, 300);
-    if shown.contains('`') { format!("`` {shown} ``") } else { format!("`{shown}`") }
+    code_span(&kiln_types::cut(&shown, 300))
+}
+
+/// `text` in a code span that its own backticks cannot end.
+fn code_span(text: &str) -> String {
+    if text.contains('`') { format!("`` {text} ``") } else { format!("`{text}`") }
 }
 
 impl Judge {
@@ -315,6 +320,13 @@ mod tests {
             panic_line: None,
         });
         assert_eq!(ticks.describe(), "exit status 1 after `` error: `foo` failed\\x1b[0m ``");
+        let pattern =
+            Verdict::Failed(FailReason::MissingSuccessMarker { status: 0, pattern: r"^\[kernel\] Hi$".into() });
+        assert_eq!(
+            pattern.describe(),
+            r"exit status 0 but `^\[kernel\] Hi$` never appeared",
+            "as written in Kiln.toml"
+        );
         let judge = plain(vec![33]);
         let calm = judge.judge(&outcome(Exit::Status(35), &["no panic here", "last words"], &judge));
         assert_eq!(calm.describe(), "exit status 35 after `last words`");

@@ -167,6 +167,7 @@ impl Cx {
 
     /// The same context over another store, without remote stores (`release` builds in an
     /// empty one).
+    #[cfg(feature = "github")]
     pub(crate) fn with_store(&self, store: Store) -> Self {
         Self {
             config: self.config.clone(),

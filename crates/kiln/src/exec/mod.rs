@@ -244,6 +244,7 @@ impl Executor {
     }
 
     /// An executor like this one over another store, without remote stores.
+    #[cfg(feature = "github")]
     pub(crate) fn with_store(&self, store: Store) -> Self {
         Self::new(store, self.reporter.clone(), self.settings.clone())
     }

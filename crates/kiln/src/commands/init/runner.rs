@@ -225,9 +225,8 @@ linker = "aarch64-linux-gnu-gcc"
             "runner = [\"cargo\", \"xtask\", \"run\", \"--\"]",
             "runner = \"/home/me/.cargo/bin/kiln --accel tcg run --\"",
         ] {
-            let text = format!(
-                "[target.aarch64-unknown-linux-musl]\n{ours}\n\n[target.x86_64-unknown-linux-musl]\n{ours}\n"
-            );
+            let text =
+                format!("[target.aarch64-unknown-linux-musl]\n{ours}\n\n[target.x86_64-unknown-linux-musl]\n{ours}\n");
             assert_eq!(edit(Some(&text)), RunnerEdit::default(), "{ours}");
         }
     }
