@@ -54,13 +54,7 @@ fn blog_os_test_kernels_boot_from_bootloader_0_9_disk_images() {
     let project = Project::copy_of(&repo_root().join("tests/fixtures/blog-os"));
     // Adopted with `cargo kiln init` and nothing filled by hand: init reads bootloader 0.9,
     // the `bootimage runner` and `[package.metadata.bootimage]`.
-    let kiln_path = repo_root().join("crates/kiln");
-    let init = project
-        .command_in_dir(&["init", "--kiln-path", kiln_path.to_str().expect("utf-8")])
-        .output()
-        .expect("init runs");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    let written = std::fs::read_to_string(project.path().join("Kiln.toml")).expect("init wrote Kiln.toml");
+    let written = project.init_with_this_kiln();
     for line in BLOG_OS_KILN_TOML.lines().filter(|line| !line.is_empty() && !line.starts_with('#')) {
         assert!(
             written.lines().any(|l| l.trim_start().starts_with(line)),
@@ -172,13 +166,7 @@ timeout = "60s"
 #[test]
 fn bootloader_0_11_kernels_boot_from_bios_and_uefi_disk_images() {
     let project = Project::copy_of(&repo_root().join("tests/fixtures/bootloader-011"));
-    let kiln_path = repo_root().join("crates/kiln");
-    let init = project
-        .command_in_dir(&["init", "--kiln-path", kiln_path.to_str().expect("utf-8")])
-        .output()
-        .expect("init runs");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    let written = std::fs::read_to_string(project.path().join("Kiln.toml")).expect("init wrote Kiln.toml");
+    let written = project.init_with_this_kiln();
     for line in BOOTLOADER_011_KILN_TOML.lines().filter(|line| !line.is_empty()) {
         assert!(
             written.lines().any(|l| l.trim_start().starts_with(line)),

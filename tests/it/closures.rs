@@ -27,14 +27,8 @@ fn kernel_in_store(project: &Project) -> PathBuf {
 #[test]
 fn editing_only_a_linker_script_named_in_rustflags_gives_a_new_entry_with_the_new_layout() {
     let project = Project::copy_of(&repo_root().join("tests/fixtures/os1k-rs"));
-    let kiln_path = repo_root().join("crates/kiln");
-    let init = project
-        .command_in_dir(&["init", "--kiln-path", kiln_path.to_str().expect("utf-8")])
-        .output()
-        .expect("init runs");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let kiln_toml = project.path().join("Kiln.toml");
-    let written = std::fs::read_to_string(&kiln_toml).expect("init wrote Kiln.toml");
+    let written = project.init_with_this_kiln();
     assert!(written.contains("kernel.ld"), "init names the linker script in the rustflags:\n{written}");
     let filled =
         written.replace("\"TODO: the line your kernel prints when it passes\"", "\"^os1k: all kernel tests passed$\"");

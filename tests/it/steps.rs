@@ -70,14 +70,8 @@ fn build_with(project: &Project, kiln_toml: &str) -> (i32, String) {
 #[test]
 fn a_makefile_linker_script_copy_becomes_a_cached_step_that_relinks_the_kernel_when_edited() {
     let project = Project::copy_of(&repo_root().join("tests/fixtures/rcore-os"));
-    let kiln_path = repo_root().join("crates/kiln");
-    let init = project
-        .command_in_dir(&["init", "--kiln-path", kiln_path.to_str().expect("utf-8")])
-        .output()
-        .expect("init runs");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let kiln_toml = project.path().join("Kiln.toml");
-    let written = std::fs::read_to_string(&kiln_toml).expect("init wrote Kiln.toml");
+    let written = project.init_with_this_kiln();
     for wanted in [
         "steps = [\"linker-script\"]",
         "[step.linker-script]\ncommand = [\"cp\", \"src/linker-qemu.ld\", \"src/linker.ld\"]\n\

@@ -67,6 +67,18 @@ impl Project {
         command
     }
 
+    /// Runs `cargo kiln init` with this repository's kiln (`--kiln-path`), asserts that it
+    /// succeeded, and returns the Kiln.toml it wrote.
+    pub fn init_with_this_kiln(&self) -> String {
+        let kiln_path = repo_root().join("crates/kiln");
+        let init = self
+            .command_in_dir(&["init", "--kiln-path", kiln_path.to_str().expect("utf-8")])
+            .output()
+            .expect("init runs");
+        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        fs::read_to_string(self.path().join("Kiln.toml")).expect("init wrote Kiln.toml")
+    }
+
     /// The project directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
