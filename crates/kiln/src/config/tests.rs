@@ -123,7 +123,10 @@ fn a_builtin_linux_profile_is_overridden_key_by_key_without_arch() {
     let builtin = Machine::linux_default_for(Arch::Aarch64);
     assert_eq!(aarch64.arch, Arch::Aarch64);
     assert_eq!(aarch64.smp, Some(4));
-    assert_eq!((&aarch64.machine_type, &aarch64.cpu, aarch64.memory_mib), (&builtin.machine_type, &builtin.cpu, builtin.memory_mib));
+    assert_eq!(
+        (&aarch64.machine_type, &aarch64.cpu, aarch64.memory_mib),
+        (&builtin.machine_type, &builtin.cpu, builtin.memory_mib)
+    );
     assert!(aarch64.devices.is_empty(), "the Linux profile's base, not the bare-metal one's semihosting");
     assert_eq!(config.size_keys["linux-aarch64"], SizeKeys { smp: true, memory: false });
     assert_eq!(config.machines["linux-x86_64"].memory_mib, Some(2048));

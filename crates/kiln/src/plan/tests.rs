@@ -160,8 +160,9 @@ fn a_run_plan_picks_its_images_machine_and_warmth() {
     let images: Vec<String> = run.plan.images.iter().map(|step| step.key.store_name()).collect();
     assert_eq!(images, ["kernel-debian-x86_64", "rootfs-small-x86_64"]);
 
-    let pooled = RunPlan::new(&config, Arch::X86_64, None, None, WarmthAsked { snapshot: false, pool: Some(2) }, None, SIZE)
-        .expect("run plan");
+    let pooled =
+        RunPlan::new(&config, Arch::X86_64, None, None, WarmthAsked { snapshot: false, pool: Some(2) }, None, SIZE)
+            .expect("run plan");
     assert_eq!(pooled.settings.warmth, Warmth::Pool(2));
 
     // A disk rootfs cannot be snapshotted: the flag's error says what to do.
@@ -186,10 +187,12 @@ fn default_guests_get_the_hosts_cpus_up_to_four_and_a_gib() {
 
 #[test]
 fn a_machine_table_keeps_the_sizes_it_sets_and_kiln_sizes_the_rest() {
-    let text = format!("{}\n[machine.linux-x86_64]\nsmp = 1\n\n[machine.linux-aarch64]\nmemory = \"256M\"\n", linux_project());
+    let text =
+        format!("{}\n[machine.linux-x86_64]\nsmp = 1\n\n[machine.linux-aarch64]\nmemory = \"256M\"\n", linux_project());
     let (_dir, config) = config(&text);
     let big = GuestSize { cpus: 4, memory_mib: 1024 };
-    let plan = |arch| RunPlan::new(&config, arch, None, Some("small"), WarmthAsked::default(), None, big).expect("plan");
+    let plan =
+        |arch| RunPlan::new(&config, arch, None, Some("small"), WarmthAsked::default(), None, big).expect("plan");
     let x86 = plan(Arch::X86_64).machine;
     assert_eq!((x86.smp, x86.memory_mib), (Some(1), Some(1024)), "smp from Kiln.toml, memory from the host");
     let arm = plan(Arch::Aarch64).machine;
