@@ -128,7 +128,13 @@ fn counts_the_sample_text() {
 ];
 
 /// The crate's `.cargo/config.toml`: the runner line, and nothing else.
-const CARGO_CONFIG: &str = "[target.aarch64-unknown-linux-musl]\nrunner = \"kiln run --\"\n";
+const CARGO_CONFIG: &str = "\
+[target.aarch64-unknown-linux-musl]
+runner = \"kiln run --\"
+
+[target.x86_64-unknown-linux-musl]
+runner = \"kiln run --\"
+";
 
 /// A temp directory outside the repository holding the crate, a per-user cache with the
 /// Debian packages in its download cache, and `kiln` on `PATH`.
@@ -191,12 +197,12 @@ impl Outside {
         command
     }
 
-    /// `cargo test --target TRIPLE ARGS` in the crate; the linker comes from the environment,
-    /// as a user's shell profile would set it.
-    fn cargo_test(&self, args: &[&str]) -> Output {
+    /// `cargo test --target TRIPLE ARGS` in the crate; the aarch64 linker comes from the
+    /// environment, as a user's shell profile would set it.
+    fn cargo_test(&self, triple: &str, args: &[&str]) -> Output {
         let mut command = self.command(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         command
-            .args(["test", "--target", "aarch64-unknown-linux-musl"])
+            .args(["test", "--target", triple])
             .args(args)
             .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld");
         command.output().expect("cargo runs")
@@ -226,10 +232,10 @@ fn files_in(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn a_crate_with_only_the_runner_line_runs_cargo_test_in_an_aarch64_vm() {
+fn a_crate_with_only_the_runner_lines_runs_cargo_test_in_aarch64_and_x86_64_vms() {
     let outside = Outside::new();
 
-    let green = outside.cargo_test(&["--", "--nocapture"]);
+    let green = outside.cargo_test("aarch64-unknown-linux-musl", &["--", "--nocapture"]);
     let (out, err) = (stdout_of(&green), stderr_of(&green));
     assert!(green.status.success(), "stdout:\n{out}\nstderr:\n{err}");
     for test in [
@@ -254,7 +260,7 @@ fn a_crate_with_only_the_runner_line_runs_cargo_test_in_an_aarch64_vm() {
     assert_eq!(files_in(&outside.krate()), expected, "only cargo's own files were added to the crate");
 
     // The failing test fails `cargo test`, for its own reason.
-    let red = outside.cargo_test(&["--features", "hyphens", "--lib"]);
+    let red = outside.cargo_test("aarch64-unknown-linux-musl", &["--features", "hyphens", "--lib"]);
     let (out, err) = (stdout_of(&red), stderr_of(&red));
     assert!(!red.status.success(), "a failing test fails cargo: {out}");
     assert!(out.contains("tests::hyphenated_words_count_once ... FAILED"), "{out}\nstderr:\n{err}");
@@ -262,6 +268,13 @@ fn a_crate_with_only_the_runner_line_runs_cargo_test_in_an_aarch64_vm() {
     assert!(out.contains("test result: FAILED. 5 passed; 1 failed"), "{out}");
     assert!(err.contains("error: test failed"), "{err}");
     assert!(!err.contains("did not finish in the"), "the guest itself was fine: {err}");
+
+    // The same crate on x86_64 (its library's tests), on the built-in x86_64 guest.
+    let x86 = outside.cargo_test("x86_64-unknown-linux-musl", &["--lib", "--", "--nocapture"]);
+    let (out, err) = (stdout_of(&x86), stderr_of(&x86));
+    assert!(x86.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("test result: ok. 5 passed"), "{out}");
+    assert!(out.contains("kernel 6.1.0-50-cloud-amd64"), "the tests ran in the built-in x86_64 guest: {out}");
 
     // With -v kiln says which guest it used, and sizes it from the host.
     let lib_tests = fs::read_dir(outside.krate().join("target/aarch64-unknown-linux-musl/debug/deps"))

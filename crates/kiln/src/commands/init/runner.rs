@@ -38,6 +38,7 @@ struct RunnerEdit {
 /// Adds kiln's runner to `text` (a `.cargo/config.toml`, or none) for each built-in arch.
 /// `host` is the arch test binaries would run natively on (no linker is added for it).
 fn add_runners(text: Option<&str>, host: Option<Arch>, path: &Path) -> anyhow::Result<RunnerEdit> {
+    let text_was_empty = text.is_none_or(|text| text.trim().is_empty());
     let mut doc = match text {
         Some(text) => {
             text.parse::<toml_edit::DocumentMut>().with_context(|| format!("cannot parse `{}`", path.display()))?
@@ -91,7 +92,9 @@ fn add_runners(text: Option<&str>, host: Option<Arch>, path: &Path) -> anyhow::R
         edit.added.push(said);
     }
     if !edit.added.is_empty() {
-        edit.text = Some(doc.to_string());
+        let text = doc.to_string();
+        // A new file starts with its first comment, not with the blank line between tables.
+        edit.text = Some(if text_was_empty { text.trim_start().to_owned() } else { text });
     }
     Ok(edit)
 }
@@ -209,7 +212,7 @@ linker = "aarch64-linux-gnu-gcc"
         let parsed: toml::Table = text.parse().expect("valid TOML");
         assert_eq!(parsed["target"]["aarch64-unknown-linux-musl"]["runner"].as_str(), Some(RUNNER));
         assert_eq!(parsed["target"]["aarch64-unknown-linux-musl"]["linker"].as_str(), Some("rust-lld"));
-        assert!(text.contains("# kiln runs this target's programs"), "{text}");
+        assert!(text.starts_with("# kiln runs this target's programs"), "{text}");
         assert!(!text.contains("[target]\n"), "`target` stays implicit: {text}");
     }
 
