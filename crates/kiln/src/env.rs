@@ -118,6 +118,10 @@ pub const CARGO_MANIFEST_DIR: &str = "CARGO_MANIFEST_DIR";
 /// unless the user set it (see [`RUSTUP_TOOLCHAIN_SOURCE`]).
 pub const RUSTUP_TOOLCHAIN: &str = "RUSTUP_TOOLCHAIN";
 
+/// rustup's home (default `~/.rustup`): its settings and installed toolchains decide what
+/// `rustc` runs, so they stamp the remembered `rustc -vV`.
+pub const RUSTUP_HOME: &str = "RUSTUP_HOME";
+
 /// Why rustup picked its toolchain: `env` when the user set `RUSTUP_TOOLCHAIN` themselves.
 pub const RUSTUP_TOOLCHAIN_SOURCE: &str = "RUSTUP_TOOLCHAIN_SOURCE";
 

@@ -35,8 +35,7 @@ pub(crate) fn derivation(arch: Arch) -> anyhow::Result<Derivation> {
     let set = kiln_store::SourceSet::package_dir(source)
         .with_context(|| format!("cannot list the agent's source in `{}`", source.display()))?;
     drv.input("source", kiln_store::hash_source_set(&set, &StatCache::disabled())?);
-    let rustc = tool_command("rustc", source).arg("-vV").output().context("cannot run `rustc -vV`")?;
-    drv.input("rustc", InputHash::of_bytes(&rustc.stdout));
+    drv.input("rustc", InputHash::of_bytes(super::tool::rustc_version(source)?.as_bytes()));
     Ok(drv)
 }
 

@@ -35,14 +35,7 @@ pub(crate) struct CargoHost {
 impl CargoHost {
     /// Asks the toolchain that cargo would use in `dir`.
     pub(crate) fn probe(dir: &Path) -> anyhow::Result<Self> {
-        let output = tool_command("rustc", dir)
-            .arg("-vV")
-            .output()
-            .with_context(|| format!("failed to run `rustc -vV` in `{}`", dir.display()))?;
-        if !output.status.success() {
-            bail!("`rustc -vV` failed in `{}`: {}", dir.display(), String::from_utf8_lossy(&output.stderr).trim());
-        }
-        Ok(Self { rustc_version: String::from_utf8_lossy(&output.stdout).into_owned() })
+        Ok(Self { rustc_version: super::tool::rustc_version(dir)? })
     }
 }
 

@@ -2,9 +2,11 @@
 //! `PATH`, unpredictable tokens, lock files, scratch directories that do not outlive their
 //! owner, and what kiln's own standard streams are.
 
+mod memo;
 mod scratch;
 mod stdio;
 
+pub(crate) use memo::remembered;
 pub(crate) use scratch::scratch_dir;
 pub(crate) use stdio::{exit_by_signal, stdin_is_null, stdout_and_stderr_are_one_file, unread_bytes};
 

@@ -44,6 +44,11 @@ pub(crate) enum Answer {
         console: PathBuf,
         /// The host side of the guest's inbox share, when it has one.
         inbox: Option<PathBuf>,
+        /// Whether the guest has mounted its inbox already (at
+        /// [`INBOX_GUEST_PATH`](super::snapshot::INBOX_GUEST_PATH)); keepers of older kilns
+        /// do not say, and their guests have not.
+        #[serde(default)]
+        inbox_mounted: bool,
     },
     /// No idle guest now (pools only): restore one yourself.
     Busy,
@@ -76,6 +81,8 @@ pub(crate) struct Lease {
     pub console: PathBuf,
     /// The host side of the guest's inbox share.
     pub inbox: Option<PathBuf>,
+    /// Whether the guest has mounted its inbox.
+    pub inbox_mounted: bool,
     _keeper: UnixStream,
 }
 
@@ -151,8 +158,8 @@ pub(crate) fn ask(
 pub(crate) fn take(socket: &Path, timeout: Option<Duration>) -> anyhow::Result<Option<Lease>> {
     let stream = UnixStream::connect(socket).with_context(|| format!("no keeper listens at {}", socket.display()))?;
     match ask(&stream, &Ask::Lease, timeout)? {
-        (Answer::Granted { console, inbox, .. }, Some(fd)) => {
-            Ok(Some(Lease { agent: UnixStream::from(fd), console, inbox, _keeper: stream }))
+        (Answer::Granted { console, inbox, inbox_mounted, .. }, Some(fd)) => {
+            Ok(Some(Lease { agent: UnixStream::from(fd), console, inbox, inbox_mounted, _keeper: stream }))
         }
         (Answer::Granted { .. }, None) => anyhow::bail!("the keeper granted a guest but sent no connection"),
         (Answer::Busy, _) => Ok(None),

@@ -106,27 +106,14 @@ pub(crate) fn derivation(inputs: &SnapshotInputs<'_>) -> anyhow::Result<Derivati
 /// The first line of `PROGRAM --version`, remembered beside the binary's stamp (in the user's
 /// cache), so a run does not start QEMU once just to ask: a changed binary is asked again.
 fn qemu_version(program: &str) -> anyhow::Result<String> {
-    let path = crate::host::find_program(program);
-    let stamp = path.as_deref().and_then(kiln_store::FileStamp::of_path);
-    let memo = crate::host::user_cache_dir().map(|dir| dir.join("qemu-version").join(program));
-    if let (Some(stamp), Some(memo)) = (&stamp, &memo)
-        && let Ok(text) = std::fs::read_to_string(memo)
-        && let Some((recorded, version)) = text.split_once('\n')
-        && recorded == format!("{stamp:?}")
-    {
-        return Ok(version.trim_end().to_owned());
-    }
-    let version = kiln_qemu::version(program).with_context(|| format!("cannot run `{program} --version`"))?;
-    if let (Some(stamp), Some(memo)) = (stamp, memo)
-        && let Some(dir) = memo.parent()
-        && std::fs::create_dir_all(dir).is_ok()
-    {
-        let temp = memo.with_extension(format!("{}.partial", std::process::id()));
-        if std::fs::write(&temp, format!("{stamp:?}\n{version}\n")).is_ok() && std::fs::rename(&temp, &memo).is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-    }
-    Ok(version)
+    let stamp = crate::host::find_program(program)
+        .as_deref()
+        .and_then(kiln_store::FileStamp::of_path)
+        .map(|stamp| format!("{stamp:?}"));
+    let version = crate::host::remembered("qemu-version", program, stamp.as_deref(), || {
+        kiln_qemu::version(program).with_context(|| format!("cannot run `{program} --version`"))
+    })?;
+    Ok(version.trim_end().to_owned())
 }
 
 /// Starts QEMU with its console written to `log`.

@@ -151,9 +151,18 @@ enum Event {
     LeaseEnded(Option<Ready>),
 }
 
+/// Restores a guest and readies it while it waits: warmed up, its inbox mounted, so a lease
+/// starts with the program.
 async fn restore_ready(target: Arc<SnapshotTarget>, entry: PathBuf) -> anyhow::Result<Ready> {
     let mut guest = target.restore(&entry).await?;
     warm_up(&mut guest.agent).await.context("the restored guest did not warm up")?;
+    if guest.inbox.is_some() {
+        guest
+            .agent
+            .mount_9p(super::snapshot::INBOX_TAG, super::snapshot::INBOX_GUEST_PATH)
+            .await
+            .context("the restored guest did not mount its inbox")?;
+    }
     let agent = guest.agent.into_std()?;
     Ok(Ready { qemu: guest.qemu, agent, scratch: guest.scratch, inbox: guest.inbox })
 }
@@ -308,7 +317,12 @@ impl Keeper {
     /// already.
     fn grant(&self, client: UnixStream, ready: Ready, events: &mpsc::UnboundedSender<Event>) -> Option<Ready> {
         let console = ready.scratch.path().join(super::snapshot::CONSOLE_FILE);
-        let answer = Answer::Granted { qemu_pid: ready.qemu.pid().unwrap_or(0), console, inbox: ready.inbox.clone() };
+        let answer = Answer::Granted {
+            qemu_pid: ready.qemu.pid().unwrap_or(0),
+            console,
+            inbox: ready.inbox.clone(),
+            inbox_mounted: ready.inbox.is_some(),
+        };
         if send_answer(client.as_fd(), &answer, Some(ready.agent.as_fd())).is_err() {
             return Some(ready);
         }
