@@ -285,8 +285,15 @@ fn a_crate_with_only_the_runner_lines_runs_cargo_test_in_aarch64_and_x86_64_vms(
             name.starts_with("tally-") && !name.contains('.')
         })
         .expect("the lib's test binary");
-    let listed =
-        outside.command("kiln").args(["-v", "run", "--"]).arg(&lib_tests).arg("--list").output().expect("kiln");
+    // `--pool 0`: a fresh guest, whose QEMU command line -v shows (the built-in guests are
+    // pooled otherwise, and the pool's keeper starts QEMU out of sight).
+    let listed = outside
+        .command("kiln")
+        .args(["-v", "run", "--pool", "0", "--"])
+        .arg(&lib_tests)
+        .arg("--list")
+        .output()
+        .expect("kiln");
     let (out, err) = (stdout_of(&listed), stderr_of(&listed));
     assert!(listed.status.success(), "{err}");
     assert!(out.contains("tests::threads_work: test"), "{out}");

@@ -2,6 +2,7 @@
 
 mod arch;
 mod partition;
+mod pool;
 mod program;
 mod repo;
 mod secrets;
@@ -9,6 +10,7 @@ mod text;
 
 pub use arch::{Arch, ParseArchError};
 pub use partition::Partition;
+pub use pool::PoolSize;
 pub use program::find_program;
 pub use repo::{ParseRepoError, Repo};
 pub use secrets::{SECRET_VARIABLES, withhold_secrets};

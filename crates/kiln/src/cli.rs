@@ -228,9 +228,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub snapshot: bool,
     /// Keep N restored guests idle and ready (implies `--snapshot`): a background keeper
-    /// restores and warms them; each run takes one, which is thrown away after it.
-    #[arg(long, value_name = "N")]
-    pub pool: Option<usize>,
+    /// restores and warms them; each run takes one, which is thrown away after it. `auto` (or
+    /// `--pool` alone): one per job (`-j`, by default the host's CPUs); 0: no pool.
+    #[arg(long, value_name = "N|auto", num_args = 0..=1, default_missing_value = "auto")]
+    pub pool: Option<kiln_types::PoolSize>,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
     pub command: Vec<String>,
@@ -606,8 +607,8 @@ pub struct BenchArgs {
     /// Which benchmarks: `boot` (per-arch boot-to-verdict, warm-run overhead), `linux`
     /// (rootfs build, Linux boot-to-command, `run` per invocation), `store` (hashing a
     /// generated 1 GiB tree, warm rehash, export + import), `warm` (snapshot restore
-    /// against cold boot, `run` cold/snapshot/pooled, 100 doctests against qemu-user) and,
-    /// when asked for, `remote` (1 GiB pushed and pulled through a remote store) and
+    /// against cold boot) and, when asked for, `runner` (`kiln run` as cargo's runner against
+    /// qemu-user: a trivial program, 100 doctests, nextest of 300 tests), `remote` (1 GiB pushed and pulled through a remote store) and
     /// `compile` (cold builds of the xtask `init` writes, default and all features).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchSuite::Boot, BenchSuite::Linux, BenchSuite::Store, BenchSuite::Warm])]
     pub suite: Vec<BenchSuite>,
@@ -627,9 +628,13 @@ pub enum BenchSuite {
     /// Linux guests: rootfs build against `find | cpio | gzip`, boot-to-command against a
     /// naive command line, and the cost of one `run`.
     Linux,
-    /// Warm guests: restore against cold boot to agent ready; `run` of a trivial program
-    /// cold, from a snapshot and pooled; a crate's 100 doctests against user-mode QEMU.
+    /// Warm guests: a snapshot's restore against a cold boot, to the agent's answer.
     Warm,
+    /// `kiln run` as cargo's target runner against user-mode QEMU (installed when missing):
+    /// a trivial program pooled, from a snapshot and cold; `cargo test` of 100 doctests and 10
+    /// test binaries through the pool and through snapshots; `cargo nextest run` of 300 tests
+    /// through a pool sized from `-j`.
+    Runner,
     /// Remote stores: 1 GiB pushed (first time, unchanged, one file changed) and pulled,
     /// against one plain copy per file (needs the `remote` feature).
     Remote,

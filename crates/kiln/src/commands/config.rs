@@ -279,7 +279,10 @@ fn render_images(config: &Config, out: &mut String) -> anyhow::Result<()> {
     writeln!(out, "env = {}", list(run.env.iter().map(String::as_str)))?;
     writeln!(out, "files = {}", list(run.files.iter().map(String::as_str)))?;
     writeln!(out, "snapshot = {}", run.snapshot)?;
-    writeln!(out, "pool = {}", run.pool)?;
+    match run.pool {
+        kiln_types::PoolSize::Guests(count) => writeln!(out, "pool = {count}")?,
+        kiln_types::PoolSize::Auto => writeln!(out, "pool = \"auto\"")?,
+    }
     Ok(())
 }
 

@@ -52,7 +52,7 @@ pub(super) fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         }
         _ => elf.arch,
     };
-    let asked = WarmthAsked { snapshot: args.snapshot, pool: args.pool };
+    let asked = WarmthAsked { snapshot: args.snapshot, pool: args.pool, jobs: cx.options().jobs };
     let (run, linux) = cx.linux_target(arch, args.kernel.as_deref(), args.rootfs.as_deref(), asked, args.timeout)?;
     check_interpreter(&program, elf.interpreter.as_deref(), &linux.rootfs_dir, &linux.rootfs_name)?;
     let _slot = slots::acquire(&cx.work_dir().join("slots"), cx.options().jobs, || {

@@ -72,7 +72,7 @@ pub(super) fn run_keeper(command: &VmCommand) -> anyhow::Result<u8> {
         eprintln!("another keeper holds this keeper's socket; leaving");
         return Ok(exit_code::SUCCESS);
     };
-    let asked = WarmthAsked { snapshot: true, pool: None };
+    let asked = WarmthAsked { snapshot: true, ..WarmthAsked::default() };
     let (_, linux) = cx.linux_target(spec.arch, Some(&spec.kernel), Some(&spec.rootfs), asked, None)?;
     let target = SnapshotTarget::new(cx.executor(), linux)?;
     keeper::keep(cx.executor(), &spec, claim, target)?;
@@ -120,7 +120,7 @@ fn start(
         .into());
     }
     // Resolve and make the snapshot here, where progress and errors reach the user.
-    let asked = WarmthAsked { snapshot: true, pool: None };
+    let asked = WarmthAsked { snapshot: true, ..WarmthAsked::default() };
     let (_, linux) = cx.linux_target(arch, kernel, rootfs, asked, None)?;
     let target = SnapshotTarget::new(cx.executor(), linux)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

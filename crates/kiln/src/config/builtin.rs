@@ -61,9 +61,12 @@ deb = "linux-{arch}"
 arches = ["x86_64", "aarch64"]
 layers = [{ busybox = "busybox-{arch}" }]
 
+# Runs lease restored, warmed guests from a background pool with one guest per job (-j),
+# which exits 30 s after the last run; `kiln run --pool 0` boots a fresh guest instead.
 [run]
 kernel = "debian"
 rootfs = "base"
+pool = "auto"
 "#;
 
 /// The directory of the built-in runner (its Kiln.toml, store and scratch files).

@@ -131,8 +131,15 @@ pub(crate) struct RawRun {
     pub files: Vec<String>,
     #[serde(default)]
     pub snapshot: bool,
-    #[serde(default)]
-    pub pool: usize,
+    pub pool: Option<Spanned<RawPoolSize>>,
+}
+
+/// `[run] pool`: a number of guests or `"auto"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a number of guests or \"auto\"")]
+pub(super) enum RawPoolSize {
+    Guests(usize),
+    Word(String),
 }
 
 /// `[store]`.

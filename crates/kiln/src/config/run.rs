@@ -2,9 +2,14 @@
 
 use std::time::Duration;
 
+use kiln_types::PoolSize;
 use toml::Spanned;
 
-use super::{ConfigError, raw::RawRun, resolve::Resolver};
+use super::{
+    ConfigError,
+    raw::{RawPoolSize, RawRun},
+    resolve::Resolver,
+};
 
 /// Default hard timeout of one `kiln run`.
 const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -24,8 +29,9 @@ pub(crate) struct RunSettings {
     pub files: Vec<String>,
     /// Restore a booted snapshot for every run instead of booting (as `run --snapshot`).
     pub snapshot: bool,
-    /// Keep this many restored guests idle and ready for runs (as `run --pool N`; 0: none).
-    pub pool: usize,
+    /// Keep this many restored guests idle and ready for runs (as `run --pool N`; 0: none;
+    /// `auto`: one per job).
+    pub pool: PoolSize,
 }
 
 impl Default for RunSettings {
@@ -37,12 +43,22 @@ impl Default for RunSettings {
             env: Vec::new(),
             files: Vec::new(),
             snapshot: false,
-            pool: 0,
+            pool: PoolSize::Guests(0),
         }
     }
 }
 
 impl Resolver<'_> {
+    fn pool_size(&self, raw: Option<Spanned<RawPoolSize>>) -> Result<PoolSize, ConfigError> {
+        let Some(raw) = raw else { return Ok(PoolSize::Guests(0)) };
+        match raw.get_ref() {
+            RawPoolSize::Guests(count) => Ok(PoolSize::Guests(*count)),
+            RawPoolSize::Word(word) => {
+                word.parse().map_err(|message: String| self.error(Some(raw.span()), "run.pool".to_owned(), message))
+            }
+        }
+    }
+
     pub(super) fn run_settings(&self, raw: Option<RawRun>) -> Result<RunSettings, ConfigError> {
         let Some(raw) = raw else { return Ok(RunSettings::default()) };
         let timeout = self.positive_duration(raw.timeout.as_ref(), "run.timeout".to_owned())?;
@@ -53,7 +69,7 @@ impl Resolver<'_> {
             env: raw.env,
             files: raw.files,
             snapshot: raw.snapshot,
-            pool: raw.pool,
+            pool: self.pool_size(raw.pool)?,
         })
     }
 }

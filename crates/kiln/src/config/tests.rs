@@ -496,3 +496,15 @@ fn artifact_inputs_are_checked() {
     assert_eq!(err.key.as_deref(), Some("artifact.hello.steps"));
     assert_eq!(err.message, "step `flat` reads a built artifact (`artifact:bin`), so it cannot run before a build");
 }
+
+#[test]
+fn a_run_pool_is_a_number_of_guests_or_auto() {
+    let (_dir, config) = project(&format!("{VALID}\n[run]\npool = \"auto\"\n"));
+    assert_eq!(config.expect("auto").run.pool, kiln_types::PoolSize::Auto);
+    let (_dir, config) = project(&format!("{VALID}\n[run]\npool = 3\n"));
+    assert_eq!(config.expect("a number").run.pool, kiln_types::PoolSize::Guests(3));
+    let (_dir, err) = project(&format!("{VALID}\n[run]\npool = \"two\"\n"));
+    let err = err.expect_err("a word");
+    assert_eq!(err.key.as_deref(), Some("run.pool"));
+    assert!(err.to_string().contains("`two` is not a pool size"), "{err}");
+}

@@ -56,16 +56,16 @@ mod tests {
 
     #[test]
     fn an_answer_is_asked_again_only_when_its_stamp_changes() {
-        let cache = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().expect("tempdir");
         let ask = |stamp: Option<&str>, answer: &str| {
             let answer = answer.to_owned();
             remembered_in(Some(cache.path().to_owned()), "memo", "x", stamp, move || Ok(answer))
         };
-        assert_eq!(ask(Some("one"), "first\nlines\n").unwrap(), "first\nlines\n");
-        assert_eq!(ask(Some("one"), "not asked").unwrap(), "first\nlines\n");
-        assert_eq!(ask(Some("two"), "second").unwrap(), "second");
-        assert_eq!(ask(None, "unstamped").unwrap(), "unstamped");
-        assert_eq!(ask(Some("two"), "not asked").unwrap(), "second");
+        assert_eq!(ask(Some("one"), "first\nlines\n").expect("asked"), "first\nlines\n");
+        assert_eq!(ask(Some("one"), "not asked").expect("asked"), "first\nlines\n");
+        assert_eq!(ask(Some("two"), "second").expect("asked"), "second");
+        assert_eq!(ask(None, "unstamped").expect("asked"), "unstamped");
+        assert_eq!(ask(Some("two"), "not asked").expect("asked"), "second");
         let failed = remembered_in(Some(cache.path().to_owned()), "memo", "y", Some("s"), || anyhow::bail!("no"));
         assert!(failed.is_err());
         assert!(!cache.path().join("memo").join("y").exists());

@@ -69,13 +69,16 @@ pub(crate) enum Warmth {
     Pool(usize),
 }
 
-/// What the command line asked for (`--snapshot`, `--pool N`).
+/// What the command line asked for (`--snapshot`, `--pool N|auto`), and how many guests run
+/// at once (`-j`: what `auto` pools are sized from).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct WarmthAsked {
     /// `--snapshot` (or a command that always restores, such as `vm start`).
     pub snapshot: bool,
-    /// `--pool N`.
-    pub pool: Option<usize>,
+    /// `--pool N|auto`.
+    pub pool: Option<kiln_types::PoolSize>,
+    /// Guests run at once (`-j`).
+    pub jobs: usize,
 }
 
 /// `[run]` resolved for one run.
@@ -143,7 +146,8 @@ impl RunPlan {
 /// be saved in a snapshot (the machine's state holds the guest's caches, not its disk).
 fn warmth(config: &Config, guest: &LinuxGuest, asked: WarmthAsked) -> anyhow::Result<Warmth> {
     let from_config = !asked.snapshot && asked.pool.is_none();
-    let pool = asked.pool.unwrap_or(if from_config { config.run.pool } else { 0 });
+    let no_pool = kiln_types::PoolSize::Guests(0);
+    let pool = asked.pool.unwrap_or(if from_config { config.run.pool } else { no_pool }).guests(asked.jobs);
     let warmth = if pool > 0 {
         Warmth::Pool(pool)
     } else if asked.snapshot || (from_config && config.run.snapshot) {
@@ -158,7 +162,7 @@ fn warmth(config: &Config, guest: &LinuxGuest, asked: WarmthAsked) -> anyhow::Re
     let message =
         format!("rootfs `{}` is a disk image; snapshots are made of initramfs rootfs only", guest.rootfs.name);
     if from_config {
-        let key = if config.run.pool > 0 { "run.pool" } else { "run.snapshot" };
+        let key = if config.run.pool != no_pool { "run.pool" } else { "run.snapshot" };
         return Err(config.error_at(key, message).into());
     }
     Err(UsageError::with_help(

@@ -197,9 +197,16 @@ fn a_run_plan_picks_its_images_machine_and_warmth() {
     let images: Vec<String> = run.plan.images.iter().map(|step| step.key.store_name()).collect();
     assert_eq!(images, ["kernel-debian-x86_64", "rootfs-small-x86_64"]);
 
-    let pooled =
-        RunPlan::new(&config, Arch::X86_64, None, None, WarmthAsked { snapshot: false, pool: Some(2) }, None, SIZE)
-            .expect("run plan");
+    let pooled = RunPlan::new(
+        &config,
+        Arch::X86_64,
+        None,
+        None,
+        WarmthAsked { snapshot: false, pool: Some(kiln_types::PoolSize::Guests(2)), jobs: 1 },
+        None,
+        SIZE,
+    )
+    .expect("run plan");
     assert_eq!(pooled.settings.warmth, Warmth::Pool(2));
 
     // A disk rootfs cannot be snapshotted: the flag's error says what to do.

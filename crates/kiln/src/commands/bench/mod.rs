@@ -1,6 +1,6 @@
 //! `bench`: what users wait on, measured side by side with a baseline in one run. `boot`:
 //! boot-to-verdict with kiln's machine profiles against naive QEMU command lines, and a warm
-//! `test`'s overhead over its boots; `compile`, `linux`, `store`, `warm`: see their modules.
+//! `test`'s overhead over its boots; `compile`, `linux`, `runner`, `store`, `warm`: see their modules.
 //!
 //! The naive command lines are what hand-written scripts run (`-cpu max`, the machine's
 //! defaults); they are baselines to measure against, not how kiln boots.
@@ -9,6 +9,7 @@ mod compile;
 mod linux;
 #[cfg(feature = "remote")]
 mod remote;
+mod runner;
 mod store;
 mod warm;
 
@@ -93,6 +94,9 @@ pub(super) fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<u8> {
     }
     if args.suite.contains(&BenchSuite::Warm) {
         warm::run(cx, args)?;
+    }
+    if args.suite.contains(&BenchSuite::Runner) {
+        runner::run(cx, args)?;
     }
     if args.suite.contains(&BenchSuite::Compile) {
         compile::run()?;

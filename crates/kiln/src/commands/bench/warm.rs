@@ -1,14 +1,8 @@
-//! `bench --suite warm`: booted snapshots and warm guests, side by side in one run on each
-//! Linux arch: cold boot to agent ready against a restore to agent ready; one `kiln run` of a
-//! trivial program booting cold, restoring a snapshot, and leased from a pool; and on
-//! aarch64, `cargo test` of a generated crate (100 doctests, 10 test binaries) with
-//! `kiln run --pool` as the runner against `qemu-aarch64` user-mode emulation.
+//! `bench --suite warm`: booted snapshots, side by side in one run on each Linux arch: a
+//! restore to the agent's answer against a cold boot to the same. (`kiln run`'s rows, warm and
+//! cold, are `--suite runner`'s.)
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+use std::{io::Write as _, path::Path, time::Instant};
 
 use anyhow::Context as _;
 use kiln_types::Arch;
@@ -17,7 +11,7 @@ use super::{Measured, row};
 use crate::{
     cli::BenchArgs,
     cx::Cx,
-    plan::{Plan, Selection, WarmthAsked},
+    plan::WarmthAsked,
     vm::{SnapshotTarget, snapshot},
 };
 
@@ -74,7 +68,7 @@ pub(super) fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
     writeln!(out, "\nWarm guests, median of {runs} (TCG)")?;
     writeln!(out, "{:<8} {:<46} {:>9} {:>9} {:>7}", "arch", "what", "kiln", "baseline", "ratio")?;
     for arch in &arches {
-        let asked = WarmthAsked { snapshot: true, pool: None };
+        let asked = WarmthAsked { snapshot: true, ..WarmthAsked::default() };
         let (_, linux) = cx.linux_target(*arch, None, None, asked, None)?;
         let target = SnapshotTarget::new(cx.executor(), linux)?;
         let entry = target.entry(cx.executor(), &runtime)?;
@@ -108,120 +102,7 @@ pub(super) fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
         row(&mut out, *arch, "agent ready: restore / cold boot", &restored, &cold)?;
-
-        // 2. One `kiln run` of a trivial program: pooled, from a snapshot, booting cold.
-        let Some(program) = trivial_program(cx, *arch)? else { continue };
-        // Run from an empty directory: the package directory goes into the guest too.
-        let empty = tempfile::tempdir()?;
-        let kiln_run = |extra: &[&str]| -> anyhow::Result<Measured> {
-            let mut measured = Measured { times: Vec::new(), failures: 0 };
-            for _ in 0..runs {
-                // A pool refills between runs, as it does between a developer's runs.
-                if extra.contains(&"--pool") {
-                    std::thread::sleep(Duration::from_millis(2500));
-                }
-                let started = Instant::now();
-                let status = kiln_command(cx, extra)?
-                    .arg(&program)
-                    .current_dir(empty.path())
-                    .env_remove("CARGO_MANIFEST_DIR")
-                    .stdout(std::process::Stdio::null())
-                    .status()?;
-                if status.success() { measured.times.push(started.elapsed()) } else { measured.failures += 1 }
-            }
-            Ok(measured)
-        };
-        let booted = kiln_run(&[])?;
-        let from_snapshot = kiln_run(&["--snapshot"])?;
-        let pooled = kiln_run(&["--pool", "1"])?;
-        row(&mut out, *arch, "`kiln run` trivial: snapshot / cold boot", &from_snapshot, &booted)?;
-        row(&mut out, *arch, "`kiln run` trivial: pooled / cold boot", &pooled, &booted)?;
-        stop_pools(cx)?;
-    }
-
-    // 3. A crate's doctests and test binaries through `kiln run` against user-mode QEMU.
-    if arches.contains(&Arch::Aarch64) {
-        doctest_rows(cx, &mut out)?;
     }
     writeln!(out, "ratio = baseline / kiln")?;
-    Ok(())
-}
-
-/// `kiln [global] run EXTRA --`, for this project.
-fn kiln_command(cx: &Cx, extra: &[&str]) -> anyhow::Result<std::process::Command> {
-    let exe = std::env::current_exe().context("cannot find kiln's own executable")?;
-    let mut command = std::process::Command::new(exe);
-    command.arg("--config").arg(&cx.config().file).args(["-q", "run"]).args(extra).arg("--");
-    Ok(command)
-}
-
-fn stop_pools(cx: &Cx) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find kiln's own executable")?;
-    std::process::Command::new(exe)
-        .arg("--config")
-        .arg(&cx.config().file)
-        .args(["-q", "vm", "stop", "--pools"])
-        .status()
-        .context("cannot stop the run pools")?;
-    Ok(())
-}
-
-/// A static Linux program of this project built for `arch` (the example's `hello-linux`).
-fn trivial_program(cx: &Cx, arch: Arch) -> anyhow::Result<Option<PathBuf>> {
-    let Some(name) = cx
-        .config()
-        .artifacts
-        .values()
-        .find(|a| a.targets.get(&arch).is_some_and(|t| t.contains("linux-musl")))
-        .map(|a| a.name.clone())
-    else {
-        return Ok(None);
-    };
-    let plan =
-        Plan::for_build(cx.config(), &Selection { arches: vec![arch], names: vec![name], ..Selection::default() });
-    let built = cx.realise_builds(&plan)?;
-    Ok(built.values().next().map(|b| b.image().to_owned()))
-}
-
-fn doctest_rows(cx: &Cx, out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    // The baseline is part of the benchmark: installed (or named) like any host tool.
-    if crate::host::find_program("qemu-aarch64").is_none() {
-        cx.executor().ensure(vec![crate::exec::Missing::Package {
-            package: "qemu-user",
-            needed_for: "`qemu-aarch64`, the user-mode baseline of `bench --suite warm`".to_owned(),
-        }])?;
-    }
-    let dir = tempfile::Builder::new().prefix("kiln-doctests-").tempdir()?;
-    synthetic_crate(dir.path(), 100, 10)?;
-    let target_dir = dir.path().join("target");
-    let exe = std::env::current_exe().context("cannot find kiln's own executable")?;
-    let kiln_runner = format!("{} --config {} -q run --pool 2 --", exe.display(), cx.config().file.display());
-    let cargo_test = |runner: &str| -> anyhow::Result<(Duration, bool, String)> {
-        let started = Instant::now();
-        let output = crate::exec::tool_command("cargo", dir.path())
-            .args(["test", "--quiet", "--target", "aarch64-unknown-linux-musl"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
-            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER", runner)
-            .output()
-            .context("cannot run cargo test")?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-        Ok((started.elapsed(), output.status.success(), text))
-    };
-    // The first pass builds the test binaries; the doctests are compiled by every pass.
-    let (_, warmed, text) = cargo_test("qemu-aarch64")?;
-    anyhow::ensure!(warmed, "cargo test under qemu-aarch64 failed (is qemu-user installed?):\n{text}");
-    let (user_mode, user_ok, _) = cargo_test("qemu-aarch64")?;
-    let (kiln, kiln_ok, text) = cargo_test(&kiln_runner)?;
-    anyhow::ensure!(kiln_ok, "cargo test through kiln run failed:\n{text}");
-    stop_pools(cx)?;
-    let measured = |d: Duration, ok: bool| Measured { times: vec![d], failures: usize::from(!ok) };
-    row(
-        out,
-        Arch::Aarch64,
-        "cargo test, 100 doctests + 10 tests: kiln / qemu-user",
-        &measured(kiln, kiln_ok),
-        &measured(user_mode, user_ok),
-    )?;
     Ok(())
 }

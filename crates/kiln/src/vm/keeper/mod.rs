@@ -200,19 +200,23 @@ impl Keeper {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut waiters: VecDeque<UnixStream> = VecDeque::new();
         let mut leased = 0usize;
-        let mut restoring = false;
+        // Restores in flight: a pool drained by `-j` concurrent runs refills them all at once.
+        let mut restoring = 0usize;
         let mut failures = 0;
         let mut last_lease = Instant::now();
         loop {
-            if let Kind::Pool { size, .. } = self.kind
-                && !restoring
-                && idle.len() < size
-            {
-                restoring = true;
-                let (target, entry, events) = (self.target.clone(), self.entry.clone(), events.clone());
-                tokio::spawn(async move {
-                    let _ = events.send(Event::Restored(restore_ready(target, entry).await));
-                });
+            if let Kind::Pool { size, .. } = self.kind {
+                // All missing guests at once; after a failed restore, one at a time until
+                // one succeeds.
+                let missing = size.saturating_sub(idle.len() + restoring);
+                let starts = if failures == 0 { missing } else { missing.min(usize::from(restoring == 0)) };
+                for _ in 0..starts {
+                    restoring += 1;
+                    let (target, entry, events) = (self.target.clone(), self.entry.clone(), events.clone());
+                    tokio::spawn(async move {
+                        let _ = events.send(Event::Restored(restore_ready(target, entry).await));
+                    });
+                }
             }
             // A waiting session client gets the guest as soon as it is back.
             while !waiters.is_empty() && !idle.is_empty() {
@@ -240,12 +244,12 @@ impl Keeper {
                 }
                 Some(event) = incoming.recv() => match event {
                     Event::Restored(Ok(ready)) => {
-                        restoring = false;
+                        restoring = restoring.saturating_sub(1);
                         failures = 0;
                         idle.push_back(ready);
                     }
                     Event::Restored(Err(err)) => {
-                        restoring = false;
+                        restoring = restoring.saturating_sub(1);
                         failures += 1;
                         log(&format!("a restore failed: {err:#}"));
                         anyhow::ensure!(failures < 3, "three restores in a row failed; the last: {err:#}");
