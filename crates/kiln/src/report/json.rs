@@ -2,13 +2,7 @@
 //! with `format-version` and `type`. `docs/events.md` describes every kind and field; a test
 //! below keeps the two in step.
 
-use std::{
-    collections::HashMap,
-    io::Write,
-    path::Path,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, io::Write, path::Path, sync::Mutex, time::Instant};
 
 use kiln_store::{BuildOutcome, ClosureHash};
 use kiln_types::Arch;
@@ -295,6 +289,7 @@ mod tests {
     use std::{
         collections::{BTreeMap, BTreeSet},
         sync::Arc,
+        time::Duration,
     };
 
     use super::*;
