@@ -7,6 +7,7 @@ mod adoption;
 mod bootloader;
 mod closures;
 mod config_errors;
+mod events;
 mod example;
 mod fixtures;
 mod github_fake;

@@ -224,6 +224,23 @@ fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// One line of the guest's serial output, as [`boot`]'s callback sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct SerialLine<'a> {
+    /// The line as people read it: decoded as UTF-8 (a byte that is not becomes U+FFFD), a
+    /// trailing CR and ANSI escape sequences removed. Markers are matched against this.
+    pub text: &'a str,
+    /// The bytes the guest sent, without the newline: what `text` lost, when it lost something.
+    pub raw: &'a [u8],
+}
+
+impl SerialLine<'_> {
+    /// The raw bytes when they are not valid UTF-8 (so `text` replaced some), else `None`.
+    pub fn raw_if_not_utf8(&self) -> Option<&[u8]> {
+        std::str::from_utf8(self.raw).is_err().then_some(self.raw)
+    }
+}
+
 /// Boots a guest and judges nothing: returns what happened. `on_line` sees every serial line.
 ///
 /// QEMU runs in its own process group with `PR_SET_PDEATHSIG`, so neither a timeout nor the
@@ -231,7 +248,7 @@ fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
 pub async fn boot(
     request: &BootRequest,
     judge: &Judge,
-    mut on_line: impl FnMut(&str),
+    mut on_line: impl FnMut(SerialLine<'_>),
 ) -> Result<BootOutcome, QemuError> {
     let log_file =
         File::create(&request.log_path).map_err(|source| QemuError::Log { path: request.log_path.clone(), source })?;
@@ -266,7 +283,7 @@ pub async fn boot(
         let clean = strip_ansi(text);
         outcome.observe(&clean, judge);
         console_in.observe(&clean);
-        on_line(&clean);
+        on_line(SerialLine { text: &clean, raw });
         Ok(())
     };
 

@@ -19,7 +19,7 @@ pub mod qmp;
 mod verdict;
 
 pub use argv::Argv;
-pub use boot::{BootOutcome, BootRequest, Exit, SerialInput, boot, interactive};
+pub use boot::{BootOutcome, BootRequest, Exit, SerialInput, SerialLine, boot, interactive};
 pub use errors::QemuError;
 pub use finisher::FinisherCommand;
 pub use machine::{BootMethod, Console, Device, Firmware, LinuxBoot, Machine, Ovmf, Share};

@@ -81,6 +81,23 @@ pub struct GlobalArgs {
     /// Accelerator: `auto` probes whether KVM really works (env: KILN_ACCEL).
     #[arg(long, global = true, value_enum, env = crate::env::KILN_ACCEL, default_value = "auto")]
     pub accel: AccelArg,
+    /// `json` (for `test` and `build`): one JSON event per line on stdout (docs/events.md);
+    /// what people read stays on stderr.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value = "human")]
+    pub message_format: MessageFormat,
+}
+
+/// `--message-format`, spelled as cargo and cargo-nextest spell it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[non_exhaustive]
+pub enum MessageFormat {
+    /// Status lines, serial output and the summary table, for people (on stderr; `build`'s
+    /// paths on stdout).
+    #[default]
+    Human,
+    /// The event stream: one JSON object per line on stdout, each with `format-version` and
+    /// `type` (build-started, build-finished, boot-started, serial-line, verdict, summary, ...).
+    Json,
 }
 
 /// `--accel`.

@@ -2,7 +2,7 @@
 //! [`Reporter`]. They say what happened (a build finished, a guest printed a line); `report`
 //! decides how it looks (a status line, a progress bar, a JUnit element, nothing under `-q`).
 
-use kiln_qemu::accel::AccelChoice;
+use kiln_qemu::accel::{Accel, AccelChoice};
 use kiln_store::{BuildOutcome, ClosureHash};
 use kiln_types::Arch;
 
@@ -18,6 +18,19 @@ pub(crate) enum EntryKind {
     Fetch,
     /// A booted snapshot.
     Snapshot,
+}
+
+/// Which boot (a case on a machine) an event is about.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BootRef<'a> {
+    /// `case/machine`, the name reports use.
+    pub label: &'a str,
+    /// The case, with `[TEST]` after it for a test binary of a `kind = "tests"` artifact.
+    pub case: &'a str,
+    /// The machine profile's name.
+    pub machine: &'a str,
+    /// The architecture.
+    pub arch: Arch,
 }
 
 /// Something kiln did that people may want to know.
@@ -48,8 +61,12 @@ pub(crate) enum Event<'a> {
     },
     /// A build starts (the store lacks its entry).
     BuildStarted {
-        /// What is built.
+        /// The name the store records it under (`hello-riscv64`, `fetch-busybox`).
+        name: &'a str,
+        /// What is built, as people name it.
         what: &'a str,
+        /// Its closure.
+        closure: ClosureHash,
         /// Which kind of entry.
         kind: EntryKind,
         /// More about how (`for riscv64gc-unknown-none-elf`), when there is more to say.
@@ -62,6 +79,8 @@ pub(crate) enum Event<'a> {
     },
     /// An entry is in the store: built now, found, or substituted from a remote.
     BuildFinished {
+        /// The name the store records it under.
+        name: &'a str,
         /// What it is.
         what: &'a str,
         /// Which kind of entry.
@@ -70,6 +89,19 @@ pub(crate) enum Event<'a> {
         closure: ClosureHash,
         /// How the store served it.
         outcome: &'a BuildOutcome,
+    },
+    /// A build (or download) failed; the error ends the command.
+    BuildFailed {
+        /// The name the store records it under.
+        name: &'a str,
+        /// What it is.
+        what: &'a str,
+        /// Which kind of entry.
+        kind: EntryKind,
+        /// Its closure.
+        closure: ClosureHash,
+        /// The error, rendered with its causes.
+        error: &'a str,
     },
     /// A download starts; `total` when the server said its size.
     DownloadStarted {
@@ -102,19 +134,23 @@ pub(crate) enum Event<'a> {
         /// The choice and its reason.
         choice: &'a AccelChoice,
     },
-    /// A boot started.
+    /// A boot started (one per attempt when a run is retried).
     CaseStarted {
-        /// `case/machine`.
-        label: &'a str,
-        /// The rendered QEMU command line.
+        /// The case on its machine.
+        boot: BootRef<'a>,
+        /// The accelerator it runs under.
+        accel: Accel,
+        /// The rendered QEMU command line (or what a restored snapshot runs).
         command: &'a str,
     },
     /// The guest printed a line.
     SerialLine {
-        /// `case/machine`.
-        label: &'a str,
-        /// The line, ANSI escapes removed.
+        /// The case on its machine.
+        boot: BootRef<'a>,
+        /// The line, decoded as UTF-8, ANSI escapes removed.
         line: &'a str,
+        /// The bytes as the guest sent them, when they are not valid UTF-8.
+        raw: Option<&'a [u8]>,
     },
     /// A boot ended.
     CaseFinished(&'a CaseResult),

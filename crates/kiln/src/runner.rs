@@ -12,7 +12,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::{
     boots::{ReadyBoot, ReadyRun},
-    events::{Event, Reporter},
+    events::{BootRef, Event, Reporter},
     guest::{self, GuestIo},
     outcome::{CaseResult, CaseStatus},
     plan::CaseRun,
@@ -222,10 +222,12 @@ async fn boot_one(ready: ReadyRun, log_dir: &Path, reporter: &dyn Reporter) -> C
         input: run.rules.input.clone(),
     };
     let command = format!("{} {}", request.program, request.argv.display());
-    reporter.report(Event::CaseStarted { label: &label, command: &command });
+    let name = run.name();
+    let boot = BootRef { label: &label, case: &name, machine: &run.machine.name, arch: run.machine.arch };
+    reporter.report(Event::CaseStarted { boot, accel: ready.accel, command: &command });
     let started = Instant::now();
     let outcome = kiln_qemu::boot(&request, &run.rules.judge, |line| {
-        reporter.report(Event::SerialLine { label: &label, line });
+        reporter.report(Event::SerialLine { boot, line: line.text, raw: line.raw_if_not_utf8() });
     })
     .await;
     match outcome {
@@ -302,7 +304,9 @@ async fn snapshot_case(
         Err(err) => return error_result(ready, log_dir, format!("cannot create {}: {err}", log.display())),
     };
     let shown = format!("restore {} and run `{command}` through kiln-agent", entry.display());
-    reporter.report(Event::CaseStarted { label: &label, command: &shown });
+    let name = run.name();
+    let boot = BootRef { label: &label, case: &name, machine: &run.machine.name, arch: run.machine.arch };
+    reporter.report(Event::CaseStarted { boot, accel: ready.accel, command: &shown });
     let mut guest = match target.restore(entry).await {
         Ok(guest) => guest,
         Err(err) => return error_result(ready, log_dir, format!("the snapshot could not be restored: {err:#}")),
@@ -310,10 +314,11 @@ async fn snapshot_case(
     let env = guest::agent_env();
     let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
     let mut pending = [Vec::new(), Vec::new()];
-    let mut on_line = |line: &str, outcome: &mut BootOutcome| {
+    let mut on_line = |line: &str, raw: &[u8], outcome: &mut BootOutcome| {
         let _ = writeln!(log_file, "{line}");
         outcome.observe(line, &run.rules.judge);
-        reporter.report(Event::SerialLine { label: &label, line });
+        let raw = std::str::from_utf8(raw).is_err().then_some(raw);
+        reporter.report(Event::SerialLine { boot, line, raw });
     };
     let exec = guest.agent.exec(argv, env, Some("/".to_owned()), |is_stderr, bytes| {
         let buffer = &mut pending[usize::from(is_stderr)];
@@ -321,12 +326,12 @@ async fn snapshot_case(
         while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buffer.drain(..=end).collect();
             let text = String::from_utf8_lossy(&line);
-            on_line(text.trim_end_matches(['\n', '\r']), &mut outcome);
+            on_line(text.trim_end_matches(['\n', '\r']), &line[..end], &mut outcome);
         }
     });
     let ended = tokio::time::timeout(run.rules.timeout, exec).await;
     for rest in pending.iter().filter(|rest| !rest.is_empty()) {
-        on_line(String::from_utf8_lossy(rest).trim_end(), &mut outcome);
+        on_line(String::from_utf8_lossy(rest).trim_end(), rest, &mut outcome);
     }
     outcome.exit = match ended {
         Ok(Ok(status)) => Exit::GuestExited(status.shell_status()),
@@ -336,9 +341,11 @@ async fn snapshot_case(
             drop(guest.qemu);
             let console = std::fs::read_to_string(guest.scratch.path().join(crate::vm::snapshot::CONSOLE_FILE))
                 .unwrap_or_default();
-            on_line("--- the guest's console after the restore ---", &mut outcome);
+            let heading = "--- the guest's console after the restore ---";
+            on_line(heading, heading.as_bytes(), &mut outcome);
             for line in console.lines() {
-                on_line(line.trim_end_matches('\r'), &mut outcome);
+                let line = line.trim_end_matches('\r');
+                on_line(line, line.as_bytes(), &mut outcome);
             }
             if outcome.failure_line.is_none() {
                 let mut result = error_result(ready, log_dir, format!("the guest agent went away: {err:#}"));

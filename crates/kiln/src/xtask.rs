@@ -71,15 +71,15 @@ pub use kiln_types::Arch;
 pub use crate::{
     cli::{
         AccelArg, ArtifactArg, BenchArgs, BenchSuite, BuildArgs, CiArgs, CiCommand, Cli, Command, ConfigArgs,
-        GlobalArgs, KeyFor, QemuArgs, ReleaseArgs, RootfsArg, RootfsArgs, RootfsCommand, RunArgs, SelftestArgs,
-        StoreArgs, StoreCommand, TestArgs, VmArgs, VmCommand,
+        GlobalArgs, KeyFor, MessageFormat, QemuArgs, ReleaseArgs, RootfsArg, RootfsArgs, RootfsCommand, RunArgs,
+        SelftestArgs, StoreArgs, StoreCommand, TestArgs, VmArgs, VmCommand,
     },
     cx::{Built, Cx, Step},
     outcome::{CaseResult, CaseStatus, RunSummary, StoreUse},
 };
 use crate::{
     cli::{StandaloneCli, StandaloneCommand},
-    config::ConfigError,
+    commands::error_exit_code,
     error::UsageError,
     exit_code,
 };
@@ -241,27 +241,6 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 
 fn run_to_code(cli: Cli) -> u8 {
     finish(crate::commands::dispatch(&cli.global, cli.command))
-}
-
-/// The exit code an error maps to.
-fn error_exit_code(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|e| e.is::<ConfigError>() || e.is::<UsageError>()) {
-        exit_code::USAGE
-    } else if err.chain().any(is_out_of_space) {
-        exit_code::INFRASTRUCTURE
-    } else if err.chain().any(|e| matches!(e.downcast_ref(), Some(kiln_store::StoreError::Build { .. }))) {
-        exit_code::CASES_FAILED
-    } else {
-        exit_code::INFRASTRUCTURE
-    }
-}
-
-/// Whether an error says a disk is full: the host's problem even inside a build step.
-fn is_out_of_space(err: &(dyn std::error::Error + 'static)) -> bool {
-    err.is::<crate::exec::space::OutOfSpace>()
-        || err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
 }
 
 /// `error: …`, one `Caused by:` line per cause, then `help:` when known.

@@ -7,6 +7,7 @@ use crate::{
     cx::Cx,
     exit_code,
     plan::{Plan, Selection},
+    report::github,
 };
 
 /// Builds and prints `ARTIFACT ARCH PATH` per bootable image on stdout.
@@ -27,9 +28,18 @@ pub(super) fn run(cx: &Cx, args: &BuildArgs) -> anyhow::Result<u8> {
         .into());
     }
     let built = cx.realise_builds(&plan)?;
-    if crate::report::github::active() {
-        let fresh = built.values().filter(|a| matches!(a.outcome, kiln_store::BuildOutcome::Built { .. })).count();
-        crate::report::github::append_outputs(&format!("built={fresh}\ncached={}\n", built.len() - fresh))?;
+    if github::active() {
+        // The summary event's counts: every derivation, as `test` counts them.
+        let counts = cx.printer().log().summary("build", exit_code::SUCCESS, None);
+        github::append_outputs(&github::step_outputs(&counts))?;
+    }
+    if let Some(json) = cx.printer().log().json() {
+        for (key, artifact) in &built {
+            for image in &artifact.images {
+                json.artifact(&key.artifact, key.arch, artifact.closure, &image.path);
+            }
+        }
+        return Ok(exit_code::SUCCESS);
     }
     let mut stdout = std::io::stdout().lock();
     for (key, artifact) in &built {

@@ -34,14 +34,74 @@ pub(crate) fn init(_: &crate::cli::InitArgs, _: &Printer) -> anyhow::Result<u8> 
     .into())
 }
 
+use std::sync::Arc;
+
 use crate::{
-    cli::{Command, GlobalArgs, StoreCommand, VmCommand},
+    cli::{Command, GlobalArgs, MessageFormat, StoreCommand, VmCommand},
     cx::{Cx, Options, verbosity},
-    report::{Printer, Verbosity},
+    error::UsageError,
+    exit_code,
+    report::{EventLog, Printer, Verbosity, json::JsonLines},
 };
 
-/// Runs one of kiln's commands with the global options; returns the exit code.
+/// Runs one of kiln's commands with the global options; returns the exit code. Under
+/// `--message-format json` the event stream opens with `run-started` and ends with `summary`,
+/// whatever happens in between (a Kiln.toml error too).
 pub(crate) fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<u8> {
+    let name = match &command {
+        Command::Test(_) => "test",
+        Command::Build(_) => "build",
+        _ if global.message_format == MessageFormat::Json => {
+            return Err(UsageError::with_help(
+                "`--message-format json` is for `test` and `build`",
+                "drop it, or run `test` or `build` with it",
+            )
+            .into());
+        }
+        _ => "",
+    };
+    let json = (global.message_format == MessageFormat::Json).then(JsonLines::stdout);
+    if let Some(json) = &json {
+        json.run_started(name);
+    }
+    let log = Arc::new(EventLog::new(json));
+    if matches!(command, Command::Test(_)) {
+        log.expect_cases();
+    }
+    let result = run(global, command, log.clone());
+    if let Some(json) = log.json() {
+        let summary = match &result {
+            Ok(code) => log.summary(name, *code, None),
+            Err(err) => log.summary(name, error_exit_code(err), Some(format!("{err:#}"))),
+        };
+        json.summary(&summary);
+    }
+    result
+}
+
+/// The exit code an error maps to.
+pub(crate) fn error_exit_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|e| e.is::<crate::config::ConfigError>() || e.is::<UsageError>()) {
+        exit_code::USAGE
+    } else if err.chain().any(is_out_of_space) {
+        exit_code::INFRASTRUCTURE
+    } else if err.chain().any(|e| matches!(e.downcast_ref(), Some(kiln_store::StoreError::Build { .. }))) {
+        exit_code::CASES_FAILED
+    } else {
+        exit_code::INFRASTRUCTURE
+    }
+}
+
+/// Whether an error says a disk is full: the host's problem even inside a build step.
+fn is_out_of_space(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.is::<crate::exec::space::OutOfSpace>()
+        || err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+}
+
+/// Runs one command, its printers telling `log`.
+fn run(global: &GlobalArgs, command: Command, log: Arc<EventLog>) -> anyhow::Result<u8> {
     match &command {
         Command::Doctor => return doctor::run(global, &Printer::new(verbosity(global))),
         // A keeper builds its context from the spec its starter wrote.
@@ -61,7 +121,7 @@ pub(crate) fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<
     };
     // `run` and `vm` run programs: without a Kiln.toml they use kiln's built-in guests, so
     // `runner = "kiln run --"` is all a crate needs. The other commands need a project.
-    let printer = Printer::new(verbosity);
+    let printer = Printer::new(verbosity).with_log(log);
     let cx = if matches!(command, Command::Run(_) | Command::Vm(_)) {
         Cx::open_or_builtin(global.config.as_deref(), printer, options)?
     } else {

@@ -181,6 +181,7 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
         use tokio::signal::unix::{SignalKind, signal};
         let (mut interrupt, mut terminate) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
         let boot = kiln_qemu::boot(&request, &judge, |line| {
+            let line = line.text;
             if line.trim_end() == output_marker {
                 forwarding = true;
             } else if line.starts_with(&exit_marker) {

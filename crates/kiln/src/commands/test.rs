@@ -14,17 +14,19 @@ use crate::{
 /// Runs the cases, reports them, and returns the exit code.
 pub(super) fn run(cx: &Cx, args: &TestArgs) -> anyhow::Result<u8> {
     let summary = cx.test(args)?;
-    report_to_ci(cx, args, &summary)?;
+    let code = exit_code(&summary);
+    report_to_ci(cx, args, &summary, code)?;
     cx.printer().always(&summary::render(&summary));
     if !summary.all_ok() {
         cx.printer().always(&format!("serial logs: {}", summary.log_dir.display()));
     }
-    Ok(exit_code(&summary))
+    Ok(code)
 }
 
 /// The JUnit file (with `--junit`, or by default in CI) and, in GitHub Actions, a group of
-/// serial output and an error annotation per failed case, and the job summary.
-fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Result<()> {
+/// serial output and an error annotation per failed case, the job summary, and the step's
+/// outputs (from the summary event, as `--message-format json` ends with it).
+fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary, code: u8) -> anyhow::Result<()> {
     let junit = args.junit.clone().or_else(|| env::in_ci().then(|| cx.work_dir().join("junit.xml")));
     if let Some(path) = junit {
         if let Some(parent) = path.parent() {
@@ -32,6 +34,7 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
         }
         std::fs::write(&path, junit::render(summary)?).with_context(|| format!("cannot write `{}`", path.display()))?;
         cx.printer().verbose("JUnit", &path.display().to_string());
+        cx.printer().log().record_junit(path);
     }
     if !github::active() {
         return Ok(());
@@ -63,9 +66,9 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
             ));
         }
     }
-    let junit = args.junit.clone().unwrap_or_else(|| cx.work_dir().join("junit.xml"));
-    github::append_outputs(&github::step_outputs(summary, &junit))?;
-    github::append_summary(&github::job_summary(summary))?;
+    let counts = cx.printer().log().summary("test", code, None);
+    github::append_outputs(&github::step_outputs(&counts))?;
+    github::append_summary(&github::job_summary(summary, &counts))?;
     Ok(())
 }
 

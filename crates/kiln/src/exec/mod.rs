@@ -298,8 +298,8 @@ impl Executor {
         let closure = drv.closure_hash();
         self.reporter.detail("Closure", &format!("{what} {closure}"));
         let on_wait = || self.reporter.report(Event::BuildWaiting { what });
-        let (entry, outcome) = self.store.build(drv, name, on_wait, |out| {
-            self.reporter.report(Event::BuildStarted { what, kind, how });
+        let built = self.store.build(drv, name, on_wait, |out| {
+            self.reporter.report(Event::BuildStarted { name, what, closure, kind, how });
             if self.settings.explain && kind == EntryKind::Build {
                 for line in explain::changes(&self.store, name, drv) {
                     self.reporter.report(Event::BuildReason { line: &line });
@@ -307,8 +307,17 @@ impl Executor {
             }
             // The whole chain, typed: the exit code tells a full disk from a failed build by it.
             build(out).map_err(Into::into)
-        })?;
-        self.reporter.report(Event::BuildFinished { what, kind, closure: entry.closure, outcome: &outcome });
+        });
+        let (entry, outcome) = match built {
+            Ok(built) => built,
+            Err(err) => {
+                // Kept typed: the exit code tells a full disk from a failed build by it.
+                let err = anyhow::Error::from(err);
+                self.reporter.report(Event::BuildFailed { name, what, kind, closure, error: &format!("{err:#}") });
+                return Err(err);
+            }
+        };
+        self.reporter.report(Event::BuildFinished { name, what, kind, closure: entry.closure, outcome: &outcome });
         self.store.mark_used(&entry.closure)?;
         self.store.record_name(name, &entry.closure)?;
         Ok((entry, outcome))

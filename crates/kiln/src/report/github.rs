@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use super::tally::Summary;
 use crate::{
     env,
     outcome::{CaseStatus, RunSummary},
@@ -57,8 +58,9 @@ pub(crate) fn error_annotation(file: &str, line: Option<usize>, title: &str, mes
     format!("::error {properties}::{}", escape_data(message))
 }
 
-/// Markdown for `GITHUB_STEP_SUMMARY`: a row per case and machine, then the store's use.
-pub(crate) fn job_summary(summary: &RunSummary) -> String {
+/// Markdown for `GITHUB_STEP_SUMMARY`: a row per case and machine, then the store's use (the
+/// counts of the summary event, `counts`).
+pub(crate) fn job_summary(summary: &RunSummary, counts: &Summary) -> String {
     let mut out = String::from(
         "### kiln\n\n| case | machine | arch | result | boot | build | detail |\n|---|---|---|---|---|---|---|\n",
     );
@@ -89,9 +91,9 @@ pub(crate) fn job_summary(summary: &RunSummary) -> String {
          derivations (builds, fetches, kernels, images); {} were built.",
         summary.results.len() - built,
         summary.results.len(),
-        summary.store.cached,
-        summary.store.cached + summary.store.built,
-        summary.store.built,
+        counts.builds.cached + counts.builds.substituted,
+        counts.builds.cached + counts.builds.substituted + counts.builds.built,
+        counts.builds.built,
     );
     if let Some(line) = summary.store.remote_line() {
         let _ = writeln!(
@@ -103,14 +105,15 @@ pub(crate) fn job_summary(summary: &RunSummary) -> String {
     out
 }
 
-/// `name=value` lines for `GITHUB_OUTPUT`: what the run built and found in the store, the
-/// JUnit file, and whether every case passed.
-pub(crate) fn step_outputs(summary: &RunSummary, junit: &std::path::Path) -> String {
+/// `name=value` lines for `GITHUB_OUTPUT`, all from the summary event (`--message-format
+/// json`'s last line): what the run built and found in the store, the JUnit file, and whether
+/// every case passed.
+pub(crate) fn step_outputs(summary: &Summary) -> String {
     format!(
         "built={}\ncached={}\njunit={}\npassed={}\n",
-        summary.store.built,
-        summary.store.cached,
-        junit.display(),
+        summary.builds.built,
+        summary.builds.cached,
+        summary.junit.as_ref().map(|path| path.display().to_string()).unwrap_or_default(),
         summary.all_ok()
     )
 }
@@ -119,7 +122,8 @@ pub(crate) fn step_outputs(summary: &RunSummary, junit: &std::path::Path) -> Str
 /// `::error` annotation and a line in the job summary, so the failure shows on the run's page.
 pub(crate) fn report_failure(rendered: &str) {
     let first = rendered.lines().next().unwrap_or(rendered).trim_start_matches("error: ");
-    println!("::error title={}::{}", escape_property("kiln"), escape_data(rendered));
+    // On stderr, which the runner reads for commands too: stdout may be the JSON event stream.
+    eprintln!("::error title={}::{}", escape_property("kiln"), escape_data(rendered));
     let text = format!("### kiln\n\n❌ kiln stopped before it could report: {}\n\n```\n{rendered}\n```\n", cell(first));
     let _ = append_summary(&text);
 }
@@ -193,7 +197,18 @@ mod tests {
             tail: Vec::new(),
             failed_attempts: Vec::new(),
         });
-        let md = job_summary(&summary);
+        let counts = crate::report::tally::Tally::default().summary("test", 1, None, None, Default::default());
+        let md = job_summary(&summary, &counts);
         assert!(md.contains("| a\\|b | m | x86_64 | ❌ failed | 0.00s | built | line1 line2 'x' |"), "{md}");
+    }
+
+    #[test]
+    fn step_outputs_are_the_summary_events_values() {
+        let mut summary =
+            crate::report::tally::Tally::default().summary("test", 0, Some("j.xml".into()), None, Default::default());
+        summary.builds.built = 2;
+        summary.builds.cached = 5;
+        summary.builds.substituted = 1;
+        assert_eq!(step_outputs(&summary), "built=2\ncached=5\njunit=j.xml\npassed=true\n");
     }
 }

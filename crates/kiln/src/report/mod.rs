@@ -2,14 +2,22 @@
 //! table, JUnit and GitHub Actions output.
 //!
 //! The layers below only send [`Event`]s; the [`Printer`] decides how each looks, in one place
-//! ([`Printer::report`]). stdout carries data (`config` output, `build`'s paths); people read
-//! stderr.
+//! ([`Printer::report`]). stdout carries data (`config` output, `build`'s paths, or the JSON
+//! event stream under `--message-format json`); people read stderr.
 
 pub(crate) mod github;
+pub(crate) mod json;
 pub(crate) mod junit;
 pub(crate) mod summary;
+pub(crate) mod tally;
 
-use std::{collections::HashMap, io::Write, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    io::Write,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use kiln_store::BuildOutcome;
 
@@ -31,9 +39,64 @@ pub(crate) enum Verbosity {
     Verbose,
 }
 
+/// What every printer of one command shares: the tally of its events, the JSON event stream
+/// when `--message-format json` asked for it, the JUnit file written, and the start time.
+#[derive(Debug)]
+pub(crate) struct EventLog {
+    tally: Mutex<tally::Tally>,
+    json: Option<json::JsonLines>,
+    junit: Mutex<Option<PathBuf>>,
+    started: Instant,
+}
+
+impl EventLog {
+    /// A log that writes the JSON stream to `json`, when given.
+    pub(crate) fn new(json: Option<json::JsonLines>) -> Self {
+        Self { tally: Mutex::new(tally::Tally::default()), json, junit: Mutex::new(None), started: Instant::now() }
+    }
+
+    /// The JSON stream, under `--message-format json`.
+    pub(crate) fn json(&self) -> Option<&json::JsonLines> {
+        self.json.as_ref()
+    }
+
+    fn observe(&self, event: &Event<'_>) {
+        if let Ok(mut tally) = self.tally.lock() {
+            tally.observe(event);
+        }
+        if let Some(json) = &self.json {
+            json.event(event);
+        }
+    }
+
+    /// The command judges cases: its summary counts them, even when none ran.
+    pub(crate) fn expect_cases(&self) {
+        if let Ok(mut tally) = self.tally.lock() {
+            tally.expect_cases();
+        }
+    }
+
+    /// Records the JUnit file the command wrote.
+    pub(crate) fn record_junit(&self, path: PathBuf) {
+        if let Ok(mut junit) = self.junit.lock() {
+            *junit = Some(path);
+        }
+    }
+
+    /// The summary of the events so far, for a command ending with `exit_code`.
+    pub(crate) fn summary(&self, command: &str, exit_code: u8, error: Option<String>) -> tally::Summary {
+        let junit = self.junit.lock().ok().and_then(|junit| junit.clone());
+        match self.tally.lock() {
+            Ok(tally) => tally.summary(command, exit_code, junit, error, self.started.elapsed()),
+            Err(_) => tally::Tally::default().summary(command, exit_code, junit, error, self.started.elapsed()),
+        }
+    }
+}
+
 /// Writes status lines to stderr, one writer at a time.
 #[derive(Debug)]
 pub(crate) struct Printer {
+    log: Arc<EventLog>,
     verbosity: Verbosity,
     prefix_serial: bool,
     stream_serial: bool,
@@ -61,6 +124,7 @@ impl Printer {
     /// A printer at the given verbosity.
     pub(crate) fn new(verbosity: Verbosity) -> Self {
         Self {
+            log: Arc::new(EventLog::new(None)),
             verbosity,
             prefix_serial: false,
             stream_serial: true,
@@ -70,9 +134,24 @@ impl Printer {
         }
     }
 
-    /// A new printer with the same settings.
+    /// The printer, telling its events to `log` (which a command shares among its printers).
+    pub(crate) fn with_log(self, log: Arc<EventLog>) -> Self {
+        Self { log, ..self }
+    }
+
+    /// A new printer with the same settings and the same event log.
     pub(crate) fn clone_settings(&self) -> Self {
-        Self { prefix_serial: self.prefix_serial, stream_serial: self.stream_serial, ..Self::new(self.verbosity) }
+        Self {
+            log: self.log.clone(),
+            prefix_serial: self.prefix_serial,
+            stream_serial: self.stream_serial,
+            ..Self::new(self.verbosity)
+        }
+    }
+
+    /// The event log this printer tells.
+    pub(crate) fn log(&self) -> &EventLog {
+        &self.log
     }
 
     /// Shows progress bars for `boots` guests, when stderr is a terminal outside CI and kiln
@@ -139,7 +218,8 @@ impl Printer {
         let Ok(mut progress) = self.progress.lock() else { return false };
         let Some(progress) = progress.as_mut() else { return false };
         match event {
-            Event::CaseStarted { label, .. } => {
+            Event::CaseStarted { boot, .. } => {
+                let label = boot.label;
                 let bar = progress.multi.insert_before(&progress.overall, indicatif::ProgressBar::new_spinner());
                 if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {wide_msg}")
                 {
@@ -150,8 +230,8 @@ impl Printer {
                 progress.guests.insert(label.to_string(), bar);
                 true
             }
-            Event::SerialLine { label, line } => {
-                if let Some(bar) = progress.guests.get(*label) {
+            Event::SerialLine { boot, line, .. } => {
+                if let Some(bar) = progress.guests.get(boot.label) {
                     bar.set_message(line.to_string());
                 }
                 true
@@ -253,6 +333,7 @@ impl Printer {
 
 impl Reporter for Printer {
     fn report(&self, event: Event<'_>) {
+        self.log.observe(&event);
         if self.progress_event(&event) {
             return;
         }
@@ -262,7 +343,7 @@ impl Reporter for Printer {
             Event::Warning(message) => self.warn(message),
             Event::Alert(message) => self.always(&format!("warning: {message}")),
             Event::BuildWaiting { what } => self.status("Waiting", &format!("for another kiln building {what}")),
-            Event::BuildStarted { what, kind, how } => match (kind, how) {
+            Event::BuildStarted { what, kind, how, .. } => match (kind, how) {
                 // A download speaks for itself (a bar or a `Fetching` line).
                 (EntryKind::Fetch, _) => {}
                 (EntryKind::Snapshot, Some(how)) => self.status("Snapshot", how),
@@ -270,7 +351,11 @@ impl Reporter for Printer {
                 (_, None) => self.status("Building", what),
             },
             Event::BuildReason { line } => self.status("Because", line),
-            Event::BuildFinished { what, kind, closure, outcome } => self.build_finished(what, kind, &closure, outcome),
+            Event::BuildFinished { what, kind, closure, outcome, .. } => {
+                self.build_finished(what, kind, &closure, outcome);
+            }
+            // The error itself ends the command and is printed then.
+            Event::BuildFailed { .. } => {}
             Event::DownloadStarted { name, total } => self.download_started(name, total),
             Event::DownloadProgress { name, received } => {
                 if let Ok(downloads) = self.downloads.lock()
@@ -290,14 +375,14 @@ impl Reporter for Printer {
             Event::AccelChosen { arch, choice } => {
                 self.status("Accel", &format!("{arch}: {}; {}", choice.accel.as_str().to_uppercase(), choice.reason));
             }
-            Event::CaseStarted { label, command } => {
-                self.status("Booting", label);
+            Event::CaseStarted { boot, command, .. } => {
+                self.status("Booting", boot.label);
                 self.verbose("Running", command);
             }
-            Event::SerialLine { label, line } => {
+            Event::SerialLine { boot, line, .. } => {
                 if self.verbosity >= Verbosity::Normal && self.stream_serial {
                     if self.prefix_serial {
-                        self.write(&format!("[{label}] {line}"));
+                        self.write(&format!("[{}] {line}", boot.label));
                     } else {
                         self.write(line);
                     }
