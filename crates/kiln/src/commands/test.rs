@@ -65,7 +65,11 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary) -> anyhow::Resul
     }
     let junit = args.junit.clone().unwrap_or_else(|| cx.work_dir().join("junit.xml"));
     github::append_outputs(&github::step_outputs(summary, &junit))?;
-    github::append_summary(&github::job_summary(summary))?;
+    let (accel_line, warnings) = github::accel_report(&cx.chosen_accelerators(), kiln_types::Arch::host());
+    for warning in warnings {
+        cx.printer().always(&warning);
+    }
+    github::append_summary(&format!("{}{accel_line}", github::job_summary(summary)))?;
     Ok(())
 }
 
