@@ -187,7 +187,12 @@ timeout = "30s"
     let red = run(&project, &cache, artifacts.path(), &inputs);
     assert!(red.failed, "{}", red.log);
     let key = red.outputs["cache-key"].clone();
-    assert_eq!(red.saved, vec![format!("{key}-incomplete-main")], "a red run saves apart, once per branch: {}", red.log);
+    assert_eq!(
+        red.saved,
+        vec![format!("{key}-incomplete-main")],
+        "a red run saves apart, once per branch: {}",
+        red.log
+    );
     assert!(!red.artifacts.is_empty(), "the logs of proj/ are uploaded: {}", red.log);
 
     // Red again on the same branch: its incomplete store is restored and, being immutable,
@@ -292,9 +297,8 @@ fn kiln_s_own_build_is_restored_before_the_key_and_only_its_own_edits_rebuild_it
     let cache_dir = tempfile::tempdir().expect("cache dir");
     let cache = LocalCache::new(cache_dir.path());
     let artifacts = tempfile::tempdir().expect("artifacts");
-    let job = || {
-        Job::with_inputs(&[("xtask", "cargo xtask")]).env("CARGO_HOME", &cargo_home.path().display().to_string())
-    };
+    let job =
+        || Job::with_inputs(&[("xtask", "cargo xtask")]).env("CARGO_HOME", &cargo_home.path().display().to_string());
     let tool_keys = |run: &crate::action_sim::JobRun| -> Vec<String> {
         run.saved.iter().filter(|k| k.starts_with("kiln-tool-")).cloned().collect()
     };
@@ -307,7 +311,11 @@ fn kiln_s_own_build_is_restored_before_the_key_and_only_its_own_edits_rebuild_it
     let saved = tool_keys(&cold);
     assert_eq!(saved.len(), 2, "the binary and the dependencies: {saved:?}");
     assert!(saved.iter().any(|k| k.contains("-deps-")), "{saved:?}");
-    assert!(cold.summary.contains("#### kiln's caches") && cold.summary.contains("Total cache size"), "{}", cold.summary);
+    assert!(
+        cold.summary.contains("#### kiln's caches") && cold.summary.contains("Total cache size"),
+        "{}",
+        cold.summary
+    );
 
     // A new runner: the binary is restored and started as it is; nothing compiles.
     fresh_runner(&project);
@@ -444,5 +452,9 @@ fn the_action_opens_kvm_where_the_runner_has_it_and_tcg_is_said_loudly() {
     // Where udevadm applies it (GitHub's runners) access is granted; where it cannot (no
     // udevadm or no udevd, as here) the step says so and goes on.
     let state = present.outputs["kvm"].as_str();
-    assert!(state == "granted" || (state == "present" && present.log.contains("::warning title=kiln::")), "{}", present.log);
+    assert!(
+        state == "granted" || (state == "present" && present.log.contains("::warning title=kiln::")),
+        "{}",
+        present.log
+    );
 }

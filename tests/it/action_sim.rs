@@ -188,6 +188,8 @@ pub struct JobRun {
     pub failed: bool,
     /// Time spent restoring and saving caches.
     pub cache_time: Duration,
+    /// How long each step that ran took.
+    pub step_times: Vec<(String, Duration)>,
 }
 
 impl JobRun {
@@ -245,10 +247,11 @@ impl Action {
             assert!(context.inputs.contains_key(name), "action.yml declares no input `{name}`");
             context.inputs.insert(name.clone(), value.clone());
         }
-        let home = job.env.iter().find(|(k, _)| k == "HOME").map_or_else(
-            || std::env::var("HOME").unwrap_or_default(),
-            |(_, v)| v.clone(),
-        );
+        let home = job
+            .env
+            .iter()
+            .find(|(k, _)| k == "HOME")
+            .map_or_else(|| std::env::var("HOME").unwrap_or_default(), |(_, v)| v.clone());
         let temp = tempfile::tempdir().expect("runner temp");
         let summary_file = temp.path().join("step-summary.md");
         let env_file = temp.path().join("github-env");
@@ -281,6 +284,7 @@ impl Action {
                         .collect()
                 })
                 .unwrap_or_default();
+            let step_started = Instant::now();
             let (ok, outputs) = if let Some(script) = step["run"].as_str() {
                 assert_eq!(step["shell"].as_str(), Some("bash"), "composite run steps need `shell: bash`");
                 assert!(!script.contains("${{"), "`{name}`: pass inputs through env:, never ${{{{ }}}} in a script");
@@ -349,6 +353,7 @@ impl Action {
                 context.steps.insert(id.clone(), outputs);
                 context.outcomes.insert(id, if ok { "success".into() } else { "failure".into() });
             }
+            run.step_times.push((name.clone(), step_started.elapsed()));
             run.steps.push((name.clone(), if ok { "success".into() } else { "failure".into() }));
             if !ok {
                 context.failed = true;
@@ -1008,7 +1013,10 @@ fn the_cache_scopes_versions_and_evicts_as_the_service_does() {
     assert_eq!(cache.find(&pr, &v, "k-", &[]).map(|e| e.key), Some("k-release".into()));
     cache.save(&pr, &v, "k-pr", std::slice::from_ref(&data)).expect("save");
     assert_eq!(cache.find(&pr, &v, "k-", &[]).map(|e| e.key), Some("k-pr".into()));
-    assert_eq!(cache.find(&Trigger::pull_request(8, "x", "main"), &v, "k-pr", &["k-"]).map(|e| e.key), Some("k-main".into()));
+    assert_eq!(
+        cache.find(&Trigger::pull_request(8, "x", "main"), &v, "k-pr", &["k-"]).map(|e| e.key),
+        Some("k-main".into())
+    );
     // A fork is another repository; another version (paths) never matches.
     assert!(cache.find(&main.clone().in_repository("someone/kiln"), &v, "k-", &[]).is_none());
     assert!(cache.find(&main, &version("other"), "k-main", &[]).is_none());

@@ -212,7 +212,10 @@ mod tests {
         choices.insert(Arch::Riscv64, choice(Accel::Tcg, "riscv64 guest on x86_64 host needs emulation"));
         let (line, warnings) = accel_report(&choices, Some(Arch::X86_64));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].starts_with("::warning title=kiln%3A x86_64 guests run under TCG::emulation"), "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("::warning title=kiln%3A x86_64 guests run under TCG::emulation"),
+            "{warnings:?}"
+        );
         assert!(line.contains("x86_64: ⚠️ **TCG**"), "{line}");
         assert!(line.contains("riscv64: TCG (riscv64 guest on x86_64 host needs emulation)"), "{line}");
         choices.insert(Arch::X86_64, choice(Accel::Kvm, "KVM probe guest ran in 0.10s (TCG 0.20s)"));
