@@ -111,7 +111,7 @@ fn main() {
     }
     for (name, run) in [("cold", &cold), ("no change", &warm), ("one kernel edit", &edit)] {
         let mut steps: Vec<&(String, Duration)> = run.step_times.iter().filter(|(_, t)| t.as_millis() >= 100).collect();
-        steps.sort_by(|a, b| b.1.cmp(&a.1));
+        steps.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
         let steps: Vec<String> = steps.iter().map(|(step, t)| format!("{step} {:.1}s", t.as_secs_f64())).collect();
         println!("{name}: {}", steps.join(", "));
     }
