@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Asks kiln for the command's cache key (closure hashes of what it needs, kiln's key and store
 # format versions, the host arch) and where its store and logs are, then writes to
-# GITHUB_OUTPUT: the key (prefixed with the cache prefix, runner OS and arch set), the restore
-# key, the key a failed run saves under, the store and log paths (absolute, so the cache and
-# upload steps find them whatever the working directory), and whether this command may save.
+# GITHUB_OUTPUT: the key (prefixed with the cache prefix, runner OS and the arch set or the
+# shared key), the restore key, the key a failed run saves under (one per branch), the store
+# and log paths (absolute, so the cache and upload steps find them whatever the working
+# directory), and whether this command may save.
 set -euo pipefail
 read -r -a xtask <<<"$KILN_XTASK"
 read -r -a command <<<"$KILN_COMMAND"
@@ -15,6 +16,9 @@ case "${command[0]}" in
 esac
 case "$KILN_CACHE_PREFIX" in
     *,*) fail "cache-prefix '$KILN_CACHE_PREFIX' contains a comma, which cache keys cannot" ;;
+esac
+case "${KILN_SHARED_KEY:-}" in
+    *[!A-Za-z0-9._-]*) fail "shared-key '$KILN_SHARED_KEY' may hold only letters, digits, '.', '_' and '-'" ;;
 esac
 arches=$(printf '%s' "$KILN_ARCHES" | tr ',\n\t' '   ' | xargs -n1 2>/dev/null | sort -u | paste -sd, - || true)
 for arch in ${arches//,/ }; do
@@ -44,14 +48,19 @@ value() { sed -n "s/^$1=//p" <<<"$lines"; }
 kiln_key=$(value key)
 kiln_prefix=$(value restore-keys)
 [ -n "$kiln_key" ] || fail "\`store key\` printed no key"
-prefix="${KILN_CACHE_PREFIX}-${RUNNER_OS:-Linux}-${arch_slug}-"
+# A shared key groups several jobs (a matrix): their keys differ by kiln's key (the closures
+# of each job's arch set) but share the restore prefix, so each starts from the group's newest.
+prefix="${KILN_CACHE_PREFIX}-${RUNNER_OS:-Linux}-${KILN_SHARED_KEY:-$arch_slug}-"
 key="${prefix}${kiln_key}"
+branch=${GITHUB_HEAD_REF:-${GITHUB_REF_NAME:-local}}
+branch_slug=$(printf '%s' "$branch" | tr -c 'A-Za-z0-9._-' '-')
 token="${GITHUB_RUN_ID:-local}-${GITHUB_RUN_ATTEMPT:-1}-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
 {
     echo "key=$key"
     echo "restore-keys=${prefix}${kiln_prefix}"
-    # A failed run's store is incomplete: saved apart, it is only ever a partial hit.
-    echo "incomplete-key=${key}-incomplete-${token}"
+    # A failed run's store is incomplete: saved apart, it is only ever a partial hit; one
+    # entry per branch, so red runs do not pile up.
+    echo "incomplete-key=${key}-incomplete-${branch_slug}"
     echo "store=$(value store)"
     echo "logs=$(value logs)"
     echo "arch-list=$arches"

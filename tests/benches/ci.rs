@@ -1,8 +1,13 @@
-//! The simulated CI benchmark: the bundled example's x86_64 job run twice by the action on a
-//! fresh runner (empty target directories), the second restoring the first's store, against
-//! caching cargo's target directories the naive way (tar | zstd). Run it with
-//! `cargo bench -p kiln-integration-tests --bench ci`; it prints the timings, and fails when
-//! the second run builds anything.
+//! The CI benchmark, end to end on a simulated fresh runner: kiln's own repository (its
+//! `cargo xtask` and the bundled example) run through the action for x86_64 three times, each
+//! on a new runner (no target directories, an empty `CARGO_HOME`, an empty kiln user cache),
+//! with only the cache service carrying anything over: cold (empty cache: cargo's registry
+//! downloaded, the xtask compiled, every kernel and image built), no change, and one edit of
+//! the example kernel's source. The QEMU install step runs (it finds QEMU installed here and
+//! says so; an apt install is not timed). Prints the three times and cold / no-change (the
+//! goal is 5x or more); fails when the no-change run compiles or builds anything.
+//!
+//! Run it with `cargo bench -p kiln-integration-tests --bench ci`.
 
 #[allow(dead_code)]
 #[path = "../it/action_sim.rs"]
@@ -11,62 +16,105 @@ mod action_sim;
 #[path = "../it/support.rs"]
 mod support;
 
-use std::{process::Command, time::Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
-use action_sim::{LocalCache, fresh_runner, run, untar};
-use support::{Project, repo_root};
+use action_sim::{Job, JobRun, LocalCache, action};
+use support::{copy_tree, repo_root};
+
+/// What a checkout of kiln holds that the xtask and the example need (the workspace's
+/// members, its manifests and lock file, the alias, Kiln.toml and the example).
+const CHECKOUT: &[&str] = &["Cargo.toml", "Cargo.lock", "Kiln.toml", ".cargo", "xtask", "crates", "tests", "examples"];
+
+/// The workspace's files as a fresh checkout has them.
+fn checkout(to: &Path) {
+    for name in CHECKOUT {
+        let from = repo_root().join(name);
+        if from.is_dir() {
+            copy_tree(&from, &to.join(name));
+        } else {
+            std::fs::copy(&from, to.join(name)).expect("copy a checkout file");
+        }
+    }
+}
+
+/// A new runner: the checkout stays; target directories, cargo's home and kiln's user cache go.
+fn fresh_runner(repo: &Path, runner: &Path) {
+    for dir in [repo.join("target"), repo.join("examples/target"), runner.to_owned()] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    std::fs::create_dir_all(runner.join("cargo-home")).expect("CARGO_HOME");
+    std::fs::create_dir_all(runner.join("cache")).expect("XDG_CACHE_HOME");
+}
+
+/// One job: the default inputs (`cargo xtask`, QEMU installed by the action, the tool and the
+/// store cached), x86_64, a push to the default branch.
+fn job(repo: &Path, runner: &Path, cache: &LocalCache, artifacts: &Path) -> (JobRun, Duration) {
+    fresh_runner(repo, runner);
+    let job = Job::with_inputs(&[("arch", "x86_64")])
+        .env("CARGO_HOME", &runner.join("cargo-home").display().to_string())
+        .env("XDG_CACHE_HOME", &runner.join("cache").display().to_string())
+        .env("KILN_ACCEL", "tcg");
+    let started = Instant::now();
+    let run = action().run(repo, &job, cache, artifacts);
+    let took = started.elapsed();
+    assert!(!run.failed, "{}", run.log);
+    (run, took)
+}
+
+/// One run's time and how its caches matched.
+fn line(name: &str, run: &JobRun, took: Duration) -> String {
+    format!(
+        "{name:<16} {:>8.1}s  tool {:<7} store {:<7} built {:>2}  cached {:>2}  cache transfer {:.1}s",
+        took.as_secs_f64(),
+        run.outputs["tool-cache-hit"],
+        run.outputs["cache-hit"],
+        run.outputs["built"],
+        run.outputs["cached"],
+        run.cache_time.as_secs_f64()
+    )
+}
 
 fn main() {
-    let kiln_toml = std::fs::read_to_string(repo_root().join("Kiln.toml")).expect("Kiln.toml");
-    let project = Project::example(&kiln_toml);
+    let repo = tempfile::Builder::new().prefix("kiln-ci-bench-").tempdir().expect("tempdir");
+    checkout(repo.path());
+    let runner = tempfile::tempdir().expect("runner home");
+    let runner = runner.path().join("runner");
     let cache_dir = tempfile::tempdir().expect("cache dir");
-    let cache = LocalCache { dir: cache_dir.path().to_owned() };
+    let cache = LocalCache::new(cache_dir.path());
     let artifacts = tempfile::tempdir().expect("artifacts");
-    // x86_64: the bare-metal and the Linux cases, so the store holds a kernel and a rootfs.
-    let x86 = [("arch", "x86_64")];
-    fresh_runner(&project);
-    let started = Instant::now();
-    let first = run(&project, &cache, artifacts.path(), &x86);
-    let first_time = started.elapsed();
-    // What a cache of cargo's target directories (the naive way) would move instead.
-    let naive = tempfile::tempdir().expect("naive");
-    let started = Instant::now();
-    let archive = naive.path().join("target.tar.zst");
-    let status = Command::new("tar")
-        .args(["-I", "zstd -T0", "-cf"])
-        .arg(&archive)
-        .arg("-C")
-        .arg(project.path())
-        .args(["target", "examples/target"])
-        .status()
-        .expect("tar");
-    assert!(status.success());
-    untar(&archive, &naive.path().join("out"));
-    let naive_time = started.elapsed();
-    let naive_size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-    fresh_runner(&project);
-    let started = Instant::now();
-    let second = run(&project, &cache, artifacts.path(), &x86);
-    let second_time = started.elapsed();
-    let store_size =
-        cache.archive(&first.outputs["cache-key"]).and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
-    println!(
-        "simulated CI (x86_64, bundled example): first run {:.2}s (built {}), second run {:.2}s (built {}), ratio {:.1}x",
-        first_time.as_secs_f64(),
-        first.outputs["built"],
-        second_time.as_secs_f64(),
-        second.outputs["built"],
-        first_time.as_secs_f64() / second_time.as_secs_f64()
-    );
-    println!(
-        "cache: kiln store restore+save {:.2}s in the first run, restore {:.2}s in the second; archive {} KiB",
-        first.cache_time.as_secs_f64(),
-        second.cache_time.as_secs_f64(),
-        store_size / 1024
-    );
-    println!(
-        "naive: tar|zstd of target/ and examples/target, save+restore {:.2}s; archive {} KiB",
-        naive_time.as_secs_f64(),
-        naive_size / 1024
-    );
+
+    let (cold, cold_time) = job(repo.path(), &runner, &cache, artifacts.path());
+    assert_eq!(cold.outputs["tool-cache-hit"], "miss", "{}", cold.log);
+    let (warm, warm_time) = job(repo.path(), &runner, &cache, artifacts.path());
+    assert_eq!(warm.outputs["tool-cache-hit"], "exact", "the tool is not compiled: {}", warm.log);
+    assert_eq!(warm.outputs["cache-hit"], "exact", "{}", warm.log);
+    assert_eq!(warm.outputs["built"], "0", "nothing is built: {}", warm.log);
+    let source = repo.path().join("examples/kernel/src/main.rs");
+    let mut text = std::fs::read_to_string(&source).expect("the example kernel");
+    text.push_str("// edited in CI\n");
+    std::fs::write(&source, text).expect("edit the example kernel");
+    let (edit, edit_time) = job(repo.path(), &runner, &cache, artifacts.path());
+    assert_eq!(edit.outputs["tool-cache-hit"], "exact", "a kernel edit is no tool edit: {}", edit.log);
+
+    println!("simulated CI, kiln's repository, x86_64, each run on a fresh runner:");
+    println!("{}", line("cold", &cold, cold_time));
+    println!("{}", line("no change", &warm, warm_time));
+    println!("{}", line("one kernel edit", &edit, edit_time));
+    println!("cold / no change: {:.1}x (goal: 5x or more)", cold_time.as_secs_f64() / warm_time.as_secs_f64());
+    let mut entries = cache.entries();
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    for entry in entries {
+        println!("cache entry {:>9.1} MiB  {}", entry.size as f64 / f64::from(1 << 20), entry.key);
+    }
+    for (name, run) in [("cold", &cold), ("no change", &warm), ("one kernel edit", &edit)] {
+        let mut steps: Vec<&(String, Duration)> = run.step_times.iter().filter(|(_, t)| t.as_millis() >= 100).collect();
+        steps.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+        let steps: Vec<String> = steps.iter().map(|(step, t)| format!("{step} {:.1}s", t.as_secs_f64())).collect();
+        println!("{name}: {}", steps.join(", "));
+    }
+    let qemu = cold.log.lines().find(|l| l.starts_with("QEMU for")).unwrap_or("QEMU install step: no line");
+    println!("install step: {qemu} (preinstalled on this machine; an apt install is not timed)");
 }

@@ -80,6 +80,8 @@ pub struct Cx {
     executor: Executor,
     /// Whether the configuration is kiln's built-in runner guests (no project named one).
     builtin_runner: bool,
+    /// The accelerator chosen per architecture so far, for the job summary.
+    accels: std::sync::Mutex<std::collections::BTreeMap<Arch, AccelChoice>>,
 }
 
 /// An artifact built for one architecture, or found in the store.
@@ -162,7 +164,7 @@ impl Cx {
                 );
             }
         }
-        Ok(Self { config, printer, options, executor, builtin_runner: false })
+        Ok(Self { config, printer, options, executor, builtin_runner: false, accels: Default::default() })
     }
 
     /// The same context over another store, without remote stores (`release` builds in an
@@ -175,6 +177,7 @@ impl Cx {
             options: self.options.clone(),
             executor: self.executor.with_store(store),
             builtin_runner: self.builtin_runner,
+            accels: Default::default(),
         }
     }
 
@@ -391,7 +394,16 @@ impl Cx {
         &self,
         arches: impl IntoIterator<Item = Arch>,
     ) -> std::collections::BTreeMap<Arch, AccelChoice> {
-        self.executor.accelerators(arches, self.options.accel)
+        let chosen = self.executor.accelerators(arches, self.options.accel);
+        if let Ok(mut accels) = self.accels.lock() {
+            accels.extend(chosen.iter().map(|(arch, choice)| (*arch, choice.clone())));
+        }
+        chosen
+    }
+
+    /// Every accelerator this context chose so far, per architecture.
+    pub(crate) fn chosen_accelerators(&self) -> std::collections::BTreeMap<Arch, AccelChoice> {
+        self.accels.lock().map(|accels| accels.clone()).unwrap_or_default()
     }
 
     /// Everything before a plan's boots: the host checked, the plan realised, accelerators

@@ -68,7 +68,11 @@ fn report_to_ci(cx: &Cx, args: &TestArgs, summary: &RunSummary, code: u8) -> any
     }
     let counts = cx.printer().log().summary("test", code, None);
     github::append_outputs(&github::step_outputs(&counts))?;
-    github::append_summary(&github::job_summary(summary, &counts))?;
+    let (accel_line, warnings) = github::accel_report(&cx.chosen_accelerators(), kiln_types::Arch::host());
+    for warning in warnings {
+        cx.printer().always(&warning);
+    }
+    github::append_summary(&format!("{}{accel_line}", github::job_summary(summary, &counts)))?;
     Ok(())
 }
 

@@ -1,7 +1,10 @@
 //! GitHub Actions output: workflow commands (escaped as `@actions/core` escapes them), a
 //! stop-commands guard around guest output, groups, error annotations and the job summary.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use kiln_qemu::accel::{Accel, AccelChoice};
+use kiln_types::Arch;
 
 use super::tally::Summary;
 use crate::{
@@ -105,6 +108,34 @@ pub(crate) fn job_summary(summary: &RunSummary, counts: &Summary) -> String {
     out
 }
 
+/// The job summary's line on accelerators, and a `::warning::` for each architecture that runs
+/// under TCG on a host of its own architecture (where KVM would make it several times faster):
+/// emulation is said as loudly as KVM.
+pub(crate) fn accel_report(choices: &BTreeMap<Arch, AccelChoice>, host: Option<Arch>) -> (String, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut parts = Vec::new();
+    for (arch, choice) in choices {
+        let native = host == Some(*arch);
+        let part = match choice.accel {
+            Accel::Kvm => format!("{arch}: **KVM** ({})", cell(&choice.reason)),
+            Accel::Tcg if native => {
+                warnings.push(format!(
+                    "::warning title={}::{}",
+                    escape_property(&format!("kiln: {arch} guests run under TCG")),
+                    escape_data(&format!("emulation, several times slower than KVM: {}", choice.reason))
+                ));
+                format!("{arch}: ⚠️ **TCG**, emulation, several times slower than KVM ({})", cell(&choice.reason))
+            }
+            Accel::Tcg => format!("{arch}: TCG ({})", cell(&choice.reason)),
+        };
+        parts.push(part);
+    }
+    if parts.is_empty() {
+        return (String::new(), warnings);
+    }
+    (format!("\nAccelerator: {}.\n", parts.join("; ")), warnings)
+}
+
 /// `name=value` lines for `GITHUB_OUTPUT`, all from the summary event (`--message-format
 /// json`'s last line): what the run built and found in the store, the JUnit file, and whether
 /// every case passed.
@@ -175,6 +206,27 @@ mod tests {
         assert_ne!(a.start(), b.start());
         assert_eq!(a.start().len(), "::stop-commands::".len() + 32);
         assert_eq!(a.end(), format!("::{}::", a.token));
+    }
+
+    #[test]
+    fn tcg_on_a_native_host_is_a_warning_and_kvm_is_said() {
+        let choice = |accel, reason: &str| AccelChoice { accel, reason: reason.into() };
+        let mut choices = BTreeMap::new();
+        choices.insert(Arch::X86_64, choice(Accel::Tcg, "the KVM probe guest did not finish within 3s"));
+        choices.insert(Arch::Riscv64, choice(Accel::Tcg, "riscv64 guest on x86_64 host needs emulation"));
+        let (line, warnings) = accel_report(&choices, Some(Arch::X86_64));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("::warning title=kiln%3A x86_64 guests run under TCG::emulation"),
+            "{warnings:?}"
+        );
+        assert!(line.contains("x86_64: ⚠️ **TCG**"), "{line}");
+        assert!(line.contains("riscv64: TCG (riscv64 guest on x86_64 host needs emulation)"), "{line}");
+        choices.insert(Arch::X86_64, choice(Accel::Kvm, "KVM probe guest ran in 0.10s (TCG 0.20s)"));
+        let (line, warnings) = accel_report(&choices, Some(Arch::X86_64));
+        assert!(warnings.is_empty());
+        assert!(line.contains("x86_64: **KVM** (KVM probe guest ran in 0.10s (TCG 0.20s))"), "{line}");
+        assert_eq!(accel_report(&BTreeMap::new(), None).0, "");
     }
 
     #[test]
