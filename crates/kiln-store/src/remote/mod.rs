@@ -184,11 +184,9 @@ impl fmt::Display for RemoteNotice {
                     closure.short()
                 )
             }
-            Self::Waiting { remote, closure, owner } => write!(
-                f,
-                "entry {} is being built by {owner} (its claim on {remote}); waiting for it",
-                closure.short()
-            ),
+            Self::Waiting { remote, closure, owner } => {
+                write!(f, "for entry {}, which {owner} builds (its claim on {remote})", closure.short())
+            }
             Self::TookOver { remote, closure, owner, silent } => write!(
                 f,
                 "the claim of {owner} on entry {} at {remote} has not changed for {}s (that job died?); building \
