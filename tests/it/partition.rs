@@ -56,7 +56,7 @@ fn built_here(stderr: &str) -> Vec<String> {
 /// console before QEMU stops, and the addresses in it, differ from boot to boot).
 fn without_timings(xml: &str) -> String {
     let times = regex::Regex::new(r#" time="[0-9.]+""#).expect("regex");
-    let panics = regex::Regex::new(r"<system-out>[^<]*Kernel panic[^<]*</system-out>").expect("regex");
+    let panics = regex::Regex::new(r"<system-out>[^<]*(Kernel panic|Kernel Offset: )[^<]*</system-out>").expect("regex");
     panics.replace_all(&times.replace_all(xml, ""), "<system-out>(a kernel panic's trace)</system-out>").into_owned()
 }
 
