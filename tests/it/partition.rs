@@ -56,7 +56,8 @@ fn built_here(stderr: &str) -> Vec<String> {
 /// console before QEMU stops, and the addresses in it, differ from boot to boot).
 fn without_timings(xml: &str) -> String {
     let times = regex::Regex::new(r#" time="[0-9.]+""#).expect("regex");
-    let panics = regex::Regex::new(r"<system-out>[^<]*(Kernel panic|Kernel Offset: )[^<]*</system-out>").expect("regex");
+    let panics =
+        regex::Regex::new(r"<system-out>[^<]*(Kernel panic|Kernel Offset: )[^<]*</system-out>").expect("regex");
     panics.replace_all(&times.replace_all(xml, ""), "<system-out>(a kernel panic's trace)</system-out>").into_owned()
 }
 
@@ -83,7 +84,8 @@ fn three_jobs_sharing_one_s3_store_build_each_closure_once_and_merge_into_the_un
     let first = Project::example(&kiln_toml);
     // One key for the workflow (a repository secret), trusted by every job.
     let secret = first.path().join("ci.key");
-    let keygen = kiln(&first, &["store", "keygen", "--name", "ci", "--out"], &[]).arg(&secret).output().expect("keygen");
+    let keygen =
+        kiln(&first, &["store", "keygen", "--name", "ci", "--out"], &[]).arg(&secret).output().expect("keygen");
     succeeded(&keygen, "keygen");
     let public = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
     assert!(public.starts_with("ci:"), "{public}");
@@ -135,7 +137,12 @@ fn three_jobs_sharing_one_s3_store_build_each_closure_once_and_merge_into_the_un
     }
     let twice: Vec<_> = builders.iter().filter(|(_, jobs)| jobs.len() > 1).collect();
     assert!(twice.is_empty(), "built by more than one job: {twice:?}\n{all_output}");
-    let shared = ["Fetched linux-x86_64", "Built hello-linux (x86_64)", "Built kernel debian (x86_64)", "Saved the x86_64 snapshot"];
+    let shared = [
+        "Fetched linux-x86_64",
+        "Built hello-linux (x86_64)",
+        "Built kernel debian (x86_64)",
+        "Saved the x86_64 snapshot",
+    ];
     for shared in shared {
         assert!(builders.contains_key(shared), "`{shared}` was built by some job: {builders:?}\n{all_output}");
     }
@@ -172,7 +179,10 @@ fn three_jobs_sharing_one_s3_store_build_each_closure_once_and_merge_into_the_un
     let merged_xml = std::fs::read_to_string(&merged_path).expect("merged JUnit");
     let full_xml = std::fs::read_to_string(&full_path).expect("unpartitioned JUnit");
     let cases = cases_in(&full_xml);
-    assert!(merge_err.contains(&format!("Merged {JOBS} JUnit files: {} test cases, 0 failed", cases.len())), "{merge_err}");
+    assert!(
+        merge_err.contains(&format!("Merged {JOBS} JUnit files: {} test cases, 0 failed", cases.len())),
+        "{merge_err}"
+    );
     assert_eq!(cases.len(), 7, "every x86_64 case of the example: {cases:?}");
     assert_eq!(cases_in(&merged_xml), cases, "every case ran exactly once, in the unpartitioned order");
     assert_eq!(without_timings(&merged_xml), without_timings(&full_xml));

@@ -407,9 +407,10 @@ impl Store {
         building: bool,
     ) -> Result<Option<(Entry, BuildOutcome)>, StoreError> {
         let out = temp.join("out");
-        let found = self.substituter.as_ref().and_then(|s| {
-            if building { s.substitute_or_claim(closure, &out) } else { s.substitute(closure, &out) }
-        });
+        let found = self
+            .substituter
+            .as_ref()
+            .and_then(|s| if building { s.substitute_or_claim(closure, &out) } else { s.substitute(closure, &out) });
         let Some(found) = found else {
             return Ok(None);
         };

@@ -218,7 +218,9 @@ pub(crate) async fn claim_or_wait(
                 seen = Some(key);
                 unchanged_since = Instant::now();
             } else if unchanged_since.elapsed() >= timing.lease {
-                if let Some(held) = take_over(remote, &path, closure, owner, timing, UpdateVersion { e_tag, version }).await? {
+                if let Some(held) =
+                    take_over(remote, &path, closure, owner, timing, UpdateVersion { e_tag, version }).await?
+                {
                     event(ClaimEvent::TookOver { owner: holder, silent: unchanged_since.elapsed() });
                     if exists(remote, &manifest_path(closure)).await? {
                         release(remote, closure, owner).await;

@@ -479,7 +479,9 @@ impl Remotes {
         let notice = self.notice.clone();
         let event = move |event: claim::ClaimEvent| {
             notice(match event {
-                claim::ClaimEvent::Waiting { owner } => RemoteNotice::Waiting { remote: url.clone(), closure: *closure, owner },
+                claim::ClaimEvent::Waiting { owner } => {
+                    RemoteNotice::Waiting { remote: url.clone(), closure: *closure, owner }
+                }
                 claim::ClaimEvent::TookOver { owner, silent } => {
                     RemoteNotice::TookOver { remote: url.clone(), closure: *closure, owner, silent }
                 }
@@ -782,17 +784,23 @@ mod tests {
             let machines: Vec<_> = (0..2)
                 .map(|n| {
                     let (remotes, notices) = claiming(&remote_dir, &key);
-                    let store = Store::open(dir.path().join(format!("m{n}"))).expect("store").with_substituter(remotes.clone());
+                    let store =
+                        Store::open(dir.path().join(format!("m{n}"))).expect("store").with_substituter(remotes.clone());
                     let (drv, builds) = (&drv, &builds);
                     scope.spawn(move || {
                         // The second machine asks while the first builds.
                         std::thread::sleep(Duration::from_millis(200 * n));
                         let (entry, outcome) = store
-                            .build(drv, "thing", || {}, |out| {
-                                builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                                std::thread::sleep(Duration::from_millis(800));
-                                Ok(fs::write(out.join("file"), "made once")?)
-                            })
+                            .build(
+                                drv,
+                                "thing",
+                                || {},
+                                |out| {
+                                    builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    std::thread::sleep(Duration::from_millis(800));
+                                    Ok(fs::write(out.join("file"), "made once")?)
+                                },
+                            )
                             .expect("build");
                         remotes.finish();
                         assert_eq!(fs::read_to_string(entry.out_dir().join("file")).expect("file"), "made once");
@@ -852,16 +860,26 @@ mod tests {
             let machines: Vec<_> = (0..2u64)
                 .map(|n| {
                     let (remotes, _) = claiming(&remote_dir, &key);
-                    let store = Store::open(dir.path().join(format!("f{n}"))).expect("store").with_substituter(remotes.clone());
+                    let store =
+                        Store::open(dir.path().join(format!("f{n}"))).expect("store").with_substituter(remotes.clone());
                     let (drv, builds) = (&drv, &builds);
                     scope.spawn(move || {
                         std::thread::sleep(Duration::from_millis(200 * n));
                         let started = std::time::Instant::now();
-                        let result = store.build(drv, "thing", || {}, |out| {
-                            builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(500));
-                            if n == 0 { Err("the first machine's build fails".into()) } else { Ok(fs::write(out.join("f"), "y")?) }
-                        });
+                        let result = store.build(
+                            drv,
+                            "thing",
+                            || {},
+                            |out| {
+                                builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                std::thread::sleep(Duration::from_millis(500));
+                                if n == 0 {
+                                    Err("the first machine's build fails".into())
+                                } else {
+                                    Ok(fs::write(out.join("f"), "y")?)
+                                }
+                            },
+                        );
                         remotes.finish();
                         (result.map(|(_, outcome)| outcome).map_err(|e| e.to_string()), started.elapsed())
                     })

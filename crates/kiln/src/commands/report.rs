@@ -24,22 +24,25 @@ fn merge(cx: &Cx, files: &[std::path::PathBuf], out: Option<&std::path::Path>) -
             places.entry((case_name.as_str(), machine.as_str())).or_insert(next);
         }
     }
-    let merged = junit::merge(files, |case, machine| places.get(&(case, machine)).copied()).map_err(|error| {
-        match error.downcast::<junit::MergeError>() {
-            Ok(bad_input) => {
-                let help = match bad_input {
-                    junit::MergeError::Read { .. } => "pass the files the jobs' `test --junit PATH` wrote (did each job \
-                                                       upload its file?)",
-                    junit::MergeError::Garbled { .. } => "pass the JUnit files kiln's `test` wrote, whole",
-                    junit::MergeError::Duplicate { .. } => {
-                        "pass each job's file once; give each job its own shard: `--partition hash:K/N`, K = 1..N"
-                    }
-                };
-                UsageError::with_help(bad_input.to_string(), help).into()
+    let merged =
+        junit::merge(files, |case, machine| places.get(&(case, machine)).copied()).map_err(|error| {
+            match error.downcast::<junit::MergeError>() {
+                Ok(bad_input) => {
+                    let help = match bad_input {
+                        junit::MergeError::Read { .. } => {
+                            "pass the files the jobs' `test --junit PATH` wrote (did each job \
+                                                       upload its file?)"
+                        }
+                        junit::MergeError::Garbled { .. } => "pass the JUnit files kiln's `test` wrote, whole",
+                        junit::MergeError::Duplicate { .. } => {
+                            "pass each job's file once; give each job its own shard: `--partition hash:K/N`, K = 1..N"
+                        }
+                    };
+                    UsageError::with_help(bad_input.to_string(), help).into()
+                }
+                Err(other) => other,
             }
-            Err(other) => other,
-        }
-    })?;
+        })?;
     match out {
         Some(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

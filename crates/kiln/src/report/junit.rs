@@ -203,7 +203,11 @@ fn parse_file(path: &std::path::Path) -> Result<(Vec<ParsedCase>, Duration), Mer
         let found: Option<Attribute<'_>> =
             start.try_get_attribute(key).map_err(|e| garbled(format!("attribute `{key}`: {e}")))?;
         found
-            .map(|a| a.normalized_value(quick_xml::XmlVersion::Explicit1_0).map(|v| v.into_owned()).map_err(|e| garbled(format!("attribute `{key}`: {e}"))))
+            .map(|a| {
+                a.normalized_value(quick_xml::XmlVersion::Explicit1_0)
+                    .map(|v| v.into_owned())
+                    .map_err(|e| garbled(format!("attribute `{key}`: {e}")))
+            })
             .transpose()
     };
     let mut reader = Reader::from_str(&text);
@@ -214,9 +218,9 @@ fn parse_file(path: &std::path::Path) -> Result<(Vec<ParsedCase>, Duration), Mer
     let mut saw_root = false;
     loop {
         let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-        let event = reader.read_event().map_err(|e| {
-            garbled(format!("malformed XML at byte {}: {e}", reader.error_position()))
-        })?;
+        let event = reader
+            .read_event()
+            .map_err(|e| garbled(format!("malformed XML at byte {}: {e}", reader.error_position())))?;
         let after = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
         match event {
             Event::Start(ref start) | Event::Empty(ref start) => {
@@ -226,12 +230,17 @@ fn parse_file(path: &std::path::Path) -> Result<(Vec<ParsedCase>, Duration), Mer
                     (0, "testsuites") => {
                         saw_root = true;
                         let seconds = attribute(start, "time")?.unwrap_or_default();
-                        time = seconds.parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok()).unwrap_or_default();
+                        time = seconds
+                            .parse::<f64>()
+                            .ok()
+                            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                            .unwrap_or_default();
                     }
                     (0, other) => return Err(garbled(format!("its root element is `<{other}>`, not `<testsuites>`"))),
                     (1, "testsuite") => {}
                     (2, "testcase") => {
-                        let (Some(classname), Some(case_name)) = (attribute(start, "classname")?, attribute(start, "name")?)
+                        let (Some(classname), Some(case_name)) =
+                            (attribute(start, "classname")?, attribute(start, "name")?)
                         else {
                             return Err(garbled("a `<testcase>` without `name` or `classname`".to_owned()));
                         };
@@ -259,7 +268,10 @@ fn parse_file(path: &std::path::Path) -> Result<(Vec<ParsedCase>, Duration), Mer
                         }
                     }
                     (1 | 2, other) => {
-                        return Err(garbled(format!("an unexpected `<{other}>` inside `<{}>`", path_of_elements.join("><"))));
+                        return Err(garbled(format!(
+                            "an unexpected `<{other}>` inside `<{}>`",
+                            path_of_elements.join("><")
+                        )));
                     }
                     _ => {}
                 }
@@ -269,7 +281,8 @@ fn parse_file(path: &std::path::Path) -> Result<(Vec<ParsedCase>, Duration), Mer
             }
             Event::End(ref end) => {
                 path_of_elements.pop();
-                if path_of_elements.len() == 2 && end.name().as_ref() == b"testcase"
+                if path_of_elements.len() == 2
+                    && end.name().as_ref() == b"testcase"
                     && let Some((start, case)) = open.take()
                 {
                     cases.push(ParsedCase { xml: text[start..after].to_owned(), ..case });
@@ -462,7 +475,11 @@ mod tests {
         let merged = merge(&files, order).expect("merge");
         assert_eq!(without_times(&merged.xml), without_times(&render(&full).expect("render")));
         assert_eq!((merged.tests, merged.failures, merged.errors), (5, 1, 1));
-        assert!(merged.xml.contains(r#"<testsuites name="kiln" tests="5" skipped="0" failures="1" errors="1" time="9.000">"#));
+        assert!(
+            merged
+                .xml
+                .contains(r#"<testsuites name="kiln" tests="5" skipped="0" failures="1" errors="1" time="9.000">"#)
+        );
 
         // Without a known order: by name, the cases of one job kept in its order.
         let unordered = merge(&files, |_, _| None).expect("merge");
@@ -473,21 +490,33 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["flaky/x86_64 (x86_64)", "panic/x86_64 (x86_64)", "panic/aarch64 (aarch64)", "smoke/x86_64 (x86_64)", "smoke/riscv64 (riscv64)"]
+            [
+                "flaky/x86_64 (x86_64)",
+                "panic/x86_64 (x86_64)",
+                "panic/aarch64 (aarch64)",
+                "smoke/x86_64 (x86_64)",
+                "smoke/riscv64 (riscv64)"
+            ]
         );
 
         let error = |files: &[std::path::PathBuf]| format!("{:#}", merge(files, order).expect_err("an error"));
         let twice = error(&[files[0].clone(), files[1].clone(), files[0].clone()]);
-        assert!(twice.contains("case `smoke` on `x86_64 (x86_64)` is in both") && twice.contains("two jobs ran it"), "{twice}");
+        assert!(
+            twice.contains("case `smoke` on `x86_64 (x86_64)` is in both") && twice.contains("two jobs ran it"),
+            "{twice}"
+        );
         let missing = dir.path().join("junit-9.xml");
-        assert!(error(&[missing.clone()]).starts_with(&format!("cannot read the JUnit file `{}`", missing.display())));
+        assert!(error(std::slice::from_ref(&missing)).starts_with(&format!("cannot read the JUnit file `{}`", missing.display())));
         let cut = dir.path().join("cut.xml");
         let text = std::fs::read_to_string(&files[0]).expect("read");
         std::fs::write(&cut, &text[..text.len() / 2]).expect("write");
-        let garbled = error(&[cut.clone()]);
-        assert!(garbled.starts_with(&format!("`{}` is not a JUnit file written by kiln's `test`", cut.display())), "{garbled}");
+        let garbled = error(std::slice::from_ref(&cut));
+        assert!(
+            garbled.starts_with(&format!("`{}` is not a JUnit file written by kiln's `test`", cut.display())),
+            "{garbled}"
+        );
         std::fs::write(&cut, "<html><body/></html>").expect("write");
-        assert!(error(&[cut.clone()]).contains("its root element is `<html>`, not `<testsuites>`"));
+        assert!(error(std::slice::from_ref(&cut)).contains("its root element is `<html>`, not `<testsuites>`"));
         std::fs::write(&cut, "").expect("write");
         assert!(error(&[cut]).contains("it holds no `<testsuites>` element"));
     }
