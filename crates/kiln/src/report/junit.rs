@@ -506,7 +506,10 @@ mod tests {
             "{twice}"
         );
         let missing = dir.path().join("junit-9.xml");
-        assert!(error(std::slice::from_ref(&missing)).starts_with(&format!("cannot read the JUnit file `{}`", missing.display())));
+        assert!(
+            error(std::slice::from_ref(&missing))
+                .starts_with(&format!("cannot read the JUnit file `{}`", missing.display()))
+        );
         let cut = dir.path().join("cut.xml");
         let text = std::fs::read_to_string(&files[0]).expect("read");
         std::fs::write(&cut, &text[..text.len() / 2]).expect("write");
