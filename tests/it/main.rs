@@ -13,6 +13,7 @@ mod fixtures;
 mod github_fake;
 mod linux;
 mod linux_fetch;
+mod partition;
 mod process;
 mod release;
 mod remote;

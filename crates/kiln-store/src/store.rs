@@ -149,6 +149,16 @@ pub trait Substituter: Send + Sync + std::fmt::Debug {
     /// Writes the output of `closure` into `out` (an empty directory) when a verified copy
     /// exists somewhere; `None` leaves `out` empty.
     fn substitute(&self, closure: &ClosureHash, out: &Path) -> Option<Substitution>;
+    /// [`Substituter::substitute`] for a caller that builds the entry itself when nothing is
+    /// found: a substituter shared by machines that run at the same time may wait for another
+    /// machine building it, or tell the others that this one builds it (until
+    /// [`Substituter::settled`] or [`Substituter::abandoned`]).
+    fn substitute_or_claim(&self, closure: &ClosureHash, out: &Path) -> Option<Substitution> {
+        self.substitute(closure, out)
+    }
+    /// Called when building `closure` failed after [`Substituter::substitute_or_claim`] found
+    /// nothing: no entry will be settled for it.
+    fn abandoned(&self, _closure: &ClosureHash) {}
     /// Called with every entry [`Store::build`] returns.
     fn settled(&self, entry: &Entry);
 }
@@ -333,20 +343,19 @@ impl Store {
         self.remove_stale_temp_dirs(&closure)?;
 
         let temp = self.temp_for(&closure)?;
-        if let Some(substituted) = self.substitute_into(&temp, &closure)? {
+        if let Some(substituted) = self.substitute_into(&temp, &closure, true)? {
             return Ok(substituted);
         }
         let out = temp.join("out");
         let started = Instant::now();
         let built = builder(&out).map_err(|source| StoreError::Build { name: name.to_owned(), source });
-        if let Err(err) = built {
-            let _ = remove_tree(&temp);
-            return Err(err);
-        }
         let duration = started.elapsed();
-        let published = self.publish(&temp, &closure, derivation, name, duration);
+        let published = built.and_then(|()| self.publish(&temp, &closure, derivation, name, duration));
         if published.is_err() {
             let _ = remove_tree(&temp);
+            if let Some(substituter) = &self.substituter {
+                substituter.abandoned(&closure);
+            }
         }
         Ok((published?, BuildOutcome::Built { duration, replaced }))
     }
@@ -373,7 +382,7 @@ impl Store {
         }
         self.remove_stale_temp_dirs(closure)?;
         let temp = self.temp_for(closure)?;
-        let substituted = self.substitute_into(&temp, closure)?;
+        let substituted = self.substitute_into(&temp, closure, false)?;
         if substituted.is_none() {
             remove_tree(&temp)?;
         }
@@ -389,9 +398,20 @@ impl Store {
     }
 
     /// Asks the substituter to fill `temp/out` (called under the closure's lock) and
-    /// publishes what it fetched; `None` leaves `temp` as it was.
-    fn substitute_into(&self, temp: &Path, closure: &ClosureHash) -> Result<Option<(Entry, BuildOutcome)>, StoreError> {
-        let Some(found) = self.substituter.as_ref().and_then(|s| s.substitute(closure, &temp.join("out"))) else {
+    /// publishes what it fetched; `None` leaves `temp` as it was. `building`: the caller
+    /// builds the entry when nothing is found.
+    fn substitute_into(
+        &self,
+        temp: &Path,
+        closure: &ClosureHash,
+        building: bool,
+    ) -> Result<Option<(Entry, BuildOutcome)>, StoreError> {
+        let out = temp.join("out");
+        let found = self
+            .substituter
+            .as_ref()
+            .and_then(|s| if building { s.substitute_or_claim(closure, &out) } else { s.substitute(closure, &out) });
+        let Some(found) = found else {
             return Ok(None);
         };
         let published = self.publish_meta(temp, closure, &found.meta_text, found.meta);

@@ -147,6 +147,32 @@ pub enum Command {
     Release(ReleaseArgs),
     /// CI maintenance: `prune-caches` (needs GITHUB_TOKEN).
     Ci(CiArgs),
+    /// Work with the reports of finished runs: `merge` the JUnit files of a partitioned run.
+    Report(ReportArgs),
+}
+
+/// `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The report command.
+    #[command(subcommand)]
+    pub command: ReportCommand,
+}
+
+/// `report` subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum ReportCommand {
+    /// Merge the JUnit files of a run spread over jobs (`test --partition`) into the file one
+    /// unpartitioned run writes; exits 1 when a merged case failed.
+    Merge {
+        /// The jobs' JUnit files.
+        #[arg(required = true, value_name = "JUNIT")]
+        files: Vec<PathBuf>,
+        /// Write the merged file here (default: stdout).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `release`.

@@ -6,14 +6,19 @@
 //! background when pushing is on. A remote that fails to answer costs one notice and is left
 //! alone for the rest of the process; an entry that fails verification costs one notice and
 //! is built locally. The layout is in [`manifest`].
+//!
+//! Jobs that share a remote at the same time build each closure once: before building an
+//! entry it lacks, a pushing job claims it on the remote, and the others wait for the entry
+//! (see [`claim`]).
 
+mod claim;
 mod manifest;
 mod open;
 mod signing;
 mod transfer;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt,
     path::Path,
     sync::{
@@ -26,6 +31,7 @@ use std::{
 use futures_util::{StreamExt as _, stream};
 use object_store::ObjectStore;
 
+pub use claim::{ClaimBody, ClaimTiming, claim_path};
 pub use manifest::{Blob, MAX_MANIFEST_BYTES, Manifest, ManifestError, ManifestFile, ManifestKind, REMOTE_LAYOUT};
 pub use open::OpenError;
 pub use signing::{KeyError, PublicKey, SecretKey, Signature};
@@ -108,6 +114,35 @@ pub enum RemoteNotice {
         /// What failed.
         message: String,
     },
+    /// Another job claimed the build of an entry this one needs: this one waits for it.
+    Waiting {
+        /// The remote's URL.
+        remote: String,
+        /// The entry.
+        closure: ClosureHash,
+        /// Who claimed it.
+        owner: String,
+    },
+    /// A claim stopped changing (its builder died): this job took it over and builds.
+    TookOver {
+        /// The remote's URL.
+        remote: String,
+        /// The entry.
+        closure: ClosureHash,
+        /// Who had claimed it.
+        owner: String,
+        /// How long it had not changed.
+        silent: Duration,
+    },
+    /// This job waited as long as it may for an entry another job builds, and builds it too.
+    WaitedTooLong {
+        /// The remote's URL.
+        remote: String,
+        /// The entry.
+        closure: ClosureHash,
+        /// Who claimed it.
+        owner: String,
+    },
     /// Pushing an entry failed.
     PushFailed {
         /// The remote's URL.
@@ -149,6 +184,21 @@ impl fmt::Display for RemoteNotice {
                     closure.short()
                 )
             }
+            Self::Waiting { remote, closure, owner } => {
+                write!(f, "for entry {}, which {owner} builds (its claim on {remote})", closure.short())
+            }
+            Self::TookOver { remote, closure, owner, silent } => write!(
+                f,
+                "the claim of {owner} on entry {} at {remote} has not changed for {}s (that job died?); building \
+                 it here",
+                closure.short(),
+                silent.as_secs()
+            ),
+            Self::WaitedTooLong { remote, closure, owner } => write!(
+                f,
+                "waited too long for entry {} ({owner} claimed it on {remote}); building it here too",
+                closure.short()
+            ),
             Self::PushFailed { remote, name, message } => write!(f, "could not push {name} to {remote}: {message}"),
         }
     }
@@ -190,6 +240,8 @@ pub(crate) struct Remote {
     pub(crate) layout_written: tokio::sync::OnceCell<()>,
     /// Whether the layout marker was found (readers check once).
     layout_found: std::sync::OnceLock<bool>,
+    /// Whether the backend takes the conditional puts claims need.
+    pub(crate) claims: claim::ClaimSupport,
 }
 
 impl Remote {
@@ -209,6 +261,17 @@ pub struct Remotes {
     pushes: Mutex<Vec<(String, tokio::task::JoinHandle<PushTally>)>>,
     queued: Mutex<HashSet<ClosureHash>>,
     background_off: AtomicBool,
+    /// This process as the owner of build claims.
+    owner: Arc<String>,
+    claim_timing: ClaimTiming,
+    /// The claims this process holds, with the task renewing each.
+    held: Arc<Mutex<HashMap<ClosureHash, HeldClaim>>>,
+}
+
+/// A claim this process holds: where, and the task that renews it.
+struct HeldClaim {
+    remote: Arc<Remote>,
+    renewer: tokio::task::JoinHandle<()>,
 }
 
 impl fmt::Debug for Remotes {
@@ -256,6 +319,7 @@ impl Remotes {
                     compressors: compressors.clone(),
                     layout_written: tokio::sync::OnceCell::new(),
                     layout_found: std::sync::OnceLock::new(),
+                    claims: claim::ClaimSupport::default(),
                 })
             })
             .collect();
@@ -269,7 +333,21 @@ impl Remotes {
             pushes: Mutex::new(Vec::new()),
             queued: Mutex::new(HashSet::new()),
             background_off: AtomicBool::new(false),
+            owner: Arc::new(claim::owner_name()),
+            claim_timing: ClaimTiming::DEFAULT,
+            held: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// The same remotes with other claim timings (tests use short leases).
+    pub fn with_claim_timing(mut self, timing: ClaimTiming) -> Self {
+        self.claim_timing = timing;
+        self
+    }
+
+    /// This process's name in the build claims it takes.
+    pub fn claim_owner(&self) -> &str {
+        &self.owner
     }
 
     /// The remotes' URLs, in order.
@@ -355,25 +433,110 @@ impl Remotes {
         if self.trusted.is_empty() {
             return None;
         }
-        for remote in self.remotes.iter().filter(|r| self.readable(r)) {
-            match self.block_on(transfer::fetch(remote, closure, &self.trusted, out)) {
-                Ok(Ok(Some(found))) => return Some(found),
-                Ok(Ok(None)) => {}
-                Ok(Err(transfer::FetchError::Remote(error))) => self.report(remote, &error),
-                Ok(Err(transfer::FetchError::Refused(reason))) => {
-                    (self.notice)(RemoteNotice::Refused { remote: remote.url.clone(), closure: *closure, reason })
-                }
-                Ok(Err(transfer::FetchError::Untrusted(reason))) => {
-                    (self.notice)(RemoteNotice::Untrusted { remote: remote.url.clone(), closure: *closure, reason })
-                }
-                Ok(Err(transfer::FetchError::Local(message))) => {
-                    (self.notice)(RemoteNotice::WriteFailed { remote: remote.url.clone(), closure: *closure, message })
-                }
-                Err(message) => self.report_message(remote, message),
+        self.remotes.iter().filter(|r| self.readable(r)).find_map(|remote| self.fetch_from(remote, closure, out))
+    }
+
+    /// Fetches `closure` from `remote` into `out`; a failure is a notice and leaves `out` empty.
+    fn fetch_from(&self, remote: &Remote, closure: &ClosureHash, out: &Path) -> Option<Substitution> {
+        match self.block_on(transfer::fetch(remote, closure, &self.trusted, out)) {
+            Ok(Ok(Some(found))) => return Some(found),
+            Ok(Ok(None)) => {}
+            Ok(Err(transfer::FetchError::Remote(error))) => self.report(remote, &error),
+            Ok(Err(transfer::FetchError::Refused(reason))) => {
+                (self.notice)(RemoteNotice::Refused { remote: remote.url.clone(), closure: *closure, reason })
             }
-            transfer::empty_dir(out);
+            Ok(Err(transfer::FetchError::Untrusted(reason))) => {
+                (self.notice)(RemoteNotice::Untrusted { remote: remote.url.clone(), closure: *closure, reason })
+            }
+            Ok(Err(transfer::FetchError::Local(message))) => {
+                (self.notice)(RemoteNotice::WriteFailed { remote: remote.url.clone(), closure: *closure, message })
+            }
+            Err(message) => self.report_message(remote, message),
         }
+        transfer::empty_dir(out);
         None
+    }
+
+    /// The remote build claims go to: the first one this process pushes to (with a key to
+    /// sign with, background pushes on) whose backend takes conditional puts.
+    fn claim_remote(&self) -> Option<&Arc<Remote>> {
+        if self.signing.is_none() || self.background_off.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.remotes.iter().find(|r| self.pushes_to(r) && !r.is_down() && r.claims.supported())
+    }
+
+    /// [`Remotes::substitute`], for a caller that builds the entry when no remote has it: when
+    /// another job claimed its build on the claim remote, waits for that job's entry and fetches
+    /// it; else claims the build for this process, until the entry is pushed or
+    /// [`Remotes::abandon`] is called.
+    pub fn substitute_or_claim(&self, closure: &ClosureHash, out: &Path) -> Option<Substitution> {
+        if let Some(found) = self.substitute(closure, out) {
+            return Some(found);
+        }
+        let remote = self.claim_remote()?;
+        let url = remote.url.clone();
+        let notice = self.notice.clone();
+        let event = move |event: claim::ClaimEvent| {
+            notice(match event {
+                claim::ClaimEvent::Waiting { owner } => {
+                    RemoteNotice::Waiting { remote: url.clone(), closure: *closure, owner }
+                }
+                claim::ClaimEvent::TookOver { owner, silent } => {
+                    RemoteNotice::TookOver { remote: url.clone(), closure: *closure, owner, silent }
+                }
+            })
+        };
+        let timing = self.claim_timing;
+        match self.block_on(claim::claim_or_wait(remote, closure, &self.owner, timing, &event)) {
+            Ok(Ok(claim::Claimed::Mine(held))) => {
+                self.hold(remote, closure, held);
+                None
+            }
+            // Fetched from this remote whatever its layout marker said when first asked: the
+            // marker may have been written since (by the job that built the entry).
+            Ok(Ok(claim::Claimed::EntryThere)) => self.fetch_from(remote, closure, out),
+            Ok(Ok(claim::Claimed::Unsupported)) => None,
+            Ok(Ok(claim::Claimed::WaitedTooLong { owner })) => {
+                (self.notice)(RemoteNotice::WaitedTooLong { remote: remote.url.clone(), closure: *closure, owner });
+                None
+            }
+            Ok(Err(error)) => {
+                self.report(remote, &error);
+                None
+            }
+            Err(message) => {
+                self.report_message(remote, message);
+                None
+            }
+        }
+    }
+
+    /// Records a claim this process took, and starts renewing it.
+    fn hold(&self, remote: &Arc<Remote>, closure: &ClosureHash, mut held: claim::Held) {
+        let Some(runtime) = &self.runtime else { return };
+        let (task_remote, closure_copy, lease, renew) =
+            (remote.clone(), *closure, self.claim_timing.lease, self.claim_timing.renew);
+        let renewer = runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(renew).await;
+                if !claim::renew(&task_remote, &closure_copy, &mut held, lease).await {
+                    return;
+                }
+            }
+        });
+        if let Ok(mut claims) = self.held.lock() {
+            claims.insert(*closure, HeldClaim { remote: remote.clone(), renewer });
+        }
+    }
+
+    /// Gives up the claim on `closure` this process holds, if any (its build failed): a job
+    /// waiting for it builds it then.
+    pub fn abandon(&self, closure: &ClosureHash) {
+        let Some(held) = self.held.lock().ok().and_then(|mut held| held.remove(closure)) else { return };
+        held.renewer.abort();
+        let owner = self.owner.clone();
+        let _ = self.block_on(async move { claim::release(&held.remote, closure, &owner).await });
     }
 
     /// Stops background pushes for the rest of the process (commands that run programs, not
@@ -396,8 +559,20 @@ impl Remotes {
         for remote in self.remotes.iter().filter(|r| self.pushes_to(r)) {
             let task_url = remote.url.clone();
             let (remote, key, entry, notice) = (remote.clone(), key.clone(), entry.clone(), self.notice.clone());
-            let task = runtime
-                .spawn(async move { transfer::push_noting(&remote, &entry, &key, &notice, PushMode::Missing).await });
+            let (held, owner) = (self.held.clone(), self.owner.clone());
+            let task = runtime.spawn(async move {
+                let tally = transfer::push_noting(&remote, &entry, &key, &notice, PushMode::Missing).await;
+                // The entry is there (or its push failed): a claim on this remote has done its work.
+                let mine = held.lock().ok().and_then(|mut held| {
+                    let on_this = held.get(&entry.closure).is_some_and(|h| Arc::ptr_eq(&h.remote, &remote));
+                    if on_this { held.remove(&entry.closure) } else { None }
+                });
+                if let Some(mine) = mine {
+                    mine.renewer.abort();
+                    claim::release(&remote, &entry.closure, &owner).await;
+                }
+                tally
+            });
             if let Ok(mut pushes) = self.pushes.lock() {
                 pushes.push((task_url, task));
             }
@@ -431,7 +606,8 @@ impl Remotes {
         })
     }
 
-    /// Waits for the background pushes; returns what they did per remote, in URL order.
+    /// Waits for the background pushes, and gives up the claims of entries never pushed;
+    /// returns what the pushes did per remote, in URL order.
     pub fn finish(&self) -> Vec<(String, PushTally)> {
         let tasks = self.pushes.lock().map(|mut pushes| std::mem::take(&mut *pushes)).unwrap_or_default();
         let finished = self.block_on(async {
@@ -440,6 +616,11 @@ impl Remotes {
                 if let Ok(one) = task.await {
                     tallies.entry(url).or_default().add(&one);
                 }
+            }
+            let left: Vec<_> = self.held.lock().map(|mut held| held.drain().collect()).unwrap_or_default();
+            for (closure, held) in left {
+                held.renewer.abort();
+                claim::release(&held.remote, &closure, &self.owner).await;
             }
             tallies.into_iter().collect()
         });
@@ -455,6 +636,14 @@ fn same_url(a: &str, b: &str) -> bool {
 impl crate::Substituter for Remotes {
     fn substitute(&self, closure: &ClosureHash, out: &Path) -> Option<Substitution> {
         Remotes::substitute(self, closure, out)
+    }
+
+    fn substitute_or_claim(&self, closure: &ClosureHash, out: &Path) -> Option<Substitution> {
+        Remotes::substitute_or_claim(self, closure, out)
+    }
+
+    fn abandoned(&self, closure: &ClosureHash) {
+        self.abandon(closure);
     }
 
     fn settled(&self, entry: &Entry) {
@@ -553,5 +742,154 @@ mod tests {
             "{notices:?}"
         );
         assert_eq!(fs::read_dir(dir.path().join("c/tmp")).expect("tmp").count(), 0, "nothing left behind");
+    }
+
+    /// Claim timings short enough for a unit test.
+    const QUICK: ClaimTiming = ClaimTiming {
+        renew: Duration::from_millis(100),
+        lease: Duration::from_millis(600),
+        poll: Duration::from_millis(50),
+        wait_limit: Duration::from_secs(30),
+    };
+
+    fn claiming(dir: &Path, key: &SecretKey) -> (Arc<Remotes>, Arc<Mutex<Vec<RemoteNotice>>>) {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let remotes = Remotes::open(RemotesConfig {
+            specs: vec![RemoteSpec::new(format!("file://{}", dir.display()))],
+            trusted: vec![key.public()],
+            signing: Some(SecretKey::parse(&key.to_secret_text()).expect("key")),
+            push_all: true,
+            notice: Arc::new(move |notice| sink.lock().expect("notices").push(notice)),
+        })
+        .expect("open")
+        .with_claim_timing(QUICK);
+        (Arc::new(remotes), notices)
+    }
+
+    fn derivation(tag: &str) -> Derivation {
+        let mut drv = Derivation::new("test");
+        drv.setting("tag", tag);
+        drv
+    }
+
+    #[test]
+    fn two_machines_building_one_closure_at_once_build_it_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let remote_dir = dir.path().join("remote");
+        let key = SecretKey::generate("ci").expect("key");
+        let builds = std::sync::atomic::AtomicUsize::new(0);
+        let drv = derivation("claimed");
+        let outcomes: Vec<_> = std::thread::scope(|scope| {
+            let machines: Vec<_> = (0..2)
+                .map(|n| {
+                    let (remotes, notices) = claiming(&remote_dir, &key);
+                    let store =
+                        Store::open(dir.path().join(format!("m{n}"))).expect("store").with_substituter(remotes.clone());
+                    let (drv, builds) = (&drv, &builds);
+                    scope.spawn(move || {
+                        // The second machine asks while the first builds.
+                        std::thread::sleep(Duration::from_millis(200 * n));
+                        let (entry, outcome) = store
+                            .build(
+                                drv,
+                                "thing",
+                                || {},
+                                |out| {
+                                    builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    std::thread::sleep(Duration::from_millis(800));
+                                    Ok(fs::write(out.join("file"), "made once")?)
+                                },
+                            )
+                            .expect("build");
+                        remotes.finish();
+                        assert_eq!(fs::read_to_string(entry.out_dir().join("file")).expect("file"), "made once");
+                        (outcome, notices.lock().expect("notices").clone())
+                    })
+                })
+                .collect();
+            machines.into_iter().map(|m| m.join().expect("machine")).collect()
+        });
+        assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 1, "{outcomes:?}");
+        assert!(matches!(outcomes[0].0, BuildOutcome::Built { .. }), "{outcomes:?}");
+        assert!(matches!(outcomes[1].0, BuildOutcome::Substituted { .. }), "{outcomes:?}");
+        assert!(
+            matches!(&outcomes[1].1[..], [RemoteNotice::Waiting { owner, .. }] if owner.contains(&format!("pid {}", std::process::id()))),
+            "{outcomes:?}"
+        );
+        let claim = remote_dir.join(claim_path(&drv.closure_hash()).to_string());
+        assert!(!claim.exists(), "the claim is gone once the entry is pushed");
+    }
+
+    #[test]
+    fn a_claim_that_stops_changing_is_taken_over_and_a_failed_build_hands_its_claim_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let remote_dir = dir.path().join("remote");
+        let key = SecretKey::generate("ci").expect("key");
+
+        // A claim left by a job that died: never renewed.
+        let drv = derivation("orphaned");
+        let claim = remote_dir.join(claim_path(&drv.closure_hash()).to_string());
+        fs::create_dir_all(claim.parent().expect("parent")).expect("mkdir");
+        let dead = ClaimBody {
+            owner: "runner-7 pid 1 dead".to_owned(),
+            closure: drv.closure_hash().to_string(),
+            claimed: 1,
+            expires: 61,
+            renewals: 0,
+        };
+        fs::write(&claim, serde_json::to_vec(&dead).expect("json")).expect("write claim");
+        let (remotes, notices) = claiming(&remote_dir, &key);
+        let store = Store::open(dir.path().join("a")).expect("store").with_substituter(remotes.clone());
+        let started = std::time::Instant::now();
+        let (_, outcome) = store.build(&drv, "thing", || {}, |out| Ok(fs::write(out.join("f"), "x")?)).expect("build");
+        assert!(matches!(outcome, BuildOutcome::Built { .. }), "{outcome:?}");
+        assert!(started.elapsed() >= QUICK.lease, "waited a lease first: {:?}", started.elapsed());
+        remotes.finish();
+        let notices = notices.lock().expect("notices").clone();
+        assert!(
+            matches!(&notices[..], [RemoteNotice::Waiting { .. }, RemoteNotice::TookOver { owner, .. }] if owner == "runner-7 pid 1 dead"),
+            "{notices:?}"
+        );
+        assert!(!claim.exists(), "released after the push");
+
+        // A build that fails gives its claim up at once: the waiting machine builds.
+        let drv = derivation("fails first");
+        let builds = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let machines: Vec<_> = (0..2u64)
+                .map(|n| {
+                    let (remotes, _) = claiming(&remote_dir, &key);
+                    let store =
+                        Store::open(dir.path().join(format!("f{n}"))).expect("store").with_substituter(remotes.clone());
+                    let (drv, builds) = (&drv, &builds);
+                    scope.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(200 * n));
+                        let started = std::time::Instant::now();
+                        let result = store.build(
+                            drv,
+                            "thing",
+                            || {},
+                            |out| {
+                                builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                std::thread::sleep(Duration::from_millis(500));
+                                if n == 0 {
+                                    Err("the first machine's build fails".into())
+                                } else {
+                                    Ok(fs::write(out.join("f"), "y")?)
+                                }
+                            },
+                        );
+                        remotes.finish();
+                        (result.map(|(_, outcome)| outcome).map_err(|e| e.to_string()), started.elapsed())
+                    })
+                })
+                .collect();
+            machines.into_iter().map(|m| m.join().expect("machine")).collect()
+        });
+        assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2, "{results:?}");
+        assert!(results[0].0.as_ref().is_err_and(|e| e.contains("building `thing` failed")), "{results:?}");
+        assert!(matches!(results[1].0, Ok(BuildOutcome::Built { .. })), "{results:?}");
+        assert!(results[1].1 < QUICK.lease + Duration::from_millis(1500), "not held up by a lease: {results:?}");
     }
 }

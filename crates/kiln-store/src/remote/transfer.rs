@@ -250,7 +250,7 @@ fn set_mode(path: &Path, executable: bool) -> std::io::Result<()> {
 }
 
 /// Whether the object at `location` exists (one HEAD, within the remote's request bound).
-async fn exists(remote: &Remote, location: &object_store::path::Path) -> Result<bool, object_store::Error> {
+pub(crate) async fn exists(remote: &Remote, location: &object_store::path::Path) -> Result<bool, object_store::Error> {
     let _slot = remote.slots.acquire().await;
     match remote.store.head(location).await {
         Ok(_) => Ok(true),

@@ -12,6 +12,7 @@ mod init;
 mod qemu;
 #[cfg(feature = "github")]
 mod release;
+mod report;
 mod rootfs;
 mod run;
 mod selftest;
@@ -151,6 +152,7 @@ fn run(global: &GlobalArgs, command: Command, log: Arc<EventLog>) -> anyhow::Res
         Command::Run(args) => run::run(&cx, &args),
         Command::Rootfs(args) => rootfs::run(&cx, &args.command),
         Command::Vm(args) => vm::run(&cx, &args),
+        Command::Report(args) => report::run(&cx, &args.command),
         #[cfg(feature = "github")]
         Command::Release(args) => release::run(&cx, &args),
         #[cfg(feature = "github")]

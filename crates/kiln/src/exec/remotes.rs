@@ -4,7 +4,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
-use kiln_store::remote::{PublicKey, PushTally, RemoteSpec, Remotes, RemotesConfig, SecretKey};
+use kiln_store::remote::{PublicKey, PushTally, RemoteNotice, RemoteSpec, Remotes, RemotesConfig, SecretKey};
 
 use crate::{config::Remote, env, error::UsageError, events::Reporter, units};
 
@@ -109,8 +109,12 @@ pub(crate) fn open(
         signing,
         push_all: push,
         // Said even with `-q` (and as cargo's quiet runner): a remote that fails or holds bad
-        // entries is something to fix, and it is said once.
-        notice: Arc::new(move |notice| sink.alert(&notice.to_string())),
+        // entries is something to fix, and it is said once. Waiting for another job's build
+        // is the claims working as meant: a status line.
+        notice: Arc::new(move |notice| match notice {
+            RemoteNotice::Waiting { .. } => sink.status("Waiting", &notice.to_string()),
+            _ => sink.alert(&notice.to_string()),
+        }),
     })?;
     Ok(Some(Arc::new(remotes)))
 }
