@@ -115,8 +115,10 @@ fn run(global: &GlobalArgs, command: Command, log: Arc<EventLog>) -> anyhow::Res
     if let Command::Build(args) = &command {
         options.explain = args.explain;
     }
-    // As cargo's runner, kiln says nothing unless asked: the program's output is the output.
+    // As cargo's runner, kiln says nothing but the slow work of a first run (downloads, the
+    // agent's build, the snapshot) unless asked: the program's output is the output.
     let verbosity = match &command {
+        Command::Run(_) if global.verbose == 0 && !global.quiet => Verbosity::Work,
         Command::Run(_) if global.verbose == 0 => Verbosity::Quiet,
         _ => verbosity(global),
     };

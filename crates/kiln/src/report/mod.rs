@@ -33,6 +33,9 @@ use crate::{
 pub(crate) enum Verbosity {
     /// Errors, alerts and the summary only.
     Quiet,
+    /// Also the slow work that happens once (downloads, builds, making a snapshot): `run`'s
+    /// default, so cargo's runner is silent on a warm run and not on the first one.
+    Work,
     /// Status lines and serial output.
     Normal,
     /// Also QEMU command lines and closure hashes.
@@ -254,6 +257,13 @@ impl Printer {
         }
     }
 
+    /// A status line about slow work (a download, a build), shown unless `-q`.
+    fn work(&self, verb: &str, message: &str) {
+        if self.verbosity >= Verbosity::Work {
+            self.write(&format!("{verb:>12} {message}"));
+        }
+    }
+
     /// A status line shown only with `-v`.
     pub(crate) fn verbose(&self, verb: &str, message: &str) {
         if self.verbosity >= Verbosity::Verbose {
@@ -309,7 +319,7 @@ impl Printer {
     fn download_started(&self, name: &str, total: Option<u64>) {
         if self.verbosity < Verbosity::Normal || !attended() {
             let size = total.map(|t| format!(" ({})", human_size(t))).unwrap_or_default();
-            self.status("Fetching", &format!("{name}{size}"));
+            self.work("Fetching", &format!("{name}{size}"));
             return;
         }
         let bar = match total {
@@ -342,13 +352,13 @@ impl Reporter for Printer {
             Event::Detail { verb, message } => self.verbose(verb, message),
             Event::Warning(message) => self.warn(message),
             Event::Alert(message) => self.always(&format!("warning: {message}")),
-            Event::BuildWaiting { what } => self.status("Waiting", &format!("for another kiln building {what}")),
+            Event::BuildWaiting { what } => self.work("Waiting", &format!("for another kiln building {what}")),
             Event::BuildStarted { what, kind, how, .. } => match (kind, how) {
                 // A download speaks for itself (a bar or a `Fetching` line).
                 (EntryKind::Fetch, _) => {}
-                (EntryKind::Snapshot, Some(how)) => self.status("Snapshot", how),
-                (_, Some(how)) => self.status("Building", &format!("{what} {how}")),
-                (_, None) => self.status("Building", what),
+                (EntryKind::Snapshot, Some(how)) => self.work("Snapshot", how),
+                (_, Some(how)) => self.work("Building", &format!("{what} {how}")),
+                (_, None) => self.work("Building", what),
             },
             Event::BuildReason { line } => self.status("Because", line),
             Event::BuildFinished { what, kind, closure, outcome, .. } => {

@@ -69,7 +69,7 @@ struct Keeper {
 /// A keeper's claim on its socket: the lock it holds while it lives.
 pub(crate) struct Claim {
     socket: PathBuf,
-    _lock: std::fs::File,
+    _lock: registry::KeeperLock,
 }
 
 /// Claims the socket `spec` names for the project whose scratch directory is `work_dir`;
@@ -83,11 +83,7 @@ pub(crate) fn claim(spec: &KeeperSpec, work_dir: &std::path::Path) -> anyhow::Re
         }
         KeeperRole::Session { name, .. } => session_socket(work_dir, name)?,
     };
-    let lock = registry::keeper_lock(&socket)?;
-    if lock.try_lock().is_err() {
-        return Ok(None);
-    }
-    Ok(Some(Claim { socket, _lock: lock }))
+    Ok(registry::take_keeper_lock(&socket)?.map(|lock| Claim { socket, _lock: lock }))
 }
 
 /// Runs the keeper `spec` describes until its time is up: makes (or finds) the snapshot of

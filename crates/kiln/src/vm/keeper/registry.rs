@@ -94,14 +94,55 @@ pub(crate) fn pool_log(work_dir: &Path, arch: &str) -> PathBuf {
     work_dir.join("vm").join(format!("pool-{arch}.log"))
 }
 
-/// The lock file beside a keeper's socket, which the keeper holds while it lives.
-pub(crate) fn keeper_lock(socket: &Path) -> anyhow::Result<std::fs::File> {
-    lock_file(&socket.with_extension("lock"))
+/// The lock file beside a keeper's socket, which the keeper holds while it lives and removes
+/// when it ends, so lock files do not pile up one per snapshot ever pooled.
+fn keeper_lock_path(socket: &Path) -> PathBuf {
+    socket.with_extension("lock")
 }
 
-/// Whether a keeper holds the lock beside `socket` (it may still be starting).
+/// The keeper lock beside `socket`, held: `None` when a live keeper holds it. A lock taken on
+/// a file that its keeper removed on the way out (the path now names another file, or none) is
+/// let go and taken again on the file the path names.
+pub(crate) fn take_keeper_lock(socket: &Path) -> anyhow::Result<Option<KeeperLock>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = keeper_lock_path(socket);
+    loop {
+        let file = lock_file(&path)?;
+        if file.try_lock().is_err() {
+            return Ok(None);
+        }
+        let locked = file.metadata().with_context(|| format!("cannot read `{}`", path.display()))?;
+        match std::fs::metadata(&path) {
+            Ok(named) if (named.dev(), named.ino()) == (locked.dev(), locked.ino()) => {
+                return Ok(Some(KeeperLock { path, _file: file }));
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// A keeper's lock, removed (while still held) when dropped.
+#[derive(Debug)]
+pub(crate) struct KeeperLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl Drop for KeeperLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether a keeper holds the lock beside `socket` (it may still be starting). Asking creates
+/// no file: no lock file, no keeper.
 pub(crate) fn keeper_running(socket: &Path) -> anyhow::Result<bool> {
-    Ok(keeper_lock(socket)?.try_lock().is_err())
+    let path = keeper_lock_path(socket);
+    match std::fs::File::open(&path) {
+        Ok(file) => Ok(file.try_lock().is_err()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("cannot open `{}`", path.display())),
+    }
 }
 
 /// The keepers of the project whose scratch directory is `work_dir` that are running.
@@ -141,4 +182,25 @@ pub(crate) fn stop(socket: &Path) -> anyhow::Result<bool> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keeper_lock_is_held_once_and_its_file_goes_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("pool-x.sock");
+        assert!(!keeper_running(&socket).expect("asked"), "no file, no keeper");
+        assert!(!keeper_lock_path(&socket).exists(), "asking creates nothing");
+        let lock = take_keeper_lock(&socket).expect("taken").expect("free");
+        assert!(keeper_running(&socket).expect("asked"));
+        assert!(take_keeper_lock(&socket).expect("asked").is_none(), "held by the first");
+        drop(lock);
+        assert!(!keeper_lock_path(&socket).exists(), "the lock file went with its keeper");
+        assert!(!keeper_running(&socket).expect("asked"));
+        let again = take_keeper_lock(&socket).expect("taken").expect("free again");
+        drop(again);
+    }
 }
