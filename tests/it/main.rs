@@ -13,6 +13,7 @@ mod github_fake;
 mod linux;
 mod linux_fetch;
 mod process;
+mod prune_caches;
 mod release;
 mod remote;
 mod retries;
