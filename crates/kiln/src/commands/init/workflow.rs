@@ -33,10 +33,11 @@ pub(super) fn text(dir: Option<&str>) -> String {
     text
 }
 
-/// The prune workflow; `dir` is the project's directory below the git root, if any. Its run
-/// step builds the xtask with kiln's `github` feature (`KILN_TOOL_FEATURES`, which the
-/// bootstrap passes to cargo) and takes the pull request's number from the environment, never
-/// from an expression inside the script.
+/// The prune workflow; `dir` is the project's directory below the git root, if any. It builds
+/// the xtask with kiln's `github` feature (`KILN_TOOL_FEATURES`, which the bootstrap passes to
+/// cargo) in a step without the token, so no build script sees it, then prunes with the same
+/// features (else the bootstrap would rebuild without), taking the pull request's number from
+/// the environment, never from an expression inside the script.
 pub(super) fn prune_text(dir: Option<&str>) -> String {
     let xtask = match dir {
         Some(dir) => format!("{dir}/xtask"),
@@ -83,6 +84,11 @@ pub(super) fn prune_text(dir: Option<&str>) -> String {
          \x20     - name: Restore the xtask's build\n        id: tool\n        uses: {CACHE_RESTORE}\n        with:\n\
          {paths}\
          \x20         key: kiln-prune-tool-${{{{ runner.os }}}}-${{{{ hashFiles({key}) }}}}\n\
+         \x20     - name: Build the xtask with kiln's github feature (no token in sight)\n\
+         {working_directory}\
+         \x20       env:\n\
+         \x20         KILN_TOOL_FEATURES: github\n\
+         \x20       run: cargo xtask --version\n\
          \x20     - name: Delete the kiln caches that no run will restore\n\
          {working_directory}\
          \x20       env:\n\
@@ -125,11 +131,16 @@ mod tests {
         ] {
             assert!(text.contains(part), "`{part}` missing from:\n{text}");
         }
-        let run = text.lines().find(|line| line.contains("run:")).unwrap_or_default();
-        assert!(!run.contains("${{"), "no expression inside the script: {run}");
+        for run in text.lines().filter(|line| line.contains("run:")) {
+            assert!(!run.contains("${{"), "no expression inside the script: {run}");
+        }
+        let build = text.find("run: cargo xtask --version").expect("a build step");
+        let token = text.find("GITHUB_TOKEN").expect("the token");
+        assert!(build < token, "the xtask is built before the token is given to a step:\n{text}");
+        assert_eq!(text.matches("KILN_TOOL_FEATURES: github").count(), 2, "built and run with one feature set");
         assert!(!text.contains("working-directory"));
         let below = super::prune_text(Some("os's kernel"));
-        assert!(below.contains("        working-directory: \"os's kernel\"\n"), "{below}");
+        assert_eq!(below.matches("        working-directory: \"os's kernel\"\n").count(), 2, "{below}");
         assert!(below.contains("hashFiles('os''s kernel/xtask/**/Cargo.lock'"), "{below}");
         assert!(below.contains("'!os''s kernel/xtask/target/**'"), "{below}");
         assert!(below.contains("            os's kernel/xtask/target\n"), "{below}");
