@@ -2,7 +2,8 @@
 //! create and update, assets (listed in pages of at most `page_cap`, uploaded on the same
 //! host, deleted, downloaded), Actions caches (paged, deleted). It checks the token, can
 //! fail uploads with 502 or a secondary rate limit (403 with `retry-after: 1`), and records
-//! every request.
+//! every request. Pull requests answer their state, and cache deletes can be refused with 403
+//! as GitHub refuses a token without `actions: write`.
 
 use std::{
     sync::{Arc, Mutex},
@@ -49,6 +50,10 @@ pub struct FakeCache {
 pub struct State {
     pub releases: Vec<FakeRelease>,
     pub caches: Vec<FakeCache>,
+    /// Pull requests by number, with their state (`open` or `closed`).
+    pub pulls: Vec<(u64, &'static str)>,
+    /// Refuse cache deletes with 403, as for a token without `actions: write`.
+    pub read_only_actions: bool,
     pub requests: Vec<Seen>,
     /// Answer the next N uploads with 502.
     pub fail_uploads: u32,
@@ -326,8 +331,13 @@ fn handle(state: &Mutex<State>, url: &str, token: &str, request: &tiny_http::Req
         }
         ("GET", ["actions", "caches"]) => {
             let prefix = query(&full, "key").unwrap_or_default();
-            let matching: Vec<FakeCache> =
-                state.caches.iter().filter(|c| c.key.starts_with(&prefix)).cloned().collect();
+            let git_ref = query(&full, "ref");
+            let matching: Vec<FakeCache> = state
+                .caches
+                .iter()
+                .filter(|c| c.key.starts_with(&prefix) && git_ref.as_ref().is_none_or(|r| *r == c.git_ref))
+                .cloned()
+                .collect();
             let (items, _) = page(&matching, url, &full, cap);
             let caches: Vec<_> = items
                 .iter()
@@ -340,6 +350,25 @@ fn handle(state: &Mutex<State>, url: &str, token: &str, request: &tiny_http::Req
                 .collect();
             json(200, serde_json::json!({ "total_count": matching.len(), "actions_caches": caches }))
         }
+        ("DELETE", ["actions", "caches", _]) if state.read_only_actions => {
+            message(403, "Resource not accessible by integration").with_header(
+                tiny_http::Header::from_bytes("X-Accepted-GitHub-Permissions", "actions=write").expect("header"),
+            )
+        }
+        ("GET", ["pulls", number]) => match state.pulls.iter().find(|(n, _)| n.to_string() == *number) {
+            Some((number, pull_state)) => json(
+                200,
+                serde_json::json!({
+                    "url": format!("{url}{OWNER_REPO}/pulls/{number}"),
+                    "id": 1000 + number,
+                    "number": number,
+                    "state": pull_state,
+                    "title": format!("change {number}"),
+                    "merged_at": null,
+                }),
+            ),
+            None => message(404, "Not Found"),
+        },
         ("DELETE", ["actions", "caches", id]) => match state.caches.iter().position(|c| c.id.to_string() == *id) {
             Some(at) => {
                 state.caches.remove(at);

@@ -15,6 +15,7 @@ mod linux;
 mod linux_fetch;
 mod partition;
 mod process;
+mod prune_caches;
 mod release;
 mod remote;
 mod retries;

@@ -1,18 +1,18 @@
-//! `release`, `ci prune-caches` and `github-release` fetches against a fake GitHub API on
-//! loopback (`github_fake.rs`).
+//! `release` and `github-release` fetches against a fake GitHub API on loopback
+//! (`github_fake.rs`); `ci prune-caches` is in `prune_caches.rs`.
 
 use std::process::Output;
 
 use crate::{
-    github_fake::{FakeCache, FakeGitHub, Seen},
+    github_fake::{FakeGitHub, Seen},
     linux::{stderr_of, stdout_of},
     support::Project,
 };
 
-const TOKEN: &str = "ghp_kilnTestToken0123456789";
+pub(crate) const TOKEN: &str = "ghp_kilnTestToken0123456789";
 
 /// The example's bare-metal kernel, released for its three arches.
-const KILN_TOML: &str = r#"
+pub(crate) const KILN_TOML: &str = r#"
 [artifact.hello]
 package = "hello-kernel"
 path = "examples/kernel"
@@ -22,7 +22,7 @@ repository = "kiln-dev/demo"
 artifacts = ["hello"]
 "#;
 
-fn kiln(project: &Project, fake: &FakeGitHub, token: &str, args: &[&str]) -> Output {
+pub(crate) fn kiln(project: &Project, fake: &FakeGitHub, token: &str, args: &[&str]) -> Output {
     project
         .command(args)
         .env("KILN_GITHUB_API", &fake.url)
@@ -210,48 +210,6 @@ fn a_rejected_token_fails_at_once_and_a_dry_run_changes_nothing() {
     assert!(out.contains("would be created") && out.contains("upload   hello-x86_64"), "{out}");
     assert_eq!(changes(&fake.requests()), 0, "a dry run changes nothing: {:?}", fake.requests());
     assert!(fake.release("v1.0").is_none());
-}
-
-#[test]
-fn prune_caches_keeps_the_newest_kiln_cache_per_branch_and_family_across_pages() {
-    let project = Project::example(KILN_TOML);
-    let fake = FakeGitHub::start(TOKEN);
-    let key = |arches: &str, n: u8| format!("kiln-Linux-{arches}-kiln-v1-s1-x86_64-test-{:032x}", n);
-    let seeded = [
-        (1, key("riscv64", 1), "refs/heads/main", "2026-11-01T00:00:00Z"),
-        (2, key("riscv64", 2), "refs/heads/main", "2026-11-03T00:00:00Z"),
-        (3, format!("{}-incomplete-7-1-abcd", key("riscv64", 3)), "refs/heads/main", "2026-11-02T00:00:00Z"),
-        (4, key("riscv64", 4), "refs/pull/9/merge", "2026-11-01T00:00:00Z"),
-        (5, key("riscv64", 5), "refs/pull/9/merge", "2026-11-04T00:00:00Z"),
-        (6, key("x86_64-aarch64", 6), "refs/heads/main", "2026-11-01T00:00:00Z"),
-        (7, key("x86_64-aarch64", 7), "refs/heads/main", "2026-11-05T00:00:00Z"),
-        (8, "kiln-handmade-cache".to_owned(), "refs/heads/main", "2026-10-01T00:00:00Z"),
-        (9, "cargo-registry-abc".to_owned(), "refs/heads/main", "2026-10-01T00:00:00Z"),
-    ];
-    fake.state.lock().expect("state").caches = seeded
-        .iter()
-        .map(|(id, key, git_ref, created_at)| FakeCache {
-            id: *id,
-            key: key.clone(),
-            git_ref: (*git_ref).to_owned(),
-            created_at: (*created_at).to_owned(),
-            size: 1 << 20,
-        })
-        .collect();
-    let dry = kiln(&project, &fake, TOKEN, &["ci", "prune-caches", "--keep", "1", "--dry-run"]);
-    assert!(dry.status.success(), "{}", stderr_of(&dry));
-    assert!(stdout_of(&dry).contains("4 of 8 kiln caches would free 4.0 MiB"), "{}", stdout_of(&dry));
-    assert_eq!(fake.state.lock().expect("state").caches.len(), 9, "a dry run deletes nothing");
-
-    fake.clear_requests();
-    let pruned = kiln(&project, &fake, TOKEN, &["ci", "prune-caches", "--keep", "1"]);
-    assert!(pruned.status.success(), "{}", stderr_of(&pruned));
-    let mut left: Vec<i64> = fake.state.lock().expect("state").caches.iter().map(|c| c.id).collect();
-    left.sort();
-    assert_eq!(left, [2, 5, 7, 8, 9], "the newest per branch and family, and what kiln did not write");
-    let listed_pages =
-        fake.requests().iter().filter(|s| s.method == "GET" && s.url.contains("/actions/caches")).count();
-    assert!(listed_pages >= 4, "eight kiln caches, two per page: {:?}", fake.requests());
 }
 
 #[test]

@@ -7,7 +7,7 @@ use octocrab::Octocrab;
 
 pub use kiln_types::Repo;
 
-use crate::Error;
+use crate::{Error, Permission};
 
 /// A release.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,7 +150,9 @@ impl Client {
                         Failure::Transient { wait, why: format!("HTTP {status} (rate limited): {message}") }
                     }
                     408 | 500..=599 => Failure::Transient { wait: None, why: format!("HTTP {status}: {message}") },
-                    _ => Failure::Permanent(Error::Status { doing: doing.to_owned(), status, message }),
+                    _ => {
+                        Failure::Permanent(Error::Status { doing: doing.to_owned(), status, message, permission: None })
+                    }
                 }
             }
             octocrab::Error::Reqwest { ref source, .. } => {
@@ -315,27 +317,34 @@ impl Client {
         self.attempt(&format!("deleting asset {id} of {}", self.repo), || self.delete_route(&route)).await
     }
 
-    /// The Actions caches whose key starts with `prefix` (all pages).
-    pub async fn caches(&self, prefix: &str) -> Result<Vec<CacheEntry>, Error> {
-        let doing = format!("listing the Actions caches of {}", self.repo);
+    /// The Actions caches whose key starts with `prefix` (all pages), only those saved on
+    /// `git_ref` when one is given (`refs/pull/7/merge`).
+    pub async fn caches(&self, prefix: &str, git_ref: Option<&str>) -> Result<Vec<CacheEntry>, Error> {
+        let doing = format!("listing the Actions caches of {0} (GET /repos/{0}/actions/caches)", self.repo);
         let mut caches = Vec::new();
         let mut seen = 0usize;
         for page in 1u32.. {
             let list = self
                 .attempt(&doing, || async {
-                    self.crab
-                        .actions()
+                    let actions = self.crab.actions();
+                    let mut request = actions
                         .list_repo_caches(&self.repo.owner, &self.repo.name)
                         .key(prefix)
                         .per_page(PAGE)
-                        .page(page)
-                        .send()
-                        .await
+                        .page(page);
+                    if let Some(git_ref) = git_ref {
+                        request = request.r#ref(git_ref);
+                    }
+                    request.send().await
                 })
-                .await?;
+                .await
+                .map_err(|err| err.needing(Permission::ActionsWrite))?;
             let count = list.actions_caches.len();
             seen += count;
-            caches.extend(list.actions_caches.into_iter().filter(|c| c.key.starts_with(prefix)).map(|c| CacheEntry {
+            let wanted = |c: &octocrab::models::actions::ActionsCacheItem| {
+                c.key.starts_with(prefix) && git_ref.is_none_or(|wanted| c.r#ref.as_deref() == Some(wanted))
+            };
+            caches.extend(list.actions_caches.into_iter().filter(wanted).map(|c| CacheEntry {
                 id: c.id,
                 key: c.key,
                 git_ref: c.r#ref,
@@ -353,12 +362,45 @@ impl Client {
 
     /// Deletes an Actions cache.
     pub async fn delete_cache(&self, id: i64) -> Result<(), Error> {
-        let doing = format!("deleting Actions cache {id} of {}", self.repo);
+        let doing = format!("deleting Actions cache {id} of {0} (DELETE /repos/{0}/actions/caches/{id})", self.repo);
         self.attempt(&doing, || async {
             self.crab.actions().delete_repo_cache(&self.repo.owner, &self.repo.name, id).await
         })
         .await
+        .map_err(|err| err.needing(Permission::ActionsWrite))
     }
+
+    /// Whether pull request `number` is open or closed (merged counts as closed).
+    pub async fn pull_state(&self, number: u64) -> Result<PullState, Error> {
+        /// The one field of a pull request this needs.
+        #[derive(serde::Deserialize)]
+        struct Pull {
+            state: String,
+        }
+        let route = format!("/repos/{}/{}/pulls/{number}", self.repo.owner, self.repo.name);
+        let doing = format!("reading the state of pull request #{number} of {} (GET {route})", self.repo);
+        let pull: Pull = self
+            .attempt(&doing, || async { self.crab.get(&route, None::<&()>).await })
+            .await
+            .map_err(|err| err.needing(Permission::PullRequestsRead))?;
+        match pull.state.as_str() {
+            "open" => Ok(PullState::Open),
+            "closed" => Ok(PullState::Closed),
+            other => Err(Error::Transport {
+                doing,
+                message: format!("GitHub named an unknown state `{}`", kiln_types::escape_untrusted(other)),
+            }),
+        }
+    }
+}
+
+/// A pull request's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullState {
+    /// Open (drafts too).
+    Open,
+    /// Closed or merged.
+    Closed,
 }
 
 /// The uploads address that goes with an API address: `uploads.github.com` for github.com,

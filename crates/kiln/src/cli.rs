@@ -217,7 +217,8 @@ pub struct CiArgs {
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum CiCommand {
-    /// Delete the repository's older kiln caches: keep the newest N per branch and key family.
+    /// Delete the repository's kiln caches that no run will restore: those of closed pull
+    /// requests, and all but the newest N per branch and key family.
     PruneCaches {
         /// How many to keep per branch and family.
         #[arg(long, default_value_t = 1)]
@@ -231,6 +232,10 @@ pub enum CiCommand {
         /// `owner/name` (default: `[release] repository`, else GITHUB_REPOSITORY).
         #[arg(long)]
         repository: Option<String>,
+        /// Delete only the caches of this pull request (`refs/pull/N/merge`), whatever its
+        /// state: for a workflow triggered when a pull request closes.
+        #[arg(long, value_name = "N")]
+        pr: Option<u64>,
     },
 }
 

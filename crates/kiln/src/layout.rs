@@ -57,6 +57,12 @@ pub(crate) fn tool_manifest(kiln_path: Option<&Path>, features: &[&str]) -> Stri
          # Features: \"remote\" (S3, HTTP and directory stores), \"github\" (`release`, `ci prune-caches`).\n\
          kiln-xtask = {dependency}\n\
          \n\
+         [features]\n\
+         # GitHub (`release`, `ci prune-caches`; octocrab) for the runs that need it: the bootstrap\n\
+         # builds with `KILN_TOOL_FEATURES=github` (kiln-prune.yml sets it); a plain `cargo xtask`\n\
+         # stays without. Declared here, Cargo.lock pins what it brings too.\n\
+         github = [\"kiln-xtask/github\"]\n\
+         \n\
          [workspace]\n\
          \n\
          # A tool, not the program under test: without debug info and incremental state its\n\

@@ -14,6 +14,9 @@ use std::process::{self, Command, Stdio};
 
 /// The tool's package (and binary) name in `tool/Cargo.toml`.
 const TOOL: &str = "xtask-tool";
+/// Names features of the tool's package to build it with, separated by commas or spaces
+/// (kiln-prune.yml sets `github` for `ci prune-caches`); without it the tool builds with none.
+const FEATURES_VARIABLE: &str = "KILN_TOOL_FEATURES";
 /// The oldest Rust release kiln builds with.
 const MINIMUM_RUST: (u32, u32) = (@MSRV_MAJOR@, @MSRV_MINOR@);
 /// Variables that describe the toolchain `cargo xtask` itself ran under, or that would build
@@ -150,8 +153,32 @@ fn tool_changed(tool: &Path, binary: &Path) -> bool {
     false
 }
 
+/// The features `KILN_TOOL_FEATURES` names (letters, digits, `-` and `_` each).
+fn tool_features() -> Vec<String> {
+    let value = match env::var(FEATURES_VARIABLE) {
+        Ok(value) => value,
+        Err(env::VarError::NotPresent) => return Vec::new(),
+        Err(env::VarError::NotUnicode(_)) => fail(&format!("{} is not UTF-8", FEATURES_VARIABLE)),
+    };
+    let mut features = Vec::new();
+    for name in value.split(|c: char| c == ',' || c.is_whitespace()).filter(|name| !name.is_empty()) {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            fail(&format!(
+                "{}: `{}` is not a feature name (give names of the features in xtask/tool/Cargo.toml, \
+                 such as `github`, separated by commas)",
+                FEATURES_VARIABLE,
+                name.escape_debug()
+            ));
+        }
+        features.push(name.to_string());
+    }
+    features
+}
+
 fn build(tool: &Path, channel: &str, host: &str, target_dir: &Path, binary: &Path) {
-    let changed = tool_changed(tool, binary);
+    let features = tool_features();
+    // A build with other features than the last one compiles too: show cargo's progress then.
+    let changed = tool_changed(tool, binary) || !features.is_empty();
     if !binary.exists() {
         eprintln!("  Building kiln's tool with `{}` (first run; later runs start at once)", channel);
     }
@@ -162,6 +189,9 @@ fn build(tool: &Path, channel: &str, host: &str, target_dir: &Path, binary: &Pat
     }
     cargo.arg("--manifest-path").arg(tool.join("Cargo.toml"));
     cargo.arg("--target").arg(host).arg("--target-dir").arg(target_dir);
+    if !features.is_empty() {
+        cargo.arg("--features").arg(features.join(","));
+    }
     for name in KERNEL_BUILD_VARIABLES {
         cargo.env_remove(name);
     }

@@ -1,7 +1,14 @@
-//! `ci prune-caches`: the repository's Actions caches that kiln's action saved, the newest N
-//! kept per branch and key family (arch set, host, command), the rest deleted.
+//! `ci prune-caches`: the repository's Actions caches that kiln's action saved. Every cache of
+//! a closed pull request goes (nothing restores a closed pull request's merge ref again), and of
+//! the rest the newest N are kept per branch and key family (arch set, host, command); with
+//! `--pr N` only that pull request's caches go, at once (kiln-prune.yml's `closed` trigger).
 
-use std::{collections::BTreeMap, io::Write as _};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+};
+
+use kiln_github::{CacheEntry, Client, PullState};
 
 use crate::{
     cli::{CiArgs, CiCommand},
@@ -13,8 +20,42 @@ use crate::{
 /// Runs a `ci` subcommand.
 pub(super) fn run(cx: &Cx, args: &CiArgs) -> anyhow::Result<u8> {
     match &args.command {
-        CiCommand::PruneCaches { keep, dry_run, prefix, repository } => {
-            prune_caches(cx, *keep, *dry_run, prefix, repository.as_deref())
+        CiCommand::PruneCaches { keep, dry_run, prefix, repository, pr } => {
+            let prune = Prune { keep: *keep, dry_run: *dry_run, prefix: format!("{prefix}-"), pr: *pr };
+            prune_caches(cx, &prune, repository.as_deref())
+        }
+    }
+}
+
+/// What `prune-caches` was asked to do.
+struct Prune {
+    /// How many caches to keep per branch and key family.
+    keep: usize,
+    /// Say what would go; delete nothing.
+    dry_run: bool,
+    /// The start of every key kiln's action writes (`cache-prefix` and a dash).
+    prefix: String,
+    /// Only this pull request's caches.
+    pr: Option<u64>,
+}
+
+/// Why a cache goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    /// It belongs to a pull request that is closed.
+    ClosedPull(u64),
+    /// `--pr N` named its pull request.
+    NamedPull(u64),
+    /// Newer caches of its branch and key family are kept.
+    Surplus,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ClosedPull(number) => write!(f, "pull request #{number} is closed"),
+            Self::NamedPull(number) => write!(f, "pull request #{number}, named by --pr"),
+            Self::Surplus => f.write_str("newer caches of its branch and key family are kept"),
         }
     }
 }
@@ -27,7 +68,47 @@ fn family(key: &str) -> Option<&str> {
     re.captures(key).and_then(|c| c.get(1)).map(|m| m.as_str())
 }
 
-fn prune_caches(cx: &Cx, keep: usize, dry_run: bool, prefix: &str, repository: Option<&str>) -> anyhow::Result<u8> {
+/// The git ref GitHub gives the caches of pull request `number`.
+fn pull_ref(number: u64) -> String {
+    format!("refs/pull/{number}/merge")
+}
+
+/// The pull request whose merge ref `git_ref` is (`refs/pull/7/merge` → 7).
+fn pull_number(git_ref: &str) -> Option<u64> {
+    let digits = git_ref.strip_prefix("refs/pull/")?.strip_suffix("/merge")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The caches that go, each with why: those on `closed` pull requests' refs, then of the
+/// rest all but the newest `keep` per (ref, family). Keys of another shape are left alone
+/// unless their pull request is closed.
+fn doomed<'a>(caches: &'a [CacheEntry], closed: &BTreeSet<u64>, keep: usize) -> Vec<(&'a CacheEntry, Reason)> {
+    let mut doomed = Vec::new();
+    let mut groups: BTreeMap<(&str, &str), Vec<&CacheEntry>> = BTreeMap::new();
+    for cache in caches {
+        let git_ref = cache.git_ref.as_deref().unwrap_or_default();
+        match pull_number(git_ref) {
+            Some(number) if closed.contains(&number) => doomed.push((cache, Reason::ClosedPull(number))),
+            _ => {
+                if let Some(family) = family(&cache.key) {
+                    groups.entry((git_ref, family)).or_default().push(cache);
+                }
+            }
+        }
+    }
+    for entries in groups.values_mut() {
+        // Newest first.
+        entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        doomed.extend(entries.iter().skip(keep).map(|cache| (*cache, Reason::Surplus)));
+    }
+    doomed.sort_by_key(|(cache, _)| cache.id);
+    doomed
+}
+
+fn prune_caches(cx: &Cx, prune: &Prune, repository: Option<&str>) -> anyhow::Result<u8> {
     let repository =
         crate::github::repository(repository, cx.config().release.repository.as_deref()).ok_or_else(|| {
             UsageError::new(
@@ -44,47 +125,72 @@ fn prune_caches(cx: &Cx, keep: usize, dry_run: bool, prefix: &str, repository: O
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = crate::github::client(&repository, true, Some(cx.printer().clone()))?;
-        let caches = client.caches(&format!("{prefix}-")).await?;
-        // Newest first within each (branch, family).
-        let mut groups: BTreeMap<(String, String), Vec<&kiln_github::CacheEntry>> = BTreeMap::new();
-        for cache in &caches {
-            if let Some(family) = family(&cache.key) {
-                let branch = cache.git_ref.clone().unwrap_or_default();
-                groups.entry((branch, family.to_owned())).or_default().push(cache);
+        let (listed, doomed): (usize, Vec<(CacheEntry, Reason)>) = match prune.pr {
+            Some(number) => {
+                let caches = client.caches(&prune.prefix, Some(&pull_ref(number))).await?;
+                (caches.len(), caches.into_iter().map(|cache| (cache, Reason::NamedPull(number))).collect())
+            }
+            None => {
+                let caches = client.caches(&prune.prefix, None).await?;
+                let closed = closed_pulls(&client, &caches).await?;
+                let doomed = doomed(&caches, &closed, prune.keep);
+                (caches.len(), doomed.into_iter().map(|(cache, reason)| (cache.clone(), reason)).collect())
+            }
+        };
+        delete(&client, prune, listed, &doomed).await
+    })
+}
+
+/// The pull requests that `caches` were saved for and that are closed now, asked of GitHub
+/// one by one.
+async fn closed_pulls(client: &Client, caches: &[CacheEntry]) -> anyhow::Result<BTreeSet<u64>> {
+    let pulls: BTreeSet<u64> = caches.iter().filter_map(|c| c.git_ref.as_deref().and_then(pull_number)).collect();
+    let mut closed = BTreeSet::new();
+    for number in pulls {
+        if client.pull_state(number).await? == PullState::Closed {
+            closed.insert(number);
+        }
+    }
+    Ok(closed)
+}
+
+/// Deletes the doomed caches (or says it would), a line each on stdout, then the total.
+async fn delete(client: &Client, prune: &Prune, total: usize, doomed: &[(CacheEntry, Reason)]) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    let mut freed = 0u64;
+    let mut closed_pull_caches = 0usize;
+    for (cache, reason) in doomed {
+        let mut verb = if prune.dry_run { "would delete" } else { "deleted" };
+        if !prune.dry_run {
+            match client.delete_cache(cache.id).await {
+                Ok(()) => {}
+                // Another run (the `closed` trigger and the daily one) got there first.
+                Err(err) if err.status() == Some(404) => verb = "already gone:",
+                Err(err) => return Err(err.into()),
             }
         }
-        let mut doomed = Vec::new();
-        for entries in groups.values_mut() {
-            entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-            doomed.extend(entries.iter().skip(keep).copied());
+        freed += cache.size;
+        if matches!(reason, Reason::ClosedPull(_) | Reason::NamedPull(_)) {
+            closed_pull_caches += 1;
         }
-        doomed.sort_by_key(|cache| cache.id);
-        let mut out = std::io::stdout().lock();
-        let mut freed = 0u64;
-        for cache in &doomed {
-            if !dry_run {
-                client.delete_cache(cache.id).await?;
-            }
-            freed += cache.size;
-            let verb = if dry_run { "would delete" } else { "deleted" };
-            writeln!(
-                out,
-                "{verb} {} ({}, {})",
-                cache.key,
-                cache.git_ref.as_deref().unwrap_or("-"),
-                crate::units::human_size(cache.size)
-            )?;
-        }
-        let verb = if dry_run { "would free" } else { "freed" };
         writeln!(
             out,
-            "{} of {} kiln caches {verb} {} (kept the newest {keep} per branch and key family)",
-            doomed.len(),
-            caches.len(),
-            crate::units::human_size(freed)
+            "{verb} {} ({}, {}): {reason}",
+            kiln_types::escape_untrusted(&cache.key),
+            kiln_types::escape_untrusted(cache.git_ref.as_deref().unwrap_or("-")),
+            crate::units::human_size(cache.size)
         )?;
-        anyhow::Ok(exit_code::SUCCESS)
-    })
+    }
+    let verb = if prune.dry_run { "would free" } else { "freed" };
+    let kept = match prune.pr {
+        Some(number) => format!("only pull request #{number}'s"),
+        None => format!(
+            "{closed_pull_caches} of closed pull requests; kept the newest {} per branch and key family",
+            prune.keep
+        ),
+    };
+    writeln!(out, "{} of {total} kiln caches {verb} {} ({kept})", doomed.len(), crate::units::human_size(freed))?;
+    Ok(exit_code::SUCCESS)
 }
 
 #[cfg(test)]
@@ -98,5 +204,42 @@ mod tests {
         let red = format!("{key}-incomplete-42-1-deadbeef");
         assert_eq!(family(&red), family(key));
         assert_eq!(family("kiln-something-else"), None);
+    }
+
+    #[test]
+    fn only_a_pull_requests_merge_ref_names_it() {
+        assert_eq!(pull_number("refs/pull/17/merge"), Some(17));
+        assert_eq!(pull_number(&pull_ref(3)), Some(3));
+        for other in ["refs/heads/main", "refs/pull//merge", "refs/pull/1x/merge", "refs/pull/17/head", "refs/tags/v1"]
+        {
+            assert_eq!(pull_number(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_closed_pull_requests_caches_all_go_and_the_rest_keep_the_newest() {
+        let key = |n: u8| format!("kiln-Linux-x86_64-kiln-v1-s1-x86_64-test-{n:032x}");
+        let cache = |id: i64, key: String, git_ref: &str, day: u8| CacheEntry {
+            id,
+            key,
+            git_ref: Some(git_ref.to_owned()),
+            created_at: format!("2026-11-{day:02}T00:00:00+00:00"),
+            size: 1,
+        };
+        let caches = [
+            cache(1, key(1), "refs/heads/main", 1),
+            cache(2, key(2), "refs/heads/main", 2),
+            cache(3, key(3), "refs/pull/5/merge", 3),
+            cache(4, "kiln-tool-abc".to_owned(), "refs/pull/5/merge", 3),
+            cache(5, key(5), "refs/pull/6/merge", 1),
+            cache(6, key(6), "refs/pull/6/merge", 2),
+        ];
+        let closed = BTreeSet::from([5]);
+        let gone: Vec<(i64, Reason)> =
+            doomed(&caches, &closed, 1).into_iter().map(|(cache, reason)| (cache.id, reason)).collect();
+        assert_eq!(
+            gone,
+            [(1, Reason::Surplus), (3, Reason::ClosedPull(5)), (4, Reason::ClosedPull(5)), (5, Reason::Surplus)]
+        );
     }
 }

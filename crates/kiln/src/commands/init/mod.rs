@@ -3,7 +3,8 @@
 //! Writes `xtask/` (a std-only bootstrap any cargo builds) with kiln's tool in `xtask/tool/`
 //! (its own workspace, lock file and toolchain), the `cargo xtask` alias, a commented
 //! Kiln.toml filled from what the repository already says (with `TODO:` values where it says
-//! nothing; kiln refuses to run until they are filled) and a CI workflow at the git root. It
+//! nothing; kiln refuses to run until they are filled), a CI workflow and a cache-pruning
+//! workflow at the git root. It
 //! never touches the kernel's manifests or lock file, never overwrites a file or a setting,
 //! and running it twice changes nothing.
 
@@ -77,6 +78,17 @@ pub(crate) fn run(args: &InitArgs, printer: &Printer) -> anyhow::Result<u8> {
     if !workflow.exists() {
         changes.push(Change::Create { path: workflow, text: workflow::text(repo.dir_in_git().as_deref()) });
     }
+    let prune = workflow_root.join(".github/workflows").join(workflow::PRUNE_FILE);
+    if !prune.exists() {
+        if !write_xtask && !xtask_has_github(&root) {
+            printer.warn(&format!(
+                "{} runs `cargo xtask ci prune-caches`, which needs kiln's `github` feature: enable it on \
+                 the kiln dependency of your xtask (`features = [\"github\"]`)",
+                workflow::PRUNE_FILE
+            ));
+        }
+        changes.push(Change::Create { path: prune, text: workflow::prune_text(repo.dir_in_git().as_deref()) });
+    }
     for change in &changes {
         apply(change, &root, args.dry_run, printer)?;
     }
@@ -131,6 +143,22 @@ fn xtask_state(root: &Path) -> XtaskState {
     } else {
         XtaskState::Other
     }
+}
+
+/// Whether the repository's own xtask (one `init` does not write) builds kiln with its
+/// `github` feature, which `ci prune-caches` needs.
+fn xtask_has_github(root: &Path) -> bool {
+    let Some(manifest) = crate::layout::kiln_manifest(root) else { return false };
+    let Some(manifest) = std::fs::read_to_string(manifest).ok().and_then(|text| text.parse::<toml::Table>().ok())
+    else {
+        return false;
+    };
+    let dependencies = manifest.get("dependencies").and_then(toml::Value::as_table);
+    dependencies.into_iter().flatten().any(|(name, spec)| {
+        let is_kiln = name == "kiln-xtask" || spec.get("package").and_then(toml::Value::as_str) == Some("kiln-xtask");
+        let features = spec.get("features").and_then(toml::Value::as_array);
+        is_kiln && features.is_some_and(|list| list.iter().any(|f| f.as_str() == Some("github")))
+    })
 }
 
 fn shown(path: &Path, root: &Path) -> String {
