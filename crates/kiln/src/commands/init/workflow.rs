@@ -12,9 +12,22 @@ const CACHE_SAVE: &str = "actions/cache/save@5a3ec84eff668545956fd18022155c47e93
 /// The file name of the prune workflow, in `.github/workflows/`.
 pub(super) const PRUNE_FILE: &str = "kiln-prune.yml";
 
+/// kiln's action, pinned to the commit this kiln was built from (zizmor's `unpinned-uses`);
+/// a kiln built outside git without `KILN_SOURCE_COMMIT` can only name its major version.
+fn kiln_action() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    match option_env!("KILN_SOURCE_COMMIT") {
+        Some(commit) => format!("kiln-rs/kiln/action@{commit} # kiln {version}"),
+        None => {
+            let major = version.split('.').next().unwrap_or("0");
+            format!("kiln-rs/kiln/action@v{major} # pin to a commit of kiln-rs/kiln")
+        }
+    }
+}
+
 /// The workflow; `dir` is the project's directory below the git root, if any.
 pub(super) fn text(dir: Option<&str>) -> String {
-    let action_version = env!("CARGO_PKG_VERSION").split('.').take(1).collect::<String>();
+    let action = kiln_action();
     let mut text = format!(
         "# Written by `cargo kiln init`: builds, boots and judges every Kiln.toml case on each push\n\
          # and pull request; kiln's action installs QEMU and caches kiln's store, so an unchanged\n\
@@ -25,7 +38,7 @@ pub(super) fn text(dir: Option<&str>) -> String {
          concurrency:\n  group: kiln-${{{{ github.ref }}}}\n  cancel-in-progress: true\n\
          jobs:\n  test:\n    runs-on: ubuntu-latest\n    timeout-minutes: 60\n    steps:\n\
          \x20     - uses: {CHECKOUT}\n        with:\n          persist-credentials: false\n\
-         \x20     - uses: kiln-rs/kiln/action@v{action_version}\n"
+         \x20     - uses: {action}\n"
     );
     if let Some(dir) = dir {
         text.push_str(&format!("        with:\n          working-directory: {dir}\n"));
