@@ -83,13 +83,13 @@ impl ClaimBody {
     }
 }
 
-/// This process as a claim owner: `HOST pid PID TAG`.
+/// This process as a claim owner: `pid PID on HOST (TAG)`.
 pub(crate) fn owner_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let mut tag = [0u8; 4];
     let _ = getrandom::fill(&mut tag);
     let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{host} pid {} {tag}", std::process::id())
+    format!("pid {} on {host} ({tag})", std::process::id())
 }
 
 fn unix_now() -> u64 {
