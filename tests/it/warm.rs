@@ -91,7 +91,7 @@ fn snapshot_cases_run_through_the_agent_and_a_panic_still_fails_its_case() {
 }
 
 #[test]
-fn pooled_runs_get_fresh_warm_guests_and_the_pool_stops_with_its_guests() {
+fn pooled_runs_reuse_warm_guests_in_fresh_sandboxes_and_the_pool_stops_with_its_guests() {
     let project = Project::example(&linux_kiln_toml());
     let unpacked = tempfile::tempdir().expect("tempdir");
     let busybox = busybox(unpacked.path());
@@ -104,13 +104,19 @@ fn pooled_runs_get_fresh_warm_guests_and_the_pool_stops_with_its_guests() {
             .output()
             .expect("kiln")
     };
-    let script = "test -e /tmp/leak && echo leaked; touch /tmp/leak; uname -m; cat src/main.rs | head -1; exit 4";
+    // Each run leaves a file in /tmp, one in the package directory, a tmpfs file and a
+    // process that left its session (`sleep $n`, so that this script's own command line
+    // does not match); the next run on the same (renewed) guest sees none of them.
+    let script = "for f in /tmp/leak leak /dev/shm/leak; do test -e $f && echo leaked $f; touch $f; done; \
+                  ps | grep -q '[s]leep 300' && echo leaked process; \
+                  n=300; setsid sleep $n </dev/null >/dev/null 2>&1 & \
+                  uname -m; cat src/main.rs | head -1; exit 4";
     for round in 0..4 {
         let out = run(script);
         assert_eq!(out.status.code(), Some(4), "round {round}: {}", stderr_of(&out));
         let text = stdout_of(&out);
         assert!(text.starts_with("aarch64\n//! Runs inside kiln's example Linux guest"), "round {round}: {text}");
-        assert!(!text.contains("leaked"), "round {round}: a pool guest serves one run only: {text}");
+        assert!(!text.contains("leaked"), "round {round}: every run gets a clean guest: {text}");
         if round == 0 {
             // The first run started the keeper; give it the time to have a guest ready.
             let ready = wait_for(Duration::from_secs(120), || {
@@ -122,6 +128,14 @@ fn pooled_runs_get_fresh_warm_guests_and_the_pool_stops_with_its_guests() {
     }
     let ls = stdout_of(&project.command(&["vm", "ls"]).output().expect("kiln"));
     assert!(ls.starts_with("pool ") && ls.contains("aarch64"), "{ls}");
+    // Rounds 1 to 3 were leased from the pool's one guest, renewed after each lease.
+    let reused = ls.split(", ").find_map(|part| part.strip_suffix(" leases on reused guests\n"));
+    let reused: u32 = reused.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no reuse count in {ls}"));
+    assert!(reused >= 2, "the pool renews its guest instead of restoring one per run: {ls}");
+    assert!(
+        project.path().join("examples/linux/hello").join("leak").symlink_metadata().is_err(),
+        "a guest's writes into the package directory never reach the host"
+    );
     let stop = project.command(&["vm", "stop", "--pools"]).output().expect("kiln");
     assert!(stop.status.success(), "{}", stderr_of(&stop));
     assert!(wait_for(Duration::from_secs(5), || project.live_qemu_pids().is_empty()), "the pool's guests die with it");

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The protocol version both sides must speak.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A request from kiln.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +128,12 @@ pub enum Op {
         /// Guest path.
         path: String,
     },
+    /// Gives the next leaseholder of a pool guest a clean guest: kills every process but init
+    /// and the agent, then roots the agent in a fresh sandbox (an overlay over the guest's
+    /// root with a new tmpfs as its upper layer, the guest's mounts bound in and its tmpfs
+    /// mounts made anew), so later requests and the programs they run see none of what an
+    /// earlier leaseholder wrote. Refused outside a guest (`--stdio`).
+    Sandbox,
     /// Powers the guest off.
     Shutdown,
 }

@@ -9,11 +9,13 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use base64::Engine as _;
 use kiln_agent::{Body, ExitStatus, Op, PROTOCOL_VERSION, Reply, Request, Response, agent_banner};
+
+mod sandbox;
 
 /// The virtio-serial port name kiln gives the agent's channel.
 const PORT_NAME: &str = "kiln-agent";
@@ -32,16 +34,29 @@ type Leaders = Arc<Mutex<std::collections::HashMap<u64, i32>>>;
 /// The channel to kiln: where requests come from and responses go.
 type Channel = (Box<dyn Read>, Box<dyn Write + Send>);
 
+/// The agent's own executable, found before a sandbox can hide the path it was started from.
+static AGENT_EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+fn agent_exe() -> Result<PathBuf, String> {
+    AGENT_EXE
+        .get_or_init(|| std::env::current_exe().map_err(|e| format!("cannot find the agent's own executable: {e}")))
+        .clone()
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(SESSION_LEADER) {
         return session_leader(&args[2..]);
     }
+    let _ = agent_exe();
     if args.iter().any(|arg| arg == "--stdio") {
         let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
-        serve(BufReader::new(std::io::stdin()), &sink, false);
+        serve(BufReader::new(std::io::stdin()), &sink, None);
         return ExitCode::SUCCESS;
     }
+    // Only in a guest (on its virtio port) may the agent make sandboxes: making one kills
+    // every other process it can.
+    let sandboxes = sandbox::Sandboxes::new();
     // On the virtio port, kiln disconnecting (after the snapshot's handshake, or between a
     // restore's connections) ends what the agent reads, not the agent: it opens the port
     // again and serves the next connection, until kiln asks for a shutdown.
@@ -54,7 +69,7 @@ fn main() -> ExitCode {
             }
         };
         let sink: Sink = Arc::new(Mutex::new(output));
-        if serve(BufReader::new(input), &sink, true) == Ended::Shutdown {
+        if serve(BufReader::new(input), &sink, Some(&sandboxes)) == Ended::Shutdown {
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -94,8 +109,10 @@ fn find_port() -> Option<PathBuf> {
     })
 }
 
-/// Answers requests until the input ends or kiln asks for a shutdown.
-fn serve(mut input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
+/// Answers requests until the input ends or kiln asks for a shutdown. `in_guest` holds the
+/// way back to the real root when the agent serves inside a guest (where it may power the
+/// machine off and make sandboxes); it is `None` under `--stdio`.
+fn serve(mut input: impl BufRead, sink: &Sink, in_guest: Option<&Result<sandbox::Sandboxes, String>>) -> Ended {
     let mut greeted = false;
     let mut running = Vec::new();
     let mut inputs = std::collections::HashMap::new();
@@ -203,12 +220,28 @@ fn serve(mut input: impl BufRead, sink: &Sink, may_power_off: bool) -> Ended {
             Op::Get { path } => send(sink, id, reply(get(&path))),
             Op::Symlink { path, target } => send(sink, id, reply(symlink(&path, &target))),
             Op::Mount9p { tag, path } => send(sink, id, reply(mount_9p(&tag, &path))),
+            Op::Sandbox => {
+                let renewed = match in_guest {
+                    None => Err("sandboxes are made only inside a guest, never under --stdio".to_owned()),
+                    Some(Err(err)) => Err(err.clone()),
+                    Some(Ok(sandboxes)) => sandbox::kill_all_others().and_then(|()| {
+                        // The previous leaseholder's programs are dead: their threads end
+                        // with their last output, so none of it follows this answer.
+                        for thread in running.drain(..) {
+                            let _ = thread.join();
+                        }
+                        inputs.clear();
+                        sandboxes.renew()
+                    }),
+                };
+                send(sink, id, reply(renewed.map(|()| Reply::default())));
+            }
             Op::Shutdown => {
                 for thread in running.drain(..) {
                     let _ = thread.join();
                 }
                 send(sink, id, Body::Ok(Reply::default()));
-                if may_power_off {
+                if in_guest.is_some() {
                     power_off();
                 }
                 return Ended::Shutdown;
@@ -270,14 +303,14 @@ fn exec(
         },
         other => other,
     };
-    let mut command = match std::env::current_exe() {
+    let mut command = match agent_exe() {
         Ok(agent) => {
             let mut command = Command::new(agent);
             command.arg(SESSION_LEADER).args(argv);
             command
         }
         Err(err) => {
-            send(sink, id, Body::Error(format!("cannot find the agent's own executable: {err}")));
+            send(sink, id, Body::Error(err));
             return;
         }
     };

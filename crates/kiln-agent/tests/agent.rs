@@ -282,3 +282,18 @@ fn raw_puts_carry_their_bytes_after_the_line_and_keep_the_stream_in_step() {
     assert!(matches!(agent.next(), Response { id: 4, body: Body::Ok(_) }));
     assert_eq!(std::fs::read(&path).expect("read"), content);
 }
+
+#[test]
+fn a_sandbox_is_refused_outside_a_guest_and_this_host_keeps_its_processes() {
+    // Making a sandbox kills every other process the agent may signal: on a host that would
+    // be the user's session, so `--stdio` refuses it and a process of this test lives on.
+    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("start sleep");
+    let mut agent = Agent::start();
+    agent.hello();
+    agent.send(2, Op::Sandbox);
+    let Body::Error(message) = agent.next().body else { panic!("a sandbox under --stdio must be refused") };
+    assert!(message.contains("only inside a guest"), "{message}");
+    assert!(sleeper.try_wait().expect("wait").is_none(), "the sandbox request killed a host process");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}

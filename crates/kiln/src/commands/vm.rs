@@ -306,8 +306,10 @@ fn ls(cx: &Cx) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     for info in keeper::running_keepers(&cx.work_dir())? {
         let owner = info.owner.map_or_else(|| "-".to_owned(), |pid| pid.to_string());
-        let status = keeper::status(&info.socket)
-            .map_or_else(|| "starting".to_owned(), |s| format!("{} idle, {} leased", s.idle, s.leased));
+        let status = keeper::status(&info.socket).map_or_else(
+            || "starting".to_owned(),
+            |s| format!("{} idle, {} leased, {} leases on reused guests", s.idle, s.leased, s.reused),
+        );
         writeln!(
             out,
             "{:<8} {:<16} {:<8} keeper {:<8} owner {owner:<8} {status}",

@@ -61,6 +61,13 @@ impl AgentClient {
         Ok(stream)
     }
 
+    /// Sends an empty line, which the agent skips: it ends a line an earlier client of the
+    /// same connection left half written (a leaseholder killed mid-request), so the next
+    /// request is read whole.
+    pub(crate) async fn end_line(&mut self) -> anyhow::Result<()> {
+        self.stream.get_mut().write_all(b"\n").await.map_err(agent_gone)
+    }
+
     async fn send(&mut self, op: Op) -> anyhow::Result<u64> {
         self.send_with(op, &[]).await
     }

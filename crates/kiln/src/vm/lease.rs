@@ -71,6 +71,9 @@ pub(crate) struct KeeperStatus {
     pub idle: usize,
     /// Leased guests.
     pub leased: usize,
+    /// Leases served by a guest that had served one before (renewed in a fresh sandbox).
+    #[serde(default)]
+    pub reused: u64,
 }
 
 /// A held lease: the agent's connection, and the keeper connection whose closing ends it.

@@ -1,7 +1,8 @@
 //! One program run in a warm guest: a fresh copy of the booted snapshot, restored here or
 //! leased from a pool keeper that holds warm ones. The program, the package directory and
 //! `[run] files` go in through the guest agent (or the program through the guest's 9p inbox);
-//! the program runs, its output streams back, and the guest is thrown away.
+//! the program runs and its output streams back. A restored guest is thrown away after the
+//! run; a leased one goes back to its keeper, which renews it in a fresh sandbox.
 
 use std::{
     collections::BTreeMap,
@@ -79,7 +80,9 @@ pub(crate) fn run(
             lease.agent.set_nonblocking(true)?;
             let stream = tokio::net::UnixStream::from_std(lease.agent.try_clone()?)?;
             let (console, inbox, mounted) = (lease.console.clone(), lease.inbox.clone(), lease.inbox_mounted);
-            (AgentClient::from_stream(stream), console, inbox, mounted, Some(lease), None)
+            // A renewed guest's connection served earlier leaseholders.
+            let agent = AgentClient::from_stream(stream).with_fresh_ids()?;
+            (agent, console, inbox, mounted, Some(lease), None)
         }
         None => {
             let guest = target.restore_or_remake(executor, &runtime)?;
@@ -96,7 +99,12 @@ pub(crate) fn run(
             std::fs::metadata(program.path).with_context(|| format!("cannot read `{}`", program.path.display()))?.len();
         let guest_program = match &inbox {
             Some(inbox) if size > PUT_LIMIT || inbox_mounted => {
-                let linked = inbox.join(&name);
+                // A directory of its own: a renewed guest's 9p cache may still know the
+                // names earlier leaseholders used.
+                let token = crate::host::random_hex(8)?;
+                std::fs::create_dir(inbox.join(&token))
+                    .with_context(|| format!("cannot create a directory in the guest's inbox `{}`", inbox.display()))?;
+                let linked = inbox.join(&token).join(&name);
                 if std::fs::hard_link(program.path, &linked).is_err() {
                     std::fs::copy(program.path, &linked)
                         .with_context(|| format!("cannot copy `{}` into the guest's inbox", program.path.display()))?;
@@ -104,7 +112,7 @@ pub(crate) fn run(
                 if !inbox_mounted {
                     agent.mount_9p(snapshot::INBOX_TAG, snapshot::INBOX_GUEST_PATH).await?;
                 }
-                format!("{}/{name}", snapshot::INBOX_GUEST_PATH)
+                format!("{}/{token}/{name}", snapshot::INBOX_GUEST_PATH)
             }
             _ => {
                 let guest_program = format!("/kiln/bin/{name}");
@@ -141,7 +149,12 @@ pub(crate) fn run(
         let _ = stdout.flush();
         anyhow::Ok(status)
     };
-    Ok(match runtime.block_on(async { tokio::time::timeout(program.timeout, work).await }) {
+    let outcome = runtime.block_on(async { tokio::time::timeout(program.timeout, work).await });
+    // The connection is closed before the lease ends, so the keeper renewing the guest is its
+    // only user.
+    drop(agent);
+    drop(_lease);
+    Ok(match outcome {
         Ok(Ok(kiln_agent::ExitStatus::Signal(signal))) => Ended::Signaled(signal),
         Ok(Ok(kiln_agent::ExitStatus::Code(code))) => {
             Ended::Exited(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))

@@ -1,6 +1,9 @@
 //! The keeper: a background kiln process that holds restored guests and leases them over a
-//! Unix socket. A pool keeps `size` idle guests ready, kills each one when its lease ends,
-//! and exits after a spell without leases; a session holds one guest that every lease
+//! Unix socket. A pool keeps `size` guests ready; when a lease ends, the agent kills what
+//! the leaseholder left running and roots the guest in a fresh sandbox (an overlay over the
+//! guest's root, see `kiln_agent::Op::Sandbox`), and the guest waits for the next lease, up
+//! to [`MAX_USES`] leases (a guest whose kernel cannot make sandboxes dies with its lease).
+//! A pool exits after a spell without leases. A session holds one guest that every lease
 //! shares in turn, and exits with its owner process or on `vm stop`. Every guest is a child
 //! of the keeper with `PR_SET_PDEATHSIG`, so no guest outlives its keeper.
 
@@ -30,6 +33,7 @@ pub(crate) use spawn::{KeeperRole, KeeperSpec, POOL_IDLE_TIMEOUT, default_owner}
 
 use super::{
     SnapshotTarget,
+    agent_client::AgentClient,
     lease::{Answer, Ask, KeeperStatus, send_answer},
     target::warm_up,
 };
@@ -51,6 +55,15 @@ enum Kind {
         owner: Option<u32>,
     },
 }
+
+/// How many leases one pool guest serves before a fresh restore replaces it. A sandbox
+/// resets the guest's files and processes, not what a program changed in the kernel itself
+/// (a sysctl, a loaded module), so no guest serves forever.
+pub(crate) const MAX_USES: u32 = 200;
+
+/// How long the agent may take to end a lease's processes and make a fresh sandbox before
+/// the guest is given up.
+const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A keeper's settings.
 struct Keeper {
@@ -138,29 +151,96 @@ struct Ready {
     agent: std::os::unix::net::UnixStream,
     scratch: tempfile::TempDir,
     inbox: Option<PathBuf>,
+    /// Whether the agent runs in a sandbox, so the guest can be renewed for another lease.
+    sandboxed: bool,
+    /// Leases served so far.
+    uses: u32,
 }
 
 enum Event {
     Restored(anyhow::Result<Ready>),
     Asked(UnixStream, Ask),
-    /// A lease ended; a session's guest comes back.
-    LeaseEnded(Option<Ready>),
+    /// A lease ended: a session's guest comes back, and a pool's renewed one.
+    LeaseEnded {
+        /// The guest, when it serves on.
+        back: Option<Ready>,
+        /// Whether the pool counted on it coming back.
+        promised: bool,
+    },
 }
 
-/// Restores a guest and readies it while it waits: warmed up, its inbox mounted, so a lease
-/// starts with the program.
-async fn restore_ready(target: Arc<SnapshotTarget>, entry: PathBuf) -> anyhow::Result<Ready> {
+/// Restores a guest and readies it while it waits: its inbox mounted, rooted in a sandbox
+/// when `sandbox` (a pool's guest), and warmed up, so a lease starts with the program.
+async fn restore_ready(target: Arc<SnapshotTarget>, entry: PathBuf, sandbox: bool) -> anyhow::Result<Ready> {
     let mut guest = target.restore(&entry).await?;
-    warm_up(&mut guest.agent).await.context("the restored guest did not warm up")?;
     if guest.inbox.is_some() {
+        // Before the sandbox, which binds the guest's mounts in.
         guest
             .agent
             .mount_9p(super::snapshot::INBOX_TAG, super::snapshot::INBOX_GUEST_PATH)
             .await
             .context("the restored guest did not mount its inbox")?;
     }
+    let sandboxed = sandbox
+        && match guest.agent.request(kiln_agent::Op::Sandbox).await {
+            Ok(_) => true,
+            Err(err) => {
+                log(&format!("a guest cannot make sandboxes, so it serves one lease only: {err:#}"));
+                false
+            }
+        };
+    warm_up(&mut guest.agent).await.context("the restored guest did not warm up")?;
     let agent = guest.agent.into_std()?;
-    Ok(Ready { qemu: guest.qemu, agent, scratch: guest.scratch, inbox: guest.inbox })
+    Ok(Ready { qemu: guest.qemu, agent, scratch: guest.scratch, inbox: guest.inbox, sandboxed, uses: 0 })
+}
+
+/// Readies a pool guest whose lease ended for the next one: the host side of its inbox
+/// emptied, and the agent asked for a fresh sandbox, which ends everything the leaseholder
+/// left running. `None` (the guest dies) when any of that fails.
+async fn renew(mut ready: Ready) -> Option<Ready> {
+    if ready.qemu.exited() {
+        return None;
+    }
+    if let Some(inbox) = &ready.inbox
+        && let Err(err) = empty_dir(inbox)
+    {
+        log(&format!("a guest is given up: cannot empty its inbox: {err:#}"));
+        return None;
+    }
+    let asked = async {
+        let stream = ready.agent.try_clone()?;
+        stream.set_nonblocking(true)?;
+        let mut agent = AgentClient::from_stream(tokio::net::UnixStream::from_std(stream)?).with_fresh_ids()?;
+        // A leaseholder that died mid-request leaves half a line; this ends it.
+        agent.end_line().await?;
+        agent.request(kiln_agent::Op::Sandbox).await?;
+        agent.into_std()
+    };
+    match tokio::time::timeout(RENEW_DEADLINE, asked).await {
+        Ok(Ok(_stream)) => Some(ready),
+        Ok(Err(err)) => {
+            log(&format!("a guest is given up: no fresh sandbox: {err:#}"));
+            None
+        }
+        Err(_) => {
+            log(&format!("a guest is given up: no fresh sandbox within {}s", RENEW_DEADLINE.as_secs()));
+            None
+        }
+    }
+}
+
+/// Removes everything in `dir`, leaving it empty.
+fn empty_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read `{}`", dir.display()))? {
+        let path = entry?.path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot remove `{}`", path.display()))?;
+    }
+    Ok(())
 }
 
 fn log(message: &str) {
@@ -183,7 +263,7 @@ impl Keeper {
         let (events, mut incoming) = mpsc::unbounded_channel();
         let mut idle: VecDeque<Ready> = VecDeque::new();
         if let Kind::Session { .. } = self.kind {
-            idle.push_back(restore_ready(self.target.clone(), self.entry.clone()).await?);
+            idle.push_back(restore_ready(self.target.clone(), self.entry.clone(), false).await?);
         }
         let _ = std::fs::remove_file(&self.socket);
         let listener = UnixListener::bind(&self.socket)
@@ -198,28 +278,37 @@ impl Keeper {
         let mut leased = 0usize;
         // Restores in flight: a pool drained by `-j` concurrent runs refills them all at once.
         let mut restoring = 0usize;
+        // Leased pool guests that come back renewed when their lease ends.
+        let mut returning = 0usize;
+        // Leases served by guests that served one before.
+        let mut reused = 0u64;
         let mut failures = 0;
         let mut last_lease = Instant::now();
         loop {
             if let Kind::Pool { size, .. } = self.kind {
                 // All missing guests at once; after a failed restore, one at a time until
                 // one succeeds.
-                let missing = size.saturating_sub(idle.len() + restoring);
+                let missing = size.saturating_sub(idle.len() + restoring + returning);
                 let starts = if failures == 0 { missing } else { missing.min(usize::from(restoring == 0)) };
                 for _ in 0..starts {
                     restoring += 1;
                     let (target, entry, events) = (self.target.clone(), self.entry.clone(), events.clone());
                     tokio::spawn(async move {
-                        let _ = events.send(Event::Restored(restore_ready(target, entry).await));
+                        let _ = events.send(Event::Restored(restore_ready(target, entry, true).await));
                     });
                 }
             }
-            // A waiting session client gets the guest as soon as it is back.
+            // A waiting client gets a guest as soon as one is back (or restored).
             while !waiters.is_empty() && !idle.is_empty() {
                 if let (Some(client), Some(ready)) = (waiters.pop_front(), idle.pop_front()) {
+                    let used = ready.uses > 0;
                     match self.grant(client, ready, &events) {
-                        None => leased += 1,
-                        Some(ready) => idle.push_front(ready),
+                        Ok(promised) => {
+                            leased += 1;
+                            returning += usize::from(promised);
+                            reused += u64::from(used);
+                        }
+                        Err(ready) => idle.push_front(*ready),
                     }
                 }
             }
@@ -250,19 +339,33 @@ impl Keeper {
                         log(&format!("a restore failed: {err:#}"));
                         anyhow::ensure!(failures < 3, "three restores in a row failed; the last: {err:#}");
                     }
-                    Event::LeaseEnded(back) => {
+                    Event::LeaseEnded { back, promised } => {
                         leased = leased.saturating_sub(1);
+                        if promised {
+                            returning = returning.saturating_sub(1);
+                        }
                         last_lease = Instant::now();
                         if let Some(ready) = back {
                             idle.push_front(ready);
                         }
                     }
                     Event::Asked(client, Ask::Lease) => match idle.pop_front() {
-                        Some(ready) => match self.grant(client, ready, &events) {
-                            None => { leased += 1; last_lease = Instant::now(); }
-                            Some(ready) => idle.push_front(ready),
-                        },
-                        None if matches!(self.kind, Kind::Pool { .. }) => {
+                        Some(ready) => {
+                            let used = ready.uses > 0;
+                            match self.grant(client, ready, &events) {
+                                Ok(promised) => {
+                                    leased += 1;
+                                    returning += usize::from(promised);
+                                    reused += u64::from(used);
+                                    last_lease = Instant::now();
+                                }
+                                Err(ready) => idle.push_front(*ready),
+                            }
+                        }
+                        // A pool with nothing on its way answers at once; a guest being
+                        // renewed or restored is worth waiting for (the client waits a few
+                        // seconds, then restores one itself).
+                        None if matches!(self.kind, Kind::Pool { .. }) && restoring + returning == 0 => {
                             let _ = send_answer(client.as_fd(), &Answer::Busy, None);
                         }
                         None => waiters.push_back(client),
@@ -274,6 +377,7 @@ impl Keeper {
                             pid: std::process::id(),
                             idle: idle.len(),
                             leased,
+                            reused,
                         };
                         let _ = send_answer(client.as_fd(), &Answer::Status(status), None);
                     }
@@ -312,10 +416,16 @@ impl Keeper {
         }
     }
 
-    /// Hands `ready` to `client`; the lease ends when the client's connection closes. A pool
-    /// guest dies then; a session guest comes back. Returns the guest if the client is gone
-    /// already.
-    fn grant(&self, client: UnixStream, ready: Ready, events: &mpsc::UnboundedSender<Event>) -> Option<Ready> {
+    /// Hands `ready` to `client`; the lease ends when the client's connection closes. A
+    /// session's guest comes back then, and a pool's is renewed for the next lease (or dies:
+    /// one without a sandbox, or one that served [`MAX_USES`] leases). Says whether the guest
+    /// is to come back, or returns it if the client is gone already.
+    fn grant(
+        &self,
+        client: UnixStream,
+        mut ready: Ready,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<bool, Box<Ready>> {
         let console = ready.scratch.path().join(super::snapshot::CONSOLE_FILE);
         let answer = Answer::Granted {
             qemu_pid: ready.qemu.pid().unwrap_or(0),
@@ -324,9 +434,13 @@ impl Keeper {
             inbox_mounted: ready.inbox.is_some(),
         };
         if send_answer(client.as_fd(), &answer, Some(ready.agent.as_fd())).is_err() {
-            return Some(ready);
+            return Err(Box::new(ready));
         }
         let session = matches!(self.kind, Kind::Session { .. });
+        let renewable = !session && ready.sandboxed && ready.uses + 1 < MAX_USES;
+        if !session {
+            ready.uses += 1;
+        }
         let events = events.clone();
         tokio::spawn(async move {
             let mut client = client;
@@ -336,11 +450,15 @@ impl Keeper {
                     break;
                 }
             }
-            // A pool guest dies here, with its lease.
-            let back = if session { Some(ready) } else { None };
-            let _ = events.send(Event::LeaseEnded(back));
+            let back = match (session, renewable) {
+                (true, _) => Some(ready),
+                (false, true) => renew(ready).await,
+                // A pool guest that is not renewed dies here, with its lease.
+                (false, false) => None,
+            };
+            let _ = events.send(Event::LeaseEnded { back, promised: renewable });
         });
-        None
+        Ok(renewable)
     }
 }
 

@@ -1,0 +1,222 @@
+//! The sandbox a pool guest's leaseholders run in, one after another: a fresh root for each
+//! (an overlay whose lower layer is the guest's own root and whose upper layer is a new
+//! tmpfs), with every process of the previous leaseholder killed first. The agent chroots
+//! itself into the sandbox, so every later request (files in, programs run) sees it; it
+//! keeps a handle on the real root to leave it again.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// Where the sandbox's tmpfs is mounted (in the real root).
+const SANDBOX_DIR: &str = "/run/kiln-sandbox";
+
+/// How long the previous leaseholder's processes may take to die.
+const DEATH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The agent's way back to the real root.
+pub(crate) struct Sandboxes {
+    real_root: File,
+}
+
+impl Sandboxes {
+    /// Remembers the real root; call before any sandbox is made.
+    pub(crate) fn new() -> Result<Self, String> {
+        let real_root = File::open("/").map_err(|e| format!("cannot open the root directory: {e}"))?;
+        Ok(Self { real_root })
+    }
+
+    /// Tears the previous sandbox down and enters a fresh one; call after
+    /// [`kill_all_others`], once the agent's own children are reaped.
+    pub(crate) fn renew(&self) -> Result<(), String> {
+        self.leave()?;
+        // Nothing mounted there is not an error: the first sandbox has no predecessor.
+        let _ = unmount(Path::new(SANDBOX_DIR));
+        let root = build()?;
+        enter(&root)
+    }
+
+    /// Back to the real root.
+    fn leave(&self) -> Result<(), String> {
+        // SAFETY: fchdir takes a descriptor this value owns.
+        if unsafe { libc::fchdir(self.real_root.as_raw_fd()) } != 0 {
+            return Err(format!("cannot return to the real root: {}", std::io::Error::last_os_error()));
+        }
+        enter(Path::new("."))
+    }
+}
+
+/// chroot into `root` and make it the working directory.
+fn enter(root: &Path) -> Result<(), String> {
+    let path = c_path(root)?;
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
+    if unsafe { libc::chroot(path.as_ptr()) } != 0 {
+        return Err(format!("cannot enter {}: {}", root.display(), std::io::Error::last_os_error()));
+    }
+    std::env::set_current_dir("/").map_err(|e| format!("cannot change to the sandbox's root: {e}"))
+}
+
+/// Makes a fresh sandbox and returns its root: a tmpfs at [`SANDBOX_DIR`] holding the
+/// overlay's upper and work directories and its mount point; the real root's mounts bound in
+/// at their paths, except tmpfs ones, which are made anew and empty (what is in a tmpfs is a
+/// previous run's state).
+fn build() -> Result<PathBuf, String> {
+    let dir = Path::new(SANDBOX_DIR);
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    mount(Some("tmpfs"), dir, Some("tmpfs"), 0, "mode=755")?;
+    let (upper, work, root) = (dir.join("upper"), dir.join("work"), dir.join("root"));
+    for path in [&upper, &work, &root] {
+        std::fs::create_dir(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    }
+    let options = format!("lowerdir=/,upperdir={},workdir={}", upper.display(), work.display());
+    mount(Some("overlay"), &root, Some("overlay"), 0, &options)
+        .map_err(|e| format!("{e} (does the guest's kernel have overlayfs?)"))?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| format!("cannot read the mounts: {e}"))?;
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(source), Some(point), Some(kind), Some(options)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let point = unescape(point);
+        if point == "/" || Path::new(&point).starts_with(dir) {
+            continue;
+        }
+        let target = root.join(point.trim_start_matches('/'));
+        // The directory exists in the lower layer, or in a filesystem bound in before.
+        let _ = std::fs::create_dir_all(&target);
+        if kind == "tmpfs" {
+            let mode = options.split(',').find(|option| option.starts_with("mode=")).unwrap_or("mode=755");
+            mount(Some(source), &target, Some("tmpfs"), 0, mode)?;
+        } else {
+            mount(Some(&point), &target, None, libc::MS_BIND, "")?;
+        }
+    }
+    Ok(root)
+}
+
+/// Sends SIGKILL to every process but init, the agent and the kernel's own threads, and
+/// waits (a little) until they are gone.
+pub(crate) fn kill_all_others() -> Result<(), String> {
+    // SAFETY: kill(-1) signals every process this one may signal except init and itself;
+    // the caller makes sure this runs inside a guest.
+    let sent = unsafe { libc::kill(-1, libc::SIGKILL) };
+    if sent != 0 {
+        let err = std::io::Error::last_os_error();
+        // ESRCH: there was nobody to kill (the common case: a run's programs end with it).
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(format!("cannot end the previous run's processes: {err}"));
+    }
+    let started = Instant::now();
+    while let Some(pid) = a_living_other() {
+        if started.elapsed() > DEATH_DEADLINE {
+            return Err(format!("process {pid} of the previous run did not die"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// A process other than init and the agent that is not a kernel thread and not a zombie.
+fn a_living_other() -> Option<u32> {
+    let own = std::process::id();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        if pid == 1 || pid == own {
+            return None;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // `PID (COMM) STATE PPID ...`; COMM may hold spaces and parentheses.
+        let mut after = stat.rsplit_once(')')?.1.split_whitespace();
+        let (state, ppid) = (after.next()?, after.next()?);
+        // Kernel threads are kthreadd (2) and its children; zombies wait only for a reaper.
+        let kernel = pid == 2 || ppid == "2";
+        (!kernel && state != "Z" && state != "X").then_some(pid)
+    })
+}
+
+/// Unmounts `path` and everything below it.
+fn unmount(path: &Path) -> Result<(), String> {
+    let target = c_path(path)?;
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(format!("cannot unmount {}: {}", path.display(), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn mount(
+    source: Option<&str>,
+    target: &Path,
+    kind: Option<&str>,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), String> {
+    let c = |text: &str| CString::new(text).map_err(|_| format!("`{text}` holds a NUL byte"));
+    let source = source.map(c).transpose()?;
+    let kind = kind.map(c).transpose()?;
+    let (target_c, data) = (c_path(target)?, c(data)?);
+    // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
+    let status = unsafe {
+        libc::mount(
+            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            target_c.as_ptr(),
+            kind.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if status != 0 {
+        return Err(format!(
+            "cannot mount {} at {}: {}",
+            source.as_ref().map_or("(bind)".into(), |s| s.to_string_lossy()),
+            target.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn c_path(path: &Path) -> Result<CString, String> {
+    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| format!("`{}` holds a NUL byte", path.display()))
+}
+
+/// A mount point as `/proc/self/mounts` writes it, with `\040`-style octal escapes undone.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|digits| digits.iter().all(|d| (b'0'..=b'7').contains(d)));
+        match (bytes[i], octal) {
+            (b'\\', Some(digits)) => {
+                out.push(digits.iter().fold(0u8, |n, d| n.wrapping_mul(8).wrapping_add(d - b'0')));
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape;
+
+    #[test]
+    fn mount_points_lose_their_octal_escapes() {
+        assert_eq!(unescape(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/odd\09"), r"/odd\09");
+    }
+}
