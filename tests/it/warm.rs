@@ -142,6 +142,48 @@ fn pooled_runs_reuse_warm_guests_in_fresh_sandboxes_and_the_pool_stops_with_its_
 }
 
 #[test]
+fn a_package_directory_of_many_files_is_a_writable_view_in_snapshot_and_pool_runs() {
+    let project = Project::example(&linux_kiln_toml());
+    let unpacked = tempfile::tempdir().expect("tempdir");
+    let busybox = busybox(unpacked.path());
+    // A package as a crate with test data has it: more files than kiln puts one by one, a
+    // subdirectory, a relative symlink, an executable script, a name with a space.
+    let package = tempfile::tempdir().expect("package");
+    let dir = package.path();
+    for i in 0..24 {
+        std::fs::write(dir.join(format!("f{i}.txt")), format!("file {i}\n")).expect("write");
+    }
+    std::fs::create_dir_all(dir.join("data/deep")).expect("mkdir");
+    std::fs::write(dir.join("data/deep/with space.txt"), "spaced\n").expect("write");
+    std::os::unix::fs::symlink("data/deep", dir.join("link")).expect("symlink");
+    std::fs::write(dir.join("run.sh"), "#!/bin/sh\necho script ran\n").expect("write");
+    std::fs::set_permissions(dir.join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let script = "cat f7.txt; cat 'link/with space.txt'; ./run.sh; echo changed > f3.txt; cat f3.txt; \
+                  rm f5.txt; mkdir -p new && echo made > new/file; ls f*.txt | wc -l";
+    for mode in [&["--snapshot"][..], &["--pool", "1"], &["--pool", "1"]] {
+        let out = project
+            .command(&["--accel", "tcg", "run"])
+            .args(mode)
+            .arg("--")
+            .arg(&busybox)
+            .args(["sh", "-c", script])
+            .current_dir(dir)
+            .output()
+            .expect("kiln");
+        assert!(out.status.success(), "{mode:?}: {}", stderr_of(&out));
+        assert_eq!(
+            stdout_of(&out),
+            "file 7\nspaced\nscript ran\nchanged\n23\n",
+            "{mode:?}: the guest sees the package and may write to it"
+        );
+    }
+    // The host's package is as it was.
+    assert_eq!(std::fs::read_to_string(dir.join("f3.txt")).expect("f3"), "file 3\n");
+    assert!(dir.join("f5.txt").exists() && !dir.join("new").exists(), "no guest write reaches the host");
+    let _ = project.command(&["vm", "stop", "--pools"]).output();
+}
+
+#[test]
 fn sigkill_of_kiln_in_the_middle_of_eight_runs_leaves_no_qemu() {
     let project = Project::example(&linux_kiln_toml());
     let unpacked = tempfile::tempdir().expect("tempdir");

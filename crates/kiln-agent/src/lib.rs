@@ -123,6 +123,15 @@ pub enum Op {
         /// Guest directory (created when missing).
         path: String,
     },
+    /// Makes `path` a writable view of the directory `lower` (one the guest can read, such as
+    /// a directory of a 9p share): an overlay whose upper layer is a fresh tmpfs, so what the
+    /// guest writes there stays in the guest. `path` is created when missing.
+    MountOverlay {
+        /// The directory shown at `path`.
+        lower: String,
+        /// Guest directory.
+        path: String,
+    },
     /// Reads a file.
     Get {
         /// Guest path.

@@ -220,6 +220,9 @@ fn serve(mut input: impl BufRead, sink: &Sink, in_guest: Option<&Result<sandbox:
             Op::Get { path } => send(sink, id, reply(get(&path))),
             Op::Symlink { path, target } => send(sink, id, reply(symlink(&path, &target))),
             Op::Mount9p { tag, path } => send(sink, id, reply(mount_9p(&tag, &path))),
+            Op::MountOverlay { lower, path } => {
+                send(sink, id, reply(sandbox::writable_view(Path::new(&lower), Path::new(&path))));
+            }
             Op::Sandbox => {
                 let renewed = match in_guest {
                     None => Err("sandboxes are made only inside a guest, never under --stdio".to_owned()),

@@ -2,15 +2,19 @@
 //! (an overlay whose lower layer is the guest's own root and whose upper layer is a new
 //! tmpfs), with every process of the previous leaseholder killed first. The agent chroots
 //! itself into the sandbox, so every later request (files in, programs run) sees it; it
-//! keeps a handle on the real root to leave it again.
+//! keeps a handle on the real root to leave it again. Also here: the writable views a run's
+//! package directories get over the inbox share.
 
 use std::{
     ffi::CString,
     fs::File,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
+
+use kiln_agent::Reply;
 
 /// Where the sandbox's tmpfs is mounted (in the real root).
 const SANDBOX_DIR: &str = "/run/kiln-sandbox";
@@ -48,6 +52,23 @@ impl Sandboxes {
         }
         enter(Path::new("."))
     }
+}
+
+/// Makes `path` a writable view of `lower`: an overlay whose upper and work directories are
+/// on a tmpfs of its own (under `/run`, in the sandbox when there is one, so it goes with it).
+pub(crate) fn writable_view(lower: &Path, path: &Path) -> Result<Reply, String> {
+    static VIEWS: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(format!("/run/kiln-view-{}", VIEWS.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    mount(Some("tmpfs"), &dir, Some("tmpfs"), 0, "mode=755")?;
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    for made in [&upper, &work] {
+        std::fs::create_dir(made).map_err(|e| format!("cannot create {}: {e}", made.display()))?;
+    }
+    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    mount(Some("overlay"), path, Some("overlay"), 0, &options)?;
+    Ok(Reply::default())
 }
 
 /// chroot into `root` and make it the working directory.

@@ -82,12 +82,8 @@ fn warm(
     program: &Path,
     args: &[String],
 ) -> anyhow::Result<Ended> {
-    let (cwd, dirs) = package_dirs()?;
-    let mut copies = Vec::new();
-    for dir in &dirs {
-        copies.extend(guest::package_copies(dir)?);
-    }
-    copies.extend(declared_files(&run.settings.files)?);
+    let (cwd, package_dirs) = package_dirs()?;
+    let copies = declared_files(&run.settings.files)?;
     let mut env = passed_env(&run.settings.env);
     env.extend(guest::agent_env());
     let spec = |role| cx.keeper_spec(&linux, role);
@@ -95,7 +91,7 @@ fn warm(
     let timeout = run.settings.timeout;
     let forward_stdin = !host::stdin_is_null();
     let merge_output = host::stdout_and_stderr_are_one_file();
-    let program = Program { path: program, args, cwd, copies, env, timeout, forward_stdin, merge_output };
+    let program = Program { path: program, args, cwd, package_dirs, copies, env, timeout, forward_stdin, merge_output };
     program::run(cx.executor(), target, pool, spec, program)
 }
 

@@ -128,6 +128,15 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Makes `path` in the guest a writable view of the guest directory `lower` (an overlay
+    /// on tmpfs; what the guest writes never reaches `lower`).
+    pub(crate) async fn writable_view(&mut self, lower: &str, path: &str) -> anyhow::Result<()> {
+        self.request(Op::MountOverlay { lower: lower.to_owned(), path: path.to_owned() })
+            .await
+            .with_context(|| format!("cannot make {path} a writable view of {lower} in the guest"))?;
+        Ok(())
+    }
+
     /// Makes a symlink in the guest.
     pub(crate) async fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<()> {
         self.request(Op::Symlink { path: path.to_owned(), target: target.to_owned() })

@@ -1,7 +1,8 @@
 //! One program run in a warm guest: a fresh copy of the booted snapshot, restored here or
-//! leased from a pool keeper that holds warm ones. The program, the package directory and
-//! `[run] files` go in through the guest agent (or the program through the guest's 9p inbox);
-//! the program runs and its output streams back. A restored guest is thrown away after the
+//! leased from a pool keeper that holds warm ones. The program and the package directories
+//! reach the guest through its 9p inbox (the package directories as writable overlays over
+//! their linked copies there), or, where that costs more or the kernel has no 9p, through the
+//! guest agent, as `[run] files` do; the program runs and its output streams back. A restored guest is thrown away after the
 //! run; a leased one goes back to its keeper, which renews it in a fresh sandbox.
 
 use std::{
@@ -30,6 +31,8 @@ pub(crate) struct Program<'a> {
     pub args: &'a [String],
     /// Its working directory (the same path in the guest).
     pub cwd: PathBuf,
+    /// Directories the guest sees at the same paths, writable there, never written back.
+    pub package_dirs: Vec<PathBuf>,
     /// Host files and directories copied in at the same paths.
     pub copies: Vec<(PathBuf, CopyKind)>,
     /// Its environment.
@@ -47,6 +50,10 @@ pub(crate) struct Program<'a> {
 /// sending costs less than mounting the share (measured under TCG: a 570 KiB program is sent
 /// in about 25 ms, a mount takes 30 to 60 ms).
 const PUT_LIMIT: u64 = 1 << 20;
+
+/// The most package files put through the agent into a guest whose inbox is not mounted yet;
+/// more go through the inbox (a put costs a few milliseconds under TCG, the mount 30 to 60).
+const PUT_FILES: usize = 16;
 
 /// How a program's run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,30 +98,40 @@ pub(crate) fn run(
         }
     };
     let work = async {
-        // The program: a large one linked into the guest's inbox share, whose pages the guest
-        // reads as it runs (a debug test binary is mostly debug info it never reads); a small
-        // one, or any without 9p, put through the agent: sending it costs less than mounting
-        // the share and reading it page by page.
         let size =
             std::fs::metadata(program.path).with_context(|| format!("cannot read `{}`", program.path.display()))?.len();
-        let guest_program = match &inbox {
-            Some(inbox) if size > PUT_LIMIT || inbox_mounted => {
-                // A directory of its own: a renewed guest's 9p cache may still know the
-                // names earlier leaseholders used.
+        // Ancestors first: a directory's view must not cover one mounted inside it.
+        let mut package_dirs = program.package_dirs.clone();
+        package_dirs.sort_by_key(|dir| dir.components().count());
+        let packages = package_dirs
+            .iter()
+            .map(|dir| Ok((dir, crate::guest::package_copies(dir)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let package_files: usize =
+            packages.iter().flat_map(|(_, entries)| entries).filter(|(_, kind)| *kind != CopyKind::Dir).count();
+        // Through the inbox share when the guest has one and it is mounted, or mounting it
+        // costs less than sending: a large program (a debug test binary is mostly debug info
+        // the guest never reads) or many package files. A directory of its own: a renewed
+        // guest's 9p cache may still know the names earlier leaseholders used.
+        let through_inbox = match &inbox {
+            Some(inbox) if inbox_mounted || size > PUT_LIMIT || package_files > PUT_FILES => {
                 let token = crate::host::random_hex(8)?;
-                std::fs::create_dir(inbox.join(&token))
+                let host = inbox.join(&token);
+                std::fs::create_dir(&host)
                     .with_context(|| format!("cannot create a directory in the guest's inbox `{}`", inbox.display()))?;
-                let linked = inbox.join(&token).join(&name);
-                if std::fs::hard_link(program.path, &linked).is_err() {
-                    std::fs::copy(program.path, &linked)
-                        .with_context(|| format!("cannot copy `{}` into the guest's inbox", program.path.display()))?;
-                }
                 if !inbox_mounted {
                     agent.mount_9p(snapshot::INBOX_TAG, snapshot::INBOX_GUEST_PATH).await?;
                 }
-                format!("{}/{token}/{name}", snapshot::INBOX_GUEST_PATH)
+                Some((host, format!("{}/{token}", snapshot::INBOX_GUEST_PATH)))
             }
-            _ => {
+            _ => None,
+        };
+        let guest_program = match &through_inbox {
+            Some((host, guest)) => {
+                link_or_copy(program.path, &host.join(&name))?;
+                format!("{guest}/{name}")
+            }
+            None => {
                 let guest_program = format!("/kiln/bin/{name}");
                 let bytes =
                     std::fs::read(program.path).with_context(|| format!("cannot read `{}`", program.path.display()))?;
@@ -124,19 +141,19 @@ pub(crate) fn run(
         };
         let mut argv = vec![guest_program];
         argv.extend(program.args.iter().cloned());
-        for (path, kind) in &program.copies {
-            let guest_path = path.to_string_lossy();
-            match kind {
-                CopyKind::File => {
-                    let mode =
-                        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path)?.permissions()) & 0o7777;
-                    let content = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-                    agent.put(&guest_path, mode, &content).await?;
+        for (index, (dir, entries)) in packages.iter().enumerate() {
+            match &through_inbox {
+                // Nothing but directories: nothing to show (the working directory is made).
+                _ if entries.iter().all(|(_, kind)| *kind == CopyKind::Dir) => {}
+                Some((host, guest)) => {
+                    let view = format!("package{index}");
+                    link_tree(dir, entries, &host.join(&view))?;
+                    agent.writable_view(&format!("{guest}/{view}"), &dir.to_string_lossy()).await?;
                 }
-                CopyKind::Symlink(target) => agent.symlink(&guest_path, target).await?,
-                CopyKind::Dir => {}
+                None => put_copies(&mut agent, entries).await?,
             }
         }
+        put_copies(&mut agent, &program.copies).await?;
         let mut stdout = std::io::stdout();
         let mut stderr = std::io::stderr();
         let input = program.forward_stdin.then(tokio::io::stdin);
@@ -179,6 +196,58 @@ pub(crate) fn run(
             program.timeout.as_secs()
         )),
     })
+}
+
+/// Puts host files and symlinks into the guest at the same paths.
+async fn put_copies(agent: &mut AgentClient, copies: &[(PathBuf, CopyKind)]) -> anyhow::Result<()> {
+    for (path, kind) in copies {
+        let guest_path = path.to_string_lossy();
+        match kind {
+            CopyKind::File => {
+                let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path)?.permissions()) & 0o7777;
+                let content = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+                agent.put(&guest_path, mode, &content).await?;
+            }
+            CopyKind::Symlink(target) => agent.symlink(&guest_path, target).await?,
+            CopyKind::Dir => {}
+        }
+    }
+    Ok(())
+}
+
+/// Hard-links `from` to `to`, or copies it where a link cannot be made (another file system).
+fn link_or_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to)
+            .with_context(|| format!("cannot copy `{}` into the guest's inbox `{}`", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+/// Recreates the package directory `dir`'s `entries` (from
+/// [`package_copies`](crate::guest::package_copies)) below `to`: directories made, files linked
+/// (or copied), symlinks made with the same targets.
+fn link_tree(dir: &Path, entries: &[(PathBuf, CopyKind)], to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create `{}`", to.display()))?;
+    for (path, kind) in entries {
+        let Ok(relative) = path.strip_prefix(dir) else { continue };
+        if relative.as_os_str().is_empty() {
+            continue;
+        }
+        let target = to.join(relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
+        }
+        match kind {
+            CopyKind::Dir => {
+                std::fs::create_dir_all(&target).with_context(|| format!("cannot create `{}`", target.display()))?;
+            }
+            CopyKind::File => link_or_copy(path, &target)?,
+            CopyKind::Symlink(link) => std::os::unix::fs::symlink(link, &target)
+                .with_context(|| format!("cannot make the link `{}`", target.display()))?,
+        }
+    }
+    Ok(())
 }
 
 /// A warm guest from the pool's keeper for this snapshot, starting the keeper when none
