@@ -16,7 +16,9 @@ fn key(arches: &str, n: u8) -> String {
 }
 
 /// Caches on main, on open pull request 9 and on closed pull request 12 (one of another key
-/// shape, and one of another tool), plus caches kiln did not write.
+/// shape, and one of another tool), caches of kiln's own build on main (the built tool under
+/// two toolchains, and its dependencies) as the action's tool-key.sh names them, plus caches
+/// kiln did not write.
 fn seed(fake: &FakeGitHub) {
     let seeded = [
         (1, key("riscv64", 1), "refs/heads/main", "2026-11-01T00:00:00Z"),
@@ -31,6 +33,9 @@ fn seed(fake: &FakeGitHub) {
         (10, key("riscv64", 10), "refs/pull/12/merge", "2026-11-06T00:00:00Z"),
         (11, "kiln-prune-tool-Linux-abc".to_owned(), "refs/pull/12/merge", "2026-11-06T00:00:00Z"),
         (12, "cargo-registry-def".to_owned(), "refs/pull/12/merge", "2026-11-06T00:00:00Z"),
+        (13, tool_key("aaaaaaaaaaaa", ""), "refs/heads/main", "2026-11-01T00:00:00Z"),
+        (14, tool_key("bbbbbbbbbbbb", ""), "refs/heads/main", "2026-11-07T00:00:00Z"),
+        (15, tool_key("aaaaaaaaaaaa", "deps-"), "refs/heads/main", "2026-11-01T00:00:00Z"),
     ];
     let mut state = fake.state.lock().expect("state");
     state.caches = seeded
@@ -44,6 +49,11 @@ fn seed(fake: &FakeGitHub) {
         })
         .collect();
     state.pulls = vec![(9, "open"), (12, "closed")];
+}
+
+/// A key of kiln's own build: `kiln-tool-OS-HOST-RUSTC-[deps-]DIGEST`.
+fn tool_key(rustc: &str, deps: &str) -> String {
+    format!("kiln-tool-Linux-x86_64-unknown-linux-gnu-{rustc}-{deps}d7591e8877421a3f8459")
 }
 
 fn left(fake: &FakeGitHub) -> Vec<i64> {
@@ -60,26 +70,34 @@ fn prune_caches_removes_closed_pull_requests_caches_and_keeps_the_newest_per_bra
     let dry = kiln(&project, &fake, TOKEN, &["ci", "prune-caches", "--keep", "1", "--dry-run"]);
     let out = stdout_of(&dry);
     assert!(dry.status.success(), "{}", stderr_of(&dry));
-    assert!(out.contains("6 of 10 kiln caches would free 6.0 MiB (2 of closed pull requests;"), "{out}");
+    assert!(out.contains("7 of 13 kiln caches would free 7.0 MiB (2 of closed pull requests;"), "{out}");
+    // A new toolchain's build of kiln supersedes the old one's; its dependencies are their own family.
+    assert!(
+        out.contains(&format!(
+            "would delete {} (refs/heads/main, 1.0 MiB): newer caches of its branch and key family are kept",
+            tool_key("aaaaaaaaaaaa", "")
+        )),
+        "{out}"
+    );
     assert!(
         out.contains(
             "would delete kiln-prune-tool-Linux-abc (refs/pull/12/merge, 1.0 MiB): pull request #12 is closed"
         ),
         "{out}"
     );
-    assert_eq!(left(&fake).len(), 12, "a dry run deletes nothing");
+    assert_eq!(left(&fake).len(), 15, "a dry run deletes nothing");
 
     fake.clear_requests();
     let pruned = kiln(&project, &fake, TOKEN, &["ci", "prune-caches", "--keep", "1"]);
     assert!(pruned.status.success(), "{}", stderr_of(&pruned));
     // Pull request 12 is closed: both its kiln caches went, whatever their key's shape; the
     // other tool's cache on it stays. Pull request 9 is open: its newest stays.
-    assert_eq!(left(&fake), [2, 5, 7, 8, 9, 12], "{}", stdout_of(&pruned));
+    assert_eq!(left(&fake), [2, 5, 7, 8, 9, 12, 14, 15], "{}", stdout_of(&pruned));
     let seen = fake.requests();
     let pulls_asked: Vec<&str> = seen.iter().filter(|s| s.url.contains("/pulls/")).map(|s| s.url.as_str()).collect();
     assert_eq!(pulls_asked, ["/repos/kiln-dev/demo/pulls/9", "/repos/kiln-dev/demo/pulls/12"], "each once");
     let listed_pages = seen.iter().filter(|s| s.method == "GET" && s.url.contains("/actions/caches")).count();
-    assert!(listed_pages >= 5, "ten kiln caches, two per page: {seen:?}");
+    assert!(listed_pages >= 7, "thirteen kiln caches, two per page: {seen:?}");
     assert!(seen.iter().all(|s| s.authorized), "every request carried the token");
 }
 
@@ -91,7 +109,7 @@ fn prune_caches_for_one_pull_request_removes_only_its_caches_at_once() {
     let pruned = kiln(&project, &fake, TOKEN, &["ci", "prune-caches", "--pr", "9"]);
     let out = stdout_of(&pruned);
     assert!(pruned.status.success(), "{}", stderr_of(&pruned));
-    assert_eq!(left(&fake), [1, 2, 3, 6, 7, 8, 9, 10, 11, 12], "{out}");
+    assert_eq!(left(&fake), [1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], "{out}");
     assert!(out.contains("2 of 2 kiln caches freed 2.0 MiB (only pull request #9's)"), "{out}");
     let seen = fake.requests();
     assert!(!seen.iter().any(|s| s.url.contains("/pulls/")), "no state asked: the run names the pull request");
@@ -100,7 +118,7 @@ fn prune_caches_for_one_pull_request_removes_only_its_caches_at_once() {
 
     let again = kiln(&project, &fake, TOKEN, &["ci", "prune-caches", "--pr", "12"]);
     assert!(again.status.success(), "{}", stderr_of(&again));
-    assert_eq!(left(&fake), [1, 2, 3, 6, 7, 8, 9, 12]);
+    assert_eq!(left(&fake), [1, 2, 3, 6, 7, 8, 9, 12, 13, 14, 15]);
 }
 
 #[test]
@@ -116,7 +134,7 @@ fn prune_caches_with_a_token_that_cannot_delete_names_the_call_and_the_permissio
     assert!(err.contains("(DELETE /repos/kiln-dev/demo/actions/caches/1)"), "the call is named: {err}");
     assert!(err.contains("`permissions: actions: write`"), "the fix is named: {err}");
     assert!(!err.contains(TOKEN), "the token is never printed");
-    assert_eq!(left(&fake).len(), 12, "nothing deleted");
+    assert_eq!(left(&fake).len(), 15, "nothing deleted");
     let deletes = fake.requests().iter().filter(|s| s.method == "DELETE").count();
     assert_eq!(deletes, 1, "a 403 is not retried, and the run stops at the first refusal");
 }

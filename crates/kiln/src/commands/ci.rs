@@ -60,12 +60,30 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// The family of a key the action wrote: everything before the closure digest
-/// (`PREFIX-OS-ARCHES-kiln-v1-s1-HOST-VERB-`), or `None` for a key of another shape.
-fn family(key: &str) -> Option<&str> {
-    let re =
-        regex::Regex::new(r"^(.+-kiln-v\d+-s\d+-[a-z0-9_]+-(?:test|build)-)[0-9a-f]{32}(?:-incomplete-.+)?$").ok()?;
-    re.captures(key).and_then(|c| c.get(1)).map(|m| m.as_str())
+/// The family of a key kiln's action or kiln-prune.yml wrote: the key without its digests, or
+/// `None` for a key of another shape.
+/// - a store: `PREFIX-OS-ARCHES-kiln-v1-s1-HOST-VERB-` (then the closure digest, and a failed
+///   run's `-incomplete-…`);
+/// - kiln's own build: `PREFIX-tool-OS-HOST-` for the built tool and `PREFIX-tool-OS-HOST-deps-`
+///   for its dependencies (the key's toolchain digest is left out, so a new toolchain's build
+///   supersedes the old one's);
+/// - kiln-prune.yml's build of the xtask: `PREFIX-prune-tool-OS-`.
+fn family(key: &str) -> Option<String> {
+    static SHAPES: std::sync::LazyLock<Vec<regex::Regex>> = std::sync::LazyLock::new(|| {
+        [
+            r"^(?P<family>.+-kiln-v\d+-s\d+-[a-z0-9_]+-(?:test|build)-)[0-9a-f]{32}(?:-incomplete-.+)?$",
+            r"^(?P<family>.+-tool-[A-Za-z]+-[a-z0-9_]+(?:-[a-z0-9_]+)*-)[0-9a-f]{12}-(?P<deps>deps-)?[0-9a-f]{20}$",
+            r"^(?P<family>.+-prune-tool-[A-Za-z]+-)[0-9a-f]{64}$",
+        ]
+        .iter()
+        .filter_map(|shape| regex::Regex::new(shape).ok())
+        .collect()
+    });
+    SHAPES.iter().find_map(|shape| {
+        let captures = shape.captures(key)?;
+        let deps = captures.name("deps").map_or("", |m| m.as_str());
+        Some(format!("{}{deps}", captures.name("family")?.as_str()))
+    })
 }
 
 /// The git ref GitHub gives the caches of pull request `number`.
@@ -87,7 +105,7 @@ fn pull_number(git_ref: &str) -> Option<u64> {
 /// unless their pull request is closed.
 fn doomed<'a>(caches: &'a [CacheEntry], closed: &BTreeSet<u64>, keep: usize) -> Vec<(&'a CacheEntry, Reason)> {
     let mut doomed = Vec::new();
-    let mut groups: BTreeMap<(&str, &str), Vec<&CacheEntry>> = BTreeMap::new();
+    let mut groups: BTreeMap<(&str, String), Vec<&CacheEntry>> = BTreeMap::new();
     for cache in caches {
         let git_ref = cache.git_ref.as_deref().unwrap_or_default();
         match pull_number(git_ref) {
@@ -200,10 +218,24 @@ mod tests {
     #[test]
     fn families_cut_the_digest_and_an_incomplete_suffix() {
         let key = "kiln-Linux-riscv64-kiln-v1-s1-x86_64-test-0123456789abcdef0123456789abcdef";
-        assert_eq!(family(key), Some("kiln-Linux-riscv64-kiln-v1-s1-x86_64-test-"));
+        assert_eq!(family(key).as_deref(), Some("kiln-Linux-riscv64-kiln-v1-s1-x86_64-test-"));
         let red = format!("{key}-incomplete-42-1-deadbeef");
         assert_eq!(family(&red), family(key));
         assert_eq!(family("kiln-something-else"), None);
+    }
+
+    #[test]
+    fn the_tools_builds_are_two_families_whatever_the_toolchain() {
+        // As the action's tool-key.sh and kiln-prune.yml write them.
+        let built = "kiln-tool-Linux-x86_64-unknown-linux-gnu-0f1e5974425d-d7591e8877421a3f8459";
+        let deps = "kiln-tool-Linux-x86_64-unknown-linux-gnu-0f1e5974425d-deps-46325179e99b6a8e1cf1";
+        let newer_rustc = "kiln-tool-Linux-x86_64-unknown-linux-gnu-aaaaaaaaaaaa-d7591e8877421a3f8459";
+        assert_eq!(family(built).as_deref(), Some("kiln-tool-Linux-x86_64-unknown-linux-gnu-"));
+        assert_eq!(family(deps).as_deref(), Some("kiln-tool-Linux-x86_64-unknown-linux-gnu-deps-"));
+        assert_eq!(family(newer_rustc), family(built));
+        let prune = format!("kiln-prune-tool-Linux-{}", "ab".repeat(32));
+        assert_eq!(family(&prune).as_deref(), Some("kiln-prune-tool-Linux-"));
+        assert_eq!(family("kiln-tool-Linux-x86_64-unknown-linux-gnu-0f1e5974425d-short"), None);
     }
 
     #[test]
