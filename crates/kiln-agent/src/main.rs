@@ -228,12 +228,13 @@ fn serve(mut input: impl BufRead, sink: &Sink, in_guest: Option<&Result<sandbox:
                     None => Err("sandboxes are made only inside a guest, never under --stdio".to_owned()),
                     Some(Err(err)) => Err(err.clone()),
                     Some(Ok(sandboxes)) => sandbox::kill_all_others().and_then(|()| {
-                        // The previous leaseholder's programs are dead: their threads end
+                        // The previous leaseholder's programs are dying: their threads end
                         // with their last output, so none of it follows this answer.
                         for thread in running.drain(..) {
                             let _ = thread.join();
                         }
                         inputs.clear();
+                        sandbox::reap_all()?;
                         sandboxes.renew()
                     }),
                 };

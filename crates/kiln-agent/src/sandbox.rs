@@ -35,7 +35,7 @@ impl Sandboxes {
     }
 
     /// Tears the previous sandbox down and enters a fresh one; call after
-    /// [`kill_all_others`], once the agent's own children are reaped.
+    /// [`kill_all_others`] and [`reap_all`].
     pub(crate) fn renew(&self) -> Result<(), String> {
         self.leave()?;
         // Nothing mounted there is not an error: the first sandbox has no predecessor.
@@ -121,46 +121,44 @@ fn build() -> Result<PathBuf, String> {
     Ok(root)
 }
 
-/// Sends SIGKILL to every process but init, the agent and the kernel's own threads, and
-/// waits (a little) until they are gone.
+/// Sends SIGKILL to every process but init and the agent (kernel threads ignore it). The
+/// first call also makes the agent its descendants' reaper: a process whose parent dies (a
+/// daemon that left its session) becomes the agent's child, so [`reap_all`] can wait for
+/// every one of them.
 pub(crate) fn kill_all_others() -> Result<(), String> {
+    // SAFETY: prctl with these arguments only sets a flag of this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!("cannot make the agent its descendants' reaper: {}", std::io::Error::last_os_error()));
+    }
     // SAFETY: kill(-1) signals every process this one may signal except init and itself;
     // the caller makes sure this runs inside a guest.
-    let sent = unsafe { libc::kill(-1, libc::SIGKILL) };
-    if sent != 0 {
+    if unsafe { libc::kill(-1, libc::SIGKILL) } != 0 {
         let err = std::io::Error::last_os_error();
-        // ESRCH: there was nobody to kill (the common case: a run's programs end with it).
-        if err.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(());
+        // ESRCH: there was nobody to kill.
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(format!("cannot end the previous run's processes: {err}"));
         }
-        return Err(format!("cannot end the previous run's processes: {err}"));
-    }
-    let started = Instant::now();
-    while let Some(pid) = a_living_other() {
-        if started.elapsed() > DEATH_DEADLINE {
-            return Err(format!("process {pid} of the previous run did not die"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
 }
 
-/// A process other than init and the agent that is not a kernel thread and not a zombie.
-fn a_living_other() -> Option<u32> {
-    let own = std::process::id();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        if pid == 1 || pid == own {
-            return None;
+/// Waits for and reaps every child the agent has left (after [`kill_all_others`], and once
+/// the threads that wait for their own programs are done), within [`DEATH_DEADLINE`].
+pub(crate) fn reap_all() -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only into `status`.
+        match unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } {
+            // ECHILD: no child left.
+            -1 => return Ok(()),
+            0 if started.elapsed() > DEATH_DEADLINE => {
+                return Err(format!("a process of the previous run did not die within {}s", DEATH_DEADLINE.as_secs()));
+            }
+            0 => std::thread::sleep(Duration::from_millis(1)),
+            _ => {}
         }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-        // `PID (COMM) STATE PPID ...`; COMM may hold spaces and parentheses.
-        let mut after = stat.rsplit_once(')')?.1.split_whitespace();
-        let (state, ppid) = (after.next()?, after.next()?);
-        // Kernel threads are kthreadd (2) and its children; zombies wait only for a reaper.
-        let kernel = pid == 2 || ppid == "2";
-        (!kernel && state != "Z" && state != "X").then_some(pid)
-    })
+    }
 }
 
 /// Unmounts `path` and everything below it.
