@@ -250,8 +250,18 @@ fn link_tree(dir: &Path, entries: &[(PathBuf, CopyKind)], to: &Path) -> anyhow::
     Ok(())
 }
 
+/// How long a leaseholder waits for a pool keeper that is starting to listen: it binds its
+/// socket as soon as it has the snapshot, so a longer start is a snapshot being made.
+const KEEPER_START: Duration = Duration::from_secs(3);
+
+/// How long a leaseholder waits for a guest that the keeper is renewing or restoring.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+
 /// A warm guest from the pool's keeper for this snapshot, starting the keeper when none
-/// runs. `None` (restore one here) while the keeper starts or has no idle guest.
+/// runs. A keeper that is starting restores all its guests at once, so the run waits for one
+/// of them rather than restore one more on the same CPUs. `None` (restore one here) when no
+/// keeper listens within [`KEEPER_START`], when it leaves, or when it has no guest within
+/// [`LEASE_WAIT`].
 fn lease_from_pool(
     executor: &Executor,
     target: &SnapshotTarget,
@@ -260,13 +270,27 @@ fn lease_from_pool(
 ) -> anyhow::Result<Option<lease::Lease>> {
     let closure = target.closure();
     let socket = keeper::pool_socket(executor.work_dir(), &closure)?;
-    if let Ok(Some(lease)) = lease::take(&socket, Some(Duration::from_secs(10))) {
+    if let Ok(Some(lease)) = lease::take(&socket, Some(LEASE_WAIT)) {
         return Ok(Some(lease));
     }
-    if keeper::keeper_running(&socket)? {
-        return Ok(None);
+    let mut started = None;
+    if !keeper::keeper_running(&socket)? {
+        let spec = spec(KeeperRole::Pool { size, closure: closure.to_string() });
+        started = Some(spec.spawn(&keeper::pool_log(executor.work_dir(), spec.arch.as_str()))?);
     }
-    let spec = spec(KeeperRole::Pool { size, closure: closure.to_string() });
-    spec.spawn(&keeper::pool_log(executor.work_dir(), spec.arch.as_str()))?;
+    let deadline = std::time::Instant::now() + KEEPER_START;
+    while std::time::Instant::now() < deadline {
+        // The keeper this run started left: another one won the socket, or it failed (its
+        // log says why).
+        if let Some(child) = started.as_mut()
+            && child.try_wait()?.is_some()
+        {
+            return Ok(None);
+        }
+        if lease::connect(&socket).is_some() {
+            return Ok(lease::take(&socket, Some(LEASE_WAIT)).ok().flatten());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     Ok(None)
 }
