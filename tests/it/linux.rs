@@ -306,8 +306,11 @@ fn run_on_a_snapshot_restores_a_fresh_guest_each_time() {
     assert!(out.starts_with("//! Runs inside kiln's example Linux guest"), "the package directory is there: {out}");
     assert_eq!(snapshots(), 1, "the second run restores the same snapshot");
 
-    // A guest that dies under its program fails the run with the console's last words.
-    let panicked = run("echo before; echo c > /proc/sysrq-trigger; sleep 10");
+    // A guest that dies under its program fails the run with the console's last words. What
+    // the program wrote is relayed by the agent as it comes; a crash in the same instant can
+    // beat the relay (a host's own crash loses unflushed output too), so the program waits a
+    // moment before it crashes the guest.
+    let panicked = run("echo before; sleep 1; echo c > /proc/sysrq-trigger; sleep 10");
     assert_eq!(panicked.status.code(), Some(3), "{}", stderr_of(&panicked));
     assert_eq!(stdout_of(&panicked), "before\n");
     let err = stderr_of(&panicked);
