@@ -307,6 +307,7 @@ impl Keeper {
                             leased += 1;
                             returning += usize::from(promised);
                             reused += u64::from(used);
+                            last_lease = Instant::now();
                         }
                         Err(ready) => idle.push_front(*ready),
                     }
@@ -349,27 +350,18 @@ impl Keeper {
                             idle.push_front(ready);
                         }
                     }
-                    Event::Asked(client, Ask::Lease) => match idle.pop_front() {
-                        Some(ready) => {
-                            let used = ready.uses > 0;
-                            match self.grant(client, ready, &events) {
-                                Ok(promised) => {
-                                    leased += 1;
-                                    returning += usize::from(promised);
-                                    reused += u64::from(used);
-                                    last_lease = Instant::now();
-                                }
-                                Err(ready) => idle.push_front(*ready),
-                            }
-                        }
-                        // A pool with nothing on its way answers at once; a guest being
-                        // renewed or restored is worth waiting for (the client waits a few
-                        // seconds, then restores one itself).
-                        None if matches!(self.kind, Kind::Pool { .. }) && restoring + returning == 0 => {
+                    // A pool with no guest idle or on its way answers at once; otherwise the
+                    // client is granted one at the top of the loop, in the order asked (a
+                    // guest being renewed or restored is worth waiting for: the client waits
+                    // a few seconds, then restores one itself).
+                    Event::Asked(client, Ask::Lease) => {
+                        let pool = matches!(self.kind, Kind::Pool { .. });
+                        if pool && idle.is_empty() && restoring + returning == 0 {
                             let _ = send_answer(client.as_fd(), &Answer::Busy, None);
+                        } else {
+                            waiters.push_back(client);
                         }
-                        None => waiters.push_back(client),
-                    },
+                    }
                     Event::Asked(client, Ask::Status) => {
                         let status = KeeperStatus {
                             kind: match self.kind { Kind::Pool { .. } => "pool", Kind::Session { .. } => "session" }.to_owned(),
