@@ -30,9 +30,10 @@ fn run_setup_script(cx: &Cx) -> anyhow::Result<()> {
         return Ok(());
     }
     cx.printer().status("Preparing", &format!("{SETUP_SCRIPT} (test packages and downloads)"));
-    let status = std::process::Command::new("bash")
+    // As every tool kiln runs: without the RUSTUP_TOOLCHAIN that rustup's proxy set for
+    // `cargo xtask`, so toolchain files in the project decide which toolchain gets installed.
+    let status = exec::tool_command("bash", cx.root())
         .arg(&script)
-        .current_dir(cx.root())
         .status()
         .with_context(|| format!("cannot run `{}`", script.display()))?;
     if !status.success() {
