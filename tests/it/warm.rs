@@ -104,19 +104,26 @@ fn pooled_runs_reuse_warm_guests_in_fresh_sandboxes_and_the_pool_stops_with_its_
             .output()
             .expect("kiln")
     };
-    // Each run leaves a file in /tmp, one in the package directory, a tmpfs file and a
-    // process that left its session (`sleep $n`, so that this script's own command line
-    // does not match); the next run on the same (renewed) guest sees none of them.
+    // Each run leaves a file in /tmp, one in the package directory, a tmpfs file, a process
+    // that left its session (`sleep $n`, so that this script's own command line does not
+    // match), a POSIX message queue (System V IPC's namespace) and a host name; the next run
+    // on the same (renewed) guest sees none of them.
     let script = "for f in /tmp/leak leak /dev/shm/leak; do test -e $f && echo leaked $f; touch $f; done; \
                   ps | grep -q '[s]leep 300' && echo leaked process; \
                   n=300; setsid sleep $n </dev/null >/dev/null 2>&1 & \
+                  mkdir -p /run/mq && mount -t mqueue mq /run/mq || echo no mqueue; \
+                  test -e /run/mq/leak && echo leaked message queue; touch /run/mq/leak; \
+                  test \"$(hostname)\" = leak && echo leaked host name; hostname leak; \
                   uname -m; cat src/main.rs | head -1; exit 4";
     for round in 0..4 {
         let out = run(script);
         assert_eq!(out.status.code(), Some(4), "round {round}: {}", stderr_of(&out));
         let text = stdout_of(&out);
         assert!(text.starts_with("aarch64\n//! Runs inside kiln's example Linux guest"), "round {round}: {text}");
-        assert!(!text.contains("leaked"), "round {round}: every run gets a clean guest: {text}");
+        assert!(
+            !text.contains("leaked") && !text.contains("no mqueue"),
+            "round {round}: every run gets a clean guest: {text}"
+        );
         if round == 0 {
             // The first run started the keeper; give it the time to have a guest ready.
             let ready = wait_for(Duration::from_secs(120), || {
@@ -139,6 +146,43 @@ fn pooled_runs_reuse_warm_guests_in_fresh_sandboxes_and_the_pool_stops_with_its_
     let stop = project.command(&["vm", "stop", "--pools"]).output().expect("kiln");
     assert!(stop.status.success(), "{}", stderr_of(&stop));
     assert!(wait_for(Duration::from_secs(5), || project.live_qemu_pids().is_empty()), "the pool's guests die with it");
+}
+
+/// A program that leaves a daemon holding its stdout and stderr (a `setsid` in the
+/// background, as a test that starts a server does) ends when it ends, in every mode, with its
+/// status; a directory of the package directory renames as on a host filesystem (an overlay
+/// without `redirect_dir` answers EXDEV), and the host's stays as it was.
+#[test]
+fn a_run_ends_with_its_program_whatever_it_leaves_running_and_package_directories_rename() {
+    let project = Project::example(&linux_kiln_toml());
+    let unpacked = tempfile::tempdir().expect("tempdir");
+    let busybox = busybox(unpacked.path());
+    let package = tempfile::tempdir().expect("package");
+    std::fs::create_dir_all(package.path().join("testdata/nested")).expect("mkdir");
+    std::fs::write(package.path().join("testdata/nested/input.txt"), "fixture\n").expect("write");
+    let script = "mv testdata testdata.old && cat testdata.old/nested/input.txt && mkdir testdata; \
+                  echo before; setsid sleep 600 & echo after; exit 5";
+    for mode in [&[][..], &["--snapshot"][..], &["--pool", "1"][..]] {
+        let out = project
+            .command(&["--accel", "tcg", "run", "--timeout", "120s"])
+            .args(mode)
+            .arg("--")
+            .arg(&busybox)
+            .args(["sh", "-c", script])
+            .current_dir(package.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("kiln");
+        assert_eq!(out.status.code(), Some(5), "`kiln run {mode:?}`: {}", stderr_of(&out));
+        assert_eq!(stdout_of(&out), "fixture\nbefore\nafter\n", "`kiln run {mode:?}`: {}", stderr_of(&out));
+        assert!(
+            package.path().join("testdata/nested/input.txt").is_file(),
+            "the host's package directory is untouched"
+        );
+        assert!(!package.path().join("testdata.old").exists(), "the rename stayed in the guest");
+    }
+    let stop = project.command(&["vm", "stop", "--pools"]).output().expect("kiln");
+    assert!(stop.status.success(), "{}", stderr_of(&stop));
 }
 
 #[test]

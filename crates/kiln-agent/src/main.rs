@@ -5,11 +5,19 @@
 //! killed when it ends.
 
 use std::{
+    fs::File,
     io::{BufRead, BufReader, Read, Write},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use base64::Engine as _;
@@ -380,10 +388,11 @@ fn exec(
             Input::Once(_) => {}
         })
     });
+    let program_ended = Arc::new(AtomicBool::new(false));
     let relays: Vec<_> = [
-        merged.map(|pipe| relay(pipe, id, sink.clone(), Body::Stdout)),
-        child.stdout.take().map(|pipe| relay(pipe, id, sink.clone(), Body::Stdout)),
-        child.stderr.take().map(|pipe| relay(pipe, id, sink.clone(), Body::Stderr)),
+        merged.map(|pipe| relay(pipe.into(), id, sink.clone(), Body::Stdout, program_ended.clone())),
+        child.stdout.take().map(|pipe| relay(pipe.into(), id, sink.clone(), Body::Stdout, program_ended.clone())),
+        child.stderr.take().map(|pipe| relay(pipe.into(), id, sink.clone(), Body::Stderr, program_ended.clone())),
     ]
     .into_iter()
     .flatten()
@@ -392,11 +401,15 @@ fn exec(
     if let Ok(mut map) = leaders.lock() {
         map.remove(&id);
     }
-    // What the program left running would hold its pipes open.
+    // What the program left running in its process group would hold its pipes open.
     // SAFETY: kill with a negative pid signals that process group; no memory is involved.
     unsafe {
         libc::kill(-leader, libc::SIGKILL);
     }
+    // A daemon that left the session (`setsid`, a double fork) may hold them still: the
+    // program has ended, as it would for cargo on the host, so the relays take what the pipes
+    // hold and stop instead of waiting for that daemon's end.
+    program_ended.store(true, Ordering::Release);
     for relay in relays {
         let _ = relay.join();
     }
@@ -520,21 +533,61 @@ fn remove(root: &Path, paths: &[String]) -> Result<Reply, String> {
     Ok(Reply::default())
 }
 
+/// Sends what `pipe` carries as `wrap` responses until its end, or, once `program_ended` is
+/// set, until it holds nothing more to read within [`LINGER`] or [`LAST_OUTPUT`] has passed
+/// (a process outside the program's group still holds it open).
 fn relay(
-    mut pipe: impl Read + Send + 'static,
+    pipe: OwnedFd,
     id: u64,
     sink: Sink,
     wrap: fn(String) -> Body,
+    program_ended: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; CHUNK];
+        let mut pipe = File::from(pipe);
+        let mut ended_at = None;
         loop {
+            if ended_at.is_none() && program_ended.load(Ordering::Acquire) {
+                ended_at = Some(Instant::now());
+            }
+            let wait = if ended_at.is_some() { LINGER } else { POLL_TICK };
+            match readable(&pipe, wait) {
+                Ok(true) if ended_at.is_some_and(|at| at.elapsed() > LAST_OUTPUT) => break,
+                Ok(true) => {}
+                Ok(false) if ended_at.is_some() => break,
+                Ok(false) => continue,
+                Err(_) => break,
+            }
             match pipe.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => send(&sink, id, wrap(encode(&buf[..n]))),
             }
         }
     })
+}
+
+/// How often a relay looks whether its program has ended while its pipe is quiet.
+const POLL_TICK: Duration = Duration::from_millis(50);
+/// How long a relay waits for more output once its program has ended.
+const LINGER: Duration = Duration::from_millis(20);
+/// How long after its program's end a relay stops, however much more comes (a daemon that
+/// keeps writing); what the program itself wrote is at most a pipe's capacity by then.
+const LAST_OUTPUT: Duration = Duration::from_secs(1);
+
+/// Whether `file` has something to read (or its end) within `timeout`.
+fn readable(file: &File, timeout: Duration) -> std::io::Result<bool> {
+    let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: poll reads and writes the one pollfd it is given.
+        match unsafe { libc::poll(&mut poll, 1, millis) } {
+            -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => continue,
+            -1 => return Err(std::io::Error::last_os_error()),
+            0 => return Ok(false),
+            _ => return Ok(true),
+        }
+    }
 }
 
 /// Writes a file whose content matches its BLAKE3, through a temporary file and a rename.
@@ -562,16 +615,9 @@ fn mount_9p(tag: &str, path: &str) -> Result<Reply, String> {
         return Ok(Reply::default());
     }
     std::fs::create_dir_all(path).map_err(|e| format!("cannot create {path}: {e}"))?;
-    let c = |text: &str| std::ffi::CString::new(text).map_err(|_| format!("`{text}` holds a NUL byte"));
-    let (source, target, fstype) = (c(tag)?, c(path)?, c("9p")?);
-    let options = c("trans=virtio,version=9p2000.L,msize=512000,cache=loose")?;
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let status = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), libc::MS_RDONLY, options.as_ptr().cast())
-    };
-    if status != 0 {
-        return Err(format!("cannot mount the 9p share {tag} at {path}: {}", std::io::Error::last_os_error()));
-    }
+    let options = "trans=virtio,version=9p2000.L,msize=512000,cache=loose";
+    sandbox::mount(Some(tag), Path::new(path), Some("9p"), libc::MS_RDONLY, options)
+        .map_err(|e| format!("the 9p share {tag}: {e}"))?;
     Ok(Reply::default())
 }
 

@@ -22,16 +22,26 @@ const SANDBOX_DIR: &str = "/run/kiln-sandbox";
 /// How long the previous leaseholder's processes may take to die.
 const DEATH_DEADLINE: Duration = Duration::from_secs(2);
 
-/// The agent's way back to the real root.
+/// The agent's way back to the real root and to the guest's own namespaces.
 pub(crate) struct Sandboxes {
     real_root: File,
+    /// The guest's System V IPC namespace (shared memory, semaphores, message queues) and its
+    /// host name's (UTS): each sandbox gets fresh ones, made from these.
+    real_namespaces: [(File, libc::c_int); 2],
 }
 
 impl Sandboxes {
-    /// Remembers the real root; call before any sandbox is made.
+    /// Remembers the real root and namespaces; call before any sandbox is made, on the
+    /// thread that serves requests (namespaces belong to a thread, and the threads that run
+    /// programs are started from it).
     pub(crate) fn new() -> Result<Self, String> {
         let real_root = File::open("/").map_err(|e| format!("cannot open the root directory: {e}"))?;
-        Ok(Self { real_root })
+        let namespace = |name: &str, kind| {
+            let path = format!("/proc/thread-self/ns/{name}");
+            File::open(&path).map(|file| (file, kind)).map_err(|e| format!("cannot open {path}: {e}"))
+        };
+        let real_namespaces = [namespace("ipc", libc::CLONE_NEWIPC)?, namespace("uts", libc::CLONE_NEWUTS)?];
+        Ok(Self { real_root, real_namespaces })
     }
 
     /// Tears the previous sandbox down and enters a fresh one; call after
@@ -40,8 +50,31 @@ impl Sandboxes {
         self.leave()?;
         // Nothing mounted there is not an error: the first sandbox has no predecessor.
         let _ = unmount(Path::new(SANDBOX_DIR));
+        self.fresh_namespaces()?;
         let root = build()?;
         enter(&root)
+    }
+
+    /// New IPC and UTS namespaces, copied from the guest's own (not from the previous
+    /// sandbox's, whose host name a leaseholder may have changed): a shared memory segment
+    /// or a host name one run leaves is not the next run's.
+    fn fresh_namespaces(&self) -> Result<(), String> {
+        let mut kinds = 0;
+        for (file, kind) in &self.real_namespaces {
+            // SAFETY: setns takes a namespace descriptor this value owns.
+            if unsafe { libc::setns(file.as_raw_fd(), *kind) } != 0 {
+                return Err(format!("cannot return to the guest's namespaces: {}", std::io::Error::last_os_error()));
+            }
+            kinds |= kind;
+        }
+        // SAFETY: unshare only detaches this thread from its namespaces.
+        if unsafe { libc::unshare(kinds) } != 0 {
+            return Err(format!(
+                "cannot make the sandbox's IPC and UTS namespaces: {} (does the guest's kernel have CONFIG_IPC_NS and CONFIG_UTS_NS?)",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
     }
 
     /// Back to the real root.
@@ -59,16 +92,27 @@ impl Sandboxes {
 pub(crate) fn writable_view(lower: &Path, path: &Path) -> Result<Reply, String> {
     static VIEWS: AtomicU32 = AtomicU32::new(0);
     let dir = PathBuf::from(format!("/run/kiln-view-{}", VIEWS.fetch_add(1, Ordering::Relaxed)));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    mount(Some("tmpfs"), &dir, Some("tmpfs"), 0, "mode=755")?;
+    overlay_on_tmpfs(lower, &dir, path)?;
+    Ok(Reply::default())
+}
+
+/// Mounts at `mount_point` (made when missing) an overlay of `lower` whose upper and work
+/// directories are on a new tmpfs at `dir`. Directories of the lower layer can be renamed, as on any filesystem
+/// (`redirect_dir=on`; without it, rename fails with EXDEV, which few programs handle);
+/// a kernel that does not know the option gets the overlay without it.
+fn overlay_on_tmpfs(lower: &Path, dir: &Path, mount_point: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    mount(Some("tmpfs"), dir, Some("tmpfs"), 0, "mode=755")?;
     let (upper, work) = (dir.join("upper"), dir.join("work"));
     for made in [&upper, &work] {
         std::fs::create_dir(made).map_err(|e| format!("cannot create {}: {e}", made.display()))?;
     }
-    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-    mount(Some("overlay"), path, Some("overlay"), 0, &options)?;
-    Ok(Reply::default())
+    // The mount point may be on that tmpfs (the sandbox's root is).
+    std::fs::create_dir_all(mount_point).map_err(|e| format!("cannot create {}: {e}", mount_point.display()))?;
+    let layers = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    mount(Some("overlay"), mount_point, Some("overlay"), 0, &format!("{layers},redirect_dir=on"))
+        .or_else(|_| mount(Some("overlay"), mount_point, Some("overlay"), 0, &layers))
+        .map_err(|e| format!("{e} (does the guest's kernel have overlayfs?)"))
 }
 
 /// chroot into `root` and make it the working directory.
@@ -87,15 +131,8 @@ fn enter(root: &Path) -> Result<(), String> {
 /// previous run's state).
 fn build() -> Result<PathBuf, String> {
     let dir = Path::new(SANDBOX_DIR);
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    mount(Some("tmpfs"), dir, Some("tmpfs"), 0, "mode=755")?;
-    let (upper, work, root) = (dir.join("upper"), dir.join("work"), dir.join("root"));
-    for path in [&upper, &work, &root] {
-        std::fs::create_dir(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    }
-    let options = format!("lowerdir=/,upperdir={},workdir={}", upper.display(), work.display());
-    mount(Some("overlay"), &root, Some("overlay"), 0, &options)
-        .map_err(|e| format!("{e} (does the guest's kernel have overlayfs?)"))?;
+    let root = dir.join("root");
+    overlay_on_tmpfs(Path::new("/"), dir, &root)?;
     let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| format!("cannot read the mounts: {e}"))?;
     for line in mounts.lines() {
         let mut fields = line.split_whitespace();
@@ -171,7 +208,8 @@ fn unmount(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn mount(
+/// mount(2), with the error naming the source and the target.
+pub(crate) fn mount(
     source: Option<&str>,
     target: &Path,
     kind: Option<&str>,

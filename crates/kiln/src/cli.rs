@@ -252,9 +252,12 @@ else kiln's built-in x86_64 and aarch64 guests (Debian's kernel and busybox, pin
 fetched once into ~/.cache/kiln/runner). The built-in Linux machines get min(host CPUs, 4) CPUs
 and 1 GiB unless `[machine.linux-ARCH]` sets `smp` or `memory`.
 
-The package directory (CARGO_MANIFEST_DIR, else the current directory) is shared read-only at
-the same path; the program runs there with cargo's CARGO_*/RUST_* variables and those listed in
-`[run] env`. Its exit status is kiln's; kiln's own failures (the guest did not finish) exit 3.";
+The package directory (CARGO_MANIFEST_DIR, else the current directory) appears at the same path,
+writable, and nothing written there reaches the host (an overlay over a read-only share); the
+program runs there with cargo's CARGO_*/RUST_* variables and those listed in `[run] env`. Its
+exit status is kiln's (a death by signal is re-raised); kiln's own failures (the guest did not
+finish) exit 3. The run ends when the program ends: what it left running is killed, and what a
+daemon that left its session writes afterwards is not waited for.";
 
 /// `run`.
 #[derive(Debug, Args)]
@@ -276,7 +279,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub snapshot: bool,
     /// Keep N restored guests idle and ready (implies `--snapshot`): a background keeper
-    /// restores and warms them; each run takes one, which is thrown away after it. `auto` (or
+    /// restores and warms them; each run takes one, which is then renewed for a later run
+    /// (every process killed, a fresh root, fresh IPC and host-name namespaces). `auto` (or
     /// `--pool` alone): one per job (`-j`, by default the host's CPUs); 0: no pool.
     #[arg(long, value_name = "N|auto", num_args = 0..=1, default_missing_value = "auto")]
     pub pool: Option<kiln_types::PoolSize>,

@@ -142,7 +142,7 @@ impl Cx {
             install: options.install,
             explain: options.explain,
             quiet_cargo: printer.verbosity() < Verbosity::Normal,
-            work_dir: config.root.join("target/kiln"),
+            work_dir: crate::config::work_dir(&config.root),
         };
         let executor = Executor::new(store, reporter.clone(), settings);
         #[cfg(feature = "remote")]
@@ -335,7 +335,12 @@ impl Cx {
 
     /// kiln's scratch directory for this project (logs, caches, keepers' files).
     pub(crate) fn work_dir(&self) -> PathBuf {
-        self.config.root.join("target/kiln")
+        crate::config::work_dir(&self.config.root)
+    }
+
+    /// Whether this context runs on kiln's built-in runner guests (no Kiln.toml was found).
+    pub(crate) fn is_builtin_runner(&self) -> bool {
+        self.builtin_runner
     }
 
     /// The directory of serial logs, created.

@@ -2,8 +2,8 @@
 //! runner (`target.<triple>.runner = ["cargo", "xtask", "run", "--"]`).
 //!
 //! Cold: the program goes into a per-boot archive appended to the rootfs, the package
-//! directory (cargo's `CARGO_MANIFEST_DIR`, else the current directory) is shared read-only at
-//! the same path over 9p (or copied in), the program runs there with cargo's environment, its
+//! directory (cargo's `CARGO_MANIFEST_DIR`, else the current directory) appears writable at
+//! the same path (a read-only 9p share under an overlay, or a copy), the program runs there with cargo's environment, its
 //! stdout and stderr reach kiln's own through two virtio consoles, and kiln exits with its exit
 //! status. Warm (`--snapshot`, `--pool N`, or `[run]`): `vm::program` runs it on a restored
 //! snapshot instead.

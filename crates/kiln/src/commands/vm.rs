@@ -292,19 +292,22 @@ fn stop(cx: &Cx, name: &str) -> anyhow::Result<u8> {
     Ok(exit_code::SUCCESS)
 }
 
-/// Stops every pool keeper of this project (their idle guests die with them).
+/// Stops every pool keeper of this project and of kiln's built-in runner guests (their idle
+/// guests die with them).
 fn stop_pools(cx: &Cx) -> anyhow::Result<u8> {
-    for info in keeper::running_keepers(&cx.work_dir())?.into_iter().filter(|info| info.kind == "pool") {
+    for (whose, info) in running_keepers(cx)?.into_iter().filter(|(_, info)| info.kind == "pool") {
         if keeper::stop(&info.socket)? {
-            cx.printer().status("Stopped", &format!("the {} run pool", info.arch));
+            cx.printer().status("Stopped", &format!("the {} run pool{whose}", info.arch));
         }
     }
     Ok(exit_code::SUCCESS)
 }
 
+/// Lists the running sessions and pools of this project and those of kiln's built-in runner
+/// guests (which `kiln run` uses in crates without a Kiln.toml), the latter marked.
 fn ls(cx: &Cx) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
-    for info in keeper::running_keepers(&cx.work_dir())? {
+    for (whose, info) in running_keepers(cx)? {
         let owner = info.owner.map_or_else(|| "-".to_owned(), |pid| pid.to_string());
         let status = keeper::status(&info.socket).map_or_else(
             || "starting".to_owned(),
@@ -312,11 +315,25 @@ fn ls(cx: &Cx) -> anyhow::Result<u8> {
         );
         writeln!(
             out,
-            "{:<8} {:<16} {:<8} keeper {:<8} owner {owner:<8} {status}",
+            "{:<8} {:<16} {:<8} keeper {:<8} owner {owner:<8} {status}{whose}",
             info.kind, info.name, info.arch, info.keeper_pid
         )?;
     }
     Ok(exit_code::SUCCESS)
+}
+
+/// The running keepers of this context's project, then, inside a project, those of the
+/// built-in runner guests, each with what [`ls`] and [`stop_pools`] add to its line.
+fn running_keepers(cx: &Cx) -> anyhow::Result<Vec<(&'static str, keeper::KeeperInfo)>> {
+    let mut keepers: Vec<_> = keeper::running_keepers(&cx.work_dir())?.into_iter().map(|info| ("", info)).collect();
+    if !cx.is_builtin_runner() {
+        // No per-user cache means no built-in runner has ever run: nothing to add.
+        if let Ok(dir) = crate::config::runner_dir() {
+            let builtin = keeper::running_keepers(&crate::config::work_dir(&dir))?;
+            keepers.extend(builtin.into_iter().map(|info| (" (built-in runner guests)", info)));
+        }
+    }
+    Ok(keepers)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use std::{
 
 use kiln_qemu::Machine;
 
-pub(crate) use builtin::{BUILTIN_ARCHES, write_runner_config};
+pub(crate) use builtin::{BUILTIN_ARCHES, runner_dir, write_runner_config};
 
 pub(crate) use artifact::Artifact;
 pub(crate) use case::{Case, CaseGuest};
@@ -137,6 +137,11 @@ impl ConfigChoice {
             Err(err) => Err(err),
         }
     }
+}
+
+/// The scratch directory of the project rooted at `root`: caches, logs, keepers' sockets.
+pub(crate) fn work_dir(root: &Path) -> PathBuf {
+    root.join("target/kiln")
 }
 
 impl Config {

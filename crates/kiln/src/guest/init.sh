@@ -119,6 +119,10 @@ if [ -f /kiln/command ]; then
     fi
     # What the command left running would hold the pipes open: end the whole session.
     kill -s KILL -- "-$leader" 2>/dev/null
+    # A daemon that left the session (setsid, a double fork) may hold them still. The command
+    # has ended, as it would for cargo on a host: the relays get half a second for what the
+    # pipes hold (at most a pipe's capacity each), then stop.
+    (usleep 500000; kill $relay_out $relay_err 2>/dev/null) &
     wait $relay_out $relay_err
 else
     echo "kiln-init: no /kiln/command in this image" >/dev/console

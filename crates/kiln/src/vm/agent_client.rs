@@ -192,7 +192,7 @@ impl AgentClient {
 
     /// Runs a program whose standard input is `input`, sent as it comes until it ends. kiln's
     /// own SIGINT and SIGTERM are passed on to the program's session in the guest (a second
-    /// one kills it), so Ctrl-C stops the command, not just kiln.
+    /// one kills it, a third stops waiting for it), so Ctrl-C stops the command, not just kiln.
     pub(crate) async fn exec_interactive<R: tokio::io::AsyncRead + Unpin + Send>(
         &mut self,
         argv: Vec<String>,
@@ -239,6 +239,8 @@ impl AgentClient {
                     }
                 }, if signals.is_some() => {
                     forwarded += 1;
+                    // A third one gives up on a guest that does not answer even SIGKILL.
+                    anyhow::ensure!(forwarded < 3, "interrupted: the program did not end after SIGKILL");
                     let signal = if forwarded > 1 { rustix::process::Signal::KILL.as_raw() } else { signal };
                     signal_requests.push(self.send(Op::Signal { exec: id, signal }).await?);
                     continue;
