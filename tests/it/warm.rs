@@ -180,7 +180,25 @@ fn a_run_ends_with_its_program_whatever_it_leaves_running_and_package_directorie
             "the host's package directory is untouched"
         );
         assert!(!package.path().join("testdata.old").exists(), "the rename stayed in the guest");
+        assert!(!stderr_of(&out).contains("cannot map"), "restores map the snapshot's memory: {}", stderr_of(&out));
     }
+    // The snapshot's memory, mapped by every restore: a sparse file of the guest's memory size
+    // (1 GiB) of which only what the booted guest uses takes disk space.
+    let mapped: Vec<_> = std::fs::read_dir(project.path().join("target/kiln/snapshots"))
+        .expect("the mapped memories' directory")
+        .flatten()
+        .map(|dir| dir.path().join("memory"))
+        .collect();
+    assert_eq!(mapped.len(), 1, "{mapped:?}");
+    let meta = std::fs::metadata(&mapped[0]).expect("the mapped memory");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(meta.len(), 1 << 30, "{}", mapped[0].display());
+    assert!(
+        meta.blocks() * 512 < meta.len() / 4,
+        "{} is not sparse: {} bytes on disk",
+        mapped[0].display(),
+        meta.blocks() * 512
+    );
     let stop = project.command(&["vm", "stop", "--pools"]).output().expect("kiln");
     assert!(stop.status.success(), "{}", stderr_of(&stop));
 }

@@ -22,6 +22,6 @@ pub use argv::Argv;
 pub use boot::{BootOutcome, BootRequest, Exit, SerialInput, SerialLine, boot, interactive};
 pub use errors::QemuError;
 pub use finisher::FinisherCommand;
-pub use machine::{BootMethod, Console, Device, Firmware, LinuxBoot, Machine, Ovmf, Share};
+pub use machine::{BootMethod, Console, Device, Firmware, LinuxBoot, Machine, MemoryBackend, Ovmf, Share};
 pub use process::{Qemu, Terminal, exit_of, version};
 pub use verdict::{FailReason, Judge, PassReason, Verdict};

@@ -209,6 +209,26 @@ pub struct LinuxBoot<'a> {
     pub qmp_socket: Option<&'a Path>,
     /// `-incoming`: load the guest's state from here instead of booting.
     pub incoming: Option<String>,
+    /// The guest's memory as a memory backend object of its own (needs `memory_mib`).
+    pub memory: Option<MemoryBackend<'a>>,
+}
+
+/// Guest memory as a memory backend object (`-object memory-backend-*,id=kiln-ram`), which
+/// names the memory the same whatever backs it: a booted snapshot is saved with its memory
+/// anonymous and restored with it mapped from a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryBackend<'a> {
+    /// Anonymous memory (`memory-backend-ram`).
+    Anonymous,
+    /// A file (`memory-backend-file`; QEMU creates it at the memory's size when missing).
+    /// `shared`: the guest's writes reach the file; otherwise it is mapped copy-on-write
+    /// and never changes.
+    File {
+        /// The file.
+        path: &'a Path,
+        /// Whether the guest's writes reach it.
+        shared: bool,
+    },
 }
 
 /// A QEMU profile: the machine, its CPU, memory, firmware, devices and extra arguments.
@@ -307,7 +327,7 @@ impl Machine {
 
     /// Renders the argument list that boots a Linux kernel with an initramfs, headless.
     pub fn linux_argv(&self, boot: &LinuxBoot<'_>, accel: Accel, console: Console) -> Argv {
-        let mut argv = self.base_argv(accel, console);
+        let mut argv = self.base_argv(accel, console, boot.memory);
         argv.pair("-kernel", boot.kernel).pair("-initrd", boot.initrd).pair("-append", boot.cmdline);
         if let Some((image, format)) = boot.disk {
             // On PCI, as the other virtio devices: `if=virtio` would be virtio-mmio on Arm.
@@ -410,7 +430,7 @@ impl Machine {
 
     /// Renders the argument list that boots `kernel` headless with the given console.
     pub fn argv(&self, kernel: &Path, accel: Accel, console: Console) -> Argv {
-        let mut argv = self.base_argv(accel, console);
+        let mut argv = self.base_argv(accel, console, None);
         for device in self.devices_to_render() {
             device.render(&mut argv);
         }
@@ -436,14 +456,30 @@ impl Machine {
     }
 
     /// The machine, CPU, memory, firmware and console: what every boot starts with.
-    fn base_argv(&self, accel: Accel, console: Console) -> Argv {
+    fn base_argv(&self, accel: Accel, console: Console, memory: Option<MemoryBackend<'_>>) -> Argv {
         let mut argv = Argv::default();
-        argv.pair("-machine", format!("{},accel={}", self.machine_type, accel.as_str()));
+        let memory = memory.zip(self.memory_mib);
+        let backend = if memory.is_some() { ",memory-backend=kiln-ram" } else { "" };
+        argv.pair("-machine", format!("{},accel={}{backend}", self.machine_type, accel.as_str()));
         if let Some(cpu) = &self.cpu {
             argv.pair("-cpu", cpu);
         }
         if let Some(memory) = self.memory_mib {
             argv.pair("-m", format!("{memory}M"));
+        }
+        match memory {
+            None => {}
+            Some((MemoryBackend::Anonymous, size)) => {
+                argv.pair("-object", format!("memory-backend-ram,id=kiln-ram,size={size}M"));
+            }
+            Some((MemoryBackend::File { path, shared }, size)) => {
+                let shared = if shared { "on" } else { "off" };
+                let mut object = std::ffi::OsString::from(format!(
+                    "memory-backend-file,id=kiln-ram,size={size}M,share={shared},mem-path="
+                ));
+                object.push(path);
+                argv.pair("-object", object);
+            }
         }
         if let Some(smp) = self.smp {
             argv.pair("-smp", smp.to_string());
@@ -593,6 +629,7 @@ mod tests {
             agent_socket: None,
             qmp_socket: None,
             incoming: None,
+            memory: None,
         };
         let argv = Machine::linux_default_for(Arch::X86_64).linux_argv(&boot, Accel::Tcg, Console::Captured);
         let argv = argv.display();
@@ -613,6 +650,39 @@ mod tests {
         riscv.devices.push(Device::SifiveTest);
         let argv = riscv.linux_argv(&boot, Accel::Tcg, Console::Captured).display();
         assert!(!argv.contains("-trace"), "{argv}");
+    }
+
+    #[test]
+    fn guest_memory_is_one_named_backend_anonymous_or_a_file() {
+        let boot = |shared| LinuxBoot {
+            kernel: Path::new("/k"),
+            initrd: Path::new("/i"),
+            cmdline: "quiet",
+            program_output: None,
+            program_input: None,
+            shares: Vec::new(),
+            disk: None,
+            agent_socket: None,
+            qmp_socket: None,
+            incoming: None,
+            memory: Some(if shared {
+                MemoryBackend::Anonymous
+            } else {
+                MemoryBackend::File { path: Path::new("/snap/ram"), shared }
+            }),
+        };
+        let machine = Machine::linux_default_for(Arch::Aarch64);
+        let saving = machine.linux_argv(&boot(true), Accel::Tcg, Console::Captured).display();
+        assert!(
+            saving.starts_with("-machine virt,accel=tcg,memory-backend=kiln-ram -cpu cortex-a57 -m 512M"),
+            "{saving}"
+        );
+        assert!(saving.contains("-object memory-backend-ram,id=kiln-ram,size=512M"), "{saving}");
+        let restoring = machine.linux_argv(&boot(false), Accel::Tcg, Console::Captured).display();
+        assert!(
+            restoring.contains("-object memory-backend-file,id=kiln-ram,size=512M,share=off,mem-path=/snap/ram"),
+            "{restoring}"
+        );
     }
 
     #[test]

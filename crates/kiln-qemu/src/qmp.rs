@@ -1,6 +1,7 @@
 //! A client for QEMU's machine protocol (QMP) on a Unix socket, and what booted snapshots
-//! need from it: stop a guest, save its whole state to a file, and on a fresh QEMU started
-//! with `-incoming`, wait for the state to load and let the guest run on.
+//! need from it: stop a guest, save its state to a file (its memory left in a shared memory
+//! file, when it has one), and on a fresh QEMU started with `-incoming defer`, load the state
+//! and let the guest run on.
 
 use std::{
     path::Path,
@@ -102,19 +103,46 @@ impl Qmp {
         }
     }
 
-    /// Stops the guest and saves its whole state to `file` (QEMU streams it through `cat`).
-    pub async fn save_state(&mut self, file: &Path, deadline: Duration) -> Result<(), QemuError> {
+    /// Stops the guest and saves its state to `file` (QEMU streams it through `cat`): all of
+    /// it, or, with `memory_in_file`, all but the memory a shared memory file holds already
+    /// (QEMU's `x-ignore-shared`), which the restore then maps from that file.
+    pub async fn save_state(&mut self, file: &Path, memory_in_file: bool, deadline: Duration) -> Result<(), QemuError> {
+        if memory_in_file {
+            self.ignore_shared_memory().await?;
+        }
         self.execute("stop", None).await?;
         let uri = format!("exec:cat > {}", shell_quote(&file.display().to_string()));
         self.execute("migrate", Some(json!({ "uri": uri }))).await?;
         self.wait_for_migration(deadline).await
     }
 
-    /// On a QEMU started with [`incoming_arg`]: waits for the state to load, then runs the
-    /// guest (a state saved while stopped comes back paused).
-    pub async fn resume_from_state(&mut self, deadline: Duration) -> Result<(), QemuError> {
-        self.wait_for_migration(deadline).await?;
+    /// On a QEMU started with `-incoming` [`DEFERRED`]: loads the state [`Qmp::save_state`]
+    /// wrote to `file` (with the same `memory_in_file`), then runs the guest (a state saved
+    /// while stopped comes back paused).
+    pub async fn resume_from_state(
+        &mut self,
+        file: &Path,
+        memory_in_file: bool,
+        deadline: Duration,
+    ) -> Result<(), QemuError> {
+        self.load_state(file, memory_in_file, deadline).await?;
         self.execute("cont", None).await?;
+        Ok(())
+    }
+
+    /// As [`Qmp::resume_from_state`], leaving the guest paused.
+    pub async fn load_state(&mut self, file: &Path, memory_in_file: bool, deadline: Duration) -> Result<(), QemuError> {
+        if memory_in_file {
+            // The stream's layout depends on it: both sides must agree.
+            self.ignore_shared_memory().await?;
+        }
+        self.execute("migrate-incoming", Some(json!({ "uri": incoming_uri(file) }))).await?;
+        self.wait_for_migration(deadline).await
+    }
+
+    async fn ignore_shared_memory(&mut self) -> Result<(), QemuError> {
+        let capability = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+        self.execute("migrate-set-capabilities", Some(capability)).await?;
         Ok(())
     }
 }
@@ -131,8 +159,11 @@ pub async fn connect_when_ready(path: &Path, deadline: Duration) -> std::io::Res
     }
 }
 
-/// `-incoming` for a QEMU that loads its state from `file`.
-pub fn incoming_arg(file: &Path) -> String {
+/// `-incoming` for a QEMU that waits for [`Qmp::resume_from_state`] to say where its state is.
+pub const DEFERRED: &str = "defer";
+
+/// The migration source that reads a state from `file`.
+fn incoming_uri(file: &Path) -> String {
     format!("exec:cat {}", shell_quote(&file.display().to_string()))
 }
 
@@ -147,6 +178,6 @@ mod tests {
 
     #[test]
     fn paths_in_exec_uris_are_quoted_for_the_shell() {
-        assert_eq!(incoming_arg(Path::new("/tmp/a b/it's")), r"exec:cat '/tmp/a b/it'\''s'");
+        assert_eq!(incoming_uri(Path::new("/tmp/a b/it's")), r"exec:cat '/tmp/a b/it'\''s'");
     }
 }

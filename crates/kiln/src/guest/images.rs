@@ -40,6 +40,8 @@ pub(crate) struct GuestIo<'a> {
     pub qmp_socket: Option<&'a Path>,
     /// Load the guest's state instead of booting (`-incoming`).
     pub incoming: Option<String>,
+    /// The guest's memory as a backend object of its own.
+    pub memory: Option<kiln_qemu::MemoryBackend<'a>>,
 }
 
 impl LinuxImages {
@@ -71,6 +73,7 @@ impl LinuxImages {
             agent_socket: io.agent_socket,
             qmp_socket: io.qmp_socket,
             incoming: io.incoming,
+            memory: io.memory,
         };
         machine.linux_argv(&boot, accel, console)
     }

@@ -60,11 +60,14 @@ pub(crate) const INBOX_GUEST_PATH: &str = "/kiln/inbox";
 /// The inbox in a guest's scratch directory.
 pub(crate) const INBOX_DIR: &str = "inbox";
 
-/// The QEMU arguments of a snapshot's machine, saving and restoring alike.
+/// The QEMU arguments of a snapshot's machine, saving and restoring alike; its memory is
+/// anonymous, or a file for [`MappedMemory`] (one named backend either way, so one state
+/// loads into both).
 pub(crate) fn argv(
     inputs: &SnapshotInputs<'_>,
     initrd: &Path,
     scratch: &Path,
+    memory: kiln_qemu::MemoryBackend<'_>,
     incoming: Option<String>,
 ) -> kiln_qemu::Argv {
     let (agent, qmp, inbox) = (scratch.join("agent"), scratch.join("qmp"), scratch.join(INBOX_DIR));
@@ -73,7 +76,14 @@ pub(crate) fn argv(
     } else {
         Vec::new()
     };
-    let io = GuestIo { agent_socket: Some(&agent), qmp_socket: Some(&qmp), incoming, shares, ..GuestIo::default() };
+    let io = GuestIo {
+        agent_socket: Some(&agent),
+        qmp_socket: Some(&qmp),
+        incoming,
+        shares,
+        memory: Some(memory),
+        ..GuestIo::default()
+    };
     // Freed pages are zeroed, and migration sends zero pages as flags only: the state
     // holds what the booted guest uses, not what it touched and let go while booting.
     let mut images = inputs.images.clone();
@@ -97,7 +107,8 @@ pub(crate) fn derivation(inputs: &SnapshotInputs<'_>) -> anyhow::Result<Derivati
         ..inputs.images.clone()
     };
     let shape = SnapshotInputs { images: &by_role, ..*inputs };
-    let rendered = argv(&shape, Path::new("INITRD"), Path::new("SCRATCH"), None).display();
+    let rendered =
+        argv(&shape, Path::new("INITRD"), Path::new("SCRATCH"), kiln_qemu::MemoryBackend::Anonymous, None).display();
     drv.setting("qemu-argv", rendered);
     drv.setting("qemu-version", qemu_version(inputs.machine.arch.qemu_binary())?);
     Ok(drv)
@@ -132,7 +143,7 @@ pub(crate) async fn create(inputs: &SnapshotInputs<'_>, agent_binary: &Path, out
     let mut monitor = Qmp::connect(&sockets.path().join("qmp"), Duration::from_secs(10)).await?;
     // The agent's connection stays open until the machine is stopped and saved: the guest
     // must not see kiln go away before the state is taken.
-    monitor.save_state(&out.join(STATE_FILE), Duration::from_secs(120)).await?;
+    monitor.save_state(&out.join(STATE_FILE), false, Duration::from_secs(120)).await?;
     drop(client);
     Ok(())
 }
@@ -153,7 +164,7 @@ pub(crate) async fn boot_to_agent(
     inputs.images.compose_initrd(&files, initrd)?;
     let agent = scratch.join("agent");
     std::fs::create_dir_all(scratch.join(INBOX_DIR)).context("cannot create the guest's inbox")?;
-    let argv = argv(inputs, initrd, scratch, None);
+    let argv = argv(inputs, initrd, scratch, kiln_qemu::MemoryBackend::Anonymous, None);
     let qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.join(CONSOLE_FILE))?;
     let mut client =
         AgentClient::connect(&agent, BOOT_DEADLINE).await.context("the snapshot's guest did not bring its agent up")?;
@@ -162,25 +173,116 @@ pub(crate) async fn boot_to_agent(
 }
 
 /// Restores a fresh copy of the snapshot in `entry` and returns the running QEMU and a
-/// connection to its agent. `scratch` holds the sockets and the console log.
+/// connection to its agent: its memory mapped copy-on-write from `mapped` when given, else
+/// loaded from the entry's whole state. `scratch` holds the sockets and the console log.
 pub(crate) async fn restore(
     inputs: &SnapshotInputs<'_>,
     entry: &Path,
+    mapped: Option<&MappedMemory>,
     scratch: &Path,
 ) -> anyhow::Result<(Qemu, AgentClient)> {
     let (agent, qmp) = (scratch.join("agent"), scratch.join("qmp"));
-    let incoming = kiln_qemu::qmp::incoming_arg(&entry.join(STATE_FILE));
     std::fs::create_dir_all(scratch.join(INBOX_DIR)).context("cannot create the guest's inbox")?;
-    let argv = argv(inputs, &entry.join(INITRD_FILE), scratch, Some(incoming));
+    let memory = mapped.map_or(kiln_qemu::MemoryBackend::Anonymous, |mapped| kiln_qemu::MemoryBackend::File {
+        path: &mapped.memory,
+        shared: false,
+    });
+    let state = mapped.map_or_else(|| entry.join(STATE_FILE), |mapped| mapped.state.clone());
+    let deferred = Some(kiln_qemu::qmp::DEFERRED.to_owned());
+    let argv = argv(inputs, &entry.join(INITRD_FILE), scratch, memory, deferred);
     let qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.join(CONSOLE_FILE))?;
     let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).await?;
-    if let Err(err) = monitor.resume_from_state(Duration::from_secs(60)).await {
-        // QEMU says why on its standard error, which goes to the console log.
-        let log = std::fs::read_to_string(scratch.join(CONSOLE_FILE)).unwrap_or_default();
-        let said: Vec<&str> = log.lines().filter(|l| l.contains("qemu-system")).collect();
-        let why = if said.is_empty() { String::new() } else { format!(" ({})", said.join("; ")) };
-        anyhow::bail!("QEMU did not load the saved state: {err}{why}");
+    if let Err(err) = monitor.resume_from_state(&state, mapped.is_some(), Duration::from_secs(60)).await {
+        anyhow::bail!("QEMU did not load the saved state: {err}{}", qemu_said(scratch));
     }
     let client = AgentClient::connect(&agent, Duration::from_secs(30)).await?;
     Ok((qemu, client))
+}
+
+/// What QEMU said on its standard error (which goes to the console log), as ` (...)`.
+fn qemu_said(scratch: &Path) -> String {
+    let log = std::fs::read_to_string(scratch.join(CONSOLE_FILE)).unwrap_or_default();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("qemu-system")).collect();
+    if said.is_empty() { String::new() } else { format!(" ({})", said.join("; ")) }
+}
+
+/// A snapshot's memory as a file of its own, beside the state of everything else: a restore
+/// maps the file copy-on-write (QEMU's `memory-backend-file,share=off`) and loads only the
+/// devices' state, instead of reading all of the guest's memory out of one stream. Made on
+/// each host from the store's entry (which keeps the one portable stream) by loading that
+/// stream once into a shared memory file, kept in the project's scratch directory (not in
+/// the store: the file has the guest's full memory size, sparse), remade when the entry
+/// changes.
+#[derive(Clone, Debug)]
+pub(crate) struct MappedMemory {
+    /// The guest's memory (pages the guest never used are holes).
+    pub memory: PathBuf,
+    /// The devices' state, saved with the memory left out (`x-ignore-shared`).
+    pub state: PathBuf,
+}
+
+/// The files of a [`MappedMemory`] in its directory.
+const MEMORY_FILE: &str = "memory";
+/// The stamp of the entry's state the files were made from.
+const SOURCE_FILE: &str = "source";
+
+impl MappedMemory {
+    /// The mapped memory of the snapshot in `entry` in `dir`, made there first when it is
+    /// missing or was made from another state.
+    pub(crate) async fn of(inputs: &SnapshotInputs<'_>, entry: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let mapped = Self { memory: dir.join(MEMORY_FILE), state: dir.join(STATE_FILE) };
+        let source = source_stamp(entry)?;
+        if std::fs::read_to_string(dir.join(SOURCE_FILE)).is_ok_and(|made_from| made_from == source) {
+            return Ok(mapped);
+        }
+        let parent = dir.parent().context("the mapped memory's directory has no parent")?;
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
+        let partial = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempdir_in(parent)
+            .with_context(|| format!("cannot create a directory in `{}`", parent.display()))?;
+        let made = Self { memory: partial.path().join(MEMORY_FILE), state: partial.path().join(STATE_FILE) };
+        made.load_from(inputs, entry).await?;
+        std::fs::write(partial.path().join(SOURCE_FILE), &source)
+            .context("cannot record the mapped memory's source")?;
+        // Another process may have made it meanwhile, or an older one is in the way.
+        let _ = std::fs::remove_dir_all(dir);
+        match std::fs::rename(partial.path(), dir) {
+            Ok(()) => {
+                std::mem::forget(partial);
+                Ok(mapped)
+            }
+            Err(_) if std::fs::read_to_string(dir.join(SOURCE_FILE)).is_ok_and(|made_from| made_from == source) => {
+                Ok(mapped)
+            }
+            Err(err) => Err(err).with_context(|| format!("cannot move the mapped memory into `{}`", dir.display())),
+        }
+    }
+
+    /// Loads the entry's whole state into a QEMU whose memory is this shared file, then saves
+    /// the rest of the state without it. The guest never runs in between.
+    async fn load_from(&self, inputs: &SnapshotInputs<'_>, entry: &Path) -> anyhow::Result<()> {
+        let scratch = crate::host::scratch_dir("map")?;
+        std::fs::create_dir_all(scratch.path().join(INBOX_DIR)).context("cannot create the guest's inbox")?;
+        let memory = kiln_qemu::MemoryBackend::File { path: &self.memory, shared: true };
+        let deferred = Some(kiln_qemu::qmp::DEFERRED.to_owned());
+        let argv = argv(inputs, &entry.join(INITRD_FILE), scratch.path(), memory, deferred);
+        let _qemu = spawn(inputs.machine.arch.qemu_binary(), &argv, &scratch.path().join(CONSOLE_FILE))?;
+        let mut monitor = Qmp::connect(&scratch.path().join("qmp"), Duration::from_secs(10)).await?;
+        let loaded = async {
+            monitor.load_state(&entry.join(STATE_FILE), false, Duration::from_secs(60)).await?;
+            monitor.save_state(&self.state, true, Duration::from_secs(60)).await
+        };
+        loaded
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot map the snapshot's memory: {err}{}", qemu_said(scratch.path())))
+    }
+}
+
+/// What identifies the entry's saved state: its size, modification time and inode.
+fn source_stamp(entry: &Path) -> anyhow::Result<String> {
+    let state = entry.join(STATE_FILE);
+    let stamp =
+        kiln_store::FileStamp::of_path(&state).with_context(|| format!("cannot inspect `{}`", state.display()))?;
+    Ok(format!("{stamp:?}"))
 }

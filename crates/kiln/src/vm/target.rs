@@ -10,7 +10,7 @@ use kiln_types::Arch;
 
 use super::{
     agent_client::AgentClient,
-    snapshot::{self, SnapshotInputs},
+    snapshot::{self, MappedMemory, SnapshotInputs},
 };
 use crate::{
     events::EntryKind,
@@ -91,6 +91,11 @@ pub(crate) struct SnapshotTarget {
     pub agent: ClosureHash,
     /// The snapshot's derivation (computed once: it asks QEMU for its version).
     derivation: kiln_store::Derivation,
+    /// Where the snapshot's [`MappedMemory`] is kept (the project's scratch directory).
+    mapped_dir: PathBuf,
+    /// The snapshot's memory as a file, once [`SnapshotTarget::entry`] has found or made it;
+    /// `None` inside when it could not be made (restores then load the whole state).
+    mapped: std::sync::OnceLock<Option<MappedMemory>>,
 }
 
 /// A restored guest with its agent connected; dropping it kills the guest.
@@ -119,7 +124,8 @@ impl SnapshotTarget {
             inbox: linux.can_share(),
         };
         let derivation = snapshot::derivation(&inputs)?;
-        Ok(Self { linux, agent_binary, agent, derivation })
+        let mapped_dir = executor.work_dir().join("snapshots").join(derivation.closure_hash().to_string());
+        Ok(Self { linux, agent_binary, agent, derivation, mapped_dir, mapped: std::sync::OnceLock::new() })
     }
 
     /// The guest's architecture.
@@ -160,7 +166,20 @@ impl SnapshotTarget {
             Some(&how),
             |out| runtime.block_on(snapshot::create(&inputs, &self.agent_binary, out)),
         )?;
-        Ok(entry.out_dir())
+        let out = entry.out_dir();
+        self.mapped.get_or_init(|| match runtime.block_on(MappedMemory::of(&inputs, &out, &self.mapped_dir)) {
+            Ok(mapped) => {
+                sweep_mapped_memories(executor, &self.mapped_dir);
+                Some(mapped)
+            }
+            Err(err) => {
+                executor.reporter().alert(&format!(
+                    "{err:#}; every restore of the {arch} snapshot loads its whole state instead, which is slower"
+                ));
+                None
+            }
+        });
+        Ok(out)
     }
 
     /// Restores a fresh guest from the snapshot in `entry`. A guest that does not come back
@@ -178,7 +197,8 @@ impl SnapshotTarget {
 
     async fn restore_once(&self, entry: &std::path::Path) -> anyhow::Result<Guest> {
         let scratch = crate::host::scratch_dir("vm")?;
-        let (qemu, agent) = snapshot::restore(&self.inputs(), entry, scratch.path()).await?;
+        let mapped = self.mapped.get().and_then(Option::as_ref);
+        let (qemu, agent) = snapshot::restore(&self.inputs(), entry, mapped, scratch.path()).await?;
         let inbox = self.linux.can_share().then(|| scratch.path().join(snapshot::INBOX_DIR));
         Ok(Guest { qemu, agent, scratch, inbox })
     }
@@ -199,9 +219,34 @@ impl SnapshotTarget {
                     .reporter()
                     .alert(&format!("the {arch} snapshot could not be restored ({err:#}); making it again"));
                 executor.store().remove_entry(&self.closure())?;
-                let entry = self.entry(executor, runtime)?;
-                runtime.block_on(self.restore(&entry))
+                // The memory mapped from the removed entry goes with it.
+                let remade = Self { mapped: std::sync::OnceLock::new(), ..self.clone() };
+                let entry = remade.entry(executor, runtime)?;
+                runtime.block_on(remade.restore(&entry))
             }
+        }
+    }
+}
+
+/// Removes, beside `current`, the mapped memories of snapshots the store no longer holds
+/// (collected, or superseded by a new closure) and what a killed process left half made.
+fn sweep_mapped_memories(executor: &Executor, current: &std::path::Path) {
+    const ABANDONED: std::time::Duration = std::time::Duration::from_secs(3600);
+    let Some(parent) = current.parent() else { return };
+    for dir in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        let stale = match name.parse::<ClosureHash>() {
+            Ok(closure) => !executor.store().entry_dir(&closure).exists(),
+            Err(_) => {
+                name.starts_with(".partial-")
+                    && dir
+                        .metadata()
+                        .and_then(|meta| meta.modified())
+                        .is_ok_and(|made| made.elapsed().is_ok_and(|age| age > ABANDONED))
+            }
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(dir.path());
         }
     }
 }
