@@ -289,13 +289,15 @@ struct ElfFacts {
 /// The architecture and dynamic loader of an ELF program.
 fn elf_facts(program: &Path) -> anyhow::Result<ElfFacts> {
     use object::Object as _;
-    let bytes = std::fs::read(program).map_err(|e| {
+    let opened = std::fs::File::open(program).map_err(|e| {
         UsageError::with_help(
             format!("cannot read the program `{}`: {e}", program.display()),
             "give the path of a Linux executable",
         )
     })?;
-    let file = object::File::parse(&*bytes).map_err(|e| {
+    // Only the headers are read (a test binary is megabytes, and cargo runs many).
+    let cache = object::ReadCache::new(opened);
+    let file = object::File::parse(&cache).map_err(|e| {
         UsageError::with_help(
             format!("`{}` is not an executable kiln can run: {e}", program.display()),
             "pass a Linux ELF binary",

@@ -84,11 +84,10 @@ pub(crate) fn argv(
         memory: Some(memory),
         ..GuestIo::default()
     };
-    // Freed pages are zeroed, and migration sends zero pages as flags only: the state
-    // holds what the booted guest uses, not what it touched and let go while booting.
-    let mut images = inputs.images.clone();
-    images.cmdline.push("init_on_free=1".to_owned());
-    images.argv(inputs.machine, initrd, NONCE, inputs.accel, Console::Captured, io)
+    // No `init_on_free=1`: it kept the state smaller (75 MB instead of 84 for the aarch64
+    // guest: pages freed while booting were sent as zero pages) but made every guest zero
+    // every page it frees for the rest of its life, about 7% of a pool's doctest run.
+    inputs.images.argv(inputs.machine, initrd, NONCE, inputs.accel, Console::Captured, io)
 }
 
 /// The snapshot's derivation.
