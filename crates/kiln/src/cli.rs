@@ -350,11 +350,13 @@ pub enum VmCommand {
         /// The session's name.
         #[arg(short, long, default_value = "default")]
         name: String,
-        /// Stop this project's run pools (`run --pool`) instead, with their idle guests.
+        /// Stop this project's run pools (`run --pool`) instead, with their idle guests (outside
+        /// any project: the built-in runner guests' pools).
         #[arg(long, conflicts_with = "name")]
         pools: bool,
     },
-    /// List the running sessions and run pools.
+    /// List the running sessions and run pools (inside a project, also the built-in runner
+    /// guests' pools, marked).
     Ls,
     /// The keeper process behind a session or a run pool (started by kiln).
     #[command(hide = true)]

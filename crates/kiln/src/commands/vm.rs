@@ -292,12 +292,22 @@ fn stop(cx: &Cx, name: &str) -> anyhow::Result<u8> {
     Ok(exit_code::SUCCESS)
 }
 
-/// Stops every pool keeper of this project and of kiln's built-in runner guests (their idle
-/// guests die with them).
+/// Stops every pool keeper of this project (their idle guests die with them). Inside a
+/// project, the built-in runner guests' pools (which other crates' runs may be using) keep
+/// running, and a line says how to stop them.
 fn stop_pools(cx: &Cx) -> anyhow::Result<u8> {
     for (whose, info) in running_keepers(cx)?.into_iter().filter(|(_, info)| info.kind == "pool") {
-        if keeper::stop(&info.socket)? {
-            cx.printer().status("Stopped", &format!("the {} run pool{whose}", info.arch));
+        if !whose.is_empty() {
+            cx.printer().status(
+                "Kept",
+                &format!(
+                    "the built-in runner guests' {} pool (`kiln vm stop --pools` outside any Kiln.toml \
+                     project stops it)",
+                    info.arch
+                ),
+            );
+        } else if keeper::stop(&info.socket)? {
+            cx.printer().status("Stopped", &format!("the {} run pool", info.arch));
         }
     }
     Ok(exit_code::SUCCESS)

@@ -3,7 +3,8 @@
 //! a trivial program (pooled, from a snapshot, booting cold); `cargo test` of a doctest-heavy
 //! crate (100 doctests and 10 integration-test binaries) through the pool and through
 //! snapshots; and `cargo nextest run`, one process per test, of a crate with 300 tests through
-//! a pool sized from nextest's `-j`.
+//! a pool sized from nextest's `-j`. Trivial runs give the median of `--runs`; whole cargo
+//! runs the median of up to three, the baseline's likewise.
 
 use std::{
     io::Write as _,
@@ -60,14 +61,16 @@ pub(super) fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
     line(&mut out, &format!("{trivial}, from a snapshot"), &snapshot, &user_mode, Goal::Seconds(0.3))?;
     line(&mut out, &format!("{trivial}, booting cold"), &cold, &user_mode, Goal::None)?;
 
+    // Whole `cargo` runs: the median of up to three (the first pooled one starts the pool).
+    let samples = runs.min(CARGO_SAMPLES);
     let doctests = CargoCrate::new("kiln-doctests-", |dir| super::warm::synthetic_crate(dir, 100, 10))?;
     let test = ["test", "--quiet", "--target", TRIPLE];
     doctests.run(&test, "qemu-aarch64").context("building the doctest crate")?;
-    let user_mode = doctests.measured(&test, "qemu-aarch64")?;
+    let user_mode = doctests.measured(samples, &test, "qemu-aarch64")?;
     let pool_runner = runner_line(cx, &["--pool", &jobs.to_string()])?;
-    let pooled = doctests.measured(&test, &pool_runner)?;
+    let pooled = doctests.measured(samples, &test, &pool_runner)?;
     stop_pools(cx)?;
-    let snapshot = doctests.measured(&test, &runner_line(cx, &["--snapshot"])?)?;
+    let snapshot = doctests.measured(samples, &test, &runner_line(cx, &["--snapshot"])?)?;
     let what = "cargo test, 100 doctests + 10 test binaries";
     line(&mut out, &format!("{what}, pool"), &pooled, &user_mode, Goal::Ratio(2.0))?;
     line(&mut out, &format!("{what}, snapshot"), &snapshot, &user_mode, Goal::Ratio(3.0))?;
@@ -76,8 +79,8 @@ pub(super) fn run(cx: &Cx, args: &BenchArgs) -> anyhow::Result<()> {
     let jobs_arg = jobs.to_string();
     let nextest = ["nextest", "run", "--target", TRIPLE, "-j", &jobs_arg, "--no-fail-fast"];
     many.run(&nextest, "qemu-aarch64").context("building the 300-test crate")?;
-    let user_mode = many.measured(&nextest, "qemu-aarch64")?;
-    let pooled = many.measured(&nextest, &pool_runner)?;
+    let user_mode = many.measured(samples, &nextest, "qemu-aarch64")?;
+    let pooled = many.measured(samples, &nextest, &pool_runner)?;
     stop_pools(cx)?;
     line(&mut out, "cargo nextest run, 300 tests, pool of -j", &pooled, &user_mode, Goal::Ratio(3.0))?;
     writeln!(out, "kiln/qu = kiln's time / qemu-user's; goal: kiln's time, or that ratio")?;
@@ -103,6 +106,9 @@ fn install_baselines(cx: &Cx) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How many times a whole `cargo test` or `cargo nextest run` row is timed, at most.
+const CARGO_SAMPLES: usize = 3;
 
 /// What a row is held to.
 enum Goal {
@@ -242,16 +248,21 @@ impl CargoCrate {
         Ok(elapsed)
     }
 
-    /// One timed `cargo ARGS`, as a row cell (a failure is shown, with cargo's output on
-    /// stderr, and the other rows still run).
-    fn measured(&self, args: &[&str], runner: &str) -> anyhow::Result<Measured> {
-        Ok(match self.run(args, runner) {
-            Ok(elapsed) => Measured { times: vec![elapsed], failures: 0 },
-            Err(err) => {
-                eprintln!("{err:#}");
-                Measured { times: Vec::new(), failures: 1 }
+    /// `samples` timed `cargo ARGS`, as a row cell (a failure is shown, with cargo's output
+    /// on stderr, and the other rows still run).
+    fn measured(&self, samples: usize, args: &[&str], runner: &str) -> anyhow::Result<Measured> {
+        let mut measured = Measured { times: Vec::new(), failures: 0 };
+        for _ in 0..samples {
+            match self.run(args, runner) {
+                Ok(elapsed) => measured.times.push(elapsed),
+                Err(err) => {
+                    eprintln!("{err:#}");
+                    measured.failures += 1;
+                    break;
+                }
             }
-        })
+        }
+        Ok(measured)
     }
 }
 
