@@ -85,12 +85,15 @@ fn ran(mut command: Command, input: Option<&str>, merged: bool) -> Ran {
 fn a_program_behaves_under_kiln_run_as_it_does_natively() {
     let project = Project::example(&linux_kiln_toml());
     let (krate, binary) = linecount();
-    let runs: [(&[&str], Option<&str>, bool); 5] = [
+    // `--history history` renames the crate's own `history/` directory (rename(2) of a
+    // directory of the package directory: EXDEV on an overlay without redirect_dir).
+    let runs: [(&[&str], Option<&str>, bool); 6] = [
         (&["--verbose"], Some("one two\nthree\n\nfour five six\n"), true),
         (&["--verbose"], Some("one two\nthree\n"), false),
         (&["--check"], None, false),
         (&["--check"], None, true),
         (&["--statsd", "192.0.2.1:8125"], Some("x y\n"), false),
+        (&["--history", "history"], Some("x y\n"), false),
     ];
     for mode in [&[][..], &["--snapshot"][..], &["--pool", "1"][..]] {
         for (args, input, merged) in runs {

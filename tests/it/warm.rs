@@ -104,11 +104,12 @@ fn pooled_runs_reuse_warm_guests_in_fresh_sandboxes_and_the_pool_stops_with_its_
             .output()
             .expect("kiln")
     };
-    // Each run leaves a file in /tmp, one in the package directory, a tmpfs file, a process
+    // Each run leaves a file in /tmp, one in the package directory, one in /dev, a tmpfs
+    // file, a process
     // that left its session (`sleep $n`, so that this script's own command line does not
     // match), a POSIX message queue (System V IPC's namespace) and a host name; the next run
     // on the same (renewed) guest sees none of them.
-    let script = "for f in /tmp/leak leak /dev/shm/leak; do test -e $f && echo leaked $f; touch $f; done; \
+    let script = "for f in /tmp/leak leak /dev/shm/leak /dev/leak; do test -e $f && echo leaked $f; touch $f; done; \
                   ps | grep -q '[s]leep 300' && echo leaked process; \
                   n=300; setsid sleep $n </dev/null >/dev/null 2>&1 & \
                   mkdir -p /run/mq && mount -t mqueue mq /run/mq || echo no mqueue; \
@@ -153,10 +154,11 @@ fn pooled_runs_reuse_warm_guests_in_fresh_sandboxes_and_the_pool_stops_with_its_
 
 /// A program that leaves a daemon holding its stdout and stderr (a `setsid` in the
 /// background, as a test that starts a server does) ends when it ends, in every mode, with its
-/// status; a directory of the package directory renames as on a host filesystem (an overlay
-/// without `redirect_dir` answers EXDEV), and the host's stays as it was.
+/// status; the host's package directory stays as it was after a rename in the guest (busybox
+/// `mv` would copy where rename(2) fails: `process::` checks rename(2) itself); a restored
+/// guest's clock is the host's.
 #[test]
-fn a_run_ends_with_its_program_whatever_it_leaves_running_and_package_directories_rename() {
+fn a_run_ends_with_its_program_whatever_it_leaves_running_on_a_guest_with_the_host_s_clock() {
     let project = Project::example(&linux_kiln_toml());
     let unpacked = tempfile::tempdir().expect("tempdir");
     let busybox = busybox(unpacked.path());
@@ -164,7 +166,7 @@ fn a_run_ends_with_its_program_whatever_it_leaves_running_and_package_directorie
     std::fs::create_dir_all(package.path().join("testdata/nested")).expect("mkdir");
     std::fs::write(package.path().join("testdata/nested/input.txt"), "fixture\n").expect("write");
     let script = "mv testdata testdata.old && cat testdata.old/nested/input.txt && mkdir testdata; \
-                  echo before; setsid sleep 600 & echo after; exit 5";
+                  echo before; setsid sleep 600 & echo after; date +%s; exit 5";
     for mode in [&[][..], &["--snapshot"][..], &["--pool", "1"][..]] {
         let out = project
             .command(&["--accel", "tcg", "run", "--timeout", "120s"])
@@ -177,7 +179,13 @@ fn a_run_ends_with_its_program_whatever_it_leaves_running_and_package_directorie
             .output()
             .expect("kiln");
         assert_eq!(out.status.code(), Some(5), "`kiln run {mode:?}`: {}", stderr_of(&out));
-        assert_eq!(stdout_of(&out), "fixture\nbefore\nafter\n", "`kiln run {mode:?}`: {}", stderr_of(&out));
+        let text = stdout_of(&out);
+        let (said, clock) = text.rsplit_once("after\n").unwrap_or_default();
+        assert_eq!(said, "fixture\nbefore\n", "`kiln run {mode:?}`: {text}{}", stderr_of(&out));
+        // A restored guest's clock is the host's, not the time its snapshot was saved.
+        let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let guest: u64 = clock.trim().parse().unwrap_or_else(|_| panic!("`kiln run {mode:?}`: no clock in {text}"));
+        assert!(guest.abs_diff(host) < 60, "`kiln run {mode:?}`: the guest's clock says {guest}, the host's {host}");
         assert!(
             package.path().join("testdata/nested/input.txt").is_file(),
             "the host's package directory is untouched"

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The protocol version both sides must speak.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A request from kiln.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +143,12 @@ pub enum Op {
     /// mounts made anew), so later requests and the programs they run see none of what an
     /// earlier leaseholder wrote. Refused outside a guest (`--stdio`).
     Sandbox,
+    /// Sets the guest's wall clock (a restored snapshot wakes at the time it was saved).
+    /// Refused outside a guest (`--stdio`).
+    SetClock {
+        /// Nanoseconds since the Unix epoch.
+        unix_nanos: u64,
+    },
     /// Powers the guest off.
     Shutdown,
 }

@@ -248,6 +248,13 @@ fn serve(mut input: impl BufRead, sink: &Sink, in_guest: Option<&Result<sandbox:
                 };
                 send(sink, id, reply(renewed.map(|()| Reply::default())));
             }
+            Op::SetClock { unix_nanos } => {
+                let set = match in_guest {
+                    None => Err("the clock is set only inside a guest, never under --stdio".to_owned()),
+                    Some(_) => set_clock(unix_nanos),
+                };
+                send(sink, id, reply(set.map(|()| Reply::default())));
+            }
             Op::Shutdown => {
                 for thread in running.drain(..) {
                     let _ = thread.join();
@@ -643,6 +650,19 @@ fn get(path: &str) -> Result<Reply, String> {
         mode: Some(mode),
         ..Reply::default()
     })
+}
+
+/// Sets the wall clock (CLOCK_REALTIME) to `unix_nanos`.
+fn set_clock(unix_nanos: u64) -> Result<(), String> {
+    let seconds =
+        libc::time_t::try_from(unix_nanos / 1_000_000_000).map_err(|_| format!("{unix_nanos} ns: too late"))?;
+    let nanos = libc::c_long::try_from(unix_nanos % 1_000_000_000).unwrap_or(0);
+    let time = libc::timespec { tv_sec: seconds, tv_nsec: nanos };
+    // SAFETY: clock_settime reads the one timespec it is given.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &time) } != 0 {
+        return Err(format!("cannot set the clock: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn power_off() {

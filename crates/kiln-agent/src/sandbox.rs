@@ -128,7 +128,7 @@ fn enter(root: &Path) -> Result<(), String> {
 /// Makes a fresh sandbox and returns its root: a tmpfs at [`SANDBOX_DIR`] holding the
 /// overlay's upper and work directories and its mount point; the real root's mounts bound in
 /// at their paths, except tmpfs ones, which are made anew and empty (what is in a tmpfs is a
-/// previous run's state).
+/// previous run's state), and `/dev`, which gets an overlay of its own.
 fn build() -> Result<PathBuf, String> {
     let dir = Path::new(SANDBOX_DIR);
     let root = dir.join("root");
@@ -151,6 +151,16 @@ fn build() -> Result<PathBuf, String> {
         if kind == "tmpfs" {
             let mode = options.split(',').find(|option| option.starts_with("mode=")).unwrap_or("mode=755");
             mount(Some(source), &target, Some("tmpfs"), 0, mode)?;
+        } else if kind == "devtmpfs" {
+            // The guest's device nodes reach through; a file a run makes in /dev stays in its
+            // sandbox.
+            let (upper, work) = (dir.join("dev-upper"), dir.join("dev-work"));
+            for made in [&upper, &work] {
+                std::fs::create_dir(made).map_err(|e| format!("cannot create {}: {e}", made.display()))?;
+            }
+            let layers = format!("lowerdir={point},upperdir={},workdir={}", upper.display(), work.display());
+            mount(Some("overlay"), &target, Some("overlay"), 0, &layers)
+                .or_else(|_| mount(Some(&point), &target, None, libc::MS_BIND, ""))?;
         } else {
             mount(Some(&point), &target, None, libc::MS_BIND, "")?;
         }

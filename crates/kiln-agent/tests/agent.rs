@@ -284,7 +284,7 @@ fn raw_puts_carry_their_bytes_after_the_line_and_keep_the_stream_in_step() {
 }
 
 #[test]
-fn a_sandbox_is_refused_outside_a_guest_and_this_host_keeps_its_processes() {
+fn a_sandbox_and_a_clock_are_refused_outside_a_guest_and_this_host_keeps_its_processes() {
     // Making a sandbox kills every other process the agent may signal: on a host that would
     // be the user's session, so `--stdio` refuses it and a process of this test lives on.
     let mut sleeper = Command::new("sleep").arg("30").spawn().expect("start sleep");
@@ -296,4 +296,8 @@ fn a_sandbox_is_refused_outside_a_guest_and_this_host_keeps_its_processes() {
     assert!(sleeper.try_wait().expect("wait").is_none(), "the sandbox request killed a host process");
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+    // Nor does it set a host's clock.
+    agent.send(3, Op::SetClock { unix_nanos: 0 });
+    let Body::Error(message) = agent.next().body else { panic!("setting the clock under --stdio must be refused") };
+    assert!(message.contains("only inside a guest"), "{message}");
 }

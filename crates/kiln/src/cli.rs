@@ -249,7 +249,8 @@ then `cargo test --target aarch64-unknown-linux-musl` runs every test binary in 
 
 The guest: `--config`, else the Kiln.toml KILN_CONFIG names, else the nearest Kiln.toml's `[run]`,
 else kiln's built-in x86_64 and aarch64 guests (Debian's kernel and busybox, pinned by hash,
-fetched once into ~/.cache/kiln/runner). The built-in Linux machines get min(host CPUs, 4) CPUs
+fetched once into ~/.cache/kiln/runner), which run programs through a pool by default (`--pool
+auto`; `--pool 0` boots a fresh guest). The built-in Linux machines get min(host CPUs, 4) CPUs
 and 1 GiB unless `[machine.linux-ARCH]` sets `smp` or `memory`.
 
 The package directory (CARGO_MANIFEST_DIR, else the current directory) appears at the same path,
@@ -274,8 +275,9 @@ pub struct RunArgs {
     /// Hard timeout (default: `[run] timeout`, 10 minutes).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<std::time::Duration>,
-    /// Restore a booted snapshot (kept in the store) instead of booting: the program and the
-    /// package directory travel through kiln's guest agent.
+    /// Restore a booted snapshot (kept in the store) instead of booting, a fresh machine for
+    /// every run with its clock set to the host's: the program and the package directory
+    /// reach it through a 9p inbox share (or kiln's guest agent, for a few small files).
     #[arg(long)]
     pub snapshot: bool,
     /// Keep N restored guests idle and ready (implies `--snapshot`): a background keeper

@@ -47,7 +47,11 @@ if [ -f /kiln/shares ]; then
             echo "kiln-init: cannot mount the host share $tag at $path" >/dev/console
             continue
         fi
-        mount -t overlay -o "lowerdir=/run/kiln-lower/$tag,upperdir=/run/kiln-upper/$tag/upper,workdir=/run/kiln-upper/$tag/work" overlay "$path" 2>/dev/null ||
+        # redirect_dir=on: a directory of the share renames as on any filesystem (without
+        # it, rename(2) fails with EXDEV, which few programs handle).
+        layers="lowerdir=/run/kiln-lower/$tag,upperdir=/run/kiln-upper/$tag/upper,workdir=/run/kiln-upper/$tag/work"
+        mount -t overlay -o "$layers,redirect_dir=on" overlay "$path" 2>/dev/null ||
+            mount -t overlay -o "$layers" overlay "$path" 2>/dev/null ||
             mount --bind "/run/kiln-lower/$tag" "$path" ||
             echo "kiln-init: cannot mount the host share $tag at $path" >/dev/console
     done </kiln/shares

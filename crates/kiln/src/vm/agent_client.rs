@@ -128,6 +128,15 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Sets the guest's wall clock to the host's.
+    pub(crate) async fn set_clock_to_host(&mut self) -> anyhow::Result<()> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.request(Op::SetClock { unix_nanos: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX) })
+            .await
+            .context("cannot set the guest's clock")?;
+        Ok(())
+    }
+
     /// Makes `path` in the guest a writable view of the guest directory `lower` (an overlay
     /// on tmpfs; what the guest writes never reaches `lower`).
     pub(crate) async fn writable_view(&mut self, lower: &str, path: &str) -> anyhow::Result<()> {

@@ -199,7 +199,9 @@ pub(crate) async fn restore(
     if let Err(err) = monitor.resume_from_state(&state, mapped.is_some(), Duration::from_secs(60)).await {
         anyhow::bail!("QEMU did not load the saved state: {err}{}", qemu_said(scratch));
     }
-    let client = AgentClient::connect(&agent, Duration::from_secs(30)).await?;
+    let mut client = AgentClient::connect(&agent, Duration::from_secs(30)).await?;
+    // The guest wakes at the time its snapshot was saved.
+    client.set_clock_to_host().await?;
     Ok((qemu, client))
 }
 
