@@ -261,10 +261,9 @@ impl MappedMemory {
     /// The mapped memory of the snapshot in `entry` in `dir`, made there first when it is
     /// missing or was made from another state.
     pub(crate) async fn of(inputs: &SnapshotInputs<'_>, entry: &Path, dir: &Path) -> anyhow::Result<Self> {
-        let mapped = Self::in_dir(dir);
         let source = source_stamp(entry)?;
         if std::fs::read_to_string(dir.join(SOURCE_FILE)).is_ok_and(|made_from| made_from == source) {
-            return Ok(mapped);
+            return Ok(Self::in_dir(dir));
         }
         let parent = dir.parent().context("the mapped memory's directory has no parent")?;
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
@@ -277,15 +276,19 @@ impl MappedMemory {
         made.try_stubs(inputs, entry, partial.path()).await;
         std::fs::write(partial.path().join(SOURCE_FILE), &source)
             .context("cannot record the mapped memory's source")?;
-        // Another process may have made it meanwhile, or an older one is in the way.
+        // Another process may have made it meanwhile (and be restoring from it: it stays),
+        // or an older one is in the way.
+        if std::fs::read_to_string(dir.join(SOURCE_FILE)).is_ok_and(|made_from| made_from == source) {
+            return Ok(Self::in_dir(dir));
+        }
         let _ = std::fs::remove_dir_all(dir);
         match std::fs::rename(partial.path(), dir) {
             Ok(()) => {
                 std::mem::forget(partial);
-                Ok(mapped)
+                Ok(Self::in_dir(dir))
             }
             Err(_) if std::fs::read_to_string(dir.join(SOURCE_FILE)).is_ok_and(|made_from| made_from == source) => {
-                Ok(mapped)
+                Ok(Self::in_dir(dir))
             }
             Err(err) => Err(err).with_context(|| format!("cannot move the mapped memory into `{}`", dir.display())),
         }

@@ -333,6 +333,9 @@ impl Keeper {
                         restoring = restoring.saturating_sub(1);
                         failures = 0;
                         idle.push_back(ready);
+                        // The idle spell starts when a guest is ready: a pool whose restores
+                        // took long (a loaded host) still waits its whole spell for a run.
+                        last_lease = Instant::now();
                     }
                     Event::Restored(Err(err)) => {
                         restoring = restoring.saturating_sub(1);
@@ -389,7 +392,9 @@ impl Keeper {
                         }
                     }
                     match self.kind {
-                    Kind::Pool { idle_timeout, .. } if leased == 0 && last_lease.elapsed() > idle_timeout => {
+                    Kind::Pool { idle_timeout, .. }
+                        if leased == 0 && waiters.is_empty() && restoring == 0 && last_lease.elapsed() > idle_timeout =>
+                    {
                         log(&format!("stopping: no lease for {}s", idle_timeout.as_secs()));
                         return Ok(());
                     }
