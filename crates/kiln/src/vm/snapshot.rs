@@ -257,12 +257,17 @@ const KERNEL_STUB_BYTES: u64 = 1 << 20;
 /// How much of the initramfs a stub keeps.
 const INITRD_STUB_BYTES: u64 = 4096;
 
+/// Whether the mapped memory in `dir` was made from the entry state `source`.
+fn made_from(dir: &Path, source: &str) -> bool {
+    std::fs::read_to_string(dir.join(SOURCE_FILE)).is_ok_and(|made_from| made_from == source)
+}
+
 impl MappedMemory {
     /// The mapped memory of the snapshot in `entry` in `dir`, made there first when it is
     /// missing or was made from another state.
     pub(crate) async fn of(inputs: &SnapshotInputs<'_>, entry: &Path, dir: &Path) -> anyhow::Result<Self> {
         let source = source_stamp(entry)?;
-        if std::fs::read_to_string(dir.join(SOURCE_FILE)).is_ok_and(|made_from| made_from == source) {
+        if made_from(dir, &source) {
             return Ok(Self::in_dir(dir));
         }
         let parent = dir.parent().context("the mapped memory's directory has no parent")?;
@@ -278,7 +283,7 @@ impl MappedMemory {
             .context("cannot record the mapped memory's source")?;
         // Another process may have made it meanwhile (and be restoring from it: it stays),
         // or an older one is in the way.
-        if std::fs::read_to_string(dir.join(SOURCE_FILE)).is_ok_and(|made_from| made_from == source) {
+        if made_from(dir, &source) {
             return Ok(Self::in_dir(dir));
         }
         let _ = std::fs::remove_dir_all(dir);
@@ -287,9 +292,7 @@ impl MappedMemory {
                 std::mem::forget(partial);
                 Ok(Self::in_dir(dir))
             }
-            Err(_) if std::fs::read_to_string(dir.join(SOURCE_FILE)).is_ok_and(|made_from| made_from == source) => {
-                Ok(Self::in_dir(dir))
-            }
+            Err(_) if made_from(dir, &source) => Ok(Self::in_dir(dir)),
             Err(err) => Err(err).with_context(|| format!("cannot move the mapped memory into `{}`", dir.display())),
         }
     }

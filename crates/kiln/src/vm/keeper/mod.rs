@@ -283,7 +283,7 @@ impl Keeper {
         // Leases served by guests that served one before.
         let mut reused = 0u64;
         let mut failures = 0;
-        let mut last_lease = Instant::now();
+        let mut idle_since = Instant::now();
         loop {
             if let Kind::Pool { size, .. } = self.kind {
                 // All missing guests at once; after a failed restore, one at a time until
@@ -307,7 +307,7 @@ impl Keeper {
                             leased += 1;
                             returning += usize::from(promised);
                             reused += u64::from(used);
-                            last_lease = Instant::now();
+                            idle_since = Instant::now();
                         }
                         Err(ready) => idle.push_front(*ready),
                     }
@@ -335,7 +335,7 @@ impl Keeper {
                         idle.push_back(ready);
                         // The idle spell starts when a guest is ready: a pool whose restores
                         // took long (a loaded host) still waits its whole spell for a run.
-                        last_lease = Instant::now();
+                        idle_since = Instant::now();
                     }
                     Event::Restored(Err(err)) => {
                         restoring = restoring.saturating_sub(1);
@@ -348,7 +348,7 @@ impl Keeper {
                         if promised {
                             returning = returning.saturating_sub(1);
                         }
-                        last_lease = Instant::now();
+                        idle_since = Instant::now();
                         if let Some(ready) = back {
                             idle.push_front(ready);
                         }
@@ -393,7 +393,7 @@ impl Keeper {
                     }
                     match self.kind {
                     Kind::Pool { idle_timeout, .. }
-                        if leased == 0 && waiters.is_empty() && restoring == 0 && last_lease.elapsed() > idle_timeout =>
+                        if leased == 0 && waiters.is_empty() && restoring == 0 && idle_since.elapsed() > idle_timeout =>
                     {
                         log(&format!("stopping: no lease for {}s", idle_timeout.as_secs()));
                         return Ok(());
