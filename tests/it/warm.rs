@@ -147,12 +147,34 @@ fn pooled_runs_reuse_warm_guests_in_fresh_sandboxes_and_the_pool_stops_with_its_
     let reused = ls.split(", ").find_map(|part| part.strip_suffix(" leases on reused guests"));
     let reused: u32 = reused.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no reuse count in {ls}"));
     assert!(reused >= 2, "the pool renews its guest instead of restoring one per run: {ls}");
+    // A guest being renewed is not counted as leased.
+    assert!(ls.contains(" 0 leased, "), "no run holds a guest now: {ls}");
     assert!(
         project.path().join("examples/linux/hello").join("leak").symlink_metadata().is_err(),
         "a guest's writes into the package directory never reach the host"
     );
+    // Stopping the pool under a run ends the run, which says why.
+    let mut long_run = project
+        .command(&["--accel", "tcg", "run", "--pool", "1", "--"])
+        .arg(&busybox)
+        .args(["sleep", "300"])
+        .current_dir(project.path().join("examples/linux/hello"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln");
+    let leased = wait_for(Duration::from_secs(60), || {
+        stdout_of(&project.command(&["vm", "ls"]).output().expect("kiln")).contains(" 1 leased, ")
+    });
+    assert!(leased, "the long run leased the pool's guest");
     let stop = project.command(&["vm", "stop", "--pools"]).output().expect("kiln");
     assert!(stop.status.success(), "{}", stderr_of(&stop));
+    if !wait_for(Duration::from_secs(30), || long_run.try_wait().is_ok_and(|status| status.is_some())) {
+        let _ = long_run.kill();
+        panic!("the run did not end within 30 s of its pool's stop");
+    }
+    let long_run = long_run.wait_with_output().expect("kiln");
+    assert_eq!(long_run.status.code(), Some(3), "{}", stderr_of(&long_run));
+    assert!(stderr_of(&long_run).contains("its pool stopped during the run"), "{}", stderr_of(&long_run));
     assert!(wait_for(Duration::from_secs(5), || project.live_qemu_pids().is_empty()), "the pool's guests die with it");
 }
 

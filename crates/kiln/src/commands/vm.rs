@@ -321,7 +321,12 @@ fn ls(cx: &Cx) -> anyhow::Result<u8> {
         let owner = info.owner.map_or_else(|| "-".to_owned(), |pid| pid.to_string());
         let status = keeper::status(&info.socket).map_or_else(
             || "starting".to_owned(),
-            |s| format!("{} idle, {} leased, {} leases on reused guests", s.idle, s.leased, s.reused),
+            |s| {
+                format!(
+                    "{} idle, {} leased, {} renewing, {} leases on reused guests",
+                    s.idle, s.leased, s.renewing, s.reused
+                )
+            },
         );
         writeln!(
             out,

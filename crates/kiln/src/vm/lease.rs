@@ -71,6 +71,10 @@ pub(crate) struct KeeperStatus {
     pub idle: usize,
     /// Leased guests.
     pub leased: usize,
+    /// Guests whose lease ended, being renewed for the next one (keepers of older kilns do
+    /// not say, and count them as leased).
+    #[serde(default)]
+    pub renewing: usize,
     /// Leases served by a guest that had served one before (renewed in a fresh sandbox).
     #[serde(default)]
     pub reused: u64,
@@ -86,7 +90,26 @@ pub(crate) struct Lease {
     pub inbox: Option<PathBuf>,
     /// Whether the guest has mounted its inbox.
     pub inbox_mounted: bool,
-    _keeper: UnixStream,
+    /// The connection whose closing ends the lease.
+    keeper: UnixStream,
+}
+
+impl Lease {
+    /// Whether the keeper ended this lease itself (it stopped, or died), waiting up to
+    /// `grace` for it to say so: a keeper that stops kills its guests first and closes the
+    /// leaseholders' connections as it exits.
+    pub(crate) fn keeper_gone(&self, grace: Duration) -> bool {
+        use std::io::Read as _;
+        if self.keeper.set_read_timeout(Some(grace)).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        match (&self.keeper).read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(err) => matches!(err.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe),
+        }
+    }
 }
 
 /// Sends `answer` on `socket`, with `fd` attached when given.
@@ -162,7 +185,7 @@ pub(crate) fn take(socket: &Path, timeout: Option<Duration>) -> anyhow::Result<O
     let stream = UnixStream::connect(socket).with_context(|| format!("no keeper listens at {}", socket.display()))?;
     match ask(&stream, &Ask::Lease, timeout)? {
         (Answer::Granted { console, inbox, inbox_mounted, .. }, Some(fd)) => {
-            Ok(Some(Lease { agent: UnixStream::from(fd), console, inbox, inbox_mounted, _keeper: stream }))
+            Ok(Some(Lease { agent: UnixStream::from(fd), console, inbox, inbox_mounted, keeper: stream }))
         }
         (Answer::Granted { .. }, None) => anyhow::bail!("the keeper granted a guest but sent no connection"),
         (Answer::Busy, _) => Ok(None),

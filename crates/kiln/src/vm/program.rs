@@ -81,7 +81,7 @@ pub(crate) fn run(
     // The guest: leased warm from the pool's keeper, or restored here. Both die with their
     // holder (the lease's end, or QEMU's process group).
     let leased = if pool > 0 { lease_from_pool(executor, &target, pool, spec)? } else { None };
-    let (mut agent, console, inbox, inbox_mounted, _lease, _restored) = match leased {
+    let (mut agent, console, inbox, inbox_mounted, lease, _restored) = match leased {
         Some(lease) => {
             let _enter = runtime.enter();
             lease.agent.set_nonblocking(true)?;
@@ -170,12 +170,20 @@ pub(crate) fn run(
     // The connection is closed before the lease ends, so the keeper renewing the guest is its
     // only user.
     drop(agent);
-    drop(_lease);
+    // A run whose guest went away while its pool stopped is told so: the console would only
+    // say that the kernel was killed.
+    let pool_stopped =
+        matches!(outcome, Ok(Err(_))) && lease.as_ref().is_some_and(|lease| lease.keeper_gone(KEEPER_GONE));
+    drop(lease);
     Ok(match outcome {
         Ok(Ok(kiln_agent::ExitStatus::Signal(signal))) => Ended::Signaled(signal),
         Ok(Ok(kiln_agent::ExitStatus::Code(code))) => {
             Ended::Exited(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
         }
+        Ok(Err(err)) if pool_stopped => Ended::GuestFailed(format!(
+            "`{name}` did not finish in the {arch} guest: its pool stopped during the run (`kiln vm stop \
+             --pools`, or its keeper was killed), and the guest went with it ({err:#}); run it again"
+        )),
         Ok(Err(err)) => {
             // The agent went away: what the guest's console said last is the likely why.
             let text = std::fs::read_to_string(&console).unwrap_or_default();
@@ -253,6 +261,10 @@ fn link_tree(dir: &Path, entries: &[(PathBuf, CopyKind)], to: &Path) -> anyhow::
 /// How long a leaseholder waits for a pool keeper that is starting to listen: it binds its
 /// socket as soon as it has the snapshot, so a longer start is a snapshot being made.
 const KEEPER_START: Duration = Duration::from_secs(3);
+
+/// How long a leaseholder whose guest went away waits for its keeper's connection to close,
+/// which tells a stopped pool from a guest that failed.
+const KEEPER_GONE: Duration = Duration::from_secs(1);
 
 /// How long a leaseholder waits for a guest that the keeper is renewing or restoring.
 const LEASE_WAIT: Duration = Duration::from_secs(10);

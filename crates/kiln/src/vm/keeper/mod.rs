@@ -160,7 +160,12 @@ struct Ready {
 enum Event {
     Restored(anyhow::Result<Ready>),
     Asked(UnixStream, Ask),
-    /// A lease ended: a session's guest comes back, and a pool's renewed one.
+    /// A leaseholder let its guest go; a pool's guest is being renewed when `renewing`.
+    Released {
+        /// Whether the guest is being renewed for the next lease.
+        renewing: bool,
+    },
+    /// A released guest is done with: a session's guest comes back, and a pool's renewed one.
     LeaseEnded {
         /// The guest, when it serves on.
         back: Option<Ready>,
@@ -276,6 +281,8 @@ impl Keeper {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut waiters: VecDeque<UnixStream> = VecDeque::new();
         let mut leased = 0usize;
+        // Released pool guests being renewed in a fresh sandbox.
+        let mut renewing = 0usize;
         // Restores in flight: a pool drained by `-j` concurrent runs refills them all at once.
         let mut restoring = 0usize;
         // Leased pool guests that come back renewed when their lease ends.
@@ -343,10 +350,14 @@ impl Keeper {
                         log(&format!("a restore failed: {err:#}"));
                         anyhow::ensure!(failures < 3, "three restores in a row failed; the last: {err:#}");
                     }
-                    Event::LeaseEnded { back, promised } => {
+                    Event::Released { renewing: renewed } => {
                         leased = leased.saturating_sub(1);
+                        renewing += usize::from(renewed);
+                    }
+                    Event::LeaseEnded { back, promised } => {
                         if promised {
                             returning = returning.saturating_sub(1);
+                            renewing = renewing.saturating_sub(1);
                         }
                         idle_since = Instant::now();
                         if let Some(ready) = back {
@@ -372,6 +383,7 @@ impl Keeper {
                             pid: std::process::id(),
                             idle: idle.len(),
                             leased,
+                            renewing,
                             reused,
                         };
                         let _ = send_answer(client.as_fd(), &Answer::Status(status), None);
@@ -393,7 +405,7 @@ impl Keeper {
                     }
                     match self.kind {
                     Kind::Pool { idle_timeout, .. }
-                        if leased == 0 && waiters.is_empty() && restoring == 0 && idle_since.elapsed() > idle_timeout =>
+                        if leased + renewing + restoring == 0 && waiters.is_empty() && idle_since.elapsed() > idle_timeout =>
                     {
                         log(&format!("stopping: no lease for {}s", idle_timeout.as_secs()));
                         return Ok(());
@@ -447,6 +459,7 @@ impl Keeper {
                     break;
                 }
             }
+            let _ = events.send(Event::Released { renewing: !session && renewable });
             let back = match (session, renewable) {
                 (true, _) => Some(ready),
                 (false, true) => renew(ready).await,
