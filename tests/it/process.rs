@@ -5,7 +5,8 @@
 //! and in x86_64 guests: under `kiln run` in each mode (plain, snapshot, pool) every run must
 //! match the native run: status (a death by SIGABRT included), stdout, stderr, and their
 //! order when they are one file. `cargo test` of the crate with kiln as its runner passes in
-//! each mode, and what the doctests write into the package directory never reaches the host.
+//! each mode (its integration test runs the crate's binary by cargo's `CARGO_BIN_EXE_*` path),
+//! and what the doctests write into the package directory never reaches the host.
 
 use std::{
     io::{Read as _, Write as _},
@@ -114,12 +115,19 @@ fn a_program_behaves_under_kiln_run_as_it_does_natively() {
     assert_eq!(ran(check, None, false).signal, Some(6), "the native run the guest's is compared with dies by SIGABRT");
 
     // The crate's own tests with kiln as the runner: the doctests write `.linecount-cache`
-    // into the package directory, which is writable in the guest and unchanged on the host.
+    // into the package directory, which is writable in the guest and unchanged on the host;
+    // `tests/cli.rs` runs the crate's binary by the path cargo gives it
+    // (`CARGO_BIN_EXE_linecount`), in a target directory inside the package (which the
+    // guest's view of the package leaves out) and outside it (as a workspace's is).
     let kiln = env!("CARGO_BIN_EXE_kiln-it");
     let config = project.path().join("Kiln.toml");
-    for mode in ["", "--snapshot", "--pool 1"] {
+    let outside = tempfile::tempdir().expect("tempdir");
+    for (mode, target_dir) in
+        [("", outside.path()), ("--snapshot", &krate.path().join("target")), ("--pool 1", outside.path())]
+    {
         let output = cargo(krate.path())
             .args(["test", "--target", TARGET])
+            .env("CARGO_TARGET_DIR", target_dir)
             .env(
                 "CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUNNER",
                 format!("{kiln} --config {} --accel tcg run {mode} --", config.display()),
@@ -128,7 +136,11 @@ fn a_program_behaves_under_kiln_run_as_it_does_natively() {
             .expect("cargo");
         let out = stdout_of(&output);
         assert!(output.status.success(), "`kiln run {mode}`: stdout:\n{out}\nstderr:\n{}", stderr_of(&output));
-        assert_eq!(out.matches("test result: ok. 2 passed").count(), 2, "the unit tests and doctests ran: {out}");
+        assert_eq!(
+            out.matches("test result: ok. 2 passed").count(),
+            3,
+            "the unit tests, the command-line tests and the doctests ran: {out}"
+        );
         assert!(!krate.path().join(".linecount-cache").exists(), "`kiln run {mode}` wrote to the host's package dir");
     }
     let stop = project.command(&["vm", "stop", "--pools"]).output().expect("kiln");

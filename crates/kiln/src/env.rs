@@ -114,6 +114,11 @@ pub const CARGO_HOME: &str = "CARGO_HOME";
 /// into the guest.
 pub const CARGO_MANIFEST_DIR: &str = "CARGO_MANIFEST_DIR";
 
+/// The prefix of the variables cargo sets for integration tests and benchmarks:
+/// `CARGO_BIN_EXE_<name>` is the path of the package's binary `<name>` in the target directory,
+/// which tests run by that path.
+pub const CARGO_BIN_EXE_PREFIX: &str = "CARGO_BIN_EXE_";
+
 /// The toolchain rustup picked for the running kiln; dropped for the project's own builds
 /// unless the user set it (see [`RUSTUP_TOOLCHAIN_SOURCE`]).
 pub const RUSTUP_TOOLCHAIN: &str = "RUSTUP_TOOLCHAIN";

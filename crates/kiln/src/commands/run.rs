@@ -84,6 +84,7 @@ fn warm(
 ) -> anyhow::Result<Ended> {
     let (cwd, package_dirs) = package_dirs()?;
     let copies = declared_files(&run.settings.files)?;
+    let executables = cargo_executables();
     let mut env = passed_env(&run.settings.env);
     env.extend(guest::agent_env());
     let spec = |role| cx.keeper_spec(&linux, role);
@@ -91,7 +92,18 @@ fn warm(
     let timeout = run.settings.timeout;
     let forward_stdin = !host::stdin_is_null();
     let merge_output = host::stdout_and_stderr_are_one_file();
-    let program = Program { path: program, args, cwd, package_dirs, copies, env, timeout, forward_stdin, merge_output };
+    let program = Program {
+        path: program,
+        args,
+        cwd,
+        package_dirs,
+        copies,
+        executables,
+        env,
+        timeout,
+        forward_stdin,
+        merge_output,
+    };
     program::run(cx.executor(), target, pool, spec, program)
 }
 
@@ -114,6 +126,9 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
         }
     }
     copies.extend(declared_files(&run.settings.files)?);
+    // What a share shows already (a target directory inside the package) is not copied.
+    let shared = |path: &Path| shares.iter().any(|(_, dir)| path.starts_with(dir));
+    copies.extend(cargo_executables().into_iter().filter(|exe| !shared(exe)).map(|exe| (exe, CopyKind::File)));
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
     let guest_program = format!("/kiln/bin/{name}");
     let command = command_script(&cwd, &guest_program, args, &run.settings.env);
@@ -357,6 +372,18 @@ fn package_dirs() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
         dirs.push(cwd.clone());
     }
     Ok((cwd, dirs))
+}
+
+/// The package's binaries that cargo names for an integration test (`CARGO_BIN_EXE_<name>`),
+/// which the test runs by their host paths: the guest gets them at the same paths, whether the
+/// target directory lies inside the package (which the guest's view of it leaves out) or
+/// outside it (a workspace's, or `CARGO_TARGET_DIR`).
+fn cargo_executables() -> Vec<PathBuf> {
+    env::all()
+        .filter(|(name, _)| name.starts_with(env::CARGO_BIN_EXE_PREFIX))
+        .map(|(_, value)| PathBuf::from(value))
+        .filter(|path| path.is_absolute() && path.is_file())
+        .collect()
 }
 
 /// The host variables a program in the guest gets: cargo's and test harnesses'

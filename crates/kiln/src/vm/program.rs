@@ -35,6 +35,9 @@ pub(crate) struct Program<'a> {
     pub package_dirs: Vec<PathBuf>,
     /// Host files and directories copied in at the same paths.
     pub copies: Vec<(PathBuf, CopyKind)>,
+    /// Other executables the program runs by their host paths (cargo's `CARGO_BIN_EXE_*`),
+    /// at the same paths in the guest.
+    pub executables: Vec<PathBuf>,
     /// Its environment.
     pub env: BTreeMap<String, String>,
     /// How long it may run.
@@ -98,8 +101,10 @@ pub(crate) fn run(
         }
     };
     let work = async {
-        let size =
-            std::fs::metadata(program.path).with_context(|| format!("cannot read `{}`", program.path.display()))?.len();
+        let mut size = 0;
+        for path in std::iter::once(program.path).chain(program.executables.iter().map(PathBuf::as_path)) {
+            size += std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?.len();
+        }
         // Ancestors first: a directory's view must not cover one mounted inside it.
         let mut package_dirs = program.package_dirs.clone();
         package_dirs.sort_by_key(|dir| dir.components().count());
@@ -151,6 +156,25 @@ pub(crate) fn run(
                     agent.writable_view(&format!("{guest}/{view}"), &dir.to_string_lossy()).await?;
                 }
                 None => put_copies(&mut agent, entries).await?,
+            }
+        }
+        for (index, executable) in program.executables.iter().enumerate() {
+            let at = executable.to_string_lossy();
+            match &through_inbox {
+                // Linked into a directory of its own (its file name kept), pointed at from its path.
+                Some((host, guest)) => {
+                    let file_name = executable.file_name().map_or_else(|| "program".into(), |n| n.to_string_lossy());
+                    let dir = format!("bin{index}");
+                    std::fs::create_dir(host.join(&dir))
+                        .with_context(|| format!("cannot create a directory in `{}`", host.display()))?;
+                    link_or_copy(executable, &host.join(&dir).join(&*file_name))?;
+                    agent.symlink(&at, &format!("{guest}/{dir}/{file_name}")).await?;
+                }
+                None => {
+                    let bytes =
+                        std::fs::read(executable).with_context(|| format!("cannot read `{}`", executable.display()))?;
+                    agent.put(&at, 0o755, &bytes).await?;
+                }
             }
         }
         put_copies(&mut agent, &program.copies).await?;
