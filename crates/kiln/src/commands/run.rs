@@ -84,7 +84,7 @@ fn warm(
 ) -> anyhow::Result<Ended> {
     let (cwd, package_dirs) = package_dirs()?;
     let copies = declared_files(&run.settings.files)?;
-    let executables = cargo_executables();
+    let executables = cargo_executables(program);
     let mut env = passed_env(&run.settings.env);
     env.extend(guest::agent_env());
     let spec = |role| cx.keeper_spec(&linux, role);
@@ -115,20 +115,33 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
     let (cwd, dirs) = package_dirs()?;
     // The package directory appears at the same path in the guest, writable there and never
     // written back: shared read-only over 9p under an overlay, or, for a kernel without 9p,
-    // copied in.
-    let mut shares = Vec::new();
+    // copied in. So do the directories of the binaries cargo names for an integration test
+    // (a debug binary is large: a share costs nothing until it is read), unless a share shows
+    // them already (a target directory inside the package).
+    let mut share_dirs = Vec::new();
     let mut copies = Vec::new();
-    for (index, dir) in dirs.iter().enumerate() {
+    for dir in &dirs {
         if can_share {
-            shares.push((format!("kiln{index}"), dir.as_path()));
+            share_dirs.push(dir.clone());
         } else {
             copies.extend(guest::package_copies(dir)?);
         }
     }
     copies.extend(declared_files(&run.settings.files)?);
-    // What a share shows already (a target directory inside the package) is not copied.
-    let shared = |path: &Path| shares.iter().any(|(_, dir)| path.starts_with(dir));
-    copies.extend(cargo_executables().into_iter().filter(|exe| !shared(exe)).map(|exe| (exe, CopyKind::File)));
+    for executable in cargo_executables(program) {
+        match executable.parent() {
+            Some(dir) if can_share => {
+                if !share_dirs.iter().any(|shared| executable.starts_with(shared)) {
+                    share_dirs.push(dir.to_owned());
+                }
+            }
+            _ => copies.push((executable, CopyKind::File)),
+        }
+    }
+    // Ancestors first: a directory's share must not cover one mounted inside it.
+    share_dirs.sort_by_key(|dir| dir.components().count());
+    let shares: Vec<(String, &Path)> =
+        share_dirs.iter().enumerate().map(|(index, dir)| (format!("kiln{index}"), dir.as_path())).collect();
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
     let guest_program = format!("/kiln/bin/{name}");
     let command = command_script(&cwd, &guest_program, args, &run.settings.env);
@@ -374,15 +387,25 @@ fn package_dirs() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     Ok((cwd, dirs))
 }
 
-/// The package's binaries that cargo names for an integration test (`CARGO_BIN_EXE_<name>`),
-/// which the test runs by their host paths: the guest gets them at the same paths, whether the
-/// target directory lies inside the package (which the guest's view of it leaves out) or
-/// outside it (a workspace's, or `CARGO_TARGET_DIR`).
-fn cargo_executables() -> Vec<PathBuf> {
+/// The package's binaries that cargo names for the integration test `program`
+/// (`CARGO_BIN_EXE_<name>`), which the test runs by their host paths: the guest gets them at the
+/// same paths, whether the target directory lies inside the package (which the guest's view of
+/// it leaves out) or outside it (a workspace's, or `CARGO_TARGET_DIR`).
+///
+/// Only those beside the program or its directory (a test binary is in the profile's `deps/`,
+/// the binaries in the profile's directory): a variable a process further up left in the
+/// environment names another build's.
+fn cargo_executables(program: &Path) -> Vec<PathBuf> {
+    let Ok(program) = std::fs::canonicalize(program) else { return Vec::new() };
+    let near: Vec<&Path> = program.ancestors().skip(1).take(2).collect();
     env::all()
         .filter(|(name, _)| name.starts_with(env::CARGO_BIN_EXE_PREFIX))
         .map(|(_, value)| PathBuf::from(value))
         .filter(|path| path.is_absolute() && path.is_file())
+        .filter(|path| {
+            let dir = std::fs::canonicalize(path).ok().and_then(|path| path.parent().map(Path::to_owned));
+            dir.is_some_and(|dir| near.contains(&dir.as_path()))
+        })
         .collect()
 }
 
