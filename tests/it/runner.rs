@@ -16,8 +16,9 @@ use std::{
 use crate::linux::{DEBS, fixture, stderr_of, stdout_of};
 
 /// The crate: a word counter, as someone's small library looks, with unit tests, one
-/// integration test reading a data file of the package, a doctest, and a test behind the
-/// `hyphens` feature that fails (the counter splits `well-known` in two).
+/// integration test reading a data file of the package, one running the crate's binary by the
+/// path cargo gives it (`CARGO_BIN_EXE_tally`), a doctest, and a test behind the `hyphens`
+/// feature that fails (the counter splits `well-known` in two).
 const CRATE_FILES: &[(&str, &str)] = &[
     (
         "Cargo.toml",
@@ -119,6 +120,40 @@ fn counts_the_sample_text() {
     let text = std::fs::read_to_string("tests/data/sample.txt").expect("sample text");
     let counts = count_words(&text);
     assert_eq!(top(&counts, 1), [("the", 3)]);
+}
+"#,
+    ),
+    (
+        "src/main.rs",
+        r#"use std::io::Read;
+
+fn main() {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).expect("reading stdin");
+    let n = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(3);
+    for (word, count) in tally::top(&tally::count_words(&text), n) {
+        println!("{count} {word}");
+    }
+}
+"#,
+    ),
+    (
+        "tests/cli.rs",
+        r#"use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[test]
+fn prints_the_most_frequent_words() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run tally");
+    child.stdin.take().unwrap().write_all(b"to be or not to be").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "2 be\n2 to\n");
 }
 "#,
     ),
@@ -243,6 +278,7 @@ fn a_crate_with_only_the_runner_lines_runs_cargo_test_in_aarch64_and_x86_64_vms(
         "tests::top_breaks_ties_alphabetically ... ok",
         "tests::threads_work ... ok",
         "counts_the_sample_text ... ok",
+        "prints_the_most_frequent_words ... ok",
         "src/lib.rs - count_words (line 7) ... ok",
     ] {
         assert!(out.contains(test), "{test}: {out}\nstderr:\n{err}");
@@ -300,6 +336,33 @@ fn a_crate_with_only_the_runner_lines_runs_cargo_test_in_aarch64_and_x86_64_vms(
     assert!(err.contains("kiln's built-in aarch64 guest"), "{err}");
     let cpus = std::thread::available_parallelism().map_or(1, usize::from).min(4);
     assert!(err.contains(&format!("-smp {cpus} ")) && err.contains("-m 1024"), "sized from the host: {err}");
+
+    // The binary's integration test in a fresh guest, laid out as in a workspace, whose
+    // target directory is outside the package: cargo's binary is still at its path there.
+    let debug = outside.krate().join("target/aarch64-unknown-linux-musl/debug");
+    let profile = outside.dir.path().join("workspace-target/debug");
+    fs::create_dir_all(profile.join("deps")).expect("mkdir");
+    fs::copy(debug.join("tally"), profile.join("tally")).expect("copy the binary");
+    let cli_tests = fs::read_dir(debug.join("deps"))
+        .expect("deps")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("cli-") && !n.to_string_lossy().contains('.'))
+        })
+        .expect("the integration test's binary");
+    fs::copy(&cli_tests, profile.join("deps/cli")).expect("copy the test");
+    let cold = outside
+        .command("kiln")
+        .args(["run", "--pool", "0", "--"])
+        .arg(profile.join("deps/cli"))
+        .env("CARGO_BIN_EXE_tally", profile.join("tally"))
+        .env("CARGO_MANIFEST_DIR", outside.krate())
+        .output()
+        .expect("kiln");
+    let (out, err) = (stdout_of(&cold), stderr_of(&cold));
+    assert!(cold.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("test result: ok. 1 passed"), "{out}");
 }
 
 #[test]
