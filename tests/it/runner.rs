@@ -162,6 +162,40 @@ fn prints_the_most_frequent_words() {
     (".gitignore", "/target\n"),
 ];
 
+/// A workspace as larger projects lay one out: members under `crates/`, test data shared at
+/// the root, and cargo's target directory at the root (outside every package).
+const WORKSPACE_FILES: &[(&str, &str)] = &[
+    ("Cargo.toml", "[workspace]\nmembers = [\"crates/*\"]\nresolver = \"2\"\n"),
+    (".cargo/config.toml", CARGO_CONFIG),
+    ("testdata/words.txt", "to be or not to be\n"),
+    (
+        "crates/wordcount/Cargo.toml",
+        "[package]\nname = \"wordcount\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[[bin]]\nname = \"wc\"\npath = \"src/main.rs\"\n",
+    ),
+    (
+        "crates/wordcount/src/main.rs",
+        r#"fn main() {
+    let path = std::env::args().nth(1).expect("a file to count");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    println!("{} words", text.split_whitespace().count());
+}
+"#,
+    ),
+    (
+        "crates/wordcount/tests/cli.rs",
+        r#"use std::{path::Path, process::Command};
+
+#[test]
+fn counts_the_shared_test_data() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/words.txt");
+    let output = Command::new(env!("CARGO_BIN_EXE_wc")).arg(&data).output().expect("run wc");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "6 words\n");
+}
+"#,
+    ),
+];
+
 /// The crate's `.cargo/config.toml`: the runner line, and nothing else.
 const CARGO_CONFIG: &str = "\
 [target.aarch64-unknown-linux-musl]
@@ -337,32 +371,29 @@ fn a_crate_with_only_the_runner_lines_runs_cargo_test_in_aarch64_and_x86_64_vms(
     let cpus = std::thread::available_parallelism().map_or(1, usize::from).min(4);
     assert!(err.contains(&format!("-smp {cpus} ")) && err.contains("-m 1024"), "sized from the host: {err}");
 
-    // The binary's integration test in a fresh guest, laid out as in a workspace, whose
-    // target directory is outside the package: cargo's binary is still at its path there.
-    let debug = outside.krate().join("target/aarch64-unknown-linux-musl/debug");
-    let profile = outside.dir.path().join("workspace-target/debug");
-    fs::create_dir_all(profile.join("deps")).expect("mkdir");
-    fs::copy(debug.join("tally"), profile.join("tally")).expect("copy the binary");
-    let cli_tests = fs::read_dir(debug.join("deps"))
-        .expect("deps")
-        .map(|entry| entry.expect("entry").path())
-        .find(|path| {
-            path.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("cli-") && !n.to_string_lossy().contains('.'))
-        })
-        .expect("the integration test's binary");
-    fs::copy(&cli_tests, profile.join("deps/cli")).expect("copy the test");
-    let cold = outside
-        .command("kiln")
-        .args(["run", "--pool", "0", "--"])
-        .arg(profile.join("deps/cli"))
-        .env("CARGO_BIN_EXE_tally", profile.join("tally"))
-        .env("CARGO_MANIFEST_DIR", outside.krate())
-        .output()
-        .expect("kiln");
-    let (out, err) = (stdout_of(&cold), stderr_of(&cold));
-    assert!(cold.status.success(), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(out.contains("test result: ok. 1 passed"), "{out}");
+    // A workspace member's integration test reads the workspace's shared test data and runs
+    // the member's binary from the workspace's target directory (outside the package), from
+    // the pool and in a fresh guest.
+    let workspace = outside.dir.path().join("workspace");
+    for (path, text) in WORKSPACE_FILES {
+        let path = workspace.join(path);
+        fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        fs::write(path, text).expect("write");
+    }
+    for runner in [None, Some("kiln run --pool 0 --")] {
+        let mut command = outside.command(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        command
+            .current_dir(&workspace)
+            .args(["test", "--target", "aarch64-unknown-linux-musl"])
+            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld");
+        if let Some(runner) = runner {
+            command.env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER", runner);
+        }
+        let tested = command.output().expect("cargo");
+        let (out, err) = (stdout_of(&tested), stderr_of(&tested));
+        assert!(tested.status.success(), "runner {runner:?}: stdout:\n{out}\nstderr:\n{err}");
+        assert!(out.contains("counts_the_shared_test_data ... ok"), "runner {runner:?}: {out}");
+    }
 }
 
 #[test]

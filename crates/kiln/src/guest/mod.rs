@@ -47,12 +47,7 @@ pub(crate) const MAX_COPY_BYTES: u64 = 256 * 1024 * 1024;
 pub(crate) fn package_copies(dir: &Path) -> anyhow::Result<Vec<(PathBuf, CopyKind)>> {
     let mut copies = Vec::new();
     let mut total = 0u64;
-    let walk = ignore::WalkBuilder::new(dir)
-        .hidden(false)
-        .require_git(false)
-        .filter_entry(|entry| entry.file_name() != "target" && entry.file_name() != ".git")
-        .build();
-    for entry in walk {
+    for entry in package_walk(dir) {
         let entry = entry?;
         let path = entry.path().to_owned();
         let Some(kind) = entry.file_type() else { continue };
@@ -76,6 +71,16 @@ pub(crate) fn package_copies(dir: &Path) -> anyhow::Result<Vec<(PathBuf, CopyKin
         }
     }
     Ok(copies)
+}
+
+/// The entries of the package directory `dir` a guest sees: its `.gitignore`s respected,
+/// `target/` and `.git/` left out.
+pub(crate) fn package_walk(dir: &Path) -> ignore::Walk {
+    ignore::WalkBuilder::new(dir)
+        .hidden(false)
+        .require_git(false)
+        .filter_entry(|entry| entry.file_name() != "target" && entry.file_name() != ".git")
+        .build()
 }
 
 /// kiln's `/init`.

@@ -18,6 +18,10 @@ use anyhow::Context as _;
 use kiln_qemu::{BootRequest, Console, Exit, Judge, Share};
 use kiln_types::Arch;
 
+mod view;
+
+use view::{cargo_executables, package_dirs};
+
 use crate::{
     cli::RunArgs,
     cx::Cx,
@@ -372,41 +376,6 @@ fn check_interpreter(program: &Path, interpreter: Option<&str>, rootfs_dir: &Pat
          (a `{ deb = ... }` layer of libc6)",
     )
     .into())
-}
-
-/// The working directory and the directories the guest must see at the same paths: the
-/// package (cargo's `CARGO_MANIFEST_DIR`, else the working directory), and the working
-/// directory too when it lies outside the package.
-fn package_dirs() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let package = env::var_os(env::CARGO_MANIFEST_DIR).map_or_else(|| cwd.clone(), PathBuf::from);
-    let mut dirs = vec![package.clone()];
-    if !cwd.starts_with(&package) {
-        dirs.push(cwd.clone());
-    }
-    Ok((cwd, dirs))
-}
-
-/// The package's binaries that cargo names for the integration test `program`
-/// (`CARGO_BIN_EXE_<name>`), which the test runs by their host paths: the guest gets them at the
-/// same paths, whether the target directory lies inside the package (which the guest's view of
-/// it leaves out) or outside it (a workspace's, or `CARGO_TARGET_DIR`).
-///
-/// Only those beside the program or its directory (a test binary is in the profile's `deps/`,
-/// the binaries in the profile's directory): a variable a process further up left in the
-/// environment names another build's.
-fn cargo_executables(program: &Path) -> Vec<PathBuf> {
-    let Ok(program) = std::fs::canonicalize(program) else { return Vec::new() };
-    let near: Vec<&Path> = program.ancestors().skip(1).take(2).collect();
-    env::all()
-        .filter(|(name, _)| name.starts_with(env::CARGO_BIN_EXE_PREFIX))
-        .map(|(_, value)| PathBuf::from(value))
-        .filter(|path| path.is_absolute() && path.is_file())
-        .filter(|path| {
-            let dir = std::fs::canonicalize(path).ok().and_then(|path| path.parent().map(Path::to_owned));
-            dir.is_some_and(|dir| near.contains(&dir.as_path()))
-        })
-        .collect()
 }
 
 /// The host variables a program in the guest gets: cargo's and test harnesses'
