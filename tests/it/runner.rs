@@ -1,7 +1,8 @@
 //! kiln as cargo's target runner for a crate that is not a kiln project: a crate outside the
 //! repository, whose `.cargo/config.toml` holds only `runner = "kiln run --"` and which has no
 //! Kiln.toml anywhere above it, runs `cargo test --target aarch64-unknown-linux-musl` on kiln's
-//! built-in guest.
+//! built-in guest; so does a workspace whose member's test reads the workspace's shared test
+//! data and runs the member's binary by cargo's `CARGO_BIN_EXE_*` path.
 //!
 //! The per-user cache is a temp directory here (`XDG_CACHE_HOME`), with the pinned Debian
 //! packages put in its download cache from `.ci/fetch-debs`'s directory, as the first `kiln

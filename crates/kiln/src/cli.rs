@@ -253,9 +253,10 @@ fetched once into ~/.cache/kiln/runner), which run programs through a pool by de
 auto`; `--pool 0` boots a fresh guest). The built-in Linux machines get min(host CPUs, 4) CPUs
 and 1 GiB unless `[machine.linux-ARCH]` sets `smp` or `memory`.
 
-The package directory (CARGO_MANIFEST_DIR, else the current directory) appears at the same path,
-writable, and nothing written there reaches the host (an overlay over a read-only share); the
-program runs there with cargo's CARGO_*/RUST_* variables and those listed in `[run] env`. Its
+The package directory (CARGO_MANIFEST_DIR, else the current directory; for a member of a cargo
+workspace, the whole workspace up to 10,000 files) appears at the same path, writable, and
+nothing written there reaches the host (an overlay over a read-only share), and so do the
+binaries cargo names in CARGO_BIN_EXE_* for an integration test; the program runs there with cargo's CARGO_*/RUST_* variables and those listed in `[run] env`. Its
 exit status is kiln's (a death by signal is re-raised); kiln's own failures (the guest did not
 finish) exit 3. The run ends when the program ends: what it left running is killed, and what a
 daemon that left its session writes afterwards is not waited for.";
