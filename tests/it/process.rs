@@ -54,7 +54,13 @@ struct Ran {
 
 /// Runs `command` with `input` on stdin (`None`: /dev/null); `merged` gives it one pipe for
 /// stdout and stderr, as `2>&1` does.
-fn ran(mut command: Command, input: Option<&str>, merged: bool) -> Ran {
+fn ran(command: Command, input: Option<&str>, merged: bool) -> Ran {
+    ran_with_a_reader_after(command, input, merged, Duration::ZERO)
+}
+
+/// [`ran`], with a reader that starts reading the output `delay` after the start (a slow
+/// reader, as `| (sleep 2; cat)` is): stdin is written meanwhile.
+fn ran_with_a_reader_after(mut command: Command, input: Option<&str>, merged: bool, delay: Duration) -> Ran {
     command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
     let mut merged_reader = None;
     if merged {
@@ -66,19 +72,30 @@ fn ran(mut command: Command, input: Option<&str>, merged: bool) -> Ran {
     }
     let mut child = command.spawn().expect("spawn");
     drop(command);
-    if let Some(input) = input {
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input.as_bytes()).expect("write stdin");
-    }
+    let writer = input.map(|input| {
+        let (mut stdin, input) = (child.stdin.take().expect("stdin"), input.to_owned());
+        std::thread::spawn(move || stdin.write_all(input.as_bytes()).expect("write stdin"))
+    });
+    std::thread::sleep(delay);
     let mut stdout = String::new();
     let mut stderr = String::new();
     if let Some(mut reader) = merged_reader {
         reader.read_to_string(&mut stdout).expect("read");
     } else {
+        // Both at once: a program that fills one pipe while the other is read would wait.
+        let mut err = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            err.read_to_string(&mut text).expect("read");
+            text
+        });
         child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("read");
-        child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+        stderr = reader.join().expect("the stderr reader");
     }
     let status = child.wait().expect("wait");
+    if let Some(writer) = writer {
+        writer.join().expect("the stdin writer");
+    }
     Ran { code: status.code(), signal: status.signal(), stdout, stderr }
 }
 
@@ -110,6 +127,27 @@ fn a_program_behaves_under_kiln_run_as_it_does_natively() {
             );
         }
     }
+    // 5 MB of output, 5000 lines on each stream, read only after 2 s: nothing is lost while
+    // the reader lags (a fresh guest's virtio consoles dropped what a full pipe refused).
+    let big: String = (0..5000).map(|i| format!("{i} {}\n", "x".repeat(1000))).collect();
+    for merged in [false, true] {
+        let mut native = Command::new(&binary);
+        native.arg("--verbose").current_dir(krate.path());
+        let native = ran_with_a_reader_after(native, Some(&big), merged, Duration::from_secs(2));
+        let mut kiln = project.command(&["-q", "--accel", "tcg", "run", "--pool", "0", "--"]);
+        kiln.arg(&binary).arg("--verbose").current_dir(krate.path());
+        let guest = ran_with_a_reader_after(kiln, Some(&big), merged, Duration::from_secs(2));
+        assert_eq!(native.stdout.lines().count(), if merged { 10_001 } else { 5001 });
+        assert!(
+            guest == native,
+            "a slow reader of `linecount --verbose` (merged {merged}) got {} lines of stdout, {} of stderr; natively {} and {}",
+            guest.stdout.lines().count(),
+            guest.stderr.lines().count(),
+            native.stdout.lines().count(),
+            native.stderr.lines().count()
+        );
+    }
+
     let mut check = Command::new(&binary);
     check.arg("--check");
     assert_eq!(ran(check, None, false).signal, Some(6), "the native run the guest's is compared with dies by SIGABRT");

@@ -10,14 +10,18 @@
 
 use std::{
     collections::BTreeMap,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::Context as _;
 use kiln_qemu::{BootRequest, Console, Exit, Judge, Share};
 use kiln_types::Arch;
 
+mod output;
 mod view;
 
 use view::{cargo_executables, package_dirs};
@@ -166,15 +170,16 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
     let stdin_socket = scratch.path().join("stdin.sock");
     images.compose_initrd(&files, &initrd)?;
     let nonce = guest::nonce()?;
-    // The program's output reaches kiln through two pipes that kiln copies to its own stdout
-    // and stderr: QEMU opening kiln's fds by path would get files of its own, whose writes
-    // a shell redirecting to a file would then overwrite.
-    let (out_read, out_write) = std::io::pipe().context("cannot create a pipe")?;
-    let (err_read, err_write) = std::io::pipe().context("cannot create a pipe")?;
-    let relays = [relay(out_read, std::io::stdout()), relay(err_read, std::io::stderr())];
-    let pid = std::process::id();
-    let stdout = PathBuf::from(format!("/proc/{pid}/fd/{}", out_write.as_raw_fd()));
-    let stderr = PathBuf::from(format!("/proc/{pid}/fd/{}", err_write.as_raw_fd()));
+    // The program's output reaches kiln through two files in the scratch directory that QEMU
+    // appends to and kiln forwards to its own stdout and stderr as they grow: a virtio console
+    // drops what a full pipe refuses, and QEMU opening kiln's own fds by path would get files
+    // of its own, whose writes a shell redirecting to a file would then overwrite.
+    let (stdout, stderr) = (scratch.path().join("stdout"), scratch.path().join("stderr"));
+    let qemu_ended = Arc::new(AtomicBool::new(false));
+    let relays = [
+        output::relay(&stdout, std::io::stdout(), qemu_ended.clone())?,
+        output::relay(&stderr, std::io::stderr(), qemu_ended.clone())?,
+    ];
     let _stdin_relay = forward_stdin.then(|| relay_stdin(stdin_socket.clone()));
     let io = GuestIo {
         program_output: Some((&stdout, &stderr)),
@@ -228,8 +233,8 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
             _ = terminate.recv() => Booted::Interrupted(libc::SIGTERM),
         })
     });
-    // QEMU is gone; with kiln's write ends closed the relays see the end of the output.
-    drop((out_write, err_write));
+    // QEMU is gone: the relays forward what is left and stop.
+    qemu_ended.store(true, Ordering::Release);
     for relay in relays {
         let _ = relay.join();
     }
@@ -300,14 +305,6 @@ fn relay_stdin(socket: PathBuf) -> std::thread::JoinHandle<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         let _ = stream.shutdown(std::net::Shutdown::Both);
-    })
-}
-
-/// Copies a pipe to one of kiln's own outputs until the pipe ends.
-fn relay(mut from: std::io::PipeReader, mut to: impl std::io::Write + Send + 'static) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
-        let _ = to.flush();
     })
 }
 
