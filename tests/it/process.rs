@@ -127,16 +127,16 @@ fn a_program_behaves_under_kiln_run_as_it_does_natively() {
             );
         }
     }
-    // 5 MB of output, 5000 lines on each stream, read only after 2 s: nothing is lost while
+    // 5 MB of output, 5000 lines on each stream, read only after 6 s (the guest boots in about 2): nothing is lost while
     // the reader lags (a fresh guest's virtio consoles dropped what a full pipe refused).
     let big: String = (0..5000).map(|i| format!("{i} {}\n", "x".repeat(1000))).collect();
     for merged in [false, true] {
         let mut native = Command::new(&binary);
         native.arg("--verbose").current_dir(krate.path());
-        let native = ran_with_a_reader_after(native, Some(&big), merged, Duration::from_secs(2));
+        let native = ran_with_a_reader_after(native, Some(&big), merged, Duration::from_secs(6));
         let mut kiln = project.command(&["-q", "--accel", "tcg", "run", "--pool", "0", "--"]);
         kiln.arg(&binary).arg("--verbose").current_dir(krate.path());
-        let guest = ran_with_a_reader_after(kiln, Some(&big), merged, Duration::from_secs(2));
+        let guest = ran_with_a_reader_after(kiln, Some(&big), merged, Duration::from_secs(6));
         assert_eq!(native.stdout.lines().count(), if merged { 10_001 } else { 5001 });
         assert!(
             guest == native,
