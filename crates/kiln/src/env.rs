@@ -195,6 +195,17 @@ pub const BUILD_NEUTRAL_SUFFIXES: &[&str] = &["_RUNNER"];
 /// and test harnesses set (`RUSTC_BOOTSTRAP` for `-Zunstable-options` test binaries included).
 pub const GUEST_PASSED_PREFIXES: &[&str] = &["CARGO_", "RUST_", "RUSTC_BOOTSTRAP", "NEXTEST", "__CARGO_"];
 
+/// Other variables cargo sets for a test it runs, which the guest gets too: `CARGO` (cargo
+/// itself) and `OUT_DIR` (the build script's output directory).
+pub const GUEST_PASSED_NAMES: &[&str] = &["CARGO", "OUT_DIR"];
+
+/// Whether a variable under [`GUEST_PASSED_PREFIXES`] stays on the host:
+/// `CARGO_TARGET_{TRIPLE}_RUNNER` names kiln itself, which the guest does not have, and
+/// crates that run a package's binaries through cargo's runner (assert_cmd) read it.
+pub fn guest_withheld(name: &str) -> bool {
+    name.starts_with("CARGO_TARGET_") && BUILD_NEUTRAL_SUFFIXES.iter().any(|suffix| name.ends_with(suffix))
+}
+
 /// Variables the leaf crates read on kiln's behalf: the S3 client of a remote store reads the
 /// usual `AWS_*` family (keys, region, endpoint: `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`,
 /// `AWS_ENDPOINT`), TLS reads `SSL_CERT_FILE` and `SSL_CERT_DIR` for the trust store, and the

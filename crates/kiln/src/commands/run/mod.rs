@@ -376,10 +376,15 @@ fn check_interpreter(program: &Path, interpreter: Option<&str>, rootfs_dir: &Pat
 }
 
 /// The host variables a program in the guest gets: cargo's and test harnesses'
-/// ([`env::GUEST_PASSED_PREFIXES`]) and those `[run] env` names.
+/// ([`env::GUEST_PASSED_PREFIXES`], [`env::GUEST_PASSED_NAMES`], less the runner's
+/// [`env::guest_withheld`]) and those `[run] env` names.
 fn passed_env(extra_env: &[String]) -> BTreeMap<String, String> {
+    let cargos = |name: &str| {
+        (env::GUEST_PASSED_PREFIXES.iter().any(|p| name.starts_with(p)) || env::GUEST_PASSED_NAMES.contains(&name))
+            && !env::guest_withheld(name)
+    };
     env::all()
-        .filter(|(name, _)| env::GUEST_PASSED_PREFIXES.iter().any(|p| name.starts_with(p)) || extra_env.contains(name))
+        .filter(|(name, _)| cargos(name) || extra_env.contains(name))
         .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         .collect()
 }

@@ -87,9 +87,31 @@ impl KeeperSpec {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
-            .process_group(0)
-            .spawn()
-            .context("cannot start kiln's keeper process")
+            .process_group(0);
+        // The keeper outlives the command that started it: it must not hold what that
+        // command inherited (a `flock` wrapper's lock, a CI step's pipes), or whoever waits
+        // for those waits for the keeper too.
+        // SAFETY: the closure makes async-signal-safe system calls only (close_range, fcntl).
+        unsafe {
+            command.pre_exec(|| {
+                close_inherited_fds_on_exec();
+                Ok(())
+            });
+        }
+        command.spawn().context("cannot start kiln's keeper process")
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec (in a child between fork and exec).
+fn close_inherited_fds_on_exec() {
+    // SAFETY: plain system calls on descriptor numbers; no memory is touched.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+            // Kernels before 5.11: one by one, up to a limit no inherited descriptor passes.
+            for fd in 3..4096 {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
     }
 }
 
