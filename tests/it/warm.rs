@@ -435,6 +435,12 @@ fn a_session_shares_state_syncs_deletions_and_ends_with_its_owner() {
     let (code, _, err) = kiln(&["vm", "stop", "-n", "dev"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(wait_for(Duration::from_secs(5), || project.live_qemu_pids().is_empty()), "stop kills the guest");
+    // Nothing running: an empty list on stdout, and stderr says so (a user cache of its own,
+    // so no built-in runner pool of this host's user is listed).
+    let no_cache = tempfile::tempdir().expect("tempdir");
+    let listed = project.command(&["vm", "ls"]).env("XDG_CACHE_HOME", no_cache.path()).output().expect("kiln");
+    assert!(stdout_of(&listed).is_empty(), "{}", stdout_of(&listed));
+    assert!(stderr_of(&listed).contains("no sessions or pools are running"), "{}", stderr_of(&listed));
     let (code, _, err) = kiln(&["vm", "exec", "-n", "dev", "--", "true"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("no session `dev` is running"), "{err}");

@@ -296,7 +296,11 @@ fn stop(cx: &Cx, name: &str) -> anyhow::Result<u8> {
 /// project, the built-in runner guests' pools (which other crates' runs may be using) keep
 /// running, and a line says how to stop them.
 fn stop_pools(cx: &Cx) -> anyhow::Result<u8> {
-    for (whose, info) in running_keepers(cx)?.into_iter().filter(|(_, info)| info.kind == "pool") {
+    let pools: Vec<_> = running_keepers(cx)?.into_iter().filter(|(_, info)| info.kind == "pool").collect();
+    if pools.is_empty() {
+        cx.printer().status("Stopped", "nothing: no run pool is running");
+    }
+    for (whose, info) in pools {
         if !whose.is_empty() {
             cx.printer().status(
                 "Kept",
@@ -317,7 +321,16 @@ fn stop_pools(cx: &Cx) -> anyhow::Result<u8> {
 /// guests (which `kiln run` uses in crates without a Kiln.toml), the latter marked.
 fn ls(cx: &Cx) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
-    for (whose, info) in running_keepers(cx)? {
+    let keepers = running_keepers(cx)?;
+    if keepers.is_empty() {
+        // On stderr: a script reading the list gets an empty one.
+        cx.printer().status(
+            "Listed",
+            "no sessions or pools are running (`vm start` starts a session; `run --pool N` and the \
+             built-in guests keep a pool for 30 s after their last run; one-off guests are not listed)",
+        );
+    }
+    for (whose, info) in keepers {
         let owner = info.owner.map_or_else(|| "-".to_owned(), |pid| pid.to_string());
         let status = keeper::status(&info.socket).map_or_else(
             || "starting".to_owned(),
