@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The protocol version both sides must speak.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A request from kiln.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +107,13 @@ pub enum Op {
         /// a third less to send, nothing to decode).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         length: Option<u64>,
+    },
+    /// Makes a directory and its missing parents (one that exists already is not an error).
+    Mkdir {
+        /// Guest path.
+        path: String,
+        /// Permission bits of the directory itself.
+        mode: u32,
     },
     /// Makes a symlink (parent directories are created; what was at `path` is replaced).
     Symlink {

@@ -226,6 +226,7 @@ fn serve(mut input: impl BufRead, sink: &Sink, in_guest: Option<&Result<sandbox:
                 send(sink, id, reply(content.and_then(|bytes| put(&path, mode, &bytes, &blake3))));
             }
             Op::Get { path } => send(sink, id, reply(get(&path))),
+            Op::Mkdir { path, mode } => send(sink, id, reply(mkdir(&path, mode))),
             Op::Symlink { path, target } => send(sink, id, reply(symlink(&path, &target))),
             Op::Mount9p { tag, path } => send(sink, id, reply(mount_9p(&tag, &path))),
             Op::MountOverlay { lower, path } => {
@@ -629,6 +630,17 @@ fn mount_9p(tag: &str, path: &str) -> Result<Reply, String> {
 }
 
 /// Makes a symlink through a temporary name and a rename, replacing what was there.
+fn mkdir(path: &str, mode: u32) -> Result<Reply, String> {
+    let path = Path::new(path);
+    if path.is_dir() {
+        return Ok(Reply::default());
+    }
+    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    Ok(Reply::default())
+}
+
 fn symlink(path: &str, target: &str) -> Result<Reply, String> {
     let path = Path::new(path);
     if let Some(parent) = path.parent() {

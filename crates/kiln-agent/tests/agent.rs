@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt as _,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
 
@@ -247,6 +248,18 @@ fn list_hashes_files_and_links_and_remove_prunes_emptied_directories() {
     agent.send(3, Op::Symlink { path: root.join("c/link2").to_string_lossy().into_owned(), target: "../link".into() });
     assert!(matches!(agent.next().body, Body::Ok(_)));
     assert_eq!(std::fs::read_link(root.join("c/link2")).expect("link"), std::path::Path::new("../link"));
+
+    // A directory and its parents; one that exists keeps its mode.
+    let made = root.join("d/e/tmp");
+    agent.send(6, Op::Mkdir { path: made.to_string_lossy().into_owned(), mode: 0o700 });
+    assert!(matches!(agent.next().body, Body::Ok(_)));
+    let mode = |path: &std::path::Path| std::fs::metadata(path).expect("made").permissions().mode() & 0o7777;
+    assert_eq!(mode(&made), 0o700);
+    agent.send(7, Op::Mkdir { path: made.to_string_lossy().into_owned(), mode: 0o755 });
+    assert!(matches!(agent.next().body, Body::Ok(_)));
+    assert_eq!(mode(&made), 0o700, "an existing directory is left as it is");
+    agent.send(8, Op::Mkdir { path: root.join("link").to_string_lossy().into_owned(), mode: 0o755 });
+    assert!(matches!(agent.next().body, Body::Error(_)), "a file is in the way");
 
     agent.send(4, Op::Remove { root: root_text.clone(), paths: vec!["a/b/file".into(), "gone".into()] });
     assert!(matches!(agent.next().body, Body::Ok(_)));

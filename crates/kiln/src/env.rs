@@ -119,6 +119,11 @@ pub const CARGO_MANIFEST_DIR: &str = "CARGO_MANIFEST_DIR";
 /// which tests run by that path.
 pub const CARGO_BIN_EXE_PREFIX: &str = "CARGO_BIN_EXE_";
 
+/// The build script's output directory, which cargo names for a package's tests and binaries
+/// it runs; its `../output` holds the script's instructions (`cargo:rustc-env=NAME=VALUE`:
+/// variables cargo sets for the run too).
+pub const OUT_DIR: &str = "OUT_DIR";
+
 /// The toolchain rustup picked for the running kiln; dropped for the project's own builds
 /// unless the user set it (see [`RUSTUP_TOOLCHAIN_SOURCE`]).
 pub const RUSTUP_TOOLCHAIN: &str = "RUSTUP_TOOLCHAIN";
@@ -197,7 +202,7 @@ pub const GUEST_PASSED_PREFIXES: &[&str] = &["CARGO_", "RUST_", "RUSTC_BOOTSTRAP
 
 /// Other variables cargo sets for a test it runs, which the guest gets too: `CARGO` (cargo
 /// itself) and `OUT_DIR` (the build script's output directory).
-pub const GUEST_PASSED_NAMES: &[&str] = &["CARGO", "OUT_DIR"];
+pub const GUEST_PASSED_NAMES: &[&str] = &["CARGO", OUT_DIR];
 
 /// Whether a variable under [`GUEST_PASSED_PREFIXES`] stays on the host:
 /// `CARGO_TARGET_{TRIPLE}_RUNNER` names kiln itself, which the guest does not have, and

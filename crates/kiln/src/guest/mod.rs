@@ -74,12 +74,18 @@ pub(crate) fn package_copies(dir: &Path) -> anyhow::Result<Vec<(PathBuf, CopyKin
 }
 
 /// The entries of the package directory `dir` a guest sees: its `.gitignore`s respected,
-/// `target/` and `.git/` left out.
+/// `target/`, `.git/` and other directories marked as caches (`CACHEDIR.TAG`: cargo's target
+/// directory under another name) left out.
 pub(crate) fn package_walk(dir: &Path) -> ignore::Walk {
     ignore::WalkBuilder::new(dir)
         .hidden(false)
         .require_git(false)
-        .filter_entry(|entry| entry.file_name() != "target" && entry.file_name() != ".git")
+        .filter_entry(|entry| {
+            let name = entry.file_name();
+            let cache =
+                || entry.file_type().is_some_and(|kind| kind.is_dir()) && entry.path().join("CACHEDIR.TAG").is_file();
+            name != "target" && name != ".git" && !cache()
+        })
         .build()
 }
 

@@ -146,6 +146,14 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Makes a directory and its missing parents in the guest.
+    pub(crate) async fn mkdir(&mut self, path: &str, mode: u32) -> anyhow::Result<()> {
+        self.request(Op::Mkdir { path: path.to_owned(), mode })
+            .await
+            .with_context(|| format!("cannot make the directory {path} in the guest"))?;
+        Ok(())
+    }
+
     /// Makes a symlink in the guest.
     pub(crate) async fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<()> {
         self.request(Op::Symlink { path: path.to_owned(), target: target.to_owned() })

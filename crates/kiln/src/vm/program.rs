@@ -31,12 +31,14 @@ pub(crate) struct Program<'a> {
     pub args: &'a [String],
     /// Its working directory (the same path in the guest).
     pub cwd: PathBuf,
-    /// Directories the guest sees at the same paths, writable there, never written back.
-    pub package_dirs: Vec<PathBuf>,
+    /// Directories the guest sees at the same paths, writable there, never written back: the
+    /// package, what the program needs of cargo's target directory. A program among their
+    /// entries runs from its host path.
+    pub views: Vec<View>,
     /// Host files and directories copied in at the same paths.
     pub copies: Vec<(PathBuf, CopyKind)>,
-    /// Other executables the program runs by their host paths (cargo's `CARGO_BIN_EXE_*`),
-    /// at the same paths in the guest.
+    /// Executables in no view that the program runs by their host paths (cargo's
+    /// `CARGO_BIN_EXE_*`), at the same paths in the guest.
     pub executables: Vec<PathBuf>,
     /// Its environment.
     pub env: BTreeMap<String, String>,
@@ -47,6 +49,17 @@ pub(crate) struct Program<'a> {
     /// Whether its stderr joins its stdout in one ordered stream (kiln's stdout and stderr
     /// are one file).
     pub merge_output: bool,
+}
+
+/// A directory the guest sees at its host path, writable there and never written back, made
+/// of these host entries below it (the rest of the host directory is not there).
+#[derive(Debug)]
+pub(crate) struct View {
+    /// The directory, at the same path in the guest.
+    pub dir: PathBuf,
+    /// Its files, symlinks and directories the guest gets (the directories holding them are
+    /// made).
+    pub entries: Vec<(PathBuf, CopyKind)>,
 }
 
 /// The largest program sent through the agent when the guest has an inbox share: below it,
@@ -106,14 +119,14 @@ pub(crate) fn run(
             size += std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?.len();
         }
         // Ancestors first: a directory's view must not cover one mounted inside it.
-        let mut package_dirs = program.package_dirs.clone();
-        package_dirs.sort_by_key(|dir| dir.components().count());
-        let packages = package_dirs
-            .iter()
-            .map(|dir| Ok((dir, crate::guest::package_copies(dir)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut views: Vec<&View> = program.views.iter().collect();
+        views.sort_by_key(|view| view.dir.components().count());
         let package_files: usize =
-            packages.iter().flat_map(|(_, entries)| entries).filter(|(_, kind)| *kind != CopyKind::Dir).count();
+            views.iter().flat_map(|view| &view.entries).filter(|(_, kind)| *kind != CopyKind::Dir).count();
+        let program_in_view = views
+            .iter()
+            .flat_map(|view| &view.entries)
+            .any(|(path, kind)| path == program.path && *kind == CopyKind::File);
         // Through the inbox share when the guest has one and it is mounted, or mounting it
         // costs less than sending: a large program (a debug test binary is mostly debug info
         // the guest never reads) or many package files. A directory of its own: a renewed
@@ -132,6 +145,7 @@ pub(crate) fn run(
             _ => None,
         };
         let guest_program = match &through_inbox {
+            _ if program_in_view => program.path.to_string_lossy().into_owned(),
             Some((host, guest)) => {
                 link_or_copy(program.path, &host.join(&name))?;
                 format!("{guest}/{name}")
@@ -146,16 +160,16 @@ pub(crate) fn run(
         };
         let mut argv = vec![guest_program];
         argv.extend(program.args.iter().cloned());
-        for (index, (dir, entries)) in packages.iter().enumerate() {
+        for (index, view) in views.iter().enumerate() {
             match &through_inbox {
-                // Nothing but directories: nothing to show (the working directory is made).
-                _ if entries.iter().all(|(_, kind)| *kind == CopyKind::Dir) => {}
+                // Nothing below it: nothing to show (the working directory is made).
+                _ if view.entries.iter().all(|(path, _)| *path == view.dir) => {}
                 Some((host, guest)) => {
-                    let view = format!("package{index}");
-                    link_tree(dir, entries, &host.join(&view))?;
-                    agent.writable_view(&format!("{guest}/{view}"), &dir.to_string_lossy()).await?;
+                    let name = format!("view{index}");
+                    link_tree(&view.dir, &view.entries, &host.join(&name))?;
+                    agent.writable_view(&format!("{guest}/{name}"), &view.dir.to_string_lossy()).await?;
                 }
-                None => put_copies(&mut agent, entries).await?,
+                None => put_copies(&mut agent, &view.entries).await?,
             }
         }
         for (index, executable) in program.executables.iter().enumerate() {
@@ -230,17 +244,23 @@ pub(crate) fn run(
     })
 }
 
-/// Puts host files and symlinks into the guest at the same paths.
+/// Puts host files, symlinks and empty directories into the guest at the same paths (the
+/// directories holding the others are made with them).
 async fn put_copies(agent: &mut AgentClient, copies: &[(PathBuf, CopyKind)]) -> anyhow::Result<()> {
+    let mode = |path: &Path| -> anyhow::Result<u32> {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        Ok(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777)
+    };
+    let holding: std::collections::HashSet<&Path> = copies.iter().filter_map(|(path, _)| path.parent()).collect();
     for (path, kind) in copies {
         let guest_path = path.to_string_lossy();
         match kind {
             CopyKind::File => {
-                let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path)?.permissions()) & 0o7777;
                 let content = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-                agent.put(&guest_path, mode, &content).await?;
+                agent.put(&guest_path, mode(path)?, &content).await?;
             }
             CopyKind::Symlink(target) => agent.symlink(&guest_path, target).await?,
+            CopyKind::Dir if !holding.contains(path.as_path()) => agent.mkdir(&guest_path, mode(path)?).await?,
             CopyKind::Dir => {}
         }
     }

@@ -24,7 +24,7 @@ use kiln_types::Arch;
 mod output;
 mod view;
 
-use view::{cargo_executables, package_dirs};
+use view::Seen;
 
 use crate::{
     cli::RunArgs,
@@ -37,7 +37,7 @@ use crate::{
     plan::{KERNEL_FAILURE, RunPlan, Warmth, WarmthAsked},
     vm::{
         LinuxTarget, SnapshotTarget,
-        program::{self, Ended, Program},
+        program::{self, Ended, Program, View},
         slots,
     },
 };
@@ -48,7 +48,8 @@ pub(super) fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
         .command
         .split_first()
         .ok_or_else(|| UsageError::with_help("no program to run", "`cargo xtask run -- BINARY ARGS...`"))?;
-    let program = std::path::absolute(program).with_context(|| format!("cannot resolve `{program}`"))?;
+    let program =
+        lexically_normal(&std::path::absolute(program).with_context(|| format!("cannot resolve `{program}`"))?);
     let elf = elf_facts(&program)?;
     let arch = match args.arch {
         Some(arch) if arch != elf.arch => {
@@ -90,9 +91,17 @@ fn warm(
     program: &Path,
     args: &[String],
 ) -> anyhow::Result<Ended> {
-    let (cwd, package_dirs) = package_dirs()?;
+    let Seen { cwd, package_dirs, target, notes } = view::seen(program)?;
+    for note in notes {
+        cx.printer().verbose("Note", &note);
+    }
+    let mut views = package_dirs
+        .into_iter()
+        .map(|dir| Ok(View { entries: guest::package_copies(&dir)?, dir }))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    views.extend(target.dirs);
+    let executables = target.loose.into_iter().filter(|path| path != program).collect();
     let copies = declared_files(&run.settings.files)?;
-    let executables = cargo_executables(program);
     let mut env = passed_env(&run.settings.env);
     env.extend(guest::agent_env());
     let spec = |role| cx.keeper_spec(&linux, role);
@@ -100,18 +109,8 @@ fn warm(
     let timeout = run.settings.timeout;
     let forward_stdin = !host::stdin_is_null();
     let merge_output = host::stdout_and_stderr_are_one_file();
-    let program = Program {
-        path: program,
-        args,
-        cwd,
-        package_dirs,
-        copies,
-        executables,
-        env,
-        timeout,
-        forward_stdin,
-        merge_output,
-    };
+    let program =
+        Program { path: program, args, cwd, views, copies, executables, env, timeout, forward_stdin, merge_output };
     program::run(cx.executor(), target, pool, spec, program)
 }
 
@@ -120,15 +119,18 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
     let can_share = linux.can_share();
     let LinuxTarget { images, machine, accel, .. } = linux;
     let arch = machine.arch;
-    let (cwd, dirs) = package_dirs()?;
+    let Seen { cwd, package_dirs, target, notes } = view::seen(program)?;
+    for note in notes {
+        cx.printer().verbose("Note", &note);
+    }
     // The package directory appears at the same path in the guest, writable there and never
     // written back: shared read-only over 9p under an overlay, or, for a kernel without 9p,
-    // copied in. So do the directories of the binaries cargo names for an integration test
-    // (a debug binary is large: a share costs nothing until it is read), unless a share shows
-    // them already (a target directory inside the package).
-    let mut share_dirs = Vec::new();
+    // copied in. So do the target directories holding the program and the binaries cargo
+    // names for it (a debug binary is large: a share costs nothing until it is read), unless
+    // a share shows them already (a target directory inside the package).
+    let mut share_dirs: Vec<PathBuf> = Vec::new();
     let mut copies = Vec::new();
-    for dir in &dirs {
+    for dir in &package_dirs {
         if can_share {
             share_dirs.push(dir.clone());
         } else {
@@ -136,7 +138,15 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
         }
     }
     copies.extend(declared_files(&run.settings.files)?);
-    for executable in cargo_executables(program) {
+    let program_seen = target.dir_of(program).is_some();
+    for view in target.dirs {
+        if !can_share {
+            copies.extend(view.entries);
+        } else if !share_dirs.iter().any(|shared| view.dir.starts_with(shared)) {
+            share_dirs.push(view.dir);
+        }
+    }
+    for executable in target.loose.into_iter().filter(|path| path != program) {
         match executable.parent() {
             Some(dir) if can_share => {
                 if !share_dirs.iter().any(|shared| executable.starts_with(shared)) {
@@ -151,14 +161,15 @@ fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[Stri
     let shares: Vec<(String, &Path)> =
         share_dirs.iter().enumerate().map(|(index, dir)| (format!("kiln{index}"), dir.as_path())).collect();
     let name = program.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
-    let guest_program = format!("/kiln/bin/{name}");
+    // A program in a target directory runs from its host path there; another one is copied in.
+    let guest_program = if program_seen { program.to_string_lossy().into_owned() } else { format!("/kiln/bin/{name}") };
     let command = command_script(&cwd, &guest_program, args, &run.settings.env);
     let merged_output = host::stdout_and_stderr_are_one_file();
     let forward_stdin = !host::stdin_is_null();
     let files = guest::BootFiles {
         command,
         shares: shares.clone(),
-        program: Some((program, guest_program)),
+        program: (!program_seen).then_some((program, guest_program)),
         copies,
         separate_stdio: true,
         merged_output,
@@ -377,16 +388,46 @@ fn check_interpreter(program: &Path, interpreter: Option<&str>, rootfs_dir: &Pat
 
 /// The host variables a program in the guest gets: cargo's and test harnesses'
 /// ([`env::GUEST_PASSED_PREFIXES`], [`env::GUEST_PASSED_NAMES`], less the runner's
-/// [`env::guest_withheld`]) and those `[run] env` names.
+/// [`env::guest_withheld`]), those the package's build script set (cargo sets them for the
+/// run too), and those `[run] env` names.
 fn passed_env(extra_env: &[String]) -> BTreeMap<String, String> {
     let cargos = |name: &str| {
         (env::GUEST_PASSED_PREFIXES.iter().any(|p| name.starts_with(p)) || env::GUEST_PASSED_NAMES.contains(&name))
             && !env::guest_withheld(name)
     };
+    let from_build_script = build_script_env();
     env::all()
-        .filter(|(name, _)| cargos(name) || extra_env.contains(name))
+        .filter(|(name, _)| cargos(name) || from_build_script.contains(name) || extra_env.contains(name))
         .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         .collect()
+}
+
+/// The names of the variables the package's build script set with `cargo:rustc-env=NAME=VALUE`
+/// (or `cargo::rustc-env`), read from its output beside `OUT_DIR`.
+fn build_script_env() -> Vec<String> {
+    let Some(out_dir) = env::var_os(env::OUT_DIR).map(PathBuf::from) else { return Vec::new() };
+    let Ok(output) = std::fs::read_to_string(out_dir.with_file_name("output")) else { return Vec::new() };
+    output
+        .lines()
+        .filter_map(|line| line.strip_prefix("cargo::rustc-env=").or_else(|| line.strip_prefix("cargo:rustc-env=")))
+        .filter_map(|assignment| assignment.split_once('=').map(|(name, _)| name.to_owned()))
+        .collect()
+}
+
+/// `path` without `.` and `..` components (symlinks are left alone: a multi-call program
+/// reads the name it was run by).
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
 }
 
 /// The script the guest runs: the working directory, cargo's environment, the program.

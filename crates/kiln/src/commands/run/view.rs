@@ -1,33 +1,163 @@
 //! What of the host a program under `run` sees at the same paths: its package, or the cargo
 //! workspace the package is a member of (tests read the workspace's shared test data through
-//! `CARGO_MANIFEST_DIR/..`), its working directory, and the binaries cargo names for an
-//! integration test.
+//! `CARGO_MANIFEST_DIR/..`), its working directory, and what it needs of cargo's target
+//! directory (itself, so `current_exe()` names its host path, the binaries cargo names for an
+//! integration test, `CARGO_TARGET_TMPDIR`, the build script's `OUT_DIR`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::{env, guest};
+use crate::{
+    env,
+    guest::{self, CopyKind},
+    vm::program::View,
+};
 
 /// A workspace with more files than this, or more bytes than a guest without 9p takes as a
 /// copy, is left out: the guest sees the package only (every warm run links the files it sees
 /// into the guest's inbox).
 const WORKSPACE_FILES: usize = 10_000;
 
-/// The working directory and the directories the guest must see at the same paths: the
-/// package (cargo's `CARGO_MANIFEST_DIR`, else the working directory) or the workspace it is a
-/// member of, and the working directory too when it lies outside them.
-pub(super) fn package_dirs() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
+/// The directories a program under `run` sees at the same paths, and why some were left out.
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    /// The working directory.
+    pub cwd: PathBuf,
+    /// The package (cargo's `CARGO_MANIFEST_DIR`, else the working directory) or the
+    /// workspace it is a member of, and the working directory too when it lies outside them.
+    pub package_dirs: Vec<PathBuf>,
+    /// What the program needs of cargo's target directories.
+    pub target: TargetParts,
+    /// What was left out and why (said under `-v`).
+    pub notes: Vec<String>,
+}
+
+/// What the guest of `program` sees at the same paths as the host.
+pub(super) fn seen(program: &Path) -> anyhow::Result<Seen> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let mut notes = Vec::new();
     let package = match env::var_os(env::CARGO_MANIFEST_DIR).map(PathBuf::from) {
-        Some(package) => workspace_of(&package).filter(|root| small_enough(root)).unwrap_or(package),
+        Some(package) => match workspace_of(&package) {
+            Some(root) if small_enough(&root) => root,
+            Some(root) => {
+                notes.push(format!(
+                    "the guest sees the package `{}` but not its workspace `{}`: it holds more than {WORKSPACE_FILES} \
+                     files or {} (files a test reads outside the package: `[run] files`)",
+                    package.display(),
+                    root.display(),
+                    crate::units::human_size(guest::MAX_COPY_BYTES),
+                ));
+                package
+            }
+            None => package,
+        },
         None => cwd.clone(),
     };
-    let mut dirs = vec![package.clone()];
+    let mut package_dirs = vec![package.clone()];
     if !cwd.starts_with(&package) {
-        dirs.push(cwd.clone());
+        package_dirs.push(cwd.clone());
     }
-    Ok((cwd, dirs))
+    let target = target_parts(program, &mut notes);
+    Ok(Seen { cwd, package_dirs, target, notes })
+}
+
+/// The most entries of a build script's `OUT_DIR` a warm guest is given (each is linked into
+/// its inbox at every run); a larger one is left out.
+const OUT_DIR_ENTRIES: usize = 2_000;
+
+/// What a program under `run` needs of cargo's target directories, which the view of its
+/// package leaves out: the program itself (so `current_exe()` and paths found from it, as
+/// `assert_cmd` and ripgrep's tests find the package's binaries, are the host's), the binaries
+/// cargo names for it (`CARGO_BIN_EXE_<name>`), the target directory's `tmp/` (an integration
+/// test's `CARGO_TARGET_TMPDIR`), and the build script's `OUT_DIR`.
+#[derive(Debug, Default)]
+pub(super) struct TargetParts {
+    /// Each target directory (cargo marks it with `CACHEDIR.TAG`; a `--target` build has one
+    /// per triple) and the entries below it the guest gets.
+    pub dirs: Vec<View>,
+    /// Executables outside any target directory (the program among them when it is).
+    pub loose: Vec<PathBuf>,
+}
+
+impl TargetParts {
+    /// The target directory holding `path`, if any.
+    pub fn dir_of(&self, path: &Path) -> Option<&View> {
+        self.dirs.iter().find(|view| path.starts_with(&view.dir))
+    }
+}
+
+/// What `program` needs of cargo's target directories; what is left out goes to `notes`.
+fn target_parts(program: &Path, notes: &mut Vec<String>) -> TargetParts {
+    let mut parts = TargetParts::default();
+    let mut executables = vec![program.to_owned()];
+    executables.extend(cargo_executables(program));
+    for executable in executables {
+        match target_dir(&executable) {
+            Some(root) => parts_in(&mut parts, &root).push((executable, CopyKind::File)),
+            None => parts.loose.push(executable),
+        }
+    }
+    for view in &mut parts.dirs {
+        let tmp = view.dir.join("tmp");
+        if tmp.is_dir() {
+            view.entries.push((tmp, CopyKind::Dir));
+        }
+    }
+    if let Some(out_dir) = env::var_os(env::OUT_DIR).map(PathBuf::from).filter(|dir| dir.is_absolute() && dir.is_dir())
+        && let Some(root) = target_dir(&out_dir)
+    {
+        match tree_entries(&out_dir, OUT_DIR_ENTRIES) {
+            Some(entries) => parts_in(&mut parts, &root).extend(entries),
+            None => notes.push(format!(
+                "the guest does not see the build script's OUT_DIR `{}`: it holds more than {OUT_DIR_ENTRIES} \
+                 entries",
+                out_dir.display()
+            )),
+        }
+    }
+    parts
+}
+
+/// The entries of the view of the target directory `root`, made when missing.
+fn parts_in<'a>(parts: &'a mut TargetParts, root: &Path) -> &'a mut Vec<(PathBuf, CopyKind)> {
+    let index = match parts.dirs.iter().position(|view| view.dir == root) {
+        Some(index) => index,
+        None => {
+            parts.dirs.push(View { dir: root.to_owned(), entries: Vec::new() });
+            parts.dirs.len() - 1
+        }
+    };
+    &mut parts.dirs[index].entries
+}
+
+/// The cargo target directory `path` lies in: the nearest directory above it that cargo marked
+/// with `CACHEDIR.TAG` (cargo before 1.47 wrote none: then the one with its `.rustc_info.json`).
+fn target_dir(path: &Path) -> Option<PathBuf> {
+    let marked = |name: &str| path.ancestors().skip(1).find(|dir| dir.join(name).is_file()).map(Path::to_owned);
+    marked("CACHEDIR.TAG").or_else(|| marked(".rustc_info.json"))
+}
+
+/// Every entry below `dir` (none left out), or `None` when there are more than `limit`.
+fn tree_entries(dir: &Path, limit: usize) -> Option<Vec<(PathBuf, CopyKind)>> {
+    let mut entries = Vec::new();
+    for entry in ignore::WalkBuilder::new(dir).standard_filters(false).build() {
+        let Ok(entry) = entry else { continue };
+        let Some(kind) = entry.file_type() else { continue };
+        let path = entry.path().to_owned();
+        if kind.is_symlink() {
+            let Ok(target) = std::fs::read_link(&path) else { continue };
+            entries.push((path, CopyKind::Symlink(target.to_string_lossy().into_owned())));
+        } else if kind.is_dir() {
+            entries.push((path, CopyKind::Dir));
+        } else if kind.is_file() {
+            entries.push((path, CopyKind::File));
+        }
+        if entries.len() > limit {
+            return None;
+        }
+    }
+    Some(entries)
 }
 
 /// The root of the cargo workspace `package` is a member of, when that is another directory:
@@ -83,7 +213,7 @@ fn small_enough(dir: &Path) -> bool {
 /// Only those beside the program or its directory (a test binary is in the profile's `deps/`,
 /// the binaries in the profile's directory): a variable a process further up left in the
 /// environment names another build's.
-pub(super) fn cargo_executables(program: &Path) -> Vec<PathBuf> {
+fn cargo_executables(program: &Path) -> Vec<PathBuf> {
     let Ok(program) = std::fs::canonicalize(program) else { return Vec::new() };
     let near: Vec<&Path> = program.ancestors().skip(1).take(2).collect();
     env::all()
@@ -125,6 +255,32 @@ mod tests {
         let named = std::fs::canonicalize(root.join("crates")).expect("canonical");
         assert_eq!(workspace_of(&root.join("other/d")), Some(named), "package.workspace");
         assert_eq!(workspace_of(root), None, "the root is no member of another");
+    }
+
+    #[test]
+    fn a_program_s_target_directory_is_the_nearest_one_cargo_marked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("target");
+        write(&target.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n");
+        write(&target.join(".rustc_info.json"), "{}");
+        write(&target.join("aarch64-unknown-linux-musl/CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n");
+        let triple = target.join("aarch64-unknown-linux-musl");
+        assert_eq!(target_dir(&triple.join("debug/deps/t-0123")), Some(triple.clone()), "a --target build's own");
+        assert_eq!(target_dir(&target.join("debug/deps/t-0123")), Some(target.clone()));
+        assert_eq!(target_dir(&dir.path().join("bin/tool")), None, "not in a target directory");
+        let old = dir.path().join("old-cargo");
+        write(&old.join(".rustc_info.json"), "{}");
+        assert_eq!(target_dir(&old.join("debug/t")), Some(old.clone()), "cargo before CACHEDIR.TAG");
+    }
+
+    #[test]
+    fn a_tree_is_listed_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(&dir.path().join(".hidden/ignored-by-nothing"), "");
+        write(&dir.path().join("generated.rs"), "");
+        let entries = tree_entries(dir.path(), 10).expect("small");
+        assert_eq!(entries.len(), 4, "the root, .hidden, its file and generated.rs: {entries:?}");
+        assert!(tree_entries(dir.path(), 3).is_none());
     }
 
     #[test]
