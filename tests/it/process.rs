@@ -107,25 +107,29 @@ fn a_program_behaves_under_kiln_run_as_it_does_natively() {
     let (krate, binary) = linecount();
     // `--history history` renames the crate's own `history/` directory (rename(2) of a
     // directory of the package directory: EXDEV on an overlay without redirect_dir).
-    let runs: [(&[&str], Option<&str>, bool); 6] = [
-        (&["--verbose"], Some("one two\nthree\n\nfour five six\n"), true),
-        (&["--verbose"], Some("one two\nthree\n"), false),
-        (&["--check"], None, false),
-        (&["--check"], None, true),
-        (&["--statsd", "192.0.2.1:8125"], Some("x y\n"), false),
-        (&["--history", "history"], Some("x y\n"), false),
+    // The history directory is in the crate's `.gitignore` (the guest sees it all the same),
+    // and `LINECOUNT_TOTALS` is a variable of the user's (the guest gets it).
+    let runs: [(&[&str], Option<&str>, bool, &str); 7] = [
+        (&["--verbose"], Some("one two\nthree\n\nfour five six\n"), true, ""),
+        (&["--verbose"], Some("one two\nthree\n"), false, ""),
+        (&["--check"], None, false, ""),
+        (&["--check"], None, true, ""),
+        (&["--statsd", "192.0.2.1:8125"], Some("x y\n"), false, ""),
+        (&["--history", "history"], Some("x y\n"), false, ""),
+        (&[], Some("x y\n"), false, "json"),
     ];
     for mode in [&[][..], &["--snapshot"][..], &["--pool", "1"][..]] {
-        for (args, input, merged) in runs {
-            let mut native = Command::new(&binary);
-            native.args(args).current_dir(krate.path());
-            let native = ran(native, input, merged);
+        for (args, input, merged, totals) in runs {
+            // The guest first: the native run appends to the host's history, the guest's never.
             let mut kiln = project.command(&["-q", "--accel", "tcg", "run"]);
-            kiln.args(mode).arg("--").arg(&binary).args(args).current_dir(krate.path());
+            kiln.args(mode).arg("--").arg(&binary).args(args).current_dir(krate.path()).env("LINECOUNT_TOTALS", totals);
             let guest = ran(kiln, input, merged);
+            let mut native = Command::new(&binary);
+            native.args(args).current_dir(krate.path()).env("LINECOUNT_TOTALS", totals);
+            let native = ran(native, input, merged);
             assert_eq!(
                 guest, native,
-                "linecount {args:?} (stdin {input:?}, merged {merged}) under `kiln run {mode:?}`"
+                "linecount {args:?} (stdin {input:?}, merged {merged}, LINECOUNT_TOTALS={totals:?}) under `kiln run {mode:?}`"
             );
         }
     }

@@ -254,13 +254,13 @@ auto`; `--pool 0` boots a fresh guest). The built-in Linux machines get min(host
 and 1 GiB unless `[machine.linux-ARCH]` sets `smp` or `memory`.
 
 The package directory (CARGO_MANIFEST_DIR, else the current directory; for a member of a cargo
-workspace, the whole workspace up to 10,000 files) appears at the same path, writable, and
-nothing written there reaches the host (an overlay over a read-only share), and so does what
-the program needs of cargo's target directory: the program itself (it runs from its host path),
-the binaries cargo names in CARGO_BIN_EXE_* for an integration test, CARGO_TARGET_TMPDIR and the
-build script's OUT_DIR. The program runs with cargo's CARGO/CARGO_*/OUT_DIR/RUST_* variables
-(less the runner's own), those the build script set (cargo:rustc-env) and those listed in
-`[run] env`. Its exit status is kiln's (a death by signal is re-raised); kiln's own failures (the guest did not
+workspace, the whole workspace up to 10,000 entries) appears at the same path, ignored files
+included, writable, and nothing written there reaches the host (an overlay over a read-only
+share), and so does what the program needs of cargo's target directory: the program itself (it
+runs from its host path), the executables beside it (CARGO_BIN_EXE_*), CARGO_TARGET_TMPDIR and
+the build script's OUT_DIR. The program gets the host's environment less PATH, HOME, SHELL,
+TMPDIR, LD_*, XDG_*, SSH_* and the like (the guest has its own) and cargo's runner variable;
+`[run] env` passes a withheld one all the same. Its exit status is kiln's (a death by signal is re-raised); kiln's own failures (the guest did not
 finish) exit 3. The run ends when the program ends: what it left running is killed, and what a
 daemon that left its session writes afterwards is not waited for.";
 

@@ -196,19 +196,39 @@ pub const BUILD_NEUTRAL_VARIABLES: &[&str] = &["CARGO_BUILD_JOBS", "CARGO_BUILD_
 /// (`CARGO_TARGET_{TRIPLE}_RUNNER`: kiln itself, when it is cargo's runner).
 pub const BUILD_NEUTRAL_SUFFIXES: &[&str] = &["_RUNNER"];
 
-/// Prefixes of the host variables a program run by `kiln run` gets in the guest: what cargo
-/// and test harnesses set (`RUSTC_BOOTSTRAP` for `-Zunstable-options` test binaries included).
-pub const GUEST_PASSED_PREFIXES: &[&str] = &["CARGO_", "RUST_", "RUSTC_BOOTSTRAP", "NEXTEST", "__CARGO_"];
+/// Host variables a program run by `kiln run` does not get in the guest, which has its own:
+/// the search path, home, shell, working and temporary directories, and the desktop's
+/// display and mail. Every other variable reaches it, as under qemu-user (`NO_COLOR`,
+/// `PROPTEST_CASES`, `INSTA_UPDATE`, `CI` and cargo's own alike).
+pub const GUEST_WITHHELD_NAMES: &[&str] = &[
+    "PATH",
+    "HOME",
+    "SHELL",
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "_",
+    "TMPDIR",
+    "TMP",
+    "TEMP",
+    "TEMPDIR",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "MAIL",
+];
 
-/// Other variables cargo sets for a test it runs, which the guest gets too: `CARGO` (cargo
-/// itself) and `OUT_DIR` (the build script's output directory).
-pub const GUEST_PASSED_NAMES: &[&str] = &["CARGO", OUT_DIR];
+/// Prefixes of the host variables the guest does not get: the dynamic loader's (host
+/// libraries) and the host session's paths and sockets.
+pub const GUEST_WITHHELD_PREFIXES: &[&str] = &["LD_", "XDG_", "DBUS_", "SSH_"];
 
-/// Whether a variable under [`GUEST_PASSED_PREFIXES`] stays on the host:
-/// `CARGO_TARGET_{TRIPLE}_RUNNER` names kiln itself, which the guest does not have, and
-/// crates that run a package's binaries through cargo's runner (assert_cmd) read it.
+/// Whether a host variable stays on the host under `kiln run`: [`GUEST_WITHHELD_NAMES`],
+/// [`GUEST_WITHHELD_PREFIXES`], and `CARGO_TARGET_{TRIPLE}_RUNNER`, which names kiln itself
+/// (the guest has no kiln, and crates that run a package's binaries through cargo's runner,
+/// as assert_cmd does, read it).
 pub fn guest_withheld(name: &str) -> bool {
-    name.starts_with("CARGO_TARGET_") && BUILD_NEUTRAL_SUFFIXES.iter().any(|suffix| name.ends_with(suffix))
+    GUEST_WITHHELD_NAMES.contains(&name)
+        || GUEST_WITHHELD_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        || (name.starts_with("CARGO_TARGET_") && BUILD_NEUTRAL_SUFFIXES.iter().any(|suffix| name.ends_with(suffix)))
 }
 
 /// Variables the leaf crates read on kiln's behalf: the S3 client of a remote store reads the

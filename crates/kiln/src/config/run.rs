@@ -23,7 +23,8 @@ pub(crate) struct RunSettings {
     pub rootfs: Option<String>,
     /// Hard timeout of one run.
     pub timeout: Duration,
-    /// Host environment variables passed to the program besides cargo's (`CARGO_*`, `RUST_*`).
+    /// Host environment variables passed to the program that `run` otherwise keeps on the host
+    /// (`env::guest_withheld`: `PATH`, `HOME`, `TMPDIR`, ...).
     pub env: Vec<String>,
     /// Files or directories (relative to Kiln.toml) copied into the guest at the same path.
     pub files: Vec<String>,

@@ -42,8 +42,8 @@ pub(crate) fn agent_env() -> std::collections::BTreeMap<String, String> {
 /// Copies larger than this are refused: the per-boot archive lives in guest memory.
 pub(crate) const MAX_COPY_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The files of `dir` (its `.gitignore`s respected, `target/` left out) to copy into a guest
-/// whose kernel cannot mount a share.
+/// The files of `dir` ([`package_walk`]: all but `.git/` and cargo target directories) to copy
+/// into a guest whose kernel cannot mount a share.
 pub(crate) fn package_copies(dir: &Path) -> anyhow::Result<Vec<(PathBuf, CopyKind)>> {
     let mut copies = Vec::new();
     let mut total = 0u64;
@@ -73,20 +73,23 @@ pub(crate) fn package_copies(dir: &Path) -> anyhow::Result<Vec<(PathBuf, CopyKin
     Ok(copies)
 }
 
-/// The entries of the package directory `dir` a guest sees: its `.gitignore`s respected,
-/// `target/`, `.git/` and other directories marked as caches (`CACHEDIR.TAG`: cargo's target
-/// directory under another name) left out.
+/// The entries of the package directory `dir` a guest sees: everything, as a host program sees
+/// it (files its `.gitignore`s exclude and hidden ones included), except `.git/` and the cargo
+/// target directories inside it (`kiln run` shows of those what the program needs).
 pub(crate) fn package_walk(dir: &Path) -> ignore::Walk {
     ignore::WalkBuilder::new(dir)
-        .hidden(false)
-        .require_git(false)
+        .standard_filters(false)
         .filter_entry(|entry| {
-            let name = entry.file_name();
-            let cache =
-                || entry.file_type().is_some_and(|kind| kind.is_dir()) && entry.path().join("CACHEDIR.TAG").is_file();
-            name != "target" && name != ".git" && !cache()
+            let is_dir = entry.file_type().is_some_and(|kind| kind.is_dir());
+            entry.depth() == 0 || !is_dir || (entry.file_name() != ".git" && !is_cargo_target_dir(entry.path()))
         })
         .build()
+}
+
+/// Whether `dir` is a cargo target directory: cargo marks it with `CACHEDIR.TAG` (cargo before
+/// 1.47 wrote none, but its `.rustc_info.json`).
+pub(crate) fn is_cargo_target_dir(dir: &Path) -> bool {
+    dir.join("CACHEDIR.TAG").is_file() || dir.join(".rustc_info.json").is_file()
 }
 
 /// kiln's `/init`.

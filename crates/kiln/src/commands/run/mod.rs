@@ -37,7 +37,7 @@ use crate::{
     plan::{KERNEL_FAILURE, RunPlan, Warmth, WarmthAsked},
     vm::{
         LinuxTarget, SnapshotTarget,
-        program::{self, Ended, Program, View},
+        program::{self, Ended, Program},
         slots,
     },
 };
@@ -91,16 +91,20 @@ fn warm(
     program: &Path,
     args: &[String],
 ) -> anyhow::Result<Ended> {
-    let Seen { cwd, package_dirs, target, notes } = view::seen(program)?;
-    for note in notes {
-        cx.printer().verbose("Note", &note);
+    let seen = view::seen(program)?;
+    for note in &seen.notes {
+        cx.printer().verbose("Note", note);
     }
-    let mut views = package_dirs
-        .into_iter()
-        .map(|dir| Ok(View { entries: guest::package_copies(&dir)?, dir }))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    views.extend(target.dirs);
-    let executables = target.loose.into_iter().filter(|path| path != program).collect();
+    let cwd = seen.cwd.clone();
+    let (views, loose) = match view::warm_views(seen) {
+        Ok(views) => views,
+        // One rule for every mode: what a warm guest cannot be given, a fresh guest's share shows.
+        Err(why) => {
+            cx.printer().verbose("Note", &format!("{why}, more than a warm guest is given: booting a fresh guest"));
+            return cold(cx, run, linux, program, args);
+        }
+    };
+    let executables = loose.into_iter().filter(|path| path != program).collect();
     let copies = declared_files(&run.settings.files)?;
     let mut env = passed_env(&run.settings.env);
     env.extend(guest::agent_env());
@@ -386,31 +390,13 @@ fn check_interpreter(program: &Path, interpreter: Option<&str>, rootfs_dir: &Pat
     .into())
 }
 
-/// The host variables a program in the guest gets: cargo's and test harnesses'
-/// ([`env::GUEST_PASSED_PREFIXES`], [`env::GUEST_PASSED_NAMES`], less the runner's
-/// [`env::guest_withheld`]), those the package's build script set (cargo sets them for the
-/// run too), and those `[run] env` names.
+/// The host variables a program in the guest gets: every one but those
+/// [`env::guest_withheld`] keeps on the host (the guest has its own `PATH`, `HOME`, temporary
+/// directory), unless `[run] env` names it.
 fn passed_env(extra_env: &[String]) -> BTreeMap<String, String> {
-    let cargos = |name: &str| {
-        (env::GUEST_PASSED_PREFIXES.iter().any(|p| name.starts_with(p)) || env::GUEST_PASSED_NAMES.contains(&name))
-            && !env::guest_withheld(name)
-    };
-    let from_build_script = build_script_env();
     env::all()
-        .filter(|(name, _)| cargos(name) || from_build_script.contains(name) || extra_env.contains(name))
-        .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .collect()
-}
-
-/// The names of the variables the package's build script set with `cargo:rustc-env=NAME=VALUE`
-/// (or `cargo::rustc-env`), read from its output beside `OUT_DIR`.
-fn build_script_env() -> Vec<String> {
-    let Some(out_dir) = env::var_os(env::OUT_DIR).map(PathBuf::from) else { return Vec::new() };
-    let Ok(output) = std::fs::read_to_string(out_dir.with_file_name("output")) else { return Vec::new() };
-    output
-        .lines()
-        .filter_map(|line| line.strip_prefix("cargo::rustc-env=").or_else(|| line.strip_prefix("cargo:rustc-env=")))
-        .filter_map(|assignment| assignment.split_once('=').map(|(name, _)| name.to_owned()))
+        .filter(|(name, _)| !env::guest_withheld(name) || extra_env.contains(name))
+        .filter(|(name, _)| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         .collect()
 }
 

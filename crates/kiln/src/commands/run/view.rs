@@ -14,10 +14,11 @@ use crate::{
     vm::program::View,
 };
 
-/// A workspace with more files than this, or more bytes than a guest without 9p takes as a
-/// copy, is left out: the guest sees the package only (every warm run links the files it sees
-/// into the guest's inbox).
-const WORKSPACE_FILES: usize = 10_000;
+/// The most entries a warm guest's view of one directory holds (each is linked into the
+/// guest's inbox at every run). A workspace with more is left out (the guest sees the package
+/// only); a run that needs more of another directory boots a fresh guest, which shares it
+/// whole.
+pub(super) const VIEW_ENTRIES: usize = 10_000;
 
 /// The directories a program under `run` sees at the same paths, and why some were left out.
 #[derive(Debug, Default)]
@@ -42,8 +43,8 @@ pub(super) fn seen(program: &Path) -> anyhow::Result<Seen> {
             Some(root) if small_enough(&root) => root,
             Some(root) => {
                 notes.push(format!(
-                    "the guest sees the package `{}` but not its workspace `{}`: it holds more than {WORKSPACE_FILES} \
-                     files or {} (files a test reads outside the package: `[run] files`)",
+                    "the guest sees the package `{}` but not its workspace `{}`: it holds more than {VIEW_ENTRIES} \
+                     entries or {} (files a test reads outside the package: `[run] files`)",
                     package.display(),
                     root.display(),
                     crate::units::human_size(guest::MAX_COPY_BYTES),
@@ -58,19 +59,49 @@ pub(super) fn seen(program: &Path) -> anyhow::Result<Seen> {
     if !cwd.starts_with(&package) {
         package_dirs.push(cwd.clone());
     }
-    let target = target_parts(program, &mut notes);
+    package_dirs.retain(|dir| {
+        let guests = guest_owned(dir);
+        if guests {
+            notes.push(format!("the guest shows its own `{}`, not the host's", dir.display()));
+        }
+        !guests
+    });
+    let target = target_parts(program);
     Ok(Seen { cwd, package_dirs, target, notes })
 }
 
-/// The most entries of a build script's `OUT_DIR` a warm guest is given (each is linked into
-/// its inbox at every run); a larger one is left out.
-const OUT_DIR_ENTRIES: usize = 2_000;
+/// Directories of the guest's own system that no host directory covers: the program runs in
+/// the guest's when the working directory is one of them (or `/`).
+const GUEST_SYSTEM_DIRS: &[&str] =
+    &["/bin", "/sbin", "/lib", "/lib64", "/usr", "/etc", "/proc", "/sys", "/dev", "/run", "/kiln"];
+
+/// Whether `dir` is `/` or lies in the guest's own system directories.
+fn guest_owned(dir: &Path) -> bool {
+    dir == Path::new("/") || GUEST_SYSTEM_DIRS.iter().any(|system| dir.starts_with(system))
+}
+
+/// The views a warm guest gets of what `seen` names, and the executables it gets one by one;
+/// `Err` says which directory holds more than a warm guest is given.
+pub(super) fn warm_views(seen: Seen) -> Result<(Vec<View>, Vec<PathBuf>), String> {
+    let too_big = |dir: &Path| format!("`{}` holds more than {VIEW_ENTRIES} entries", dir.display());
+    let mut views = Vec::new();
+    for dir in seen.package_dirs {
+        let entries = tree_entries(&dir, VIEW_ENTRIES).ok_or_else(|| too_big(&dir))?;
+        views.push(View { dir, entries });
+    }
+    if let Some(dir) = seen.target.too_big.first() {
+        return Err(too_big(dir));
+    }
+    views.extend(seen.target.dirs);
+    Ok((views, seen.target.loose))
+}
 
 /// What a program under `run` needs of cargo's target directories, which the view of its
 /// package leaves out: the program itself (so `current_exe()` and paths found from it, as
-/// `assert_cmd` and ripgrep's tests find the package's binaries, are the host's), the binaries
-/// cargo names for it (`CARGO_BIN_EXE_<name>`), the target directory's `tmp/` (an integration
-/// test's `CARGO_TARGET_TMPDIR`), and the build script's `OUT_DIR`.
+/// `assert_cmd` and ripgrep's tests find the package's binaries, are the host's), the
+/// executables beside it (the binaries cargo names for it, `CARGO_BIN_EXE_<name>`, and the
+/// other ones `cargo build` left in the profile's directory), the target directory's `tmp/`
+/// (an integration test's `CARGO_TARGET_TMPDIR`), and the build script's `OUT_DIR`.
 #[derive(Debug, Default)]
 pub(super) struct TargetParts {
     /// Each target directory (cargo marks it with `CACHEDIR.TAG`; a `--target` build has one
@@ -78,6 +109,8 @@ pub(super) struct TargetParts {
     pub dirs: Vec<View>,
     /// Executables outside any target directory (the program among them when it is).
     pub loose: Vec<PathBuf>,
+    /// Directories among them that hold more than [`VIEW_ENTRIES`].
+    pub too_big: Vec<PathBuf>,
 }
 
 impl TargetParts {
@@ -87,36 +120,49 @@ impl TargetParts {
     }
 }
 
-/// What `program` needs of cargo's target directories; what is left out goes to `notes`.
-fn target_parts(program: &Path, notes: &mut Vec<String>) -> TargetParts {
+/// What `program` needs of cargo's target directories.
+fn target_parts(program: &Path) -> TargetParts {
     let mut parts = TargetParts::default();
     let mut executables = vec![program.to_owned()];
-    executables.extend(cargo_executables(program));
+    for executable in cargo_executables(program).into_iter().chain(profile_executables(program)) {
+        if !executables.contains(&executable) {
+            executables.push(executable);
+        }
+    }
     for executable in executables {
         match target_dir(&executable) {
             Some(root) => parts_in(&mut parts, &root).push((executable, CopyKind::File)),
             None => parts.loose.push(executable),
         }
     }
-    for view in &mut parts.dirs {
-        let tmp = view.dir.join("tmp");
-        if tmp.is_dir() {
-            view.entries.push((tmp, CopyKind::Dir));
-        }
-    }
-    if let Some(out_dir) = env::var_os(env::OUT_DIR).map(PathBuf::from).filter(|dir| dir.is_absolute() && dir.is_dir())
-        && let Some(root) = target_dir(&out_dir)
-    {
-        match tree_entries(&out_dir, OUT_DIR_ENTRIES) {
+    let roots: Vec<PathBuf> = parts.dirs.iter().map(|view| view.dir.clone()).collect();
+    let out_dir = env::var_os(env::OUT_DIR).map(PathBuf::from).filter(|dir| dir.is_absolute() && dir.is_dir());
+    let trees = roots.into_iter().map(|root| root.join("tmp")).chain(out_dir).filter(|dir| dir.is_dir());
+    for tree in trees {
+        let Some(root) = target_dir(&tree) else { continue };
+        match tree_entries(&tree, VIEW_ENTRIES) {
             Some(entries) => parts_in(&mut parts, &root).extend(entries),
-            None => notes.push(format!(
-                "the guest does not see the build script's OUT_DIR `{}`: it holds more than {OUT_DIR_ENTRIES} \
-                 entries",
-                out_dir.display()
-            )),
+            None => parts.too_big.push(tree),
         }
     }
     parts
+}
+
+/// The executables `cargo build` left in the profile's directory of `program` (its own, or
+/// the one above `deps/` for a test binary), where tests find a workspace's binaries from
+/// their own path.
+fn profile_executables(program: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(mut profile) = program.parent().map(Path::to_owned) else { return Vec::new() };
+    if profile.ends_with("deps") {
+        profile.pop();
+    }
+    let Ok(entries) = std::fs::read_dir(&profile) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|entry| entry.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0))
+        .map(|entry| entry.path())
+        .collect()
 }
 
 /// The entries of the view of the target directory `root`, made when missing.
@@ -132,16 +178,16 @@ fn parts_in<'a>(parts: &'a mut TargetParts, root: &Path) -> &'a mut Vec<(PathBuf
 }
 
 /// The cargo target directory `path` lies in: the nearest directory above it that cargo marked
-/// with `CACHEDIR.TAG` (cargo before 1.47 wrote none: then the one with its `.rustc_info.json`).
+/// with `CACHEDIR.TAG` (else the one with cargo's `.rustc_info.json`).
 fn target_dir(path: &Path) -> Option<PathBuf> {
     let marked = |name: &str| path.ancestors().skip(1).find(|dir| dir.join(name).is_file()).map(Path::to_owned);
     marked("CACHEDIR.TAG").or_else(|| marked(".rustc_info.json"))
 }
 
-/// Every entry below `dir` (none left out), or `None` when there are more than `limit`.
+/// The entries [`guest::package_walk`] gives of `dir`, or `None` when there are more than `limit`.
 fn tree_entries(dir: &Path, limit: usize) -> Option<Vec<(PathBuf, CopyKind)>> {
     let mut entries = Vec::new();
-    for entry in ignore::WalkBuilder::new(dir).standard_filters(false).build() {
+    for entry in guest::package_walk(dir) {
         let Ok(entry) = entry else { continue };
         let Some(kind) = entry.file_type() else { continue };
         let path = entry.path().to_owned();
@@ -188,7 +234,7 @@ fn read_manifest(dir: &Path) -> Option<toml::Table> {
 }
 
 /// Whether the guest can be given all of `dir` as it is given a package: at most
-/// [`WORKSPACE_FILES`] entries and [`guest::MAX_COPY_BYTES`] of files.
+/// [`VIEW_ENTRIES`] entries and [`guest::MAX_COPY_BYTES`] of files.
 fn small_enough(dir: &Path) -> bool {
     let mut entries = 0;
     let mut bytes = 0;
@@ -198,7 +244,7 @@ fn small_enough(dir: &Path) -> bool {
         if entry.file_type().is_some_and(|kind| kind.is_file()) {
             bytes += entry.metadata().map_or(0, |meta| meta.len());
         }
-        if entries > WORKSPACE_FILES || bytes > guest::MAX_COPY_BYTES {
+        if entries > VIEW_ENTRIES || bytes > guest::MAX_COPY_BYTES {
             return false;
         }
     }
@@ -274,13 +320,31 @@ mod tests {
     }
 
     #[test]
-    fn a_tree_is_listed_whole_or_not_at_all() {
+    fn a_tree_is_listed_as_a_host_program_sees_it_whole_or_not_at_all() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(&dir.path().join(".hidden/ignored-by-nothing"), "");
-        write(&dir.path().join("generated.rs"), "");
+        write(&dir.path().join(".hidden/file"), "");
+        write(&dir.path().join(".gitignore"), "*.local\n");
+        write(&dir.path().join("fixture.local"), "");
+        write(&dir.path().join(".git/HEAD"), "");
+        write(&dir.path().join("build-out/CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n");
+        write(&dir.path().join("build-out/debug/big"), "");
         let entries = tree_entries(dir.path(), 10).expect("small");
-        assert_eq!(entries.len(), 4, "the root, .hidden, its file and generated.rs: {entries:?}");
+        let mut names: Vec<String> = entries
+            .iter()
+            .map(|(path, _)| path.strip_prefix(dir.path()).expect("below").to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["", ".gitignore", ".hidden", ".hidden/file", "fixture.local"], "no .git, no target dir");
         assert!(tree_entries(dir.path(), 3).is_none());
+    }
+
+    #[test]
+    fn the_guest_keeps_its_own_root_and_system_directories() {
+        assert!(guest_owned(Path::new("/")));
+        assert!(guest_owned(Path::new("/usr/local/src")));
+        assert!(!guest_owned(Path::new("/usrdata")));
+        assert!(!guest_owned(Path::new("/tmp")));
+        assert!(!guest_owned(Path::new("/home/me/crate")));
     }
 
     #[test]
@@ -288,7 +352,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         write(&dir.path().join("Cargo.toml"), "[workspace]\n");
         assert!(small_enough(dir.path()));
-        for index in 0..=WORKSPACE_FILES {
+        for index in 0..=VIEW_ENTRIES {
             write(&dir.path().join(format!("data/{}/{index}", index % 100)), "");
         }
         assert!(!small_enough(dir.path()));
