@@ -75,13 +75,16 @@ pub(crate) fn package_copies(dir: &Path) -> anyhow::Result<Vec<(PathBuf, CopyKin
 
 /// The entries of the package directory `dir` a guest sees: everything, as a host program sees
 /// it (files its `.gitignore`s exclude and hidden ones included), except `.git/` and the cargo
-/// target directories inside it (`kiln run` shows of those what the program needs).
+/// target directories inside it (`kiln run` shows of those what the program needs), and
+/// kiln's own scratch directories (other guests' inboxes).
 pub(crate) fn package_walk(dir: &Path) -> ignore::Walk {
+    let kilns = crate::host::user_temp_dir();
     ignore::WalkBuilder::new(dir)
         .standard_filters(false)
-        .filter_entry(|entry| {
+        .filter_entry(move |entry| {
             let is_dir = entry.file_type().is_some_and(|kind| kind.is_dir());
-            entry.depth() == 0 || !is_dir || (entry.file_name() != ".git" && !is_cargo_target_dir(entry.path()))
+            let shown = entry.file_name() != ".git" && !is_cargo_target_dir(entry.path()) && entry.path() != kilns;
+            entry.depth() == 0 || !is_dir || shown
         })
         .build()
 }

@@ -7,7 +7,7 @@ mod scratch;
 mod stdio;
 
 pub(crate) use memo::remembered;
-pub(crate) use scratch::scratch_dir;
+pub(crate) use scratch::{scratch_dir, user_temp_dir};
 pub(crate) use stdio::{exit_by_signal, stdin_is_null, stdout_and_stderr_are_one_file, unread_bytes};
 
 use std::{

@@ -18,9 +18,15 @@ pub(crate) fn scratch_dir(kind: &str) -> anyhow::Result<tempfile::TempDir> {
         .with_context(|| format!("cannot create a scratch directory in `{}`", base.display()))
 }
 
+/// `$TMPDIR/kiln-UID`: this user's scratch directories and lock files, which no guest is
+/// shown.
+pub(crate) fn user_temp_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("kiln-{}", rustix::process::getuid().as_raw()))
+}
+
 /// `$TMPDIR/kiln-UID/scratch`, private to this user.
 fn base_dir() -> anyhow::Result<PathBuf> {
-    let user = std::env::temp_dir().join(format!("kiln-{}", rustix::process::getuid().as_raw()));
+    let user = user_temp_dir();
     let base = user.join("scratch");
     std::fs::create_dir_all(&base).with_context(|| format!("cannot create `{}`", base.display()))?;
     std::fs::set_permissions(&user, std::os::unix::fs::PermissionsExt::from_mode(0o700))
