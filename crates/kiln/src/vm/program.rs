@@ -118,9 +118,18 @@ pub(crate) fn run(
         for path in std::iter::once(program.path).chain(program.executables.iter().map(PathBuf::as_path)) {
             size += std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?.len();
         }
-        // Ancestors first: a directory's view must not cover one mounted inside it.
-        let mut views: Vec<&View> = program.views.iter().collect();
-        views.sort_by_key(|view| view.dir.components().count());
+        // Ancestors first: a directory's view must not cover one mounted inside it. A view
+        // inside another (a target directory inside the package) joins it: one overlay for
+        // both, one mount less per run.
+        let mut sorted: Vec<&View> = program.views.iter().collect();
+        sorted.sort_by_key(|view| view.dir.components().count());
+        let mut views: Vec<View> = Vec::new();
+        for view in sorted {
+            match views.iter_mut().find(|outer| view.dir.starts_with(&outer.dir)) {
+                Some(outer) => outer.entries.extend(view.entries.iter().cloned()),
+                None => views.push(View { dir: view.dir.clone(), entries: view.entries.clone() }),
+            }
+        }
         let package_files: usize =
             views.iter().flat_map(|view| &view.entries).filter(|(_, kind)| *kind != CopyKind::Dir).count();
         let program_in_view = views
