@@ -258,7 +258,10 @@ workspace, the whole workspace up to 10,000 entries) appears at the same path, i
 included, writable, and nothing written there reaches the host (an overlay over a read-only
 share), and so does what the program needs of cargo's target directory: the program itself (it
 runs from its host path), the executables beside it (CARGO_BIN_EXE_*), CARGO_TARGET_TMPDIR and
-the build script's OUT_DIR. The program gets the host's environment less PATH, HOME, SHELL,
+the build script's OUT_DIR. A warm guest (--snapshot, --pool) gets a linked copy of at most
+10,000 entries per directory (files .gitignore excludes count; .git/ and target directories do
+not); a run that needs more boots a fresh guest, which shares the directory whole. The program
+gets the host's environment less PATH, HOME, SHELL,
 TMPDIR, LD_*, XDG_*, SSH_* and the like (the guest has its own) and cargo's runner variable;
 `[run] env` passes a withheld one all the same. Its exit status is kiln's (a death by signal is re-raised); kiln's own failures (the guest did not
 finish) exit 3. The run ends when the program ends: what it left running is killed, and what a

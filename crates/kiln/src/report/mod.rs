@@ -257,8 +257,9 @@ impl Printer {
         }
     }
 
-    /// A status line about slow work (a download, a build), shown unless `-q`.
-    fn work(&self, verb: &str, message: &str) {
+    /// A status line about slow work (a download, a build, a fresh guest where a warm one was
+    /// asked for), shown unless `-q`.
+    pub(crate) fn work(&self, verb: &str, message: &str) {
         if self.verbosity >= Verbosity::Work {
             self.write(&format!("{verb:>12} {message}"));
         }

@@ -99,8 +99,15 @@ fn warm(
     let (views, loose) = match view::warm_views(seen) {
         Ok(views) => views,
         // One rule for every mode: what a warm guest cannot be given, a fresh guest's share shows.
+        // Said without `-v`: every run of the suite is slower for it.
         Err(why) => {
-            cx.printer().verbose("Note", &format!("{why}, more than a warm guest is given: booting a fresh guest"));
+            cx.printer().work(
+                "Booting",
+                &format!(
+                    "a fresh guest: {why}, more than a warm guest is given (files `.gitignore` excludes \
+                     count; see `kiln run --help`)"
+                ),
+            );
             return cold(cx, run, linux, program, args);
         }
     };
@@ -396,8 +403,15 @@ fn check_interpreter(program: &Path, interpreter: Option<&str>, rootfs_dir: &Pat
 fn passed_env(extra_env: &[String]) -> BTreeMap<String, String> {
     env::all()
         .filter(|(name, _)| !env::guest_withheld(name) || extra_env.contains(name))
-        .filter(|(name, _)| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .filter(|(name, _)| is_shell_name(name))
         .collect()
+}
+
+/// Whether `name` is a variable name `sh` takes: letters, digits and `_`, not starting with a
+/// digit.
+fn is_shell_name(name: &str) -> bool {
+    name.bytes().next().is_some_and(|first| !first.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// `path` without `.` and `..` components (symlinks are left alone: a multi-call program
@@ -441,4 +455,25 @@ fn keep_log(cx: &Cx, log: &Path) -> Option<PathBuf> {
     let dest = dir.join("run-last.log");
     std::fs::copy(log, &dest).ok()?;
     Some(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_sh_takes_are_passed() {
+        for name in ["NO_COLOR", "_private", "proptest_cases", "X1"] {
+            assert!(is_shell_name(name), "{name}");
+        }
+        for name in ["", "1ABC", "A-B", "A.B", "É"] {
+            assert!(!is_shell_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_path_is_normalised_without_reading_links() {
+        assert_eq!(lexically_normal(Path::new("/a/./b/../c/prog")), Path::new("/a/c/prog"));
+        assert_eq!(lexically_normal(Path::new("/../x")), Path::new("/x"));
+    }
 }
