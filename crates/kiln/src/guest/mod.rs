@@ -49,14 +49,8 @@ pub(crate) fn package_copies(dir: &Path) -> anyhow::Result<Vec<(PathBuf, CopyKin
     let mut total = 0u64;
     for entry in package_walk(dir) {
         let entry = entry?;
-        let path = entry.path().to_owned();
-        let Some(kind) = entry.file_type() else { continue };
-        if kind.is_symlink() {
-            let target = std::fs::read_link(&path)?;
-            copies.push((path, CopyKind::Symlink(target.to_string_lossy().into_owned())));
-        } else if kind.is_dir() {
-            copies.push((path, CopyKind::Dir));
-        } else if kind.is_file() {
+        let Some(copy) = package_entry(&entry)? else { continue };
+        if copy.1 == CopyKind::File {
             total += entry.metadata()?.len();
             if total > MAX_COPY_BYTES {
                 anyhow::bail!(
@@ -67,10 +61,27 @@ pub(crate) fn package_copies(dir: &Path) -> anyhow::Result<Vec<(PathBuf, CopyKin
                     crate::units::human_size(MAX_COPY_BYTES)
                 );
             }
-            copies.push((path, CopyKind::File));
         }
+        copies.push(copy);
     }
     Ok(copies)
+}
+
+/// What an entry of [`package_walk`] is to a guest: a file, a directory or a symlink (with its
+/// target); `None` for anything else (a FIFO, a socket, a device).
+pub(crate) fn package_entry(entry: &ignore::DirEntry) -> std::io::Result<Option<(PathBuf, CopyKind)>> {
+    let Some(kind) = entry.file_type() else { return Ok(None) };
+    let path = entry.path().to_owned();
+    Ok(if kind.is_symlink() {
+        let target = std::fs::read_link(&path)?;
+        Some((path, CopyKind::Symlink(target.to_string_lossy().into_owned())))
+    } else if kind.is_dir() {
+        Some((path, CopyKind::Dir))
+    } else if kind.is_file() {
+        Some((path, CopyKind::File))
+    } else {
+        None
+    })
 }
 
 /// The entries of the package directory `dir` a guest sees: everything, as a host program sees

@@ -53,7 +53,7 @@ pub(crate) struct Program<'a> {
 
 /// A directory the guest sees at its host path, writable there and never written back, made
 /// of these host entries below it (the rest of the host directory is not there).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct View {
     /// The directory, at the same path in the guest.
     pub dir: PathBuf,
@@ -113,22 +113,11 @@ pub(crate) fn run(
             (guest.agent, console, guest.inbox, false, None, Some((guest.qemu, guest.scratch)))
         }
     };
+    let views = joined(program.views);
     let work = async {
         let mut size = 0;
         for path in std::iter::once(program.path).chain(program.executables.iter().map(PathBuf::as_path)) {
             size += std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?.len();
-        }
-        // Ancestors first: a directory's view must not cover one mounted inside it. A view
-        // inside another (a target directory inside the package) joins it: one overlay for
-        // both, one mount less per run.
-        let mut sorted: Vec<&View> = program.views.iter().collect();
-        sorted.sort_by_key(|view| view.dir.components().count());
-        let mut views: Vec<View> = Vec::new();
-        for view in sorted {
-            match views.iter_mut().find(|outer| view.dir.starts_with(&outer.dir)) {
-                Some(outer) => outer.entries.extend(view.entries.iter().cloned()),
-                None => views.push(View { dir: view.dir.clone(), entries: view.entries.clone() }),
-            }
         }
         let package_files: usize =
             views.iter().flat_map(|view| &view.entries).filter(|(_, kind)| *kind != CopyKind::Dir).count();
@@ -251,6 +240,21 @@ pub(crate) fn run(
             program.timeout.as_secs()
         )),
     })
+}
+
+/// `views` in mount order, ancestors first (a directory's view must not cover one mounted
+/// inside it), each inside another joined to it (a target directory inside the package): one
+/// overlay for both, one mount less per run.
+fn joined(mut views: Vec<View>) -> Vec<View> {
+    views.sort_by_key(|view| view.dir.components().count());
+    let mut joined: Vec<View> = Vec::new();
+    for view in views {
+        match joined.iter_mut().find(|outer| view.dir.starts_with(&outer.dir)) {
+            Some(outer) => outer.entries.extend(view.entries),
+            None => joined.push(view),
+        }
+    }
+    joined
 }
 
 /// Puts host files, symlinks and empty directories into the guest at the same paths (the

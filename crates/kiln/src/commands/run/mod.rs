@@ -1,12 +1,17 @@
 //! `run`: one program inside a Linux guest of its architecture; usable as cargo's target
 //! runner (`target.<triple>.runner = ["cargo", "xtask", "run", "--"]`).
 //!
-//! Cold: the program goes into a per-boot archive appended to the rootfs, the package
-//! directory (cargo's `CARGO_MANIFEST_DIR`, else the current directory) appears writable at
-//! the same path (a read-only 9p share under an overlay, or a copy), the program runs there with cargo's environment, its
-//! stdout and stderr reach kiln's own through two virtio consoles, and kiln exits with its exit
-//! status. Warm (`--snapshot`, `--pool N`, or `[run]`): `vm::program` runs it on a restored
-//! snapshot instead.
+//! What the guest sees of the host (`view.rs`): the package directory (cargo's
+//! `CARGO_MANIFEST_DIR` or its workspace, else the current directory) and what the program
+//! needs of cargo's target directory, writable at the same paths; the host's environment less
+//! its own places.
+//!
+//! Cold: the package and target directories are read-only 9p shares under overlays (copies for
+//! a kernel without 9p), the program runs from its host path (a program in no target directory
+//! goes into the per-boot archive), its stdout and stderr reach kiln's own through two virtio
+//! consoles, and kiln exits with its exit status. Warm (`--snapshot`, `--pool N`, or `[run]`):
+//! `vm::program` runs it on a restored snapshot instead, with linked views of the same
+//! directories; one too big for a warm guest makes the run cold.
 
 use std::{
     collections::BTreeMap,
@@ -67,10 +72,14 @@ pub(super) fn run(cx: &Cx, args: &RunArgs) -> anyhow::Result<u8> {
     let _slot = slots::acquire(&cx.work_dir().join("slots"), cx.options().jobs, || {
         cx.printer().status("Waiting", &format!("for one of {} guest slots", cx.options().jobs));
     })?;
+    let seen = view::seen(&program)?;
+    for note in &seen.notes {
+        cx.printer().verbose("Note", note);
+    }
     let ended = match run.settings.warmth {
-        Warmth::Cold => cold(cx, &run, linux, &program, program_args)?,
-        Warmth::Snapshot => warm(cx, &run, linux, 0, &program, program_args)?,
-        Warmth::Pool(size) => warm(cx, &run, linux, size, &program, program_args)?,
+        Warmth::Cold => cold(cx, &run, linux, &program, program_args, seen)?,
+        Warmth::Snapshot => warm(cx, &run, linux, 0, &program, program_args, seen)?,
+        Warmth::Pool(size) => warm(cx, &run, linux, size, &program, program_args, seen)?,
     };
     match ended {
         Ended::Exited(status) => Ok(status),
@@ -90,13 +99,9 @@ fn warm(
     pool: usize,
     program: &Path,
     args: &[String],
+    seen: Seen,
 ) -> anyhow::Result<Ended> {
-    let seen = view::seen(program)?;
-    for note in &seen.notes {
-        cx.printer().verbose("Note", note);
-    }
-    let cwd = seen.cwd.clone();
-    let (views, loose) = match view::warm_views(seen) {
+    let (views, loose) = match view::warm_views(&seen) {
         Ok(views) => views,
         // One rule for every mode: what a warm guest cannot be given, a fresh guest's share shows.
         // Said without `-v`: every run of the suite is slower for it.
@@ -108,7 +113,7 @@ fn warm(
                      count; see `kiln run --help`)"
                 ),
             );
-            return cold(cx, run, linux, program, args);
+            return cold(cx, run, linux, program, args, seen);
         }
     };
     let executables = loose.into_iter().filter(|path| path != program).collect();
@@ -120,20 +125,25 @@ fn warm(
     let timeout = run.settings.timeout;
     let forward_stdin = !host::stdin_is_null();
     let merge_output = host::stdout_and_stderr_are_one_file();
+    let cwd = seen.cwd;
     let program =
         Program { path: program, args, cwd, views, copies, executables, env, timeout, forward_stdin, merge_output };
     program::run(cx.executor(), target, pool, spec, program)
 }
 
 /// The program in a freshly booted guest.
-fn cold(cx: &Cx, run: &RunPlan, linux: LinuxTarget, program: &Path, args: &[String]) -> anyhow::Result<Ended> {
+fn cold(
+    cx: &Cx,
+    run: &RunPlan,
+    linux: LinuxTarget,
+    program: &Path,
+    args: &[String],
+    seen: Seen,
+) -> anyhow::Result<Ended> {
     let can_share = linux.can_share();
     let LinuxTarget { images, machine, accel, .. } = linux;
     let arch = machine.arch;
-    let Seen { cwd, package_dirs, target, notes } = view::seen(program)?;
-    for note in notes {
-        cx.printer().verbose("Note", &note);
-    }
+    let Seen { cwd, package_dirs, target, .. } = seen;
     // The package directory appears at the same path in the guest, writable there and never
     // written back: shared read-only over 9p under an overlay, or, for a kernel without 9p,
     // copied in. So do the target directories holding the program and the binaries cargo

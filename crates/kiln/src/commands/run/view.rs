@@ -82,18 +82,18 @@ fn guest_owned(dir: &Path) -> bool {
 
 /// The views a warm guest gets of what `seen` names, and the executables it gets one by one;
 /// `Err` says which directory holds more than a warm guest is given.
-pub(super) fn warm_views(seen: Seen) -> Result<(Vec<View>, Vec<PathBuf>), String> {
+pub(super) fn warm_views(seen: &Seen) -> Result<(Vec<View>, Vec<PathBuf>), String> {
     let too_big = |dir: &Path| format!("`{}` holds more than {VIEW_ENTRIES} entries", dir.display());
     let mut views = Vec::new();
-    for dir in seen.package_dirs {
-        let entries = tree_entries(&dir, VIEW_ENTRIES).ok_or_else(|| too_big(&dir))?;
-        views.push(View { dir, entries });
+    for dir in &seen.package_dirs {
+        let entries = tree_entries(dir, VIEW_ENTRIES).ok_or_else(|| too_big(dir))?;
+        views.push(View { dir: dir.clone(), entries });
     }
     if let Some(dir) = seen.target.too_big.first() {
         return Err(too_big(dir));
     }
-    views.extend(seen.target.dirs);
-    Ok((views, seen.target.loose))
+    views.extend(seen.target.dirs.iter().cloned());
+    Ok((views, seen.target.loose.clone()))
 }
 
 /// What a program under `run` needs of cargo's target directories, which the view of its
@@ -177,27 +177,19 @@ fn parts_in<'a>(parts: &'a mut TargetParts, root: &Path) -> &'a mut Vec<(PathBuf
     &mut parts.dirs[index].entries
 }
 
-/// The cargo target directory `path` lies in: the nearest directory above it that cargo marked
-/// with `CACHEDIR.TAG` (else the one with cargo's `.rustc_info.json`).
+/// The cargo target directory `path` lies in: the nearest directory above it that cargo
+/// marked as one ([`guest::is_cargo_target_dir`]).
 fn target_dir(path: &Path) -> Option<PathBuf> {
-    let marked = |name: &str| path.ancestors().skip(1).find(|dir| dir.join(name).is_file()).map(Path::to_owned);
-    marked("CACHEDIR.TAG").or_else(|| marked(".rustc_info.json"))
+    path.ancestors().skip(1).find(|dir| guest::is_cargo_target_dir(dir)).map(Path::to_owned)
 }
 
-/// The entries [`guest::package_walk`] gives of `dir`, or `None` when there are more than `limit`.
+/// The entries [`guest::package_walk`] gives of `dir` (those it cannot read left out), or
+/// `None` when there are more than `limit`.
 fn tree_entries(dir: &Path, limit: usize) -> Option<Vec<(PathBuf, CopyKind)>> {
     let mut entries = Vec::new();
-    for entry in guest::package_walk(dir) {
-        let Ok(entry) = entry else { continue };
-        let Some(kind) = entry.file_type() else { continue };
-        let path = entry.path().to_owned();
-        if kind.is_symlink() {
-            let Ok(target) = std::fs::read_link(&path) else { continue };
-            entries.push((path, CopyKind::Symlink(target.to_string_lossy().into_owned())));
-        } else if kind.is_dir() {
-            entries.push((path, CopyKind::Dir));
-        } else if kind.is_file() {
-            entries.push((path, CopyKind::File));
+    for entry in guest::package_walk(dir).flatten() {
+        if let Ok(Some(copy)) = guest::package_entry(&entry) {
+            entries.push(copy);
         }
         if entries.len() > limit {
             return None;
