@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -27,9 +27,6 @@ mod sandbox;
 
 /// The virtio-serial port name kiln gives the agent's channel.
 const PORT_NAME: &str = "kiln-agent";
-/// The argument that makes the agent a session's leader for one program: `kiln-agent
-/// --session-leader PROGRAM ARGS...`.
-const SESSION_LEADER: &str = "--session-leader";
 
 /// The largest chunk of output one response carries.
 const CHUNK: usize = 64 * 1024;
@@ -42,21 +39,8 @@ type Leaders = Arc<Mutex<std::collections::HashMap<u64, i32>>>;
 /// The channel to kiln: where requests come from and responses go.
 type Channel = (Box<dyn Read>, Box<dyn Write + Send>);
 
-/// The agent's own executable, found before a sandbox can hide the path it was started from.
-static AGENT_EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-
-fn agent_exe() -> Result<PathBuf, String> {
-    AGENT_EXE
-        .get_or_init(|| std::env::current_exe().map_err(|e| format!("cannot find the agent's own executable: {e}")))
-        .clone()
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(SESSION_LEADER) {
-        return session_leader(&args[2..]);
-    }
-    let _ = agent_exe();
     if args.iter().any(|arg| arg == "--stdio") {
         let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
         serve(BufReader::new(std::io::stdin()), &sink, None);
@@ -293,8 +277,8 @@ fn encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Runs `argv` as the child of a new session's leader (the agent itself, re-run as
-/// [`session_leader`]), so the program is not the leader (a session leader would get SIGHUP
+/// Runs `argv` as the child of a new session's leader (a fork of the agent's child, see
+/// [`lead_session`]), so the program is not the leader (a session leader would get SIGHUP
 /// from a pty it opens, and could not call `setsid` itself), streams its output, and ends
 /// with its status, a death by signal included; the session's process group is killed
 /// afterwards.
@@ -323,17 +307,8 @@ fn exec(
         },
         other => other,
     };
-    let mut command = match agent_exe() {
-        Ok(agent) => {
-            let mut command = Command::new(agent);
-            command.arg(SESSION_LEADER).args(argv);
-            command
-        }
-        Err(err) => {
-            send(sink, id, Body::Error(err));
-            return;
-        }
-    };
+    let mut command = Command::new(program);
+    command.args(&argv[1..]);
     command.env_clear().envs(env).stdin(if matches!(input, Input::Once(None)) {
         Stdio::null()
     } else {
@@ -362,9 +337,9 @@ fn exec(
         }
         command.current_dir(cwd);
     }
-    // SAFETY: setsid is async-signal-safe and touches no memory.
+    // SAFETY: `lead_session` runs between fork and exec and makes only async-signal-safe calls.
     unsafe {
-        command.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        command.pre_exec(lead_session);
     }
     let spawned = command.spawn();
     // The pipe's write ends are the child's now: the relay sees the end of the output when
@@ -372,8 +347,12 @@ fn exec(
     drop(command);
     let mut child = match spawned {
         Ok(child) => child,
+        // As a shell says it: on standard error, with 127 for a program that is not there and
+        // 126 for one that cannot run.
         Err(err) => {
-            send(sink, id, Body::Error(format!("cannot run `{program}`: {err}")));
+            send(sink, id, Body::Stderr(encode(format!("kiln-agent: cannot run `{program}`: {err}\n").as_bytes())));
+            let code = if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            send(sink, id, Body::Exit(ExitStatus::Code(code)));
             return;
         }
     };
@@ -440,35 +419,53 @@ fn exec(
     send(sink, id, body);
 }
 
-/// `kiln-agent --session-leader PROGRAM ARGS...`: leads a new session whose one child is the
-/// program (found on `PATH`), and ends the way the program ended: with its exit code, or by
-/// the same signal (default action restored, then raised), so the agent's `wait` reports it.
-fn session_leader(argv: &[String]) -> ExitCode {
-    use std::os::unix::process::ExitStatusExt as _;
-    let Some((program, args)) = argv.split_first() else {
-        eprintln!("kiln-agent: {SESSION_LEADER} needs a program");
-        return ExitCode::from(127);
-    };
-    // SAFETY: setsid touches no memory; this process was just started, so it is no
-    // process group's leader and the call succeeds.
+/// Runs in the child `Command::spawn` forks, before it execs the program: makes the child a
+/// new session's leader and forks again. The grandchild returns and becomes the program; the
+/// leader waits for it and ends the way it ended: with its exit code, or by the same signal
+/// (default action restored, then raised), so the agent's `wait` on the leader reports it.
+/// The leader closes its descriptors above standard error first, the pipe through which
+/// `spawn` learns whether the exec worked among them, so `spawn` returns once the program runs.
+///
+/// Only async-signal-safe calls: the agent that forked is multi-threaded.
+fn lead_session() -> std::io::Result<()> {
+    // SAFETY: setsid and fork touch no memory; after fork, each side makes only
+    // async-signal-safe calls (close_range, close, waitpid, signal, raise, _exit).
     unsafe {
-        libc::setsid();
-    }
-    let status = match Command::new(program).args(args).status() {
-        Ok(status) => status,
-        Err(err) => {
-            eprintln!("kiln-agent: cannot run `{program}`: {err}");
-            return ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
         }
-    };
-    if let Some(signal) = status.signal() {
-        // SAFETY: restoring a signal's default action and raising it only ends this process.
-        unsafe {
+        let program = libc::fork();
+        if program < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if program == 0 {
+            return Ok(());
+        }
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+            // A kernel before 5.9: each descriptor the limit allows.
+            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let highest = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                limit.rlim_cur.min(1 << 16) as libc::c_int
+            } else {
+                1024
+            };
+            for fd in 3..highest {
+                libc::close(fd);
+            }
+        }
+        let mut status = 0;
+        while libc::waitpid(program, &mut status, 0) < 0 {
+            if *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            let signal = libc::WTERMSIG(status);
             libc::signal(signal, libc::SIG_DFL);
             libc::raise(signal);
         }
+        libc::_exit(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 1 })
     }
-    ExitCode::from(status.code().map_or(1, |code| code.clamp(0, 255) as u8))
 }
 
 /// Where an `exec`'s standard input comes from.
@@ -666,10 +663,10 @@ fn get(path: &str) -> Result<Reply, String> {
 
 /// Sets the wall clock (CLOCK_REALTIME) to `unix_nanos`.
 fn set_clock(unix_nanos: u64) -> Result<(), String> {
-    let seconds =
-        libc::time_t::try_from(unix_nanos / 1_000_000_000).map_err(|_| format!("{unix_nanos} ns: too late"))?;
-    let nanos = libc::c_long::try_from(unix_nanos % 1_000_000_000).unwrap_or(0);
-    let time = libc::timespec { tv_sec: seconds, tv_nsec: nanos };
+    // `tv_sec`'s type (`time_t`, whose width musl changed) is inferred, not named.
+    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    time.tv_sec = (unix_nanos / 1_000_000_000).try_into().map_err(|_| format!("{unix_nanos} ns: too late"))?;
+    time.tv_nsec = (unix_nanos % 1_000_000_000).try_into().unwrap_or(0);
     // SAFETY: clock_settime reads the one timespec it is given.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &time) } != 0 {
         return Err(format!("cannot set the clock: {}", std::io::Error::last_os_error()));

@@ -314,3 +314,44 @@ fn a_sandbox_and_a_clock_are_refused_outside_a_guest_and_this_host_keeps_its_pro
     let Body::Error(message) = agent.next().body else { panic!("setting the clock under --stdio must be refused") };
     assert!(message.contains("only inside a guest"), "{message}");
 }
+
+#[test]
+fn the_program_is_no_session_leader_and_a_missing_one_exits_127_as_in_a_shell() {
+    let mut agent = Agent::start();
+    agent.hello();
+    let exec = |argv: &[&str]| Op::Exec {
+        argv: argv.iter().map(|arg| (*arg).to_owned()).collect(),
+        env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
+        cwd: None,
+        stdin: None,
+        interactive: false,
+        merge_output: false,
+    };
+    let finish = |agent: &mut Agent| {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match agent.next().body {
+                Body::Stdout(chunk) => stdout.extend(decode(&chunk)),
+                Body::Stderr(chunk) => stderr.extend(decode(&chunk)),
+                Body::Exit(status) => {
+                    break (
+                        status,
+                        String::from_utf8_lossy(&stdout).into_owned(),
+                        String::from_utf8_lossy(&stderr).into_owned(),
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    // Fields 1, 5 and 6 of /proc/PID/stat: its pid, process group and session.
+    let ids = "set -- $(cat /proc/$$/stat); [ \"$1\" != \"$6\" ] && [ \"$5\" = \"$6\" ] && echo led by its parent";
+    agent.send(5, exec(&["sh", "-c", ids]));
+    let (status, stdout, stderr) = finish(&mut agent);
+    assert_eq!(status, ExitStatus::Code(0), "stderr: {stderr}");
+    assert_eq!(stdout, "led by its parent\n", "in the session its parent leads, not leading one");
+    agent.send(6, exec(&["kiln-no-such-program"]));
+    let (status, _, stderr) = finish(&mut agent);
+    assert_eq!(status, ExitStatus::Code(127));
+    assert!(stderr.contains("cannot run `kiln-no-such-program`"), "{stderr}");
+}

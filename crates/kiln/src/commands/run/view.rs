@@ -150,9 +150,13 @@ fn target_parts(program: &Path) -> TargetParts {
 
 /// The executables `cargo build` left in the profile's directory of `program` (its own, or
 /// the one above `deps/` for a test binary), where tests find a workspace's binaries from
-/// their own path.
+/// their own path. None for a program in no cargo target directory: the other executables
+/// of `/tmp` or `~/bin` are not its build's.
 fn profile_executables(program: &Path) -> Vec<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
+    if target_dir(program).is_none() {
+        return Vec::new();
+    }
     let Some(mut profile) = program.parent().map(Path::to_owned) else { return Vec::new() };
     if profile.ends_with("deps") {
         profile.pop();
@@ -309,6 +313,32 @@ mod tests {
         let old = dir.path().join("old-cargo");
         write(&old.join(".rustc_info.json"), "{}");
         assert_eq!(target_dir(&old.join("debug/t")), Some(old.clone()), "cargo before CACHEDIR.TAG");
+    }
+
+    #[test]
+    fn only_a_program_in_a_target_directory_brings_its_profile_s_executables() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let executable = |path: &Path| {
+            write(path, "");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        };
+        let target = dir.path().join("target");
+        write(&target.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n");
+        let test = target.join("debug/deps/cli-0123");
+        executable(&test);
+        executable(&target.join("debug/tool"));
+        write(&target.join("debug/tool.d"), "");
+        let parts = target_parts(&test);
+        let entries: Vec<&PathBuf> = parts.dirs.iter().flat_map(|view| &view.entries).map(|(path, _)| path).collect();
+        assert!(entries.contains(&&target.join("debug/tool")), "a workspace binary beside it: {entries:?}");
+        assert!(!entries.contains(&&target.join("debug/tool.d")), "not executable: {entries:?}");
+
+        let loose = dir.path().join("downloads/prog");
+        executable(&loose);
+        executable(&dir.path().join("downloads/installer"));
+        let parts = target_parts(&loose);
+        assert_eq!(parts.loose, [loose], "the program alone, not its neighbours");
     }
 
     #[test]
