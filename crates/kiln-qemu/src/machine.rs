@@ -302,6 +302,11 @@ impl Machine {
     /// Kernel arguments that make a Linux boot faster under emulation on this machine: no
     /// crypto self-tests, no speculation mitigations, and on x86 a trusted TSC and no probing
     /// for a PS/2 keyboard and mouse.
+    ///
+    /// On arm64, `kpti=0` too: a kernel with KASLR keeps kernel page-table isolation on
+    /// whatever `mitigations=off` says, and under TCG each kernel entry and exit then changes
+    /// the translation tables, which costs QEMU its whole software TLB. Measured on the
+    /// Debian 6.1 kernel: a `write(2)` takes 20 µs with it and 1.9 µs without.
     pub fn linux_fast_boot_args(&self) -> &'static [&'static str] {
         match self.arch {
             Arch::X86_64 => &[
@@ -313,7 +318,8 @@ impl Machine {
                 "i8042.nokbd",
                 "i8042.nopnp",
             ],
-            Arch::Aarch64 | Arch::Riscv64 => &["cryptomgr.notests", "mitigations=off"],
+            Arch::Aarch64 => &["cryptomgr.notests", "mitigations=off", "kpti=0"],
+            Arch::Riscv64 => &["cryptomgr.notests", "mitigations=off"],
         }
     }
 
