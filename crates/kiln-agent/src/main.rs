@@ -421,7 +421,7 @@ fn exec(
 
 /// Runs in the child `Command::spawn` forks, before it execs the program: makes the child a
 /// new session's leader and forks again. The grandchild returns and becomes the program; the
-/// leader waits for it and ends the way it ended: with its exit code, or by the same signal
+/// leader ignores the signals sent to the group, waits for it and ends the way it ended: with its exit code, or by the same signal
 /// (default action restored, then raised), so the agent's `wait` on the leader reports it.
 /// The leader closes its descriptors above standard error first, the pipe through which
 /// `spawn` learns whether the exec worked among them, so `spawn` returns once the program runs.
@@ -429,7 +429,7 @@ fn exec(
 /// Only async-signal-safe calls: the agent that forked is multi-threaded.
 fn lead_session() -> std::io::Result<()> {
     // SAFETY: setsid and fork touch no memory; after fork, each side makes only
-    // async-signal-safe calls (close_range, close, waitpid, signal, raise, _exit).
+    // async-signal-safe calls (signal, close_range, close, waitpid, raise, _exit).
     unsafe {
         if libc::setsid() < 0 {
             return Err(std::io::Error::last_os_error());
@@ -440,6 +440,14 @@ fn lead_session() -> std::io::Result<()> {
         }
         if program == 0 {
             return Ok(());
+        }
+        // A signal kiln forwards goes to the whole group: the program alone decides what it
+        // does with it (a handler that cleans up and exits, say), while the leader waits.
+        // Only the leader ignores them; its child was forked with the dispositions it had.
+        for signal in 1..32 {
+            if ![libc::SIGKILL, libc::SIGSTOP, libc::SIGCHLD].contains(&signal) {
+                libc::signal(signal, libc::SIG_IGN);
+            }
         }
         if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
             // A kernel before 5.9: each descriptor the limit allows.

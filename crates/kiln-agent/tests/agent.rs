@@ -355,3 +355,39 @@ fn the_program_is_no_session_leader_and_a_missing_one_exits_127_as_in_a_shell() 
     assert_eq!(status, ExitStatus::Code(127));
     assert!(stderr.contains("cannot run `kiln-no-such-program`"), "{stderr}");
 }
+
+#[test]
+fn a_forwarded_signal_reaches_the_program_s_handler_and_the_exec_ends_as_it_exits() {
+    let mut agent = Agent::start();
+    agent.hello();
+    let script = "trap 'echo cleaned up; exit 7' TERM; echo ready; while :; do sleep 0.1; done";
+    agent.send(
+        7,
+        Op::Exec {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
+            cwd: None,
+            stdin: None,
+            interactive: false,
+            merge_output: false,
+        },
+    );
+    let mut stdout = String::new();
+    let mut signalled = false;
+    let exit = loop {
+        match agent.next().body {
+            Body::Stdout(chunk) => {
+                stdout.push_str(&String::from_utf8_lossy(&decode(&chunk)));
+                if stdout.contains("ready") && !signalled {
+                    signalled = true;
+                    agent.send(8, Op::Signal { exec: 7, signal: libc::SIGTERM });
+                }
+            }
+            Body::Exit(status) => break status,
+            Body::Ok(_) | Body::Stderr(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(stdout, "ready\ncleaned up\n", "the program's handler ran");
+    assert_eq!(exit, ExitStatus::Code(7), "the exec ends as the program did, not by the leader's SIGTERM");
+}
