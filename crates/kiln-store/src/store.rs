@@ -192,11 +192,23 @@ struct TempRoots {
     state: std::sync::Mutex<TempRootsFile>,
 }
 
-/// The locked file of [`TempRoots`], made at the first root, and the closures it names.
+/// The locked file of [`TempRoots`] and its path, made at the first root, and the closures
+/// it names.
 #[derive(Debug, Default)]
 struct TempRootsFile {
-    file: Option<File>,
+    file: Option<(File, PathBuf)>,
     added: std::collections::HashSet<ClosureHash>,
+}
+
+impl Drop for TempRoots {
+    /// The process's roots go with its last store handle, still locked while removed; what a
+    /// killed process leaves is removed by the next collection.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_locked, path)) = state.file.take() {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 impl Store {
@@ -653,13 +665,13 @@ impl Store {
         if state.added.contains(closure) {
             return Ok(());
         }
-        let file = match &mut state.file {
+        let (file, _) = match &mut state.file {
             Some(file) => file,
             none => {
                 let path = self.root.join(TEMP_ROOTS_DIR).join(format!("{}.{}", std::process::id(), unique_suffix()));
                 let created = File::create_new(&path).map_err(|e| StoreError::io("create", &path, e))?;
                 created.lock().map_err(|e| StoreError::io("lock", &path, e))?;
-                none.insert(created)
+                none.insert((created, path))
             }
         };
         // Under the shared store lock: a collection running now finishes first.
@@ -1019,6 +1031,20 @@ mod tests {
         let report = collector.gc(&Default::default(), None, false).expect("gc");
         assert_eq!(report.removed.iter().map(|r| r.0).collect::<Vec<_>>(), [entry.closure]);
         assert_eq!(fs::read_dir(dir.path().join(TEMP_ROOTS_DIR)).expect("temproots").count(), 0, "dead roots swept");
+    }
+
+    #[test]
+    fn a_store_handle_s_temp_roots_go_when_it_ends_not_at_the_next_collection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.build(&derivation("a"), "a", || {}, |out| Ok(fs::write(out.join("f"), "x")?)).expect("build");
+        let roots = || fs::read_dir(dir.path().join(TEMP_ROOTS_DIR)).expect("temproots").count();
+        assert_eq!(roots(), 1, "a live handle's roots are on disk");
+        let clone = store.clone();
+        drop(store);
+        assert_eq!(roots(), 1, "another handle of the process still uses them");
+        drop(clone);
+        assert_eq!(roots(), 0, "the last handle takes them away");
     }
 
     #[test]
