@@ -421,10 +421,11 @@ fn exec(
 
 /// Runs in the child `Command::spawn` forks, before it execs the program: makes the child a
 /// new session's leader and forks again. The grandchild returns and becomes the program; the
-/// leader ignores the signals sent to the group, waits for it and ends the way it ended: with its exit code, or by the same signal
-/// (default action restored, then raised), so the agent's `wait` on the leader reports it.
-/// The leader closes its descriptors above standard error first, the pipe through which
-/// `spawn` learns whether the exec worked among them, so `spawn` returns once the program runs.
+/// leader ignores the signals sent to the group, waits for it and ends the way it ended:
+/// with its exit code, or by the same signal (default action restored, then raised), so the
+/// agent's `wait` on the leader reports it. The leader closes its descriptors above standard
+/// error first, the pipe through which `spawn` learns whether the exec worked among them, so
+/// `spawn` returns once the program runs.
 ///
 /// Only async-signal-safe calls: the agent that forked is multi-threaded.
 fn lead_session() -> std::io::Result<()> {
